@@ -1,0 +1,207 @@
+"""The performance-event codec of Music Transformer / PerceiverS: notes in seconds <-> token ids.
+
+Id layout (VOCAB_SIZE = 391):
+
+    0            PAD       (ignored by every loss)
+    1            BOS       (start of a piece)
+    2            EOS       (end of a piece)
+    3 ..130      NoteOn_<pitch>       pitch 0..127
+    131..258     NoteOff_<pitch>      pitch 0..127
+    259..358     TimeShift_<ms>ms     10 ms .. 1000 ms in 10 ms steps (longer gaps: several shifts)
+    359..390     Velocity_<bin>       32 bins of 4 MIDI velocities; emitted only when the bin changes
+
+Time is quantised to a 10 ms grid. At one grid step, note-offs come before note-ons (so a re-struck key
+ends its previous note first), each sorted by pitch. `decode` never raises: unmatched note-offs are ignored,
+a note-on of a sounding pitch re-strikes it, and notes still sounding at the end are closed there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.midi import Performance
+
+PAD, BOS, EOS = 0, 1, 2
+NOTE_ON = 3
+NOTE_OFF = NOTE_ON + 128
+TIME_SHIFT = NOTE_OFF + 128
+VELOCITY = TIME_SHIFT + 100
+VOCAB_SIZE = VELOCITY + 32
+
+TICK_SECONDS = 0.01  # the time grid
+MAX_SHIFT_TICKS = 100  # one TimeShift token spans at most 1 s
+VELOCITY_BINS = 32
+DEFAULT_VELOCITY_BIN = 16  # assumed before the first Velocity token
+
+
+def velocity_bin(velocity: np.ndarray | int) -> np.ndarray | int:
+    """MIDI velocity 1..127 -> bin 0..31 (4 velocities per bin)."""
+    return np.clip(velocity, 0, 127) // 4
+
+
+def bin_velocity(bin_: int) -> int:
+    """Bin 0..31 -> the MIDI velocity at its centre, 2..126."""
+    return int(bin_) * 4 + 2
+
+
+def token_name(token: int) -> str:
+    """Readable name of one id, e.g. `NoteOn_60`, `TimeShift_250ms`, `Velocity_20`."""
+    token = int(token)
+    if token == PAD:
+        return "PAD"
+    if token == BOS:
+        return "BOS"
+    if token == EOS:
+        return "EOS"
+    if NOTE_ON <= token < NOTE_OFF:
+        return f"NoteOn_{token - NOTE_ON}"
+    if NOTE_OFF <= token < TIME_SHIFT:
+        return f"NoteOff_{token - NOTE_OFF}"
+    if TIME_SHIFT <= token < VELOCITY:
+        return f"TimeShift_{(token - TIME_SHIFT + 1) * 10}ms"
+    if VELOCITY <= token < VOCAB_SIZE:
+        return f"Velocity_{token - VELOCITY}"
+    return f"Unknown_{token}"
+
+
+def token_id(name: str) -> int:
+    """Inverse of `token_name`."""
+    for token in range(VOCAB_SIZE):
+        if token_name(token) == name:
+            return token
+    raise ValueError(f"unknown token name {name!r}")
+
+
+def encode(perf: Performance, bos: bool = True, eos: bool = True) -> np.ndarray:
+    """Token ids (uint16) of a performance; vectorised, so a 15-minute recital takes a few ms."""
+    on_tick = np.floor(perf.onset / TICK_SECONDS + 0.5).astype(np.int64)
+    off_tick = np.floor(perf.offset / TICK_SECONDS + 0.5).astype(np.int64)
+    off_tick = np.maximum(off_tick, on_tick + 1)  # notes shorter than one tick last one tick
+    n = len(perf)
+    # Events: offs (kind 0) sort before ons (kind 1) at the same tick; then by pitch.
+    tick = np.concatenate([off_tick, on_tick])
+    kind = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])
+    pitch = np.concatenate([perf.pitch, perf.pitch]).astype(np.int64)
+    vbin = np.concatenate([np.full(n, -1), velocity_bin(perf.velocity.astype(np.int64))])
+    order = np.lexsort((pitch, kind, tick))
+    tick, kind, pitch, vbin = tick[order], kind[order], pitch[order], vbin[order]
+
+    delta = np.diff(tick, prepend=0)
+    n_full = delta // MAX_SHIFT_TICKS
+    remainder = delta % MAX_SHIFT_TICKS
+    n_shift = n_full + (remainder > 0)
+    is_on = kind == 1
+    on_bins = vbin[is_on]
+    previous_bins = np.concatenate([[-1], on_bins[:-1]])  # the first note-on always states its velocity
+    needs_velocity = np.zeros(len(tick), dtype=bool)
+    needs_velocity[is_on] = on_bins != previous_bins
+    per_event = n_shift + needs_velocity + 1
+    start = np.cumsum(per_event) - per_event + int(bos)
+    total = int(per_event.sum()) + int(bos) + int(eos)
+    out = np.empty(total, dtype=np.uint16)
+    if bos:
+        out[0] = BOS
+    if eos:
+        out[-1] = EOS
+    # Full-second shifts: n_full[i] tokens starting at start[i].
+    if n_full.any():
+        group_start = np.repeat(start, n_full)
+        within = np.arange(int(n_full.sum())) - np.repeat(np.cumsum(n_full) - n_full, n_full)
+        out[group_start + within] = TIME_SHIFT + MAX_SHIFT_TICKS - 1
+    has_rem = remainder > 0
+    out[(start + n_full)[has_rem]] = TIME_SHIFT + remainder[has_rem] - 1
+    out[(start + n_shift)[needs_velocity]] = VELOCITY + vbin[needs_velocity]
+    event_pos = start + per_event - 1
+    out[event_pos] = np.where(is_on, NOTE_ON + pitch, NOTE_OFF + pitch)
+    return out
+
+
+@dataclass(frozen=True)
+class NoteEvent:
+    """One event the incremental decoder has finished reading.
+
+    kind "on": a key goes down at `time`; kind "off": it comes up at `time`, and `onset` tells when it went
+    down (so a piano roll can draw the whole note). Velocity is the note's MIDI velocity.
+    """
+
+    kind: str
+    time: float
+    pitch: int
+    velocity: int
+    onset: float
+
+
+class Decoder:
+    """Incremental decoder: one id in, zero or more note events out; never raises on any id sequence."""
+
+    def __init__(self, start_time: float = 0.0):
+        self.tick = 0
+        self.start_time = start_time
+        self.velocity = bin_velocity(DEFAULT_VELOCITY_BIN)
+        self.sounding: dict[int, tuple[int, int]] = {}  # pitch -> (onset tick, velocity)
+        self.ended = False
+
+    @property
+    def time(self) -> float:
+        """Seconds read so far (the position of the next event)."""
+        return self.start_time + self.tick * TICK_SECONDS
+
+    def _seconds(self, tick: int) -> float:
+        return self.start_time + tick * TICK_SECONDS
+
+    def _close(self, pitch: int, end_tick: int) -> NoteEvent:
+        onset_tick, velocity = self.sounding.pop(pitch)
+        end_tick = max(end_tick, onset_tick + 1)
+        return NoteEvent("off", self._seconds(end_tick), pitch, velocity, self._seconds(onset_tick))
+
+    def feed(self, token: int) -> list[NoteEvent]:
+        token = int(token)
+        if self.ended:
+            return []
+        if NOTE_ON <= token < NOTE_OFF:
+            pitch = token - NOTE_ON
+            events = [self._close(pitch, self.tick)] if pitch in self.sounding else []
+            self.sounding[pitch] = (self.tick, self.velocity)
+            events.append(NoteEvent("on", self.time, pitch, self.velocity, self.time))
+            return events
+        if NOTE_OFF <= token < TIME_SHIFT:
+            pitch = token - NOTE_OFF
+            return [self._close(pitch, self.tick)] if pitch in self.sounding else []
+        if TIME_SHIFT <= token < VELOCITY:
+            self.tick += token - TIME_SHIFT + 1
+            return []
+        if VELOCITY <= token < VOCAB_SIZE:
+            self.velocity = bin_velocity(token - VELOCITY)
+            return []
+        if token == EOS:
+            return self.finish()
+        return []  # PAD, BOS, out-of-range ids
+
+    def finish(self) -> list[NoteEvent]:
+        """Close every sounding note at the current time (or one tick after its onset) and stop."""
+        events = [self._close(pitch, self.tick) for pitch in sorted(self.sounding)]
+        self.ended = True
+        return events
+
+
+def decode(ids) -> Performance:
+    """Performance of any id sequence (reads up to the first EOS); never raises."""
+    decoder = Decoder()
+    onset, offset, pitch, velocity = [], [], [], []
+    for token in np.asarray(ids, dtype=np.int64).ravel().tolist():
+        for event in decoder.feed(token):
+            if event.kind == "off":
+                onset.append(event.onset)
+                offset.append(event.time)
+                pitch.append(event.pitch)
+                velocity.append(event.velocity)
+        if decoder.ended:
+            break
+    for event in decoder.finish():
+        onset.append(event.onset)
+        offset.append(event.time)
+        pitch.append(event.pitch)
+        velocity.append(event.velocity)
+    return Performance.from_notes(onset, offset, pitch, velocity)

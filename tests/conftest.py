@@ -1,0 +1,31 @@
+"""Shared fixtures: the real MIDI in ../shared/midi (read, never copied) and small synthetic pieces."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.midi import Performance
+
+SHARED_MIDI = Path(os.environ.get("RECITAL_SHARED_MIDI", Path(__file__).resolve().parents[2] / "shared" / "midi"))
+
+
+def real_midi_files(*folders: str) -> list[Path]:
+    """Files of ../shared/midi/<folder>; missing data fails loudly in CI and skips elsewhere."""
+    files = sorted(p for folder in folders for p in (SHARED_MIDI / folder).glob("*.mid"))
+    if not files:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI needs the real MIDI files in {SHARED_MIDI}")
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no MIDI files in {SHARED_MIDI}"))]
+    return files
+
+
+@pytest.fixture
+def scale() -> Performance:
+    """C major scale, one note every 0.25 s, each 0.2 s long, rising velocity."""
+    pitches = np.array([60, 62, 64, 65, 67, 69, 71, 72])
+    onset = np.arange(8) * 0.25
+    return Performance.from_notes(onset, onset + 0.2, pitches, np.linspace(30, 110, 8).astype(int))

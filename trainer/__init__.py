@@ -1,0 +1,1 @@
+"""Fine-tuning on folders of MIDI: corpus cache, samplers, the training loop, checkpoints, distributed runs."""

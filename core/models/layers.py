@@ -1,0 +1,131 @@
+"""Transformer pieces shared by DSMR and PerceiverS: norms, rotary positions, attention with explicit K/V, blocks.
+
+Attention is split into `queries`, `keys_values` and `attend` so that a model can cache keys and values (they are
+stored already rotated to their absolute positions: rotary attention depends only on the distance between a query
+and a key, so a cached key never needs to be touched again) and feed them back as memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables for absolute `positions` (any shape S), each (*S, head_dim // 2), in float32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of the last dim. x: (B, H, T, D); cos/sin: (T, D/2) or (B, 1, T, D/2)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose keys/values may come from another sequence (cross-attention) or a cache."""
+
+    def __init__(self, d_model: int, n_heads: int, d_kv_in: int | None = None):
+        super().__init__()
+        assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        assert self.head_dim % 2 == 0, "head size must be even for rotary positions"
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.kv_proj = nn.Linear(d_kv_in or d_model, 2 * d_model, bias=False)
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+
+    def queries(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return apply_rotary(self._heads(self.q_proj(x)), cos, sin)
+
+    def keys_values(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.kv_proj(x).chunk(2, dim=-1)
+        return apply_rotary(self._heads(k), cos, sin), self._heads(v)  # each (B, nh, T, hs)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """q (B, nh, Tq, hs), k/v (B, nh, Tk, hs), mask bool (Tq, Tk) or (B, 1, Tq, Tk), True = may attend."""
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        batch, _, length, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.up = nn.Linear(d_model, hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(norm(x), memory) ; x + mlp(norm(x)).
+
+    The caller supplies the keys/values to attend to (memory + this segment's own, already concatenated) and
+    the mask, so the same block serves recurrent segments (DSMR), latent self-attention and single-step decoding.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.attn_norm = RMSNorm(d_model)
+        self.attn = Attention(d_model, n_heads)
+        self.mlp_norm = RMSNorm(d_model)
+        self.mlp = MLP(d_model, mlp_ratio * d_model, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q, k, v of this block's input (B, T, C) at the positions given by cos/sin."""
+        h = self.attn_norm(x)
+        q = self.attn.queries(h, cos, sin)
+        k, v = self.attn.keys_values(h, cos, sin)
+        return q, k, v
+
+    def finish(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """The rest of the block once the keys/values to attend to (memory included) are known."""
+        x = x + self.dropout(self.attn.attend(q, k, v, mask))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm cross-attention (queries from one stream, keys/values from another) followed by an MLP."""
+
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.q_norm = RMSNorm(d_model)
+        self.kv_norm = RMSNorm(d_model)
+        self.attn = Attention(d_model, n_heads)
+        self.mlp_norm = RMSNorm(d_model)
+        self.mlp = MLP(d_model, mlp_ratio * d_model, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def keys_values(self, context: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        return self.attn.keys_values(self.kv_norm(context), cos, sin)
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        q = self.attn.queries(self.q_norm(x), cos, sin)
+        x = x + self.dropout(self.attn.attend(q, k, v, mask))
+        return x + self.mlp(self.mlp_norm(x))

@@ -26,7 +26,7 @@ ensure_apt() {
     if [ ${#missing[@]} -eq 0 ]; then log "apt packages: all present"; return 0; fi
     log "apt packages: installing ${missing[*]}"
     as_root apt-get -o DPkg::Lock::Timeout=300 update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 pick_python() {

@@ -1,0 +1,447 @@
+"""How good is a model? Perplexity, MGEval-style feature distributions, and repetition.
+
+Three families of measures, all on `core.midi.Performance` or on `core.tokenizer` ids:
+
+1. Per-piece features (Yang & Lerch 2020, "mgeval", with the segment variants of PerceiverS). Performances have
+   no bars, so note lengths are classed in seconds and the segment features cut each piece into 64 segments of
+   equal duration (from its first onset to its last offset). "Consecutive notes" always means the notes in onset
+   order (ties by pitch), chord notes included, as mgeval reads a MIDI track.
+
+   =========  ========  =================================================================================
+   name       shape     definition
+   =========  ========  =================================================================================
+   PC         ()        number of distinct pitch classes used
+   NC         ()        number of distinct notes used (pitch with octave, i.e. distinct MIDI pitches)
+   PCH        (12,)     pitch-class histogram weighted by note duration, sums to 1
+   PCTM       (12, 12)  pitch-class transitions of consecutive notes, counts / (n - 1), sums to 1
+   PR         ()        highest minus lowest pitch, in semitones
+   PI         ()        mean absolute interval between consecutive notes, in semitones
+   IOI        ()        mean inter-onset interval of consecutive notes, in seconds
+   NLH        (12,)     note-length-class histogram, sums to 1
+   NLTM       (12, 12)  note-length-class transitions of consecutive notes, sums to 1
+   PC/seg     (64,)     PC of the notes whose onset lies in each segment
+   NC/seg     (64,)     NC of the notes whose onset lies in each segment
+   PCH/seg    (64, 12)  PCH of each segment, weighted by the part of each note that sounds in it (0 if silent)
+   IOI/seg    (64,)     IOI of the onsets in each segment
+   =========  ========  =================================================================================
+
+   Note-length classes (`LENGTH_EDGES`): 12 classes in half-octave steps of duration, edges 2**(k/2) / 16 s for
+   k = 0..10, i.e. 62.5, 88, 125, 177, 250, 354, 500, 707, 1000, 1414 and 2000 ms. Class 0 is "shorter than
+   62.5 ms" (grace notes, fast runs), class 11 "2 s or longer" (held chords, pedalled bass). At 120 BPM the even
+   edges are a 32nd, 16th, 8th, quarter, half and whole note.
+
+   A span with fewer than two onsets has no inter-onset interval; its IOI is the span's own duration (silence
+   reads as "sparse", not as "dense"). An empty piece has every feature 0.
+
+2. Set comparison, as mgeval does it. For each feature, the intra-set distances of the reference set (each
+   reference piece to every other: leave-one-out) and the inter-set distances (each generated piece to every
+   reference piece); Euclidean distance, i.e. Frobenius for matrices. A Gaussian KDE of each (scipy, Scott's
+   bandwidth), then the Overlap Area OA = integral of min(pdf_intra, pdf_inter) (1: the generated pieces sit among
+   the references as the references sit among themselves; 0: they are elsewhere) and the Kullback-Leibler
+   divergence KL(pdf_intra || pdf_inter) (0 is best). Two departures from the mgeval code, both to make the
+   numbers mean what they say: the integral runs over the kernels' tails too (so a set compared with an
+   identical distance distribution scores 1, not less), and both densities are evaluated on one shared grid
+   (mgeval evaluates them on two different grids). `pdf_inter` is floored at 1e-12 of its peak, so the KLD is
+   finite (at most about 28) even for disjoint sets.
+   A distance sample with zero variance (e.g. every piece uses all 12 pitch classes, so every PC distance is 0)
+   has no Scott bandwidth: it is flagged, and its density is a Gaussian of the other sample's kernel width
+   (or, when both are constant, of 1% of their scale), so equal constants give OA 1 and distant ones OA 0.
+
+3. Repetition, which ultra-long context tends to cause (PerceiverS): the token autocorrelation of the id
+   sequence and the density of repeated note n-grams per minute (definitions at the functions).
+
+And perplexity: `perplexity_report` runs any model with the common interface (`plan`, `new_state`, `step`) over
+whole pieces, token by token, and reports the token-weighted perplexity and the perplexity by position.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+from scipy.spatial.distance import cdist
+
+from core.errors import RecitalError
+from core.midi import Performance
+from core.tokenizer import BOS, EOS, PAD, encode
+
+SEGMENTS = 64
+LENGTH_EDGES = 2.0 ** (np.arange(11) / 2) / 16  # seconds; 12 note-length classes
+LENGTH_CLASSES = len(LENGTH_EDGES) + 1
+FEATURES = ("PC", "NC", "PCH", "PCTM", "PR", "PI", "IOI", "NLH", "NLTM", "PC/seg", "NC/seg", "PCH/seg", "IOI/seg")
+
+
+# --- per-piece features ---------------------------------------------------------------------------------------
+
+def length_class(durations: np.ndarray) -> np.ndarray:
+    """Note durations in seconds -> length class 0..11 (see `LENGTH_EDGES`)."""
+    return np.searchsorted(LENGTH_EDGES, durations, side="right")
+
+
+def transition_matrix(classes: np.ndarray, k: int) -> np.ndarray:
+    """(k, k) frequencies of class a followed by class b in `classes`; sums to 1 (all 0 for under two items)."""
+    if len(classes) < 2:
+        return np.zeros((k, k))
+    counts = np.bincount(classes[:-1] * k + classes[1:], minlength=k * k).reshape(k, k)
+    return counts / (len(classes) - 1)
+
+
+def mean_ioi(first: np.ndarray, last: np.ndarray, count: np.ndarray, span: float) -> np.ndarray:
+    """Mean inter-onset interval of spans given their first/last onset and onset count (sums telescope).
+
+    A span with fewer than two onsets gets its own duration `span`.
+    """
+    gaps = np.maximum(count - 1, 1)
+    return np.where(count >= 2, (last - first) / gaps, span)
+
+
+def piece_features(perf: Performance, segments: int = SEGMENTS) -> dict[str, np.ndarray]:
+    """All features of one piece (see the module docstring), each a float64 array, keyed as in `FEATURES`."""
+    n = len(perf)
+    pitch = perf.pitch.astype(np.int64)
+    pitch_class = pitch % 12
+    duration = perf.offset - perf.onset
+    if n == 0:
+        return {"PC": np.zeros(()), "NC": np.zeros(()), "PCH": np.zeros(12), "PCTM": np.zeros((12, 12)),
+                "PR": np.zeros(()), "PI": np.zeros(()), "IOI": np.zeros(()), "NLH": np.zeros(LENGTH_CLASSES),
+                "NLTM": np.zeros((LENGTH_CLASSES, LENGTH_CLASSES)), "PC/seg": np.zeros(segments),
+                "NC/seg": np.zeros(segments), "PCH/seg": np.zeros((segments, 12)), "IOI/seg": np.zeros(segments)}
+    one_hot_pc = np.eye(12)[pitch_class]  # (n, 12)
+    pch = one_hot_pc.T @ duration  # (12,)
+    lengths = length_class(duration)
+    start, end = float(perf.onset[0]), float(perf.offset.max())
+    features = {
+        "PC": np.float64(len(np.unique(pitch_class))),
+        "NC": np.float64(len(np.unique(pitch))),
+        "PCH": pch / pch.sum() if pch.sum() > 0 else pch,
+        "PCTM": transition_matrix(pitch_class, 12),
+        "PR": np.float64(pitch.max() - pitch.min()),
+        "PI": np.float64(np.abs(np.diff(pitch)).mean()) if n >= 2 else np.float64(0.0),
+        "IOI": mean_ioi(perf.onset[:1], perf.onset[-1:], np.array([n]), end - start)[0],
+        "NLH": np.bincount(lengths, minlength=LENGTH_CLASSES) / n,
+        "NLTM": transition_matrix(lengths, LENGTH_CLASSES),
+    }
+    features.update(segment_features(perf, start, end, segments, one_hot_pc))
+    return {name: np.asarray(value, dtype=np.float64) for name, value in features.items()}
+
+
+def segment_features(perf: Performance, start: float, end: float, segments: int,
+                     one_hot_pc: np.ndarray) -> dict[str, np.ndarray]:
+    """PC/seg, NC/seg, PCH/seg and IOI/seg over `segments` equal-duration segments of [start, end]."""
+    width = (end - start) / segments
+    if width > 0:
+        seg = np.minimum(((perf.onset - start) / width).astype(np.int64), segments - 1)  # (n,) onset's segment
+    else:
+        seg = np.zeros(len(perf), dtype=np.int64)
+    pitch = perf.pitch.astype(np.int64)
+
+    def distinct_per_segment(values: np.ndarray, k: int) -> np.ndarray:
+        keys = np.unique(seg * k + values)
+        return np.bincount(keys // k, minlength=segments).astype(np.float64)
+
+    seg_start = start + np.arange(segments) * width  # (S,)
+    overlap = np.clip(np.minimum(perf.offset[:, None], seg_start + width) -  # (n, S) seconds sounding in each
+                      np.maximum(perf.onset[:, None], seg_start), 0.0, None)
+    pch = (one_hot_pc.T @ overlap).T  # (S, 12)
+    totals = pch.sum(axis=1, keepdims=True)
+    pch = np.divide(pch, totals, out=np.zeros_like(pch), where=totals > 0)
+
+    count = np.bincount(seg, minlength=segments)
+    first = np.full(segments, np.inf)
+    last = np.full(segments, -np.inf)
+    np.minimum.at(first, seg, perf.onset)
+    np.maximum.at(last, seg, perf.onset)
+    return {"PC/seg": distinct_per_segment(pitch % 12, 12),
+            "NC/seg": distinct_per_segment(pitch, 128),
+            "PCH/seg": pch,
+            "IOI/seg": mean_ioi(first, last, count, width)}
+
+
+def set_features(perfs: Iterable[Performance], segments: int = SEGMENTS) -> dict[str, np.ndarray]:
+    """Features of many pieces, stacked: name -> (pieces, *feature shape)."""
+    per_piece = [piece_features(perf, segments) for perf in perfs]
+    if not per_piece:
+        raise RecitalError("no pieces to compute features of")
+    return {name: np.stack([piece[name] for piece in per_piece]) for name in FEATURES}
+
+
+# --- set comparison (mgeval) ---------------------------------------------------------------------------------
+
+GRID_POINTS = 2048
+KERNEL_TAILS = 4.0  # the integration grid reaches this many kernel widths past the data
+PDF_FLOOR = 1e-12  # of pdf_inter's peak, so the KLD stays finite
+
+
+@dataclass
+class FeatureComparison:
+    """One feature's intra/inter distance distributions and their agreement."""
+
+    name: str
+    oa: float  # overlap area, 0..1, higher is better
+    kld: float  # KL(pdf_intra || pdf_inter) in nats, >= 0, lower is better
+    flags: tuple[str, ...]  # e.g. "constant reference distances"
+    intra: np.ndarray  # (R * (R - 1),) reference-to-reference distances
+    inter: np.ndarray  # (G * R,) generated-to-reference distances
+    grid: np.ndarray  # (GRID_POINTS,) where the densities were evaluated
+    pdf_intra: np.ndarray  # (GRID_POINTS,)
+    pdf_inter: np.ndarray  # (GRID_POINTS,)
+
+
+@dataclass
+class SetComparison:
+    features: list[FeatureComparison]
+    generated: int  # number of generated pieces
+    reference: int  # number of reference pieces
+
+    @property
+    def mean_oa(self) -> float:
+        return float(np.mean([f.oa for f in self.features]))
+
+    def to_json(self) -> dict:
+        return {"features": {f.name: {"oa": f.oa, "kld": f.kld, "flags": list(f.flags)} for f in self.features},
+                "mean_oa": self.mean_oa, "generated_pieces": self.generated, "reference_pieces": self.reference}
+
+
+def intra_distances(reference: np.ndarray) -> np.ndarray:
+    """Leave-one-out distances within a set: every ordered pair (i, j), i != j. reference: (R, D)."""
+    distances = cdist(reference, reference)  # (R, R)
+    return distances[~np.eye(len(reference), dtype=bool)]
+
+
+def inter_distances(generated: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Distance of every generated piece to every reference piece. (G, D), (R, D) -> (G * R,)."""
+    return cdist(generated, reference).ravel()
+
+
+def _is_constant(values: np.ndarray) -> bool:
+    return len(values) < 2 or np.ptp(values) <= 1e-12 * max(1.0, float(np.abs(values).max()))
+
+
+def _kernel_width(values: np.ndarray) -> float:
+    """Scott's kernel standard deviation, as scipy's gaussian_kde uses it (d = 1)."""
+    return float(len(values) ** (-1 / 5) * np.std(values, ddof=1))
+
+
+def _gaussian(grid: np.ndarray, centre: float, width: float) -> np.ndarray:
+    return np.exp(-0.5 * ((grid - centre) / width) ** 2) / (width * math.sqrt(2 * math.pi))
+
+
+def compare_distributions(intra: np.ndarray, inter: np.ndarray, name: str = "") -> FeatureComparison:
+    """OA and KLD of two distance samples through Gaussian KDEs (Scott), robust to constant samples."""
+    intra = np.asarray(intra, dtype=np.float64)
+    inter = np.asarray(inter, dtype=np.float64)
+    constant = (_is_constant(intra), _is_constant(inter))
+    flags = tuple(label for is_flat, label in zip(constant, ("constant reference distances",
+                                                             "constant generated-to-reference distances"),
+                                                  strict=True) if is_flat)
+    widths = [None if flat else _kernel_width(values) for flat, values in zip(constant, (intra, inter), strict=True)]
+    if all(constant):
+        scale = max(abs(intra[0] - inter[0]), abs(intra[0]), abs(inter[0]))
+        widths = [0.01 * scale if scale > 0 else 1.0] * 2
+    else:  # a constant sample borrows the other's kernel width
+        widths = [w if w is not None else next(x for x in widths if x is not None) for w in widths]
+    reach = KERNEL_TAILS * max(widths)
+    grid = np.linspace(min(intra.min(), inter.min()) - reach, max(intra.max(), inter.max()) + reach, GRID_POINTS)
+    pdfs = [_gaussian(grid, float(values[0]), width) if flat else stats.gaussian_kde(values, "scott")(grid)
+            for flat, values, width in zip(constant, (intra, inter), widths, strict=True)]
+    pdf_intra, pdf_inter = pdfs
+    oa = float(np.clip(np.trapezoid(np.minimum(pdf_intra, pdf_inter), grid), 0.0, 1.0))
+    kld = float(stats.entropy(pdf_intra, np.maximum(pdf_inter, PDF_FLOOR * pdf_inter.max())))
+    return FeatureComparison(name, oa, max(kld, 0.0), flags, intra, inter, grid, pdf_intra, pdf_inter)
+
+
+def compare_features(generated: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> SetComparison:
+    """mgeval's comparison of stacked features (`set_features`) of a generated and a reference set."""
+    n_gen, n_ref = len(generated[FEATURES[0]]), len(reference[FEATURES[0]])
+    if n_ref < 2:
+        raise RecitalError(f"the reference set needs at least 2 pieces for intra-set distances, it has {n_ref}")
+    if n_gen < 1:
+        raise RecitalError("the generated set has no pieces")
+    comparisons = []
+    for name in FEATURES:
+        gen = generated[name].reshape(n_gen, -1)  # (G, D): Euclidean on the flattened matrix is Frobenius
+        ref = reference[name].reshape(n_ref, -1)  # (R, D)
+        comparisons.append(compare_distributions(intra_distances(ref), inter_distances(gen, ref), name))
+    return SetComparison(comparisons, n_gen, n_ref)
+
+
+def compare_sets(generated: Sequence[Performance], reference: Sequence[Performance],
+                 segments: int = SEGMENTS) -> SetComparison:
+    """Feature distributions of generated pieces against reference pieces (see the module docstring)."""
+    if len(reference) < 2:
+        raise RecitalError(f"the reference set needs at least 2 pieces, it has {len(reference)}")
+    if len(generated) < 1:
+        raise RecitalError("the generated set has no pieces")
+    return compare_features(set_features(generated, segments), set_features(reference, segments))
+
+
+# --- repetition ----------------------------------------------------------------------------------------------
+
+AUTOCORRELATION_LAGS = 256
+NGRAM = 8
+
+
+def token_autocorrelation(ids: np.ndarray, max_lag: int = AUTOCORRELATION_LAGS) -> np.ndarray:
+    """Autocorrelation of a token sequence at lags 1..max_lag (shorter if the sequence is), PAD/BOS/EOS dropped.
+
+    For a categorical sequence: r_k = (m_k - c) / (1 - c), where m_k is the fraction of positions t with
+    id[t] == id[t + k] and c = sum_v p_v^2 is that fraction for independent draws from the sequence's own token
+    frequencies. It is the Pearson autocorrelation of the one-hot sequence: 0 for no structure, 1 at the period of
+    a loop. A sequence of one repeated token has r_k = 1.
+    """
+    ids = np.asarray(ids, dtype=np.int64).ravel()
+    ids = ids[(ids != PAD) & (ids != BOS) & (ids != EOS)]
+    lags = min(max_lag, len(ids) - 1)
+    if lags < 1:
+        return np.zeros(0)
+    frequency = np.bincount(ids) / len(ids)
+    chance = float(np.sum(frequency**2))
+    matches = np.array([np.mean(ids[:-k] == ids[k:]) for k in range(1, lags + 1)])  # (lags,)
+    if chance >= 1.0:
+        return np.ones(lags)
+    return (matches - chance) / (1.0 - chance)
+
+
+def repeated_ngrams_per_minute(perf: Performance, n: int = NGRAM, intervals: bool = False) -> float:
+    """Repeated note n-grams per minute of music.
+
+    The notes in onset order give n-grams of `n` consecutive pitches (or, with `intervals`, of the n - 1 pitch
+    intervals between `n` consecutive notes, which also finds transposed repeats). An n-gram occurrence counts
+    as repeated when the same n-gram starts at an earlier note of the piece; the count is divided by the piece's
+    length in minutes (first onset to last offset). A piece shorter than `n` notes scores 0.
+    """
+    if len(perf) < n or n < 2:
+        return 0.0
+    pitch = perf.pitch.astype(np.int64)
+    values = np.diff(pitch) if intervals else pitch
+    grams = np.lib.stride_tricks.sliding_window_view(values, n - 1 if intervals else n)  # (m, n or n - 1)
+    repeats = len(grams) - len(np.unique(grams, axis=0))
+    minutes = (float(perf.offset.max()) - float(perf.onset[0])) / 60.0
+    return repeats / minutes if minutes > 0 else 0.0
+
+
+REPETITION_MEASURES = {
+    "token autocorrelation (mean, lags 1-256)": "autocorrelation_mean",
+    "token autocorrelation (peak, lags 1-256)": "autocorrelation_peak",
+    f"repeated pitch {NGRAM}-grams per minute": "pitch_ngrams_per_minute",
+    f"repeated interval {NGRAM}-grams per minute": "interval_ngrams_per_minute",
+}
+
+
+@dataclass
+class RepetitionStats:
+    """Per-piece repetition measures of one set, and its mean autocorrelation curve."""
+
+    per_piece: dict[str, np.ndarray]  # measure key (values of REPETITION_MEASURES) -> (pieces,)
+    autocorrelation: np.ndarray  # (lags,) mean over pieces long enough for each lag
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {key: {"mean": float(values.mean()), "std": float(values.std())}
+                for key, values in self.per_piece.items()}
+
+
+def repetition_stats(perfs: Sequence[Performance], max_lag: int = AUTOCORRELATION_LAGS,
+                     n: int = NGRAM) -> RepetitionStats:
+    """Repetition measures of a set of pieces (ids by `core.tokenizer.encode`)."""
+    curves = [token_autocorrelation(encode(perf), max_lag) for perf in perfs]
+    curve_sum, curve_count = np.zeros(max_lag), np.zeros(max_lag)
+    for curve in curves:
+        curve_sum[:len(curve)] += curve
+        curve_count[:len(curve)] += 1
+    per_piece = {
+        "autocorrelation_mean": np.array([c.mean() if len(c) else 0.0 for c in curves]),
+        "autocorrelation_peak": np.array([c.max() if len(c) else 0.0 for c in curves]),
+        "pitch_ngrams_per_minute": np.array([repeated_ngrams_per_minute(p, n) for p in perfs]),
+        "interval_ngrams_per_minute": np.array([repeated_ngrams_per_minute(p, n, intervals=True) for p in perfs]),
+    }
+    used = curve_count > 0
+    return RepetitionStats(per_piece, curve_sum[used] / curve_count[used])
+
+
+# --- perplexity ----------------------------------------------------------------------------------------------
+
+@dataclass
+class PerplexityReport:
+    """Token-weighted perplexity over whole pieces, and by position (tokens of context read) in the piece."""
+
+    perplexity: float
+    tokens: int  # predicted tokens (every id after BOS)
+    pieces: int
+    bucket_edges: tuple[int, ...]  # positions [edges[i], edges[i+1])
+    bucket_tokens: np.ndarray = field(repr=False)  # (buckets,)
+    bucket_perplexity: np.ndarray = field(repr=False)  # (buckets,) nan where a bucket has no tokens
+
+    def buckets(self) -> list[dict]:
+        return [{"start": int(self.bucket_edges[i]), "end": int(self.bucket_edges[i + 1]),
+                 "tokens": int(self.bucket_tokens[i]),
+                 "perplexity": None if self.bucket_tokens[i] == 0 else float(self.bucket_perplexity[i])}
+                for i in range(len(self.bucket_tokens))]
+
+    def to_json(self) -> dict:
+        return {"perplexity": self.perplexity, "tokens": self.tokens, "pieces": self.pieces,
+                "by_position": self.buckets()}
+
+
+def position_edges(longest: int, first: int = 256) -> tuple[int, ...]:
+    """Bucket edges 0, first, 2 first, 4 first, ... until they cover positions below `longest`."""
+    edges = [0, first]
+    while edges[-1] < longest:
+        edges.append(edges[-1] * 2)
+    return tuple(edges)
+
+
+def perplexity_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], budget: int,
+                      bucket_edges: Sequence[int] | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> PerplexityReport:
+    """Perplexity of `model` on whole pieces read left to right under a state budget of `budget` bytes.
+
+    Works with any model of the common interface: `plan(budget_bytes, batch=1)`, `new_state(plan, batch)` and
+    `step(ids (B,), state) -> logits (B, V)`, so DSMR runs under its budget schedule and PerceiverS with the
+    context the budget allows, exactly as they generate. Each piece gets a fresh state; the token at position
+    t (t >= 1, BOS is position 0) is predicted from the t tokens before it. `progress(done, total)` is called
+    after each piece.
+    """
+    import torch
+
+    pieces = [encode(x) if isinstance(x, Performance) else np.asarray(x) for x in perfs_or_ids]
+    pieces = [ids.astype(np.int64).ravel() for ids in pieces]
+    pieces = [ids for ids in pieces if len(ids) >= 2]
+    if not pieces:
+        raise RecitalError("no piece has a token to predict")
+    longest = max(len(ids) for ids in pieces)
+    edges = np.asarray(bucket_edges if bucket_edges is not None else position_edges(longest), dtype=np.int64)
+    if len(edges) < 2 or np.any(np.diff(edges) <= 0):
+        raise RecitalError(f"position bucket edges must be increasing, got {edges.tolist()}")
+    parameters = getattr(model, "parameters", None)
+    first_parameter = next(iter(parameters()), None) if callable(parameters) else None
+    device = first_parameter.device if first_parameter is not None else torch.device("cpu")
+    plan = model.plan(budget, batch=1)
+
+    bucket_nll = np.zeros(len(edges) - 1)
+    bucket_tokens = np.zeros(len(edges) - 1, dtype=np.int64)
+    total_nll, total_tokens = 0.0, 0
+    with torch.inference_mode():
+        for done, ids in enumerate(pieces, start=1):
+            state = model.new_state(plan, 1)
+            tokens = torch.as_tensor(ids, device=device)  # (T,)
+            log_probs = torch.empty(len(ids) - 1, device=device)  # (T - 1,) log p(ids[t + 1] | ids[:t + 1])
+            for t in range(len(ids) - 1):
+                logits = model.step(tokens[t:t + 1], state)  # (1, V)
+                log_probs[t] = torch.log_softmax(logits[0].float(), dim=-1)[tokens[t + 1]]
+            nll = -log_probs.cpu().double().numpy()
+            positions = np.arange(1, len(ids))  # (T - 1,) the predicted tokens' positions
+            bucket = np.searchsorted(edges, positions, side="right") - 1
+            inside = (bucket >= 0) & (bucket < len(edges) - 1)
+            np.add.at(bucket_nll, bucket[inside], nll[inside])
+            np.add.at(bucket_tokens, bucket[inside], 1)
+            total_nll += float(nll.sum())
+            total_tokens += len(nll)
+            if progress is not None:
+                progress(done, len(pieces))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bucket_ppl = np.where(bucket_tokens > 0, np.exp(bucket_nll / np.maximum(bucket_tokens, 1)), np.nan)
+    return PerplexityReport(float(math.exp(total_nll / total_tokens)), total_tokens, len(pieces),
+                            tuple(int(e) for e in edges), bucket_tokens, bucket_ppl)

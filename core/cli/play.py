@@ -1,0 +1,65 @@
+"""`recital play FILE`: listen on the built-in synth, send to a MIDI port, or render a WAV file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "play a MIDI file on the synth or a MIDI port, or render it to WAV"
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--synth | --virtual | --port NAME, and --soundfont: shared with `generate --play` and `continue --play`."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--synth", action="store_true", help="play on the built-in synth (fluidsynth)")
+    where.add_argument("--virtual", action="store_true",
+                       help='open a virtual MIDI output port named "Recital" and play to it (connect your DAW)')
+    where.add_argument("--port", metavar="NAME", help="play to an existing MIDI output port (see `recital ports`)")
+    parser.add_argument("--soundfont", metavar="PATH",
+                        help="General MIDI SoundFont for the synth and --wav (default: $RECITAL_SOUNDFONT, "
+                             "then the system's)")
+
+
+def open_chosen_sink(args: argparse.Namespace):
+    """The sink the flags name (the synth when none is given); the caller closes it."""
+    from core.player import open_sink
+
+    if args.port is not None:
+        return open_sink(port=args.port)
+    if args.virtual:
+        return open_sink(virtual=True)
+    return open_sink(synth=True, soundfont=args.soundfont)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="MIDI file to play")
+    add_output_arguments(parser)
+    parser.add_argument("--wav", metavar="OUT",
+                        help="render to this WAV file (44.1 kHz stereo); plays live as well only when "
+                             "--synth, --virtual or --port is also given")
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.midi import read_performance
+    from core.player import play_performance
+
+    perf = read_performance(args.file)
+    minutes, seconds = divmod(int(round(perf.duration)), 60)
+    if args.wav:
+        from core.synth import render_wav
+
+        path = render_wav(perf, args.wav, soundfont=args.soundfont)
+        print(f"wrote {path} ({minutes}:{seconds:02d}, {len(perf)} notes)")
+        if not (args.synth or args.virtual or args.port is not None):
+            return 0
+    sink = open_chosen_sink(args)
+    try:
+        where = getattr(sink, "name", None) or f"the synth ({getattr(sink, 'driver', '')})"
+        print(f"playing {args.file} ({minutes}:{seconds:02d}, {len(perf)} notes) on {where}; Ctrl-C stops",
+              file=sys.stderr)
+        timing = play_performance(perf, sink).summary()
+    finally:
+        sink.close()
+    print(f"played {timing['messages']} messages; send timing error p50 {timing['p50_ms']:.2f} ms, "
+          f"p99 {timing['p99_ms']:.2f} ms")
+    return 0

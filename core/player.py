@@ -1,0 +1,310 @@
+"""The live player: note events in (as a generator produces them), timed MIDI/synth messages out.
+
+Time is music time (seconds of the piece) mapped to a steady clock by one offset. Playback starts once
+`lookahead` seconds of music are buffered; when generation falls behind and the clock reaches the last
+music time the decoder has finished (its *horizon*), the clock stops there and resumes, shifted, once the
+buffer is refilled. So a slow generator makes a pause, never a bunch of late notes. Every message's
+scheduled and actual send time is recorded, for the timing benchmark.
+
+Use from a generation loop (the CLI's `--play`, the studio's worker):
+
+    sink = open_sink(virtual=True)                  # or synth=True, or port="name"
+    with LivePlayer(sink) as player:                # exit waits for the music to finish, then all-off
+        ids = list(play_along(generate(...), player, start_time=primer_seconds))
+    sink.close()
+
+`player.stop()` (e.g. from a stop button, any thread) silences at once; `play_performance` plays a file.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from core.midi import Performance
+from core.tokenizer import Decoder, NoteEvent
+
+DEFAULT_LOOKAHEAD = 1.0  # seconds of music buffered before playing (and after a stall)
+SPIN_SECONDS = 0.002  # the last stretch before a message is busy-waited: OS timers overshoot by ~0.1-1 ms
+
+
+class Sink(Protocol):
+    """Where the player's messages go: a MIDI port (core.midiport.MidiOutput) or the synth (core.synth)."""
+
+    def note_on(self, pitch: int, velocity: int) -> None: ...
+
+    def note_off(self, pitch: int) -> None: ...
+
+    def all_off(self) -> None: ...
+
+
+@dataclass
+class Timing:
+    """What the player sent and when: scheduled vs actual clock times of every message, and the stalls."""
+
+    scheduled: list[float] = field(default_factory=list)
+    actual: list[float] = field(default_factory=list)
+    events: list[NoteEvent] = field(default_factory=list)
+    stalls: int = 0
+    stalled_seconds: float = 0.0
+
+    def errors_ms(self) -> np.ndarray:
+        """Actual minus scheduled send time of each message, in milliseconds."""
+        return (np.asarray(self.actual) - np.asarray(self.scheduled)) * 1000.0
+
+    def summary(self) -> dict[str, float]:
+        errors = self.errors_ms()
+        if len(errors) == 0:
+            return {"messages": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+        return {"messages": len(errors), "p50_ms": float(np.percentile(errors, 50)),
+                "p99_ms": float(np.percentile(errors, 99)), "max_ms": float(errors.max())}
+
+
+class Schedule:
+    """The player's clock logic, free of threads and real time: which events are due at clock time `now`.
+
+    States: *buffering* (`origin is None`: the music waits at `position`) and *playing* (music time t sounds
+    at clock time `origin + t`). Buffering ends when `lookahead` seconds past `position` are known (or the
+    stream is finished); playing stops (a stall) when the clock passes the horizon before the stream ends.
+    """
+
+    def __init__(self, lookahead: float = DEFAULT_LOOKAHEAD, start: float | None = None):
+        self.lookahead = lookahead
+        self.position = start  # music time where the clock waits; None: the first event's time
+        self.origin: float | None = None
+        self.horizon = float("-inf")  # music up to here is final
+        self.finished = False
+        self.stalls = 0
+        self.stalled_seconds = 0.0
+        self._stall_started: float | None = None
+        self._heap: list[tuple[float, int, int, NoteEvent]] = []
+        self._order = itertools.count()
+
+    def add(self, events: Iterable[NoteEvent], now: float, horizon: float | None = None) -> None:
+        """Events the decoder finished; `horizon`: music time up to which nothing more will come."""
+        self._check_stall(now)
+        latest = self.horizon
+        for event in events:
+            # Offs before ons at one instant, so a re-struck key sounds again.
+            heapq.heappush(self._heap, (event.time, event.kind == "on", next(self._order), event))
+            latest = max(latest, event.time)
+        self.horizon = max(latest, horizon if horizon is not None else latest)
+        if self.position is None and self._heap:
+            self.position = self._heap[0][0]
+
+    def finish(self, now: float) -> None:
+        """No more events will come: play the rest without waiting for a buffer."""
+        self._check_stall(now)
+        self.finished = True
+
+    @property
+    def done(self) -> bool:
+        return self.finished and not self._heap
+
+    def _check_stall(self, now: float) -> None:
+        """Stop the clock at the horizon if it got there before generation did (before the horizon moves)."""
+        if self.origin is not None and not self.finished and now - self.origin > self.horizon:
+            self.position = self.horizon
+            self._stall_started = self.origin + self.horizon
+            self.origin = None
+            self.stalls += 1
+
+    def pop_due(self, now: float) -> list[tuple[float, NoteEvent]]:
+        """Events whose clock time has come, with that scheduled clock time, in playing order."""
+        self._check_stall(now)
+        if self.origin is None:
+            if self.position is None or not (self.finished or self.horizon - self.position >= self.lookahead):
+                return []
+            self.origin = now - self.position
+            if self._stall_started is not None:
+                self.stalled_seconds += now - self._stall_started
+                self._stall_started = None
+        music_now = now - self.origin
+        due = []
+        while self._heap and self._heap[0][0] <= music_now:
+            t, _, _, event = heapq.heappop(self._heap)
+            due.append((self.origin + t, event))
+        return due
+
+    def next_time(self) -> float | None:
+        """Clock time of the next due event; None while buffering (only new input can move things)."""
+        if self.origin is None or not self._heap:
+            return None
+        return self.origin + self._heap[0][0]
+
+
+class LivePlayer:
+    """Plays note events on a background thread as they are fed; safe to feed from the generating thread.
+
+    `feed(events, horizon)` after each token, `finish()` at the end; leaving the `with` block (or `close()`)
+    waits for the music to end and sends all-notes-off. `stop()` ends at once. An error in the sink (say, the
+    JACK server went away) stops the player and is raised by the next `feed`/`close`.
+    """
+
+    def __init__(self, sink: Sink, lookahead: float = DEFAULT_LOOKAHEAD, start: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.sink = sink
+        self.clock = clock
+        self.schedule = Schedule(lookahead, start)
+        self.timing = Timing()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="recital-player", daemon=True)
+        self._thread.start()
+
+    def feed(self, events: Iterable[NoteEvent], horizon: float | None = None) -> None:
+        self._raise_error()
+        events = list(events)
+        with self._cond:
+            self.schedule.add(events, self.clock(), horizon)
+            self._cond.notify()
+
+    def finish(self) -> None:
+        with self._cond:
+            self.schedule.finish(self.clock())
+            self._cond.notify()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until everything fed has been played (after `finish`); False on timeout."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Stop now (any thread): nothing more is sent, every sounding note is released."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        self.sink.all_off()
+
+    def close(self) -> None:
+        """Finish, let the music play out, release every note, and report a sink error if there was one."""
+        self.finish()
+        self.wait()
+        self.sink.all_off()
+        self._raise_error()
+
+    def __enter__(self) -> LivePlayer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # an error or Ctrl-C in the generating loop: silence at once, keep the original error
+            self.stop()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        try:
+            self._play()
+        except BaseException as error:  # reported to the feeding thread
+            self._error = error
+
+    def _play(self) -> None:
+        cond, schedule, clock = self._cond, self.schedule, self.clock
+        while True:
+            with cond:
+                if self._stopped:
+                    return
+                now = clock()
+                due = schedule.pop_due(now)
+                if not due:
+                    if schedule.done:
+                        self.timing.stalls = schedule.stalls
+                        self.timing.stalled_seconds = schedule.stalled_seconds
+                        return
+                    wake = schedule.next_time()
+                    if wake is None:
+                        cond.wait()
+                        continue
+                    if wake - now > SPIN_SECONDS:
+                        cond.wait(wake - now - SPIN_SECONDS)
+                        continue
+            if not due:
+                while clock() < wake:  # the last ~2 ms: a busy wait is the only precise timer
+                    pass
+                continue
+            for scheduled, event in due:
+                if event.kind == "on":
+                    self.sink.note_on(event.pitch, event.velocity)
+                else:
+                    self.sink.note_off(event.pitch)
+                self.timing.scheduled.append(scheduled)
+                self.timing.actual.append(clock())
+                self.timing.events.append(event)
+            with cond:
+                self.timing.stalls = schedule.stalls
+                self.timing.stalled_seconds = schedule.stalled_seconds
+
+
+def play_along(tokens: Iterable[int], player: LivePlayer, start_time: float = 0.0) -> Iterator[int]:
+    """Yield each token id unchanged while its note events go to `player` (the decoder lives here).
+
+    `start_time` is the music time of the first generated token (the primer's length for a continuation).
+    When the tokens run out, the player is told the stream is finished.
+    """
+    decoder = Decoder(start_time)
+    for token in tokens:
+        player.feed(decoder.feed(token), horizon=decoder.time)
+        yield token
+        if decoder.ended:
+            break
+    player.feed(decoder.finish(), horizon=decoder.time)
+    player.finish()
+
+
+def performance_events(perf: Performance) -> list[NoteEvent]:
+    """The note-on/note-off events of a performance in playing order (offs first at one instant)."""
+    events = []
+    for onset, offset, pitch, velocity in zip(perf.onset.tolist(), perf.offset.tolist(), perf.pitch.tolist(),
+                                              perf.velocity.tolist(), strict=True):
+        events.append(NoteEvent("on", onset, pitch, velocity, onset))
+        events.append(NoteEvent("off", offset, pitch, velocity, onset))
+    events.sort(key=lambda e: (e.time, e.kind == "on", e.pitch))
+    return events
+
+
+def play_performance(perf: Performance, sink: Sink, clock: Callable[[], float] = time.perf_counter) -> Timing:
+    """Play a whole piece on `sink` from time 0 (blocking; Ctrl-C stops it cleanly); the timing record."""
+    player = LivePlayer(sink, lookahead=0.0, start=0.0, clock=clock)
+    try:
+        player.feed(performance_events(perf), horizon=perf.duration)
+        player.finish()
+        while not player.wait(0.1):  # join in short steps so Ctrl-C reaches this thread
+            pass
+    except BaseException:
+        player.stop()
+        raise
+    player.close()
+    return player.timing
+
+
+def open_sink(synth: bool = False, virtual: bool = False, port: str | None = None,
+              soundfont: str | Path | None = None):
+    """The sink the user chose: the built-in synth, the virtual "Recital" MIDI port, or a named port.
+
+    The caller closes it (`.close()`); each raises a one-line DeviceError when its device is missing.
+    """
+    if sum([synth, virtual, port is not None]) != 1:
+        raise ValueError("choose exactly one of synth, virtual, port")
+    if synth:
+        from core.synth import LiveSynth
+
+        return LiveSynth(soundfont)
+    from core.midiport import MidiOutput
+
+    return MidiOutput(None if virtual else port)

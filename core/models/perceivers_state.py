@@ -1,0 +1,152 @@
+"""PerceiverS generation state: what a byte budget buys (the plan) and the preallocated buffers (the state).
+
+The state holds, per lane of the batch:
+- the keys/values of the inputs for the first cross-attention, over the generation context N_gen (a ring);
+- those of the second (scale-masked) cross-attention, over only the last min(N_gen, S + M - 1) inputs: its scale
+  mask hides everything older than S positions from every latent, and a re-encode of up to M latents reaches
+  M - 1 positions further back;
+- the latent self-attention keys/values, M per layer (a ring);
+- the ids of the last M inputs (re-encoding needs them) and the absolute position held by every ring slot.
+
+Nothing grows after `PerceiverSState.__init__`; `nbytes` is counted from the tensors themselves, and the plan's
+formula is tested against it, so `state.nbytes == plan.nbytes <= budget` holds for any budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from core.errors import BudgetError
+
+INDEX_BYTES = 8  # int64 positions and ids
+
+
+def format_bytes(n: int) -> str:
+    """Human-readable byte count: 1536 -> '1.5 KiB'."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def local_ring(context: int, latents: int, scale: int) -> int:
+    """Inputs the second cross-attention must keep: S back from the oldest of up to M latents computed at once."""
+    return min(context, scale + latents - 1)
+
+
+def state_bytes(batch: int, context: int, latents: int, scale: int, n_layers: int, d_model: int,
+                element_size: int) -> int:
+    """Bytes of a PerceiverSState; mirrors the buffers allocated in PerceiverSState.__init__ one for one."""
+    local = local_ring(context, latents, scale)
+    kv = 2 * (context + local + n_layers * latents) * d_model * element_size  # keys and values
+    index = (context + local + latents) * INDEX_BYTES  # slot positions of the three rings
+    index += latents * INDEX_BYTES + 2 * INDEX_BYTES  # ids of the last M inputs; length and window start
+    return batch * (kv + index)
+
+
+@dataclass(frozen=True)
+class PerceiverSPlan:
+    """What a budget bought: the generation context N_gen (<= the trained context N) and its bytes."""
+
+    batch: int
+    context: int  # N_gen: inputs the first cross-attention sees during generation
+    latents: int  # M
+    scale: int  # S
+    n_layers: int
+    n_heads: int
+    d_model: int
+    dtype: torch.dtype
+    budget: int
+
+    @property
+    def local(self) -> int:
+        return local_ring(self.context, self.latents, self.scale)
+
+    @property
+    def nbytes(self) -> int:
+        return state_bytes(self.batch, self.context, self.latents, self.scale, self.n_layers, self.d_model,
+                           _element_size(self.dtype))
+
+    def describe(self) -> str:
+        return (f"PerceiverS state {format_bytes(self.nbytes)} of a {format_bytes(self.budget)} budget: "
+                f"context {self.context} tokens (second cross-attention {self.local}), "
+                f"{self.latents} latents x {self.n_layers} layers, batch {self.batch}")
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def plan_state(budget: int, batch: int, max_context: int, latents: int, scale: int, n_layers: int, n_heads: int,
+               d_model: int, dtype: torch.dtype) -> PerceiverSPlan:
+    """The longest generation context N_gen in [M, N] whose state fits `budget` bytes (bytes grow with N_gen)."""
+    if batch < 1:
+        raise BudgetError(f"batch must be at least 1, got {batch}")
+    element = _element_size(dtype)
+
+    def cost(context: int) -> int:
+        return state_bytes(batch, context, latents, scale, n_layers, d_model, element)
+
+    minimum = cost(latents)
+    if budget < minimum:
+        raise BudgetError(f"a budget of {format_bytes(budget)} is too small for this PerceiverS model: "
+                          f"it needs at least {format_bytes(minimum)} ({minimum} bytes) for batch {batch}")
+    low, high = latents, max_context  # cost(low) <= budget; find the largest such context
+    while low < high:
+        middle = (low + high + 1) // 2
+        if cost(middle) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return PerceiverSPlan(batch, low, latents, scale, n_layers, n_heads, d_model, dtype, budget)
+
+
+class PerceiverSState:
+    """Preallocated rings for cached generation; lanes are independent (each has its own length and window)."""
+
+    def __init__(self, plan: PerceiverSPlan, batch: int, device: torch.device | str = "cpu"):
+        if not 1 <= batch <= plan.batch:
+            raise BudgetError(f"the plan was made for batch {plan.batch}; a state for batch {batch} does not fit")
+        self.plan = plan
+        self.batch = batch
+        heads, head_dim = plan.n_heads, plan.d_model // plan.n_heads
+        kv = dict(dtype=plan.dtype, device=device)
+        index = dict(dtype=torch.long, device=device)
+        self.keys1 = torch.zeros(batch, heads, plan.context, head_dim, **kv)  # (B, nh, N_gen, hs)
+        self.values1 = torch.zeros(batch, heads, plan.context, head_dim, **kv)
+        self.keys2 = torch.zeros(batch, heads, plan.local, head_dim, **kv)  # (B, nh, R2, hs)
+        self.values2 = torch.zeros(batch, heads, plan.local, head_dim, **kv)
+        self.latent_keys = torch.zeros(plan.n_layers, batch, heads, plan.latents, head_dim, **kv)  # (L, B, nh, M, hs)
+        self.latent_values = torch.zeros(plan.n_layers, batch, heads, plan.latents, head_dim, **kv)
+        self.positions1 = torch.full((batch, plan.context), -1, **index)  # absolute position in each slot
+        self.positions2 = torch.full((batch, plan.local), -1, **index)
+        self.latent_positions = torch.full((batch, plan.latents), -1, **index)
+        self.ids = torch.zeros(batch, plan.latents, **index)  # ids of the last M inputs, slot = position % M
+        self.length = torch.zeros(batch, **index)  # inputs consumed so far
+        self.start = torch.zeros(batch, **index)  # first position of the current latent window
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.keys1, self.values1, self.keys2, self.values2, self.latent_keys, self.latent_values,
+                self.positions1, self.positions2, self.latent_positions, self.ids, self.length, self.start]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    @property
+    def context_start(self) -> torch.Tensor:
+        """First input the current window's latents may see (B,): the window ends where a training crop would."""
+        return (self.start + self.plan.latents - self.plan.context).clamp(min=0)
+
+    def reset(self, lane: int) -> None:
+        """Forget everything lane `lane` has read; the buffers stay where they are."""
+        if not 0 <= lane < self.batch:
+            raise IndexError(f"lane {lane} is outside a batch of {self.batch}")
+        for positions in (self.positions1, self.positions2, self.latent_positions):
+            positions[lane] = -1
+        self.length[lane] = 0
+        self.start[lane] = 0

@@ -1,0 +1,230 @@
+"""DSMR: a decoder-only Transformer that reads a whole piece in segments, each layer remembering its own horizon.
+
+Depth-Structured Music Recurrence (Yi et al., arXiv 2602.19816). A piece is read left to right in segments of
+L tokens. Every layer keeps the keys/values of earlier tokens as detached memory (Transformer-XL style), layer l
+at most its last m_l tokens, and the horizons m_l share one byte budget (core/state.py plans them).
+
+What a query sees. Memory is fixed per segment: when a segment closes, layer l keeps the last m_l tokens before
+the next segment. Query i of a segment attends to its layer's memory plus the segment's tokens <= i, but only
+tokens of its own piece: a BOS id starts a new piece in that lane (positions restart at 0, and nothing before
+the BOS is visible to it or after it). Positions are rotary, at the token's index in the piece.
+
+One code path (`_advance`) serves training (a whole segment, gradients inside it, memory detached), prefill (a
+primer streamed chunk by chunk) and incremental generation (one id per lane); so `step` reproduces `forward`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.errors import BudgetError, ModelError
+from core.models.layers import Block, RMSNorm
+from core.state import RecurrentState, StatePlan, parse_budget, plan_horizons
+from core.tokenizer import BOS, PAD, VOCAB_SIZE
+
+
+@dataclass
+class DSMRConfig:
+    """Model size plus the default memory schedule (a user's budget picks the horizons at run time)."""
+
+    vocab_size: int = VOCAB_SIZE
+    d_model: int = 384
+    n_layers: int = 6
+    n_heads: int = 6
+    mlp_ratio: int = 4
+    segment_len: int = 512
+    dropout: float = 0.0
+    rotary_base: float = 10000.0
+    schedule: str = "two_scale"  # full | uniform | two_scale | explicit
+    n_long: int = 2  # two_scale: how many lower layers get the long horizon
+    long_ratio: float = 4.0  # two_scale: long horizon / short horizon
+    horizons: list[int] | None = None  # explicit schedule
+    max_horizon: int = 16384  # cap on any layer's memory (the `full` schedule's horizon)
+    default_budget: str = "32MB"  # state budget at batch 1 when the user names none
+
+    def __post_init__(self):
+        problems = []
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "segment_len"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                problems.append(f"{name} must be a positive integer")
+        if not problems and self.d_model % self.n_heads:
+            problems.append(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        elif not problems and (self.d_model // self.n_heads) % 2:
+            problems.append("head size d_model / n_heads must be even for rotary positions")
+        if self.schedule not in ("full", "uniform", "two_scale", "explicit"):
+            problems.append(f"unknown schedule {self.schedule!r}")
+        if self.schedule == "explicit" and (self.horizons is None or len(self.horizons) != self.n_layers):
+            problems.append(f"the explicit schedule needs horizons for all {self.n_layers} layers")
+        if problems:
+            raise ModelError("bad DSMR config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DSMRConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelError(f"bad DSMR config: unknown fields {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise ModelError(f"bad DSMR config: {error}") from None
+
+
+class DSMR(nn.Module):
+    arch = "dsmr"
+
+    def __init__(self, config: DSMRConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads, config.mlp_ratio, config.dropout)
+                                    for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.head.weight = self.embed.weight  # tied: the embedding is the output layer too
+        self.head_dim = config.d_model // config.n_heads
+        inv_freq = 1.0 / (config.rotary_base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32)
+                                                 / self.head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._causal: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self.apply(self._init)
+        for block in self.blocks:  # residual branches start small (GPT-2)
+            scale = 0.02 / math.sqrt(2 * config.n_layers)
+            nn.init.normal_(block.attn.out_proj.weight, std=scale)
+            nn.init.normal_(block.mlp.down.weight, std=scale)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    # -- the budgeted state -------------------------------------------------------------------------------------
+
+    def plan(self, budget_bytes: int | str | None = None, batch: int = 1, schedule=None, **params) -> StatePlan:
+        """Per-layer horizons for a budget (default: the config's) and schedule (default: the config's)."""
+        c = self.config
+        budget = parse_budget(c.default_budget if budget_bytes is None else budget_bytes)
+        if schedule is None:
+            schedule = c.horizons if c.schedule == "explicit" else c.schedule
+        if schedule == "two_scale":
+            params.setdefault("n_long", c.n_long)
+            params.setdefault("long_ratio", c.long_ratio)
+        return plan_horizons(c, budget, batch, schedule, element_size=self._element_size(), **params)
+
+    def new_state(self, plan: StatePlan, batch: int | None = None) -> RecurrentState:
+        batch = plan.batch if batch is None else batch
+        if batch != plan.batch:
+            raise BudgetError(f"the plan was made for batch {plan.batch}, not {batch}: plan again")
+        if plan.d_model != self.config.d_model or len(plan.horizons) != self.config.n_layers:
+            raise BudgetError("the plan was made for another model size")
+        weight = self.embed.weight
+        return RecurrentState(plan, self.config.n_heads, dtype=weight.dtype, device=weight.device)
+
+    def _element_size(self) -> int:
+        return self.embed.weight.element_size()
+
+    # -- reading tokens -----------------------------------------------------------------------------------------
+
+    def forward(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
+        """Logits (B, T, V) of `ids` (B, T) read on from `state`, segment by segment; the state moves on.
+
+        For training call it with one segment (T = L) at a time: gradients flow within the segment, the
+        memory carried into the next one is detached (truncated backprop through time).
+        """
+        return self.head(self.norm(self._read(ids, state)))
+
+    def step(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
+        """Logits (B, V) for the next token after one id (B,) per lane."""
+        return self.head(self.norm(self._advance(ids[:, None], state)[:, 0]))
+
+    def prefill(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
+        """Read a primer (B, T) through the state (any length: memory keeps what the budget allows).
+
+        Returns the logits (B, V) after its last token; the same as stepping through it id by id.
+        """
+        if ids.shape[1] == 0:
+            raise ValueError("prefill needs at least one id")
+        return self.head(self.norm(self._read(ids, state)[:, -1]))
+
+    def _read(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
+        """Hidden states (B, T, C), in chunks that end at segment boundaries."""
+        if ids.dim() != 2 or ids.shape[0] != state.batch:
+            raise ValueError(f"ids must be (batch={state.batch}, T), got {tuple(ids.shape)}")
+        out, start = [], 0
+        while start < ids.shape[1]:
+            take = min(ids.shape[1] - start, state.segment_len - state.fill)
+            out.append(self._advance(ids[:, start:start + take], state))
+            start += take
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+    def _causal_mask(self, length: int, device: torch.device) -> torch.Tensor:
+        """(T, T) lower triangle, built once per length."""
+        key = (length, device)
+        if key not in self._causal:
+            self._causal[key] = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        return self._causal[key]
+
+    def _advance(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
+        """Hidden states (B, T, C) of T ids that fit in the current segment; writes their K/V into the state."""
+        batch, length = ids.shape
+        fill, seg, top = state.fill, state.segment_len, state.max_horizon
+        assert fill + length <= seg, "a chunk may not cross a segment boundary"
+        old = top + fill  # global validity columns already written: memory + segment so far
+        steps = torch.arange(length, device=ids.device)
+        bos = ids == BOS  # (B, T)
+        if length == 1:  # one id per lane: a BOS simply resets its lane first
+            if bool(bos.any()):
+                for lane in bos[:, 0].nonzero()[:, 0].tolist():
+                    state.reset(lane)
+            positions = state.positions[:, None]  # (B, 1)
+            state.valid[:, old] = True
+            mask = state.valid[:, None, None, :old + 1]  # (B, 1, 1, M + fill + 1)
+        else:
+            pieces = bos.cumsum(1)  # (B, T) BOS seen so far (inclusive): a piece number within the chunk
+            same_piece = pieces == 0  # (B, T) still in the piece the state was reading
+            last_bos = torch.where(bos, steps, -1).cummax(1).values
+            positions = torch.where(same_piece, state.positions[:, None] + steps, steps - last_bos)  # (B, T)
+            causal = self._causal_mask(length, ids.device)
+            earlier = state.valid[:, None, :old] & same_piece[:, :, None]  # (B, T, M + fill)
+            current = causal & (pieces[:, :, None] == pieces[:, None, :])  # (B, T, T)
+            mask = torch.cat([earlier, current], dim=2)[:, None]  # (B, 1, T, M + fill + T)
+            ended = pieces[:, -1] > 0  # lanes whose piece changed inside the chunk forget the old one
+            state.valid[:, :old] &= ~ended[:, None]
+            state.valid[:, old:old + length] = pieces == pieces[:, -1:]
+        angles = positions.to(torch.float32)[:, None, :, None] * self.inv_freq  # (B, 1, T, hs/2)
+        cos, sin = angles.cos(), angles.sin()
+
+        training = torch.is_grad_enabled()
+        x = self.embed(ids)  # (B, T, C)
+        for block, keys, values, m in zip(self.blocks, state.keys, state.values, state.horizons, strict=True):
+            q, k, v = block.project(x, cos, sin)  # each (B, nh, T, hs)
+            start, end = m + fill, m + fill + length
+            layer_mask = mask[..., top - m:]  # this layer sees only its last m memory slots
+            if training:  # attend to the detached past plus this chunk's own (differentiable) keys/values
+                k_all = torch.cat([keys[:, :, :start], k], dim=2)
+                v_all = torch.cat([values[:, :, :start], v], dim=2)
+                keys[:, :, start:end] = k.detach()
+                values[:, :, start:end] = v.detach()
+            else:  # write in place and attend to the buffer itself: no copy of the state per token
+                keys[:, :, start:end] = k
+                values[:, :, start:end] = v
+                k_all, v_all = keys[:, :, :end], values[:, :, :end]
+            x = block.finish(x, q, k_all, v_all, layer_mask)
+        state.positions.copy_(positions[:, -1] + 1)
+        state.fill += length
+        if state.fill == seg:
+            state.close_segment()
+        return x
+
+
+def segment_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over (B, T, V) logits and (B, T) targets; PAD targets are ignored."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD)

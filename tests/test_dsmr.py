@@ -1,0 +1,148 @@
+"""DSMR: incremental generation sees exactly what training saw, memory horizons bound what is remembered."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.errors import BudgetError, ModelError
+from core.models.dsmr import DSMR, DSMRConfig, segment_loss
+from core.tokenizer import BOS, PAD
+
+SEGMENT = 8
+
+
+def tiny(**overrides) -> DSMR:
+    torch.manual_seed(0)
+    config = dict(d_model=32, n_layers=4, n_heads=4, segment_len=SEGMENT, max_horizon=64, n_long=1,
+                  long_ratio=3.0, default_budget="64KB")
+    config.update(overrides)
+    return DSMR(DSMRConfig(**config)).eval()
+
+
+def piece_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 391, (batch, length), generator=generator)
+    ids[:, 0] = BOS
+    return ids
+
+
+def segment_forward(model: DSMR, ids: torch.Tensor, state) -> torch.Tensor:
+    """The training path: one segment at a time, with gradients on."""
+    with torch.enable_grad():
+        out = [model(ids[:, i:i + SEGMENT], state) for i in range(0, ids.shape[1], SEGMENT)]
+    return torch.cat(out, dim=1).detach()
+
+
+def stepped(model: DSMR, ids: torch.Tensor, state) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.stack([model.step(ids[:, i], state) for i in range(ids.shape[1])], dim=1)
+
+
+@pytest.mark.parametrize("schedule", ["two_scale", "uniform", [20, 9, 3, 0]])
+def test_step_reproduces_segment_forward_across_boundaries_and_resets(schedule):
+    model = tiny()
+    plan = model.plan("64KB", batch=3, schedule=schedule)
+    assert len(set(plan.horizons)) > 1 or schedule == "uniform"
+    ids = piece_ids(3, 6 * SEGMENT + 5)  # six boundaries and a partial segment
+    ids[1, 27] = BOS  # lane 1: a new piece starts in the middle of a segment
+    ids[2, 3 * SEGMENT] = BOS  # lane 2: a new piece starts on a segment boundary
+    reference = segment_forward(model, ids, model.new_state(plan))
+    incremental = stepped(model, ids, model.new_state(plan))
+    assert torch.allclose(incremental, reference, atol=1e-4), (incremental - reference).abs().max()
+
+    # The reset lane forgot its first piece: it reads its second piece as a fresh state would.
+    fresh = model.plan("64KB", batch=1, schedule=list(plan.horizons))
+    alone = stepped(model, ids[2:, 3 * SEGMENT:], model.new_state(fresh))
+    assert torch.allclose(incremental[2, 3 * SEGMENT:], alone[0], atol=1e-4)
+
+
+def test_prefill_equals_stepping_and_leaves_the_same_state():
+    model = tiny()
+    plan = model.plan("64KB", batch=2)
+    ids = piece_ids(2, 3 * SEGMENT + 3)
+    by_step, by_prefill = model.new_state(plan), model.new_state(plan)
+    last = stepped(model, ids, by_step)[:, -1]
+    with torch.no_grad():
+        logits = model.prefill(ids, by_prefill)
+    assert torch.allclose(logits, last, atol=1e-4)
+    assert by_step.fill == by_prefill.fill and torch.equal(by_step.positions, by_prefill.positions)
+    after = piece_ids(2, 2, seed=5)[:, 1]
+    with torch.no_grad():
+        assert torch.allclose(model.step(after, by_step), model.step(after, by_prefill), atol=1e-4)
+
+
+def test_explicit_reset_of_one_lane():
+    model = tiny()
+    plan = model.plan("64KB", batch=2)
+    ids = piece_ids(2, 2 * SEGMENT, seed=3)
+    state = model.new_state(plan)
+    stepped(model, ids, state)
+    state.reset(0)
+    other = piece_ids(2, SEGMENT + 4, seed=4)
+    continued = stepped(model, other, state)
+    fresh = stepped(model, other[:1], model.new_state(model.plan("64KB", schedule=list(plan.horizons))))
+    assert torch.allclose(continued[0], fresh[0], atol=1e-4)
+    assert not torch.allclose(continued[1], fresh[0], atol=1e-2)  # lane 1 still remembers its piece
+
+
+def test_horizon_bounds_what_a_segment_remembers():
+    model = tiny()
+    ids = piece_ids(1, 2 * SEGMENT)
+    changed = ids.clone()
+    changed[0, 3] = 77 if ids[0, 3] != 77 else 78  # alter a token of the first segment
+
+    def second_segment(plan, tokens):
+        return stepped(model, tokens, model.new_state(plan))[0, SEGMENT:]
+
+    no_memory = model.plan("64KB", schedule=[0, 0, 0, 0])
+    assert torch.equal(second_segment(no_memory, ids), second_segment(no_memory, changed))
+    memory = model.plan("64KB", schedule=[SEGMENT, 0, 0, 0])
+    assert not torch.allclose(second_segment(memory, ids), second_segment(memory, changed))
+
+
+def test_positions_continue_across_segments():
+    model = tiny()
+    state = model.new_state(model.plan("64KB"))
+    stepped(model, piece_ids(1, 2 * SEGMENT + 3), state)
+    assert state.positions.tolist() == [2 * SEGMENT + 3] and state.fill == 3
+
+
+def test_training_memory_is_detached_and_loss_ignores_pad():
+    model = tiny().train()
+    state = model.new_state(model.plan("64KB", batch=2))
+    ids = piece_ids(2, 3 * SEGMENT + 1)
+    for start in range(0, 3 * SEGMENT, SEGMENT):
+        logits = model(ids[:, start:start + SEGMENT], state)
+        targets = ids[:, start + 1:start + SEGMENT + 1].clone()
+        loss = segment_loss(logits, targets)
+        loss.backward()  # would fail if the memory still held the previous segment's graph
+        assert not any(k.requires_grad for k in state.keys)
+    targets[:, 2:] = PAD
+    expected = torch.nn.functional.cross_entropy(logits[:, :2].reshape(-1, 391), targets[:, :2].reshape(-1))
+    assert torch.allclose(segment_loss(logits, targets), expected)
+    assert len(model._causal) == 1  # the causal mask was built once for this segment length
+
+
+def test_state_bytes_fit_the_budget_and_plans_must_match():
+    model = tiny()
+    plan = model.plan()
+    state = model.new_state(plan)
+    assert state.nbytes == plan.nbytes <= 64 * 1024
+    with pytest.raises(BudgetError, match="batch"):
+        model.new_state(plan, batch=2)
+    with pytest.raises(BudgetError, match="at least"):
+        model.plan("1KB")
+
+
+def test_config_round_trip_and_errors():
+    config = DSMRConfig(d_model=32, n_layers=2, n_heads=2, segment_len=8, schedule="explicit", horizons=[4, 2])
+    assert DSMRConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ModelError, match="divisible"):
+        DSMRConfig(d_model=30, n_heads=4)
+    with pytest.raises(ModelError, match="unknown fields"):
+        DSMRConfig.from_dict({"d_model": 32, "wings": 2})
+    with pytest.raises(ModelError, match="explicit"):
+        DSMRConfig(schedule="explicit")
+    model = DSMR(config)
+    assert model.plan("64KB").horizons == (4, 2)

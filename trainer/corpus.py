@@ -1,0 +1,480 @@
+"""A folder of MIDI files as one memory-mapped token array, cached so a re-scan reads only what changed.
+
+Three layers, each cheap to redo:
+
+1. Per file, the content hash (sha256 of the bytes). A folder remembers (size, mtime) -> hash of every file it
+   saw, so an unchanged file is not even read again.
+2. Per content hash and codec, the token ids (`pieces/<codec>/<hh>/<hash>.npy`) and a small record (duration,
+   note count, or why the file cannot be read). Shared by every folder; a codec change starts a fresh directory.
+3. Per folder, one flat uint16 array (`tokens-<id>.npy`, opened with `np.load(mmap_mode="r")`) and
+   `index.json`: piece boundaries, source paths, durations, token counts, hashes, and the last scan's summary.
+
+Everything lives under `platformdirs.user_cache_dir("recital")/corpus`, or `$RECITAL_CACHE_DIR/corpus`.
+Files that cannot be read are skipped and reported (with `MidiError`'s reason), never fatal; exact duplicates
+(same bytes, or different bytes with the same token sequence) are kept once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+
+from core.errors import MidiError
+from core.midi import MAX_FILE_BYTES, atomic_write_bytes, find_midi_files, read_performance
+from core.tokenizer import encode
+
+CACHE_ENV = "RECITAL_CACHE_DIR"
+INDEX_VERSION = 1
+
+Progress = Callable[[int, int], None]  # (files done, files in all); may raise to cancel the scan
+
+
+def cache_root() -> Path:
+    """Where corpus caches live: `$RECITAL_CACHE_DIR/corpus`, else the platform's user cache dir."""
+    override = os.environ.get(CACHE_ENV)
+    base = Path(override) if override else Path(platformdirs.user_cache_dir("recital"))
+    return base / "corpus"
+
+
+@lru_cache(maxsize=1)
+def codec_version() -> str:
+    """Fingerprint of everything that decides a file's tokens: the reader, the codec and the MIDI parser.
+
+    Derived from the source itself, so no one has to remember to bump a number when the encoding changes.
+    """
+    import symusic
+
+    import core.midi
+    import core.tokenizer
+
+    digest = hashlib.sha256()
+    for module in (core.midi, core.tokenizer):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(symusic.__version__.encode())
+    return digest.hexdigest()[:16]
+
+
+# ---- what a scan reports ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str  # MidiError's one-line reason
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    path: str
+    same_as: str  # the kept file with the same token sequence
+
+
+@dataclass(frozen=True)
+class ScanSummary:
+    """What one scan found: enough for the CLI's table, the fine-tune dialog and a model card."""
+
+    folder: str
+    files: int  # MIDI files found
+    files_ok: int  # files that read (duplicates included)
+    skipped: tuple[Skipped, ...]
+    duplicates: tuple[Duplicate, ...]
+    pieces: int
+    tokens: int
+    seconds: float  # music in the kept pieces
+    encoded: int  # files read and encoded in this scan; the others came from the cache
+    hashed: int  # files whose bytes were read to hash them (new or touched since the last scan)
+    elapsed: float  # wall seconds of the scan
+
+    @property
+    def hours(self) -> float:
+        return self.seconds / 3600.0
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(label, value) pairs for a two-column table."""
+        return [
+            ("files ok", f"{self.files_ok:,}"),
+            ("skipped", f"{len(self.skipped):,}"),
+            ("duplicates", f"{len(self.duplicates):,}"),
+            ("pieces", f"{self.pieces:,}"),
+            ("tokens", f"{self.tokens:,}"),
+            ("hours of music", f"{self.hours:.2f}"),
+            ("read this scan", f"{self.encoded:,} of {self.files:,} files ({self.elapsed:.1f} s)"),
+        ]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict) -> ScanSummary:
+        data = dict(data)
+        data["skipped"] = tuple(Skipped(**s) for s in data["skipped"])
+        data["duplicates"] = tuple(Duplicate(**d) for d in data["duplicates"])
+        return ScanSummary(**data)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One kept file: its tokens are `Corpus.tokens[start:end]` (BOS ... EOS)."""
+
+    start: int
+    end: int
+    path: str  # absolute source path at scan time
+    seconds: float
+    notes: int
+    hash: str  # sha256 of the file's bytes
+
+    @property
+    def tokens(self) -> int:
+        return self.end - self.start
+
+
+# ---- the per-hash cache ----------------------------------------------------------------------------------
+
+@dataclass
+class _Store:
+    """Token arrays and records keyed by content hash, for one codec version."""
+
+    root: Path
+
+    def _stem(self, digest: str) -> Path:
+        return self.root / digest[:2] / digest
+
+    def record(self, digest: str) -> dict | None:
+        """The cached record of a hash, or None when it is missing or incomplete."""
+        stem = self._stem(digest)
+        try:
+            record = json.loads(stem.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            return None
+        if record.get("ok") and not stem.with_suffix(".npy").is_file():
+            return None
+        return record
+
+    def save(self, digest: str, record: dict, ids: np.ndarray | None) -> None:
+        stem = self._stem(digest)
+        if ids is not None:
+            buffer = io.BytesIO()
+            np.save(buffer, ids, allow_pickle=False)
+            atomic_write_bytes(stem.with_suffix(".npy"), buffer.getvalue(), what="corpus cache entry")
+        atomic_write_bytes(stem.with_suffix(".json"), json.dumps(record).encode(), what="corpus cache entry")
+
+    def tokens(self, digest: str, expected: int) -> np.ndarray:
+        path = self._stem(digest).with_suffix(".npy")
+        try:
+            ids = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise MidiError(path, f"damaged corpus cache entry ({error}); scan again with --no-cache") from None
+        if ids.dtype != np.uint16 or ids.shape != (expected,):
+            raise MidiError(path, "damaged corpus cache entry (wrong size); scan again with --no-cache")
+        return ids
+
+
+def _encode_file(path: str, digest: str, store_root: str) -> dict:
+    """Read, encode and cache one file (runs in a worker process). Returns its record."""
+    try:
+        perf = read_performance(path)
+    except MidiError as error:
+        record = {"ok": False, "reason": error.reason}
+        _Store(Path(store_root)).save(digest, record, None)
+        return record
+    ids = encode(perf)
+    record = {"ok": True, "seconds": perf.duration, "notes": len(perf), "tokens": int(ids.shape[0]),
+              "token_hash": hashlib.sha256(ids.tobytes()).hexdigest()}
+    _Store(Path(store_root)).save(digest, record, ids)
+    return record
+
+
+def _hash_file(path: Path, size: int) -> str:
+    if size > MAX_FILE_BYTES:
+        read_performance(path)  # refuses the file by its size, before reading a byte
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as error:
+        raise MidiError(path, f"cannot read the file ({error.strerror})") from None
+
+
+# ---- the corpus ------------------------------------------------------------------------------------------
+
+@dataclass
+class Corpus:
+    """A scanned folder: one memory-mapped token array, its pieces, and the scan's summary."""
+
+    folder: Path
+    tokens: np.ndarray  # uint16 (total,), memory-mapped read-only
+    index: tuple[Piece, ...]
+    summary: ScanSummary
+    codec: str
+    starts: np.ndarray = field(init=False, repr=False)  # int64 (pieces,)
+    ends: np.ndarray = field(init=False, repr=False)  # int64 (pieces,)
+
+    def __post_init__(self) -> None:
+        self.starts = np.array([p.start for p in self.index], dtype=np.int64)
+        self.ends = np.array([p.end for p in self.index], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def piece(self, i: int) -> np.ndarray:
+        """Token ids of piece `i` (BOS ... EOS): a view into the memory map, no copy."""
+        entry = self.index[i]
+        return self.tokens[entry.start:entry.end]
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(p.seconds for p in self.index))
+
+    @property
+    def hours(self) -> float:
+        return self.total_seconds / 3600.0
+
+    def totals(self) -> dict:
+        """What a model card says about its training data."""
+        return {"folder": str(self.folder), "pieces": len(self), "tokens": self.total_tokens,
+                "hours": round(self.hours, 3), "files_skipped": len(self.summary.skipped),
+                "duplicates_dropped": len(self.summary.duplicates), "codec": self.codec}
+
+    def split(self, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+        """(train, validation) piece indices, chosen by a seeded hash of each piece's content.
+
+        The same seed gives the same split whatever the file names or scan order, so a renamed or moved
+        piece stays on its side. With two or more pieces and a positive fraction, both sets are non-empty.
+        """
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        n = len(self)
+        n_val = round(val_fraction * n)
+        if val_fraction > 0 and n >= 2:
+            n_val = min(max(n_val, 1), n - 1)
+        rank = sorted(range(n), key=lambda i: hashlib.sha256(f"{seed}:{self.index[i].hash}".encode()).digest())
+        val = sorted(rank[:n_val])
+        chosen = set(val)
+        return [i for i in range(n) if i not in chosen], val
+
+    # ---- opening and building --------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, folder: str | Path) -> Corpus:
+        """The corpus of `folder` as its last scan left it (no re-scan)."""
+        folder = Path(folder).resolve()
+        home = _folder_home(folder)
+        index = _read_index(home)
+        if index is None:
+            raise MidiError(folder, "this folder has not been scanned yet; run `recital corpus` on it first")
+        try:
+            pieces = tuple(Piece(**p) for p in index["pieces"])
+            summary = ScanSummary.from_json(index["summary"])
+            tokens = np.load(home / index["tokens_file"], mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise MidiError(folder, f"the corpus cache is damaged ({error}); run `recital corpus` on it "
+                                    "again") from None
+        if tokens.dtype != np.uint16 or tokens.shape != (pieces[-1].end if pieces else 0,):
+            raise MidiError(folder, "the corpus cache is damaged (token array size); run `recital corpus` "
+                                    "on it again")
+        return cls(folder, tokens, pieces, summary, index["codec"])
+
+    @classmethod
+    def build(cls, folder: str | Path, workers: int | None = None, use_cache: bool = True,
+              progress: Progress | None = None) -> Corpus:
+        """Scan `folder` recursively, encode what is new or changed (in `workers` processes), and assemble.
+
+        `use_cache=False` reads and encodes every file again (refreshing the cache). `progress(done, total)`
+        is called as files complete; an exception it raises cancels the scan. The returned corpus carries
+        the scan's `summary` (files ok, skipped with reasons, duplicates, hours).
+        """
+        started = time.monotonic()
+        folder = Path(folder).resolve()
+        files = find_midi_files(folder)
+        if not files:
+            raise MidiError(folder, "no MIDI files (.mid, .midi, .kar) in this folder")
+        home = _folder_home(folder)
+        codec = codec_version()
+        store = _Store(cache_root() / "pieces" / codec)
+        previous = _read_index(home) if use_cache else None
+        seen = previous.get("files", {}) if previous else {}
+
+        # 1. Content hashes: from the folder's memory when size and mtime are unchanged, else from the bytes.
+        digests: dict[Path, str] = {}
+        reasons: dict[Path, str] = {}
+        stats: dict[str, dict] = {}
+        hashed = 0
+        for path in files:
+            try:
+                stat = path.stat()
+                memo = seen.get(str(path))
+                if memo and memo["size"] == stat.st_size and memo["mtime_ns"] == stat.st_mtime_ns:
+                    digest = memo["hash"]
+                else:
+                    digest = _hash_file(path, stat.st_size)
+                    hashed += 1
+            except MidiError as error:
+                reasons[path] = error.reason
+                continue
+            except OSError as error:
+                reasons[path] = f"cannot access the file ({error.strerror})"
+                continue
+            digests[path] = digest
+            stats[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "hash": digest}
+
+        # 2. Records: from the shared cache, else read and encode each new content once.
+        records: dict[str, dict] = {}
+        todo: dict[str, Path] = {}
+        for path, digest in digests.items():
+            if digest in records or digest in todo:
+                continue
+            record = store.record(digest) if use_cache else None
+            if record is None:
+                todo[digest] = path
+            else:
+                records[digest] = record
+        files_per_digest: dict[str, int] = {}
+        for digest in digests.values():
+            files_per_digest[digest] = files_per_digest.get(digest, 0) + 1
+        done = len(files) - sum(files_per_digest[d] for d in todo)
+        if progress:
+            progress(done, len(files))
+        with closing(_encode_all(todo, store, workers)) as results:
+            for digest, record in results:
+                records[digest] = record
+                done += files_per_digest[digest]
+                if progress:
+                    progress(done, len(files))
+
+        # 3. Keep each token sequence once, in path order.
+        kept: list[tuple[Path, str, dict]] = []
+        first_with: dict[str, Path] = {}
+        duplicates: list[Duplicate] = []
+        for path, digest in digests.items():
+            record = records[digest]
+            if not record["ok"]:
+                reasons[path] = record["reason"]
+                continue
+            original = first_with.setdefault(record["token_hash"], path)
+            if original != path:
+                duplicates.append(Duplicate(str(path), str(original)))
+                continue
+            kept.append((path, digest, record))
+
+        pieces, tokens_file = _assemble(home, kept, store)
+        summary = ScanSummary(
+            folder=str(folder), files=len(files), files_ok=len(files) - len(reasons),
+            skipped=tuple(Skipped(str(p), reasons[p]) for p in files if p in reasons),
+            duplicates=tuple(duplicates), pieces=len(pieces), tokens=pieces[-1].end if pieces else 0,
+            seconds=float(sum(p.seconds for p in pieces)), encoded=len(todo), hashed=hashed,
+            elapsed=time.monotonic() - started)
+        index = {"version": INDEX_VERSION, "folder": str(folder), "codec": codec, "tokens_file": tokens_file,
+                 "pieces": [asdict(p) for p in pieces], "files": stats, "summary": summary.to_json()}
+        atomic_write_bytes(home / "index.json", json.dumps(index).encode(), what="corpus index")
+        _remove_stale_arrays(home, keep=tokens_file)
+        return cls.open(folder)
+
+
+def _encode_all(todo: dict[str, Path], store: _Store, workers: int | None):
+    """Yield (hash, record) for each file in `todo`, in completion order, in a process pool when it helps."""
+    workers = min(workers or os.cpu_count() or 1, len(todo))
+    if workers <= 1:
+        for digest, path in todo.items():
+            yield digest, _safe_encode(path, digest, store)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    # Never plain fork: the studio calls this from a process with threads.
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        pending: dict[Future, str] = {pool.submit(_encode_file, str(path), digest, str(store.root)): digest
+                                      for digest, path in todo.items()}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                digest = pending.pop(future)
+                try:
+                    record = future.result()
+                except MidiError:  # the cache could not be written
+                    raise
+                except Exception as error:  # a bug or a crashed worker: skip the file, say why
+                    record = {"ok": False, "reason": f"unexpected {type(error).__name__} while reading: {error}"}
+                yield digest, record
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _safe_encode(path: Path, digest: str, store: _Store) -> dict:
+    try:
+        return _encode_file(str(path), digest, str(store.root))
+    except MidiError:
+        raise
+    except Exception as error:
+        return {"ok": False, "reason": f"unexpected {type(error).__name__} while reading: {error}"}
+
+
+def _assemble(home: Path, kept: list[tuple[Path, str, dict]], store: _Store) -> tuple[list[Piece], str]:
+    """Write the kept pieces as one flat array (skipped when an identical one exists); return the index."""
+    pieces: list[Piece] = []
+    start = 0
+    content = hashlib.sha256()
+    for path, digest, record in kept:
+        pieces.append(Piece(start, start + record["tokens"], str(path), record["seconds"], record["notes"],
+                            digest))
+        start += record["tokens"]
+        content.update(record["token_hash"].encode())
+    tokens_file = f"tokens-{content.hexdigest()[:16]}.npy"
+    target = home / tokens_file
+    if target.is_file():
+        return pieces, tokens_file
+    partial = home / f".{tokens_file}.{os.getpid()}.tmp"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        flat = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint16, shape=(start,))
+        for piece in pieces:
+            flat[piece.start:piece.end] = store.tokens(piece.hash, piece.tokens)
+        flat.flush()
+        del flat
+        os.replace(partial, target)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise MidiError(target, f"cannot write the corpus tokens ({error.strerror or error})") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return pieces, tokens_file
+
+
+def _folder_home(folder: Path) -> Path:
+    """The cache directory of one folder: readable name plus a hash of its absolute path."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", folder.name)[:40] or "root"
+    return cache_root() / "folders" / f"{slug}-{hashlib.sha256(str(folder).encode()).hexdigest()[:16]}"
+
+
+def _read_index(home: Path) -> dict | None:
+    try:
+        index = json.loads((home / "index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return index if isinstance(index, dict) and index.get("version") == INDEX_VERSION else None
+
+
+def _remove_stale_arrays(home: Path, keep: str) -> None:
+    """Old token arrays of this folder (a reader that still maps one keeps it alive until it closes)."""
+    for old in home.glob("tokens-*.npy"):
+        if old.name != keep:
+            try:
+                old.unlink()
+            except OSError:
+                pass

@@ -323,8 +323,10 @@ def repeated_ngrams_per_minute(perf: Performance, n: int = NGRAM, intervals: boo
     return repeats / minutes if minutes > 0 else 0.0
 
 
+# Label -> key of RepetitionStats.per_piece. Mean |r| measures how far a sequence is from unstructured (a loop
+# scores high at every lag: +1 at its period, negative between); the peak, the strength of its strongest period.
 REPETITION_MEASURES = {
-    "token autocorrelation (mean, lags 1-256)": "autocorrelation_mean",
+    "token autocorrelation (mean |r|, lags 1-256)": "autocorrelation_mean_abs",
     "token autocorrelation (peak, lags 1-256)": "autocorrelation_peak",
     f"repeated pitch {NGRAM}-grams per minute": "pitch_ngrams_per_minute",
     f"repeated interval {NGRAM}-grams per minute": "interval_ngrams_per_minute",
@@ -352,7 +354,7 @@ def repetition_stats(perfs: Sequence[Performance], max_lag: int = AUTOCORRELATIO
         curve_sum[:len(curve)] += curve
         curve_count[:len(curve)] += 1
     per_piece = {
-        "autocorrelation_mean": np.array([c.mean() if len(c) else 0.0 for c in curves]),
+        "autocorrelation_mean_abs": np.array([np.abs(c).mean() if len(c) else 0.0 for c in curves]),
         "autocorrelation_peak": np.array([c.max() if len(c) else 0.0 for c in curves]),
         "pitch_ngrams_per_minute": np.array([repeated_ngrams_per_minute(p, n) for p in perfs]),
         "interval_ngrams_per_minute": np.array([repeated_ngrams_per_minute(p, n, intervals=True) for p in perfs]),

@@ -29,3 +29,18 @@ def scale() -> Performance:
     pitches = np.array([60, 62, 64, 65, 67, 69, 71, 72])
     onset = np.arange(8) * 0.25
     return Performance.from_notes(onset, onset + 0.2, pitches, np.linspace(30, 110, 8).astype(int))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised tiny DSMR model directory (d_model 32, 2 layers, segments of 16), made once."""
+    import torch
+
+    from core.modeldir import save_model
+    from core.models.dsmr import DSMR, DSMRConfig
+
+    torch.manual_seed(0)
+    config = DSMRConfig(d_model=32, n_layers=2, n_heads=2, segment_len=16, max_horizon=256, n_long=1,
+                        default_budget="256KB")
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    return save_model(DSMR(config), path, "# Tiny test model\n\nRandom weights, for tests only.\n")

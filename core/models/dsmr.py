@@ -49,9 +49,17 @@ class DSMRConfig:
 
     def __post_init__(self):
         problems = []
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "segment_len"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"{name} must be a positive integer")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "segment_len", "max_horizon"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.n_long, int) or not isinstance(self.long_ratio, int | float) \
+                or not 0 <= self.n_long <= (self.n_layers if isinstance(self.n_layers, int) else 0) \
+                or self.long_ratio < 1:
+            problems.append(f"two_scale needs 0 <= n_long <= n_layers and long_ratio >= 1, got "
+                            f"{self.n_long!r}, {self.long_ratio!r}")
         if not problems and self.d_model % self.n_heads:
             problems.append(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         elif not problems and (self.d_model // self.n_heads) % 2:

@@ -1,0 +1,167 @@
+"""Sampling and the token stream every consumer shares (CLI, live player, studio worker).
+
+`generate` is a Python generator: it yields ids as they are sampled, so a caller can play, draw or stop between
+any two tokens. It uses only the common model interface (DSMR and PerceiverS both provide it):
+
+    model.plan(budget_bytes, batch) -> plan (.nbytes, .describe())
+    model.new_state(plan, batch)    -> state (.nbytes, .reset(lane))
+    model.prefill(ids (B, T), state) -> logits (B, V) after the last id
+    model.step(ids (B,), state)      -> logits (B, V) after that id
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.errors import ModelError
+from core.tokenizer import BOS, EOS, PAD, TICK_SECONDS, TIME_SHIFT, VELOCITY
+
+# -- sampling filters: logits (B, V) in, logits out; filtered-out entries become -inf -------------------------
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Sharpen (< 1) or flatten (> 1) the distribution; temperature 0 is handled by `sample` (greedy)."""
+    return logits / temperature
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k most likely ids of each row."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus: keep the most likely ids whose probabilities sum to p (always at least the best one)."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    before = probs.cumsum(-1) - probs  # mass strictly above each id
+    drop_sorted = before >= p
+    drop_sorted[..., 0] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def min_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep ids at least p times as likely as the most likely one."""
+    if p <= 0.0:
+        return logits
+    probs = logits.softmax(-1)
+    return logits.masked_fill(probs < p * probs.max(-1, keepdim=True).values, float("-inf"))
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the next id is drawn. Defaults: plain sampling at temperature 1 (0: always the most likely id)."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    min_p: float = 0.0  # 0: off
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise ModelError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ModelError(f"top-k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ModelError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p < 1.0:
+            raise ModelError(f"min-p must be in [0, 1), got {self.min_p}")
+
+
+def sample(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None
+           ) -> torch.Tensor:
+    """One id per row (B,) from logits (B, V)."""
+    logits = logits.float()
+    if sampling.temperature == 0:
+        return logits.argmax(-1)
+    logits = apply_temperature(logits, sampling.temperature)
+    logits = top_k_filter(logits, sampling.top_k)
+    logits = top_p_filter(logits, sampling.top_p)
+    logits = min_p_filter(logits, sampling.min_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+# -- the stream -----------------------------------------------------------------------------------------------
+
+def prepare_primer(primer_ids: Sequence[int] | np.ndarray | torch.Tensor | None, vocab_size: int) -> torch.Tensor:
+    """Primer as a 1-D LongTensor that starts with BOS and does not end with EOS (we continue it)."""
+    ids = torch.as_tensor(np.asarray([] if primer_ids is None else primer_ids, dtype=np.int64)).flatten()
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ModelError(f"primer ids must lie in [0, {vocab_size})")
+    if ids.numel() and int(ids[-1]) == EOS:
+        ids = ids[:-1]
+    if (ids == EOS).any() or (ids[1:] == BOS).any():
+        raise ModelError("the primer must be one piece: no EOS or BOS inside it")
+    if not ids.numel() or int(ids[0]) != BOS:
+        ids = torch.cat([torch.tensor([BOS]), ids])
+    return ids
+
+
+def generate(model, primer_ids=None, budget: int | str | None = None, sampling: SamplingConfig | None = None,
+             max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = True,
+             batch: int = 1, seed: int | None = None, state=None) -> Iterator:
+    """Yield the ids that continue `primer_ids`, one per step, until a limit is reached.
+
+    batch 1 yields ints. batch > 1 yields np.ndarray (B,) int64, one id per variation; a lane that has
+    finished (its EOS or its max_seconds) yields PAD while the others go on. Limits, all optional (without any
+    it runs until the caller stops iterating): max_tokens new ids per lane, max_seconds of music per lane
+    (counted in TimeShift ids; the id that reaches it is the lane's last), and EOS when stop_at_eos.
+
+    The primer (BOS added when missing) is streamed through the state, however long: the state keeps what the
+    budget allows. `seed` makes the stream reproducible. The model is put in eval mode. `budget` None means the
+    model's default; `state` lets a caller pass one made by `model.new_state(model.plan(...), batch)` to read
+    `state.nbytes` while generating.
+    """
+    if batch < 1:
+        raise ModelError(f"batch must be at least 1, got {batch}")
+    if max_tokens is not None and max_tokens < 0:
+        raise ModelError(f"max_tokens must be >= 0, got {max_tokens}")
+    sampling = sampling or SamplingConfig()
+    primer = prepare_primer(primer_ids, model.config.vocab_size)
+    model.eval()
+    if state is None:
+        budget = budget if budget is not None else getattr(model.config, "default_budget", None)
+        if budget is None:
+            raise ModelError("no memory budget given and the model names no default budget")
+        plan = model.plan(budget, batch)
+        state = model.new_state(plan, batch)
+    elif state.batch != batch:
+        raise ModelError(f"the state has {state.batch} lanes, not {batch}")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+
+    # Grad mode is thread-local: set it around each call, never across a yield.
+    with torch.no_grad():
+        logits = model.prefill(primer.to(device)[None].expand(batch, -1).contiguous(), state)
+    done = np.zeros(batch, dtype=bool)
+    seconds = np.zeros(batch)
+    produced = 0
+    while max_tokens is None or produced < max_tokens:
+        ids = sample(logits, sampling, generator)  # (B,)
+        tokens = ids.cpu().numpy()
+        tokens[done] = PAD
+        if stop_at_eos:
+            done |= tokens == EOS
+        if max_seconds is not None:
+            seconds += np.where((tokens >= TIME_SHIFT) & (tokens < VELOCITY), tokens - TIME_SHIFT + 1, 0) \
+                * TICK_SECONDS
+            done |= seconds >= max_seconds - 1e-9
+        produced += 1
+        yield int(tokens[0]) if batch == 1 else tokens
+        if done.all():
+            return
+        with torch.no_grad():
+            logits = model.step(ids, state)
+

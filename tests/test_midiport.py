@@ -1,0 +1,270 @@
+"""MIDI out and in against a real JACK server: a second client hears what Recital sends, and records it back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import DeviceError
+from core.midi import Performance, read_performance, write_performance
+from core.midiport import (
+    ALL_NOTES_OFF,
+    ALL_SOUND_OFF,
+    CONTROL,
+    NOTE_OFF,
+    NOTE_ON,
+    PROGRAM,
+    MidiOutput,
+    MidiRecorder,
+    find_port,
+    list_ports,
+    performance_from_messages,
+)
+from core.player import LivePlayer, performance_events, play_performance
+from tests.conftest import SHARED_MIDI, real_midi_files
+
+pytest_plugins = ("tests.jack",)  # the JACK server fixtures: jack, no_jack, jack_server
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Receiver:
+    """A second JACK client connected to one of our ports, keeping (arrival time, message) pairs."""
+
+    def __init__(self, port_part: str):
+        import rtmidi
+
+        self.messages: list[tuple[float, list[int]]] = []
+        self._in = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="receiver")
+        names = self._in.get_ports()
+        self._in.open_port(find_port(names, port_part, "input"))
+        self._in.set_callback(lambda event, _: self.messages.append((time.perf_counter(), event[0])))
+        time.sleep(0.05)  # the connection is made asynchronously by the server
+
+    def notes(self) -> list[tuple[str, int]]:
+        return [("on" if m[0] & 0xF0 == NOTE_ON and m[2] > 0 else "off", m[1])
+                for _, m in self.messages if m[0] & 0xF0 in (NOTE_ON, NOTE_OFF)]
+
+    def close(self) -> None:
+        self._in.cancel_callback()
+        self._in.close_port()
+        self._in.delete()
+
+
+def _run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env={**os.environ, **env})
+
+
+# --- pure parts -------------------------------------------------------------------------------------------
+
+
+def test_find_port_prefers_exact_then_case_then_unique_substring():
+    names = ["Midi Through:Port-0 14:0", "Recital:Recital 128:0", "loopMIDI Port 1"]
+    assert find_port(names, "loopMIDI Port 1", "output") == 2
+    assert find_port(names, "loopmidi port 1", "output") == 2
+    assert find_port(names, "recital", "output") == 1
+    assert find_port(names, "0", "output") == 0
+
+
+def test_find_port_errors_list_what_exists():
+    names = ["Synth A", "Synth B"]
+    with pytest.raises(DeviceError, match="ambiguous.*'Synth A'.*'Synth B'"):
+        find_port(names, "synth", "output")
+    with pytest.raises(DeviceError, match=r"no MIDI output port named 'Piano' \(available: 'Synth A', 'Synth B'\)"):
+        find_port(names, "Piano", "output")
+    with pytest.raises(DeviceError, match=r"available: none"):
+        find_port([], "Piano", "input")
+
+
+def test_messages_become_a_pedal_folded_performance():
+    messages = [
+        (10.0, [NOTE_ON, 60, 80]),
+        (10.5, [NOTE_ON, 64, 70]),
+        (10.6, [0x80, 60, 0]),  # released while no pedal: ends here
+        (10.7, [CONTROL, 64, 127]),  # pedal down
+        (10.8, [NOTE_ON, 64, 0]),  # note-on with velocity 0 is a release: sustained by the pedal
+        (11.5, [CONTROL, 64, 0]),  # pedal up: 64 ends here
+        (12.0, [NOTE_ON | 1, 67, 90]),  # another channel counts too; still held at the end
+    ]
+    perf = performance_from_messages(messages, end_time=13.0)
+    assert perf.pitch.tolist() == [60, 64, 67]
+    np.testing.assert_allclose(perf.onset, [0.0, 0.5, 2.0])
+    np.testing.assert_allclose(perf.offset, [0.6, 1.5, 3.0])
+    assert perf.velocity.tolist() == [80, 70, 90]
+    assert len(performance_from_messages([])) == 0
+
+
+# --- against the JACK server ------------------------------------------------------------------------------
+
+
+def test_virtual_port_is_listed_for_other_clients(jack):
+    with MidiOutput() as out:
+        assert out.name == "Recital" and out.api == "JACK"
+        inputs = list_ports().inputs
+        assert any("Recital" in name for name in inputs), inputs
+
+
+@pytest.mark.parametrize("path", real_midi_files("maestro")[:1], ids=lambda p: getattr(p, "name", "none"))
+def test_second_client_receives_every_note_in_order_on_time(jack, path):
+    perf = read_performance(path).slice_time(0.0, 6.0)
+    assert len(perf) > 20
+    with MidiOutput() as out:
+        receiver = Receiver("Recital")
+        try:
+            play_performance(perf, out)
+            time.sleep(0.05)
+        finally:
+            receiver.close()
+    expected = [(event.kind, event.pitch) for event in performance_events(perf)]
+    assert receiver.notes()[:len(expected)] == expected
+    assert receiver.messages[0][1] == [PROGRAM, 0]  # the program change opens the playback
+    ons = [t for t, m in receiver.messages if m[0] & 0xF0 == NOTE_ON and m[2] > 0]
+    heard = np.diff(ons)
+    written = np.diff(perf.onset)
+    worst = np.abs(heard - written).max()
+    assert worst < 0.010, f"inter-onset error {worst * 1000:.1f} ms"
+
+
+def test_stop_releases_sounding_notes_and_panic_silences_all_channels(jack, scale):
+    held = Performance(scale.onset, scale.offset + 5.0, scale.pitch, scale.velocity)  # notes ring for 5 s
+    with MidiOutput() as out:
+        receiver = Receiver("Recital")
+        try:
+            player = LivePlayer(out, lookahead=0.0, start=0.0)
+            player.feed(performance_events(held))
+            time.sleep(0.4)  # two notes started
+            player.stop()
+            time.sleep(0.05)
+            notes = receiver.notes()
+            assert ("on", 60) in notes and ("on", 62) in notes
+            started = {p for kind, p in notes if kind == "on"}
+            released = {p for kind, p in notes if kind == "off"}
+            assert started <= released
+            assert [CONTROL, ALL_NOTES_OFF, 0] in [m for _, m in receiver.messages]
+            receiver.messages.clear()
+            out.panic()
+            time.sleep(0.05)
+            sound_off = {m[0] & 0x0F for _, m in receiver.messages if m[0] & 0xF0 == CONTROL and m[1] == ALL_SOUND_OFF}
+            assert sound_off == set(range(16))
+        finally:
+            receiver.close()
+
+
+def test_existing_port_by_name_and_a_missing_one(jack):
+    import rtmidi
+
+    sink = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="DAW")
+    sink.open_virtual_port("piano in")
+    got = []
+    sink.set_callback(lambda event, _: got.append(event[0]))
+    try:
+        with MidiOutput("DAW:piano in") as out:
+            time.sleep(0.05)
+            out.note_on(60, 90)
+            out.note_off(60)
+            time.sleep(0.05)
+        assert [PROGRAM, 0] in got and [NOTE_ON, 60, 90] in got and [NOTE_OFF, 60, 0] in got
+        with pytest.raises(DeviceError, match="no MIDI output port named 'Nowhere'.*DAW:piano in"):
+            MidiOutput("Nowhere")
+    finally:
+        sink.delete()
+
+
+def test_recorder_captures_notes_and_pedal_from_a_keyboard(jack):
+    import rtmidi
+
+    with MidiRecorder() as recorder:
+        keyboard = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="keyboard")
+        keyboard.open_port(find_port(keyboard.get_ports(), "Recital In", "output"))
+        time.sleep(0.05)
+        recorder.start()
+        script = [(0.0, [NOTE_ON, 60, 100]), (0.2, [NOTE_OFF, 60, 0]), (0.3, [CONTROL, 64, 127]),
+                  (0.3, [NOTE_ON, 64, 70]), (0.4, [NOTE_OFF, 64, 0]), (0.7, [CONTROL, 64, 0]),
+                  (0.8, [NOTE_ON, 67, 50])]
+        start = time.perf_counter()
+        for when, message in script:
+            while time.perf_counter() < start + when:
+                time.sleep(0.0005)
+            keyboard.send_message(message)
+        time.sleep(0.15)
+        perf = recorder.stop()
+        keyboard.delete()
+    assert perf.pitch.tolist() == [60, 64, 67]
+    assert perf.velocity.tolist() == [100, 70, 50]
+    tolerance = 0.015  # JACK stamps input once per 5.8 ms period
+    np.testing.assert_allclose(perf.onset, [0.0, 0.3, 0.8], atol=tolerance)
+    np.testing.assert_allclose(perf.offset[:2], [0.2, 0.7], atol=tolerance)  # 64 held by the pedal to 0.7
+    assert perf.offset[2] >= 0.9  # still held when stopped: closed at the stop
+
+
+# --- no server: the clear error -------------------------------------------------------------------------
+
+
+def test_without_a_jack_server_ports_raise_a_clear_error(no_jack):
+    with pytest.raises(DeviceError, match="no JACK server is running") as error:
+        list_ports()
+    assert "\n" not in str(error.value)
+    with pytest.raises(DeviceError, match="no JACK server is running"):
+        MidiOutput()
+    with pytest.raises(DeviceError, match="no JACK server is running"):
+        MidiRecorder("anything")
+
+
+def test_port_commands_fail_with_one_line_after_the_server_stops(jack_server):
+    from tests.jack import start_server
+
+    jackd = shutil.which("jackd")
+    name = f"recital-stopping-{os.getpid()}"
+    server = start_server(jackd, name)
+    env = {"JACK_DEFAULT_SERVER": name, "RECITAL_MIDI_API": "jack", "JACK_NO_START_SERVER": "1"}
+    assert _run_cli("ports", env=env).returncode == 0
+    server.terminate()
+    server.wait(5)
+    piece = str(SHARED_MIDI / "maestro" / "maestro_01.mid")
+    for args in (("ports",), ("play", piece, "--virtual"), ("play", piece, "--port", "DAW")):
+        result = _run_cli(*args, env=env)
+        assert result.returncode == 1, args
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: no MIDI system available: no JACK server"), \
+            result.stderr
+
+
+def test_play_to_the_virtual_port_from_the_command_line(jack):
+    done = threading.Event()
+    received: list[list[int]] = []
+
+    def listen() -> None:  # connect as soon as the CLI's port appears
+        import rtmidi
+
+        probe = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="listener")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any("Recital" in p for p in probe.get_ports()):
+            time.sleep(0.02)
+        probe.open_port(find_port(probe.get_ports(), "Recital", "input"))
+        probe.set_callback(lambda event, _: received.append(event[0]))
+        done.wait(30)
+        probe.delete()
+
+    thread = threading.Thread(target=listen)
+    thread.start()
+    piece = Path(os.environ.get("TMPDIR", "/tmp")) / f"recital-cli-{os.getpid()}.mid"
+    onset = 0.5 + np.arange(6) * 0.1  # a short rest first: time for the listener to connect
+    write_performance(Performance.from_notes(onset, onset + 0.08, [60, 62, 64, 65, 67, 69], [80] * 6), piece)
+    try:
+        result = _run_cli("play", str(piece), "--virtual", env={})
+    finally:
+        done.set()
+        thread.join()
+        piece.unlink(missing_ok=True)
+    assert result.returncode == 0, result.stderr
+    assert "played 12 messages" in result.stdout
+    assert [m[1] for m in received if m[0] == NOTE_ON] == [60, 62, 64, 65, 67, 69]

@@ -395,16 +395,42 @@ def position_edges(longest: int, first: int = 256) -> tuple[int, ...]:
     return tuple(edges)
 
 
+# Architectures whose forward(ids (B, T), state) gives the logits (B, T, V) of every position, equal to stepping
+# through the same ids (DSMR's tests prove it): they score a piece a chunk at a time instead of an id at a time.
+SEQUENCE_READERS = ("dsmr",)
+SCORE_CHUNK = 2048  # tokens per forward call on that path (bounds the activations and the logits held)
+
+
+def piece_log_probs(model, ids: np.ndarray, state, device, stepwise: bool = False) -> np.ndarray:
+    """log p(ids[t + 1] | ids[:t + 1]) for t = 0 .. T - 2, as float64 (T - 1,), reading through `state`."""
+    import torch
+
+    tokens = torch.as_tensor(ids, device=device)  # (T,)
+    log_probs = torch.empty(len(ids) - 1, device=device)  # (T - 1,)
+    if getattr(model, "arch", None) in SEQUENCE_READERS and not stepwise:
+        for start in range(0, len(ids) - 1, SCORE_CHUNK):
+            end = min(start + SCORE_CHUNK, len(ids) - 1)
+            logits = model(tokens[None, start:end], state)[0].float()  # (t, V)
+            log_probs[start:end] = torch.log_softmax(logits, dim=-1).gather(1, tokens[start + 1:end + 1, None])[:, 0]
+    else:
+        for t in range(len(ids) - 1):
+            logits = model.step(tokens[t:t + 1], state)  # (1, V)
+            log_probs[t] = torch.log_softmax(logits[0].float(), dim=-1)[tokens[t + 1]]
+    return log_probs.cpu().double().numpy()
+
+
 def perplexity_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], budget: int,
                       bucket_edges: Sequence[int] | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> PerplexityReport:
+                      progress: Callable[[int, int], None] | None = None,
+                      stepwise: bool = False) -> PerplexityReport:
     """Perplexity of `model` on whole pieces read left to right under a state budget of `budget` bytes.
 
     Works with any model of the common interface: `plan(budget_bytes, batch=1)`, `new_state(plan, batch)` and
     `step(ids (B,), state) -> logits (B, V)`, so DSMR runs under its budget schedule and PerceiverS with the
     context the budget allows, exactly as they generate. Each piece gets a fresh state; the token at position
     t (t >= 1, BOS is position 0) is predicted from the t tokens before it. `progress(done, total)` is called
-    after each piece.
+    after each piece. Models in `SEQUENCE_READERS` read a chunk per call (same numbers, much faster) unless
+    `stepwise` asks for the id-by-id path.
     """
     import torch
 
@@ -427,13 +453,7 @@ def perplexity_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], b
     total_nll, total_tokens = 0.0, 0
     with torch.inference_mode():
         for done, ids in enumerate(pieces, start=1):
-            state = model.new_state(plan, 1)
-            tokens = torch.as_tensor(ids, device=device)  # (T,)
-            log_probs = torch.empty(len(ids) - 1, device=device)  # (T - 1,) log p(ids[t + 1] | ids[:t + 1])
-            for t in range(len(ids) - 1):
-                logits = model.step(tokens[t:t + 1], state)  # (1, V)
-                log_probs[t] = torch.log_softmax(logits[0].float(), dim=-1)[tokens[t + 1]]
-            nll = -log_probs.cpu().double().numpy()
+            nll = -piece_log_probs(model, ids, model.new_state(plan, 1), device, stepwise)
             positions = np.arange(1, len(ids))  # (T - 1,) the predicted tokens' positions
             bucket = np.searchsorted(edges, positions, side="right") - 1
             inside = (bucket >= 0) & (bucket < len(edges) - 1)

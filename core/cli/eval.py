@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -23,14 +22,16 @@ import numpy as np
 from core.errors import MidiError, RecitalError
 
 HELP = "perplexity and MGEval comparison of generated and reference pieces"
+DEFAULT_BUDGET = "32MB"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folders", nargs="+", metavar="FOLDER",
                         help="GENERATED_DIR REFERENCE_DIR, or with --model the one folder to score")
     parser.add_argument("--model", metavar="M", help="a model name or directory: print its perplexity on FOLDER")
-    parser.add_argument("--budget", default="256MB", metavar="SIZE",
-                        help="memory for the model's recurrent state with --model, e.g. 64MB (default 256MB)")
+    parser.add_argument("--budget", metavar="SIZE",
+                        help="memory for the model's recurrent state with --model, e.g. 64MB "
+                             f"(default: the model's own, else {DEFAULT_BUDGET})")
     parser.add_argument("--segments", type=int, default=64, metavar="N",
                         help="equal-duration segments per piece for the /seg features (default 64)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the numbers as JSON")
@@ -90,16 +91,21 @@ def _run_perplexity(args: argparse.Namespace) -> int:
         if error.name != "core.modeldir":
             raise
         raise RecitalError("this build cannot load models yet (core.modeldir is missing)") from None
+    from core.state import parse_budget
+
     folder = Path(args.folders[0])
-    budget = parse_size(args.budget)
+    if args.budget is not None:
+        parse_budget(args.budget)  # a typo fails before the model loads
     pieces = _read_folder(folder)
     model = load_model(args.model)
+    budget_text = args.budget or getattr(getattr(model, "config", None), "default_budget", DEFAULT_BUDGET)
+    budget = parse_budget(budget_text)
 
     def progress(done: int, total: int) -> None:
         print(f"\rscoring piece {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
     report = metrics.perplexity_report(model, pieces, budget, progress=progress)
-    print(f"model: {args.model}, state budget {args.budget}")
+    print(f"model: {args.model}, state budget {budget_text}")
     print(f"perplexity: {report.perplexity:.3f} over {report.tokens} tokens in {report.pieces} pieces of {folder}")
     print()
     print(_perplexity_table(report))
@@ -108,19 +114,8 @@ def _run_perplexity(args: argparse.Namespace) -> int:
         result["model"], result["folder"], result["budget_bytes"] = str(args.model), str(folder), budget
         _write_text(args.json, json.dumps(result, indent=2) + "\n", "JSON file")
     if args.report is not None:
-        _write_text(args.report, _perplexity_html(report, str(args.model), folder, args.budget), "HTML report")
+        _write_text(args.report, _perplexity_html(report, str(args.model), folder, budget_text), "HTML report")
     return 0
-
-
-def parse_size(text: str) -> int:
-    """'64MB', '1.5GB', '512k', '1000000' -> bytes (K/M/G are powers of 1024, as memory is counted)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*", text, flags=re.IGNORECASE)
-    if match is None:
-        raise RecitalError(f"cannot read the size {text!r}: write it like 64MB, 1.5GB or 500000")
-    value = float(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " ")
-    if value < 1:
-        raise RecitalError(f"the size {text!r} is below one byte")
-    return int(value)
 
 
 def _read_folder(folder: Path) -> list:

@@ -148,7 +148,7 @@ def generate(model, primer_ids=None, budget: int | str | None = None, sampling: 
     done = np.zeros(batch, dtype=bool)
     seconds = np.zeros(batch)
     produced = 0
-    while max_tokens is None or produced < max_tokens:
+    while max_tokens is None or produced < max_tokens:  # max_tokens 0: nothing
         ids = sample(logits, sampling, generator)  # (B,)
         tokens = ids.cpu().numpy()
         tokens[done] = PAD
@@ -160,7 +160,7 @@ def generate(model, primer_ids=None, budget: int | str | None = None, sampling: 
             done |= seconds >= max_seconds - 1e-9
         produced += 1
         yield int(tokens[0]) if batch == 1 else tokens
-        if done.all():
+        if done.all() or produced == max_tokens:
             return
         with torch.no_grad():
             logits = model.step(ids, state)

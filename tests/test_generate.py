@@ -1,0 +1,162 @@
+"""Sampling filters and the generate() stream: limits, seeds, batches, and primers longer than the memory."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import ModelError
+from core.generate import (
+    SamplingConfig,
+    apply_temperature,
+    generate,
+    min_p_filter,
+    prepare_primer,
+    sample,
+    top_k_filter,
+    top_p_filter,
+)
+from core.modeldir import load_model
+from core.tokenizer import BOS, EOS, NOTE_ON, PAD, TIME_SHIFT, VOCAB_SIZE
+
+PROBS = torch.tensor([[0.5, 0.25, 0.15, 0.1]])
+LOGITS = PROBS.log()
+
+
+def kept(logits: torch.Tensor) -> list[int]:
+    return torch.isfinite(logits[0]).nonzero()[:, 0].tolist()
+
+
+def test_filters_are_pure_and_keep_what_they_should():
+    before = LOGITS.clone()
+    assert kept(top_k_filter(LOGITS, 2)) == [0, 1]
+    assert kept(top_k_filter(LOGITS, 0)) == [0, 1, 2, 3]
+    assert kept(top_p_filter(LOGITS, 0.5)) == [0]
+    assert kept(top_p_filter(LOGITS, 0.7)) == [0, 1]
+    assert kept(top_p_filter(LOGITS, 0.01)) == [0]
+    assert kept(top_p_filter(LOGITS, 1.0)) == [0, 1, 2, 3]
+    assert kept(min_p_filter(LOGITS, 0.4)) == [0, 1]  # 0.15 < 0.4 * 0.5 <= 0.25
+    assert torch.allclose(apply_temperature(LOGITS, 0.5).softmax(-1)[0, 0], torch.tensor(0.25 / 0.345), atol=1e-4)
+    assert torch.equal(LOGITS, before)
+
+
+def test_top_p_keeps_the_nucleus_in_any_order():
+    shuffled = LOGITS[:, [2, 0, 3, 1]]  # probabilities 0.15, 0.5, 0.1, 0.25
+    assert kept(top_p_filter(shuffled, 0.7)) == [1, 3]
+
+
+def test_greedy_and_sampling_config_checks():
+    assert sample(LOGITS, SamplingConfig(temperature=0)).tolist() == [0]
+    for bad in (dict(temperature=-1), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5), dict(min_p=1.0),
+                dict(temperature=math.nan)):
+        with pytest.raises(ModelError):
+            SamplingConfig(**bad)
+
+
+def test_primer_gets_bos_and_loses_a_final_eos():
+    assert prepare_primer(None, VOCAB_SIZE).tolist() == [BOS]
+    assert prepare_primer([BOS, 5, 6, EOS], VOCAB_SIZE).tolist() == [BOS, 5, 6]
+    assert prepare_primer(np.array([5, 6], dtype=np.uint16), VOCAB_SIZE).tolist() == [BOS, 5, 6]
+    with pytest.raises(ModelError, match="one piece"):
+        prepare_primer([BOS, 5, EOS, 6], VOCAB_SIZE)
+    with pytest.raises(ModelError, match="lie in"):
+        prepare_primer([BOS, VOCAB_SIZE], VOCAB_SIZE)
+
+
+class Scripted(torch.nn.Module):
+    """A model that always predicts the same id per lane (to test the stream's limits on their own)."""
+
+    arch = "scripted"
+
+    def __init__(self, favourites: list[int]):
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=VOCAB_SIZE, default_budget=1024)
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.favourites = torch.tensor(favourites)
+        self.steps = 0
+
+    def plan(self, budget_bytes, batch=1):
+        return SimpleNamespace(nbytes=0, batch=batch, describe=lambda: "scripted")
+
+    def new_state(self, plan, batch=None):
+        return SimpleNamespace(batch=plan.batch, nbytes=0, reset=lambda lane: None)
+
+    def _logits(self):
+        logits = torch.full((len(self.favourites), VOCAB_SIZE), -30.0)
+        logits[torch.arange(len(self.favourites)), self.favourites] = 30.0
+        return logits
+
+    def prefill(self, ids, state):
+        return self._logits()
+
+    def step(self, ids, state):
+        self.steps += 1
+        return self._logits()
+
+
+def test_max_seconds_counts_time_shifts_per_lane():
+    second, half = TIME_SHIFT + 99, TIME_SHIFT + 49
+    out = list(generate(Scripted([second, half]), budget=1, max_seconds=3, batch=2))
+    assert len(out) == 6  # lane 0 is done after 3 shifts of 1 s, lane 1 after 6 of 0.5 s
+    assert [int(t[0]) for t in out] == [second] * 3 + [PAD] * 3
+    assert all(int(t[1]) == half for t in out) and out[0].shape == (2,)
+
+
+def test_eos_stops_and_max_tokens_limits():
+    model = Scripted([EOS])
+    assert list(generate(model, budget=1)) == [EOS]
+    assert model.steps == 0  # nothing is computed after the last id
+    assert list(generate(Scripted([NOTE_ON + 60]), budget=1, max_tokens=5)) == [NOTE_ON + 60] * 5
+    assert len(list(generate(Scripted([EOS]), budget=1, max_tokens=4, stop_at_eos=False))) == 4
+
+
+def test_caller_can_stop_between_tokens():
+    stream = generate(Scripted([NOTE_ON + 60]), budget=1)  # no limit at all
+    assert [next(stream) for _ in range(3)] == [NOTE_ON + 60] * 3
+    stream.close()
+
+
+def test_seed_makes_it_reproducible(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    sampling = SamplingConfig(temperature=1.0, top_p=0.95)
+    first = list(generate(model, [BOS, NOTE_ON + 60], "256KB", sampling, max_tokens=30, seed=7))
+    again = list(generate(model, [BOS, NOTE_ON + 60], "256KB", sampling, max_tokens=30, seed=7))
+    other = list(generate(model, [BOS, NOTE_ON + 60], "256KB", sampling, max_tokens=30, seed=8))
+    assert first == again and first != other
+    assert all(isinstance(t, int) for t in first)
+
+
+def test_greedy_stream_follows_the_model_and_variations_differ(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    primer = [BOS, NOTE_ON + 60, TIME_SHIFT + 20]
+    greedy = list(generate(model, primer, "256KB", SamplingConfig(temperature=0), max_tokens=20,
+                           stop_at_eos=False))
+    state = model.new_state(model.plan("256KB"))
+    with torch.no_grad():
+        logits = model.prefill(torch.tensor([primer]), state)
+        expected = []
+        for _ in range(20):
+            token = logits.argmax(-1)
+            expected.append(int(token))
+            logits = model.step(token, state)
+    assert greedy == expected
+    batch = list(generate(model, primer, "256KB", SamplingConfig(), max_tokens=40, batch=3, seed=1,
+                          stop_at_eos=False))
+    lanes = np.stack(batch, axis=1)  # (3, 40)
+    assert lanes.shape == (3, 40) and len({tuple(lane) for lane in lanes}) == 3
+
+
+def test_primer_longer_than_memory_is_streamed_through(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    plan = model.plan("64KB")
+    memory = max(plan.horizons) + plan.segment_len
+    primer = [BOS] + [NOTE_ON + 40 + i % 40 for i in range(3 * memory)]
+    state = model.new_state(plan)
+    out = list(generate(model, primer, "64KB", max_tokens=1, state=state))
+    assert len(out) == 1
+    assert state.positions.tolist() == [len(primer)]  # every primer id was read, none dropped
+    assert state.nbytes <= 64 * 1024

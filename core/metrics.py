@@ -61,7 +61,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
+from scipy import integrate, stats
 from scipy.spatial.distance import cdist
 
 from core.errors import RecitalError
@@ -248,7 +248,7 @@ def compare_distributions(intra: np.ndarray, inter: np.ndarray, name: str = "") 
     pdfs = [_gaussian(grid, float(values[0]), width) if flat else stats.gaussian_kde(values, "scott")(grid)
             for flat, values, width in zip(constant, (intra, inter), widths, strict=True)]
     pdf_intra, pdf_inter = pdfs
-    oa = float(np.clip(np.trapezoid(np.minimum(pdf_intra, pdf_inter), grid), 0.0, 1.0))
+    oa = float(np.clip(integrate.trapezoid(np.minimum(pdf_intra, pdf_inter), grid), 0.0, 1.0))
     kld = float(stats.entropy(pdf_intra, np.maximum(pdf_inter, PDF_FLOOR * pdf_inter.max())))
     return FeatureComparison(name, oa, max(kld, 0.0), flags, intra, inter, grid, pdf_intra, pdf_inter)
 

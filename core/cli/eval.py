@@ -234,8 +234,9 @@ def _svg_lines(series: list[tuple[str, np.ndarray, np.ndarray, str]], shade: np.
     return "".join(parts)
 
 
-def _svg_bars(labels: list[str], values: list[float | None], width: int = 640, height: int = 240) -> str:
+def _svg_bars(labels: list[str], values: list[float | None], height: int = 240) -> str:
     """Bar chart with a value above each bar; None draws no bar."""
+    width = max(640, 90 * len(labels))
     margin_t, margin_b = 20, 40
     present = [v for v in values if v is not None]
     top = max(present) if present else 1.0

@@ -27,6 +27,7 @@ from torch import nn
 from core.errors import BudgetError, ModelError
 from core.models.layers import Block, CrossAttentionBlock, RMSNorm
 from core.models.perceivers_state import PerceiverSPlan, PerceiverSState, plan_state
+from core.state import parse_budget
 from core.tokenizer import PAD, VOCAB_SIZE
 
 
@@ -42,6 +43,7 @@ class PerceiverSConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     rope_base: float = 10000.0
+    default_budget: str = "32MB"  # generation state budget at batch 1 when the user names none
 
     def __post_init__(self) -> None:
         problems = []
@@ -54,8 +56,12 @@ class PerceiverSConfig:
                 problems.append(f"latents ({self.latents}) cannot exceed context ({self.context})")
             if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
                 problems.append(f"d_model {self.d_model} must split into {self.n_heads} heads of even size")
-        if not 0.0 <= float(self.dropout) < 1.0:
+        if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        try:
+            parse_budget(self.default_budget)
+        except BudgetError as error:
+            problems.append(f"default_budget: {error}")
         if problems:
             raise ModelError("bad PerceiverS config: " + "; ".join(problems))
 
@@ -68,7 +74,10 @@ class PerceiverSConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelError(f"unknown PerceiverS config keys: {', '.join(unknown)}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise ModelError(f"bad PerceiverS config: {error}") from None
 
 
 def rotary(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,10 +164,11 @@ class PerceiverS(nn.Module):
 
     # ---- cached generation ----------------------------------------------------------------------------------
 
-    def plan(self, budget_bytes: int, batch: int = 1) -> PerceiverSPlan:
-        """The generation context N_gen <= N that `budget_bytes` buys; BudgetError (with the minimum) if none."""
+    def plan(self, budget_bytes: int | str | None = None, batch: int = 1) -> PerceiverSPlan:
+        """The generation context N_gen <= N that a budget ('64MB', bytes; default: the config's) buys;
+        BudgetError naming the minimum if it buys none."""
         c = self.config
-        budget = _budget_bytes(budget_bytes)
+        budget = parse_budget(c.default_budget if budget_bytes is None else budget_bytes)
         return plan_state(budget, batch, c.context, c.latents, c.scale, c.n_layers, c.n_heads, c.d_model,
                           self.embed.weight.dtype)
 
@@ -265,21 +275,6 @@ class PerceiverS(nn.Module):
             values[rows, :, slots] = v.transpose(1, 2)
             h = block.finish(h, q, _rows(keys, lanes), _rows(values, lanes), mask)
         return self.head(self.norm(h))  # (b, n, V)
-
-
-def _budget_bytes(budget: int | str) -> int:
-    """Bytes from an int, or from a string through the shared parser ('64MB')."""
-    if isinstance(budget, bool):
-        raise BudgetError(f"not a memory budget: {budget!r}")
-    if isinstance(budget, int):
-        return budget
-    if isinstance(budget, str):
-        try:
-            from core.state import parse_budget
-        except ImportError as error:
-            raise BudgetError(f"cannot read the budget {budget!r}: give it in bytes") from error
-        return int(parse_budget(budget))
-    raise BudgetError(f"not a memory budget: {budget!r}")
 
 
 def _lane_index(state: PerceiverSState, lanes: torch.Tensor | None) -> torch.Tensor:

@@ -19,18 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from core.errors import BudgetError
+from core.state import TOKENS_PER_SECOND, format_bytes
 
 INDEX_BYTES = 8  # int64 positions and ids
-
-
-def format_bytes(n: int) -> str:
-    """Human-readable byte count: 1536 -> '1.5 KiB'."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def local_ring(context: int, latents: int, scale: int) -> int:
@@ -73,7 +64,8 @@ class PerceiverSPlan:
 
     def describe(self) -> str:
         return (f"PerceiverS state {format_bytes(self.nbytes)} of a {format_bytes(self.budget)} budget: "
-                f"context {self.context} tokens (second cross-attention {self.local}), "
+                f"context {self.context} tokens (~{self.context / TOKENS_PER_SECOND:.0f} s of music; the "
+                f"scale-masked layer keeps {self.local}), "
                 f"{self.latents} latents x {self.n_layers} layers, batch {self.batch}")
 
 
@@ -93,8 +85,8 @@ def plan_state(budget: int, batch: int, max_context: int, latents: int, scale: i
 
     minimum = cost(latents)
     if budget < minimum:
-        raise BudgetError(f"a budget of {format_bytes(budget)} is too small for this PerceiverS model: "
-                          f"it needs at least {format_bytes(minimum)} ({minimum} bytes) for batch {batch}")
+        raise BudgetError(f"memory budget {format_bytes(budget)} ({budget} bytes) is too small for this PerceiverS "
+                          f"model at batch {batch}: it needs at least {format_bytes(minimum)} ({minimum} bytes)")
     low, high = latents, max_context  # cost(low) <= budget; find the largest such context
     while low < high:
         middle = (low + high + 1) // 2

@@ -1,0 +1,143 @@
+"""PerceiverS cached generation: incremental == full forward, the M/2 re-encode policy, lanes, the budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.errors import BudgetError, ModelError
+from core.models.perceivers import PerceiverS, PerceiverSConfig
+from core.models.perceivers_state import state_bytes
+from core.tokenizer import VOCAB_SIZE
+
+CONFIG = PerceiverSConfig(context=24, latents=8, scale=5, d_model=16, n_heads=2, n_layers=2)
+KEEP = CONFIG.latents // 2
+
+
+@pytest.fixture
+def model() -> PerceiverS:
+    torch.manual_seed(0)
+    return PerceiverS(CONFIG).eval()
+
+
+def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(3, VOCAB_SIZE, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def budget_for(context: int, batch: int = 1) -> int:
+    c = CONFIG
+    return state_bytes(batch, context, c.latents, c.scale, c.n_layers, c.d_model, 4)
+
+
+@pytest.mark.parametrize("context", [24, 16, 8], ids=["N", "shorter", "M"])
+def test_incremental_logits_equal_the_full_forward(model, context):
+    """Step by step, through several re-encodes and a sliding context: each step's logits are those of the
+    training forward on the crop the current latent window reads (inputs from context_start to start + M)."""
+    plan = model.plan(budget_for(context, 2), batch=2)
+    assert plan.context == context
+    state = model.new_state(plan)
+    ids = random_ids(2, 70 + CONFIG.latents)
+    for t in range(70):
+        logits = model.step(ids[:, t], state)
+        start, context_start = int(state.start[0]), int(state.context_start[0])
+        assert t - start < CONFIG.latents and start + CONFIG.latents - context_start <= context
+        full, _ = model(ids[:, context_start:start + CONFIG.latents])
+        assert torch.allclose(logits, full[:, t - start], atol=1e-5), f"step {t}"
+
+
+def test_window_fills_then_keeps_the_most_recent_half(model):
+    state = model.new_state(model.plan(budget_for(16)))
+    ids = random_ids(1, 40)
+    starts = []
+    for t in range(40):
+        model.step(ids[:, t], state)
+        starts.append(int(state.start[0]))
+    m = CONFIG.latents
+    expected, start = [], 0
+    for t in range(40):
+        if t - start == m:
+            start = t - KEEP + 1  # re-encode positions t - M/2 + 1 .. t
+        expected.append(start)
+    assert starts == expected
+    assert starts[m - 1] == 0 and starts[m] == m - KEEP + 1
+    assert int(state.length[0]) == 40
+
+
+def test_tokens_outside_the_window_are_forgotten(model):
+    """No latent depends on more than a training crop showed: inputs before context_start never matter."""
+    plan = model.plan(budget_for(12))
+    ids = random_ids(1, 60)
+    changed = ids.clone()
+    changed[0, :20] = random_ids(1, 20, seed=9)
+    first, second = model.new_state(plan), model.new_state(plan)
+    for t in range(60):
+        a, b = model.step(ids[:, t], first), model.step(changed[:, t], second)
+        if int(first.context_start[0]) >= 20:
+            assert torch.allclose(a, b, atol=1e-6), f"step {t} still saw a forgotten token"
+        elif t >= 20:
+            assert not torch.allclose(a, b)
+
+
+def test_prefill_equals_stepping(model):
+    plan = model.plan(budget_for(16, 2), batch=2)
+    ids = random_ids(2, 53)
+    stepped, filled = model.new_state(plan), model.new_state(plan)
+    for t in range(53):
+        expected = model.step(ids[:, t], stepped)
+    got = model.prefill(ids, filled)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.equal(filled.start, stepped.start) and torch.equal(filled.length, stepped.length)
+    after = model.step(ids[:, 0], filled), model.step(ids[:, 0], stepped)
+    assert torch.allclose(*after, atol=1e-5)
+
+
+def test_a_reset_lane_starts_over_while_the_other_goes_on(model):
+    plan = model.plan(budget_for(16, 2), batch=2)
+    ids = random_ids(2, 40)
+    state = model.new_state(plan)
+    model.prefill(ids[:, :13], state)
+    state.reset(1)
+    alone = model.new_state(model.plan(budget_for(16), batch=1))
+    solo = model.new_state(model.plan(budget_for(16), batch=1))
+    model.prefill(ids[:1, :13], solo)
+    for t in range(13, 40):
+        both = model.step(torch.stack([ids[0, t], ids[1, t - 13]]), state)
+        assert torch.allclose(both[0], model.step(ids[:1, t], solo)[0], atol=1e-5)
+        assert torch.allclose(both[1], model.step(ids[1:, t - 13], alone)[0], atol=1e-5)
+    with pytest.raises(IndexError):
+        state.reset(2)
+
+
+def test_allocated_bytes_never_exceed_the_budget(model):
+    minimum = budget_for(CONFIG.latents, batch=3)
+    for budget in [minimum, minimum + 1, *range(minimum, 4 * minimum, 997), 10**9]:
+        plan = model.plan(budget, batch=3)
+        state = model.new_state(plan)
+        assert state.nbytes == plan.nbytes <= budget
+        assert CONFIG.latents <= plan.context <= CONFIG.context
+        assert plan.context == CONFIG.context or budget_for(plan.context + 1, 3) > budget  # the longest that fits
+        assert f"context {plan.context} tokens" in plan.describe()
+    with pytest.raises(BudgetError, match=f"at least .* \\({minimum} bytes\\)"):
+        model.plan(minimum - 1, batch=3)
+    assert model.plan("1MB").context == CONFIG.context
+    with pytest.raises(BudgetError):
+        model.plan("lots")
+
+
+def test_the_plan_is_the_longest_context_that_fits(model):
+    for context in range(CONFIG.latents, CONFIG.context + 1):
+        budget = budget_for(context)
+        assert model.plan(budget).context == context
+        assert context == CONFIG.latents or model.plan(budget - 1).context == context - 1
+
+
+def test_bad_generation_inputs_are_refused(model):
+    state = model.new_state(model.plan(budget_for(16, 2), batch=2))
+    with pytest.raises(ModelError):
+        model.step(torch.tensor([[3, 4]]), state)
+    with pytest.raises(ModelError):
+        model.prefill(torch.zeros(1, 4, dtype=torch.long), state)
+    with pytest.raises(ModelError):
+        model.step(torch.tensor([3, VOCAB_SIZE]), state)
+    with pytest.raises(BudgetError):
+        model.new_state(model.plan(budget_for(16, 2), batch=2), batch=3)

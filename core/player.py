@@ -86,6 +86,7 @@ class Schedule:
         self.stalled_seconds = 0.0
         self._stall_started: float | None = None
         self._heap: list[tuple[float, int, int, NoteEvent]] = []
+        self._overdue: list[tuple[float, NoteEvent]] = []  # due before a stall, not yet handed out
         self._order = itertools.count()
 
     def add(self, events: Iterable[NoteEvent], now: float, horizon: float | None = None) -> None:
@@ -96,7 +97,8 @@ class Schedule:
             # Offs before ons at one instant, so a re-struck key sounds again.
             heapq.heappush(self._heap, (event.time, event.kind == "on", next(self._order), event))
             latest = max(latest, event.time)
-        self.horizon = max(latest, horizon if horizon is not None else latest)
+        # An event may lie past the horizon (a note-off one tick after its onset): it waits for the horizon.
+        self.horizon = max(self.horizon, horizon if horizon is not None else latest)
         if self.position is None and self._heap:
             self.position = self._heap[0][0]
 
@@ -107,35 +109,46 @@ class Schedule:
 
     @property
     def done(self) -> bool:
-        return self.finished and not self._heap
+        return self.finished and not self._heap and not self._overdue
 
     def _check_stall(self, now: float) -> None:
-        """Stop the clock at the horizon if it got there before generation did (before the horizon moves)."""
+        """Stop the clock at the horizon if it got there before generation did (before the horizon moves).
+
+        Events up to the horizon still belong before the stall: they are set aside with their times.
+        """
         if self.origin is not None and not self.finished and now - self.origin > self.horizon:
+            self._overdue += self._pop_until(self.horizon)
             self.position = self.horizon
             self._stall_started = self.origin + self.horizon
             self.origin = None
             self.stalls += 1
 
-    def pop_due(self, now: float) -> list[tuple[float, NoteEvent]]:
-        """Events whose clock time has come, with that scheduled clock time, in playing order."""
-        self._check_stall(now)
-        if self.origin is None:
-            if self.position is None or not (self.finished or self.horizon - self.position >= self.lookahead):
-                return []
-            self.origin = now - self.position
-            if self._stall_started is not None:
-                self.stalled_seconds += now - self._stall_started
-                self._stall_started = None
-        music_now = now - self.origin
+    def _pop_until(self, music_time: float) -> list[tuple[float, NoteEvent]]:
         due = []
-        while self._heap and self._heap[0][0] <= music_now:
+        while self._heap and self._heap[0][0] <= music_time:
             t, _, _, event = heapq.heappop(self._heap)
             due.append((self.origin + t, event))
         return due
 
+    def pop_due(self, now: float) -> list[tuple[float, NoteEvent]]:
+        """Events whose clock time has come, with that scheduled clock time, in playing order."""
+        self._check_stall(now)
+        due, self._overdue = self._overdue, []
+        if self.origin is None:
+            # After a stall the horizon must move on (by the lookahead, and by something even with none).
+            needed = self.lookahead if self._stall_started is None else max(self.lookahead, 1e-9)
+            if self.position is None or not (self.finished or self.horizon - self.position >= needed):
+                return due
+            self.origin = now - self.position
+            if self._stall_started is not None:
+                self.stalled_seconds += now - self._stall_started
+                self._stall_started = None
+        return due + self._pop_until(now - self.origin)
+
     def next_time(self) -> float | None:
         """Clock time of the next due event; None while buffering (only new input can move things)."""
+        if self._overdue:
+            return self._overdue[0][0]
         if self.origin is None or not self._heap:
             return None
         return self.origin + self._heap[0][0]

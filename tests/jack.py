@@ -112,3 +112,29 @@ def no_jack(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("RECITAL_MIDI_API", "jack")
     monkeypatch.setenv("JACK_NO_START_SERVER", "1")
     return ABSENT_SERVER
+
+
+class Receiver:
+    """A second JACK client connected to one of our ports, keeping (arrival time, message) pairs."""
+
+    def __init__(self, port_part: str):
+        import rtmidi
+
+        self.messages: list[tuple[float, list[int]]] = []
+        self._in = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="receiver")
+        names = self._in.get_ports()
+        from core.midiport import find_port
+
+        self._in.open_port(find_port(names, port_part, "input"))
+        self._in.set_callback(lambda event, _: self.messages.append((time.perf_counter(), event[0])))
+        time.sleep(0.05)  # the connection is made asynchronously by the server
+
+    def notes(self) -> list[tuple[str, int]]:
+        """("on"|"off", pitch) of every note message, in arrival order."""
+        return [("on" if m[0] & 0xF0 == 0x90 and m[2] > 0 else "off", m[1])
+                for _, m in self.messages if m[0] & 0xF0 in (0x80, 0x90)]
+
+    def close(self) -> None:
+        self._in.cancel_callback()
+        self._in.close_port()
+        self._in.delete()

@@ -36,27 +36,6 @@ pytest_plugins = ("tests.jack",)  # the JACK server fixtures: jack, no_jack, jac
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class Receiver:
-    """A second JACK client connected to one of our ports, keeping (arrival time, message) pairs."""
-
-    def __init__(self, port_part: str):
-        import rtmidi
-
-        self.messages: list[tuple[float, list[int]]] = []
-        self._in = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="receiver")
-        names = self._in.get_ports()
-        self._in.open_port(find_port(names, port_part, "input"))
-        self._in.set_callback(lambda event, _: self.messages.append((time.perf_counter(), event[0])))
-        time.sleep(0.05)  # the connection is made asynchronously by the server
-
-    def notes(self) -> list[tuple[str, int]]:
-        return [("on" if m[0] & 0xF0 == NOTE_ON and m[2] > 0 else "off", m[1])
-                for _, m in self.messages if m[0] & 0xF0 in (NOTE_ON, NOTE_OFF)]
-
-    def close(self) -> None:
-        self._in.cancel_callback()
-        self._in.close_port()
-        self._in.delete()
 
 
 def _run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -115,6 +94,8 @@ def test_virtual_port_is_listed_for_other_clients(jack):
 
 @pytest.mark.parametrize("path", real_midi_files("maestro")[:1], ids=lambda p: getattr(p, "name", "none"))
 def test_second_client_receives_every_note_in_order_on_time(jack, path):
+    from tests.jack import Receiver
+
     perf = read_performance(path).slice_time(0.0, 6.0)
     assert len(perf) > 20
     with MidiOutput() as out:
@@ -135,6 +116,8 @@ def test_second_client_receives_every_note_in_order_on_time(jack, path):
 
 
 def test_stop_releases_sounding_notes_and_panic_silences_all_channels(jack, scale):
+    from tests.jack import Receiver
+
     held = Performance(scale.onset, scale.offset + 5.0, scale.pitch, scale.velocity)  # notes ring for 5 s
     with MidiOutput() as out:
         receiver = Receiver("Recital")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -368,12 +367,12 @@ def test_perceivers_perplexity_through_its_cached_steps(scale):
     assert 0.7 * VOCAB_SIZE < report.perplexity < 1.3 * VOCAB_SIZE
 
 
-def test_eval_model_prints_perplexity_and_writes_json(tmp_path, capsys, monkeypatch, scale, chord):
-    loader = types.ModuleType("core.modeldir")
-    loader.load_model = lambda name: tiny_dsmr()
-    monkeypatch.setitem(__import__("sys").modules, "core.modeldir", loader)
+def test_eval_model_prints_perplexity_and_writes_json(tmp_path, capsys, scale, chord):
+    from core.modeldir import save_model
+
+    model_dir = save_model(tiny_dsmr(), tmp_path / "tiny", "A tiny untrained DSMR for tests.")
     write_set(tmp_path / "pieces", [scale, chord])
-    code = main(["eval", "--model", "tiny", str(tmp_path / "pieces"), "--budget", "64KB",
+    code = main(["eval", "--model", str(model_dir), str(tmp_path / "pieces"), "--budget", "64KB",
                  "--json", str(tmp_path / "ppl.json"), "--report", str(tmp_path / "ppl.html")])
     assert code == 0
     out = capsys.readouterr().out
@@ -386,5 +385,7 @@ def test_eval_model_prints_perplexity_and_writes_json(tmp_path, capsys, monkeypa
     assert sum(b["tokens"] for b in result["by_position"]) == result["tokens"]
     page = (tmp_path / "ppl.html").read_text()
     ET.fromstring(re.search(r"<svg.*?</svg>", page, flags=re.DOTALL).group(0))
-    assert main(["eval", "--model", "tiny", str(tmp_path / "pieces"), "--budget", "lots"]) == 1
+    assert main(["eval", "--model", str(model_dir), str(tmp_path / "pieces"), "--budget", "lots"]) == 1
     assert "16MB" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path / "no_model"), str(tmp_path / "pieces")]) == 1
+    assert "no_model" in capsys.readouterr().err

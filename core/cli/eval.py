@@ -28,7 +28,8 @@ DEFAULT_BUDGET = "32MB"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folders", nargs="+", metavar="FOLDER",
                         help="GENERATED_DIR REFERENCE_DIR, or with --model the one folder to score")
-    parser.add_argument("--model", metavar="M", help="a model name or directory: print its perplexity on FOLDER")
+    parser.add_argument("--model", metavar="NAME_OR_PATH",
+                        help="a model name or directory: print its perplexity on the pieces of FOLDER")
     parser.add_argument("--budget", metavar="SIZE",
                         help="memory for the model's recurrent state with --model, e.g. 64MB "
                              f"(default: the model's own, else {DEFAULT_BUDGET})")
@@ -84,13 +85,7 @@ def _run_comparison(args: argparse.Namespace) -> int:
 
 def _run_perplexity(args: argparse.Namespace) -> int:
     from core import metrics
-
-    try:
-        from core.modeldir import load_model
-    except ModuleNotFoundError as error:
-        if error.name != "core.modeldir":
-            raise
-        raise RecitalError("this build cannot load models yet (core.modeldir is missing)") from None
+    from core.modeldir import load_model
     from core.state import parse_budget
 
     folder = Path(args.folders[0])

@@ -88,15 +88,17 @@ def canonical(onset, offset, pitch, velocity) -> Performance:
     same_pitch = pitch[1:] == pitch[:-1]
     too_close = same_pitch & (onset[1:] - onset[:-1] < MIN_RESTRIKE_SECONDS)
     if too_close.any():
+        # Only a note within 10 ms of its same-pitch predecessor can merge, so visit just those: the note it
+        # merges into is that predecessor, or (when the predecessor merged too) the predecessor's target.
         keep = np.ones(len(onset), dtype=bool)
         last_kept = 0
-        for i in range(1, len(onset)):  # rare: only files with doubled notes get here
+        for i in (np.flatnonzero(too_close) + 1).tolist():
+            if keep[i - 1]:
+                last_kept = i - 1
             if pitch[i] == pitch[last_kept] and onset[i] - onset[last_kept] < MIN_RESTRIKE_SECONDS:
                 keep[i] = False
                 offset[last_kept] = max(offset[last_kept], offset[i])
                 velocity[last_kept] = max(velocity[last_kept], velocity[i])
-            else:
-                last_kept = i
         onset, offset, pitch, velocity = onset[keep], offset[keep], pitch[keep], velocity[keep]
         same_pitch = pitch[1:] == pitch[:-1]
     offset[:-1] = np.where(same_pitch, np.minimum(offset[:-1], onset[1:]), offset[:-1])

@@ -85,7 +85,8 @@ def encode(perf: Performance, bos: bool = True, eos: bool = True) -> np.ndarray:
     kind = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])
     pitch = np.concatenate([perf.pitch, perf.pitch]).astype(np.int64)
     vbin = np.concatenate([np.full(n, -1), velocity_bin(perf.velocity.astype(np.int64))])
-    order = np.lexsort((pitch, kind, tick))
+    # One integer key orders by (tick, kind, pitch) like np.lexsort, at a fraction of its cost.
+    order = np.argsort((tick * 2 + kind) * 128 + pitch, kind="stable")
     tick, kind, pitch, vbin = tick[order], kind[order], pitch[order], vbin[order]
 
     delta = np.diff(tick, prepend=0)

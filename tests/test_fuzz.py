@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from core.midi import MIN_RESTRIKE_SECONDS, canonical
 from tests.conftest import SHARED_MIDI
 
 CASE_SECONDS = 5.0
@@ -252,3 +253,34 @@ EDGE_CASES = {
 @pytest.mark.parametrize("name", sorted(EDGE_CASES))
 def test_edge_cases(worker, scratch, name):
     assert_read_is_clean(worker, scratch / "edge.mid", EDGE_CASES[name])
+
+
+# ---- canonical's fast path against its one-note-at-a-time definition ----------------------------------
+
+def canonical_by_definition(onset, offset, pitch, velocity):
+    """Walk every note in (pitch, onset) order; a strike within 10 ms of the last kept one of its pitch merges."""
+    notes = sorted(zip(pitch, onset, offset, velocity, strict=True))
+    kept: list[list] = []
+    for p, on, off, vel in notes:
+        if kept and kept[-1][0] == p and on - kept[-1][1] < MIN_RESTRIKE_SECONDS:
+            kept[-1][2], kept[-1][3] = max(kept[-1][2], off), max(kept[-1][3], vel)
+        else:
+            kept.append([p, on, max(off, on), vel])
+    for before, after in zip(kept, kept[1:], strict=False):
+        if before[0] == after[0]:
+            before[2] = min(before[2], after[1])
+    return sorted((on, p, off, vel) for p, on, off, vel in kept)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(60, 62), st.integers(0, 60), st.integers(0, 30), st.integers(1, 127)),
+                min_size=1, max_size=40))
+def test_canonical_merges_chains_of_restrikes(notes):
+    pitch = [p for p, _, _, _ in notes]
+    onset = [t * 0.003 for _, t, _, _ in notes]  # a 3 ms grid: many strikes closer than 10 ms
+    offset = [t * 0.003 + d * 0.004 for _, t, d, _ in notes]
+    velocity = [v for _, _, _, v in notes]
+    perf = canonical(onset, offset, pitch, velocity)
+    got = sorted(zip(perf.onset.tolist(), perf.pitch.tolist(), perf.offset.tolist(), perf.velocity.tolist(),
+                     strict=True))
+    assert got == canonical_by_definition(onset, offset, pitch, velocity)

@@ -196,11 +196,14 @@ def _load_score(path: Path, strict: bool) -> symusic.Score:
     if not data.startswith(b"MThd"):
         raise MidiError(path, "not a Standard MIDI File (no MThd header)")
     try:
-        return symusic.Score.from_midi(data, sanitize_data=not strict)
+        score = symusic.Score.from_midi(data, sanitize_data=not strict)
     except Exception as error:  # symusic raises RuntimeError/ValueError with a parser message
         reason = str(error).replace("MiniMidi: ", "").replace(": iostream error", "").strip()
         raise MidiError(path, f"corrupt MIDI data: {reason.splitlines()[0] if reason else type(error).__name__}") \
             from None
+    if score.start() < 0:  # ticks are summed in 32 bits: huge delta times wrap around to negative times
+        raise MidiError(path, "corrupt MIDI data: event times overflow (delta times too large)")
+    return score
 
 
 def _check_tempos(path: Path, score: symusic.Score) -> None:

@@ -22,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from core.midi import MIN_RESTRIKE_SECONDS, canonical
+from core.errors import MidiError
+from core.midi import MIN_RESTRIKE_SECONDS, canonical, read_performance
 from tests.conftest import SHARED_MIDI
 
 CASE_SECONDS = 5.0
@@ -253,6 +254,14 @@ EDGE_CASES = {
 @pytest.mark.parametrize("name", sorted(EDGE_CASES))
 def test_edge_cases(worker, scratch, name):
     assert_read_is_clean(worker, scratch / "edge.mid", EDGE_CASES[name])
+
+
+def test_tick_overflow_is_an_error(tmp_path):
+    """symusic sums delta times in 32 bits; past 2^31 ticks notes would land at negative times (then 0 s)."""
+    path = tmp_path / "overflow.mid"
+    path.write_bytes(EDGE_CASES["tick count past 2^31"])
+    with pytest.raises(MidiError, match="event times overflow"):
+        read_performance(path)
 
 
 # ---- canonical's fast path against its one-note-at-a-time definition ----------------------------------

@@ -209,7 +209,7 @@ def _hash_file(path: Path, size: int) -> str:
 
 # ---- the corpus ------------------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(eq=False)
 class Corpus:
     """A scanned folder: one memory-mapped token array, its pieces, and the scan's summary."""
 
@@ -227,6 +227,10 @@ class Corpus:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def __repr__(self) -> str:
+        return f"Corpus({str(self.folder)!r}, pieces={len(self)}, tokens={self.total_tokens}, " \
+               f"hours={self.hours:.2f})"
 
     def piece(self, i: int) -> np.ndarray:
         """Token ids of piece `i` (BOS ... EOS): a view into the memory map, no copy."""

@@ -237,6 +237,10 @@ def write_performance(perf: Performance, path: str | Path, ticks_per_quarter: in
     atomic_write_bytes(path, data, what="MIDI file")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, data: bytes, what: str = "file") -> None:
     """Write `data` to `path` through a temporary file in the same folder, then rename it into place."""
     folder = path.parent if str(path.parent) else Path(".")
@@ -244,6 +248,7 @@ def atomic_write_bytes(path: Path, data: bytes, what: str = "file") -> None:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the user's file gets normal permissions
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()

@@ -141,3 +141,30 @@ def test_bad_generation_inputs_are_refused(model):
         model.step(torch.tensor([3, VOCAB_SIZE]), state)
     with pytest.raises(BudgetError):
         model.new_state(model.plan(budget_for(16, 2), batch=2), batch=3)
+
+
+def test_shared_generate_streams_from_a_perceivers_model(model):
+    generate = pytest.importorskip("core.generate")
+    ids = list(generate.generate(model, [1, 60, 300], budget=budget_for(16, 2), max_tokens=40, batch=2,
+                                 seed=3, stop_at_eos=False))
+    assert len(ids) == 40 and all(i.shape == (2,) for i in ids)
+    again = list(generate.generate(model, [1, 60, 300], budget=budget_for(16, 2), max_tokens=40, batch=2,
+                                   seed=3, stop_at_eos=False))
+    assert all((a == b).all() for a, b in zip(ids, again, strict=True))
+
+
+def test_cli_generates_with_a_perceivers_model_directory(model, tmp_path, capsys):
+    modeldir = pytest.importorskip("core.modeldir")
+    pytest.importorskip("core.cli.generate")
+    from core.cli import main
+
+    path = modeldir.save_model(model, tmp_path / "tiny-perceivers", "# tiny PerceiverS\nrandom weights\n")
+    loaded = modeldir.load_model(path)
+    assert loaded.arch == "perceivers" and loaded.config == CONFIG
+    out = tmp_path / "piece.mid"
+    assert main(["generate", "--model", str(path), "--out", str(out), "--seconds", "3", "--max-tokens", "120",
+                 "--seed", "1", "--budget", "6000"]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and "(perceivers)" in printed and "context 16 tokens" in printed
+    assert main(["generate", "--model", str(path), "--out", str(out), "--budget", "1KB"]) == 1
+    assert "too small for this PerceiverS model" in capsys.readouterr().err

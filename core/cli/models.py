@@ -1,0 +1,27 @@
+"""`recital models`: the models a name can refer to (yours first, then the shipped ones)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "list shipped and fine-tuned models"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--paths", action="store_true", help="show each model's directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.modeldir import SHIPPED_DIR, list_models, user_models_dir
+    from core.state import format_bytes
+
+    models = list_models()
+    if not models:
+        print(f"no models found (yours go in {user_models_dir()}, shipped ones live in {SHIPPED_DIR})")
+        return 0
+    width = max(len(info.name) for info in models)
+    for info in models:
+        line = f"{info.name:<{width}}  {info.source:<7}  {info.arch:<10}  {format_bytes(info.size_bytes):>9}"
+        line += f"  {info.summary}" if info.summary else ""
+        print(line + (f"\n{'':<{width}}  {info.path}" if args.paths else ""))
+    return 0

@@ -2,7 +2,9 @@
 
 The server gets its own name, so a JACK server the developer runs is never touched, and tests pick it (or a
 name no server has, to test "no JACK server") through JACK_DEFAULT_SERVER. The period is 256 frames: JACK
-delivers MIDI once per period, and the default 1,024 frames would quantise timing to 23 ms.
+delivers MIDI once per period, and the default 1,024 frames would quantise timing to 23 ms. The server runs
+synchronously (-S): in jackd2's default asynchronous mode a client that misses a cycle on a busy machine
+loses that cycle's MIDI or reads the previous one twice, which a test would mistake for a player bug.
 Without jackd the tests skip, except under CI (CI=true), where they fail.
 """
 
@@ -77,7 +79,7 @@ def start_server(jackd: str, name: str) -> subprocess.Popen:
     """Run `jackd -n name` with the dummy backend and wait until clients can connect."""
     log = tempfile.TemporaryFile()
     env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
-    process = subprocess.Popen([jackd, "-n", name, "--no-realtime", "-d", "dummy", "-r", str(SAMPLE_RATE),
+    process = subprocess.Popen([jackd, "-n", name, "--no-realtime", "-S", "-d", "dummy", "-r", str(SAMPLE_RATE),
                                 "-p", str(PERIOD_FRAMES)], stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 15
     while not _server_answers(name):

@@ -226,29 +226,30 @@ class PerceiverS(nn.Module):
     def _write_inputs(self, ids: torch.Tensor, first: torch.Tensor, state: PerceiverSState,
                       lanes: torch.Tensor | None) -> None:
         """Project ids (b, n) at positions first + [0, n) into both cross-attention rings (once per token)."""
-        count = ids.shape[1]
-        positions = first[:, None] + torch.arange(count, device=ids.device)  # (b, n)
-        cos, sin = rotary(positions, self.head_dim, self.config.rope_base)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (b, 1, n, hs/2)
+        positions = first[:, None] + torch.arange(ids.shape[1], device=ids.device)  # (b, n)
+        rope = _rope_tables(positions, self.head_dim, self.config.rope_base)
         x = self.embed(ids)  # (b, n, C)
         rows = _lane_index(state, lanes)[:, None].expand_as(positions)  # (b, n)
-        for block, keys, values, slots_pos in ((self.cross, state.keys1, state.values1, state.positions1),
-                                               (self.cross_local, state.keys2, state.values2, state.positions2)):
-            k, v = block.keys_values(x, cos, sin)  # (b, nh, n, hs)
+        for block, keys, values, slot_positions in (
+                (self.cross, state.keys1, state.values1, state.positions1),
+                (self.cross_local, state.keys2, state.values2, state.positions2)):
+            k, v = _keys_values(block.attn, _norm(block.kv_norm, x), rope)  # (b, n, nh, hs)
             slots = positions % keys.shape[2]
-            keys[rows, :, slots] = k.transpose(1, 2)  # (b, n, nh, hs) into (B, nh, R, hs)
-            values[rows, :, slots] = v.transpose(1, 2)
-            slots_pos[rows, slots] = positions
-        slots = positions % state.ids.shape[1]
-        state.ids[rows, slots] = ids
+            keys[rows, :, slots] = k  # into (B, nh, R, hs)
+            values[rows, :, slots] = v
+            slot_positions[rows, slots] = positions
+        state.ids[rows, positions % state.ids.shape[1]] = ids
 
     def _latents(self, first: torch.Tensor, count: int, state: PerceiverSState,
                  lanes: torch.Tensor | None) -> torch.Tensor:
-        """Latents at positions first + [0, count) (b,) from the rings -> logits (b, count, V); fills latent rings."""
+        """Latents at positions first + [0, count) (b,) from the rings -> logits (b, count, V); fills latent rings.
+
+        The blocks' own parameters through a lean functional path (fewer dispatches per generated token);
+        the tests hold it equal to `forward`.
+        """
         c = self.config
         positions = first[:, None] + torch.arange(count, device=first.device)  # (b, n)
-        cos, sin = rotary(positions, self.head_dim, c.rope_base)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (b, 1, n, hs/2)
+        rope = _rope_tables(positions, self.head_dim, c.rope_base)
         rows = _lane_index(state, lanes)[:, None].expand_as(positions)
         h = self.embed(state.ids[rows, positions % c.latents])  # (b, n, C)
         start = _rows(state.start, lanes)[:, None, None]  # (b, 1, 1)
@@ -257,24 +258,75 @@ class PerceiverS(nn.Module):
 
         key_pos = _rows(state.positions1, lanes)[:, None, :]  # (b, 1, N_gen)
         mask = ((key_pos >= context_start) & (key_pos <= query)).unsqueeze(1)  # (b, 1, n, N_gen)
-        h = self.cross(h, _rows(state.keys1, lanes), _rows(state.values1, lanes), cos, sin, mask)
+        h = _cross_block(self.cross, h, _rows(state.keys1, lanes), _rows(state.values1, lanes), rope, mask)
 
         key_pos = _rows(state.positions2, lanes)[:, None, :]  # (b, 1, R2)
         low = torch.maximum(context_start, query - c.scale + 1)
         mask = ((key_pos >= low) & (key_pos <= query)).unsqueeze(1)
-        h = self.cross_local(h, _rows(state.keys2, lanes), _rows(state.values2, lanes), cos, sin, mask)
+        h = _cross_block(self.cross_local, h, _rows(state.keys2, lanes), _rows(state.values2, lanes), rope, mask)
 
         slots = positions % c.latents
         state.latent_positions[rows, slots] = positions
         key_pos = _rows(state.latent_positions, lanes)[:, None, :]  # (b, 1, M)
         mask = ((key_pos >= start) & (key_pos <= query)).unsqueeze(1)  # (b, 1, n, M)
         for layer, block in enumerate(self.blocks):
-            q, k, v = block.project(h, cos, sin)  # (b, nh, n, hs)
+            x = _norm(block.attn_norm, h)
+            q = _queries(block.attn, x, rope)
+            k, v = _keys_values(block.attn, x, rope)  # (b, n, nh, hs)
             keys, values = state.latent_keys[layer], state.latent_values[layer]
-            keys[rows, :, slots] = k.transpose(1, 2)
-            values[rows, :, slots] = v.transpose(1, 2)
-            h = block.finish(h, q, _rows(keys, lanes), _rows(values, lanes), mask)
-        return self.head(self.norm(h))  # (b, n, V)
+            keys[rows, :, slots] = k
+            values[rows, :, slots] = v
+            h = h + _attend(block.attn, q, _rows(keys, lanes), _rows(values, lanes), mask)
+            h = h + _mlp(block.mlp, _norm(block.mlp_norm, h))
+        return F.linear(_norm(self.norm, h), self.head.weight)  # (b, n, V)
+
+
+# ---- the lean generation path: the shared layers' computation, written with their parameters ------------------
+
+def _rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, cos) and (-sin, sin) over the two halves, (b, n, 1, hs): rotary as x * cos + swap(x) * sin."""
+    cos, sin = rotary(positions, head_dim, base)  # (b, n, hs/2)
+    return torch.cat([cos, cos], -1).unsqueeze(2), torch.cat([-sin, sin], -1).unsqueeze(2)
+
+
+def _rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """layers.apply_rotary on x (b, n, nh, hs), heads third."""
+    half = x.shape[-1] // 2
+    return torch.addcmul(x * rope[0], torch.cat([x[..., half:], x[..., :half]], -1), rope[1])
+
+
+def _norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
+
+
+def _queries(attn, x: torch.Tensor, rope) -> torch.Tensor:
+    """(b, nh, n, hs) rotated queries of normed x (b, n, C)."""
+    batch, length, _ = x.shape
+    q = F.linear(x, attn.q_proj.weight).view(batch, length, attn.n_heads, attn.head_dim)
+    return _rotate(q, rope).transpose(1, 2)
+
+
+def _keys_values(attn, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotated keys and values (b, n, nh, hs) of normed x (b, n, C), laid out for writing into a ring."""
+    batch, length, _ = x.shape
+    kv = F.linear(x, attn.kv_proj.weight).view(batch, length, 2, attn.n_heads, attn.head_dim)
+    return _rotate(kv[:, :, 0], rope), kv[:, :, 1]
+
+
+def _attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (b, nh, n, hs)
+    batch, _, length, _ = out.shape
+    return F.linear(out.transpose(1, 2).reshape(batch, length, -1), attn.out_proj.weight)
+
+
+def _mlp(mlp, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(F.gelu(F.linear(x, mlp.up.weight), approximate="tanh"), mlp.down.weight)
+
+
+def _cross_block(block: CrossAttentionBlock, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope,
+                 mask: torch.Tensor) -> torch.Tensor:
+    h = h + _attend(block.attn, _queries(block.attn, _norm(block.q_norm, h), rope), k, v, mask)
+    return h + _mlp(block.mlp, _norm(block.mlp_norm, h))
 
 
 def _lane_index(state: PerceiverSState, lanes: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,183 @@
+"""`recital train FOLDER`: fine-tune a model (or train one from scratch) on a folder of MIDI files.
+
+The same arguments work under torchrun (`torchrun --nproc_per_node=N -m trainer FOLDER ...`). Ctrl-C stops
+after the current step, saves a checkpoint and exits; `--resume` continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import signal
+import sys
+import time
+from typing import TextIO
+
+HELP = "fine-tune a model on a folder of MIDI files (or train one from scratch)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", help="folder of MIDI files (scanned recursively, cached)")
+    parser.add_argument("--base", default="default", metavar="default|PATH|NAME|none",
+                        help="model to fine-tune (default: the shipped default); 'none' trains from scratch")
+    parser.add_argument("--arch", choices=("dsmr", "perceivers"),
+                        help="architecture (needed with --base none; checked against the base otherwise)")
+    parser.add_argument("--size", choices=("tiny", "small", "default"), default="default",
+                        help="model size preset when training from scratch (default: default)")
+    parser.add_argument("--out", metavar="NAME|PATH",
+                        help="where the model goes: a name (in your models folder) or a path "
+                             "(default: <folder name>-<arch>)")
+    length = parser.add_argument_group("how long (at least one; both: whichever ends first)")
+    length.add_argument("--steps", type=_positive(int), metavar="N", help="optimizer steps")
+    length.add_argument("--minutes", type=_positive(float), metavar="M", help="wall-clock minutes")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--budget", metavar="SIZE",
+                        help="DSMR memory budget per lane, e.g. 32MB (default: the model's)")
+    parser.add_argument("--batch", type=_positive(int), default=8,
+                        help="lanes (DSMR) or crops (PerceiverS) per micro-batch, over all processes (default 8)")
+    parser.add_argument("--accum", type=_positive(int), default=1, help="micro-batches per step (default 1)")
+    parser.add_argument("--lr", type=_positive(float), help="peak learning rate (default 1e-4, 3e-4 from scratch)")
+    parser.add_argument("--warmup", type=int, metavar="STEPS", help="warm-up steps (default: 5%% of --steps)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the split, the data order, augmentation")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="transposition (+-5 semitones) and tempo stretch (+-5%%); on when fine-tuning")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="held-out pieces (default 0.1)")
+    parser.add_argument("--val-every", type=_positive(int), default=200, metavar="STEPS",
+                        help="validate (and keep the best model) every this many steps (default 200)")
+    parser.add_argument("--checkpoint-every", type=_positive(int), default=100, metavar="STEPS",
+                        help="save a resumable checkpoint every this many steps (default 100)")
+    parser.add_argument("--patience", type=int, default=5,
+                        help="stop after this many validations without improvement (0: never; default 5)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--workers", type=_positive(int), metavar="N", help="processes that scan the folder")
+
+
+def config_from_args(args: argparse.Namespace, command: str):
+    from trainer.config import TrainConfig
+
+    base = None if args.base.lower() == "none" else args.base
+    return TrainConfig(
+        folder=args.folder, out=args.out, base=base, arch=args.arch, size=args.size, steps=args.steps,
+        minutes=args.minutes, budget=args.budget, batch=args.batch, accum=args.accum, lr=args.lr,
+        warmup=args.warmup, seed=args.seed, augment=args.augment, val_fraction=args.val_fraction,
+        val_every=args.val_every, checkpoint_every=args.checkpoint_every, patience=args.patience,
+        resume=args.resume, device=args.device, workers=args.workers, command=command)
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer.loop import fine_tune
+
+    command = ("recital train " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["train"]
+               else "python -m trainer " + shlex.join(sys.argv[1:]))
+    config = config_from_args(args, command)
+    stop = _StopOnInterrupt()
+    view = ProgressView(sys.stderr)
+    with stop:
+        result = fine_tune(config, on_progress=view, should_stop=stop)
+    view.close()
+    ppl = ("no held-out pieces" if result.best_perplexity is None else
+           f"held-out perplexity {result.initial_perplexity:.3f} -> best {result.best_perplexity:.3f}")
+    how = {"finished": "finished", "time": "time is up", "early_stop": "stopped early (no improvement)",
+           "stopped": "interrupted; continue with --resume"}[result.stopped]
+    print(f"{how}: {result.steps} steps, {result.tokens:,} tokens in {result.wall_seconds / 60:.1f} min; {ppl}")
+    print(f"model: {result.model_dir}")
+    return 0 if result.stopped != "stopped" else 130
+
+
+class _StopOnInterrupt:
+    """The first Ctrl-C asks the loop to stop after its step (it saves a checkpoint); a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+
+class ProgressView:
+    """Progress events as a bar redrawn in place on a terminal, or one line per event elsewhere (logs)."""
+
+    def __init__(self, stream: TextIO, width: int = 24):
+        self.stream, self.width = stream, width
+        self.tty = stream.isatty()
+        self.best: float | None = None
+        self.drawn = False
+        self.last_line = 0.0
+
+    def __call__(self, event) -> None:
+        if event.best_perplexity is not None:
+            self.best = event.best_perplexity
+        if event.kind == "step":
+            self._step(event)
+        elif event.kind == "eval":
+            self._line(f"step {event.step}: held-out perplexity {event.val_perplexity:.3f} "
+                       f"(best {event.best_perplexity:.3f})")
+        elif event.kind in ("phase", "message") and event.message and event.phase != "scan":
+            self._line(event.message)
+        elif event.kind == "message" and event.phase == "scan" and self.tty:
+            self._draw(f"{event.message}")
+
+    def _step(self, event) -> None:
+        filled = int(self.width * event.fraction)
+        total = f"/{event.total_steps}" if event.total_steps else ""
+        ppl = f" ppl {self.best:.2f}" if self.best is not None else ""
+        rate = f" {event.tokens_per_s:,.0f} tok/s" if event.tokens_per_s else ""
+        eta = f" ETA {_clock(event.eta_s)}" if event.eta_s is not None and math.isfinite(event.eta_s) else ""
+        text = (f"[{'#' * filled}{'.' * (self.width - filled)}] step {event.step}{total} "
+                f"loss {event.loss:.3f}{ppl}{rate}{eta}")
+        if self.tty:
+            self._draw(text)
+        elif time.monotonic() - self.last_line >= 10 or event.step == event.total_steps:
+            self.last_line = time.monotonic()
+            self._line(text)
+
+    def _draw(self, text: str) -> None:
+        self.stream.write("\r\033[K" + text)
+        self.stream.flush()
+        self.drawn = True
+
+    def _line(self, text: str) -> None:
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.drawn = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.drawn = False
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse

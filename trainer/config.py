@@ -1,0 +1,131 @@
+"""What a training run is: one dataclass shared by the CLI, the studio's fine-tune dialog and the recipes.
+
+A run either fine-tunes a base model (`base` names a model directory; its architecture and config are kept) or
+trains from scratch (`base=None`: `arch` and a `size` preset, adjusted by `model` overrides).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from core.errors import ModelError
+
+ARCHS = ("dsmr", "perceivers")
+SIZES = ("tiny", "small", "default")
+
+# Presets for training from scratch; "default" is the size of the shipped models (the config classes' defaults).
+PRESETS: dict[str, dict[str, dict]] = {
+    "dsmr": {
+        "tiny": {"d_model": 64, "n_layers": 2, "n_heads": 2, "segment_len": 128, "max_horizon": 1024,
+                 "n_long": 1, "default_budget": "2MB"},
+        "small": {"d_model": 256, "n_layers": 6, "n_heads": 4, "segment_len": 512},
+        "default": {},
+    },
+    "perceivers": {
+        "tiny": {"d_model": 64, "n_layers": 2, "n_heads": 2, "context": 512, "latents": 64, "scale": 128,
+                 "default_budget": "4MB"},
+        "small": {"d_model": 128, "n_layers": 4, "n_heads": 4, "context": 2048, "latents": 128, "scale": 256},
+        "default": {},
+    },
+}
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Sizes of batches are global: the same numbers give the same run on any process count."""
+
+    folder: str  # the MIDI folder (scanned into the corpus cache)
+    out: str | None = None  # model name (saved in the user models dir) or a path; None: "<folder>-<arch>"
+    base: str | None = "default"  # model to fine-tune (name or path); None trains from scratch
+    arch: str | None = None  # from scratch: dsmr | perceivers; with a base, must match it if given
+    size: str = "default"  # from scratch: tiny | small | default
+    model: dict = field(default_factory=dict)  # from scratch: config fields over the preset
+
+    steps: int | None = None  # optimizer steps; with `minutes`, whichever comes first
+    minutes: float | None = None  # wall-clock training time (validation included)
+    budget: str | None = None  # DSMR: recurrent-state bytes per lane (training and validation); default: model's
+    batch: int = 8  # lanes (DSMR) or crops (PerceiverS) per micro-batch, over all processes
+    accum: int = 1  # micro-batches per optimizer step
+    lr: float | None = None  # peak learning rate; default 1e-4 fine-tuning, 3e-4 from scratch
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * this
+    warmup: int | None = None  # warm-up steps; default: 5% of `steps` (at most 200), 50 in minutes mode
+    weight_decay: float = 0.1
+    clip: float = 1.0  # gradient norm clip (0: none)
+    seed: int = 0
+
+    augment: bool | None = None  # transposition + tempo stretch; default: on when fine-tuning
+    transpose: int = 5  # semitones either way
+    stretch: float = 0.05  # tempo factor in [1 - stretch, 1 + stretch]
+
+    val_fraction: float = 0.1  # held-out pieces
+    val_max_pieces: int = 32  # cap on the held-out pieces scored at each validation
+    val_every: int = 200  # steps between validations (and best-model saves)
+    checkpoint_every: int = 100  # steps between resumable checkpoints
+    patience: int = 5  # validations without improvement before stopping early (0: never)
+    log_every: int = 10  # steps between progress events
+
+    resume: bool = False  # continue the run in `out` from its last checkpoint
+    device: str | None = None  # default: cuda when available, else cpu
+    workers: int | None = None  # processes that scan the folder
+    command: str = ""  # the command line that started the run, for the model card
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.arch is not None and self.arch not in ARCHS:
+            problems.append(f"unknown architecture {self.arch!r} (use {' or '.join(ARCHS)})")
+        if self.size not in SIZES:
+            problems.append(f"unknown size {self.size!r} (use {', '.join(SIZES)})")
+        if self.base is None and self.arch is None:
+            problems.append("training from scratch needs an architecture (--arch dsmr|perceivers)")
+        if self.steps is None and self.minutes is None:
+            problems.append("say how long to train: steps or minutes")
+        for name in ("steps", "batch", "accum", "val_every", "checkpoint_every", "log_every", "val_max_pieces"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                problems.append(f"{name} must be a positive whole number, got {value!r}")
+        if self.minutes is not None and not self.minutes > 0:
+            problems.append(f"minutes must be positive, got {self.minutes!r}")
+        if self.lr is not None and not self.lr > 0:
+            problems.append(f"lr must be positive, got {self.lr!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not 0 <= self.transpose <= 24 or not 0.0 <= self.stretch < 0.5:
+            problems.append("augmentation needs 0 <= transpose <= 24 and 0 <= stretch < 0.5")
+        if self.patience < 0 or (self.warmup is not None and self.warmup < 0) or self.clip < 0:
+            problems.append("patience, warmup and clip cannot be negative")
+        if problems:
+            raise ModelError("bad training settings: " + "; ".join(problems))
+
+    @property
+    def fine_tuning(self) -> bool:
+        return self.base is not None
+
+    @property
+    def augmenting(self) -> bool:
+        return self.fine_tuning if self.augment is None else self.augment
+
+    @property
+    def peak_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1e-4 if self.fine_tuning else 3e-4
+
+    def warmup_steps(self) -> int:
+        if self.warmup is not None:
+            return self.warmup
+        return min(200, max(1, self.steps // 20)) if self.steps is not None else 50
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def scratch_config(arch: str, size: str, overrides: dict) -> dict:
+    """The model config dict of a from-scratch run: the preset, then the overrides (checked by the model)."""
+    config = dict(PRESETS[arch][size])
+    config.update(overrides)
+    return config

@@ -1,0 +1,137 @@
+"""Training batches from the corpus: whole-piece lane streams for DSMR, effective-segmentation crops for PerceiverS.
+
+Everything random is drawn from generators seeded by (seed, what, index), never from a shared stream, so a batch
+depends only on where the run is, not on how many processes share it or whether it was resumed:
+
+- `PieceSource`: the training pieces in a seeded order, one epoch after another, forming one endless sequence
+  S = perm_0 ++ perm_1 ++ ...; item n is augmented by its own draw.
+- `LaneStream` (DSMR): global lane g of G reads S[g], S[g + G], S[g + 2G], ... back to back, from each piece's
+  BOS to its EOS, `segment_len` tokens per batch. A piece that ends inside a segment is followed at once by the
+  next one's BOS, which the model takes as a lane reset; the EOS of a piece has no target (PAD). A process
+  holds only its own lanes; its position (item and offset per lane) is the resumable data position.
+- `CropBatches` (PerceiverS): crop i of step s picks a piece (in proportion to its length), augments it, and
+  cuts an effective-segmentation crop, all from the generator (seed, s, i).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from core.tokenizer import PAD
+from trainer import samplers
+from trainer.augment import augment
+from trainer.corpus import Corpus
+
+_ORDER, _AUGMENT, _CROP = 0, 1, 2  # what a generator is for (part of its seed)
+
+
+class PieceSource:
+    """The training pieces as one endless, seeded, augmented sequence."""
+
+    def __init__(self, corpus: Corpus, indices: list[int], seed: int, augmenting: bool, semitones: int = 5,
+                 max_stretch: float = 0.05):
+        if not indices:
+            raise ValueError("no training pieces")
+        self.corpus, self.indices, self.seed = corpus, list(indices), seed
+        self.augmenting, self.semitones, self.max_stretch = augmenting, semitones, max_stretch
+        self.lengths = np.array([corpus.index[i].tokens for i in self.indices], dtype=np.int64)
+        self._order = lru_cache(maxsize=4)(self._permutation)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, _ORDER, epoch]).permutation(len(self.indices))
+
+    def item(self, n: int) -> np.ndarray:
+        """The n-th piece of the endless sequence, augmented (int64 ids, BOS ... EOS)."""
+        epoch, j = divmod(n, len(self.indices))
+        return self.piece(int(self._order(epoch)[j]), n)
+
+    def piece(self, j: int, draw: int) -> np.ndarray:
+        """Training piece j, augmented by draw number `draw` (when augmenting)."""
+        ids = np.asarray(self.corpus.piece(self.indices[j]), dtype=np.int64)
+        if not self.augmenting:
+            return ids
+        rng = np.random.default_rng([self.seed, _AUGMENT, draw])
+        return augment(ids, rng, self.semitones, self.max_stretch)
+
+
+class LaneStream:
+    """Some of the G global lanes, each reading its pieces whole, one segment per batch."""
+
+    def __init__(self, source: PieceSource, lanes: list[int], total_lanes: int, segment_len: int,
+                 position: dict | None = None):
+        self.source, self.lanes, self.total, self.length = source, list(lanes), total_lanes, segment_len
+        self.k = [0] * len(self.lanes)  # item number (of this lane's own sequence) being read
+        self.offset = [0] * len(self.lanes)  # next token of that item
+        if position is not None:
+            self.k, self.offset = list(position["k"]), list(position["offset"])
+            if list(position["lanes"]) != self.lanes:
+                raise ValueError("the saved data position is for other lanes")
+        self._cache: list[dict[int, np.ndarray]] = [{} for _ in self.lanes]
+
+    def position(self) -> dict:
+        return {"lanes": list(self.lanes), "k": list(self.k), "offset": list(self.offset)}
+
+    def _item(self, j: int, k: int) -> np.ndarray:
+        cache = self._cache[j]
+        if k not in cache:
+            for old in [key for key in cache if key < self.k[j]]:
+                del cache[old]
+            cache[k] = self.source.item(self.lanes[j] + k * self.total)
+        return cache[k]
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """inputs (B, L) and targets (B, L) int64 of the next segment of every lane; the lanes move on by L."""
+        inputs = np.empty((len(self.lanes), self.length), dtype=np.int64)
+        targets = np.empty_like(inputs)
+        for j in range(len(self.lanes)):
+            tokens, ends = self._peek(j, self.length + 1)
+            inputs[j] = tokens[:-1]
+            targets[j] = np.where(ends[:-1], PAD, tokens[1:])
+            self._consume(j, self.length)
+        return inputs, targets
+
+    def _peek(self, j: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `count` tokens of lane j, and whether each is the last of its piece."""
+        tokens, ends = [], []
+        k, offset = self.k[j], self.offset[j]
+        while count > 0:
+            piece = self._item(j, k)
+            take = piece[offset:offset + count]
+            last = np.zeros(len(take), dtype=bool)
+            if offset + len(take) == len(piece):
+                last[-1] = True
+            tokens.append(take)
+            ends.append(last)
+            count -= len(take)
+            k, offset = k + 1, 0
+        return np.concatenate(tokens), np.concatenate(ends)
+
+    def _consume(self, j: int, count: int) -> None:
+        offset = self.offset[j] + count
+        while offset >= len(self._item(j, self.k[j])):
+            offset -= len(self._item(j, self.k[j]))
+            self.k[j] += 1
+        self.offset[j] = offset
+
+
+class CropBatches:
+    """PerceiverS micro-batches: crop `item` of micro-batch (step, micro) depends on those numbers only."""
+
+    def __init__(self, source: PieceSource, items: list[int], context: int, latents: int):
+        self.source, self.items, self.context, self.latents = source, list(items), context, latents
+        self.weights = source.lengths / source.lengths.sum()
+
+    def batch(self, step: int, micro: int) -> tuple[np.ndarray, np.ndarray]:
+        """inputs (b, N) and targets (b, M) int64."""
+        crops = []
+        for item in self.items:
+            rng = np.random.default_rng([self.source.seed, _CROP, step, micro, item])
+            j = int(rng.choice(len(self.weights), p=self.weights))
+            piece = self.source.piece(j, int(rng.integers(2**62)))
+            crops.append(samplers.effective(piece, rng, self.context, self.latents))
+        return samplers.collate(crops)

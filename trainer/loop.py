@@ -1,0 +1,476 @@
+"""The training loop: `fine_tune(config, on_progress, should_stop)`, shared by the CLI, the studio and recipes.
+
+One step: `accum` micro-batches (DSMR: the next segment of a group of lanes, each group with its own recurrent
+state; PerceiverS: effective-segmentation crops), the loss of each a sum over its targets divided by the step's
+target count over every process, so a step is the same mean whatever the number of processes; AdamW with linear
+warm-up then cosine decay, gradient clipping; bf16 autocast on CUDA, fp32 on CPU.
+
+Validation scores the held-out pieces whole: DSMR streamed under its budget schedule (core.metrics'
+perplexity_report), PerceiverS in sliding windows (the sequential crops, whose targets tile each piece). The best
+model is kept in the output directory; `patience` validations without improvement stop the run.
+
+No Qt here: the studio runs `fine_tune` in a worker thread and turns `on_progress` events into signals; it stops
+the run through `should_stop`, which the loop polls between steps (then saves a checkpoint and returns).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.errors import MidiError, ModelError
+from core.modeldir import _looks_like_path, build_model, read_config, resolve, user_models_dir
+from core.state import parse_budget
+from core.tokenizer import PAD
+from trainer import checkpoint as ckpt
+from trainer import samplers
+from trainer.config import TrainConfig, scratch_config
+from trainer.corpus import Corpus
+from trainer.data import CropBatches, LaneStream, PieceSource
+from trainer.distributed import World, join
+
+MIN_PIECES_TO_SPLIT = 4  # fewer pieces: train on all of them and report the training loss only
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event. `kind`: phase | step | eval | checkpoint | message | done."""
+
+    kind: str
+    phase: str  # scan | prepare | train | validate | checkpoint | done
+    step: int = 0
+    total_steps: int | None = None
+    fraction: float = 0.0  # of the run done (steps or minutes, whichever ends it first)
+    loss: float | None = None
+    lr: float | None = None
+    val_perplexity: float | None = None
+    best_perplexity: float | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    elapsed_s: float = 0.0
+    message: str = ""
+
+    def to_json(self) -> dict:
+        data = {k: v for k, v in asdict(self).items() if v is not None and v != ""}
+        data["time"] = datetime.now(UTC).isoformat(timespec="seconds")
+        return data
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: Path
+    steps: int
+    stopped: str  # finished | time | early_stop | stopped
+    best_perplexity: float | None  # None when nothing was held out
+    initial_perplexity: float | None  # held-out perplexity before this run's first step
+    final_loss: float | None
+    tokens: int  # training tokens (targets) seen
+    wall_seconds: float
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def fine_tune(config: TrainConfig, on_progress: ProgressCallback | None = None,
+              should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Train as `config` says; returns where the model is and how it went. Errors are core.errors types."""
+    world = join(config.device)
+    try:
+        return _Run(config, world, on_progress, should_stop).run()
+    finally:
+        world.close()
+
+
+def output_dir(out: str | None, folder: str, arch: str) -> Path:
+    """--out: a path as given, a bare name inside the user models dir; default '<folder name>-<arch>'."""
+    name = out or f"{Path(folder).resolve().name}-{arch}"
+    return Path(name).expanduser() if _looks_like_path(name) else user_models_dir() / name
+
+
+def lr_at(config: TrainConfig, step: int, fraction: float) -> float:
+    """Linear warm-up over the first steps, then cosine decay to lr * min_lr_ratio at the end of the run."""
+    peak, warmup = config.peak_lr, config.warmup_steps()
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if config.steps is not None and (config.minutes is None or fraction * config.steps <= step + 1):
+        fraction = (step - warmup) / max(1, config.steps - warmup)
+    fraction = min(1.0, max(0.0, fraction))
+    low = peak * config.min_lr_ratio
+    return low + (peak - low) * 0.5 * (1.0 + math.cos(math.pi * fraction))
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, world: World, on_progress: ProgressCallback | None,
+                 should_stop: Callable[[], bool] | None):
+        self.config, self.world = config, world
+        self.on_progress, self.should_stop = on_progress, should_stop
+        self.log: ckpt.EventLog | None = None
+
+    # ---- reporting --------------------------------------------------------------------------------------
+
+    def emit(self, event: Progress) -> None:
+        if not self.world.main:
+            return
+        if self.log is not None:
+            self.log.write(event.to_json())
+        if self.on_progress is not None:
+            self.on_progress(event)
+
+    # ---- setting up -------------------------------------------------------------------------------------
+
+    def _model(self) -> tuple[torch.nn.Module, str | None, Path]:
+        """The model to train, the base's name (None from scratch) and the output directory."""
+        c = self.config
+        if c.resume:
+            out = self._resume_dir()
+            meta = read_config(out)
+            return build_model(meta["arch"], meta["config"]), self.saved["config"]["base"], out
+        if c.base is None:
+            torch.manual_seed(c.seed)
+            model = build_model(c.arch, scratch_config(c.arch, c.size, c.model))
+            return model, None, output_dir(c.out, c.folder, c.arch)
+        try:
+            path = resolve(c.base)
+        except ModelError as error:
+            if c.base != "default":
+                raise
+            raise ModelError(f"no default model is shipped in this build yet: pass --base PATH to a model "
+                             "directory, or --base none --arch dsmr|perceivers --size tiny|small|default to "
+                             f"train from scratch ({error})") from None
+        meta = read_config(path)
+        if c.arch is not None and meta["arch"] != c.arch:
+            raise ModelError(f"{path}: the base model is a {meta['arch']} model, not {c.arch}")
+        if c.model:
+            raise ModelError("model settings can only be chosen when training from scratch (--base none)")
+        from core.modeldir import load_model
+
+        model = load_model(path)
+        return model, str(c.base), output_dir(c.out, c.folder, meta["arch"])
+
+    def _resume_dir(self) -> Path:
+        c = self.config
+        candidates = [output_dir(c.out, c.folder, arch) for arch in ([c.arch] if c.arch else ["dsmr", "perceivers"])]
+        for out in candidates:
+            found = ckpt.latest_checkpoint(out) if out.is_dir() else None
+            if found is not None:
+                self.checkpoint_path = found
+                import json
+
+                self.saved = json.loads((found / ckpt.STATE).read_text(encoding="utf-8"))
+                return out
+        raise ModelError(f"nothing to resume: no complete checkpoint in {' or '.join(map(str, candidates))}")
+
+    def _corpus(self) -> Corpus:
+        c, world = self.config, self.world
+        corpus = None
+        if world.main:
+            self.emit(Progress("phase", "scan", message=f"reading {c.folder}"))
+
+            def scanned(done: int, total: int) -> None:
+                self.emit(Progress("message", "scan", fraction=done / max(total, 1),
+                                   message=f"read {done} of {total} files"))
+            corpus = Corpus.build(c.folder, workers=c.workers, progress=scanned)
+        world.barrier()
+        if corpus is None:
+            corpus = Corpus.open(c.folder)
+        if len(corpus) == 0:
+            raise MidiError(corpus.folder, f"none of the {corpus.summary.files} MIDI files could be read")
+        return corpus
+
+    def _split(self, corpus: Corpus, shortest: int) -> tuple[list[int], list[int]]:
+        c = self.config
+        if len(corpus) < MIN_PIECES_TO_SPLIT or c.val_fraction == 0:
+            train, val = list(range(len(corpus))), []
+            if c.val_fraction > 0:
+                self.emit(Progress("message", "prepare", message=(
+                    f"only {len(corpus)} pieces: too few to hold any out (need {MIN_PIECES_TO_SPLIT}); "
+                    "reporting the training loss only")))
+        else:
+            train, val = corpus.split(c.val_fraction, c.seed)
+            rng = np.random.default_rng([c.seed, 7])
+            val = sorted(rng.permutation(val)[:c.val_max_pieces].tolist())
+        if all(corpus.index[i].tokens < shortest for i in train):
+            longest = max(corpus.index[i].tokens for i in train)
+            raise MidiError(corpus.folder, f"every training piece is shorter than one segment ({shortest} "
+                                           f"tokens; the longest has {longest}): add longer pieces or train "
+                                           "a model with shorter segments")
+        return train, val
+
+    # ---- the run ----------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        c, world = self.config, self.world
+        started = time.monotonic()
+        model, base, out = self._model()
+        if c.resume:  # the run's own settings, with the new length of the run
+            saved = TrainConfig.from_dict(self.saved["config"])
+            saved.steps, saved.minutes, saved.device = c.steps, c.minutes, c.device
+            saved.resume, self.config = True, saved
+            c = saved
+        elif world.main and out.exists() and any(out.iterdir()):
+            raise ModelError(f"{out} already exists: pass --resume to continue its run, or choose another --out")
+        if world.main:
+            ckpt.check_writable(out)
+            self.log = ckpt.EventLog(out)
+        arch = model.arch
+        corpus = self._corpus()
+        shortest = model.config.segment_len if arch == "dsmr" else model.config.latents + 1
+        train, val = self._split(corpus, shortest)
+        data = {"folder": str(corpus.folder), "files": corpus.summary.files, "pieces": len(corpus),
+                "train_pieces": len(train), "val_pieces": len(val), "tokens": corpus.total_tokens,
+                "hours": corpus.hours}
+        self.emit(Progress("phase", "prepare", message=(
+            f"{arch}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {len(train)} training "
+            f"and {len(val)} held-out pieces, {corpus.total_tokens:,} tokens, {corpus.hours:.2f} h")))
+
+        if c.batch % world.size:
+            raise ModelError(f"batch {c.batch} does not split evenly over {world.size} processes")
+        local = c.batch // world.size
+        device = world.device
+        model.to(device)
+        budget = parse_budget(c.budget or getattr(model.config, "default_budget", "32MB"))
+        source = PieceSource(corpus, train, c.seed, c.augmenting, c.transpose, c.stretch)
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=c.peak_lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+        progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "best_perplexity": None, "best_step": None,
+                    "initial_perplexity": None, "bad_evals": 0, "loss": None, "data": None}
+        if c.resume:
+            saved = ckpt.load_checkpoint(self.checkpoint_path, model, optimizer)
+            progress.update({k: saved[k] for k in progress if k in saved})
+            self.emit(Progress("message", "prepare", step=progress["step"],
+                               message=f"resuming from {self.checkpoint_path.name}"))
+
+        # Batches: DSMR lane groups (one recurrent state each), or PerceiverS crops.
+        if arch == "dsmr":
+            lanes = [[m * c.batch + world.rank * local + j for j in range(local)] for m in range(c.accum)]
+            saved_lanes = (progress["data"] or {}).get("lanes", {})
+            streams = [LaneStream(source, group, c.batch * c.accum, model.config.segment_len,
+                                  _position(group, saved_lanes)) for group in lanes]
+            plan = model.plan(budget * local, batch=local)
+            states = [model.new_state(plan, local) for _ in streams]
+            for stream, state in zip(streams, states, strict=True):  # a resumed lane goes on mid-piece
+                state.positions.copy_(torch.tensor(stream.offset))
+            crops = None
+        else:
+            streams, states = [], []
+            crops = CropBatches(source, [world.rank * local + j for j in range(local)], model.config.context,
+                                model.config.latents)
+        raw = model
+        if world.size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model)
+
+        def save_best(step: int, perplexity: float | None) -> None:
+            if world.main:
+                card = ckpt.card_text(
+                    name=out.name, arch=arch, base=base, data=data, steps=step,
+                    wall_seconds=progress["train_seconds"] + time.monotonic() - started, tokens=progress["tokens"],
+                    best_perplexity=perplexity, date=datetime.now().strftime("%Y-%m-%d"), command=c.command,
+                    model_config=raw.config.to_dict(), augmenting=c.augmenting)
+                ckpt.write_model(raw, out, card)
+
+        saved_at = [progress["step"] if c.resume else -1]  # the step of the last checkpoint written
+
+        def checkpoint(step: int) -> None:
+            saved_at[0] = step
+            positions = {}
+            for stream in streams:
+                positions.update(_lane_positions(stream))
+            merged = {}
+            for part in world.gather(positions):
+                merged.update(part)
+            if world.main:
+                self.emit(Progress("checkpoint", "checkpoint", step=step))
+                state = dict(progress, step=step, data={"lanes": merged}, config=c.to_dict(), world=world.size,
+                             train_seconds=elapsed())
+                path = ckpt.save_checkpoint(out, step, raw, optimizer, state)
+                if val == []:  # nothing held out: the latest weights are the model
+                    save_best(step, None)
+                self.emit(Progress("checkpoint", "checkpoint", step=step, message=f"saved {path.name}"))
+            world.barrier()
+
+        def validate(step: int) -> float | None:
+            if not val:
+                return None
+            self.emit(Progress("phase", "validate", step=step, total_steps=c.steps))
+            nll, count = _held_out(raw, arch, [corpus.piece(i) for i in val[world.rank::world.size]], budget,
+                                   local, device)
+            nll, count = world.sum([nll, count])
+            return math.exp(nll / count)
+
+        resume_seconds = progress["train_seconds"]
+
+        def elapsed() -> float:
+            return resume_seconds + time.monotonic() - started
+
+        def fraction_done(step: int, seconds: float) -> float:
+            parts = []
+            if c.steps is not None:
+                parts.append(step / c.steps)
+            if c.minutes is not None:
+                parts.append(seconds / (c.minutes * 60))
+            return min(1.0, max(parts))
+
+        step = progress["step"]
+        if step == 0:
+            initial = validate(0)
+            progress["initial_perplexity"] = progress["best_perplexity"] = initial
+            progress["best_step"] = 0
+            if initial is not None:
+                self.emit(Progress("eval", "validate", step=0, val_perplexity=initial, best_perplexity=initial))
+            save_best(0, initial)
+
+        model.train()
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                    else contextlib.nullcontext())
+        window_tokens, window_start = 0, time.monotonic()
+        stopped = "finished"
+        self.emit(Progress("phase", "train", step=step, total_steps=c.steps))
+        while True:
+            user_stop = bool(self.should_stop and self.should_stop())
+            seconds, stop_votes = world.sum([elapsed(), float(user_stop)])
+            seconds /= world.size
+            if c.steps is not None and step >= c.steps:
+                break
+            if c.minutes is not None and seconds >= c.minutes * 60:
+                stopped = "time"
+                break
+            if stop_votes > 0:
+                stopped = "stopped"
+                break
+            fraction = fraction_done(step, seconds)
+            lr = lr_at(c, step, fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            batches = ([stream.next_batch() for stream in streams] if arch == "dsmr"
+                       else [crops.batch(step, m) for m in range(c.accum)])
+            local_count = float(sum(int((targets != PAD).sum()) for _, targets in batches))
+            (count,) = world.sum([local_count])
+            count = max(count, 1.0)
+            loss_sum = 0.0
+            for m, (inputs, targets) in enumerate(batches):
+                inputs = torch.from_numpy(inputs).to(device, non_blocking=True)
+                targets = torch.from_numpy(targets).to(device, non_blocking=True)
+                sync = m == len(batches) - 1 or world.size == 1
+                with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
+                    if arch == "dsmr":
+                        logits = model(inputs, states[m])  # (b, L, V)
+                    else:
+                        logits, _ = model(inputs)  # (b, M, V)
+                    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                          ignore_index=PAD, reduction="sum")
+                    (nll * (world.size / count)).backward()
+                loss_sum += float(nll.detach())
+            if c.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            (loss_sum,) = world.sum([loss_sum])
+            loss = loss_sum / count
+            if not math.isfinite(loss):
+                raise ModelError(f"the training loss became {loss} at step {step + 1}: try a lower --lr")
+            step += 1
+            progress["step"], progress["loss"] = step, loss
+            progress["tokens"] += int(count)
+            window_tokens += int(count)
+
+            last = c.steps is not None and step >= c.steps
+            if step % c.log_every == 0 or last or step == 1:
+                now = time.monotonic()
+                rate = window_tokens / max(now - window_start, 1e-9)
+                window_tokens, window_start = 0, now
+                fraction = fraction_done(step, elapsed())
+                eta = elapsed() / fraction - elapsed() if fraction > 0 else None
+                self.emit(Progress("step", "train", step=step, total_steps=c.steps, fraction=fraction, loss=loss,
+                                   lr=lr, tokens_per_s=rate, eta_s=eta, elapsed_s=elapsed(),
+                                   best_perplexity=progress["best_perplexity"]))
+            if step % c.val_every == 0 or last:
+                perplexity = validate(step)
+                if perplexity is not None:
+                    best = progress["best_perplexity"]
+                    if best is None or perplexity < best:
+                        progress["best_perplexity"], progress["best_step"], progress["bad_evals"] = \
+                            perplexity, step, 0
+                        save_best(step, perplexity)
+                    else:
+                        progress["bad_evals"] += 1
+                    self.emit(Progress("eval", "validate", step=step, total_steps=c.steps, loss=loss,
+                                       val_perplexity=perplexity, best_perplexity=progress["best_perplexity"]))
+                    model.train()
+                    if c.patience and progress["bad_evals"] >= c.patience:
+                        stopped = "early_stop"
+                        break
+            if step % c.checkpoint_every == 0 or last:
+                checkpoint(step)
+        if saved_at[0] != step:  # stopped between checkpoints: keep everything so far
+            checkpoint(step)
+
+        result = TrainResult(out, step, stopped, progress["best_perplexity"], progress["initial_perplexity"],
+                             progress["loss"], progress["tokens"], elapsed())
+        self.emit(Progress("done", "done", step=step, total_steps=c.steps, fraction=1.0, loss=progress["loss"],
+                           best_perplexity=progress["best_perplexity"], elapsed_s=elapsed(), message=stopped))
+        if self.log is not None:
+            self.log.close()
+        return result
+
+
+def _position(lanes: list[int], saved: dict) -> dict | None:
+    """A LaneStream position for `lanes` from the saved {lane: [k, offset]} (None: start fresh)."""
+    if not saved:
+        return None
+    missing = [g for g in lanes if str(g) not in saved]
+    if missing:
+        raise ModelError(f"the checkpoint has no data position for lanes {missing}: resume with the same --batch")
+    return {"lanes": lanes, "k": [saved[str(g)][0] for g in lanes], "offset": [saved[str(g)][1] for g in lanes]}
+
+
+def _lane_positions(stream: LaneStream) -> dict[str, list[int]]:
+    return {str(g): [k, o] for g, k, o in zip(stream.lanes, stream.k, stream.offset, strict=True)}
+
+
+@torch.no_grad()
+def _held_out(model, arch: str, pieces: list[np.ndarray], budget: int, batch: int,
+              device: torch.device) -> tuple[float, float]:
+    """(summed negative log-likelihood, predicted tokens) of whole pieces."""
+    if not pieces:
+        return 0.0, 0.0
+    was_training = model.training
+    model.eval()
+    try:
+        if arch == "dsmr":
+            from core.metrics import perplexity_report
+
+            report = perplexity_report(model, [np.asarray(p, dtype=np.int64) for p in pieces], budget)
+            return math.log(report.perplexity) * report.tokens, float(report.tokens)
+        crops = []
+        config = model.config
+        for piece in pieces:
+            piece = np.asarray(piece, dtype=np.int64)
+            for i in range(samplers.sequential_count(len(piece), config.latents)):
+                crop = samplers.sequential(piece, i, config.context, config.latents)
+                fresh = crop.positions > i * config.latents  # the last crop overlaps the one before it
+                crops.append((crop.inputs, np.where(fresh, crop.targets, PAD)))
+        nll, count = 0.0, 0.0
+        for start in range(0, len(crops), max(1, batch)):
+            inputs = np.stack([x for x, _ in crops[start:start + batch]])
+            targets = np.stack([y for _, y in crops[start:start + batch]])
+            logits, _ = model(torch.from_numpy(inputs).to(device))
+            targets = torch.from_numpy(targets).to(device)
+            nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                         ignore_index=PAD, reduction="sum"))
+            count += float((targets != PAD).sum())
+        return nll, count
+    finally:
+        model.train(was_training)

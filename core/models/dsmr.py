@@ -37,7 +37,7 @@ class DSMRConfig:
     n_layers: int = 6
     n_heads: int = 6
     mlp_ratio: int = 4
-    segment_len: int = 512
+    segment_len: int = 256
     dropout: float = 0.0
     rotary_base: float = 10000.0
     schedule: str = "two_scale"  # full | uniform | two_scale | explicit
@@ -45,7 +45,7 @@ class DSMRConfig:
     long_ratio: float = 4.0  # two_scale: long horizon / short horizon
     horizons: list[int] | None = None  # explicit schedule
     max_horizon: int = 16384  # cap on any layer's memory (the `full` schedule's horizon)
-    default_budget: str = "32MB"  # state budget at batch 1 when the user names none
+    default_budget: str = "16MB"  # state budget at batch 1 when the user names none
 
     def __post_init__(self):
         problems = []

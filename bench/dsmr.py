@@ -1,0 +1,189 @@
+"""DSMR speed and memory: memory schedules in training, cached generation against recomputation.
+
+    python -m bench.dsmr              # the full tables (several minutes on 2 CPU cores)
+    python -m bench.dsmr --quick      # a shorter piece, fewer positions
+
+Large tensors allocated and freed every segment make glibc return memory to the kernel and fault it back in;
+on a VM that can dominate training time. MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184
+in the environment keeps it in the process.
+
+Tables (no asserts; CPU numbers are noisy when other jobs share the machine):
+1. training, one real MAESTRO piece streamed whole in segments (truncated BPTT, AdamW): tokens/s, peak resident
+   memory and recurrent-state bytes for `full` (every layer the whole cap) against `two_scale` and `uniform` at
+   0.41x of full's state budget (the paper's ratio), each in a fresh process.
+2. generation at the default size: tokens/s of `step` at batch 1 and 8, 1 and 2 threads, fp32 and int8
+   weights (dynamic quantisation of the Linear layers), against the naive loop that recomputes the last
+   segment for every new token with no cache.
+3. generation against piece length: tokens/s and state bytes at several positions of one long piece.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import multiprocessing
+import resource
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from core.midi import read_performance
+from core.models.dsmr import DSMR, DSMRConfig, segment_loss
+from core.state import format_bytes, parse_budget
+from core.tokenizer import BOS, encode
+
+MAESTRO = Path(__file__).resolve().parents[2] / "shared" / "midi" / "maestro"
+
+
+def _rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def train_config(args) -> DSMRConfig:
+    return DSMRConfig(d_model=args.train_d_model, n_layers=6, n_heads=args.train_d_model // 64,
+                      segment_len=args.train_segment, max_horizon=args.full_cap)
+
+
+def _train_one(args, schedule: str, budget: int | None, queue) -> None:
+    """Stream the piece once; in a fresh process so its peak memory is its own."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    ids = torch.as_tensor(encode(read_performance(args.piece)).astype("int64"))[: args.train_tokens + 1]
+    model = DSMR(train_config(args)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    plan = model.plan(budget or 1 << 40, schedule=schedule)  # full: no budget but its cap
+    state = model.new_state(plan)
+    length = model.config.segment_len
+    base = _rss()
+    start, tokens = time.perf_counter(), 0
+    for offset in range(0, len(ids) - 1, length):
+        chunk, targets = ids[None, offset:offset + length], ids[None, offset + 1:offset + length + 1]
+        if chunk.shape[1] != targets.shape[1]:
+            chunk = chunk[:, :targets.shape[1]]
+        loss = segment_loss(model(chunk, state), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        tokens += chunk.shape[1]
+    elapsed = time.perf_counter() - start
+    queue.put((plan.horizons, state.nbytes, tokens / elapsed, _rss(), _rss() - base))
+
+
+def training_table(args) -> None:
+    config = train_config(args)
+    probe = DSMR(config)
+    full = probe.plan(1 << 40, schedule="full")
+    budget = int(full.nbytes * 0.41)
+    print(f"\n1. training: {Path(args.piece).name} streamed whole ({args.train_tokens} tokens max), "
+          f"d_model {config.d_model} x 6 layers, segments of {config.segment_len}, batch 1, "
+          f"{args.threads} threads")
+    print(f"{'schedule':<10} {'horizons':<28} {'state':>10} {'x full':>7} {'tokens/s':>9} {'x full':>7} "
+          f"{'peak RSS':>10} {'RSS growth':>11}")
+    context = multiprocessing.get_context("spawn")
+    reference = None
+    for schedule, limit in (("full", None), ("two_scale", budget), ("uniform", budget)):
+        queue = context.Queue()
+        worker = context.Process(target=_train_one, args=(args, schedule, limit, queue))
+        worker.start()
+        horizons, nbytes, rate, peak, growth = queue.get()
+        worker.join()
+        reference = reference or (nbytes, rate)
+        print(f"{schedule:<10} {str(list(horizons)):<28} {format_bytes(nbytes):>10} "
+              f"{nbytes / reference[0]:>6.2f}x {rate:>9.0f} {rate / reference[1]:>6.2f}x "
+              f"{format_bytes(peak):>10} {format_bytes(growth):>11}")
+
+
+def int8_copy(model: DSMR) -> DSMR:
+    """The model with int8 Linear weights (dynamic quantisation), for CPU generation speed only."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def step_rate(model: DSMR, budget: str, batch: int, position: int, steps: int) -> tuple[float, int]:
+    """tokens/s of `step` (all lanes counted) once `position` tokens have been read; and the state bytes."""
+    state = model.new_state(model.plan(parse_budget(budget) * batch, batch))  # the budget is per lane
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        if position:
+            primer = torch.randint(3, 359, (batch, position), generator=generator)
+            primer[:, 0] = BOS
+            model.prefill(primer, state)
+        token = torch.full((batch,), 60)
+        for _ in range(5):
+            model.step(token, state)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model.step(token, state)
+    return steps * batch / (time.perf_counter() - start), state.nbytes
+
+
+def naive_rate(model: DSMR, batch: int, steps: int) -> float:
+    """No cache: every new token re-reads the last segment from a fresh state (memory-less)."""
+    length = model.config.segment_len
+    window = torch.randint(3, 359, (batch, length))
+    plan = model.plan(None, batch, schedule=[0] * model.config.n_layers)
+    with torch.no_grad():
+        start = time.perf_counter()
+        for _ in range(steps):
+            model.prefill(window, model.new_state(plan, batch))
+    return steps * batch / (time.perf_counter() - start)
+
+
+def generation_tables(args) -> None:
+    torch.manual_seed(0)
+    model = DSMR(DSMRConfig()).eval()
+    quantised = int8_copy(model)
+    c = model.config
+    plan = model.plan(args.budget)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"\n2. generation: default size d_model {c.d_model} x {c.n_layers} layers ({params / 1e6:.1f} M "
+          f"parameters), segments of {c.segment_len}, budget {args.budget}: {plan.describe()}")
+    print(f"{'model':<26} {'batch':>5} {'threads':>7} {'tokens/s':>9} {'state':>10}   (budget per lane)")
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for name, candidate in (("cached, fp32", model), ("cached, int8 weights", quantised)):
+            for batch in (1, 8):
+                rate, nbytes = step_rate(candidate, args.budget, batch, args.warm_position, args.steps)
+                print(f"{name:<26} {batch:>5} {threads:>7} {rate:>9.0f} {format_bytes(nbytes):>10}")
+        rate = naive_rate(model, 1, max(4, args.steps // 10))
+        print(f"{'naive recompute, fp32':<26} {1:>5} {threads:>7} {rate:>9.0f} {'-':>10}")
+
+    torch.set_num_threads(args.threads)
+    print(f"\n3. generation against piece length (batch 1, fp32 and int8, {args.threads} threads)")
+    print(f"{'position':>9} {'fp32 tok/s':>11} {'int8 tok/s':>11} {'state':>10}")
+    for position in args.positions:
+        rate, nbytes = step_rate(model, args.budget, 1, position, args.steps)
+        rate8, _ = step_rate(quantised, args.budget, 1, position, args.steps)
+        print(f"{position:>9} {rate:>11.0f} {rate8:>11.0f} {format_bytes(nbytes):>10}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter piece and fewer positions")
+    parser.add_argument("--piece", default=str(MAESTRO / "maestro_01.mid"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train-d-model", type=int, default=256)
+    parser.add_argument("--train-segment", type=int, default=256)
+    parser.add_argument("--full-cap", type=int, default=2048, help="the full reference's horizon per layer")
+    parser.add_argument("--train-tokens", type=int, default=10_000)
+    parser.add_argument("--budget", default=DSMRConfig.default_budget)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warm-position", type=int, default=3000)
+    parser.add_argument("--positions", type=int, nargs="+", default=[1000, 4000, 16000, 64000])
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.train_tokens, args.steps, args.positions = 2048, 100, [1000, 4000]
+    print("DSMR benchmark (CPU; numbers are noisy when other jobs share the machine)")
+    if not args.skip_training:
+        training_table(args)
+    generation_tables(args)
+
+
+if __name__ == "__main__":
+    main()

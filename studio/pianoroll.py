@@ -1,0 +1,322 @@
+"""The piano roll: the piece as coloured bars (the composer's notes blue, the model's amber, velocity as
+shade), a time ruler that places the playhead, a key column, horizontal zoom and scrolling, and live notes.
+
+Scene units: x = seconds * PX_PER_SECOND, y = (127 - pitch) * KEY_HEIGHT. Zoom is a horizontal view scale,
+so bars keep their height and the ruler relabels itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QPainter, QPen
+from PySide6.QtWidgets import (
+    QFrame,
+    QGraphicsItem,
+    QGraphicsLineItem,
+    QGraphicsRectItem,
+    QGraphicsScene,
+    QGraphicsView,
+    QGridLayout,
+    QWidget,
+)
+
+from core.midi import Performance
+from core.tokenizer import NoteEvent
+from studio import theme
+from studio.document import Piece
+
+PX_PER_SECOND = 60.0
+KEY_HEIGHT = 7.0
+RULER_HEIGHT = 26
+KEYS_WIDTH = 46
+MIN_SCALE, MAX_SCALE = 0.05, 20.0
+BLACK_KEYS = {1, 3, 6, 8, 10}
+NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+def pitch_y(pitch: int) -> float:
+    return (127 - pitch) * KEY_HEIGHT
+
+
+class NoteItem(QGraphicsRectItem):
+    """One note; remembers which part of the piece it belongs to and its index there (for edits)."""
+
+    def __init__(self, part: str, index: int, onset: float, offset: float, pitch: int, velocity: int):
+        width = max(offset - onset, 0.01) * PX_PER_SECOND
+        super().__init__(onset * PX_PER_SECOND, pitch_y(pitch) + 0.5, width, KEY_HEIGHT - 1.0)
+        self.part, self.index = part, index
+        base = theme.PRIMER if part == "primer" else theme.GENERATED
+        self.setBrush(QBrush(theme.note_color(base, velocity)))
+        pen = QPen(base.darker(180))
+        pen.setCosmetic(True)
+        self.setPen(pen)
+        self.setFlag(QGraphicsItem.ItemIsSelectable, part != "live")
+        self.setToolTip(f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}  velocity {velocity}  "
+                        f"{onset:.2f}-{offset:.2f} s")
+
+    def paint(self, painter: QPainter, option, widget=None) -> None:
+        if self.isSelected():
+            painter.fillRect(self.rect(), QColor("#ffffff"))
+            return
+        painter.fillRect(self.rect(), self.brush())
+        painter.setPen(self.pen())
+        painter.drawRect(self.rect())
+
+
+class _View(QGraphicsView):
+    """The scrolling, zooming canvas; the ruler and key column follow it."""
+
+    zoomed = Signal()
+
+    def __init__(self, scene: QGraphicsScene, roll: PianoRoll):
+        super().__init__(scene)
+        self.roll = roll
+        self.setFrameShape(QFrame.NoFrame)
+        self.setDragMode(QGraphicsView.RubberBandDrag)
+        self.setViewportUpdateMode(QGraphicsView.SmartViewportUpdate)
+        self.setTransformationAnchor(QGraphicsView.AnchorUnderMouse)
+        self.setAlignment(Qt.AlignLeft | Qt.AlignTop)
+        self.setBackgroundBrush(theme.BACKGROUND)
+
+    @property
+    def x_scale(self) -> float:
+        return self.transform().m11()
+
+    def zoom(self, factor: float) -> None:
+        factor = max(MIN_SCALE / self.x_scale, min(MAX_SCALE / self.x_scale, factor))
+        self.scale(factor, 1.0)
+        self.zoomed.emit()
+
+    def wheelEvent(self, event) -> None:
+        delta = event.angleDelta().y() or event.angleDelta().x()
+        if event.modifiers() & Qt.ControlModifier:
+            self.zoom(1.15 ** (delta / 120))
+        elif event.modifiers() & Qt.ShiftModifier:
+            bar = self.horizontalScrollBar()
+            bar.setValue(bar.value() - delta)
+        else:
+            super().wheelEvent(event)
+
+    def drawBackground(self, painter: QPainter, rect: QRectF) -> None:
+        painter.fillRect(rect, theme.BACKGROUND)
+        low = max(0, int(127 - rect.bottom() / KEY_HEIGHT))
+        high = min(127, int(127 - rect.top() / KEY_HEIGHT) + 1)
+        black = QColor("#191b20")
+        for pitch in range(low, high + 1):
+            y = pitch_y(pitch)
+            if pitch % 12 in BLACK_KEYS:
+                painter.fillRect(QRectF(rect.left(), y, rect.width(), KEY_HEIGHT), black)
+            if pitch % 12 == 0:
+                painter.setPen(QPen(QColor("#3a3f4b"), 0))
+                painter.drawLine(QPointF(rect.left(), y + KEY_HEIGHT), QPointF(rect.right(), y + KEY_HEIGHT))
+        step = time_step(self.x_scale)
+        painter.setPen(QPen(QColor("#2c3039"), 0))
+        t = math.floor(rect.left() / PX_PER_SECOND / step) * step
+        while t * PX_PER_SECOND <= rect.right():
+            x = t * PX_PER_SECOND
+            painter.drawLine(QPointF(x, rect.top()), QPointF(x, rect.bottom()))
+            t += step
+
+
+def time_step(x_scale: float) -> float:
+    """Seconds between ruler ticks so labels sit at least ~70 pixels apart."""
+    for step in (0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300):
+        if step * PX_PER_SECOND * x_scale >= 70:
+            return step
+    return 600
+
+
+def clock(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}:{rest:04.1f}" if rest != int(rest) else f"{int(minutes)}:{int(rest):02d}"
+
+
+class Ruler(QWidget):
+    """Seconds along the top; a click or drag places the playhead."""
+
+    def __init__(self, roll: PianoRoll):
+        super().__init__(roll)
+        self.roll = roll
+        self.setFixedHeight(RULER_HEIGHT)
+        self.setCursor(Qt.PointingHandCursor)
+        self.setToolTip("Click to place the playhead: Continue from playhead starts here")
+
+    def paintEvent(self, _event) -> None:
+        view = self.roll.view
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), theme.PANEL)
+        painter.setPen(theme.MUTED)
+        step = time_step(view.x_scale)
+        left = view.mapToScene(0, 0).x() / PX_PER_SECOND
+        right = view.mapToScene(view.viewport().width(), 0).x() / PX_PER_SECOND
+        t = max(0.0, math.floor(left / step) * step)
+        while t <= right:
+            x = self._x(t)
+            painter.drawLine(int(x), RULER_HEIGHT - 7, int(x), RULER_HEIGHT)
+            painter.drawText(int(x) + 4, RULER_HEIGHT - 9, clock(t))
+            t += step
+        x = self._x(self.roll.playhead)
+        painter.setPen(Qt.NoPen)
+        painter.setBrush(theme.PLAYHEAD)
+        painter.drawPolygon([QPointF(x - 6, 2), QPointF(x + 6, 2), QPointF(x, RULER_HEIGHT - 2)])
+        painter.end()
+
+    def _x(self, seconds: float) -> float:
+        return self.roll.view.mapFromScene(QPointF(seconds * PX_PER_SECOND, 0)).x()
+
+    def mousePressEvent(self, event) -> None:
+        self._place(event.position().x())
+
+    def mouseMoveEvent(self, event) -> None:
+        if event.buttons() & Qt.LeftButton:
+            self._place(event.position().x())
+
+    def _place(self, x: float) -> None:
+        scene_x = self.roll.view.mapToScene(int(x), 0).x()
+        self.roll.set_playhead(max(0.0, scene_x / PX_PER_SECOND), user=True)
+
+
+class Keys(QWidget):
+    """The key column: black and white keys with the C of each octave named."""
+
+    def __init__(self, roll: PianoRoll):
+        super().__init__(roll)
+        self.roll = roll
+        self.setFixedWidth(KEYS_WIDTH)
+
+    def paintEvent(self, _event) -> None:
+        view = self.roll.view
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), QColor("#d9dce1"))
+        for pitch in range(128):
+            top = view.mapFromScene(QPointF(0, pitch_y(pitch))).y()
+            if top > self.height() or top + KEY_HEIGHT < 0:
+                continue
+            if pitch % 12 in BLACK_KEYS:
+                painter.fillRect(0, int(top), KEYS_WIDTH * 3 // 5, int(KEY_HEIGHT), QColor("#23262d"))
+            if pitch % 12 == 0:
+                painter.setPen(QColor("#8a9099"))
+                painter.drawLine(0, int(top + KEY_HEIGHT), KEYS_WIDTH, int(top + KEY_HEIGHT))
+                painter.setPen(QColor("#1e2127"))
+                font = painter.font()
+                font.setPointSizeF(7.5)
+                painter.setFont(font)
+                painter.drawText(QRectF(0, top - 4, KEYS_WIDTH - 4, KEY_HEIGHT + 6),
+                                 Qt.AlignRight | Qt.AlignVCenter, f"C{pitch // 12 - 1}")
+        painter.end()
+
+
+class PianoRoll(QWidget):
+    """The piece on screen; `playhead_moved(seconds)` when the composer places it."""
+
+    playhead_moved = Signal(float)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.scene = QGraphicsScene(self)
+        self.view = _View(self.scene, self)
+        self.ruler = Ruler(self)
+        self.keys = Keys(self)
+        layout = QGridLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        corner = QWidget(self)
+        corner.setFixedSize(KEYS_WIDTH, RULER_HEIGHT)
+        corner.setAutoFillBackground(True)
+        layout.addWidget(corner, 0, 0)
+        layout.addWidget(self.ruler, 0, 1)
+        layout.addWidget(self.keys, 1, 0)
+        layout.addWidget(self.view, 1, 1)
+        self.playhead = 0.0
+        self.duration = 0.0
+        self._live: list[NoteItem] = []
+        self._line = QGraphicsLineItem()
+        pen = QPen(theme.PLAYHEAD, 0)
+        pen.setCosmetic(True)
+        self._line.setPen(pen)
+        self._line.setZValue(10)
+        self.scene.addItem(self._line)
+        for bar in (self.view.horizontalScrollBar(), self.view.verticalScrollBar()):
+            bar.valueChanged.connect(self._follow)
+        self.view.zoomed.connect(self._follow)
+        self._resize_scene(0.0)
+        self.view.centerOn(0, pitch_y(66))
+
+    # -- content ----------------------------------------------------------------------------------------------
+
+    def set_piece(self, piece: Piece) -> None:
+        """Draw the piece anew (live notes are dropped)."""
+        for item in [i for i in self.scene.items() if isinstance(i, NoteItem)]:
+            self.scene.removeItem(item)
+        self._live.clear()
+        for part, perf in (("primer", piece.primer), ("generated", piece.generated)):
+            self._add(part, perf)
+        self.duration = piece.duration
+        self._resize_scene(self.duration)
+        self._follow()
+
+    def _add(self, part: str, perf: Performance) -> None:
+        for i, (on, off, pitch, vel) in enumerate(zip(perf.onset.tolist(), perf.offset.tolist(),
+                                                      perf.pitch.tolist(), perf.velocity.tolist(), strict=True)):
+            self.scene.addItem(NoteItem(part, i, on, off, pitch, vel))
+
+    def add_live(self, events: list[NoteEvent], follow: bool = True) -> None:
+        """Notes just generated (each an "off" event carrying its onset): drawn at once, scrolled into view."""
+        for event in events:
+            item = NoteItem("live", len(self._live), event.onset, event.time, event.pitch, event.velocity)
+            self.scene.addItem(item)
+            self._live.append(item)
+            self.duration = max(self.duration, event.time)
+        if events:
+            self._resize_scene(self.duration)
+            if follow:
+                self.view.ensureVisible(QRectF(self.duration * PX_PER_SECOND, self.view.mapToScene(
+                    0, self.view.viewport().height() // 2).y(), 1, 1), 80, 0)
+
+    def clear_live(self) -> None:
+        for item in self._live:
+            self.scene.removeItem(item)
+        self._live.clear()
+
+    def notes(self, part: str) -> list[NoteItem]:
+        return [i for i in self.scene.items() if isinstance(i, NoteItem) and i.part == part]
+
+    def selected(self) -> tuple[list[int], list[int]]:
+        """Indices of the selected notes in the primer and in the generated part."""
+        items = [i for i in self.scene.selectedItems() if isinstance(i, NoteItem)]
+        return (sorted(i.index for i in items if i.part == "primer"),
+                sorted(i.index for i in items if i.part == "generated"))
+
+    # -- playhead, zoom -------------------------------------------------------------------------------------
+
+    def set_playhead(self, seconds: float, user: bool = False) -> None:
+        self.playhead = max(0.0, seconds)
+        x = self.playhead * PX_PER_SECOND
+        self._line.setLine(x, 0, x, 128 * KEY_HEIGHT)
+        self.ruler.update()
+        if user:
+            self.playhead_moved.emit(self.playhead)
+
+    def zoom(self, factor: float) -> None:
+        self.view.zoom(factor)
+
+    def fit(self) -> None:
+        """Zoom so the whole piece fits the width, and centre on its notes' pitches."""
+        width = max(self.view.viewport().width(), 100)
+        span = max(self.duration, 10.0) * 1.05 * PX_PER_SECOND
+        self.view.zoom(width / span / self.view.x_scale)
+        pitches = [i.rect().center().y() for i in self.scene.items() if isinstance(i, NoteItem)]
+        centre = sum(pitches) / len(pitches) if pitches else pitch_y(66)
+        self.view.centerOn(0, centre)
+        self.view.horizontalScrollBar().setValue(0)
+
+    def _resize_scene(self, duration: float) -> None:
+        width = (max(duration, 10.0) + 30.0) * PX_PER_SECOND
+        self.scene.setSceneRect(0, 0, width, 128 * KEY_HEIGHT)
+        self.set_playhead(self.playhead)
+
+    def _follow(self, *_args) -> None:
+        self.ruler.update()
+        self.keys.update()

@@ -32,7 +32,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of new music to write (default: 30)")
     parser.add_argument("--out", required=True, metavar="FILE.mid", help="MIDI file to write")
     parser.add_argument("--budget", metavar="SIZE",
-                        help="memory the model's recurrent state may use, e.g. 16MB (default: the model's)")
+                        help="memory the model's recurrent state may use in all, e.g. 16MB (default: the "
+                             "model's default for each variation)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest ids (0: off)")
     parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (1: off; default 0.95)")
@@ -72,7 +73,10 @@ def write_continuation(args: argparse.Namespace, primer_ids) -> int:
     model = load_model(args.model)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.min_p)
     batch = args.variations
-    budget = args.budget if args.budget is not None else getattr(model.config, "default_budget", "32MB")
+    if args.budget is not None:
+        budget = parse_budget(args.budget)
+    else:  # the model's default is for one lane: each variation gets that much
+        budget = parse_budget(getattr(model.config, "default_budget", "16MB")) * batch
     plan = model.plan(budget, batch)
     state = model.new_state(plan, batch)
     primer = prepare_primer(primer_ids, model.config.vocab_size).tolist()
@@ -112,7 +116,7 @@ def write_continuation(args: argparse.Namespace, primer_ids) -> int:
     rate = (count - 1) * batch / elapsed if count > 1 and elapsed > 0 else 0.0
     print(f"read the primer ({len(primer)} tokens) in {(first or start) - start:.1f} s; generated {total} "
           f"tokens in {elapsed:.1f} s ({rate:.0f} tokens/s at batch {batch}); state memory "
-          f"{format_bytes(state.nbytes)} of {format_bytes(parse_budget(budget))} budget")
+          f"{format_bytes(state.nbytes)} of {format_bytes(budget)} budget")
     if count >= max_tokens:
         print(f"note: stopped at {max_tokens} tokens (--max-tokens) before {args.seconds:g} s of music")
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from core.errors import RecitalError
 
@@ -66,7 +66,7 @@ class Job(QObject):
         thread.setObjectName(type(self).__name__)
         self.moveToThread(thread)
         thread.started.connect(self.run)
-        self.finished.connect(thread.quit)
+        self.finished.connect(thread.quit, Qt.DirectConnection)  # quit is thread-safe; no GUI round trip
         self.thread = thread
         thread.start()
         return self
@@ -126,5 +126,6 @@ class JobKeeper(QObject):
         for job in list(self.jobs):
             job.cancel()
         for job in list(self.jobs):
-            job.wait(ms)
-        self.jobs.clear()
+            if job.wait(ms):
+                self.jobs.discard(job)
+        # A job still running (a long primer being read) stays referenced: destroying a running QThread aborts.

@@ -9,7 +9,7 @@
         state.json                                  step, data position, timers, best perplexity, settings
 
 A checkpoint folder is built as `.step-*.tmp` and renamed when complete; resume takes the highest-numbered
-complete `step-*` folder and ignores (and removes) temporaries, so a run killed mid-write loses at most one
+complete `step-*` folder and ignores temporaries (the resumed run removes them), so a run killed mid-write loses at most one
 checkpoint interval and never loads a half-written one. A failed write (a full disk) leaves the previous files.
 """
 
@@ -102,12 +102,10 @@ def save_checkpoint(out: Path, step: int, model: torch.nn.Module, optimizer: tor
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint in `out`, or None; leftovers of interrupted writes are removed."""
+    """The newest complete checkpoint in `out`, or None. Only reads: a run may be writing the next one."""
     folder = out / CHECKPOINTS
     if not folder.is_dir():
         return None
-    for tmp in folder.glob(".step-*.tmp"):
-        shutil.rmtree(tmp, ignore_errors=True)
     complete = [p for p in folder.glob("step-*")
                 if all((p / name).is_file() for name in (WEIGHTS, TRAINER, STATE))]
     for path in sorted(complete, reverse=True):
@@ -117,6 +115,17 @@ def latest_checkpoint(out: Path) -> Path | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+def remove_leftovers(out: Path) -> None:
+    """Delete what interrupted writes left (temporaries, incomplete checkpoints): only the run that owns `out`."""
+    folder = out / CHECKPOINTS
+    latest = latest_checkpoint(out)
+    for path in [*folder.glob(".step-*.tmp"), *folder.glob("step-*")]:
+        if path != latest:
+            shutil.rmtree(path, ignore_errors=True)
+    for staging in out.glob(".staging-*"):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:

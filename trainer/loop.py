@@ -211,9 +211,10 @@ class _Run:
         c, world = self.config, self.world
         started = time.monotonic()
         model, base, out = self._model()
-        if c.resume:  # the run's own settings, with the new length of the run
+        if c.resume:  # the run's own settings, with the new length of the run and where it runs
             saved = TrainConfig.from_dict(self.saved["config"])
-            saved.steps, saved.minutes, saved.device = c.steps, c.minutes, c.device
+            for name in ("steps", "minutes", "device", "workers", "log_every"):
+                setattr(saved, name, getattr(c, name))
             saved.resume, self.config = True, saved
             c = saved
         elif world.main and out.exists() and any(out.iterdir()):
@@ -247,6 +248,8 @@ class _Run:
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "best_perplexity": None, "best_step": None,
                     "initial_perplexity": None, "bad_evals": 0, "loss": None, "data": None}
         if c.resume:
+            if world.main:
+                ckpt.remove_leftovers(out)
             saved = ckpt.load_checkpoint(self.checkpoint_path, model, optimizer)
             progress.update({k: saved[k] for k in progress if k in saved})
             self.emit(Progress("message", "prepare", step=progress["step"],

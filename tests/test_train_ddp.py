@@ -1,0 +1,72 @@
+"""Two gloo processes with the same global batch train exactly like one process (the loss curve and the model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from core.modeldir import load_model
+from tests.test_train_data import write_folder
+from tests.test_train_loop import TINY_DSMR, TINY_PERCEIVERS
+from trainer.config import TrainConfig
+from trainer.loop import fine_tune
+
+
+def _config(folder: Path, out: Path, arch: str) -> TrainConfig:
+    return TrainConfig(folder=str(folder), out=str(out), base=None, arch=arch,
+                       model=TINY_DSMR if arch == "dsmr" else TINY_PERCEIVERS, steps=4, batch=4, accum=2,
+                       lr=1e-2, val_every=4, checkpoint_every=4, log_every=1, workers=1, val_fraction=0.2,
+                       augment=True, device="cpu")
+
+
+def _losses(config: TrainConfig) -> dict:
+    losses = []
+    result = fine_tune(config, on_progress=lambda e: losses.append(e.loss) if e.kind == "step" else None)
+    return {"losses": losses, "perplexity": result.best_perplexity, "tokens": result.tokens}
+
+
+def _worker(rank: int, world: int, port: int, folder: str, out: str, arch: str, report: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    outcome = _losses(_config(Path(folder), Path(out), arch))
+    if rank == 0:
+        Path(report).write_text(json.dumps(outcome))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("arch", ["dsmr"])  # PerceiverS shares the loop; its crops' split is in test_train_data
+def test_two_processes_match_one(tmp_path, monkeypatch, arch):
+    monkeypatch.setenv("RECITAL_CACHE_DIR", str(tmp_path / "cache"))
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    folder = write_folder(tmp_path / "midi", 6, notes=30)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = _losses(_config(folder, tmp_path / "one", arch))
+    finally:
+        torch.set_num_threads(threads)
+    report = tmp_path / "two.json"
+    mp.spawn(_worker, args=(2, _free_port(), str(folder), str(tmp_path / "two"), arch, str(report)), nprocs=2,
+             join=True)
+    double = json.loads(report.read_text())
+    assert len(single["losses"]) == len(double["losses"]) == 4
+    assert single["tokens"] == double["tokens"]
+    np.testing.assert_allclose(double["losses"], single["losses"], rtol=0, atol=2e-4)
+    assert double["perplexity"] == pytest.approx(single["perplexity"], rel=1e-4)
+    one, two = load_model(tmp_path / "one"), load_model(tmp_path / "two")
+    for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=name)

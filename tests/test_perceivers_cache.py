@@ -168,3 +168,17 @@ def test_cli_generates_with_a_perceivers_model_directory(model, tmp_path, capsys
     assert out.is_file() and "(perceivers)" in printed and "context 16 tokens" in printed
     assert main(["generate", "--model", str(path), "--out", str(out), "--budget", "1KB"]) == 1
     assert "too small for this PerceiverS model" in capsys.readouterr().err
+
+
+def test_generation_follows_weight_updates(model):
+    """The packed generation weights are rebuilt when a parameter changes (e.g. after a training step)."""
+    ids = random_ids(1, 6)
+    state = model.new_state(model.plan(budget_for(16)))
+    model.prefill(ids[:, :3], state)
+    with torch.no_grad():
+        model.blocks[0].mlp.up.weight.mul_(3.0)
+        model.cross.kv_norm.weight.add_(0.5)
+    fresh = model.new_state(model.plan(budget_for(16)))
+    logits = model.prefill(ids, fresh)
+    full, _ = model(ids)
+    assert torch.allclose(logits, full[:, -1], atol=1e-5)

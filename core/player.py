@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +37,43 @@ from core.tokenizer import Decoder, NoteEvent
 
 DEFAULT_LOOKAHEAD = 1.0  # seconds of music buffered before playing (and after a stall)
 SPIN_SECONDS = 0.002  # the last stretch before a message is busy-waited: OS timers overshoot by ~0.1-1 ms
+# While a player runs, a thread that holds the GIL (a sampling loop in Python) must hand it over within this
+# many seconds instead of CPython's default 5 ms, or the player's wake-up waits for it (bench/player.py).
+SWITCH_INTERVAL = 0.0005
+RT_PRIORITY = 10  # low among real-time threads: below JACK's (usually 70+), above every normal thread
+
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.005
+
+
+def _raise_priority() -> bool:
+    """Real-time (SCHED_RR) priority for the calling thread, where the OS allows it; False otherwise."""
+    if not hasattr(os, "sched_setscheduler"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(RT_PRIORITY))  # 0: this thread, on Linux
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@contextmanager
+def _prompt_thread_switches() -> Iterator[None]:
+    """Shorten the interpreter's thread switch interval while any player runs; restore it after the last."""
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_saved, SWITCH_INTERVAL))
+        _switch_users += 1
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_saved)
 
 
 class Sink(Protocol):
@@ -55,6 +95,7 @@ class Timing:
     events: list[NoteEvent] = field(default_factory=list)
     stalls: int = 0
     stalled_seconds: float = 0.0
+    realtime: bool = False  # whether the player thread ran at real-time priority
 
     def errors_ms(self) -> np.ndarray:
         """Actual minus scheduled send time of each message, in milliseconds."""
@@ -163,8 +204,12 @@ class LivePlayer:
     """
 
     def __init__(self, sink: Sink, lookahead: float = DEFAULT_LOOKAHEAD, start: float | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, realtime: bool = True):
+        """`realtime`: ask the OS for round-robin real-time priority for the player thread, as audio
+        programs do; granted where the user may (root, or an `rtprio` limit, usual for audio groups), and
+        silently skipped elsewhere (`timing.realtime` tells which)."""
         self.sink = sink
+        self.realtime = realtime
         self.clock = clock
         self.schedule = Schedule(lookahead, start)
         self.timing = Timing()
@@ -223,7 +268,10 @@ class LivePlayer:
 
     def _run(self) -> None:
         try:
-            self._play()
+            if self.realtime:
+                self.timing.realtime = _raise_priority()
+            with _prompt_thread_switches():
+                self._play()
         except BaseException as error:  # reported to the feeding thread
             self._error = error
 
@@ -291,9 +339,10 @@ def performance_events(perf: Performance) -> list[NoteEvent]:
     return events
 
 
-def play_performance(perf: Performance, sink: Sink, clock: Callable[[], float] = time.perf_counter) -> Timing:
+def play_performance(perf: Performance, sink: Sink, clock: Callable[[], float] = time.perf_counter,
+                     realtime: bool = True) -> Timing:
     """Play a whole piece on `sink` from time 0 (blocking; Ctrl-C stops it cleanly); the timing record."""
-    player = LivePlayer(sink, lookahead=0.0, start=0.0, clock=clock)
+    player = LivePlayer(sink, lookahead=0.0, start=0.0, clock=clock, realtime=realtime)
     try:
         player.feed(performance_events(perf), horizon=perf.duration)
         player.finish()

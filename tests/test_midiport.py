@@ -251,3 +251,33 @@ def test_play_to_the_virtual_port_from_the_command_line(jack):
     assert result.returncode == 0, result.stderr
     assert "played 12 messages" in result.stdout
     assert [m[1] for m in received if m[0] == NOTE_ON] == [60, 62, 64, 65, 67, 69]
+
+
+def test_linux_falls_back_from_alsa_to_jack_by_itself(jack, monkeypatch):
+    if Path("/dev/snd/seq").exists():
+        pytest.skip("this machine has an ALSA sequencer, so there is nothing to fall back from")
+    monkeypatch.delenv("RECITAL_MIDI_API")
+    monkeypatch.setattr(sys, "platform", "linux")
+    with MidiOutput() as out:
+        assert out.api == "JACK"
+
+
+def test_windows_has_no_virtual_ports_and_says_what_to_do(monkeypatch):
+    import rtmidi
+
+    import core.midiport as midiport
+
+    class WindowsOut:
+        def get_ports(self):
+            return ["Microsoft GS Wavetable Synth", "loopMIDI Port"]
+
+        def delete(self):
+            pass
+
+    monkeypatch.setattr(midiport, "_client", lambda kind, name=midiport.CLIENT_NAME: (WindowsOut(),
+                                                                                     rtmidi.API_WINDOWS_MM))
+    with pytest.raises(DeviceError, match="virtual MIDI ports are not available on Windows: install a loopback "
+                                          "driver such as loopMIDI.*'Microsoft GS Wavetable Synth', 'loopMIDI Port'"):
+        MidiOutput()
+    with pytest.raises(DeviceError, match="not available on Windows"):
+        MidiRecorder()

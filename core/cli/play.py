@@ -8,10 +8,14 @@ import sys
 HELP = "play a MIDI file on the synth or a MIDI port, or render it to WAV"
 
 
-def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """--synth | --virtual | --port NAME, and --soundfont: shared with `generate --play` and `continue --play`."""
+def add_output_arguments(parser: argparse.ArgumentParser, synth_flag: str = "--synth") -> None:
+    """--synth | --virtual | --port NAME, and --soundfont; `generate`/`continue` pass synth_flag="--play".
+
+    The synth flag always lands in `args.synth`, so `open_chosen_sink` reads the same names everywhere.
+    """
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--synth", action="store_true", help="play on the built-in synth (fluidsynth)")
+    where.add_argument(synth_flag, dest="synth", action="store_true",
+                       help="play on the built-in synth (fluidsynth)")
     where.add_argument("--virtual", action="store_true",
                        help='open a virtual MIDI output port named "Recital" and play to it (connect your DAW)')
     where.add_argument("--port", metavar="NAME", help="play to an existing MIDI output port (see `recital ports`)")
@@ -20,15 +24,20 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
                              "then the system's)")
 
 
-def open_chosen_sink(args: argparse.Namespace):
-    """The sink the flags name (the synth when none is given); the caller closes it."""
+def open_chosen_sink(args: argparse.Namespace, default_synth: bool = True):
+    """The sink the flags name; when none is given, the synth (or None if not `default_synth`).
+
+    The caller closes it. Raises DeviceError (one line) when the chosen device is missing.
+    """
     from core.player import open_sink
 
     if args.port is not None:
         return open_sink(port=args.port)
     if args.virtual:
         return open_sink(virtual=True)
-    return open_sink(synth=True, soundfont=args.soundfont)
+    if args.synth or default_synth:
+        return open_sink(synth=True, soundfont=args.soundfont)
+    return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

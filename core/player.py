@@ -9,9 +9,11 @@ scheduled and actual send time is recorded, for the timing benchmark.
 Use from a generation loop (the CLI's `--play`, the studio's worker):
 
     sink = open_sink(virtual=True)                  # or synth=True, or port="name"
-    with LivePlayer(sink) as player:                # exit waits for the music to finish, then all-off
-        ids = list(play_along(generate(...), player, start_time=primer_seconds))
-    sink.close()
+    try:
+        with LivePlayer(sink) as player:            # exit waits for the music to finish, then all-off;
+            ids = list(play_along(generate(...), player, start_time=primer_seconds))  # an error: stop()
+    finally:
+        sink.close()
 
 `player.stop()` (e.g. from a stop button, any thread) silences at once; `play_performance` plays a file.
 """

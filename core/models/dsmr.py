@@ -117,9 +117,9 @@ class DSMR(nn.Module):
     # -- the budgeted state -------------------------------------------------------------------------------------
 
     def plan(self, budget_bytes: int | str | None = None, batch: int = 1, schedule=None, **params) -> StatePlan:
-        """Per-layer horizons for a budget (default: the config's) and schedule (default: the config's)."""
+        """Per-layer horizons for a budget and schedule (defaults: the config's, its budget for each lane)."""
         c = self.config
-        budget = parse_budget(c.default_budget if budget_bytes is None else budget_bytes)
+        budget = parse_budget(c.default_budget) * batch if budget_bytes is None else parse_budget(budget_bytes)
         if schedule is None:
             schedule = c.horizons if c.schedule == "explicit" else c.schedule
         if schedule == "two_scale":

@@ -120,6 +120,7 @@ def test_allocated_bytes_never_exceed_the_budget(model):
     with pytest.raises(BudgetError, match=f"at least .* \\({minimum} bytes\\)"):
         model.plan(minimum - 1, batch=3)
     assert model.plan("1MB").context == CONFIG.context
+    assert model.plan(None, batch=3).budget == 3 * 32 * 1024**2  # the config's default budget, per lane
     with pytest.raises(BudgetError):
         model.plan("lots")
 

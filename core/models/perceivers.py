@@ -43,7 +43,7 @@ class PerceiverSConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     rope_base: float = 10000.0
-    default_budget: str = "32MB"  # generation state budget at batch 1 when the user names none
+    default_budget: str = "32MB"  # generation state budget per lane when the user names none
 
     def __post_init__(self) -> None:
         problems = []
@@ -165,10 +165,10 @@ class PerceiverS(nn.Module):
     # ---- cached generation ----------------------------------------------------------------------------------
 
     def plan(self, budget_bytes: int | str | None = None, batch: int = 1) -> PerceiverSPlan:
-        """The generation context N_gen <= N that a budget ('64MB', bytes; default: the config's) buys;
-        BudgetError naming the minimum if it buys none."""
+        """The generation context N_gen <= N that a budget ('64MB', bytes; default: the config's for each lane)
+        buys; BudgetError naming the minimum if it buys none."""
         c = self.config
-        budget = parse_budget(c.default_budget if budget_bytes is None else budget_bytes)
+        budget = parse_budget(c.default_budget) * batch if budget_bytes is None else parse_budget(budget_bytes)
         return plan_state(budget, batch, c.context, c.latents, c.scale, c.n_layers, c.n_heads, c.d_model,
                           self.embed.weight.dtype)
 

@@ -139,6 +139,8 @@ def normal_priority(perf: Performance, sink) -> Timing:
 
 
 def with_thread(work):
+    import torch  # noqa: F401 - imported here, not in the thread: an import holds the GIL for a second
+
     def play(perf: Performance, sink) -> Timing:
         stop = threading.Event()
         thread = threading.Thread(target=work, args=(stop,))

@@ -183,3 +183,21 @@ def test_generation_follows_weight_updates(model):
     logits = model.prefill(ids, fresh)
     full, _ = model(ids)
     assert torch.allclose(logits, full[:, -1], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_generation_in_other_precisions(dtype):
+    torch.manual_seed(0)
+    model = PerceiverS(CONFIG).to(dtype).eval()
+    element = torch.empty((), dtype=dtype).element_size()
+    budget = state_bytes(1, 16, CONFIG.latents, CONFIG.scale, CONFIG.n_layers, CONFIG.d_model, element)
+    plan = model.plan(budget)
+    state = model.new_state(plan)
+    assert plan.context == 16 and state.nbytes == plan.nbytes <= budget
+    ids = random_ids(1, 30 + CONFIG.latents)  # the crop of the latent window reaches past the 30 read
+    logits = model.prefill(ids[:, :30], state)
+    full, _ = model(ids[:, int(state.context_start[0]):int(state.start[0]) + CONFIG.latents])
+    expected = full[:, 29 - int(state.start[0])]
+    assert logits.dtype == dtype and torch.isfinite(logits).all()
+    tolerance = 1e-10 if dtype == torch.float64 else 0.02
+    assert torch.allclose(logits, expected, atol=tolerance)

@@ -239,7 +239,7 @@ class PerceiverS(nn.Module):
         """Project ids (b, n) at positions first + [0, n) into both cross-attention rings (once per token)."""
         c = self.config
         positions = first[:, None] + torch.arange(ids.shape[1], device=ids.device)  # (b, n)
-        rope = _rope_tables(positions, self.head_dim, c.rope_base)
+        rope = _rope_tables(positions, self.head_dim, c.rope_base, packed.head.dtype)
         batch, count = ids.shape
         x = F.rms_norm(self.embed(ids), (c.d_model,), None, packed.eps)  # (b, n, C)
         kv = (x @ packed.inputs_kv).view(batch, count, 2, 2, c.n_heads, self.head_dim)  # (b, n, layer, k|v, ..)
@@ -258,7 +258,7 @@ class PerceiverS(nn.Module):
         """Latents at positions first + [0, count) (b,) from the rings -> logits (b, count, V); fills latent rings."""
         c = self.config
         positions = first[:, None] + torch.arange(count, device=first.device)  # (b, n)
-        rope = _rope_tables(positions, self.head_dim, c.rope_base)
+        rope = _rope_tables(positions, self.head_dim, c.rope_base, packed.head.dtype)
         rows = _lane_index(state, lanes)[:, None].expand_as(positions)
         h = self.embed(state.ids[rows, positions % c.latents])  # (b, n, C)
         start = _rows(state.start, lanes)[:, None, None]  # (b, 1, 1)
@@ -338,9 +338,10 @@ def pack(model: PerceiverS) -> Packed:
                   model.norm.eps)
 
 
-def _rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _rope_tables(positions: torch.Tensor, head_dim: int, base: float,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, cos) and (-sin, sin) over the two halves, (b, n, 1, 1, hs): rotary as x * cos + swap(x) * sin."""
-    cos, sin = rotary(positions, head_dim, base)  # (b, n, hs/2)
+    cos, sin = (t.to(dtype) for t in rotary(positions, head_dim, base))  # (b, n, hs/2)
     return torch.cat([cos, cos], -1)[:, :, None, None], torch.cat([-sin, sin], -1)[:, :, None, None]
 
 

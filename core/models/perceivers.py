@@ -176,6 +176,7 @@ class PerceiverS(nn.Module):
         c = self.config
         if (plan.latents, plan.scale, plan.n_layers, plan.d_model) != (c.latents, c.scale, c.n_layers, c.d_model):
             raise BudgetError("this plan was made for a different PerceiverS model")
+        self.__dict__["_packed_params"] = list(self.parameters())  # the weights `step` checks for changes
         return PerceiverSState(plan, plan.batch if batch is None else batch, self.embed.weight.device)
 
     @torch.no_grad()
@@ -205,8 +206,8 @@ class PerceiverS(nn.Module):
 
     def _packed(self) -> Packed:
         """The generation weights, packed again whenever a parameter changed (training, loading, moving)."""
-        if "_packed_params" not in self.__dict__:
-            self.__dict__["_packed_params"] = list(self.parameters())  # a plain list: not a submodule
+        if "_packed_params" not in self.__dict__:  # a plain list (not a submodule), refreshed by new_state
+            self.__dict__["_packed_params"] = list(self.parameters())
         key = [(p.data_ptr(), p._version) for p in self.__dict__["_packed_params"]]
         if self.__dict__.get("_packed_key") != key:
             self.__dict__["_packed_weights"], self.__dict__["_packed_key"] = pack(self), key

@@ -11,6 +11,8 @@ from core.cli import main
 from core.midi import read_performance, write_performance
 from tests.conftest import real_midi_files
 
+pytest_plugins = ("tests.jack",)  # the JACK server fixtures: jack, no_jack, jack_server
+
 
 def test_generate_writes_a_piece_and_says_what_it_did(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "piece.mid"
@@ -84,3 +86,54 @@ def test_models_lists_user_and_shipped(tiny_model_dir, tmp_path, monkeypatch, ca
     assert lines[0].split()[:3] == ["mine", "user", "dsmr"] and "Tiny test model" in lines[0]
     assert lines[2].split()[:3] == ["default", "shipped", "dsmr"]
     assert str(tmp_path / "assets" / "default") in lines[3]
+
+
+def test_generate_renders_a_wav(tiny_model_dir, tmp_path, capsys):
+    import wave
+
+    out, wav = tmp_path / "p.mid", tmp_path / "p.wav"
+    assert main(["generate", "--model", str(tiny_model_dir), "--seconds", "2", "--out", str(out),
+                 "--wav", str(wav), "--seed", "5"]) == 0
+    assert f"rendered {wav}" in capsys.readouterr().out
+    with wave.open(str(wav)) as handle:
+        assert (handle.getframerate(), handle.getnchannels()) == (44100, 2)
+        assert handle.getnframes() / 44100 >= read_performance(out).duration
+
+
+def test_generate_streams_to_the_virtual_port_while_writing(tiny_model_dir, tmp_path, jack, capsys):
+    """A DAW connected to "Recital" hears exactly the notes written to the file, while they are generated."""
+    import threading
+    import time
+
+    import rtmidi
+
+    from core.midiport import find_port
+
+    received: list[int] = []
+    connected, done = threading.Event(), threading.Event()
+
+    def listen() -> None:  # connect as soon as the command's port appears
+        probe = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="daw")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any("Recital" in p for p in probe.get_ports()):
+            time.sleep(0.01)
+        probe.open_port(find_port(probe.get_ports(), "Recital", "input"))
+        probe.set_callback(lambda event, _: received.append(event[0][1]) if event[0][0] & 0xF0 == 0x90
+                           and event[0][2] > 0 else None)
+        connected.set()
+        done.wait(60)
+        probe.delete()
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    out = tmp_path / "live.mid"
+    try:
+        code = main(["generate", "--model", str(tiny_model_dir), "--seconds", "3", "--out", str(out),
+                     "--virtual", "--seed", "11"])
+    finally:
+        done.set()
+        listener.join()
+    assert code == 0 and connected.is_set()
+    assert "playing to the end" in capsys.readouterr().out
+    written = read_performance(out)
+    assert len(written) > 5 and sorted(received) == sorted(written.pitch.tolist())

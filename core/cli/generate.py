@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from core.cli.play import add_output_arguments, open_chosen_sink
+
 HELP = "write a new piece with a model"
 TOKENS_PER_SECOND_LIMIT = 150  # --max-tokens default per second of music: far above dense piano (~40)
 
@@ -43,6 +45,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write K variations at once (FILE-1.mid ... FILE-K.mid)")
     parser.add_argument("--max-tokens", type=positive_int, metavar="N",
                         help=f"stop after N new tokens (default: {TOKENS_PER_SECOND_LIMIT} per second asked)")
+    parser.add_argument("--wav", metavar="OUT.wav",
+                        help="also render the result to a 44.1 kHz stereo WAV file (OUT-k.wav for variations)")
+    add_output_arguments(parser, synth_flag="--play")  # --play | --virtual | --port NAME: listen while writing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,12 +66,25 @@ def output_paths(out: str, count: int) -> list[Path]:
 
 
 def write_continuation(args: argparse.Namespace, primer_ids) -> int:
-    """Generate after `primer_ids` (None: from nothing), write the MIDI file(s), print what was done."""
+    """Generate after `primer_ids` (None: from nothing), write the MIDI file(s), print what was done.
+
+    With --play / --virtual / --port the first variation is heard while it is being written.
+    """
+    sink = open_chosen_sink(args, default_synth=False)  # before the model loads: a missing device fails fast
+    try:
+        return _write_continuation(args, primer_ids, sink)
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+def _write_continuation(args: argparse.Namespace, primer_ids, sink) -> int:
     import numpy as np
 
     from core.generate import SamplingConfig, generate, prepare_primer
     from core.midi import write_performance
     from core.modeldir import load_model
+    from core.player import LivePlayer
     from core.state import format_bytes, parse_budget
     from core.tokenizer import Decoder, decode
 
@@ -90,17 +108,32 @@ def write_continuation(args: argparse.Namespace, primer_ids) -> int:
             decoder.feed(token)
     stream = generate(model, primer, budget, sampling, max_tokens=max_tokens, max_seconds=args.seconds,
                       batch=batch, seed=args.seed, state=state)
+    # Live playback of the first variation: a decoder of its new ids only, starting where the primer ends.
+    player = LivePlayer(sink) if sink is not None else None
+    listened = Decoder(decoders[0].time)
     start = time.perf_counter()
     first = None  # when the first new id came: reading the primer happens before it
     count = 0
-    for step in stream:  # one id per lane; a live player can consume the decoders' note events here
-        tokens = [step] if batch == 1 else step.tolist()
-        for lane, token in enumerate(tokens):
-            if token:  # PAD: this variation has finished
-                lanes[lane].append(token)
-                decoders[lane].feed(token)
-        count += 1
-        first = first or time.perf_counter()
+    interrupted = False
+    try:
+        for step in stream:  # one id per lane
+            tokens = [step] if batch == 1 else step.tolist()
+            for lane, token in enumerate(tokens):
+                if token:  # PAD: this variation has finished
+                    lanes[lane].append(token)
+                    decoders[lane].feed(token)
+            if player is not None and tokens[0]:
+                player.feed(listened.feed(tokens[0]), horizon=listened.time)
+            count += 1
+            first = first or time.perf_counter()
+    except KeyboardInterrupt:  # keep what was written so far
+        interrupted = True
+        if player is not None:
+            player.stop()
+    except BaseException:
+        if player is not None:
+            player.stop()
+        raise
     elapsed = time.perf_counter() - (first or start)
 
     before = decode(np.array(primer))
@@ -117,6 +150,25 @@ def write_continuation(args: argparse.Namespace, primer_ids) -> int:
     print(f"read the primer ({len(primer)} tokens) in {(first or start) - start:.1f} s; generated {total} "
           f"tokens in {elapsed:.1f} s ({rate:.0f} tokens/s at batch {batch}); state memory "
           f"{format_bytes(state.nbytes)} of {format_bytes(budget)} budget")
-    if count >= max_tokens:
+    if interrupted:
+        print("stopped by Ctrl-C: the files hold what was written until then")
+    elif count >= max_tokens:
         print(f"note: stopped at {max_tokens} tokens (--max-tokens) before {args.seconds:g} s of music")
+    if args.wav:
+        from core.synth import render_wav
+
+        for path, new in zip(output_paths(args.wav, batch), lanes, strict=True):
+            render_wav(decode(np.array(primer + new)), path, soundfont=args.soundfont)
+            print(f"rendered {path}")
+    if player is not None and not interrupted:
+        player.feed(listened.finish(), horizon=listened.time)
+        player.finish()
+        print("playing to the end (Ctrl-C stops)")
+        try:
+            while not player.wait(0.1):
+                pass
+        except KeyboardInterrupt:
+            player.stop()
+            return 130
+        player.close()
     return 0

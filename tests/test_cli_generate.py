@@ -136,4 +136,4 @@ def test_generate_streams_to_the_virtual_port_while_writing(tiny_model_dir, tmp_
     assert code == 0 and connected.is_set()
     assert "playing to the end" in capsys.readouterr().out
     written = read_performance(out)
-    assert len(written) > 5 and sorted(received) == sorted(written.pitch.tolist())
+    assert len(written) > 0 and sorted(received) == sorted(written.pitch.tolist())

@@ -90,9 +90,7 @@ def encode(perf: Performance, bos: bool = True, eos: bool = True) -> np.ndarray:
     tick, kind, pitch, vbin = tick[order], kind[order], pitch[order], vbin[order]
 
     delta = np.diff(tick, prepend=0)
-    n_full = delta // MAX_SHIFT_TICKS
-    remainder = delta % MAX_SHIFT_TICKS
-    n_shift = n_full + (remainder > 0)
+    n_shift = shift_count(delta)
     is_on = kind == 1
     on_bins = vbin[is_on]
     previous_bins = np.concatenate([[-1], on_bins[:-1]])  # the first note-on always states its velocity
@@ -106,17 +104,28 @@ def encode(perf: Performance, bos: bool = True, eos: bool = True) -> np.ndarray:
         out[0] = BOS
     if eos:
         out[-1] = EOS
-    # Full-second shifts: n_full[i] tokens starting at start[i].
-    if n_full.any():
+    write_shifts(out, start, delta)
+    out[(start + n_shift)[needs_velocity]] = VELOCITY + vbin[needs_velocity]
+    event_pos = start + per_event - 1
+    out[event_pos] = np.where(is_on, NOTE_ON + pitch, NOTE_OFF + pitch)
+    return out
+
+
+def shift_count(delta: np.ndarray) -> np.ndarray:
+    """How many TimeShift tokens each gap of `delta` ticks takes: whole seconds, then the rest."""
+    return delta // MAX_SHIFT_TICKS + (delta % MAX_SHIFT_TICKS > 0)
+
+
+def write_shifts(out: np.ndarray, start: np.ndarray, delta: np.ndarray) -> None:
+    """Write the TimeShift tokens of gap delta[i] into out[start[i]:start[i] + shift_count(delta)[i]]."""
+    n_full = delta // MAX_SHIFT_TICKS
+    remainder = delta % MAX_SHIFT_TICKS
+    if n_full.any():  # full-second shifts: n_full[i] tokens from start[i]
         group_start = np.repeat(start, n_full)
         within = np.arange(int(n_full.sum())) - np.repeat(np.cumsum(n_full) - n_full, n_full)
         out[group_start + within] = TIME_SHIFT + MAX_SHIFT_TICKS - 1
     has_rem = remainder > 0
     out[(start + n_full)[has_rem]] = TIME_SHIFT + remainder[has_rem] - 1
-    out[(start + n_shift)[needs_velocity]] = VELOCITY + vbin[needs_velocity]
-    event_pos = start + per_event - 1
-    out[event_pos] = np.where(is_on, NOTE_ON + pitch, NOTE_OFF + pitch)
-    return out
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.tokenizer import MAX_SHIFT_TICKS, NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY
+from core.tokenizer import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, shift_count, write_shifts
 
 
 def transpose(ids: np.ndarray, semitones: int) -> np.ndarray:
@@ -40,17 +40,10 @@ def stretch(ids: np.ndarray, factor: float) -> np.ndarray:
     when = np.cumsum(ticks)[~shift]  # (E,) absolute tick of each event
     new_when = np.floor(when * factor + 0.5).astype(np.int64)
     delta = np.diff(new_when, prepend=0)  # (E,) >= 0: times stay in order
-    n_full = delta // MAX_SHIFT_TICKS
-    remainder = delta % MAX_SHIFT_TICKS
-    per_event = n_full + (remainder > 0) + 1
+    per_event = shift_count(delta) + 1
     start = np.cumsum(per_event) - per_event
     out = np.empty(int(per_event.sum()), dtype=np.int64)
-    if n_full.any():
-        group_start = np.repeat(start, n_full)
-        within = np.arange(int(n_full.sum())) - np.repeat(np.cumsum(n_full) - n_full, n_full)
-        out[group_start + within] = TIME_SHIFT + MAX_SHIFT_TICKS - 1
-    has_rem = remainder > 0
-    out[(start + n_full)[has_rem]] = TIME_SHIFT + remainder[has_rem] - 1
+    write_shifts(out, start, delta)
     out[start + per_event - 1] = events
     return out.astype(ids.dtype)
 

@@ -3,12 +3,16 @@ a base model, how long, the memory budget; then watch a progress bar with ETA an
 perplexity plot. Cancel stops between steps and the trainer keeps a checkpoint; a finished model is announced
 by `model_created(path)` so the picker lists it.
 
-The scan (`ScanFolder`) and the run (`Train`) are jobs; `train_config(...)` is pure.
+The scan (`ScanFolder`) and the run (`Train`, relaying a training process) are jobs; `train_config(...)` is
+pure.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import queue
 from pathlib import Path
+from types import SimpleNamespace
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -36,21 +40,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.errors import ModelError
+from core.errors import ModelError, RecitalError
 from core.modeldir import ModelInfo
 from studio.jobs import Job, JobKeeper
 from studio.lossplot import LossPlot
-
-
-def _fine_tune():
-    """The trainer's entry point (imported late: torch and the trainer load only when a run starts)."""
-    try:
-        from trainer.loop import fine_tune
-    except ModuleNotFoundError as error:
-        if not (error.name or "").startswith("trainer"):
-            raise
-        raise ModelError("the trainer is not in this build: fine-tuning is unavailable") from None
-    return fine_tune
 
 
 class ScanFolder(Job):
@@ -71,14 +64,50 @@ class ScanFolder(Job):
 
 
 class Train(Job):
-    """One `fine_tune` run; its Progress events are re-emitted as they come, its TrainResult at the end."""
+    """One `fine_tune` run in its own process (see studio.trainprocess); this thread relays its events.
+
+    Progress events and the result arrive as attribute objects with the fields of trainer.loop's Progress
+    and TrainResult. Cancel asks the run to stop; it saves a checkpoint and returns its result as usual.
+    """
+
+    POLL = 0.05  # seconds between looks at the cancel flag
 
     def __init__(self, config):
         super().__init__()
         self.config = config
 
     def work(self):
-        return _fine_tune()(self.config, on_progress=self.progress.emit, should_stop=lambda: self.stopping)
+        from studio.trainprocess import train_main
+
+        context = multiprocessing.get_context("spawn")  # never fork a process that has threads
+        events, stop = context.Queue(), context.Event()
+        process = context.Process(target=train_main, args=(self.config.to_dict(), events, stop),
+                                  name="recital-train", daemon=True)
+        process.start()
+        try:
+            while True:
+                if self.stopping:
+                    stop.set()
+                try:
+                    kind, payload = events.get(timeout=self.POLL)
+                except queue.Empty:
+                    if not process.is_alive() and events.empty():
+                        raise ModelError(f"the training process ended unexpectedly (exit code "
+                                         f"{process.exitcode})") from None
+                    continue
+                if kind == "progress":
+                    self.progress.emit(SimpleNamespace(**payload))
+                elif kind == "failed":
+                    raise RecitalError(payload)
+                else:
+                    payload["model_dir"] = Path(payload["model_dir"])
+                    return SimpleNamespace(**payload)
+        finally:
+            stop.set()
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+                process.join()
 
 
 def train_config(folder: str, base: str, out: str, minutes: float | None, steps: int | None,

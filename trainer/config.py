@@ -56,11 +56,14 @@ class TrainConfig:
     augment: bool | None = None  # transposition + tempo stretch; default: on when fine-tuning
     transpose: int = 5  # semitones either way
     stretch: float = 0.05  # tempo factor in [1 - stretch, 1 + stretch]
+    expressive: bool = False  # perform score-like pieces at random: rubato, jitter, legato, pedal, dynamics
+    weights: dict | str | None = None  # draws per piece by collection (sub-folder), or a JSON file (trainer.weights)
 
     val_fraction: float = 0.1  # held-out pieces
     val_max_pieces: int = 32  # cap on the held-out pieces scored at each validation
     val_every: int = 200  # steps between validations (and best-model saves)
     checkpoint_every: int = 100  # steps between resumable checkpoints
+    checkpoint_minutes: float | None = None  # also checkpoint once this much wall time passed since the last
     patience: int = 5  # validations without improvement before stopping early (0: never)
     log_every: int = 10  # steps between progress events
 
@@ -85,6 +88,10 @@ class TrainConfig:
                 problems.append(f"{name} must be a positive whole number, got {value!r}")
         if self.minutes is not None and not self.minutes > 0:
             problems.append(f"minutes must be positive, got {self.minutes!r}")
+        if self.checkpoint_minutes is not None and not self.checkpoint_minutes > 0:
+            problems.append(f"checkpoint_minutes must be positive, got {self.checkpoint_minutes!r}")
+        if self.weights is not None and not isinstance(self.weights, dict | str):
+            problems.append(f"weights must be a mapping of collection to number or a JSON path, got {self.weights!r}")
         if self.lr is not None and not self.lr > 0:
             problems.append(f"lr must be positive, got {self.lr!r}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -4,13 +4,15 @@ Everything random is drawn from generators seeded by (seed, what, index), never 
 depends only on where the run is, not on how many processes share it or whether it was resumed:
 
 - `PieceSource`: the training pieces in a seeded order, one epoch after another, forming one endless sequence
-  S = perm_0 ++ perm_1 ++ ...; item n is augmented by its own draw.
+  S = perm_0 ++ perm_1 ++ ...; item n is augmented by its own draw (expressive performance first, when on,
+  then transposition and stretch). With per-piece weights (trainer.weights), epoch e holds piece j
+  floor(w_j) times plus once more with probability frac(w_j), drawn from (seed, e), so its length varies.
 - `LaneStream` (DSMR): global lane g of G reads S[g], S[g + G], S[g + 2G], ... back to back, from each piece's
   BOS to its EOS, `segment_len` tokens per batch. A piece that ends inside a segment is followed at once by the
   next one's BOS, which the model takes as a lane reset; the EOS of a piece has no target (PAD). A process
   holds only its own lanes; its position (item and offset per lane) is the resumable data position.
-- `CropBatches` (PerceiverS): crop i of step s picks a piece (in proportion to its length), augments it, and
-  cuts an effective-segmentation crop, all from the generator (seed, s, i).
+- `CropBatches` (PerceiverS): crop i of step s picks a piece (in proportion to its length times its weight),
+  augments it, and cuts an effective-segmentation crop, all from the generator (seed, s, i).
 """
 
 from __future__ import annotations
@@ -23,36 +25,60 @@ from core.tokenizer import PAD
 from trainer import samplers
 from trainer.augment import augment
 from trainer.corpus import Corpus
+from trainer.expressive import Expression, express_ids
 
-_ORDER, _AUGMENT, _CROP = 0, 1, 2  # what a generator is for (part of its seed)
+_ORDER, _AUGMENT, _CROP, _WEIGHT, _EXPRESS = 0, 1, 2, 3, 4  # what a generator is for (part of its seed)
 
 
 class PieceSource:
     """The training pieces as one endless, seeded, augmented sequence."""
 
     def __init__(self, corpus: Corpus, indices: list[int], seed: int, augmenting: bool, semitones: int = 5,
-                 max_stretch: float = 0.05):
+                 max_stretch: float = 0.05, expression: Expression | None = None,
+                 weights: np.ndarray | None = None):
         if not indices:
             raise ValueError("no training pieces")
         self.corpus, self.indices, self.seed = corpus, list(indices), seed
         self.augmenting, self.semitones, self.max_stretch = augmenting, semitones, max_stretch
+        self.expression = expression  # None: pieces as scored
         self.lengths = np.array([corpus.index[i].tokens for i in self.indices], dtype=np.int64)
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)  # (pieces,) or None
+        if self.weights is not None and (self.weights.shape != self.lengths.shape or not (self.weights > 0).any()):
+            raise ValueError("weights need one non-negative number per training piece, some positive")
         self._order = lru_cache(maxsize=4)(self._permutation)
+        self._epoch_ends: list[int] = []  # weighted: where each epoch computed so far ends in the sequence
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, _ORDER, epoch]).permutation(len(self.indices))
+        if self.weights is None:
+            return np.random.default_rng([self.seed, _ORDER, epoch]).permutation(len(self.indices))
+        whole = np.floor(self.weights)
+        extra = np.random.default_rng([self.seed, _WEIGHT, epoch]).random(len(self.weights)) < self.weights - whole
+        draws = np.repeat(np.arange(len(self.indices)), (whole + extra).astype(np.int64))
+        return np.random.default_rng([self.seed, _ORDER, epoch]).permutation(draws)
+
+    def _locate(self, n: int) -> tuple[int, int]:
+        """(epoch, position in it) of item n of the endless sequence."""
+        if self.weights is None:
+            return divmod(n, len(self.indices))
+        while not self._epoch_ends or self._epoch_ends[-1] <= n:
+            start = self._epoch_ends[-1] if self._epoch_ends else 0
+            self._epoch_ends.append(start + len(self._permutation(len(self._epoch_ends))))
+        epoch = int(np.searchsorted(self._epoch_ends, n, side="right"))
+        return epoch, n - (self._epoch_ends[epoch - 1] if epoch else 0)
 
     def item(self, n: int) -> np.ndarray:
         """The n-th piece of the endless sequence, augmented (int64 ids, BOS ... EOS)."""
-        epoch, j = divmod(n, len(self.indices))
+        epoch, j = self._locate(n)
         return self.piece(int(self._order(epoch)[j]), n)
 
     def piece(self, j: int, draw: int) -> np.ndarray:
-        """Training piece j, augmented by draw number `draw` (when augmenting)."""
+        """Training piece j, performed and augmented by draw number `draw` (when those are on)."""
         ids = np.asarray(self.corpus.piece(self.indices[j]), dtype=np.int64)
+        if self.expression is not None:
+            ids = express_ids(ids, np.random.default_rng([self.seed, _EXPRESS, draw]), self.expression)
         if not self.augmenting:
             return ids
         rng = np.random.default_rng([self.seed, _AUGMENT, draw])
@@ -124,7 +150,8 @@ class CropBatches:
 
     def __init__(self, source: PieceSource, items: list[int], context: int, latents: int):
         self.source, self.items, self.context, self.latents = source, list(items), context, latents
-        self.weights = source.lengths / source.lengths.sum()
+        lengths = source.lengths if source.weights is None else source.lengths * source.weights
+        self.weights = lengths / lengths.sum()
 
     def batch(self, step: int, micro: int) -> tuple[np.ndarray, np.ndarray]:
         """inputs (b, N) and targets (b, M) int64."""

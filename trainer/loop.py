@@ -37,6 +37,8 @@ from trainer.config import TrainConfig, scratch_config
 from trainer.corpus import Corpus
 from trainer.data import CropBatches, LaneStream, PieceSource
 from trainer.distributed import World, join
+from trainer.expressive import Expression
+from trainer.weights import describe, length_shares, load_weights, piece_weights, token_shares
 
 MIN_PIECES_TO_SPLIT = 4  # fewer pieces: train on all of them and report the training loss only
 
@@ -239,7 +241,12 @@ class _Run:
         device = world.device
         model.to(device)
         budget = parse_budget(c.budget or getattr(model.config, "default_budget", "32MB"))
-        source = PieceSource(corpus, train, c.seed, c.augmenting, c.transpose, c.stretch)
+        weights = None if c.weights is None else piece_weights(corpus, train, load_weights(c.weights))
+        if weights is not None:
+            self.emit(Progress("message", "prepare", message=describe(token_shares(corpus, train, weights),
+                                                                       length_shares(corpus, train, weights))))
+        source = PieceSource(corpus, train, c.seed, c.augmenting, c.transpose, c.stretch,
+                             Expression() if c.expressive else None, weights)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
@@ -326,6 +333,7 @@ class _Run:
             return min(1.0, max(parts))
 
         step = progress["step"]
+        checkpointed_at = resume_seconds  # run seconds at the last checkpoint (the same on every process)
         if step == 0:
             initial = validate(0)
             progress["initial_perplexity"] = progress["best_perplexity"] = initial
@@ -415,7 +423,9 @@ class _Run:
                     if c.patience and progress["bad_evals"] >= c.patience:
                         stopped = "early_stop"
                         break
-            if step % c.checkpoint_every == 0 or last:
+            due = c.checkpoint_minutes is not None and seconds - checkpointed_at >= c.checkpoint_minutes * 60
+            if step % c.checkpoint_every == 0 or last or due:
+                checkpointed_at = seconds
                 checkpoint(step)
         if saved_at[0] != step:  # stopped between checkpoints: keep everything so far
             checkpoint(step)

@@ -12,6 +12,7 @@ import shlex
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 HELP = "fine-tune a model on a folder of MIDI files (or train one from scratch)"
@@ -42,11 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, the data order, augmentation")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                         help="transposition (+-5 semitones) and tempo stretch (+-5%%); on when fine-tuning")
+    parser.add_argument("--expressive", action="store_true",
+                        help="perform score-like pieces at random (rubato, onset jitter, legato, pedal, dynamics)")
+    parser.add_argument("--weights", metavar="JSON",
+                        help="JSON file of draws per piece by collection (sub-folder), e.g. {\"bach\": 3, \"*\": 1}")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="held-out pieces (default 0.1)")
     parser.add_argument("--val-every", type=_positive(int), default=200, metavar="STEPS",
                         help="validate (and keep the best model) every this many steps (default 200)")
     parser.add_argument("--checkpoint-every", type=_positive(int), default=100, metavar="STEPS",
                         help="save a resumable checkpoint every this many steps (default 100)")
+    parser.add_argument("--checkpoint-minutes", type=_positive(float), metavar="M",
+                        help="also save one whenever this many minutes passed since the last")
     parser.add_argument("--patience", type=int, default=5,
                         help="stop after this many validations without improvement (0: never; default 5)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -60,8 +67,10 @@ def config_from_args(args: argparse.Namespace, command: str):
     return TrainConfig(
         folder=args.folder, out=args.out, base=base, arch=args.arch, size=args.size, steps=args.steps,
         minutes=args.minutes, budget=args.budget, batch=args.batch, accum=args.accum, lr=args.lr,
-        warmup=args.warmup, seed=args.seed, augment=args.augment, val_fraction=args.val_fraction,
-        val_every=args.val_every, checkpoint_every=args.checkpoint_every, patience=args.patience,
+        warmup=args.warmup, seed=args.seed, augment=args.augment, expressive=args.expressive,
+        weights=None if args.weights is None else str(Path(args.weights).expanduser().resolve()),
+        val_fraction=args.val_fraction, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
+        checkpoint_minutes=args.checkpoint_minutes, patience=args.patience,
         resume=args.resume, device=args.device, workers=args.workers, command=command)
 
 

@@ -159,12 +159,13 @@ def warp(times: np.ndarray, curve: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 def keep_strikes_apart(onset: np.ndarray, pitch: np.ndarray) -> np.ndarray:
     """Onsets moved later where needed so that two strikes of one key are at least MIN_GAP apart."""
     order = np.lexsort((onset, pitch))
-    x, p = onset[order], pitch[order].astype(np.int64)
-    group_start = np.r_[True, p[1:] != p[:-1]]
-    index_in_group = np.arange(len(x)) - np.maximum.accumulate(np.where(group_start, np.arange(len(x)), 0))
-    # y_i = max(x_i, y_(i-1) + gap) within a pitch = i * gap + running max of (x_k - k * gap).
-    lifted = x - index_in_group * MIN_GAP + np.cumsum(group_start) * 1e6  # groups never mix in the running max
-    y = np.maximum.accumulate(lifted) - np.cumsum(group_start) * 1e6 + index_in_group * MIN_GAP
+    x, p = onset[order], pitch[order]
+    bounds = np.flatnonzero(np.r_[True, p[1:] != p[:-1], True])  # one run per pitch (at most 128)
+    y = np.empty_like(x)
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        # y_i = max(x_i, y_(i-1) + gap) = i * gap + running max of (x_k - k * gap)
+        steps = np.arange(end - start) * MIN_GAP
+        y[start:end] = np.maximum(np.maximum.accumulate(x[start:end] - steps) + steps, x[start:end])
     out = np.empty_like(onset)
     out[order] = y
     return out

@@ -23,8 +23,8 @@ import argparse
 import copy
 import multiprocessing
 import resource
+import statistics
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -95,71 +95,111 @@ def training_table(args) -> None:
               f"{format_bytes(peak):>10} {format_bytes(growth):>11}")
 
 
-def int8_copy(model: DSMR) -> DSMR:
-    """The model with int8 Linear weights (dynamic quantisation), for CPU generation speed only."""
-    from torch.ao.quantization import quantize_dynamic
+def _timed(run, steps: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of `run` called `steps` times."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        run()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
 
+def step_rates(models: dict, budget: str, batch: int, position: int, steps: int, repeats: int
+               ) -> tuple[dict, int]:
+    """Median tokens/s (wall, CPU) of each way to step, all lanes counted, once `position` tokens were read.
 
-def step_rate(model: DSMR, budget: str, batch: int, position: int, steps: int) -> tuple[float, int]:
-    """tokens/s of `step` (all lanes counted) once `position` tokens have been read; and the state bytes."""
-    state = model.new_state(model.plan(parse_budget(budget) * batch, batch))  # the budget is per lane
+    `models` maps a name to (model, step function); the ways take turns, `repeats` rounds, so a burst of load
+    from other jobs hits them alike. Also returns the state bytes.
+    """
     generator = torch.Generator().manual_seed(0)
+    primer = torch.randint(3, 359, (batch, max(1, position)), generator=generator)
+    primer[:, 0] = BOS
+    token = torch.full((batch,), 60)
+    runs, nbytes = {}, 0
     with torch.no_grad():
-        if position:
-            primer = torch.randint(3, 359, (batch, position), generator=generator)
-            primer[:, 0] = BOS
+        for name, (model, step) in models.items():
+            state = model.new_state(model.plan(parse_budget(budget) * batch, batch))  # the budget is per lane
             model.prefill(primer, state)
-        token = torch.full((batch,), 60)
-        for _ in range(5):
-            model.step(token, state)
-        start = time.perf_counter()
-        for _ in range(steps):
-            model.step(token, state)
-    return steps * batch / (time.perf_counter() - start), state.nbytes
+            for _ in range(5):
+                step(model, token, state)
+            runs[name], nbytes = (lambda m=model, f=step, s=state: f(m, token, s)), state.nbytes
+        samples = {name: [] for name in models}
+        for _ in range(repeats):
+            for name, run in runs.items():
+                wall, cpu = _timed(run, steps)
+                samples[name].append((steps * batch / wall, steps * batch / cpu))
+    return {name: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+            for name, v in samples.items()}, nbytes
+
+
+def lean_fp32(model: DSMR, token: torch.Tensor, state) -> torch.Tensor:
+    return model.step(token, state)
+
+
+def segment_path(model: DSMR, token: torch.Tensor, state) -> torch.Tensor:
+    """The step before the lean path: the general segment code with T = 1 (what `forward` runs)."""
+    return model(token[:, None], state)[:, 0]
+
+
+def int8_model(model: DSMR) -> DSMR:
+    """A copy of the model whose `step` uses int8 weights."""
+    quantised = copy.deepcopy(model)
+    quantised.use_step_weights("int8")
+    return quantised
 
 
 def naive_rate(model: DSMR, batch: int, steps: int) -> float:
-    """No cache: every new token re-reads the last segment from a fresh state (memory-less)."""
+    """No cache: every new token re-reads the last segment from a fresh state (memory-less); CPU tokens/s."""
     length = model.config.segment_len
     window = torch.randint(3, 359, (batch, length))
     plan = model.plan(None, batch, schedule=[0] * model.config.n_layers)
     with torch.no_grad():
-        start = time.perf_counter()
-        for _ in range(steps):
-            model.prefill(window, model.new_state(plan, batch))
-    return steps * batch / (time.perf_counter() - start)
+        _, cpu = _timed(lambda: model.prefill(window, model.new_state(plan, batch)), steps)
+    return steps * batch / cpu
 
 
 def generation_tables(args) -> None:
+    torch.set_num_threads(args.gen_threads)
     torch.manual_seed(0)
     model = DSMR(DSMRConfig()).eval()
-    quantised = int8_copy(model)
+    ways = {"segment path, fp32 (before)": (model, segment_path), "lean step, fp32": (model, lean_fp32),
+            "lean step, int8 weights": (int8_model(model), lean_fp32)}
     c = model.config
     plan = model.plan(args.budget)
     params = sum(p.numel() for p in model.parameters())
     print(f"\n2. generation: default size d_model {c.d_model} x {c.n_layers} layers ({params / 1e6:.1f} M "
-          f"parameters), segments of {c.segment_len}, budget {args.budget}: {plan.describe()}")
-    print(f"{'model':<26} {'batch':>5} {'threads':>7} {'tokens/s':>9} {'state':>10}   (budget per lane)")
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        for name, candidate in (("cached, fp32", model), ("cached, int8 weights", quantised)):
-            for batch in (1, 8):
-                rate, nbytes = step_rate(candidate, args.budget, batch, args.warm_position, args.steps)
-                print(f"{name:<26} {batch:>5} {threads:>7} {rate:>9.0f} {format_bytes(nbytes):>10}")
-        rate = naive_rate(model, 1, max(4, args.steps // 10))
-        print(f"{'naive recompute, fp32':<26} {1:>5} {threads:>7} {rate:>9.0f} {'-':>10}")
+          f"parameters), segments of {c.segment_len}, budget {args.budget} per lane, {args.gen_threads} thread(s), "
+          f"position {args.warm_position}: {plan.describe()}")
+    print(f"medians of {args.repeats} alternating rounds of {args.steps} steps; CPU tokens/s = tokens per second "
+          "of this process's CPU time (less sensitive to other jobs than wall time)")
+    print(f"{'step':<30} {'batch':>5} {'tokens/s':>9} {'CPU tok/s':>10} {'state':>10}")
+    for batch in (1, 8):
+        rates, nbytes = step_rates(ways, args.budget, batch, args.warm_position, args.steps, args.repeats)
+        for name, (wall, cpu) in rates.items():
+            print(f"{name:<30} {batch:>5} {wall:>9.0f} {cpu:>10.0f} {format_bytes(nbytes):>10}")
+    print(f"{'naive recompute, fp32':<30} {1:>5} {'':>9} {naive_rate(model, 1, max(4, args.steps // 20)):>10.0f}")
 
-    torch.set_num_threads(args.threads)
-    print(f"\n3. generation against piece length (batch 1, fp32 and int8, {args.threads} threads)")
-    print(f"{'position':>9} {'fp32 tok/s':>11} {'int8 tok/s':>11} {'state':>10}")
+    print(f"\n3. generation against piece length (batch 1, lean step, {args.gen_threads} thread(s)): CPU tokens/s")
+    lean = {"fp32": (model, lean_fp32), "int8": ways["lean step, int8 weights"]}
+    print(f"{'position':>9} {'fp32':>8} {'int8':>8} {'state':>10}")
     for position in args.positions:
-        rate, nbytes = step_rate(model, args.budget, 1, position, args.steps)
-        rate8, _ = step_rate(quantised, args.budget, 1, position, args.steps)
-        print(f"{position:>9} {rate:>11.0f} {rate8:>11.0f} {format_bytes(nbytes):>10}")
+        rates, nbytes = step_rates(lean, args.budget, 1, position, args.steps, args.repeats)
+        print(f"{position:>9} {rates['fp32'][1]:>8.0f} {rates['int8'][1]:>8.0f} {format_bytes(nbytes):>10}")
+
+    print("\n4. generation against the memory budget (batch 1, lean step): every step reads the whole state")
+    print(f"{'budget':>7} {'fp32 CPU tok/s':>15} {'int8 CPU tok/s':>15}  plan")
+    for budget in args.budgets:
+        rates, _ = step_rates(lean, budget, 1, args.warm_position, args.steps, args.repeats)
+        print(f"{budget:>7} {rates['fp32'][1]:>15.0f} {rates['int8'][1]:>15.0f}  {model.plan(budget).describe()}")
+
+    print("\n5. model size (batch 1, lean step, default budget): CPU tokens/s")
+    print(f"{'size':<8} {'params':>8} {'fp32':>8} {'int8':>8}")
+    for width in args.widths:
+        torch.manual_seed(0)
+        sized = DSMR(DSMRConfig(d_model=width, n_heads=width // 64)).eval()
+        rates, _ = step_rates({"fp32": (sized, lean_fp32), "int8": (int8_model(sized), lean_fp32)},
+                              args.budget, 1, args.warm_position, args.steps, args.repeats)
+        params = sum(p.numel() for p in sized.parameters()) / 1e6
+        print(f"6x{width:<6} {params:>7.1f}M {rates['fp32'][1]:>8.0f} {rates['int8'][1]:>8.0f}")
 
 
 def main() -> None:
@@ -172,13 +212,17 @@ def main() -> None:
     parser.add_argument("--full-cap", type=int, default=2048, help="the full reference's horizon per layer")
     parser.add_argument("--train-tokens", type=int, default=10_000)
     parser.add_argument("--budget", default=DSMRConfig.default_budget)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=200, help="generation steps per timed round")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating timed rounds (medians reported)")
+    parser.add_argument("--gen-threads", type=int, default=1, help="threads for the generation tables")
+    parser.add_argument("--budgets", nargs="+", default=["4MB", "8MB", "16MB", "32MB"])
+    parser.add_argument("--widths", type=int, nargs="+", default=[256, 384])
     parser.add_argument("--warm-position", type=int, default=3000)
     parser.add_argument("--positions", type=int, nargs="+", default=[1000, 4000, 16000, 64000])
     parser.add_argument("--skip-training", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.train_tokens, args.steps, args.positions = 2048, 100, [1000, 4000]
+        args.train_tokens, args.steps, args.positions, args.repeats = 2048, 100, [1000, 4000], 3
     print("DSMR benchmark (CPU; numbers are noisy when other jobs share the machine)")
     if not args.skip_training:
         training_table(args)

@@ -195,9 +195,11 @@ class RecurrentState:
         self.horizons = plan.horizons
         self.max_horizon = max(plan.horizons)
         head_dim = plan.d_model // n_heads
-        shapes = [(plan.batch, n_heads, cap, head_dim) for cap in plan.capacities]
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for shape in shapes]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for shape in shapes]
+        # One buffer per layer holds keys and values side by side, so a step writes both with one copy.
+        self.kv = [torch.zeros(plan.batch, 2, n_heads, cap, head_dim, dtype=dtype, device=device)
+                   for cap in plan.capacities]  # each (B, 2, nh, m_l + L, hs)
+        self.keys = [kv[:, 0] for kv in self.kv]  # views (B, nh, m_l + L, hs)
+        self.values = [kv[:, 1] for kv in self.kv]
         self.valid = torch.zeros(plan.batch, self.max_horizon + self.segment_len, dtype=torch.bool, device=device)
         self.positions = torch.zeros(plan.batch, dtype=torch.long, device=device)  # next position per lane
         self.fill = 0  # tokens of the current segment written so far (shared by all lanes)
@@ -208,7 +210,7 @@ class RecurrentState:
 
     @property
     def nbytes(self) -> int:
-        tensors = [*self.keys, *self.values, self.valid, self.positions]
+        tensors = [*self.kv, self.valid, self.positions]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def reset(self, lane: int) -> None:
@@ -221,10 +223,9 @@ class RecurrentState:
     def close_segment(self) -> None:
         """The current segment is full: each layer keeps its last m_l tokens as memory for the next one."""
         length = self.segment_len
-        for keys, values, m in zip(self.keys, self.values, self.horizons, strict=True):
-            if m:
-                keys[:, :, :m] = keys[:, :, length:].clone()
-                values[:, :, :m] = values[:, :, length:].clone()
+        for kv, m in zip(self.kv, self.horizons, strict=True):
+            if m:  # source and target overlap when m > L: copy through a temporary then
+                kv[:, :, :, :m] = kv[:, :, :, length:].clone() if m > length else kv[:, :, :, length:]
         if self.max_horizon:
             self.valid[:, :self.max_horizon] = self.valid[:, length:].clone()
         self.valid[:, self.max_horizon:] = False

@@ -146,3 +146,31 @@ def test_config_round_trip_and_errors():
         DSMRConfig(schedule="explicit")
     model = DSMR(config)
     assert model.plan("64KB").horizons == (4, 2)
+
+
+def test_step_follows_changed_weights():
+    model = tiny()
+    plan = model.plan("64KB", batch=2)
+    ids = piece_ids(2, SEGMENT + 3)
+    stepped(model, ids, model.new_state(plan))  # packs the weights
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    reference = segment_forward(model, ids, model.new_state(plan))
+    assert torch.allclose(stepped(model, ids, model.new_state(plan)), reference, atol=1e-4)
+
+
+def test_int8_step_weights_stay_close_to_exact():
+    model = tiny(d_model=64, n_heads=4)
+    plan = model.plan("64KB", batch=2)
+    ids = piece_ids(2, 3 * SEGMENT + 2)
+    exact = stepped(model, ids, model.new_state(plan)).log_softmax(-1)
+    model.use_step_weights("int8")
+    quantised = stepped(model, ids, model.new_state(plan)).log_softmax(-1)
+    assert not torch.equal(quantised, exact)  # the int8 matrices were used
+    assert (quantised.exp() - exact.exp()).abs().max() < 2e-3
+    assert (quantised - exact).abs().max() < 0.05
+    model.use_step_weights("fp32")
+    assert torch.allclose(stepped(model, ids, model.new_state(plan)).log_softmax(-1), exact, atol=1e-5)
+    with pytest.raises(ModelError, match="step weights"):
+        model.use_step_weights("int4")

@@ -33,9 +33,9 @@ class DSMRConfig:
     """Model size plus the default memory schedule (a user's budget picks the horizons at run time)."""
 
     vocab_size: int = VOCAB_SIZE
-    d_model: int = 384
+    d_model: int = 256
     n_layers: int = 6
-    n_heads: int = 6
+    n_heads: int = 4
     mlp_ratio: int = 4
     segment_len: int = 256
     dropout: float = 0.0
@@ -134,10 +134,36 @@ class DSMR(nn.Module):
         if plan.d_model != self.config.d_model or len(plan.horizons) != self.config.n_layers:
             raise BudgetError("the plan was made for another model size")
         weight = self.embed.weight
+        self.__dict__["_packed_params"] = list(self.parameters())  # the weights `step` checks for changes
         return RecurrentState(plan, self.config.n_heads, dtype=weight.dtype, device=weight.device)
 
     def _element_size(self) -> int:
         return self.embed.weight.element_size()
+
+    def use_step_weights(self, kind: str) -> None:
+        """How `step` stores its weights: "fp32" (the model's own dtype, exact; the default) or "int8".
+
+        int8: every matrix of the step path (qkv, out, up, down, head) as int8 with one scale per output channel,
+        multiplied with bfloat16 activations (about 4x less weight memory to stream per token; logits within a
+        few hundredths of the exact ones). Training, `forward` and `prefill` are unaffected.
+        """
+        if kind not in STEP_WEIGHTS:
+            raise ModelError(f"unknown step weights {kind!r}: use one of {', '.join(STEP_WEIGHTS)}")
+        if kind == "int8" and not hasattr(torch, "_weight_int8pack_mm"):
+            raise ModelError("int8 step weights need a PyTorch build with _weight_int8pack_mm")
+        self.__dict__["_step_weights"] = kind
+        self.__dict__.pop("_packed_key", None)
+
+    def _packed(self) -> Packed:
+        """The step path's weights, packed again whenever a parameter changed (training, loading, moving)."""
+        params = self.__dict__.get("_packed_params")
+        if params is None:  # a plain list (not a submodule)
+            params = self.__dict__["_packed_params"] = list(self.parameters())
+        key = [(p.data_ptr(), p._version) for p in params]
+        if self.__dict__.get("_packed_key") != key:
+            self.__dict__["_packed_weights"] = pack(self, self.__dict__.get("_step_weights", "fp32"))
+            self.__dict__["_packed_key"] = key
+        return self.__dict__["_packed_weights"]
 
     # -- reading tokens -----------------------------------------------------------------------------------------
 
@@ -149,9 +175,12 @@ class DSMR(nn.Module):
         """
         return self.head(self.norm(self._read(ids, state)))
 
+    @torch.no_grad()
     def step(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
-        """Logits (B, V) for the next token after one id (B,) per lane."""
-        return self.head(self.norm(self._advance(ids[:, None], state)[:, 0]))
+        """Logits (B, V) for the next token after one id (B,) per lane (the lean path below; same numbers)."""
+        if ids.dim() != 1 or ids.shape[0] != state.batch:
+            raise ValueError(f"step takes one id per lane ({state.batch},), got {tuple(ids.shape)}")
+        return _step(self._packed(), ids, state)
 
     def prefill(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
         """Read a primer (B, T) through the state (any length: memory keeps what the budget allows).
@@ -231,6 +260,130 @@ class DSMR(nn.Module):
         if state.fill == seg:
             state.close_segment()
         return x
+
+
+# ---- the lean step path -----------------------------------------------------------------------------------------
+# One id per lane, no gradients: the same computation as `_advance` with T = 1, with the weights packed for
+# one-row products: each RMSNorm weight folded into the projection after it, q/k/v in one matrix, stored (in, out)
+# so a one-row product reads them contiguously (F.linear's layout for the down projection, which is faster
+# there), the residual adds fused into the products (addmm). Keys and values go into the state with one copy,
+# and the validity mask becomes an additive one once per step for all layers. The tests hold it equal to
+# `forward` (fp32); int8 weights are the opt-in fast form (`use_step_weights`).
+
+STEP_WEIGHTS = ("fp32", "int8")
+
+
+class Dense:
+    """A matrix for one-row products in the model's dtype: x @ w, or residual + x @ w in one call."""
+
+    def __init__(self, weight: torch.Tensor, transposed: bool = False):
+        # weight: (out, in) as nn.Linear holds it. Stored (in, out), or kept (out, in) and read transposed.
+        self.w = weight.t() if transposed else weight.t().contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(residual, x, self.w)
+
+
+class Int8:
+    """A matrix as int8 with one scale per output channel, applied to bfloat16 activations."""
+
+    def __init__(self, weight: torch.Tensor, transposed: bool = False):
+        weight = weight.float()  # (out, in)
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.w = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        self.scale = scale.to(torch.bfloat16)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.scale)  # bf16 (B, out)
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return residual + self(x)  # promoted to the residual's dtype
+
+
+@dataclass(frozen=True)
+class PackedLayer:
+    qkv: Dense | Int8  # C -> 3C, attention norm folded in
+    out: Dense | Int8  # C -> C
+    up: Dense | Int8  # C -> hidden, MLP norm folded in
+    down: Dense | Int8  # hidden -> C
+
+
+@dataclass(frozen=True)
+class Packed:
+    embed: torch.Tensor  # (V, C)
+    layers: tuple[PackedLayer, ...]
+    head: Dense | Int8  # C -> V, final norm folded in
+    inv_freq: torch.Tensor  # (hs,): the rotary frequencies twice, for both halves
+    sign: torch.Tensor  # (hs,): -1 on the first half, +1 on the second (rotary as x cos + swap(x) sin)
+    eps: float
+    n_heads: int
+
+
+@torch.no_grad()
+def pack(model: DSMR, kind: str = "fp32") -> Packed:
+    matrix = Int8 if kind == "int8" else Dense
+
+    def folded(norm: RMSNorm, *linears: nn.Linear) -> torch.Tensor:
+        """(out, C): norm(x) @ it.T == linear(rms_norm(x) * norm weight)."""
+        return torch.cat([lin.weight for lin in linears]) * norm.weight[None, :]
+
+    layers = []
+    for block in model.blocks:
+        attn = block.attn
+        layers.append(PackedLayer(matrix(folded(block.attn_norm, attn.q_proj, attn.kv_proj)),
+                                  matrix(attn.out_proj.weight), matrix(folded(block.mlp_norm, block.mlp.up)),
+                                  matrix(block.mlp.down.weight.detach(), transposed=True)))
+    half = model.inv_freq
+    sign = torch.cat([-torch.ones_like(half), torch.ones_like(half)])
+    return Packed(model.embed.weight.detach(), tuple(layers), matrix(folded(model.norm, model.head)),
+                  torch.cat([half, half]), sign, model.norm.eps, model.config.n_heads)
+
+
+def _step(packed: Packed, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
+    """Logits (B, V) after one id per lane; writes its keys/values into the state (as `_advance` with T = 1)."""
+    batch = ids.shape[0]
+    fill, top = state.fill, state.max_horizon
+    old = top + fill  # the new token's global validity column
+    if bool((ids == BOS).any()):  # a BOS resets its lane first
+        for lane in (ids == BOS).nonzero()[:, 0].tolist():
+            state.reset(lane)
+    state.valid[:, old] = True
+    dtype = state.kv[0].dtype
+    bias = torch.zeros(batch, 1, 1, old + 1, dtype=dtype, device=ids.device).masked_fill_(
+        ~state.valid[:, None, None, :old + 1], float("-inf"))  # (B, 1, 1, M + fill + 1) additive mask
+    angles = state.positions[:, None].to(torch.float32) * packed.inv_freq  # (B, hs), as `_advance` computes
+    cos = angles.cos().to(dtype)[:, None, None]  # (B, 1, 1, hs)
+    sin = (angles.sin() * packed.sign).to(dtype)[:, None, None]
+    heads = packed.n_heads
+    x = F.embedding(ids, packed.embed)  # (B, C)
+    width = x.shape[1]
+    head_dim = width // heads
+    half = head_dim // 2
+    eps = packed.eps
+    for layer, kv, m in zip(packed.layers, state.kv, state.horizons, strict=True):
+        qkv = (layer.qkv(x) * _inv_rms(x, eps)).view(batch, 3, heads, head_dim)  # norm(x) @ W = (x @ W) / rms
+        qk = qkv[:, :2]  # (B, 2, nh, hs) queries and keys, rotated in place below
+        torch.addcmul(qk * cos, torch.cat([qk[..., half:], qk[..., :half]], -1), sin, out=qk)
+        end = m + fill + 1
+        kv[:, :, :, end - 1] = qkv[:, 1:]  # this token's key and value
+        out = F.scaled_dot_product_attention(qkv[:, 0, :, None], kv[:, 0, :, :end], kv[:, 1, :, :end],
+                                             attn_mask=bias[..., top - m:])  # (B, nh, 1, hs)
+        x = layer.out.add_to(x, out.view(batch, width))
+        hidden = F.gelu(layer.up(x) * _inv_rms(x, eps), approximate="tanh")
+        x = layer.down.add_to(x, hidden)
+    state.positions += 1
+    state.fill += 1
+    if state.fill == state.segment_len:
+        state.close_segment()
+    return packed.head(x) * _inv_rms(x, eps)
+
+
+def _inv_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """(B, 1): 1 / sqrt(mean(x^2) + eps), RMSNorm's scale, which commutes with the product after it (few ops)."""
+    return torch.linalg.vecdot(x, x).mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()[:, None]
 
 
 def segment_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

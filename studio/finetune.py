@@ -168,8 +168,11 @@ class FineTuneDialog(QDialog):
 
         split = QSplitter(Qt.Horizontal)
         self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(["Corpus", ""])
+        self.table.horizontalHeader().setVisible(False)
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(24)
+        self.table.setShowGrid(False)
+        self.table.setMinimumHeight(7 * 24 + 6)
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
         self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
@@ -201,11 +204,15 @@ class FineTuneDialog(QDialog):
         self.minutes = QDoubleSpinBox()
         self.minutes.setRange(0.1, 24 * 60)
         self.minutes.setValue(15)
+        self.minutes.setSuffix(" min")
         self.steps = QSpinBox()
         self.steps.setRange(1, 10_000_000)
         self.steps.setValue(500)
         for widget in (self.by_minutes, self.minutes, self.by_steps, self.steps):
             limit.addWidget(widget)
+        self.by_minutes.toggled.connect(self.minutes.setEnabled)
+        self.by_steps.toggled.connect(self.steps.setEnabled)
+        self.steps.setEnabled(False)
         limit.addStretch(1)
         form.addRow("Train for", limit)
         self.budget = QDoubleSpinBox()
@@ -288,6 +295,8 @@ class FineTuneDialog(QDialog):
         for item in summary.duplicates:
             self.skipped.addTopLevelItem(QTreeWidgetItem([Path(item.path).name,
                                                           f"duplicate of {Path(item.same_as).name}"]))
+        if not summary.skipped and not summary.duplicates:
+            self.skipped.addTopLevelItem(QTreeWidgetItem(["(none)", "every file was read"]))
         self.skipped.resizeColumnToContents(0)
         ready = summary.pieces > 0 and self.base.count() > 0
         self.start.setEnabled(ready)

@@ -252,6 +252,7 @@ class GeneratePanel(QWidget):
     def set_generating(self, on: bool) -> None:
         self.generating = on
         self.progress.setVisible(on)
+        self.progress.setRange(0, 1000)
         self.progress.setValue(0)
         for widget in (self.models, self.add_model, self.variations, self.budget.slider, self.takes_box):
             widget.setEnabled(not on)
@@ -259,9 +260,15 @@ class GeneratePanel(QWidget):
             self.budget.set_live(None)
         self.refresh()
 
-    def set_progress(self, seconds: float, state_bytes: int) -> None:
-        self.progress.setValue(int(1000 * min(1.0, seconds / max(self.seconds.value(), 1e-9))))
-        self.progress.setFormat(f"{seconds:.1f} of {self.seconds.value():.0f} s")
+    def set_progress(self, seconds: float, state_bytes: int, reading: bool = False) -> None:
+        if reading:  # no new note before the whole primer is in the state: a busy bar, not 0%
+            self.progress.setRange(0, 0)
+            self.hint.setText("Reading your piece into the model's memory…")
+        else:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(1000 * min(1.0, seconds / max(self.seconds.value(), 1e-9))))
+            self.progress.setFormat(f"{seconds:.1f} of {self.seconds.value():.0f} s written")
+            self.hint.setText("Writing… Stop keeps what is written so far.")
         self.budget.set_live(state_bytes)
 
     def set_takes(self, take: int, count: int) -> None:

@@ -86,6 +86,7 @@ class LiveNotes:
     notes: dict[int, list[NoteEvent]]  # take -> "off" events (each a whole note)
     seconds: float  # music written so far in take 1
     state_bytes: int
+    reading: bool = False  # still reading the primer into the state (before the first new note)
 
 
 class Generate(Job):
@@ -104,6 +105,7 @@ class Generate(Job):
                           max_seconds=request.seconds, batch=request.variations, seed=request.seed, state=state)
         takes: list[list[NoteEvent]] = [[] for _ in p.decoders]
         pending: dict[int, list[NoteEvent]] = {}
+        self.progress.emit(LiveNotes({}, 0.0, state.nbytes, reading=len(p.primer) > 1))
         last_emit = time.monotonic()
         try:
             for step in stream:

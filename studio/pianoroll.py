@@ -31,7 +31,7 @@ PX_PER_SECOND = 60.0
 KEY_HEIGHT = 7.0
 RULER_HEIGHT = 26
 KEYS_WIDTH = 46
-MIN_SCALE, MAX_SCALE = 0.05, 20.0
+MIN_SCALE, MAX_SCALE = 0.002, 20.0
 BLACK_KEYS = {1, 3, 6, 8, 10}
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 

@@ -175,8 +175,11 @@ class TransportBar(QWidget):
                 self.start()
                 return
             elapsed = self._length
-        self.time.setText(f"{int((self.start_at + elapsed) // 60)}:{(self.start_at + elapsed) % 60:04.1f}")
+        self.show_time(self.start_at + elapsed)
         self.position.emit(self.start_at + elapsed)
+
+    def show_time(self, seconds: float) -> None:
+        self.time.setText(f"{int(seconds // 60)}:{seconds % 60:04.1f}")
 
     def silence(self) -> None:
         self.stop()

@@ -183,6 +183,7 @@ class MainWindow(QMainWindow):
 
     def _playhead_moved(self, seconds: float) -> None:
         self.transport.set_piece(self.document.piece.whole, seconds)
+        self.transport.show_time(seconds)
 
     def error(self, title: str, message: str) -> None:
         self.statusBar().showMessage(message, 10000)
@@ -397,11 +398,17 @@ class MainWindow(QMainWindow):
         if self.sender() is not self.generation:
             return
         self.roll.add_live(live.notes.get(0, []))  # take 1 is drawn live; the others arrive at the end
-        self.panel.set_progress(live.seconds, live.state_bytes)
+        self.panel.set_progress(live.seconds, live.state_bytes, live.reading)
 
     def _generated(self, parts: list[Performance]) -> None:
         job = self.sender()
         request = job.request
+        if job.stopping and not any(len(part) for part in parts):
+            self.generation = None
+            self.roll.clear_live()
+            self.roll.set_piece(self.document.piece)  # nothing written: the piece stays as it was
+            self.statusBar().showMessage("Stopped before any note was written; the piece is unchanged", 8000)
+            return
         base = Piece.empty() if request.new_piece else request.base
         self.takes = [base.with_generated(part) for part in parts]
         count = len(self.takes)

@@ -1,0 +1,136 @@
+"""Screenshots of Recital Studio in a real window: at rest, mid-generation, and the fine-tune dialog mid-run.
+
+    .venv/bin/python scripts/screenshots.py [--out /tmp/recital-shots] [--model DIR] [--midi FILE]
+
+Without a display it starts Xvfb (`apt-get install xvfb`) on :99 and uses Qt's xcb platform, so the shots
+show the window as a user sees it; with neither it falls back to Qt's offscreen platform. Without --model it
+makes a small DSMR with random weights (the notes it writes are noise; the screens are what matter). User
+folders (settings, models, corpus cache) are temporary: nothing of the user's is read or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MIDI = ROOT.parent / "shared" / "midi"
+
+
+def start_display() -> subprocess.Popen | None:
+    """A virtual X display when there is no display; None when one exists or Xvfb is missing."""
+    if os.environ.get("DISPLAY") or os.environ.get("QT_QPA_PLATFORM"):
+        return None
+    if shutil.which("Xvfb") is None:
+        print("no display and no Xvfb: using the offscreen platform", file=sys.stderr)
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        return None
+    server = subprocess.Popen(["Xvfb", ":99", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    os.environ["DISPLAY"] = ":99"
+    os.environ["QT_QPA_PLATFORM"] = "xcb"
+    return server
+
+
+def demo_model(folder: Path) -> Path:
+    """A small two-scale DSMR with random weights, saved as a user model with a card."""
+    import torch
+
+    from core.modeldir import save_model
+    from core.models.dsmr import DSMR, DSMRConfig
+
+    torch.manual_seed(0)
+    config = DSMRConfig(d_model=64, n_layers=6, n_heads=4, segment_len=256, max_horizon=8192, n_long=2,
+                        default_budget="8MB")
+    card = ("# demo: DSMR 6 x 64, random weights (for screenshots)\n\n"
+            "- data: none (untrained)\n- best held-out perplexity: not measured\n")
+    return save_model(DSMR(config), folder / "demo", card)
+
+
+def pump(app, seconds: float, until=None) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not (until and until()):
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def shoot(widget, path: Path) -> None:
+    widget.grab().save(str(path))
+    print(f"wrote {path}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="/tmp/recital-shots")
+    parser.add_argument("--model", help="a model directory (default: a random demo DSMR)")
+    parser.add_argument("--midi", default=str(SHARED_MIDI / "maestro" / "maestro_01.mid"))
+    parser.add_argument("--corpus", default=str(SHARED_MIDI / "maestro"), help="folder for the fine-tune shot")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="recital-shots-"))
+    for name in ("CONFIG", "DATA", "CACHE"):
+        os.environ[f"RECITAL_{name}_DIR"] = str(home / name.lower())
+    server = start_display()
+    sys.path.insert(0, str(ROOT))
+    try:
+        from PySide6.QtWidgets import QApplication
+
+        from studio import theme
+        from studio.settings import Settings
+        from studio.window import MainWindow
+
+        app = QApplication(["recital-studio"])
+        theme.apply(app)
+        model = Path(args.model) if args.model else demo_model(home / "data" / "models")
+        window = MainWindow(Settings(budget_mb=8.0, seconds=40.0), extra_models=[] if not args.model else [model])
+        window.resize(1440, 880)
+        window.show()
+        pump(app, 10, lambda: window.model is not None)
+        window.open_file(args.midi)
+        pump(app, 0.5)
+        shoot(window, out / "1-main-at-rest.png")
+
+        window.roll.set_playhead(45.0, user=True)
+        window.panel.mode_playhead.setChecked(True)
+        window.panel.variations.setValue(2)
+        window.generate()
+        pump(app, 40.0, lambda: len(window.roll.notes("live")) > 80)
+        shoot(window, out / "2-main-generating.png")
+        window.stop_generating()
+        pump(app, 10, lambda: window.generation is None)
+        pump(app, 0.3)
+        shoot(window, out / "3-main-after-generation.png")
+
+        dialog = window.fine_tune(workers=1, train_options={"batch": 2, "val_every": 10, "log_every": 1,
+                                                            "checkpoint_every": 50, "val_max_pieces": 1})
+        dialog.resize(1000, 720)
+        dialog.scan_folder(args.corpus)
+        pump(app, 120, lambda: dialog.summary is not None)
+        shoot(dialog, out / "4-finetune-folder.png")
+        dialog.by_steps.setChecked(True)
+        dialog.steps.setValue(60)
+        dialog.out.setText("my-maestro")
+        dialog.start_training()
+        pump(app, 240, lambda: len(dialog.plot.held_out) >= 3 and len(dialog.plot.train) >= 25)
+        shoot(dialog, out / "5-finetune-training.png")
+        dialog.cancel_or_close()
+        pump(app, 60, lambda: dialog.train is None)
+        window.document.undo_stack.setClean()
+        window.close()
+        return 0
+    finally:
+        if server is not None:
+            server.terminate()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

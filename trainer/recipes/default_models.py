@@ -1,0 +1,397 @@
+"""Train, evaluate and export a shipped default model: one command, resumable across sessions.
+
+    python -m trainer.recipes.music21_corpus                          # first: the MIDI cache of music21's corpus
+    python -m trainer.recipes.default_models --arch dsmr --resume     # train (or go on), then export
+    python -m trainer.recipes.default_models --arch perceivers --plan # data, weights and token shares only
+
+Every setting lives in `default_models.toml` (beside this file); the command picks the model and may change the
+length of the run (`--minutes`, `--steps`) or, for trials, its size and where things go (`--size`, `--data`,
+`--run`, `--dest`). The run trains from scratch with `trainer.loop.fine_tune` in a run folder outside the
+repository (checkpoints every few minutes of wall time; `--resume` continues it, or starts it when there is none
+yet, so the same command can be repeated in the background session after session). Only when the run ends (its
+minutes or steps are used up, or it stops improving) is the best model scored on held-out corpus pieces and on
+the MAESTRO performances (never trained on), stored in fp16 and written to `assets/models/<name>/` with a card
+that says how to make it again. Ctrl-C or SIGTERM stops after the current step and keeps a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shlex
+import shutil
+import signal
+import sys
+import tomllib
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import MidiError, ModelError, RecitalError
+
+CONFIG_FILE = Path(__file__).with_suffix(".toml")
+REPO = Path(__file__).resolve().parents[2]
+MAX_MODEL_BYTES = 25 * 1024 * 1024
+RECIPE_STATE = "recipe.json"  # in the run folder: the data and weights the run started with
+TRAIN_DIR = "train"  # in the run folder: the training loop's output (checkpoints, events, best model)
+ARCH_ONLY = ("name", "eval_pieces", "model")  # keys of a model's table that are not TrainConfig fields
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One model's recipe: the [data] table, [train] with the model's own table over it."""
+
+    arch: str
+    name: str
+    train: dict  # TrainConfig fields
+    model: dict  # model config fields over the size preset
+    weights: dict[str, float]
+    monophonic: tuple[str, ...]
+    min_polyphonic_share: float
+    maestro: Path
+    eval_pieces: int
+
+
+def load_recipe(path: Path, arch: str) -> Recipe:
+    """The recipe of `arch` from the TOML file, checked; ModelError naming the file on any problem."""
+    from trainer.config import TrainConfig
+    from trainer.weights import load_weights
+
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ModelError(f"{path}: cannot read the recipe ({error})") from None
+    if arch not in table:
+        raise ModelError(f"{path}: no [{arch}] table")
+    data, own = table.get("data", {}), table[arch]
+    train = {**table.get("train", {}), **{k: v for k, v in own.items() if k not in ARCH_ONLY}}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(train) - known)
+    if unknown:
+        raise ModelError(f"{path}: unknown training settings {', '.join(unknown)}")
+    try:
+        return Recipe(arch=arch, name=str(own["name"]), train=train, model=dict(own.get("model", {})),
+                      weights=load_weights(data["weights"]), monophonic=tuple(data.get("monophonic", ())),
+                      min_polyphonic_share=float(data.get("min_polyphonic_share", 0.5)),
+                      maestro=(REPO / data["maestro"]).resolve(),
+                      eval_pieces=int(own.get("eval_pieces", data.get("eval_pieces", 300))))
+    except KeyError as error:
+        raise ModelError(f"{path}: the recipe needs {error.args[0]!r}") from None
+
+
+def balance(weights: dict[str, float], tokens: dict[str, int], monophonic: tuple[str, ...],
+            min_share: float) -> dict[str, float]:
+    """The weight of every collection present, the monophonic ones scaled down (never up) if needed so that
+    the polyphonic collections get at least `min_share` of the drawn tokens."""
+    from trainer.weights import DEFAULT_KEY
+
+    used = {name: weights.get(name, weights.get(DEFAULT_KEY, 1.0)) for name in sorted(tokens)}
+    mono = sum(tokens[n] * w for n, w in used.items() if n in monophonic)
+    poly = sum(tokens[n] * w for n, w in used.items() if n not in monophonic)
+    if poly == 0:
+        raise ModelError("the data holds no polyphonic collection with a positive weight")
+    if mono > 0 and poly / (poly + mono) < min_share:
+        factor = poly * (1.0 - min_share) / (min_share * mono)
+        used = {n: w * factor if n in monophonic else w for n, w in used.items()}
+    return used
+
+
+def default_run_dir(name: str) -> Path:
+    from core.modeldir import user_models_dir
+
+    return user_models_dir().parent / "runs" / name
+
+
+def check_data(folder: Path, is_default: bool) -> None:
+    """The converted corpus must be there (and complete, for the default cache)."""
+    hint = "convert music21's corpus first: python -m trainer.recipes.music21_corpus"
+    if not folder.is_dir():
+        raise MidiError(folder, f"no MIDI cache here; {hint}")
+    if is_default and not (folder / "manifest.json").is_file():
+        raise MidiError(folder, f"the conversion has not finished (no manifest.json); {hint}")
+    if not any(folder.rglob("*.mid")):
+        raise MidiError(folder, f"no MIDI files here; {hint}")
+
+
+def fingerprint(corpus) -> str:
+    """Which pieces a corpus holds (their content hashes, in order): a resumed run must see the same data."""
+    return hashlib.sha256("".join(p.hash for p in corpus.index).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def run_lock(run: Path):
+    """One process trains a run folder at a time (another session's background run holds the lock)."""
+    run.mkdir(parents=True, exist_ok=True)
+    handle = open(run / ".lock", "w")
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no fcntl (Windows): no lock
+            pass
+        except OSError:
+            raise ModelError(f"{run}: another process is training this run (wait for it, or stop it)") from None
+        yield
+    finally:
+        handle.close()
+
+
+class StopFlag:
+    """SIGINT or SIGTERM asks the loop to stop after its step (it checkpoints); a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step; continue with --resume", file=sys.stderr)
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+# ---- evaluation and the card ------------------------------------------------------------------------------------
+
+def evaluate(model, corpus, val: list[int], recipe: Recipe, log) -> dict:
+    """Held-out perplexity (all, polyphonic, monophonic) on corpus pieces and on MAESTRO, under the model's
+    default budget, as `recital eval` measures it."""
+    from core.metrics import perplexity_report
+    from core.midi import read_performance
+    from core.state import parse_budget
+    from trainer.weights import collections
+
+    budget = parse_budget(model.config.default_budget)
+    rng = np.random.default_rng([recipe.train.get("seed", 0), 11])
+    chosen = sorted(rng.permutation(val)[:recipe.eval_pieces].tolist())
+    names = collections(corpus, chosen)
+    results: dict[str, dict] = {}
+    groups = {"polyphonic": [i for i, n in zip(chosen, names, strict=True) if n not in recipe.monophonic],
+              "monophonic": [i for i, n in zip(chosen, names, strict=True) if n in recipe.monophonic]}
+    for label, pieces in groups.items():
+        if pieces:
+            log(f"scoring {len(pieces)} held-out {label} pieces")
+            results[f"corpus, {label}"] = perplexity_report(model, [corpus.piece(i) for i in pieces],
+                                                            budget).to_json()
+    parts = list(results.values())
+    if parts:  # all held-out pieces: the token-weighted mean of the parts' log-perplexities
+        tokens = sum(p["tokens"] for p in parts)
+        nll = sum(math.log(p["perplexity"]) * p["tokens"] for p in parts)
+        results = {"corpus": {"perplexity": math.exp(nll / tokens), "tokens": tokens,
+                              "pieces": sum(p["pieces"] for p in parts)}, **results}
+    maestro = sorted(recipe.maestro.glob("*.mid")) if recipe.maestro.is_dir() else []
+    if maestro:
+        log(f"scoring {len(maestro)} MAESTRO performances")
+        results["maestro"] = perplexity_report(model, [read_performance(p) for p in maestro], budget).to_json()
+    else:
+        log(f"no MAESTRO files in {recipe.maestro}: not scored")
+    for row in results.values():
+        row.pop("by_position", None)
+    return results
+
+
+def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, shares: dict, lengths: dict,
+              run: dict, scores: dict, model_config: dict, parameters: int, weights_bytes: int) -> str:
+    """card.md of a default model: what it is, how to make it again, what it was trained on, how good it is."""
+    ppl = scores.get("corpus", {}).get("perplexity")
+    maestro = scores.get("maestro", {}).get("perplexity")
+    title = (f"# {recipe.name}: {recipe.arch} trained from scratch on music21's corpus ({totals['pieces']:,} pieces)"
+             + (f", held-out perplexity {ppl:.2f}" if ppl is not None else "")
+             + (f", MAESTRO {maestro:.1f}" if maestro is not None else ""))
+    lines = [title, "", f"Recipe: `{command}` (settings: `trainer/recipes/default_models.toml`, [{recipe.arch}], "
+             "quoted below).", "",
+             "## Data", "",
+             f"- {totals['folder']}: {totals['files']:,} files, {totals['pieces']:,} pieces "
+             f"({totals['train_pieces']:,} train, {totals['val_pieces']:,} held out), {totals['tokens']:,} tokens, "
+             f"{totals['hours']:.1f} hours; {totals['skipped']} files unreadable, {totals['duplicates']} duplicates",
+             f"- polyphonic share of training tokens: {totals['polyphonic_share']:.1%} "
+             f"(at least {recipe.min_polyphonic_share:.0%} asked)",
+             "- augmentation: transposition +-{transpose} semitones, tempo x(1 +- {stretch}){expressive}".format(
+                 transpose=recipe.train.get("transpose", 5), stretch=recipe.train.get("stretch", 0.05),
+                 expressive="; expressive performance (trainer.expressive defaults: rubato, onset jitter, legato, "
+                            "pedal, phrase dynamics)" if recipe.train.get("expressive") else ""),
+             "", "| collection | pieces | tokens | weight | share of training tokens |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {name or '(top)'} | {row['pieces']:,} | {row['tokens']:,} | {row['weight']:.3g} | "
+              f"{row['share']:.1%} |" for name, row in shares.items()]
+    lines += ["", "Share of training tokens by piece length: "
+              + ", ".join(f"{label} tokens {share:.0%}" for label, share in lengths.items()), "",
+              "## Training", "",
+              f"- {run['steps']:,} steps ({run['tokens']:,} training tokens), best held-out model at step "
+              f"{run['best_step']:,}; ended: {run['stopped']}",
+              f"- wall time: {_duration(run['wall_seconds'])} on {run['device']}",
+              f"- {parameters / 1e6:.2f} M parameters, stored in fp16 ({weights_bytes / 2**20:.1f} MB)", "",
+              "## Held-out perplexity", "",
+              "Whole pieces read left to right under the model's default budget "
+              f"({model_config.get('default_budget')}), from the fp16 weights as shipped.", "",
+              "| set | pieces | tokens | perplexity |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {label} | {row['pieces']:,} | {row['tokens']:,} | {row['perplexity']:.3f} |"
+              for label, row in scores.items()]
+    lines += ["", "MAESTRO: expressive piano performances, never trained on (a different licence; the "
+              "fine-tuning demo).", "", f"Date: {datetime.now().strftime('%Y-%m-%d')}", "",
+              "## Model config", "", "```json", json.dumps(model_config, indent=1), "```", "",
+              "## Recipe settings", "", "```toml", config_text.strip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+# ---- the command -------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.recipes.default_models",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", choices=("dsmr", "perceivers"), required=True)
+    parser.add_argument("--minutes", type=float, help="training minutes over all sessions (default: the recipe's)")
+    parser.add_argument("--steps", type=int, help="stop after this many steps (as well)")
+    parser.add_argument("--resume", action="store_true", help="continue the run (or start it if there is none yet)")
+    parser.add_argument("--plan", action="store_true", help="show the data, weights and token shares; train nothing")
+    parser.add_argument("--size", choices=("tiny", "small", "default"), help="model size (trials; default: recipe)")
+    parser.add_argument("--no-expressive", action="store_true", help="train without expressive performance")
+    parser.add_argument("--data", type=Path, help="MIDI folder (default: the music21_corpus cache)")
+    parser.add_argument("--run", type=Path, help="run folder: checkpoints and events (default: user data dir)")
+    parser.add_argument("--dest", type=Path, help="model directory written at the end (default: assets/models/NAME)")
+    parser.add_argument("--config", type=Path, default=CONFIG_FILE, help="recipe file (default: %(default)s)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--workers", type=int, help="processes that scan the MIDI folder")
+    args = parser.parse_args(argv)
+    command = "python -m trainer.recipes.default_models " + shlex.join(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args, command)
+    except RecitalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace, command: str) -> int:
+    from core.cli.train import ProgressView
+    from core.midi import atomic_write_bytes
+    from core.modeldir import WEIGHTS, load_model, save_model
+    from trainer import checkpoint as ckpt
+    from trainer.config import TrainConfig
+    from trainer.corpus import Corpus
+    from trainer.loop import fine_tune
+    from trainer.recipes.music21_corpus import default_out_dir
+    from trainer.weights import collections, length_shares, piece_weights, token_shares
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    recipe = load_recipe(args.config, args.arch)
+    train_settings = dict(recipe.train)
+    for name, value in (("minutes", args.minutes), ("steps", args.steps), ("size", args.size)):
+        if value is not None:
+            train_settings[name] = value
+    if args.no_expressive:
+        train_settings["expressive"] = False
+    recipe = Recipe(**{**recipe.__dict__, "train": train_settings})
+    data = (args.data or default_out_dir()).expanduser().resolve()
+    check_data(data, args.data is None)
+    run_dir = (args.run or default_run_dir(recipe.name)).expanduser().resolve()
+    dest = (args.dest or REPO / "assets" / "models" / recipe.name).expanduser().resolve()
+
+    log(f"reading {data}")
+    corpus = Corpus.build(data, workers=args.workers)
+    if len(corpus) < 4:
+        raise MidiError(data, f"only {len(corpus)} readable pieces: too few to train a default model")
+    seed, val_fraction = train_settings.get("seed", 0), train_settings.get("val_fraction", 0.1)
+    train, val = corpus.split(val_fraction, seed)
+    names = collections(corpus, train)
+    tokens = {}
+    for i, name in zip(train, names, strict=True):
+        tokens[name] = tokens.get(name, 0) + corpus.index[i].tokens
+    weights = balance(recipe.weights, tokens, recipe.monophonic, recipe.min_polyphonic_share)
+    multipliers = piece_weights(corpus, train, weights)
+    shares, lengths = token_shares(corpus, train, multipliers), length_shares(corpus, train, multipliers)
+    polyphonic = sum(row["share"] for name, row in shares.items() if name not in recipe.monophonic)
+    log(f"{len(corpus):,} pieces ({len(train):,} train, {len(val):,} held out), {corpus.total_tokens:,} tokens; "
+        f"polyphonic share of training tokens {polyphonic:.1%}")
+    log(f"{'collection':<22}{'pieces':>8}{'tokens':>12}{'weight':>8}{'share':>8}")
+    for name, row in shares.items():
+        log(f"{name or '(top)':<22}{row['pieces']:>8,}{row['tokens']:>12,}{row['weight']:>8.3g}{row['share']:>8.1%}")
+    log("by piece length: " + ", ".join(f"{label} tokens {share:.0%}" for label, share in lengths.items()))
+    if args.plan:
+        return 0
+
+    with run_lock(run_dir):
+        state_file, train_dir = run_dir / RECIPE_STATE, run_dir / TRAIN_DIR
+        have_checkpoint = train_dir.is_dir() and ckpt.latest_checkpoint(train_dir) is not None
+        started = {"arch": recipe.arch, "data": str(data), "fingerprint": fingerprint(corpus), "weights": weights}
+        if have_checkpoint and not args.resume:
+            raise ModelError(f"{run_dir} holds a run already: pass --resume to continue it, or --run elsewhere")
+        if have_checkpoint:
+            saved = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
+            if saved.get("fingerprint") != started["fingerprint"] or saved.get("arch") != recipe.arch:
+                raise ModelError(f"{run_dir}: this run started on other data or another model ({saved.get('data')}, "
+                                 f"{saved.get('arch')}); use another --run for a new one")
+            log(f"resuming the run in {run_dir}")
+        else:
+            others = [p.name for p in run_dir.iterdir() if p.name not in (".lock", RECIPE_STATE, TRAIN_DIR)]
+            if others or (train_dir.exists() and not state_file.is_file()):
+                raise ModelError(f"{run_dir} is not empty and is not a recipe run: choose another --run")
+            shutil.rmtree(train_dir, ignore_errors=True)  # a run stopped before its first checkpoint: start again
+            atomic_write_bytes(state_file, json.dumps(started, indent=1).encode(), what="recipe state")
+            log(f"starting a new run in {run_dir}")
+        config = TrainConfig(folder=str(data), out=str(train_dir), base=None, arch=recipe.arch, model=recipe.model,
+                             weights=weights, resume=have_checkpoint, device=args.device, workers=args.workers,
+                             command=command, **train_settings)
+        view = ProgressView(sys.stderr)
+        with StopFlag() as stop:
+            result = fine_tune(config, on_progress=view, should_stop=stop)
+        view.close()
+        if result.stopped == "stopped":
+            log(f"stopped at step {result.steps}: continue with the same command and --resume")
+            return 130
+
+        log(f"training ended ({result.stopped}) at step {result.steps}; scoring and exporting the best model")
+        checkpoint_state = json.loads((ckpt.latest_checkpoint(train_dir) / ckpt.STATE).read_text(encoding="utf-8"))
+        device = args.device or ("cuda" if _cuda() else "cpu")
+        model = load_model(train_dir, device).half().float()  # scored as shipped: fp16 weights, fp32 arithmetic
+        scores = evaluate(model, corpus, val, recipe, log)
+        totals = {"folder": str(data), "files": corpus.summary.files, "pieces": len(corpus),
+                  "train_pieces": len(train), "val_pieces": len(val), "tokens": corpus.total_tokens,
+                  "hours": corpus.hours, "skipped": len(corpus.summary.skipped),
+                  "duplicates": len(corpus.summary.duplicates), "polyphonic_share": polyphonic}
+        run_info = {"steps": result.steps, "tokens": result.tokens, "wall_seconds": result.wall_seconds,
+                    "stopped": result.stopped, "best_step": checkpoint_state.get("best_step") or 0, "device": device}
+        parameters = sum(p.numel() for p in model.parameters())
+        text = card_text(recipe=recipe, command=command, config_text=args.config.read_text(encoding="utf-8"),
+                         totals=totals, shares=shares, lengths=lengths, run=run_info, scores=scores,
+                         model_config=model.config.to_dict(), parameters=parameters, weights_bytes=parameters * 2)
+        save_model(model.half().cpu(), dest, text)
+        size = (dest / WEIGHTS).stat().st_size
+        load_model(dest)  # the shipped directory loads
+        for label, row in scores.items():
+            log(f"held-out perplexity, {label}: {row['perplexity']:.3f} ({row['pieces']} pieces, {row['tokens']:,} "
+                "tokens)")
+        log(f"model: {dest} ({size / 2**20:.1f} MB)")
+        if size > MAX_MODEL_BYTES:
+            log(f"warning: the weights are over {MAX_MODEL_BYTES // 2**20} MB: too large to ship in the repository")
+        return 0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 7200 else f"{seconds / 60:.1f} min"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

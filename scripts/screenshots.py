@@ -109,7 +109,7 @@ def main() -> int:
         pump(app, 0.3)
         shoot(window, out / "3-main-after-generation.png")
 
-        dialog = window.fine_tune(workers=1, train_options={"batch": 2, "val_every": 10, "log_every": 1,
+        dialog = window.fine_tune(workers=1, train_options={"batch": 2, "val_every": 6, "log_every": 1,
                                                             "checkpoint_every": 50, "val_max_pieces": 1})
         dialog.resize(1000, 720)
         dialog.scan_folder(args.corpus)
@@ -119,7 +119,7 @@ def main() -> int:
         dialog.steps.setValue(60)
         dialog.out.setText("my-maestro")
         dialog.start_training()
-        pump(app, 240, lambda: len(dialog.plot.held_out) >= 3 and len(dialog.plot.train) >= 25)
+        pump(app, 300, lambda: len(dialog.plot.held_out) >= 3 and len(dialog.plot.train) >= 14)
         shoot(dialog, out / "5-finetune-training.png")
         dialog.cancel_or_close()
         pump(app, 60, lambda: dialog.train is None)

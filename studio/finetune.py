@@ -336,7 +336,8 @@ class FineTuneDialog(QDialog):
         if event.phase == "scan":
             self.status.setText(event.message or "reading the folder…")
             return
-        self.progress.setValue(int(1000 * min(1.0, max(0.0, event.fraction))))
+        if event.kind == "step":  # other events carry no fraction: the bar never runs backwards
+            self.progress.setValue(max(self.progress.value(), int(1000 * min(1.0, max(0.0, event.fraction)))))
         parts = [f"step {event.step:,}" + (f" of {event.total_steps:,}" if event.total_steps else "")]
         if event.phase == "validate":
             parts.append("measuring held-out perplexity…")

@@ -267,7 +267,7 @@ class GeneratePanel(QWidget):
         else:
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(1000 * min(1.0, seconds / max(self.seconds.value(), 1e-9))))
-            self.progress.setFormat(f"{seconds:.1f} of {self.seconds.value():.0f} s written")
+            self.progress.setFormat(f"{min(seconds, self.seconds.value()):.1f} of {self.seconds.value():.0f} s written")
             self.hint.setText("Writing… Stop keeps what is written so far.")
         self.budget.set_live(state_bytes)
 

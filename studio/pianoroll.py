@@ -312,6 +312,14 @@ class PianoRoll(QWidget):
         self.view.centerOn(0, centre)
         self.view.horizontalScrollBar().setValue(0)
 
+    def show_span(self, start: float, end: float) -> None:
+        """Zoom and scroll so the seconds [start, end] fill the width (where new notes are about to appear)."""
+        width = max(self.view.viewport().width(), 100)
+        self._resize_scene(max(self.duration, end))
+        self.view.zoom(width / (max(end - start, 1.0) * PX_PER_SECOND) / self.view.x_scale)
+        self.view.horizontalScrollBar().setValue(int(start * PX_PER_SECOND * self.view.x_scale))
+        self._follow()
+
     def _resize_scene(self, duration: float) -> None:
         width = (max(duration, 10.0) + 30.0) * PX_PER_SECOND
         self.scene.setSceneRect(0, 0, width, 128 * KEY_HEIGHT)

@@ -181,6 +181,10 @@ class MainWindow(QMainWindow):
         self.transport.set_piece(self.document.piece.whole, self.roll.playhead)
         self._title()
 
+    def place_playhead(self, seconds: float) -> None:
+        self.roll.set_playhead(seconds)
+        self._playhead_moved(seconds)
+
     def _playhead_moved(self, seconds: float) -> None:
         self.transport.set_piece(self.document.piece.whole, seconds)
         self.transport.show_time(seconds)
@@ -205,7 +209,7 @@ class MainWindow(QMainWindow):
             self.takes = []
             self.panel.set_takes(0, 0)
             self.document.replace(Piece.empty())
-            self.roll.set_playhead(0.0)
+            self.place_playhead(0.0)
 
     def open_dialog(self) -> None:
         if not self.maybe_save():
@@ -224,7 +228,7 @@ class MainWindow(QMainWindow):
         self.settings.last_folder = str(Path(path).parent)
         self.takes = []
         self.panel.set_takes(0, 0)
-        self.roll.set_playhead(self.document.piece.duration)
+        self.place_playhead(self.document.piece.duration)
         self.roll.fit()
         QTimer.singleShot(0, self.roll.fit)  # again once the window has its real size
         piece = self.document.piece
@@ -298,7 +302,7 @@ class MainWindow(QMainWindow):
 
     def _recorded(self, perf: Performance) -> None:
         self.document.apply(Piece(perf, Performance.empty()), "Record primer")
-        self.roll.set_playhead(perf.duration)
+        self.place_playhead(perf.duration)
         self.roll.fit()
 
     # -- models ---------------------------------------------------------------------------------------------
@@ -380,6 +384,8 @@ class MainWindow(QMainWindow):
             return None
         self.generation = job
         self.roll.set_piece(request.base)
+        start = job.prepared.start_time
+        self.roll.show_span(max(0.0, start - 20.0), start + request.seconds + 5.0)  # context, then what comes
         self.panel.set_generating(True)
         job.progress.connect(self._live)
         job.succeeded.connect(self._generated)

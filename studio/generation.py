@@ -1,6 +1,6 @@
 """Generation as a studio job: continue the piece (from its end or the playhead) or write a new one, K takes.
 
-`prepare(request, model)` is pure: it builds the primer ids, the decoders that read them, the state plan and
+`prepare(request, model)` is pure (the job calls it in its thread): it builds the primer ids, the decoders that read them, the state plan and
 the token limit. `Generate.work()` streams `core.generate.generate` and reports, through signals only, the
 note events of every take as they finish (batched about every 40 ms so the roll stays smooth), the state's
 memory, and at the end one new `Performance` per take. Stopping keeps what was written so far.
@@ -96,10 +96,11 @@ class Generate(Job):
         super().__init__()
         self.request = request
         self.model = model
-        self.prepared = prepare(request, model)  # bad settings fail here, on the GUI thread, before a thread
+        self.prepared: Prepared | None = None
 
     def work(self) -> list[Performance]:
-        p, request = self.prepared, self.request
+        self.prepared = p = prepare(self.request, self.model)  # tokenizing a long piece happens here too
+        request = self.request
         state = self.model.new_state(p.plan, request.variations)
         stream = generate(self.model, p.primer, sampling=p.sampling, max_tokens=p.max_tokens,
                           max_seconds=request.seconds, batch=request.variations, seed=request.seed, state=state)

@@ -377,14 +377,10 @@ class MainWindow(QMainWindow):
             return None
         self.transport.stop()
         request = self.panel.request(self.document.piece, self.roll.playhead)
-        try:
-            job = Generate(request, self.model)
-        except RecitalError as error:
-            self.error("Generate", str(error))
-            return None
+        job = Generate(request, self.model)
         self.generation = job
         self.roll.set_piece(request.base)
-        start = job.prepared.start_time
+        start = 0.0 if request.new_piece else request.start if request.start is not None else request.base.duration
         self.roll.show_span(max(0.0, start - 20.0), start + request.seconds + 5.0)  # context, then what comes
         self.panel.set_generating(True)
         job.progress.connect(self._live)

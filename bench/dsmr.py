@@ -7,14 +7,17 @@ Large tensors allocated and freed every segment make glibc return memory to the 
 on a VM that can dominate training time. MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184
 in the environment keeps it in the process.
 
-Tables (no asserts; CPU numbers are noisy when other jobs share the machine):
+Tables (no asserts; CPU numbers are noisy when other jobs share the machine, so the ways compared take turns and
+the tables report medians, also in CPU time of the process, which load disturbs less than wall time):
 1. training, one real MAESTRO piece streamed whole in segments (truncated BPTT, AdamW): tokens/s, peak resident
    memory and recurrent-state bytes for `full` (every layer the whole cap) against `two_scale` and `uniform` at
-   0.41x of full's state budget (the paper's ratio), each in a fresh process.
-2. generation at the default size: tokens/s of `step` at batch 1 and 8, 1 and 2 threads, fp32 and int8
-   weights (dynamic quantisation of the Linear layers), against the naive loop that recomputes the last
-   segment for every new token with no cache.
+   0.41x of full's state budget (the paper's ratio), each run in a fresh process.
+1b. training against a plain causal Transformer step of the same size and segment (8 lanes streaming pieces).
+2. generation at the default size: tokens/s at batch 1 and 8 of the segment code path stepping one id (what
+   `step` ran before the lean path), the lean `step` with fp32 weights (exact, the default) and with int8
+   weights (`use_step_weights("int8")`), and the naive loop that recomputes the last segment per token.
 3. generation against piece length: tokens/s and state bytes at several positions of one long piece.
+4. generation against the memory budget; 5. against the model size.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from __future__ import annotations
 import argparse
 import copy
 import multiprocessing
+import os
 import resource
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,7 +62,7 @@ def _train_one(args, schedule: str, budget: int | None, queue) -> None:
     state = model.new_state(plan)
     length = model.config.segment_len
     base = _rss()
-    start, tokens = time.perf_counter(), 0
+    start, cpu, tokens = time.perf_counter(), time.process_time(), 0
     for offset in range(0, len(ids) - 1, length):
         chunk, targets = ids[None, offset:offset + length], ids[None, offset + 1:offset + length + 1]
         if chunk.shape[1] != targets.shape[1]:
@@ -67,8 +72,8 @@ def _train_one(args, schedule: str, budget: int | None, queue) -> None:
         loss.backward()
         optimizer.step()
         tokens += chunk.shape[1]
-    elapsed = time.perf_counter() - start
-    queue.put((plan.horizons, state.nbytes, tokens / elapsed, _rss(), _rss() - base))
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    queue.put((plan.horizons, state.nbytes, tokens / elapsed, tokens / cpu, _rss(), _rss() - base))
 
 
 def training_table(args) -> None:
@@ -76,23 +81,81 @@ def training_table(args) -> None:
     probe = DSMR(config)
     full = probe.plan(1 << 40, schedule="full")
     budget = int(full.nbytes * 0.41)
-    print(f"\n1. training: {Path(args.piece).name} streamed whole ({args.train_tokens} tokens max), "
-          f"d_model {config.d_model} x 6 layers, segments of {config.segment_len}, batch 1, "
-          f"{args.threads} threads")
-    print(f"{'schedule':<10} {'horizons':<28} {'state':>10} {'x full':>7} {'tokens/s':>9} {'x full':>7} "
-          f"{'peak RSS':>10} {'RSS growth':>11}")
+    print(f"\n1. schedules in training: {Path(args.piece).name} streamed whole ({args.train_tokens} tokens max), "
+          f"d_model {config.d_model} x 6 layers, segments of {config.segment_len}, batch 1, {args.threads} "
+          f"thread(s), AdamW; two_scale and uniform at 0.41x full's state (the paper's ratio). Each run in a fresh "
+          f"process, the schedules taking turns for {args.train_repeats} rounds; medians (CPU = tokens per second "
+          "of the process's CPU time)")
+    print(f"{'schedule':<10} {'horizons':<30} {'state':>9} {'x full':>7} {'tokens/s':>9} {'x full':>7} "
+          f"{'CPU tok/s':>10} {'x full':>7} {'peak RSS':>10} {'RSS growth':>11}")
     context = multiprocessing.get_context("spawn")
+    runs = (("full", None), ("two_scale", budget), ("uniform", budget))
+    results = {name: [] for name, _ in runs}
+    for _ in range(args.train_repeats):
+        for schedule, limit in runs:
+            queue = context.Queue()
+            worker = context.Process(target=_train_one, args=(args, schedule, limit, queue))
+            worker.start()
+            results[schedule].append(queue.get())
+            worker.join()
     reference = None
-    for schedule, limit in (("full", None), ("two_scale", budget), ("uniform", budget)):
-        queue = context.Queue()
-        worker = context.Process(target=_train_one, args=(args, schedule, limit, queue))
-        worker.start()
-        horizons, nbytes, rate, peak, growth = queue.get()
-        worker.join()
-        reference = reference or (nbytes, rate)
-        print(f"{schedule:<10} {str(list(horizons)):<28} {format_bytes(nbytes):>10} "
-              f"{nbytes / reference[0]:>6.2f}x {rate:>9.0f} {rate / reference[1]:>6.2f}x "
+    for schedule, rows in results.items():
+        horizons, nbytes = rows[0][:2]
+        wall = statistics.median(r[2] for r in rows)
+        cpu = statistics.median(r[3] for r in rows)
+        peak, growth = max(r[4] for r in rows), max(r[5] for r in rows)
+        reference = reference or (nbytes, wall, cpu)
+        print(f"{schedule:<10} {str(list(horizons)):<30} {format_bytes(nbytes):>9} {nbytes / reference[0]:>6.2f}x "
+              f"{wall:>9.0f} {wall / reference[1]:>6.2f}x {cpu:>10.0f} {cpu / reference[2]:>6.2f}x "
               f"{format_bytes(peak):>10} {format_bytes(growth):>11}")
+
+
+def against_plain_table(args) -> None:
+    """DSMR's streaming step against a plain causal Transformer step of the same size and segment."""
+    from bench.train import PlainTransformer, _streams
+
+    os.environ.setdefault("RECITAL_CACHE_DIR", tempfile.mkdtemp(prefix="recital-bench-"))
+    torch.set_num_threads(args.threads)
+    width, batch = args.train_d_model, args.plain_batch
+    print(f"\n1b. training against a plain causal Transformer (bench/train.py's, same blocks): 6 x {width}, batch "
+          f"{batch} lanes streaming MAESTRO pieces, fp32, AdamW, {args.threads} thread(s); the two take turns step "
+          f"by step, medians of {args.plain_steps} steps after 3 warm-up steps (which fill DSMR's memory)")
+    print(f"{'segment':>7} {'budget':>7} {'plain':>7} {'DSMR':>7} {'ratio':>6} {'plain CPU':>10} {'DSMR CPU':>9} "
+          f"{'ratio':>6}  DSMR memory (per lane budget x {batch} lanes)")
+
+    def stepper(model, stream, state=None):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step() -> None:
+            inputs, targets = stream.next_batch()
+            ids = torch.from_numpy(inputs)
+            logits = model(ids) if state is None else model(ids, state)
+            segment_loss(logits, torch.from_numpy(targets)).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+
+    for segment in args.plain_segments:
+        for budget in args.plain_budgets:
+            torch.manual_seed(0)
+            plain = PlainTransformer(width, 6, width // 64)
+            torch.manual_seed(0)
+            model = DSMR(DSMRConfig(d_model=width, n_heads=width // 64, segment_len=segment))
+            plan = model.plan(parse_budget(budget) * batch, batch=batch)
+            steps = {"plain": stepper(plain, _streams(batch, segment)[1]),
+                     "dsmr": stepper(model, _streams(batch, segment)[1], model.new_state(plan, batch))}
+            for step in steps.values():
+                for _ in range(3):
+                    step()
+            samples = {name: [] for name in steps}
+            for _ in range(args.plain_steps):
+                for name, step in steps.items():
+                    wall, cpu = _timed(step, 1)
+                    samples[name].append((batch * segment / wall, batch * segment / cpu))
+            (pw, pc), (dw, dc) = ((statistics.median(w for w, _ in samples[name]),
+                                   statistics.median(c for _, c in samples[name])) for name in ("plain", "dsmr"))
+            print(f"{segment:>7} {budget:>7} {pw:>7,.0f} {dw:>7,.0f} {dw / pw:>6.0%} {pc:>10,.0f} {dc:>9,.0f} "
+                  f"{dc / pc:>6.0%}  {plan.describe()}", flush=True)
 
 
 def _timed(run, steps: int) -> tuple[float, float]:
@@ -206,11 +269,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter piece and fewer positions")
     parser.add_argument("--piece", default=str(MAESTRO / "maestro_01.mid"))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="threads for the training tables")
     parser.add_argument("--train-d-model", type=int, default=256)
     parser.add_argument("--train-segment", type=int, default=256)
     parser.add_argument("--full-cap", type=int, default=2048, help="the full reference's horizon per layer")
-    parser.add_argument("--train-tokens", type=int, default=10_000)
+    parser.add_argument("--train-tokens", type=int, default=6_000)
+    parser.add_argument("--train-repeats", type=int, default=2, help="rounds of the schedule table")
+    parser.add_argument("--plain-segments", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--plain-budgets", nargs="+", default=[DSMRConfig.default_budget, "16MB"])
+    parser.add_argument("--plain-batch", type=int, default=8)
+    parser.add_argument("--plain-steps", type=int, default=5)
     parser.add_argument("--budget", default=DSMRConfig.default_budget)
     parser.add_argument("--steps", type=int, default=200, help="generation steps per timed round")
     parser.add_argument("--repeats", type=int, default=5, help="alternating timed rounds (medians reported)")
@@ -220,13 +288,17 @@ def main() -> None:
     parser.add_argument("--warm-position", type=int, default=3000)
     parser.add_argument("--positions", type=int, nargs="+", default=[1000, 4000, 16000, 64000])
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--skip-generation", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.train_tokens, args.steps, args.positions, args.repeats = 2048, 100, [1000, 4000], 3
+        args.plain_steps, args.plain_budgets = 3, [DSMRConfig.default_budget]
     print("DSMR benchmark (CPU; numbers are noisy when other jobs share the machine)")
     if not args.skip_training:
         training_table(args)
-    generation_tables(args)
+        against_plain_table(args)
+    if not args.skip_generation:
+        generation_tables(args)
 
 
 if __name__ == "__main__":

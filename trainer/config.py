@@ -18,7 +18,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "dsmr": {
         "tiny": {"d_model": 64, "n_layers": 2, "n_heads": 2, "segment_len": 128, "max_horizon": 1024,
                  "n_long": 1, "default_budget": "2MB"},
-        "small": {"d_model": 256, "n_layers": 6, "n_heads": 4, "segment_len": 512},
+        "small": {"d_model": 192, "n_layers": 4, "n_heads": 3, "segment_len": 256, "default_budget": "4MB"},
         "default": {},
     },
     "perceivers": {

@@ -45,7 +45,10 @@ class DSMRConfig:
     long_ratio: float = 4.0  # two_scale: long horizon / short horizon
     horizons: list[int] | None = None  # explicit schedule
     max_horizon: int = 16384  # cap on any layer's memory (the `full` schedule's horizon)
-    default_budget: str = "16MB"  # state budget at batch 1 when the user names none
+    # State budget per lane when the user names none. Every generated token reads the whole state, and in training
+    # attention costs grow with it: 8MB keeps 6 x 256 at ~400 tokens/s generating on one core (int8 step weights)
+    # and its training near a plain Transformer's speed (bench/dsmr.py, bench/train.py).
+    default_budget: str = "8MB"
 
     def __post_init__(self):
         problems = []
@@ -236,6 +239,8 @@ class DSMR(nn.Module):
             ended = pieces[:, -1] > 0  # lanes whose piece changed inside the chunk forget the old one
             state.valid[:, :old] &= ~ended[:, None]
             state.valid[:, old:old + length] = pieces == pieces[:, -1:]
+        # Additive form once for all layers (SDPA would convert a boolean mask again in every layer).
+        mask = torch.zeros(mask.shape, dtype=state.kv[0].dtype, device=ids.device).masked_fill_(~mask, float("-inf"))
         angles = positions.to(torch.float32)[:, None, :, None] * self.inv_freq  # (B, 1, T, hs/2)
         cos, sin = angles.cos(), angles.sin()
 

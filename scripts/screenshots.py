@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,7 @@ def main() -> int:
     for name in ("CONFIG", "DATA", "CACHE"):
         os.environ[f"RECITAL_{name}_DIR"] = str(home / name.lower())
     server = start_display()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # `timeout` and Ctrl-C still stop Xvfb below
     sys.path.insert(0, str(ROOT))
     try:
         from PySide6.QtWidgets import QApplication
@@ -102,7 +104,7 @@ def main() -> int:
         window.panel.mode_playhead.setChecked(True)
         window.panel.variations.setValue(2)
         window.generate()
-        pump(app, 40.0, lambda: len(window.roll.notes("live")) > 80)
+        pump(app, 60.0, lambda: window.generation is None or window.panel.progress.value() > 300)
         shoot(window, out / "2-main-generating.png")
         window.stop_generating()
         pump(app, 10, lambda: window.generation is None)

@@ -7,9 +7,10 @@ so bars keep their height and the ruler relabels itself.
 
 from __future__ import annotations
 
+import functools
 import math
 
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QEvent, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QPainter, QPen
 from PySide6.QtWidgets import (
     QFrame,
@@ -19,6 +20,7 @@ from PySide6.QtWidgets import (
     QGraphicsScene,
     QGraphicsView,
     QGridLayout,
+    QToolTip,
     QWidget,
 )
 
@@ -40,29 +42,38 @@ def pitch_y(pitch: int) -> float:
     return (127 - pitch) * KEY_HEIGHT
 
 
+@functools.cache
+def _brush(part: str, velocity: int) -> QBrush:
+    return QBrush(theme.note_color(theme.PRIMER if part == "primer" else theme.GENERATED, velocity))
+
+
+@functools.cache
+def _pen(part: str) -> QPen:
+    pen = QPen((theme.PRIMER if part == "primer" else theme.GENERATED).darker(180))
+    pen.setCosmetic(True)
+    return pen
+
+
 class NoteItem(QGraphicsRectItem):
-    """One note; remembers which part of the piece it belongs to and its index there (for edits)."""
+    """One note; remembers which part of the piece it belongs to and its index there (for edits).
+
+    Painting stays in C++ (no Python paint override) and brushes are shared, so a 20,000-note recital
+    draws quickly; the tooltip is made on demand by the view.
+    """
 
     def __init__(self, part: str, index: int, onset: float, offset: float, pitch: int, velocity: int):
         width = max(offset - onset, 0.01) * PX_PER_SECOND
         super().__init__(onset * PX_PER_SECOND, pitch_y(pitch) + 0.5, width, KEY_HEIGHT - 1.0)
         self.part, self.index = part, index
-        base = theme.PRIMER if part == "primer" else theme.GENERATED
-        self.setBrush(QBrush(theme.note_color(base, velocity)))
-        pen = QPen(base.darker(180))
-        pen.setCosmetic(True)
-        self.setPen(pen)
-        self.setFlag(QGraphicsItem.ItemIsSelectable, part != "live")
-        self.setToolTip(f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}  velocity {velocity}  "
-                        f"{onset:.2f}-{offset:.2f} s")
+        self.note = (onset, offset, pitch, velocity)
+        self.setBrush(_brush(part, int(velocity)))
+        self.setPen(_pen(part))
+        if part != "live":
+            self.setFlag(QGraphicsItem.ItemIsSelectable)
 
-    def paint(self, painter: QPainter, option, widget=None) -> None:
-        if self.isSelected():
-            painter.fillRect(self.rect(), QColor("#ffffff"))
-            return
-        painter.fillRect(self.rect(), self.brush())
-        painter.setPen(self.pen())
-        painter.drawRect(self.rect())
+    def describe(self) -> str:
+        onset, offset, pitch, velocity = self.note
+        return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}   velocity {velocity}   {onset:.2f}–{offset:.2f} s"
 
 
 class _View(QGraphicsView):
@@ -88,6 +99,16 @@ class _View(QGraphicsView):
         factor = max(MIN_SCALE / self.x_scale, min(MAX_SCALE / self.x_scale, factor))
         self.scale(factor, 1.0)
         self.zoomed.emit()
+
+    def viewportEvent(self, event) -> bool:
+        if event.type() == QEvent.ToolTip:
+            item = self.itemAt(event.pos())
+            if isinstance(item, NoteItem):
+                QToolTip.showText(event.globalPos(), item.describe(), self)
+            else:
+                QToolTip.hideText()
+            return True
+        return super().viewportEvent(event)
 
     def wheelEvent(self, event) -> None:
         delta = event.angleDelta().y() or event.angleDelta().x()
@@ -232,12 +253,7 @@ class PianoRoll(QWidget):
         self.playhead = 0.0
         self.duration = 0.0
         self._live: list[NoteItem] = []
-        self._line = QGraphicsLineItem()
-        pen = QPen(theme.PLAYHEAD, 0)
-        pen.setCosmetic(True)
-        self._line.setPen(pen)
-        self._line.setZValue(10)
-        self.scene.addItem(self._line)
+        self._add_playhead()
         for bar in (self.view.horizontalScrollBar(), self.view.verticalScrollBar()):
             bar.valueChanged.connect(self._follow)
         self.view.zoomed.connect(self._follow)
@@ -246,11 +262,19 @@ class PianoRoll(QWidget):
 
     # -- content ----------------------------------------------------------------------------------------------
 
+    def _add_playhead(self) -> None:
+        self._line = QGraphicsLineItem()
+        pen = QPen(theme.PLAYHEAD, 0)
+        pen.setCosmetic(True)
+        self._line.setPen(pen)
+        self._line.setZValue(10)
+        self.scene.addItem(self._line)
+
     def set_piece(self, piece: Piece) -> None:
         """Draw the piece anew (live notes are dropped)."""
-        for item in [i for i in self.scene.items() if isinstance(i, NoteItem)]:
-            self.scene.removeItem(item)
         self._live.clear()
+        self.scene.clear()  # one call, instead of removing thousands of notes one by one
+        self._add_playhead()
         for part, perf in (("primer", piece.primer), ("generated", piece.generated)):
             self._add(part, perf)
         self.duration = piece.duration

@@ -101,6 +101,24 @@ def balance(weights: dict[str, float], tokens: dict[str, int], monophonic: tuple
     return used
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """`KEY=VALUE` pairs with TOML values (1e-3, true, "text") as a dict; ModelError on a malformed one."""
+    from trainer.config import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)}
+    settings = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in known:
+            raise ModelError(f"--set {item}: {key!r} is not a training setting")
+        try:
+            settings[key] = tomllib.loads(f"value = {value.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            raise ModelError(f"--set {item}: {value!r} is not a TOML value (quote text: key=\"text\")") from None
+    return settings
+
+
 def default_run_dir(name: str) -> Path:
     from core.modeldir import user_models_dir
 
@@ -261,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", action="store_true", help="show the data, weights and token shares; train nothing")
     parser.add_argument("--size", choices=("tiny", "small", "default"), help="model size (trials; default: recipe)")
     parser.add_argument("--no-expressive", action="store_true", help="train without expressive performance")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one training setting of the recipe (a TOML value), e.g. --set lr=1e-3")
     parser.add_argument("--data", type=Path, help="MIDI folder (default: the music21_corpus cache)")
     parser.add_argument("--run", type=Path, help="run folder: checkpoints and events (default: user data dir)")
     parser.add_argument("--dest", type=Path, help="model directory written at the end (default: assets/models/NAME)")
@@ -295,6 +315,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     for name, value in (("minutes", args.minutes), ("steps", args.steps), ("size", args.size)):
         if value is not None:
             train_settings[name] = value
+    train_settings.update(parse_overrides(args.set))
     if args.no_expressive:
         train_settings["expressive"] = False
     recipe = Recipe(**{**recipe.__dict__, "train": train_settings})

@@ -1,0 +1,192 @@
+"""The default-models recipe end to end on synthetic collections with a tiny model: train, stop, resume, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from core.errors import MidiError, ModelError
+from core.midi import Performance, write_performance
+from core.modeldir import load_model
+from tests.test_train_data import random_performance
+from trainer.config import TrainConfig
+from trainer.recipes import default_models as recipe_module
+from trainer.recipes.default_models import (
+    CONFIG_FILE,
+    balance,
+    check_data,
+    load_recipe,
+    main,
+    parse_overrides,
+)
+
+TINY_RECIPE = """
+[data]
+maestro = "{maestro}"
+eval_pieces = 4
+monophonic = ["tunes"]
+min_polyphonic_share = 0.6
+
+[data.weights]
+"*" = 1.0
+tunes = 1.0
+
+[train]
+size = "tiny"
+minutes = 30.0
+batch = 2
+lr = 1e-2
+warmup = 1
+seed = 0
+expressive = true
+val_fraction = 0.25
+val_every = 100
+checkpoint_every = 100
+checkpoint_minutes = 5.0
+log_every = 1
+
+[dsmr]
+name = "tiny-default"
+model = {{d_model = 16, n_layers = 2, n_heads = 2, segment_len = 32, max_horizon = 64, n_long = 1, default_budget = "64KB"}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECITAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RECITAL_DATA_DIR", str(tmp_path / "data"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared CPU: a second thread only adds waiting (three times slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def chorale(rng: np.random.Generator, beats: int) -> Performance:
+    onset = np.repeat(np.arange(beats) * 0.5, 4)
+    pitch = np.tile([48, 55, 62, 69], beats) + rng.integers(0, 5, 4 * beats)
+    return Performance.from_notes(onset, onset + 0.5, pitch, np.full(len(onset), 80))
+
+
+@pytest.fixture
+def setup(tmp_path) -> dict:
+    """Collections chorales/ (polyphonic) and tunes/ (monophonic), a 'MAESTRO' folder, and a recipe file."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "midi"
+    for i in range(4):
+        write_performance(chorale(rng, 20 + 5 * i), data / "chorales" / f"c{i}.mid")
+    for i in range(8):
+        write_performance(random_performance(rng, 40 + 3 * i, low=60, high=80), data / "tunes" / f"t{i}.mid")
+    maestro = tmp_path / "maestro"
+    write_performance(random_performance(rng, 60), maestro / "m.mid")
+    config = tmp_path / "recipe.toml"
+    config.write_text(TINY_RECIPE.format(maestro=maestro))
+    return {"data": data, "config": config, "run": tmp_path / "run", "dest": tmp_path / "models" / "tiny-default"}
+
+
+def args(setup: dict, *extra: str) -> list[str]:
+    return ["--arch", "dsmr", "--config", str(setup["config"]), "--data", str(setup["data"]), "--run",
+            str(setup["run"]), "--dest", str(setup["dest"]), "--workers", "1", *extra]
+
+
+# ---- the recipe file ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["dsmr", "perceivers"])
+def test_the_shipped_recipe_reads_and_makes_a_valid_training_config(arch):
+    recipe = load_recipe(CONFIG_FILE, arch)
+    assert recipe.train["expressive"] is True and recipe.train["checkpoint_minutes"] <= 5
+    assert recipe.maestro.name == "maestro" and "essenFolksong" in recipe.monophonic
+    config = TrainConfig(folder=".", base=None, arch=arch, weights=recipe.weights, **recipe.train)
+    assert config.minutes > 0 and not config.fine_tuning
+
+
+def test_a_bad_recipe_or_override_is_refused(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[data]\nmaestro = "x"\n[data.weights]\nbach = 1\n[dsmr]\nname = "d"\nlearning_rate = 1\n')
+    with pytest.raises(ModelError, match="unknown training settings learning_rate"):
+        load_recipe(bad, "dsmr")
+    with pytest.raises(ModelError, match=r"no \[perceivers\] table"):
+        load_recipe(bad, "perceivers")
+    assert parse_overrides(["lr=1e-3", "expressive=false", 'budget="8MB"']) == {"lr": 1e-3, "expressive": False,
+                                                                                 "budget": "8MB"}
+    with pytest.raises(ModelError, match="not a training setting"):
+        parse_overrides(["speed=3"])
+    with pytest.raises(ModelError, match="not a TOML value"):
+        parse_overrides(["budget=8MB"])
+
+
+def test_balance_scales_the_monophonic_collections_down_to_the_asked_share():
+    tokens = {"bach": 1000, "folk": 9000, "quartets": 500}
+    weights = balance({"*": 1.0, "bach": 2.0}, tokens, ("folk",), 0.6)
+    poly = 1000 * weights["bach"] + 500 * weights["quartets"]
+    assert poly / (poly + 9000 * weights["folk"]) == pytest.approx(0.6)
+    assert weights["bach"] == 2.0 and weights["quartets"] == 1.0 and weights["folk"] < 1.0
+    assert balance({"*": 1.0}, {"bach": 9000, "folk": 1000}, ("folk",), 0.6) == {"bach": 1.0, "folk": 1.0}
+    with pytest.raises(ModelError, match="no polyphonic"):
+        balance({"*": 1.0}, {"folk": 10}, ("folk",), 0.5)
+
+
+def test_missing_or_unfinished_data_says_to_convert_first(tmp_path):
+    with pytest.raises(MidiError, match="music21_corpus"):
+        check_data(tmp_path / "nothing", is_default=True)
+    (tmp_path / "half" / "bach").mkdir(parents=True)
+    write_performance(random_performance(np.random.default_rng(0), 20), tmp_path / "half" / "bach" / "a.mid")
+    with pytest.raises(MidiError, match="has not finished"):
+        check_data(tmp_path / "half", is_default=True)
+    check_data(tmp_path / "half", is_default=False)
+    assert main(["--arch", "dsmr", "--data", str(tmp_path / "nothing")]) == 1
+
+
+# ---- runs ----------------------------------------------------------------------------------------------------------
+
+def test_plan_shows_the_shares_and_trains_nothing(setup, capsys):
+    assert main(args(setup, "--plan")) == 0
+    err = capsys.readouterr().err
+    assert "polyphonic share of training tokens 60.0%" in err  # the tunes were scaled down to the asked share
+    assert "chorales" in err and "tunes" in err
+    assert not setup["run"].exists() and not setup["dest"].exists()
+
+
+def test_a_run_stops_resumes_and_exports_a_shippable_model_with_its_card(setup, monkeypatch, capsys):
+    calls = []
+
+    def stop_after_two(self) -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with monkeypatch.context() as patch:
+        patch.setattr(recipe_module.StopFlag, "__call__", stop_after_two)
+        assert main(args(setup, "--steps", "4", "--resume")) == 130  # nothing to resume: it starts, then stops
+    assert not setup["dest"].exists()  # exported only at the end
+    assert main(args(setup, "--steps", "4")) == 1  # a run is there: continuing it needs --resume
+    assert main(args(setup, "--steps", "4", "--resume")) == 0
+    events = [json.loads(line) for line in (setup["run"] / "train" / "events.jsonl").read_text().splitlines()]
+    steps = [e["step"] for e in events if e["kind"] == "step"]
+    assert steps[0] == 1 and steps[-1] == 4 and steps == sorted(steps)  # the second session went on from step 2
+
+    model = load_model(setup["dest"])
+    assert model.arch == "dsmr" and model.config.d_model == 16
+    with safe_open(str(setup["dest"] / "model.safetensors"), "pt") as weights:
+        assert all(weights.get_tensor(k).dtype.itemsize == 2 for k in weights.keys())  # fp16
+    card = (setup["dest"] / "card.md").read_text()
+    assert card.startswith("# tiny-default: dsmr trained from scratch")
+    assert "python -m trainer.recipes.default_models --arch dsmr" in card
+    for row in ("| corpus |", "| corpus, polyphonic |", "| corpus, monophonic |", "| maestro | 1 |", "| chorales |",
+                "expressive performance", "4 steps", "polyphonic share of training tokens: 60.0%"):
+        assert row in card, row
+    assert "name = \"tiny-default\"" in card  # the recipe settings are quoted
+    err = capsys.readouterr().err
+    assert "held-out perplexity, maestro:" in err and "token share by collection" in err
+
+    write_performance(random_performance(np.random.default_rng(9), 50), Path(setup["data"]) / "tunes" / "new.mid")
+    assert main(args(setup, "--steps", "5", "--resume")) == 1  # another corpus than the run started on
+    assert "started on other data" in capsys.readouterr().err

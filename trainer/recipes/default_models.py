@@ -119,6 +119,31 @@ def parse_overrides(items: list[str]) -> dict:
     return settings
 
 
+def data_plan(corpus, recipe: Recipe) -> dict:
+    """The run's split (as the training loop makes it), balanced weights and expected token shares."""
+    from trainer.weights import collections, length_shares, piece_weights, token_shares
+
+    train, val = corpus.split(recipe.train.get("val_fraction", 0.1), recipe.train.get("seed", 0))
+    tokens: dict[str, int] = {}
+    for i, name in zip(train, collections(corpus, train), strict=True):
+        tokens[name] = tokens.get(name, 0) + corpus.index[i].tokens
+    weights = balance(recipe.weights, tokens, recipe.monophonic, recipe.min_polyphonic_share)
+    multipliers = piece_weights(corpus, train, weights)
+    shares = token_shares(corpus, train, multipliers)
+    return {"train": train, "val": val, "weights": weights, "shares": shares,
+            "lengths": length_shares(corpus, train, multipliers),
+            "polyphonic": sum(row["share"] for name, row in shares.items() if name not in recipe.monophonic)}
+
+
+def show_plan(corpus, plan: dict, log) -> None:
+    log(f"{len(corpus):,} pieces ({len(plan['train']):,} train, {len(plan['val']):,} held out), "
+        f"{corpus.total_tokens:,} tokens; polyphonic share of training tokens {plan['polyphonic']:.1%}")
+    log(f"{'collection':<22}{'pieces':>8}{'tokens':>12}{'weight':>8}{'share':>8}")
+    for name, row in plan["shares"].items():
+        log(f"{name or '(top)':<22}{row['pieces']:>8,}{row['tokens']:>12,}{row['weight']:>8.3g}{row['share']:>8.1%}")
+    log("by piece length: " + ", ".join(f"{label} tokens {share:.0%}" for label, share in plan["lengths"].items()))
+
+
 def default_run_dir(name: str) -> Path:
     from core.modeldir import user_models_dir
 
@@ -305,7 +330,6 @@ def run(args: argparse.Namespace, command: str) -> int:
     from trainer.corpus import Corpus
     from trainer.loop import fine_tune
     from trainer.recipes.music21_corpus import default_out_dir
-    from trainer.weights import collections, length_shares, piece_weights, token_shares
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -328,29 +352,17 @@ def run(args: argparse.Namespace, command: str) -> int:
     corpus = Corpus.build(data, workers=args.workers)
     if len(corpus) < 4:
         raise MidiError(data, f"only {len(corpus)} readable pieces: too few to train a default model")
-    seed, val_fraction = train_settings.get("seed", 0), train_settings.get("val_fraction", 0.1)
-    train, val = corpus.split(val_fraction, seed)
-    names = collections(corpus, train)
-    tokens = {}
-    for i, name in zip(train, names, strict=True):
-        tokens[name] = tokens.get(name, 0) + corpus.index[i].tokens
-    weights = balance(recipe.weights, tokens, recipe.monophonic, recipe.min_polyphonic_share)
-    multipliers = piece_weights(corpus, train, weights)
-    shares, lengths = token_shares(corpus, train, multipliers), length_shares(corpus, train, multipliers)
-    polyphonic = sum(row["share"] for name, row in shares.items() if name not in recipe.monophonic)
-    log(f"{len(corpus):,} pieces ({len(train):,} train, {len(val):,} held out), {corpus.total_tokens:,} tokens; "
-        f"polyphonic share of training tokens {polyphonic:.1%}")
-    log(f"{'collection':<22}{'pieces':>8}{'tokens':>12}{'weight':>8}{'share':>8}")
-    for name, row in shares.items():
-        log(f"{name or '(top)':<22}{row['pieces']:>8,}{row['tokens']:>12,}{row['weight']:>8.3g}{row['share']:>8.1%}")
-    log("by piece length: " + ", ".join(f"{label} tokens {share:.0%}" for label, share in lengths.items()))
+    plan = data_plan(corpus, recipe)
+    show_plan(corpus, plan, log)
     if args.plan:
         return 0
 
     with run_lock(run_dir):
         state_file, train_dir = run_dir / RECIPE_STATE, run_dir / TRAIN_DIR
         have_checkpoint = train_dir.is_dir() and ckpt.latest_checkpoint(train_dir) is not None
-        started = {"arch": recipe.arch, "data": str(data), "fingerprint": fingerprint(corpus), "weights": weights}
+        started = {"arch": recipe.arch, "data": str(data), "fingerprint": fingerprint(corpus),
+                   "weights": plan["weights"], "train": recipe.train, "model": recipe.model, "command": command}
+        first_command = command
         if have_checkpoint and not args.resume:
             raise ModelError(f"{run_dir} holds a run already: pass --resume to continue it, or --run elsewhere")
         if have_checkpoint:
@@ -358,6 +370,12 @@ def run(args: argparse.Namespace, command: str) -> int:
             if saved.get("fingerprint") != started["fingerprint"] or saved.get("arch") != recipe.arch:
                 raise ModelError(f"{run_dir}: this run started on other data or another model ({saved.get('data')}, "
                                  f"{saved.get('arch')}); use another --run for a new one")
+            # The run keeps the settings it started with; only its length may change (--minutes, --steps).
+            length = {k: v for k, v in (("minutes", args.minutes), ("steps", args.steps)) if v is not None}
+            recipe = Recipe(**{**recipe.__dict__, "train": {**saved.get("train", recipe.train), **length},
+                               "weights": saved.get("weights", recipe.weights)})
+            plan = data_plan(corpus, recipe)
+            first_command = saved.get("command", command)
             log(f"resuming the run in {run_dir}")
         else:
             others = [p.name for p in run_dir.iterdir() if p.name not in (".lock", RECIPE_STATE, TRAIN_DIR)]
@@ -367,8 +385,8 @@ def run(args: argparse.Namespace, command: str) -> int:
             atomic_write_bytes(state_file, json.dumps(started, indent=1).encode(), what="recipe state")
             log(f"starting a new run in {run_dir}")
         config = TrainConfig(folder=str(data), out=str(train_dir), base=None, arch=recipe.arch, model=recipe.model,
-                             weights=weights, resume=have_checkpoint, device=args.device, workers=args.workers,
-                             command=command, **train_settings)
+                             weights=plan["weights"], resume=have_checkpoint, device=args.device,
+                             workers=args.workers, command=first_command, **recipe.train)
         view = ProgressView(sys.stderr)
         with StopFlag() as stop:
             result = fine_tune(config, on_progress=view, should_stop=stop)
@@ -381,16 +399,17 @@ def run(args: argparse.Namespace, command: str) -> int:
         checkpoint_state = json.loads((ckpt.latest_checkpoint(train_dir) / ckpt.STATE).read_text(encoding="utf-8"))
         device = args.device or ("cuda" if _cuda() else "cpu")
         model = load_model(train_dir, device).half().float()  # scored as shipped: fp16 weights, fp32 arithmetic
-        scores = evaluate(model, corpus, val, recipe, log)
+        scores = evaluate(model, corpus, plan["val"], recipe, log)
         totals = {"folder": str(data), "files": corpus.summary.files, "pieces": len(corpus),
-                  "train_pieces": len(train), "val_pieces": len(val), "tokens": corpus.total_tokens,
+                  "train_pieces": len(plan["train"]), "val_pieces": len(plan["val"]), "tokens": corpus.total_tokens,
                   "hours": corpus.hours, "skipped": len(corpus.summary.skipped),
-                  "duplicates": len(corpus.summary.duplicates), "polyphonic_share": polyphonic}
+                  "duplicates": len(corpus.summary.duplicates), "polyphonic_share": plan["polyphonic"]}
         run_info = {"steps": result.steps, "tokens": result.tokens, "wall_seconds": result.wall_seconds,
                     "stopped": result.stopped, "best_step": checkpoint_state.get("best_step") or 0, "device": device}
         parameters = sum(p.numel() for p in model.parameters())
-        text = card_text(recipe=recipe, command=command, config_text=args.config.read_text(encoding="utf-8"),
-                         totals=totals, shares=shares, lengths=lengths, run=run_info, scores=scores,
+        commands = first_command if first_command == command else f"{first_command}`, then `{command}"
+        text = card_text(recipe=recipe, command=commands, config_text=args.config.read_text(encoding="utf-8"),
+                         totals=totals, shares=plan["shares"], lengths=plan["lengths"], run=run_info, scores=scores,
                          model_config=model.config.to_dict(), parameters=parameters, weights_bytes=parameters * 2)
         save_model(model.half().cpu(), dest, text)
         size = (dest / WEIGHTS).stat().st_size

@@ -322,18 +322,20 @@ class Packed:
     layers: tuple[PackedLayer, ...]
     head: Dense | Int8  # C -> V, final norm folded in
     inv_freq: torch.Tensor  # (hs,): the rotary frequencies twice, for both halves
-    sign: torch.Tensor  # (hs,): -1 on the first half, +1 on the second (rotary as x cos + swap(x) sin)
-    eps: float
+    sign: torch.Tensor  # (hs,): -1 on the first half, +1 on the second
+    swap: torch.Tensor  # (hs,): index of the other half's partner (rotary pairs i and i + hs/2)
+    norm_eps: torch.Tensor  # (1, 1, 1): C * eps (see `_inv_rms`)
     n_heads: int
 
 
 @torch.no_grad()
 def pack(model: DSMR, kind: str = "fp32") -> Packed:
     matrix = Int8 if kind == "int8" else Dense
+    width = model.config.d_model
 
     def folded(norm: RMSNorm, *linears: nn.Linear) -> torch.Tensor:
-        """(out, C): norm(x) @ it.T == linear(rms_norm(x) * norm weight)."""
-        return torch.cat([lin.weight for lin in linears]) * norm.weight[None, :]
+        """(out, C): (x @ it.T) * _inv_rms(x) == linear(rms_norm(x) * norm weight); sqrt(C) of the mean is in it."""
+        return torch.cat([lin.weight for lin in linears]) * (norm.weight[None, :] * math.sqrt(width))
 
     layers = []
     for block in model.blocks:
@@ -342,9 +344,12 @@ def pack(model: DSMR, kind: str = "fp32") -> Packed:
                                   matrix(attn.out_proj.weight), matrix(folded(block.mlp_norm, block.mlp.up)),
                                   matrix(block.mlp.down.weight.detach(), transposed=True)))
     half = model.inv_freq
+    count = len(half)
     sign = torch.cat([-torch.ones_like(half), torch.ones_like(half)])
+    swap = torch.cat([torch.arange(count, 2 * count), torch.arange(count)]).to(half.device)
+    norm_eps = torch.full((1, 1, 1), width * model.norm.eps, dtype=model.embed.weight.dtype, device=half.device)
     return Packed(model.embed.weight.detach(), tuple(layers), matrix(folded(model.norm, model.head)),
-                  torch.cat([half, half]), sign, model.norm.eps, model.config.n_heads)
+                  torch.cat([half, half]), sign, swap, norm_eps, model.config.n_heads)
 
 
 def _step(packed: Packed, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
@@ -359,36 +364,39 @@ def _step(packed: Packed, ids: torch.Tensor, state: RecurrentState) -> torch.Ten
     dtype = state.kv[0].dtype
     bias = torch.zeros(batch, 1, 1, old + 1, dtype=dtype, device=ids.device).masked_fill_(
         ~state.valid[:, None, None, :old + 1], float("-inf"))  # (B, 1, 1, M + fill + 1) additive mask
-    angles = state.positions[:, None].to(torch.float32) * packed.inv_freq  # (B, hs), as `_advance` computes
-    cos = angles.cos().to(dtype)[:, None, None]  # (B, 1, 1, hs)
-    sin = (angles.sin() * packed.sign).to(dtype)[:, None, None]
+    # Rotary as one product per layer: rotated = x @ R, R (B, hs, hs) holding cos on the diagonal and the signed
+    # sin where each pair (i, i + hs/2) meets; the angles as `_advance` computes them.
+    angles = state.positions[:, None].to(torch.float32) * packed.inv_freq  # (B, hs)
+    rotation = torch.diag_embed(angles.cos()) + torch.diag_embed(angles.sin() * packed.sign)[:, packed.swap]
+    rotation = rotation.to(dtype)  # (B, hs, hs)
     heads = packed.n_heads
     x = F.embedding(ids, packed.embed)  # (B, C)
     width = x.shape[1]
     head_dim = width // heads
-    half = head_dim // 2
-    eps = packed.eps
-    for layer, kv, m in zip(packed.layers, state.kv, state.horizons, strict=True):
-        qkv = (layer.qkv(x) * _inv_rms(x, eps)).view(batch, 3, heads, head_dim)  # norm(x) @ W = (x @ W) / rms
-        qk = qkv[:, :2]  # (B, 2, nh, hs) queries and keys, rotated in place below
-        torch.addcmul(qk * cos, torch.cat([qk[..., half:], qk[..., :half]], -1), sin, out=qk)
+    norm_eps = packed.norm_eps
+    for layer, keys, values, m in zip(packed.layers, state.keys, state.values, state.horizons, strict=True):
+        qkv = (layer.qkv(x) * _inv_rms(x, norm_eps)).view(batch, 3 * heads, head_dim)  # (x @ W) / rms(x)
+        qk = torch.bmm(qkv.narrow(1, 0, 2 * heads), rotation)  # (B, 2 nh, hs) rotated queries and keys
         end = m + fill + 1
-        kv[:, :, :, end - 1] = qkv[:, 1:]  # this token's key and value
-        out = F.scaled_dot_product_attention(qkv[:, 0, :, None], kv[:, 0, :, :end], kv[:, 1, :, :end],
-                                             attn_mask=bias[..., top - m:])  # (B, nh, 1, hs)
+        keys.select(2, end - 1).copy_(qk.narrow(1, heads, heads))  # this token's key and value
+        values.select(2, end - 1).copy_(qkv.narrow(1, 2 * heads, heads))
+        out = F.scaled_dot_product_attention(qk.narrow(1, 0, heads).unsqueeze(2), keys.narrow(2, 0, end),
+                                             values.narrow(2, 0, end),
+                                             attn_mask=bias.narrow(3, top - m, end))  # (B, nh, 1, hs)
         x = layer.out.add_to(x, out.view(batch, width))
-        hidden = F.gelu(layer.up(x) * _inv_rms(x, eps), approximate="tanh")
+        hidden = F.gelu(layer.up(x) * _inv_rms(x, norm_eps), approximate="tanh")
         x = layer.down.add_to(x, hidden)
     state.positions += 1
     state.fill += 1
     if state.fill == state.segment_len:
         state.close_segment()
-    return packed.head(x) * _inv_rms(x, eps)
+    return (packed.head(x) * _inv_rms(x, norm_eps)).to(dtype)
 
 
-def _inv_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """(B, 1): 1 / sqrt(mean(x^2) + eps), RMSNorm's scale, which commutes with the product after it (few ops)."""
-    return torch.linalg.vecdot(x, x).mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()[:, None]
+def _inv_rms(x: torch.Tensor, norm_eps: torch.Tensor) -> torch.Tensor:
+    """(B, 1): 1 / sqrt(sum(x^2) + C eps), RMSNorm's scale over sqrt(C) (folded into the packed weights). It
+    commutes with the product after it, so the norm costs two dispatches."""
+    return torch.baddbmm(norm_eps, x[:, None], x[:, :, None]).rsqrt_().view(-1, 1)
 
 
 def segment_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -233,6 +233,11 @@ class GeneratePanel(QWidget):
 
     def refresh(self) -> None:
         budget_ok = self.budget.view is not None and not self.budget.view.error
+        name = "stop" if self.generating else "primary"
+        if self.go.objectName() != name:  # red while it stops, blue while it starts
+            self.go.setObjectName(name)
+            self.go.style().unpolish(self.go)
+            self.go.style().polish(self.go)
         if self.generating:
             self.go.setText("Stop")
             self.go.setEnabled(True)

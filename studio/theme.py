@@ -27,6 +27,7 @@ QPushButton:hover, QToolButton:hover {{ border-color: {ACCENT.name()}; }}
 QPushButton:disabled, QToolButton:disabled {{ color: #6b7280; }}
 QPushButton#primary {{ background: {ACCENT.name()}; color: #0b1220; font-weight: bold; border: none; }}
 QPushButton#primary:disabled {{ background: #3a4a5e; color: #8090a0; }}
+QPushButton#stop {{ background: {PLAYHEAD.name()}; color: #1a0b0b; font-weight: bold; border: none; }}
 QToolButton:checked {{ background: #3d5a80; }}
 QLabel#hint {{ color: {MUTED.name()}; }}
 QLabel#warning {{ color: {GENERATED.name()}; }}

@@ -42,7 +42,7 @@ from PySide6.QtWidgets import (
 
 from core.errors import ModelError, RecitalError
 from core.modeldir import ModelInfo
-from studio.jobs import Job, JobKeeper
+from studio.jobs import Cancelled, Job, JobKeeper
 from studio.lossplot import LossPlot
 
 
@@ -75,6 +75,10 @@ class Train(Job):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        self._abandoned = False
+
+    def abandon(self) -> None:
+        self._abandoned = True
 
     def work(self):
         from studio.trainprocess import train_main
@@ -88,6 +92,9 @@ class Train(Job):
             while True:
                 if self.stopping:
                     stop.set()
+                if self._abandoned:
+                    process.terminate()  # checkpoints are written atomically: the last one stays whole
+                    raise Cancelled
                 try:
                     kind, payload = events.get(timeout=self.POLL)
                 except queue.Empty:

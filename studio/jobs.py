@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QDeadlineTimer, QObject, Qt, QThread, Signal, Slot
 
 from core.errors import RecitalError
 
@@ -37,6 +37,9 @@ class Job(QObject):
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def abandon(self) -> None:
+        """Cancel was not enough and the app is closing: end the work however possible (default: nothing)."""
 
     def check(self) -> None:
         if self._stop.is_set():
@@ -71,9 +74,11 @@ class Job(QObject):
         thread.start()
         return self
 
-    def wait(self, ms: int = 5000) -> bool:
-        """Block until the thread has ended (shutdown and tests only)."""
-        return self.thread.wait(ms) if self.thread is not None else True
+    def wait(self, ms: int | None = 5000) -> bool:
+        """Block until the thread has ended, at most `ms` (None: for as long as it takes); shutdown only."""
+        if self.thread is None:
+            return True
+        return self.thread.wait(QDeadlineTimer(QDeadlineTimer.Forever) if ms is None else ms)
 
 
 class LoadModel(Job):
@@ -122,10 +127,16 @@ class JobKeeper(QObject):
             self.jobs.discard(job)
 
     def shutdown(self, ms: int = 3000) -> None:
-        """Cancel every job and wait for its thread (closing the app)."""
+        """Cancel every job and wait for its thread (closing the app).
+
+        A job that does not stop in `ms` is abandoned (a training process is terminated; its last checkpoint
+        stays), then waited for without limit: destroying a running QThread would abort the app, and the
+        only work that cannot be interrupted is reading a long primer, which ends by itself.
+        """
         for job in list(self.jobs):
             job.cancel()
         for job in list(self.jobs):
-            if job.wait(ms):
-                self.jobs.discard(job)
-        # A job still running (a long primer being read) stays referenced: destroying a running QThread aborts.
+            if not job.wait(ms):
+                job.abandon()
+                job.wait(None)
+            self.jobs.discard(job)

@@ -120,3 +120,14 @@ def test_train_config_and_eta_text():
     assert eta_text(None) == "estimating…"
     assert eta_text(75) == "about 1 min 15 s left"
     assert eta_text(7300) == "about 2 h 01 min left"
+
+
+def test_closing_the_window_during_a_run_ends_it(qtbot, window, tmp_path):
+    dialog = window.fine_tune(workers=1, train_options=TRAIN)
+    scanned(qtbot, dialog, write_pieces(tmp_path / "midi", 6))
+    dialog.minutes.setValue(30)
+    dialog.start_training()
+    qtbot.waitUntil(lambda: len(dialog.plot.train) >= 1, timeout=60000)
+    job = dialog.train
+    window.jobs.shutdown(ms=0)  # no grace: the training process is ended, the relay thread too
+    assert job.thread.isFinished() and not window.jobs.jobs

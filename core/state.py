@@ -195,7 +195,7 @@ class RecurrentState:
         self.horizons = plan.horizons
         self.max_horizon = max(plan.horizons)
         head_dim = plan.d_model // n_heads
-        # One buffer per layer holds keys and values side by side, so a step writes both with one copy.
+        # One buffer per layer holds keys and values side by side: closing a segment shifts both in one copy.
         self.kv = [torch.zeros(plan.batch, 2, n_heads, cap, head_dim, dtype=dtype, device=device)
                    for cap in plan.capacities]  # each (B, 2, nh, m_l + L, hs)
         self.keys = [kv[:, 0] for kv in self.kv]  # views (B, nh, m_l + L, hs)

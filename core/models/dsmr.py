@@ -271,10 +271,10 @@ class DSMR(nn.Module):
 
 # ---- the lean step path -----------------------------------------------------------------------------------------
 # One id per lane, no gradients: the same computation as `_advance` with T = 1, with the weights packed for
-# one-row products: each RMSNorm weight folded into the projection after it, q/k/v in one matrix, stored (in, out)
-# so a one-row product reads them contiguously (F.linear's layout for the down projection, which is faster
-# there), the residual adds fused into the products (addmm). Keys and values go into the state with one copy,
-# and the validity mask becomes an additive one once per step for all layers. The tests hold it equal to
+# one-row products: each RMSNorm weight folded into the projection after it (its 1/rms applied after the product),
+# q/k/v in one matrix, stored (in, out) so a one-row product reads them contiguously (F.linear's layout for the
+# down projection, which is faster there), residual adds fused into the products (addmm), rotary as one small
+# product per layer, and the validity mask made additive once per step for all layers. The tests hold it equal to
 # `forward` (fp32); int8 weights are the opt-in fast form (`use_step_weights`).
 
 STEP_WEIGHTS = ("fp32", "int8")

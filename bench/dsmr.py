@@ -283,7 +283,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="generation steps per timed round")
     parser.add_argument("--repeats", type=int, default=5, help="alternating timed rounds (medians reported)")
     parser.add_argument("--gen-threads", type=int, default=1, help="threads for the generation tables")
-    parser.add_argument("--budgets", nargs="+", default=["4MB", "8MB", "16MB", "32MB"])
+    parser.add_argument("--budgets", nargs="+", default=["8MB", "12MB", "16MB", "32MB"])
     parser.add_argument("--widths", type=int, nargs="+", default=[256, 384])
     parser.add_argument("--warm-position", type=int, default=3000)
     parser.add_argument("--positions", type=int, nargs="+", default=[1000, 4000, 16000, 64000])

@@ -174,8 +174,11 @@ def test_event_loop_never_stalls_while_generating(qtbot, window):
     timer.setInterval(10)
     timer.timeout.connect(lambda: beats.append(time.monotonic()))
     timer.start()
-    w.generate()
-    wait_generated(qtbot, w, timeout=120000)
+    started = time.monotonic()
+    while time.monotonic() - started < 1.0:  # a tiny model may end its piece early: keep it busy for 1 s
+        w.panel.seed.setValue(w.panel.seed.value() + 1)
+        w.generate()
+        wait_generated(qtbot, w, timeout=120000)
     timer.stop()
     gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
     assert len(beats) > 20

@@ -50,14 +50,18 @@ ensure_venv() {
         log "creating $VENV"
         "$python" -m venv "$VENV"
     fi
+    # The stamp records pyproject.toml's hash and the extras installed with it; no extras are
+    # satisfied by any install of the same pyproject.toml.
     stamp="$VENV/.recital-installed"
-    want="$(sha256sum "$RECITAL_ROOT/pyproject.toml" | cut -c1-16) [$extras]"
-    if [ -f "$stamp" ] && grep -qxF "$want" "$stamp"; then log "python packages: all present"; return 0; fi
+    hash="$(sha256sum "$RECITAL_ROOT/pyproject.toml" | cut -c1-16)"
+    if [ -f "$stamp" ] && { grep -qxF "$hash [$extras]" "$stamp" || { [ -z "$extras" ] && grep -q "^$hash " "$stamp"; }; }; then
+        log "python packages: all present"; return 0
+    fi
     if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
         log "installing torch 2.13.0"
         "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0
     fi
-    log "installing recital[$extras]"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$RECITAL_ROOT[$extras]"
-    echo "$want" > "$stamp"
+    log "installing recital${extras:+[$extras]}"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$RECITAL_ROOT${extras:+[$extras]}"
+    echo "$hash [$extras]" > "$stamp"
 }

@@ -89,9 +89,12 @@ class LoadModel(Job):
         self.path = path
 
     def work(self):
+        from core.generate import use_fast_step
         from core.modeldir import load_model
 
-        return load_model(self.path)
+        model = load_model(self.path)
+        use_fast_step(model)
+        return model
 
 
 class RenderWav(Job):

@@ -160,3 +160,26 @@ def test_primer_longer_than_memory_is_streamed_through(tiny_model_dir):
     assert len(out) == 1
     assert state.positions.tolist() == [len(primer)]  # every primer id was read, none dropped
     assert state.nbytes <= 64 * 1024
+
+
+def test_fast_step_is_close_to_exact_and_exact_is_exact(tiny_model_dir):
+    from core.generate import use_fast_step
+
+    model = load_model(tiny_model_dir)
+    ids = torch.tensor([[1, 60, 300, 190, 62]])
+
+    def last_logits():
+        state = model.new_state(model.plan(None, 1), 1)
+        with torch.no_grad():
+            model.prefill(ids[:, :-1], state)
+            return model.step(ids[:, -1], state)
+
+    with torch.no_grad():
+        reference = model.forward(ids, model.new_state(model.plan(None, 1), 1))[:, -1]
+    use_fast_step(model)
+    fast = last_logits()
+    use_fast_step(model, exact=True)
+    exact = last_logits()
+    torch.testing.assert_close(exact, reference, atol=1e-4, rtol=0)
+    assert not torch.equal(fast, exact)  # int8 really is in use
+    torch.testing.assert_close(fast.softmax(-1), exact.softmax(-1), atol=5e-3, rtol=0)

@@ -45,6 +45,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write K variations at once (FILE-1.mid ... FILE-K.mid)")
     parser.add_argument("--max-tokens", type=positive_int, metavar="N",
                         help=f"stop after N new tokens (default: {TOKENS_PER_SECOND_LIMIT} per second asked)")
+    parser.add_argument("--exact", action="store_true",
+                        help="generate with the model's exact fp32 weights (default: int8 where the model "
+                             "offers it, about 1.5x faster)")
     parser.add_argument("--wav", metavar="OUT.wav",
                         help="also render the result to a 44.1 kHz stereo WAV file (OUT-k.wav for variations)")
     add_output_arguments(parser, synth_flag="--play")  # --play | --virtual | --port NAME: listen while writing
@@ -81,7 +84,7 @@ def write_continuation(args: argparse.Namespace, primer_ids) -> int:
 def _write_continuation(args: argparse.Namespace, primer_ids, sink) -> int:
     import numpy as np
 
-    from core.generate import SamplingConfig, generate, prepare_primer
+    from core.generate import SamplingConfig, generate, prepare_primer, use_fast_step
     from core.midi import write_performance
     from core.modeldir import load_model
     from core.player import LivePlayer
@@ -89,6 +92,7 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink) -> int:
     from core.tokenizer import Decoder, decode
 
     model = load_model(args.model)
+    use_fast_step(model, exact=args.exact)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.min_p)
     batch = args.variations
     if args.budget is not None:

@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--segment", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per model (after one warm-up step)")
-    parser.add_argument("--budget", default="32MB", help="DSMR state budget per lane (the model default)")
+    parser.add_argument("--budget", default=DSMRConfig.default_budget, help="DSMR state budget per lane (default: the model's)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:

@@ -140,10 +140,10 @@ def test_the_cli_takes_expressive_weights_and_checkpoint_minutes(folder, tmp_pat
     weights.write_text(json.dumps({"tunes": 2}))
     code = cli(["train", str(folder), "--base", "none", "--arch", "dsmr", "--size", "tiny", "--steps", "2",
                 "--batch", "2", "--out", str(tmp_path / "cli"), "--workers", "1", "--expressive", "--weights",
-                str(weights), "--checkpoint-minutes", "0.001"])
+                str(weights), "--checkpoint-minutes", "0.000001"])  # every step is later than that
     assert code == 0
     state = json.loads(next((tmp_path / "cli" / "checkpoints").glob("step-*/state.json")).read_text())
     assert state["config"]["expressive"] is True and state["config"]["weights"] == str(weights.resolve())
-    assert state["config"]["checkpoint_minutes"] == 0.001
+    assert state["config"]["checkpoint_minutes"] == 0.000001
     events = [json.loads(line) for line in (tmp_path / "cli" / "events.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["kind"] == "checkpoint" and "message" in e] == [1, 2]  # by time

@@ -1,8 +1,8 @@
 """The DSMR paper's efficiency table on our data: memory schedules trained from scratch for the same steps.
 
-    python -m bench.efficiency                 # small preset, 120 steps per schedule (~10-15 min on 2 cores)
-    python -m bench.efficiency --quick         # tiny preset, 40 steps (~3 min)
-    python -m bench.efficiency --steps 300 --size small --cap 2048 --ratio 0.41
+    python -m bench.efficiency                 # tiny preset, 150 steps per schedule (~10 min on 2 busy cores)
+    python -m bench.efficiency --quick         # tiny preset, 40 steps (~3-4 min)
+    python -m bench.efficiency --size small --steps 120 --cap 2048   # 192 x 4: ~1 h on 2 busy cores
 
 Three runs of `trainer.fine_tune` (the trainer's own loop: lane streams, AdamW, validation by
 core.metrics.perplexity_report), one per schedule, from the same seed on the same pieces (MAESTRO: 8 training
@@ -223,13 +223,13 @@ def _load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", default=str(MAESTRO), help="MIDI pieces (8 train / 2 held out for 10)")
-    parser.add_argument("--size", default="small", choices=("tiny", "small"))
-    parser.add_argument("--steps", type=int, default=120, help="optimizer steps per schedule")
+    parser.add_argument("--size", default="tiny", choices=("tiny", "small"))
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per schedule")
     parser.add_argument("--batch", type=int, default=8, help="lanes per step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (short runs: higher than 3e-4)")
     parser.add_argument("--cap", type=int, default=None, help="full's horizon per layer (default 8 segments)")
     parser.add_argument("--ratio", type=float, default=0.41, help="two_scale/uniform budget over full's state")
-    parser.add_argument("--validations", type=int, default=2, help="held-out scorings per run (the last at the end)")
+    parser.add_argument("--validations", type=int, default=1, help="held-out scorings per run (the last at the end)")
     parser.add_argument("--rounds", type=int, default=1, help="train every schedule this many times, in turns")
     parser.add_argument("--gen-steps", type=int, default=100, help="generated tokens per timing")
     parser.add_argument("--gen-repeats", type=int, default=5, help="timing rounds, schedules in turns")

@@ -1,6 +1,6 @@
 """The DSMR paper's efficiency table on our data: memory schedules trained from scratch for the same steps.
 
-    python -m bench.efficiency                 # tiny preset, 150 steps per schedule (~10 min on 2 busy cores)
+    python -m bench.efficiency                 # tiny preset, 150 steps per schedule (~7-30 min on 2 shared cores)
     python -m bench.efficiency --quick         # tiny preset, 40 steps (~3-4 min)
     python -m bench.efficiency --size small --steps 120 --cap 2048   # 192 x 4: ~1 h on 2 busy cores
 

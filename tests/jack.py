@@ -140,3 +140,43 @@ class Receiver:
         self._in.cancel_callback()
         self._in.close_port()
         self._in.delete()
+
+
+class LateListener:
+    """A DAW-like client that waits for a port to appear (a command opens it later), connects, and keeps every
+    message it receives until closed. Use as a context manager around the command."""
+
+    def __init__(self, port_part: str = "Recital", timeout: float = 30.0):
+        import threading
+
+        self.port_part, self.timeout = port_part, timeout
+        self.messages: list[list[int]] = []
+        self.connected, self._done = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._listen)
+
+    def _listen(self) -> None:
+        import rtmidi
+
+        from core.midiport import find_port
+
+        probe = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="listener")
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline and not any(self.port_part in p for p in probe.get_ports()):
+            time.sleep(0.01)
+        probe.open_port(find_port(probe.get_ports(), self.port_part, "input"))
+        probe.set_callback(lambda event, _: self.messages.append(event[0]))
+        self.connected.set()
+        self._done.wait(2 * self.timeout)
+        probe.delete()
+
+    def note_ons(self) -> list[int]:
+        """Pitches of the note-on messages received, in arrival order."""
+        return [m[1] for m in self.messages if m[0] & 0xF0 == 0x90 and m[2] > 0]
+
+    def __enter__(self) -> LateListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._done.set()
+        self._thread.join()

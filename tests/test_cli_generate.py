@@ -102,38 +102,13 @@ def test_generate_renders_a_wav(tiny_model_dir, tmp_path, capsys):
 
 def test_generate_streams_to_the_virtual_port_while_writing(tiny_model_dir, tmp_path, jack, capsys):
     """A DAW connected to "Recital" hears exactly the notes written to the file, while they are generated."""
-    import threading
-    import time
+    from tests.jack import LateListener
 
-    import rtmidi
-
-    from core.midiport import find_port
-
-    received: list[int] = []
-    connected, done = threading.Event(), threading.Event()
-
-    def listen() -> None:  # connect as soon as the command's port appears
-        probe = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="daw")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any("Recital" in p for p in probe.get_ports()):
-            time.sleep(0.01)
-        probe.open_port(find_port(probe.get_ports(), "Recital", "input"))
-        probe.set_callback(lambda event, _: received.append(event[0][1]) if event[0][0] & 0xF0 == 0x90
-                           and event[0][2] > 0 else None)
-        connected.set()
-        done.wait(60)
-        probe.delete()
-
-    listener = threading.Thread(target=listen)
-    listener.start()
     out = tmp_path / "live.mid"
-    try:
+    with LateListener() as listener:
         code = main(["generate", "--model", str(tiny_model_dir), "--seconds", "3", "--out", str(out),
                      "--virtual", "--seed", "11"])
-    finally:
-        done.set()
-        listener.join()
-    assert code == 0 and connected.is_set()
+    assert code == 0 and listener.connected.is_set()
     assert "playing to the end" in capsys.readouterr().out
     written = read_performance(out)
-    assert len(written) > 0 and sorted(received) == sorted(written.pitch.tolist())
+    assert len(written) > 0 and sorted(listener.note_ons()) == sorted(written.pitch.tolist())

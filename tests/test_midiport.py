@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -222,32 +221,17 @@ def test_port_commands_fail_with_one_line_after_the_server_stops(jack_server):
 
 
 def test_play_to_the_virtual_port_from_the_command_line(jack):
-    done = threading.Event()
-    received: list[list[int]] = []
+    from tests.jack import LateListener
 
-    def listen() -> None:  # connect as soon as the CLI's port appears
-        import rtmidi
-
-        probe = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="listener")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any("Recital" in p for p in probe.get_ports()):
-            time.sleep(0.02)
-        probe.open_port(find_port(probe.get_ports(), "Recital", "input"))
-        probe.set_callback(lambda event, _: received.append(event[0]))
-        done.wait(30)
-        probe.delete()
-
-    thread = threading.Thread(target=listen)
-    thread.start()
     piece = Path(os.environ.get("TMPDIR", "/tmp")) / f"recital-cli-{os.getpid()}.mid"
     onset = 0.5 + np.arange(6) * 0.1  # a short rest first: time for the listener to connect
     write_performance(Performance.from_notes(onset, onset + 0.08, [60, 62, 64, 65, 67, 69], [80] * 6), piece)
     try:
-        result = _run_cli("play", str(piece), "--virtual", env={})
+        with LateListener() as listener:
+            result = _run_cli("play", str(piece), "--virtual", env={})
     finally:
-        done.set()
-        thread.join()
         piece.unlink(missing_ok=True)
+    received = listener.messages
     assert result.returncode == 0, result.stderr
     assert "played 12 messages" in result.stdout
     assert [m[1] for m in received if m[0] == NOTE_ON] == [60, 62, 64, 65, 67, 69]

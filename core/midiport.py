@@ -164,6 +164,22 @@ def _no_virtual_ports(outputs: list[str], direction: str) -> DeviceError:
                        f"loopMIDI and choose its port with --port (existing {direction} ports: {listing})")
 
 
+def _open_port(client, api: int, port: str | int | None, virtual_name: str, direction: str) -> str:
+    """Open `port` (a name, part of one, or a number) on an rtmidi client, or a virtual port when None;
+    the opened port's name. rtmidi errors pass through to the caller, which words them."""
+    if port is None:
+        if api == _rtmidi().API_WINDOWS_MM:
+            raise _no_virtual_ports(list(client.get_ports()), direction)
+        with _quiet_stderr():
+            client.open_virtual_port(virtual_name)
+        return virtual_name
+    names = list(client.get_ports())
+    index = find_port(names, port, direction)
+    with _quiet_stderr():
+        client.open_port(index)
+    return names[index]
+
+
 class MidiOutput:
     """One open MIDI output (virtual or existing port), sending on channel 1; a `core.player.Sink`.
 
@@ -184,18 +200,7 @@ class MidiOutput:
         self._out, api = _client("out", client_name)
         self.api = _api_label(api)
         try:
-            if port is None:
-                if api == rtmidi.API_WINDOWS_MM:
-                    raise _no_virtual_ports(list(self._out.get_ports()), "output")
-                with _quiet_stderr():
-                    self._out.open_virtual_port(VIRTUAL_NAME)
-                self.name = VIRTUAL_NAME
-            else:
-                names = list(self._out.get_ports())
-                index = find_port(names, port, "output")
-                with _quiet_stderr():
-                    self._out.open_port(index)
-                self.name = names[index]
+            self.name = _open_port(self._out, api, port, VIRTUAL_NAME, "output")
         except rtmidi.RtMidiError as error:
             self._out.delete()
             what = f"port {port!r}" if port else f"the virtual port {VIRTUAL_NAME!r}"
@@ -333,18 +338,7 @@ class MidiRecorder:
         self._last_wall = time.perf_counter()  # when the last message arrived, to place `stop` on that clock
         self._recording = False
         try:
-            if port is None:
-                if api == rtmidi.API_WINDOWS_MM:
-                    raise _no_virtual_ports(list(self._in.get_ports()), "input")
-                with _quiet_stderr():
-                    self._in.open_virtual_port(VIRTUAL_INPUT_NAME)
-                self.name = VIRTUAL_INPUT_NAME
-            else:
-                names = list(self._in.get_ports())
-                index = find_port(names, port, "input")
-                with _quiet_stderr():
-                    self._in.open_port(index)
-                self.name = names[index]
+            self.name = _open_port(self._in, api, port, VIRTUAL_INPUT_NAME, "input")
             self._in.set_callback(self._receive)
         except rtmidi.RtMidiError as error:
             self._in.delete()

@@ -44,3 +44,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
                         default_budget="256KB")
     path = tmp_path_factory.mktemp("models") / "tiny"
     return save_model(DSMR(config), path, "# Tiny test model\n\nRandom weights, for tests only.\n")
+
+
+@pytest.fixture
+def isolated_dirs(tmp_path, monkeypatch):
+    """This test's own corpus cache and user-data folders (models, runs), never the user's."""
+    monkeypatch.setenv("RECITAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RECITAL_DATA_DIR", str(tmp_path / "data"))

@@ -56,10 +56,7 @@ model = {{d_model = 16, n_layers = 2, n_heads = 2, segment_len = 32, max_horizon
 """
 
 
-@pytest.fixture(autouse=True)
-def dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECITAL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RECITAL_DATA_DIR", str(tmp_path / "data"))
+pytestmark = pytest.mark.usefixtures("isolated_dirs")
 
 
 @pytest.fixture(autouse=True, scope="module")

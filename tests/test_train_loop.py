@@ -29,10 +29,7 @@ TINY_PERCEIVERS = {"d_model": 16, "n_layers": 1, "n_heads": 2, "context": 64, "l
                    "default_budget": "256KB"}
 
 
-@pytest.fixture(autouse=True)
-def dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECITAL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RECITAL_DATA_DIR", str(tmp_path / "data"))
+pytestmark = pytest.mark.usefixtures("isolated_dirs")
 
 
 @pytest.fixture

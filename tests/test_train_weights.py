@@ -27,11 +27,7 @@ from trainer.weights import (
     token_shares,
 )
 
-
-@pytest.fixture(autouse=True)
-def dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECITAL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RECITAL_DATA_DIR", str(tmp_path / "data"))
+pytestmark = pytest.mark.usefixtures("isolated_dirs")
 
 
 @pytest.fixture

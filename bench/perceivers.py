@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=512)
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--n-heads", type=int, default=4)
-    parser.add_argument("--n-layers", type=int, default=6)
+    parser.add_argument("--n-layers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=4, help="training batch")
     parser.add_argument("--train-steps", type=int, default=3)

@@ -106,8 +106,8 @@ def prepare_primer(primer_ids: Sequence[int] | np.ndarray | torch.Tensor | None,
 
 
 def use_fast_step(model, exact: bool = False) -> None:
-    """Let a model generate with its fast reduced-precision step weights where it has them (DSMR on a CPU:
-    int8, about 1.5x the tokens/s, probabilities within ~1e-3 of fp32); `exact` keeps the fp32 step, which
+    """Let a model generate with its fast reduced-precision step weights where it has them (both models on a
+    CPU: int8, 1.2-1.5x the tokens/s, probabilities within ~1e-3 of fp32); `exact` keeps the fp32 step, which
     reproduces training bit for bit. Training and `forward` are never affected."""
     on_cpu = next(model.parameters()).device.type == "cpu"
     if hasattr(model, "use_step_weights") and on_cpu and hasattr(torch, "_weight_int8pack_mm"):

@@ -201,3 +201,28 @@ def test_generation_in_other_precisions(dtype):
     assert logits.dtype == dtype and torch.isfinite(logits).all()
     tolerance = 1e-10 if dtype == torch.float64 else 0.02
     assert torch.allclose(logits, expected, atol=tolerance)
+
+
+def test_int8_step_weights_stay_close_to_exact(model):
+    """The fast form `recital generate` uses on a CPU: probabilities within ~1e-3 of the exact step, through
+    re-encodes and lanes at different positions (one lane reset midway)."""
+    ids = random_ids(2, 40)
+
+    def run() -> torch.Tensor:
+        state = model.new_state(model.plan(budget_for(16, 2), batch=2))
+        out = []
+        for t in range(40):
+            if t == 13:
+                state.reset(1)
+            out.append(model.step(ids[:, t], state).log_softmax(-1))
+        return torch.stack(out)
+
+    exact = run()
+    model.use_step_weights("int8")
+    quantised = run()
+    assert not torch.equal(quantised, exact)  # the int8 matrices were used
+    assert (quantised.exp() - exact.exp()).abs().max() < 2e-3
+    model.use_step_weights("fp32")
+    assert torch.allclose(run(), exact, atol=1e-5)
+    with pytest.raises(ModelError, match="step weights"):
+        model.use_step_weights("int4")

@@ -26,6 +26,7 @@ from torch import nn
 
 from core.errors import BudgetError, ModelError
 from core.models.layers import Block, RMSNorm
+from core.models.packed import Matrix, PackedWeights, folded, inv_rms, matrix_kind, rms_eps
 from core.state import RecurrentState, StatePlan, parse_budget, plan_horizons
 from core.tokenizer import BOS, PAD, VOCAB_SIZE
 
@@ -91,7 +92,7 @@ class DSMRConfig:
             raise ModelError(f"bad DSMR config: {error}") from None
 
 
-class DSMR(nn.Module):
+class DSMR(PackedWeights, nn.Module):
     arch = "dsmr"
 
     def __init__(self, config: DSMRConfig):
@@ -139,36 +140,14 @@ class DSMR(nn.Module):
         if plan.d_model != self.config.d_model or len(plan.horizons) != self.config.n_layers:
             raise BudgetError("the plan was made for another model size")
         weight = self.embed.weight
-        self.__dict__["_packed_params"] = list(self.parameters())  # the weights `step` checks for changes
+        self._watch_parameters()  # the weights `step` checks for changes
         return RecurrentState(plan, self.config.n_heads, dtype=weight.dtype, device=weight.device)
 
     def _element_size(self) -> int:
         return self.embed.weight.element_size()
 
-    def use_step_weights(self, kind: str) -> None:
-        """How `step` stores its weights: "fp32" (the model's own dtype, exact; the default) or "int8".
-
-        int8: every matrix of the step path (qkv, out, up, down, head) as int8 with one scale per output channel,
-        multiplied with bfloat16 activations (about 4x less weight memory to stream per token; logits within a
-        few hundredths of the exact ones). Training, `forward` and `prefill` are unaffected.
-        """
-        if kind not in STEP_WEIGHTS:
-            raise ModelError(f"unknown step weights {kind!r}: use one of {', '.join(STEP_WEIGHTS)}")
-        if kind == "int8" and not hasattr(torch, "_weight_int8pack_mm"):
-            raise ModelError("int8 step weights need a PyTorch build with _weight_int8pack_mm")
-        self.__dict__["_step_weights"] = kind
-        self.__dict__.pop("_packed_key", None)
-
-    def _packed(self) -> Packed:
-        """The step path's weights, packed again whenever a parameter changed (training, loading, moving)."""
-        params = self.__dict__.get("_packed_params")
-        if params is None:  # a plain list (not a submodule)
-            params = self.__dict__["_packed_params"] = list(self.parameters())
-        key = [(p.data_ptr(), p._version) for p in params]
-        if self.__dict__.get("_packed_key") != key:
-            self.__dict__["_packed_weights"] = pack(self, self.__dict__.get("_step_weights", "fp32"))
-            self.__dict__["_packed_key"] = key
-        return self.__dict__["_packed_weights"]
+    def _pack(self, kind: str) -> Packed:
+        return pack(self, kind)
 
     # -- reading tokens -----------------------------------------------------------------------------------------
 
@@ -277,81 +256,47 @@ class DSMR(nn.Module):
 # product per layer, and the validity mask made additive once per step for all layers. The tests hold it equal to
 # `forward` (fp32); int8 weights are the opt-in fast form (`use_step_weights`).
 
-STEP_WEIGHTS = ("fp32", "int8")
-
-
-class Dense:
-    """A matrix for one-row products in the model's dtype: x @ w, or residual + x @ w in one call."""
-
-    def __init__(self, weight: torch.Tensor, transposed: bool = False):
-        # weight: (out, in) as nn.Linear holds it. Stored (in, out), or kept (out, in) and read transposed.
-        self.w = weight.t() if transposed else weight.t().contiguous()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.w
-
-    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(residual, x, self.w)
-
-
-class Int8:
-    """A matrix as int8 with one scale per output channel, applied to bfloat16 activations."""
-
-    def __init__(self, weight: torch.Tensor, transposed: bool = False):
-        weight = weight.float()  # (out, in)
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        self.w = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-        self.scale = scale.to(torch.bfloat16)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.scale)  # bf16 (B, out)
-
-    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return residual + self(x)  # promoted to the residual's dtype
-
-
 @dataclass(frozen=True)
 class PackedLayer:
-    qkv: Dense | Int8  # C -> 3C, attention norm folded in
-    out: Dense | Int8  # C -> C
-    up: Dense | Int8  # C -> hidden, MLP norm folded in
-    down: Dense | Int8  # hidden -> C
+    qkv: Matrix  # C -> 3C, attention norm folded in
+    out: Matrix  # C -> C
+    up: Matrix  # C -> hidden, MLP norm folded in
+    down: Matrix  # hidden -> C
 
 
 @dataclass(frozen=True)
 class Packed:
     embed: torch.Tensor  # (V, C)
     layers: tuple[PackedLayer, ...]
-    head: Dense | Int8  # C -> V, final norm folded in
+    head: Matrix  # C -> V, final norm folded in
     inv_freq: torch.Tensor  # (hs,): the rotary frequencies twice, for both halves
     sign: torch.Tensor  # (hs,): -1 on the first half, +1 on the second
     swap: torch.Tensor  # (hs,): index of the other half's partner (rotary pairs i and i + hs/2)
-    norm_eps: torch.Tensor  # (1, 1, 1): C * eps (see `_inv_rms`)
+    norm_eps: torch.Tensor  # (1, 1, 1): C * eps (see packed.inv_rms)
     n_heads: int
 
 
 @torch.no_grad()
 def pack(model: DSMR, kind: str = "fp32") -> Packed:
-    matrix = Int8 if kind == "int8" else Dense
+    matrix = matrix_kind(kind)
     width = model.config.d_model
 
-    def folded(norm: RMSNorm, *linears: nn.Linear) -> torch.Tensor:
-        """(out, C): (x @ it.T) * _inv_rms(x) == linear(rms_norm(x) * norm weight); sqrt(C) of the mean is in it."""
-        return torch.cat([lin.weight for lin in linears]) * (norm.weight[None, :] * math.sqrt(width))
+    def folded_norm(norm: RMSNorm, *linears: nn.Linear) -> torch.Tensor:
+        return folded(norm.weight, *(lin.weight for lin in linears))
 
     layers = []
     for block in model.blocks:
         attn = block.attn
-        layers.append(PackedLayer(matrix(folded(block.attn_norm, attn.q_proj, attn.kv_proj)),
-                                  matrix(attn.out_proj.weight), matrix(folded(block.mlp_norm, block.mlp.up)),
+        layers.append(PackedLayer(matrix(folded_norm(block.attn_norm, attn.q_proj, attn.kv_proj)),
+                                  matrix(attn.out_proj.weight), matrix(folded_norm(block.mlp_norm, block.mlp.up)),
                                   matrix(block.mlp.down.weight.detach(), transposed=True)))
     half = model.inv_freq
     count = len(half)
     sign = torch.cat([-torch.ones_like(half), torch.ones_like(half)])
     swap = torch.cat([torch.arange(count, 2 * count), torch.arange(count)]).to(half.device)
-    norm_eps = torch.full((1, 1, 1), width * model.norm.eps, dtype=model.embed.weight.dtype, device=half.device)
-    return Packed(model.embed.weight.detach(), tuple(layers), matrix(folded(model.norm, model.head)),
-                  torch.cat([half, half]), sign, swap, norm_eps, model.config.n_heads)
+    return Packed(model.embed.weight.detach(), tuple(layers), matrix(folded_norm(model.norm, model.head)),
+                  torch.cat([half, half]), sign, swap, rms_eps(width, model.norm.eps, model.embed.weight),
+                  model.config.n_heads)
 
 
 def _step(packed: Packed, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
@@ -377,7 +322,7 @@ def _step(packed: Packed, ids: torch.Tensor, state: RecurrentState) -> torch.Ten
     head_dim = width // heads
     norm_eps = packed.norm_eps
     for layer, keys, values, m in zip(packed.layers, state.keys, state.values, state.horizons, strict=True):
-        qkv = (layer.qkv(x) * _inv_rms(x, norm_eps)).view(batch, 3 * heads, head_dim)  # (x @ W) / rms(x)
+        qkv = (layer.qkv(x) * inv_rms(x, norm_eps)).view(batch, 3 * heads, head_dim)  # (x @ W) / rms(x)
         qk = torch.bmm(qkv.narrow(1, 0, 2 * heads), rotation)  # (B, 2 nh, hs) rotated queries and keys
         end = m + fill + 1
         keys.select(2, end - 1).copy_(qk.narrow(1, heads, heads))  # this token's key and value
@@ -386,19 +331,13 @@ def _step(packed: Packed, ids: torch.Tensor, state: RecurrentState) -> torch.Ten
                                              values.narrow(2, 0, end),
                                              attn_mask=bias.narrow(3, top - m, end))  # (B, nh, 1, hs)
         x = layer.out.add_to(x, out.view(batch, width))
-        hidden = F.gelu(layer.up(x) * _inv_rms(x, norm_eps), approximate="tanh")
+        hidden = F.gelu(layer.up(x) * inv_rms(x, norm_eps), approximate="tanh")
         x = layer.down.add_to(x, hidden)
     state.positions += 1
     state.fill += 1
     if state.fill == state.segment_len:
         state.close_segment()
-    return (packed.head(x) * _inv_rms(x, norm_eps)).to(dtype)
-
-
-def _inv_rms(x: torch.Tensor, norm_eps: torch.Tensor) -> torch.Tensor:
-    """(B, 1): 1 / sqrt(sum(x^2) + C eps), RMSNorm's scale over sqrt(C) (folded into the packed weights). It
-    commutes with the product after it, so the norm costs two dispatches."""
-    return torch.baddbmm(norm_eps, x[:, None], x[:, :, None]).rsqrt_().view(-1, 1)
+    return (packed.head(x) * inv_rms(x, norm_eps)).to(dtype)
 
 
 def segment_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from torch import nn
 
 from core.errors import BudgetError, ModelError
 from core.models.layers import Block, CrossAttentionBlock, RMSNorm
+from core.models.packed import Matrix, PackedWeights, folded, inv_rms, matrix_kind, rms_eps
 from core.models.perceivers_state import PerceiverSPlan, PerceiverSState, plan_state
 from core.state import parse_budget
 from core.tokenizer import PAD, VOCAB_SIZE
@@ -39,7 +40,7 @@ class PerceiverSConfig:
     scale: int = 512  # S: inputs the second cross-attention sees back from each latent
     d_model: int = 256
     n_heads: int = 4
-    n_layers: int = 6  # latent self-attention blocks
+    n_layers: int = 4  # latent self-attention blocks (with the two cross-attentions: 6 attention layers)
     mlp_ratio: int = 4
     dropout: float = 0.0
     rope_base: float = 10000.0
@@ -102,7 +103,7 @@ def visible(query_pos: torch.Tensor, key_pos: torch.Tensor, key_pad: torch.Tenso
     return (mask | (distance == 0)[None]).unsqueeze(1)
 
 
-class PerceiverS(nn.Module):
+class PerceiverS(PackedWeights, nn.Module):
     arch = "perceivers"
 
     def __init__(self, config: PerceiverSConfig):
@@ -176,7 +177,7 @@ class PerceiverS(nn.Module):
         c = self.config
         if (plan.latents, plan.scale, plan.n_layers, plan.d_model) != (c.latents, c.scale, c.n_layers, c.d_model):
             raise BudgetError("this plan was made for a different PerceiverS model")
-        self.__dict__["_packed_params"] = list(self.parameters())  # the weights `step` checks for changes
+        self._watch_parameters()  # the weights `step` checks for changes
         return PerceiverSState(plan, plan.batch if batch is None else batch, self.embed.weight.device)
 
     @torch.no_grad()
@@ -204,14 +205,8 @@ class PerceiverS(nn.Module):
             logits[lanes] = self._advance(packed, ids[lanes], state, lanes)
         return logits
 
-    def _packed(self) -> Packed:
-        """The generation weights, packed again whenever a parameter changed (training, loading, moving)."""
-        if "_packed_params" not in self.__dict__:  # a plain list (not a submodule), refreshed by new_state
-            self.__dict__["_packed_params"] = list(self.parameters())
-        key = [(p.data_ptr(), p._version) for p in self.__dict__["_packed_params"]]
-        if self.__dict__.get("_packed_key") != key:
-            self.__dict__["_packed_weights"], self.__dict__["_packed_key"] = pack(self), key
-        return self.__dict__["_packed_weights"]
+    def _pack(self, kind: str) -> Packed:
+        return pack(self, kind)
 
     def _advance(self, packed: Packed, ids: torch.Tensor, state: PerceiverSState,
                  lanes: torch.Tensor | None) -> torch.Tensor:
@@ -228,143 +223,173 @@ class PerceiverS(nn.Module):
                 _set_rows(state.start, lanes, start)
                 _set_rows(state.latent_positions, lanes, -1)
             count = min(total - done, int(start[0]) + m - int(length[0]))
-            self._write_inputs(packed, ids[:, done:done + count], length, state, lanes)
+            first = start if fresh else length  # the latents computed now: positions first .. length + count - 1
+            positions = first[:, None] + torch.arange(int(length[0] - first[0]) + count, device=ids.device)
+            rotations = _rotations(positions, self.head_dim, self.config.rope_base, state.keys1.dtype)
+            # Lanes at the same position write their rings with one slice (not an index per lane and token).
+            lockstep = positions.shape[0] == 1 or bool((positions[:, 0] == positions[0, 0]).all())
+            first_position = int(positions[0, 0]) if lockstep and lanes is None else None
+            self._write_inputs(packed, ids[:, done:done + count], positions[:, -count:], rotations[:, -count:],
+                               None if first_position is None else int(length[0]), state, lanes)
             _set_rows(state.length, lanes, length + count)
-            first = start if fresh else length
-            logits = self._latents(packed, first, int(length[0] - first[0]) + count, state, lanes)
+            logits = self._latents(packed, positions, rotations, first_position, state, lanes)
             done += count
-        return logits[:, -1]
+        return logits
 
-    def _write_inputs(self, packed: Packed, ids: torch.Tensor, first: torch.Tensor, state: PerceiverSState,
-                      lanes: torch.Tensor | None) -> None:
-        """Project ids (b, n) at positions first + [0, n) into both cross-attention rings (once per token)."""
+    def _write_inputs(self, packed: Packed, ids: torch.Tensor, positions: torch.Tensor, rotations: torch.Tensor,
+                      first_position: int | None, state: PerceiverSState, lanes: torch.Tensor | None) -> None:
+        """Project ids (b, n) at `positions` (b, n) into both cross-attention rings (once per token)."""
         c = self.config
-        positions = first[:, None] + torch.arange(ids.shape[1], device=ids.device)  # (b, n)
-        rope = _rope_tables(positions, self.head_dim, c.rope_base, packed.head.dtype)
         batch, count = ids.shape
-        x = F.rms_norm(self.embed(ids), (c.d_model,), None, packed.eps)  # (b, n, C)
-        kv = (x @ packed.inputs_kv).view(batch, count, 2, 2, c.n_heads, self.head_dim)  # (b, n, layer, k|v, ..)
-        k = _rotate(kv[:, :, :, 0], rope)  # (b, n, 2, nh, hs)
+        x = F.embedding(ids, packed.embed)  # (b, n, C)
+        kv = (packed.inputs_kv(x) * inv_rms(x, packed.eps)).view(batch * count, 2, 2, c.n_heads, self.head_dim)
+        k = _rotate(kv[:, :, 0], rotations).view(batch, count, 2, c.n_heads, self.head_dim)  # 2 layers' keys
+        v = kv[:, :, 1].view(batch, count, 2, c.n_heads, self.head_dim)
         rows = _lane_index(state, lanes)[:, None].expand_as(positions)  # (b, n)
         for layer, (keys, values, slot_positions) in enumerate(
                 ((state.keys1, state.values1, state.positions1), (state.keys2, state.values2, state.positions2))):
-            slots = positions % keys.shape[2]
-            keys[rows, :, slots] = k[:, :, layer]  # (b, n, nh, hs) into (B, nh, R, hs)
-            values[rows, :, slots] = kv[:, :, layer, 1]
-            slot_positions[rows, slots] = positions
-        state.ids[rows, positions % state.ids.shape[1]] = ids
+            _put(keys, rows, positions, k[:, :, layer], first_position)
+            _put(values, rows, positions, v[:, :, layer], first_position)
+            _put(slot_positions, rows, positions, positions, first_position)
+        _put(state.ids, rows, positions, ids, first_position)
 
-    def _latents(self, packed: Packed, first: torch.Tensor, count: int, state: PerceiverSState,
-                 lanes: torch.Tensor | None) -> torch.Tensor:
-        """Latents at positions first + [0, count) (b,) from the rings -> logits (b, count, V); fills latent rings."""
+    def _latents(self, packed: Packed, positions: torch.Tensor, rotations: torch.Tensor, first_position: int | None,
+                 state: PerceiverSState, lanes: torch.Tensor | None) -> torch.Tensor:
+        """Latents at `positions` (b, n) from the rings -> logits (b, V) of the last; fills the latent rings."""
         c = self.config
-        positions = first[:, None] + torch.arange(count, device=first.device)  # (b, n)
-        rope = _rope_tables(positions, self.head_dim, c.rope_base, packed.head.dtype)
+        batch, count = positions.shape
+        heads, head_dim = c.n_heads, self.head_dim
         rows = _lane_index(state, lanes)[:, None].expand_as(positions)
-        h = self.embed(state.ids[rows, positions % c.latents])  # (b, n, C)
+        h = F.embedding(state.ids[rows, positions % c.latents].flatten(), packed.embed)  # (b n, C)
         start = _rows(state.start, lanes)[:, None, None]  # (b, 1, 1)
         context_start = (start + c.latents - state.plan.context).clamp(min=0)
         query = positions[:, :, None]  # (b, n, 1)
 
         key_pos = _rows(state.positions1, lanes)[:, None, :]  # (b, 1, N_gen)
-        mask = ((key_pos >= context_start) & (key_pos <= query)).unsqueeze(1)  # (b, 1, n, N_gen)
-        h = _cross_block(packed.cross[0], h, _rows(state.keys1, lanes), _rows(state.values1, lanes), rope, mask,
-                         packed.eps)
+        mask = _additive((key_pos >= context_start) & (key_pos <= query), h.dtype)  # (b, 1, n, N_gen)
+        h = _cross_block(packed.cross[0], h, _rows(state.keys1, lanes), _rows(state.values1, lanes), rotations,
+                         mask, packed.eps)
 
         key_pos = _rows(state.positions2, lanes)[:, None, :]  # (b, 1, R2)
         low = torch.maximum(context_start, query - c.scale + 1)
-        mask = ((key_pos >= low) & (key_pos <= query)).unsqueeze(1)
-        h = _cross_block(packed.cross[1], h, _rows(state.keys2, lanes), _rows(state.values2, lanes), rope, mask,
-                         packed.eps)
+        mask = _additive((key_pos >= low) & (key_pos <= query), h.dtype)
+        h = _cross_block(packed.cross[1], h, _rows(state.keys2, lanes), _rows(state.values2, lanes), rotations,
+                         mask, packed.eps)
 
-        slots = positions % c.latents
-        state.latent_positions[rows, slots] = positions
+        _put(state.latent_positions, rows, positions, positions, first_position)
         key_pos = _rows(state.latent_positions, lanes)[:, None, :]  # (b, 1, M)
-        mask = ((key_pos >= start) & (key_pos <= query)).unsqueeze(1)  # (b, 1, n, M)
-        batch = h.shape[0]
+        mask = _additive((key_pos >= start) & (key_pos <= query), h.dtype)  # (b, 1, n, M), for every layer
         for layer, weights in enumerate(packed.blocks):
-            x = F.rms_norm(h, (c.d_model,), None, packed.eps)
-            qkv = (x @ weights.qkv).view(batch, count, 3, c.n_heads, self.head_dim)
-            qk = _rotate(qkv[:, :, :2], rope)  # (b, n, 2, nh, hs)
+            qkv = (weights.qkv(h) * inv_rms(h, packed.eps)).view(batch * count, 3 * heads, head_dim)
+            qk = _rotate(qkv[:, :2 * heads], rotations).view(batch, count, 2, heads, head_dim)
             keys, values = state.latent_keys[layer], state.latent_values[layer]
-            keys[rows, :, slots] = qk[:, :, 1]
-            values[rows, :, slots] = qkv[:, :, 2]
+            _put(keys, rows, positions, qk[:, :, 1], first_position)
+            _put(values, rows, positions, qkv[:, 2 * heads:].view(batch, count, heads, head_dim), first_position)
             out = F.scaled_dot_product_attention(qk[:, :, 0].transpose(1, 2), _rows(keys, lanes),
                                                  _rows(values, lanes), attn_mask=mask)  # (b, nh, n, hs)
-            h = h + out.transpose(1, 2).reshape(batch, count, c.d_model) @ weights.out
-            h = h + _mlp(weights, F.rms_norm(h, (c.d_model,), None, packed.eps))
-        return F.rms_norm(h, (c.d_model,), None, packed.eps) @ packed.head  # (b, n, V)
+            h = weights.out.add_to(h, out.transpose(1, 2).reshape(batch * count, c.d_model))
+            h = _mlp(weights, h, packed.eps)
+        last = h.view(batch, count, c.d_model)[:, -1]  # (b, C)
+        return (packed.head(last) * inv_rms(last, packed.eps)).to(state.keys1.dtype)  # (b, V)
 
 
 # ---- the lean generation path ---------------------------------------------------------------------------------
-# The same computation as the shared layers, with their weights packed for single-token steps: each RMSNorm
-# weight folded into the projection after it, q/k/v in one matrix, and matrices stored (in, out) so that a
-# one-row product reads them contiguously (two to three times faster on CPU than F.linear's layout, except
-# for the down projection). The cache tests hold it equal to `forward`.
+# The same computation as the shared layers, over weights packed for few-row products (core/models/packed.py):
+# each RMSNorm weight folded into the projection after it, q/k/v in one matrix, the inputs' keys and values of
+# both cross-attentions in one, residual adds fused into the products where the dtype allows, masks made additive
+# once per call. The cache tests hold it equal to `forward` in fp32; int8 is the fast form (`use_step_weights`).
 
 @dataclass(frozen=True)
 class PackedBlock:
-    qkv: torch.Tensor  # (C, 3C): queries, keys, values (cross blocks: (C, C), queries only)
-    out: torch.Tensor  # (C, C)
-    up: torch.Tensor  # (C, hidden)
-    down: torch.Tensor  # (C, hidden), F.linear's layout
+    qkv: Matrix  # C -> 3C, the attention norm folded in (cross blocks: C -> C, queries only)
+    out: Matrix  # C -> C
+    up: Matrix  # C -> hidden, the MLP norm folded in
+    down: Matrix  # hidden -> C
 
 
 @dataclass(frozen=True)
 class Packed:
-    inputs_kv: torch.Tensor  # (C, 4C): keys and values of both cross-attentions from the normed embedding
+    embed: torch.Tensor  # (V, C)
+    inputs_kv: Matrix  # C -> 4C: keys and values of both cross-attentions, their kv norms folded in
     cross: tuple[PackedBlock, PackedBlock]
     blocks: tuple[PackedBlock, ...]
-    head: torch.Tensor  # (C, V)
-    eps: float
+    head: Matrix  # C -> V, the final norm folded in
+    eps: torch.Tensor  # (1, 1, 1): C * eps (see packed.inv_rms)
 
 
 @torch.no_grad()
-def pack(model: PerceiverS) -> Packed:
-    def folded(norm: RMSNorm, *linears: nn.Linear) -> torch.Tensor:
-        """(C, out) = diag(norm weight) @ concatenated weights^T: norm(x) @ it == linear(rms_norm(x) * w)."""
-        return (norm.weight[:, None] * torch.cat([lin.weight for lin in linears]).t()).contiguous()
+def pack(model: PerceiverS, kind: str = "fp32") -> Packed:
+    matrix = matrix_kind(kind)
 
     def block(norm: RMSNorm, attn, projections, mlp_norm: RMSNorm, mlp) -> PackedBlock:
-        return PackedBlock(folded(norm, *projections), attn.out_proj.weight.t().contiguous(),
-                           folded(mlp_norm, mlp.up), mlp.down.weight.detach())
+        return PackedBlock(matrix(folded(norm.weight, *(p.weight for p in projections))),
+                           matrix(attn.out_proj.weight), matrix(folded(mlp_norm.weight, mlp.up.weight)),
+                           matrix(mlp.down.weight.detach(), transposed=True))
 
     cross = tuple(block(b.q_norm, b.attn, (b.attn.q_proj,), b.mlp_norm, b.mlp)
                   for b in (model.cross, model.cross_local))
-    kv1 = model.cross.kv_norm.weight[:, None] * model.cross.attn.kv_proj.weight.t()
-    kv2 = model.cross_local.kv_norm.weight[:, None] * model.cross_local.attn.kv_proj.weight.t()
+    inputs_kv = torch.cat([folded(b.kv_norm.weight, b.attn.kv_proj.weight) for b in (model.cross, model.cross_local)])
     blocks = tuple(block(b.attn_norm, b.attn, (b.attn.q_proj, b.attn.kv_proj), b.mlp_norm, b.mlp)
                    for b in model.blocks)
-    return Packed(torch.cat([kv1, kv2], dim=1).contiguous(), cross, blocks, folded(model.norm, model.head),
-                  model.norm.eps)
+    weight = model.embed.weight.detach()
+    return Packed(weight, matrix(inputs_kv), cross, blocks, matrix(folded(model.norm.weight, model.head.weight)),
+                  rms_eps(model.config.d_model, model.norm.eps, weight))
 
 
-def _rope_tables(positions: torch.Tensor, head_dim: int, base: float,
-                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, cos) and (-sin, sin) over the two halves, (b, n, 1, 1, hs): rotary as x * cos + swap(x) * sin."""
+def _rotations(positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype) -> torch.Tensor:
+    """(b, n, hs, hs) matrices R with x @ R == layers.apply_rotary(x) at `positions` (b, n): rotary as one small
+    product, cos on the diagonal and -sin / +sin where each pair (i, i + hs/2) meets."""
     cos, sin = (t.to(dtype) for t in rotary(positions, head_dim, base))  # (b, n, hs/2)
-    return torch.cat([cos, cos], -1)[:, :, None, None], torch.cat([-sin, sin], -1)[:, :, None, None]
+    half = head_dim // 2
+    swap = torch.cat([torch.arange(half, head_dim), torch.arange(half)]).to(positions.device)
+    return torch.diag_embed(torch.cat([cos, cos], -1)) + torch.diag_embed(torch.cat([-sin, sin], -1))[..., swap, :]
 
 
-def _rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """layers.apply_rotary on x (b, n, k, nh, hs) (k stacked kinds: queries, keys, layers)."""
-    half = x.shape[-1] // 2
-    return torch.addcmul(x * rope[0], torch.cat([x[..., half:], x[..., :half]], -1), rope[1])
+def _rotate(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """x (b n, ..., hs): the heads (of several kinds) at each position, rotated by rotations (b, n, hs, hs)."""
+    rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    return torch.bmm(rows, rotations.reshape(-1, *rotations.shape[-2:])).view(x.shape)
 
 
-def _mlp(weights: PackedBlock, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(F.gelu(x @ weights.up, approximate="tanh"), weights.down)
+def _put(ring: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, value: torch.Tensor,
+         first_position: int | None) -> None:
+    """ring[row, ..., position % R] = value for every (row, position) of rows/positions (b, n); value (b, n, ...).
+    Rings are (B, R) or (B, nh, R, hs). `first_position`, when all B lanes write the same positions from there:
+    one slice, unless the positions wrap around the ring."""
+    size = ring.shape[1] if ring.dim() == 2 else ring.shape[2]
+    count = positions.shape[1]
+    slot = None if first_position is None else first_position % size
+    if slot is not None and slot + count <= size:
+        if ring.dim() == 2:
+            ring[:, slot:slot + count] = value
+        else:
+            ring[:, :, slot:slot + count] = value.transpose(1, 2)
+    elif ring.dim() == 2:
+        ring[rows, positions % size] = value
+    else:
+        ring[rows, :, positions % size] = value
 
 
-def _cross_block(weights: PackedBlock, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope,
-                 mask: torch.Tensor, eps: float) -> torch.Tensor:
-    batch, count, width = h.shape
-    heads, head_dim = k.shape[1], k.shape[3]
-    q = (F.rms_norm(h, (width,), None, eps) @ weights.qkv).view(batch, count, 1, heads, head_dim)
-    q = _rotate(q, rope)[:, :, 0].transpose(1, 2)  # (b, nh, n, hs)
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(b, 1, n, K) float mask, 0 where allowed and -inf elsewhere: SDPA would convert a bool mask on every call."""
+    return torch.where(allowed, 0.0, float("-inf")).to(dtype).unsqueeze(1)
+
+
+def _mlp(weights: PackedBlock, h: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """h + MLP(norm(h)), h (rows, C)."""
+    return weights.down.add_to(h, F.gelu(weights.up(h) * inv_rms(h, eps), approximate="tanh"))
+
+
+def _cross_block(weights: PackedBlock, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotations: torch.Tensor,
+                 mask: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """h (b n, C) queries k, v (b, nh, K, hs) -> h after the attention and MLP residuals."""
+    batch, heads, _, head_dim = k.shape
+    count = h.shape[0] // batch
+    q = _rotate((weights.qkv(h) * inv_rms(h, eps)).view(batch * count, heads, head_dim), rotations)
+    q = q.view(batch, count, heads, head_dim).transpose(1, 2)  # (b, nh, n, hs)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    h = h + out.transpose(1, 2).reshape(batch, count, width) @ weights.out
-    return h + _mlp(weights, F.rms_norm(h, (width,), None, eps))
+    h = weights.out.add_to(h, out.transpose(1, 2).reshape(h.shape))
+    return _mlp(weights, h, eps)
 
 
 def _lane_index(state: PerceiverSState, lanes: torch.Tensor | None) -> torch.Tensor:

@@ -122,7 +122,9 @@ def generate(model, primer_ids=None, budget: int | str | None = None, sampling: 
     batch 1 yields ints. batch > 1 yields np.ndarray (B,) int64, one id per variation; a lane that has
     finished (its EOS or its max_seconds) yields PAD while the others go on. Limits, all optional (without any
     it runs until the caller stops iterating): max_tokens new ids per lane, max_seconds of music per lane
-    (counted in TimeShift ids; the id that reaches it is the lane's last), and EOS when stop_at_eos.
+    (counted in TimeShift ids; the id that reaches it is the lane's last), and EOS when stop_at_eos. Without
+    stop_at_eos the model may not end the piece: EOS is never drawn, so the piece runs to the other limits (what a
+    composer asking for 30 s expects). PAD and BOS are never drawn.
 
     The primer (BOS added when missing) is streamed through the state, however long: the state keeps what the
     budget allows. `seed` makes the stream reproducible. The model is put in eval mode. `budget` None means the
@@ -137,10 +139,9 @@ def generate(model, primer_ids=None, budget: int | str | None = None, sampling: 
     primer = prepare_primer(primer_ids, model.config.vocab_size)
     model.eval()
     if state is None:
-        budget = budget if budget is not None else getattr(model.config, "default_budget", None)
-        if budget is None:
+        if budget is None and getattr(model.config, "default_budget", None) is None:
             raise ModelError("no memory budget given and the model names no default budget")
-        plan = model.plan(budget, batch)
+        plan = model.plan(budget, batch)  # None: the model's default budget for each lane
         state = model.new_state(plan, batch)
     elif state.batch != batch:
         raise ModelError(f"the state has {state.batch} lanes, not {batch}")
@@ -154,11 +155,14 @@ def generate(model, primer_ids=None, budget: int | str | None = None, sampling: 
     # Grad mode is thread-local: set it around each call, never across a yield.
     with torch.no_grad():
         logits = model.prefill(primer.to(device)[None].expand(batch, -1).contiguous(), state)
+    never = [PAD, BOS] + ([] if stop_at_eos else [EOS])
+    forbidden = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=device)
+    forbidden[never] = float("-inf")  # (V,)
     done = np.zeros(batch, dtype=bool)
     seconds = np.zeros(batch)
     produced = 0
     while max_tokens is None or produced < max_tokens:  # max_tokens 0: nothing
-        ids = sample(logits, sampling, generator)  # (B,)
+        ids = sample(logits + forbidden, sampling, generator)  # (B,)
         tokens = ids.cpu().numpy()
         tokens[done] = PAD
         if stop_at_eos:

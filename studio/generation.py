@@ -103,7 +103,8 @@ class Generate(Job):
         request = self.request
         state = self.model.new_state(p.plan, request.variations)
         stream = generate(self.model, p.primer, sampling=p.sampling, max_tokens=p.max_tokens,
-                          max_seconds=request.seconds, batch=request.variations, seed=request.seed, state=state)
+                          max_seconds=request.seconds, stop_at_eos=False, batch=request.variations,
+                          seed=request.seed, state=state)
         takes: list[list[NoteEvent]] = [[] for _ in p.decoders]
         pending: dict[int, list[NoteEvent]] = {}
         self.progress.emit(LiveNotes({}, 0.0, state.nbytes, reading=len(p.primer) > 1))

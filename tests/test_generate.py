@@ -111,7 +111,14 @@ def test_eos_stops_and_max_tokens_limits():
     assert list(generate(model, budget=1)) == [EOS]
     assert model.steps == 0  # nothing is computed after the last id
     assert list(generate(Scripted([NOTE_ON + 60]), budget=1, max_tokens=5)) == [NOTE_ON + 60] * 5
-    assert len(list(generate(Scripted([EOS]), budget=1, max_tokens=4, stop_at_eos=False))) == 4
+    kept_going = list(generate(Scripted([EOS]), budget=1, max_tokens=4, stop_at_eos=False, seed=0))
+    assert len(kept_going) == 4 and EOS not in kept_going  # the model may not end the piece
+
+
+def test_pad_and_bos_are_never_drawn():
+    for favourite in (PAD, BOS):
+        drawn = list(generate(Scripted([favourite]), budget=1, max_tokens=50, seed=0))
+        assert len(drawn) <= 50 and PAD not in drawn and BOS not in drawn
 
 
 def test_caller_can_stop_between_tokens():

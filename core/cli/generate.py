@@ -33,6 +33,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=positive_float, default=30.0, metavar="S",
                         help="seconds of new music to write (default: 30)")
     parser.add_argument("--out", required=True, metavar="FILE.mid", help="MIDI file to write")
+    parser.add_argument("--allow-end", action="store_true",
+                        help="let the model end the piece before --seconds (default: it plays all of them)")
     parser.add_argument("--budget", metavar="SIZE",
                         help="memory the model's recurrent state may use in all, e.g. 16MB (default: the "
                              "model's default for each variation)")
@@ -111,7 +113,7 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink) -> int:
         for token in primer:
             decoder.feed(token)
     stream = generate(model, primer, budget, sampling, max_tokens=max_tokens, max_seconds=args.seconds,
-                      batch=batch, seed=args.seed, state=state)
+                      stop_at_eos=args.allow_end, batch=batch, seed=args.seed, state=state)
     # Live playback of the first variation: a decoder of its new ids only, starting where the primer ends.
     player = LivePlayer(sink) if sink is not None else None
     listened = Decoder(decoders[0].time)

@@ -40,6 +40,7 @@ MAX_MODEL_BYTES = 25 * 1024 * 1024
 RECIPE_STATE = "recipe.json"  # in the run folder: the data and weights the run started with
 TRAIN_DIR = "train"  # in the run folder: the training loop's output (checkpoints, events, best model)
 ARCH_ONLY = ("name", "eval_pieces", "model")  # keys of a model's table that are not TrainConfig fields
+SAMPLE_PIECES = 20  # generated for the card's sample check (python -m trainer.recipes.samples)
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     from trainer.corpus import Corpus
     from trainer.loop import fine_tune
     from trainer.recipes.music21_corpus import default_out_dir
+    from trainer.recipes.samples import write_samples
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -418,6 +420,12 @@ def run(args: argparse.Namespace, command: str) -> int:
             log(f"held-out perplexity, {label}: {row['perplexity']:.3f} ({row['pieces']} pieces, {row['tokens']:,} "
                 "tokens)")
         log(f"model: {dest} ({size / 2**20:.1f} MB)")
+        count = min(SAMPLE_PIECES, len(plan["val"]) // 2)  # generated pieces, and as many held-out ones
+        if count >= 2:
+            write_samples(dest, corpus, plan["val"], run_dir / "samples",
+                          f"python -m trainer.recipes.samples --arch {recipe.arch} --count {count}", count, log=log)
+        else:
+            log(f"only {len(plan['val'])} held-out pieces: no sample check in the card")
         if size > MAX_MODEL_BYTES:
             log(f"warning: the weights are over {MAX_MODEL_BYTES // 2**20} MB: too large to ship in the repository")
         return 0

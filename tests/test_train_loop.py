@@ -239,3 +239,17 @@ def test_a_full_disk_while_saving_the_model(folder, tmp_path, monkeypatch):
         fine_tune(tiny(folder, out, steps=6, resume=True))
     assert (out / "model.safetensors").read_bytes() == weights
     assert not [p for p in out.iterdir() if p.name.startswith(".staging")]
+
+
+def test_a_run_that_runs_out_of_time_is_validated_at_its_last_step(folder, tmp_path):
+    """The steps after the last scheduled validation count: the model kept may be the one at the end."""
+    events = []
+    result = fine_tune(tiny(folder, tmp_path / "out", steps=None, minutes=0.15, val_every=10_000, lr=2e-2),
+                       on_progress=events.append)
+    assert result.stopped == "time" and result.steps > 0
+    assert [e.step for e in events if e.kind == "eval"] == [0, result.steps]
+    # resumed when its time is up already: nothing to train, and it was validated where it stopped
+    again = []
+    fine_tune(tiny(folder, tmp_path / "out", steps=None, minutes=0.15, val_every=10_000, resume=True),
+              on_progress=again.append)
+    assert [e.step for e in again if e.kind == "eval"] == []

@@ -253,7 +253,7 @@ class _Run:
                                        {"params": no_decay, "weight_decay": 0.0}],
                                       lr=c.peak_lr, betas=(0.9, 0.95), fused=device.type == "cuda")
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "best_perplexity": None, "best_step": None,
-                    "initial_perplexity": None, "bad_evals": 0, "loss": None, "data": None}
+                    "initial_perplexity": None, "bad_evals": 0, "loss": None, "data": None, "validated_step": None}
         if c.resume:
             if world.main:
                 ckpt.remove_leftovers(out)
@@ -319,6 +319,22 @@ class _Run:
             nll, count = world.sum([nll, count])
             return math.exp(nll / count)
 
+        def validate_and_keep(step: int) -> None:
+            """Held-out perplexity now; the best model so far is kept (and counts toward early stopping)."""
+            progress["validated_step"] = step
+            perplexity = validate(step)
+            if perplexity is None:
+                return
+            best = progress["best_perplexity"]
+            if best is None or perplexity < best:
+                progress["best_perplexity"], progress["best_step"], progress["bad_evals"] = perplexity, step, 0
+                save_best(step, perplexity)
+            else:
+                progress["bad_evals"] += 1
+            self.emit(Progress("eval", "validate", step=step, total_steps=c.steps, loss=progress["loss"],
+                               val_perplexity=perplexity, best_perplexity=progress["best_perplexity"]))
+            model.train()
+
         resume_seconds = progress["train_seconds"]
 
         def elapsed() -> float:
@@ -336,6 +352,7 @@ class _Run:
         checkpointed_at = resume_seconds  # run seconds at the last checkpoint (the same on every process)
         if step == 0:
             initial = validate(0)
+            progress["validated_step"] = 0
             progress["initial_perplexity"] = progress["best_perplexity"] = initial
             progress["best_step"] = 0
             if initial is not None:
@@ -408,25 +425,16 @@ class _Run:
                                    lr=lr, tokens_per_s=rate, eta_s=eta, elapsed_s=elapsed(),
                                    best_perplexity=progress["best_perplexity"]))
             if step % c.val_every == 0 or last:
-                perplexity = validate(step)
-                if perplexity is not None:
-                    best = progress["best_perplexity"]
-                    if best is None or perplexity < best:
-                        progress["best_perplexity"], progress["best_step"], progress["bad_evals"] = \
-                            perplexity, step, 0
-                        save_best(step, perplexity)
-                    else:
-                        progress["bad_evals"] += 1
-                    self.emit(Progress("eval", "validate", step=step, total_steps=c.steps, loss=loss,
-                                       val_perplexity=perplexity, best_perplexity=progress["best_perplexity"]))
-                    model.train()
-                    if c.patience and progress["bad_evals"] >= c.patience:
-                        stopped = "early_stop"
-                        break
+                validate_and_keep(step)
+                if c.patience and progress["bad_evals"] >= c.patience:
+                    stopped = "early_stop"
+                    break
             due = c.checkpoint_minutes is not None and seconds - checkpointed_at >= c.checkpoint_minutes * 60
             if step % c.checkpoint_every == 0 or last or due:
                 checkpointed_at = seconds
                 checkpoint(step)
+        if stopped == "time" and progress["validated_step"] != step:  # the steps since the last validation may be the best
+            validate_and_keep(step)
         if saved_at[0] != step:  # stopped between checkpoints: keep everything so far
             checkpoint(step)
 

@@ -37,17 +37,28 @@ class Dense:
 
 
 class Int8:
-    """A matrix as int8 with one scale per output channel, applied to bfloat16 activations."""
+    """A matrix as int8 with one scale per output channel. A few rows (a step) multiply in int8 against bfloat16
+    activations; many rows (a prefill, a re-encode) against the matrix dequantised on the fly to float32, where
+    that product is about twice as fast and exact for the quantised weights."""
+
+    MANY_ROWS = 32  # from here on, dequantising (out * in multiplies) costs less than it saves
 
     def __init__(self, weight: torch.Tensor, transposed: bool = False):
         weight = weight.float()  # (out, in)
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
         self.w = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
         self.scale = scale.to(torch.bfloat16)
+        self.column_scale = scale[:, None].contiguous()  # (out, 1) float32, for dequantising
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        out = torch._weight_int8pack_mm(rows, self.w, self.scale)  # bf16 (rows, out)
+        """x (..., in) -> (..., out): bfloat16 for a few rows, float32 for many."""
+        if x.dim() == 2 and x.shape[0] < self.MANY_ROWS:  # the step's shape: no reshaping
+            return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.scale)
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] < self.MANY_ROWS:
+            out = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.w, self.scale)  # bf16 (rows, out)
+        else:
+            out = torch.nn.functional.linear(rows.float(), self.w * self.column_scale)  # f32 (rows, out)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -66,13 +77,17 @@ def matrix_kind(kind: str) -> type[Dense] | type[Int8]:
 
 
 def rms_eps(width: int, eps: float, like: torch.Tensor) -> torch.Tensor:
-    """(1, 1, 1) holding C * eps, the constant `inv_rms` adds; in `like`'s dtype and device."""
-    return torch.full((1, 1, 1), width * eps, dtype=like.dtype, device=like.device)
+    """(1,) holding C * eps, the constant `inv_rms` adds; in `like`'s dtype and device."""
+    return torch.full((1,), width * eps, dtype=like.dtype, device=like.device)
 
 
 def inv_rms(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """(..., 1): 1 / sqrt(sum(x^2) + C eps) over the last dimension, RMSNorm's scale over sqrt(C) (the sqrt(C) is
-    folded into the packed weights, see `folded`). It commutes with the product after it: two dispatches a norm."""
+    folded into the packed weights, see `folded`). It commutes with the product after it. Rows (n, C), a step's
+    shape, take three dispatches (the norm, squared plus C eps, rsqrt); other shapes five."""
+    if x.dim() == 2:
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)  # (n, 1)
+        return torch.addcmul(eps, norm, norm).rsqrt_()
     rows = x.reshape(-1, x.shape[-1])
     return torch.baddbmm(eps, rows[:, None], rows[:, :, None]).rsqrt_().view(*x.shape[:-1], 1)
 

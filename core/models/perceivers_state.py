@@ -108,22 +108,26 @@ class PerceiverSState:
         heads, head_dim = plan.n_heads, plan.d_model // plan.n_heads
         kv = dict(dtype=plan.dtype, device=device)
         index = dict(dtype=torch.long, device=device)
-        self.keys1 = torch.zeros(batch, heads, plan.context, head_dim, **kv)  # (B, nh, N_gen, hs)
-        self.values1 = torch.zeros(batch, heads, plan.context, head_dim, **kv)
-        self.keys2 = torch.zeros(batch, heads, plan.local, head_dim, **kv)  # (B, nh, R2, hs)
-        self.values2 = torch.zeros(batch, heads, plan.local, head_dim, **kv)
-        self.latent_keys = torch.zeros(plan.n_layers, batch, heads, plan.latents, head_dim, **kv)  # (L, B, nh, M, hs)
-        self.latent_values = torch.zeros(plan.n_layers, batch, heads, plan.latents, head_dim, **kv)
+        # Keys and values of a ring share one tensor, heads first: a step writes both with one copy, and its
+        # attention reads each lane's heads as one batch of matrices. The first ring holds the values first: a
+        # step's input projection comes out as v1, k1, q1, k2, v2 (see perceivers._Lean).
+        self.kv1 = torch.zeros(2 * heads, batch, plan.context, head_dim, **kv)  # (2 nh, B, N_gen, hs)
+        self.values1, self.keys1 = (part.transpose(0, 1) for part in self.kv1.split(heads))  # (B, nh, N_gen, hs)
+        self.kv2 = torch.zeros(2 * heads, batch, plan.local, head_dim, **kv)  # (2 nh, B, R2, hs)
+        self.keys2, self.values2 = (part.transpose(0, 1) for part in self.kv2.split(heads))
+        self.latent_kv = torch.zeros(plan.n_layers, 2 * heads, batch, plan.latents, head_dim, **kv)
+        self.latent_keys, self.latent_values = (part.transpose(1, 2) for part in self.latent_kv.split(heads, 1))
         self.positions1 = torch.full((batch, plan.context), -1, **index)  # absolute position in each slot
         self.positions2 = torch.full((batch, plan.local), -1, **index)
         self.latent_positions = torch.full((batch, plan.latents), -1, **index)
         self.ids = torch.zeros(batch, plan.latents, **index)  # ids of the last M inputs, slot = position % M
         self.length = torch.zeros(batch, **index)  # inputs consumed so far
         self.start = torch.zeros(batch, **index)  # first position of the current latent window
+        self.lean = None  # scratch of the model's one-token path (rotations, views), made on its first step
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.keys1, self.values1, self.keys2, self.values2, self.latent_keys, self.latent_values,
-                self.positions1, self.positions2, self.latent_positions, self.ids, self.length, self.start]
+        return [self.kv1, self.kv2, self.latent_kv, self.positions1, self.positions2, self.latent_positions, self.ids,
+                self.length, self.start]
 
     @property
     def nbytes(self) -> int:

@@ -346,18 +346,19 @@ def pack(model: PerceiverS, kind: str = "fp32") -> Packed:
 
 
 def _rotations(positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype) -> torch.Tensor:
-    """(b, n, hs, hs) matrices R with x @ R == layers.apply_rotary(x) at `positions` (b, n): rotary as one small
-    product, cos on the diagonal and -sin / +sin where each pair (i, i + hs/2) meets."""
+    """(b, n, 2, hs): at each of `positions` (b, n), cos and signed sin over the whole head, so that rotary is
+    x * cos + halves_swapped(x) * sin (see `_rotate`)."""
     cos, sin = (t.to(dtype) for t in rotary(positions, head_dim, base))  # (b, n, hs/2)
-    half = head_dim // 2
-    swap = torch.cat([torch.arange(half, head_dim), torch.arange(half)]).to(positions.device)
-    return torch.diag_embed(torch.cat([cos, cos], -1)) + torch.diag_embed(torch.cat([-sin, sin], -1))[..., swap, :]
+    return torch.stack([torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)], -2)
 
 
 def _rotate(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """x (b n, ..., hs): the heads (of several kinds) at each position, rotated by rotations (b, n, hs, hs)."""
-    rows = x.reshape(x.shape[0], -1, x.shape[-1])
-    return torch.bmm(rows, rotations.reshape(-1, *rotations.shape[-2:])).view(x.shape)
+    """x (b n, ..., hs): the heads (of several kinds) at each position, rotated by rotations (b, n, 2, hs); equal
+    to layers.apply_rotary."""
+    rows = x.reshape(x.shape[0], -1, x.shape[-1])  # (b n, k, hs)
+    table = rotations.reshape(-1, 2, 1, x.shape[-1])  # (b n, 2, 1, hs)
+    rotated = torch.addcmul(rows * table[:, 0], rows.roll(x.shape[-1] // 2, -1), table[:, 1])
+    return rotated.view(x.shape)
 
 
 def _put(ring: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, value: torch.Tensor,

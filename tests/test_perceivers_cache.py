@@ -14,6 +14,15 @@ CONFIG = PerceiverSConfig(context=24, latents=8, scale=5, d_model=16, n_heads=2,
 KEEP = CONFIG.latents // 2
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on one thread: with every core busy, a second thread's barrier makes each op ~100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def model() -> PerceiverS:
     torch.manual_seed(0)
@@ -89,6 +98,34 @@ def test_prefill_equals_stepping(model):
     assert torch.equal(filled.start, stepped.start) and torch.equal(filled.length, stepped.length)
     after = model.step(ids[:, 0], filled), model.step(ids[:, 0], stepped)
     assert torch.allclose(*after, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_one_token_path_equals_the_general_path(model, batch):
+    """`step` (lanes in step: the lean path) and `prefill` of one token (the general path) give the same logits
+    and leave the same state, through re-encodes and a sliding context."""
+    plan = model.plan(budget_for(12, batch), batch=batch)
+    lean, general = model.new_state(plan), model.new_state(plan)
+    ids = random_ids(batch, 45)
+    for t in range(45):
+        stepped, read = model.step(ids[:, t], lean), model.prefill(ids[:, t:t + 1], general)
+        assert torch.allclose(stepped, read, atol=1e-5), f"step {t}"
+    assert lean.lean is not None and general.lean is None  # each path was taken
+    for a, b in zip(lean.tensors(), general.tensors(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_int8_prefill_reads_many_rows_as_steps_do(model):
+    """Prefill and re-encodes multiply many rows at once (one bfloat16 GEMM on the int8 weights), steps a few
+    (the int8 kernel): the same arithmetic, so both stay within rounding of each other."""
+    model.use_step_weights("int8")
+    plan = model.plan(budget_for(16))
+    ids = random_ids(1, 30)
+    stepped, filled = model.new_state(plan), model.new_state(plan)
+    for t in range(30):
+        expected = model.step(ids[:, t], stepped)
+    got = model.prefill(ids, filled)
+    assert (got.softmax(-1) - expected.softmax(-1)).abs().max() < 1e-3
 
 
 def test_a_reset_lane_starts_over_while_the_other_goes_on(model):
@@ -201,6 +238,11 @@ def test_generation_in_other_precisions(dtype):
     assert logits.dtype == dtype and torch.isfinite(logits).all()
     tolerance = 1e-10 if dtype == torch.float64 else 0.02
     assert torch.allclose(logits, expected, atol=tolerance)
+    start = int(state.start[0])
+    assert start + CONFIG.latents > 31
+    for t in range(30, start + CONFIG.latents):  # steps (the one-token path) to the end of the same window
+        logits = model.step(ids[:, t], state)
+        assert logits.dtype == dtype and torch.allclose(logits, full[:, t - start], atol=tolerance)
 
 
 def test_int8_step_weights_stay_close_to_exact(model):

@@ -433,7 +433,7 @@ class _Lean:
     def __init__(self, state: PerceiverSState, base: float):
         heads, head_dim, batch = state.plan.n_heads, state.plan.d_model // state.plan.n_heads, state.batch
         dtype, device = state.kv1.dtype, state.kv1.device
-        self.dtype = dtype
+        self.base, self.dtype = base, dtype
         # (5 nh, hs, hs): identity, then three groups of nh rotations, then identity. The step's projection
         # v1 k1 q1 k2 v2 multiplies all of it; a block's q k v its last 3 nh; the second query one rotation group.
         self.rotation = torch.eye(head_dim, dtype=dtype, device=device).repeat(5 * heads, 1, 1)
@@ -475,7 +475,7 @@ def _lean_step(packed: Packed, ids: torch.Tensor, state: PerceiverSState, base: 
     if position - start >= plan.latents or lengths.count(position) < len(lengths) or \
             starts.count(start) < len(starts):
         return None
-    if state.lean is None:
+    if state.lean is None or state.lean.base != base:
         state.lean = _Lean(state, base)
     lean = state.lean
     lean.rotate_to(position)

@@ -128,6 +128,22 @@ def test_int8_prefill_reads_many_rows_as_steps_do(model):
     assert (got.softmax(-1) - expected.softmax(-1)).abs().max() < 1e-3
 
 
+def test_int8_step_weights_for_any_width():
+    """Widths that are not a multiple of 16 (the int8 kernel's limit) take the GEMM path: no crash, still close."""
+    torch.manual_seed(0)
+    model = PerceiverS(PerceiverSConfig(context=24, latents=8, scale=5, d_model=24, n_heads=2, n_layers=1)).eval()
+    ids = random_ids(2, 20)
+
+    def run() -> torch.Tensor:
+        state = model.new_state(model.plan("1MB", batch=2))
+        model.prefill(ids[:, :12], state)
+        return torch.stack([model.step(ids[:, t], state) for t in range(12, 20)]).softmax(-1)
+
+    exact = run()
+    model.use_step_weights("int8")
+    assert (run() - exact).abs().max() < 2e-3
+
+
 def test_a_reset_lane_starts_over_while_the_other_goes_on(model):
     plan = model.plan(budget_for(16, 2), batch=2)
     ids = random_ids(2, 40)

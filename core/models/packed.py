@@ -49,13 +49,15 @@ class Int8:
         self.w = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
         self.scale = scale.to(torch.bfloat16)
         self.row_scale = scale  # (out,) float32, for the many-row product
+        # The int8 kernel crashes (PyTorch 2.13, CPU) on several rows when `in` is not a multiple of 16.
+        self.few = self.MANY_ROWS if self.w.shape[1] % 16 == 0 else 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> (..., out): bfloat16 for a few rows, float32 for many."""
-        if x.dim() == 2 and x.shape[0] < self.MANY_ROWS:  # the step's shape: no reshaping
+        if x.dim() == 2 and x.shape[0] < self.few:  # the step's shape: no reshaping
             return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.scale)
         rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        if rows.shape[0] < self.MANY_ROWS:
+        if rows.shape[0] < self.few:
             out = torch._weight_int8pack_mm(rows, self.w, self.scale)  # (rows, out) bf16
         else:
             out = torch.nn.functional.linear(rows, self.w.to(torch.bfloat16)) * self.row_scale  # (rows, out) f32

@@ -519,7 +519,8 @@ def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: tor
     """q (nh, B, hs) against a ring's keys (nh B, hs, R) and values (nh B, R, hs) under mask (1, 1, R) ->
     (B, nh hs)."""
     heads, batch, head_dim = q.shape
-    scores = torch.baddbmm(mask, q.reshape(heads * batch, 1, head_dim), keys, alpha=head_dim ** -0.5)
+    rows = q if batch == 1 else q.reshape(heads * batch, 1, head_dim)  # (nh B, 1, hs)
+    scores = torch.baddbmm(mask, rows, keys, alpha=head_dim ** -0.5)
     out = torch.bmm(scores.softmax(-1), values)  # (nh B, 1, hs)
     return out.view(batch, -1) if batch == 1 else out.view(heads, batch, head_dim).transpose(0, 1).reshape(batch, -1)
 

@@ -7,9 +7,10 @@
 Tables (no asserts; CPU numbers are noisy when other jobs share the machine):
 1. training: crops/s, target tokens/s (M per crop) and peak resident memory of one forward+backward, per N.
 2. generation vs. context: tokens/s of `step` once N_gen inputs are held (one re-encode every M/2 steps
-   included), against recompute (a full forward over the last N_gen tokens per new token).
-3. generation vs. piece length (N_gen = N): tokens/s at several positions of a long piece; flat once the
-   context is full.
+   included), with fp32 and int8 step weights, against recompute (a full forward over the last N_gen tokens
+   per new token).
+3. generation vs. piece length (N_gen = N): tokens/s at several positions of a long piece, fp32 and int8;
+   flat once the context is full.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 
 import torch
 
+from core.models.packed import STEP_WEIGHTS
 from core.models.perceivers import PerceiverS, PerceiverSConfig
 from core.models.perceivers_state import state_bytes
 from core.state import format_bytes
@@ -119,19 +121,27 @@ def generation_tables(args: argparse.Namespace) -> None:
     params = sum(p.numel() for p in model.parameters())
     steps = max(args.gen_steps, config.latents // 2)  # at least one re-encode in every measurement
     print(f"\n## Generation vs. context (batch 1, {steps} steps, {args.threads} thread(s))\n")
-    print("| context N_gen | state | cached tok/s | cached tok/CPU-s | recompute tok/s | speed-up |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("Step weights: fp32 is exact (equal to the training forward); int8 is the fast form "
+          "(`use_step_weights`, what `recital generate` uses on a CPU).\n")
+    print("| context N_gen | state | step weights | cached tok/s | cached tok/CPU-s | recompute tok/s | speed-up |")
+    print("| ---: | ---: | :--- | ---: | ---: | ---: | ---: |")
     for context in [n for n in args.gen_contexts if config.latents <= n <= config.context]:
-        cached, cached_cpu = cached_rate(model, context, fill=context, steps=steps)
         recompute = recompute_rate(model, context, steps=args.recompute_steps)
-        print(f"| {context} | {format_bytes(_budget(config, context))} | {cached:.0f} | {cached_cpu:.0f} | "
-              f"{recompute:.1f} | {cached / recompute:.0f}x |", flush=True)
+        for kind in STEP_WEIGHTS:
+            model.use_step_weights(kind)
+            cached, cached_cpu = cached_rate(model, context, fill=context, steps=steps)
+            print(f"| {context} | {format_bytes(_budget(config, context))} | {kind} | {cached:.0f} | {cached_cpu:.0f} | "
+                  f"{recompute:.1f} | {cached / recompute:.0f}x |", flush=True)
     print(f"\n## Generation vs. piece length (N_gen = {config.context}, batch 1)\n")
-    print("| tokens already read | cached tok/s | cached tok/CPU-s |")
-    print("| ---: | ---: | ---: |")
+    print("| tokens already read | " + " | ".join(f"{k} tok/s | {k} tok/CPU-s" for k in STEP_WEIGHTS) + " |")
+    print("| ---: |" + " ---: | ---: |" * len(STEP_WEIGHTS))
     for fill in args.fills:
-        wall, cpu = cached_rate(model, config.context, fill=fill, steps=steps)
-        print(f"| {fill} | {wall:.0f} | {cpu:.0f} |", flush=True)
+        cells = []
+        for kind in STEP_WEIGHTS:
+            model.use_step_weights(kind)
+            wall, cpu = cached_rate(model, config.context, fill=fill, steps=steps)
+            cells += [f"{wall:.0f}", f"{cpu:.0f}"]
+        print(f"| {fill} | " + " | ".join(cells) + " |", flush=True)
     print(f"\nmodel: {config.to_dict()} ({params / 1e6:.2f} M parameters)")
 
 

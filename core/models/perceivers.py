@@ -13,7 +13,9 @@ so no attention row is empty (no NaN) and nothing flows from it to a real latent
 Cached generation (`step`, `prefill`) computes each input's cross-attention keys/values once, keeps the latent
 self-attention keys/values in rings of M, and when the latent window is full re-encodes the most recent M/2
 positions (Perceiver AR's policy). The current window [w0, w0 + M) always reads the context a training crop
-ending at w0 + M would read, so incremental logits equal `forward` on that crop.
+ending at w0 + M would read, so incremental logits equal `forward` on that crop. A step with every lane at the
+same position takes a lean one-token path (bottom of the file); prefill, re-encodes and lanes out of step the
+general one (`_advance`).
 """
 
 from __future__ import annotations
@@ -183,7 +185,8 @@ class PerceiverS(PackedWeights, nn.Module):
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, state: PerceiverSState) -> torch.Tensor:
-        """One new id per lane (B,) -> next-token logits (B, V)."""
+        """One new id per lane (B,) -> next-token logits (B, V): the one-token path when the lanes are in step
+        with room in their window, else the general path (a re-encode, or lanes at different positions)."""
         if ids.dim() != 1 or ids.shape[0] != state.batch:
             raise ModelError(f"step takes one id per lane ({state.batch},), got shape {tuple(ids.shape)}")
         tokens = ids.tolist()

@@ -272,7 +272,7 @@ class Packed:
     inv_freq: torch.Tensor  # (hs,): the rotary frequencies twice, for both halves
     sign: torch.Tensor  # (hs,): -1 on the first half, +1 on the second
     swap: torch.Tensor  # (hs,): index of the other half's partner (rotary pairs i and i + hs/2)
-    norm_eps: torch.Tensor  # (1, 1, 1): C * eps (see packed.inv_rms)
+    norm_eps: torch.Tensor  # (1,): C * eps (see packed.inv_rms)
     n_heads: int
 
 

@@ -30,7 +30,7 @@ def left_pad(ids: torch.Tensor, length: int) -> torch.Tensor:
 
 def test_config_round_trip_and_errors():
     assert PerceiverSConfig.from_dict(CONFIG.to_dict()) == CONFIG
-    with pytest.raises(ModelError, match="unknown PerceiverS config keys: width"):
+    with pytest.raises(ModelError, match="bad PerceiverS config: unknown fields width"):
         PerceiverSConfig.from_dict({**CONFIG.to_dict(), "width": 3})
     with pytest.raises(ModelError, match="latents"):
         PerceiverSConfig(context=8, latents=16)

@@ -18,13 +18,14 @@ its speed is set by bytes (weights + budget) and by the number of dispatches; th
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.errors import BudgetError, ModelError
+from core.models.config import config_from_dict
 from core.models.layers import Block, RMSNorm
 from core.models.packed import Matrix, PackedWeights, folded, inv_rms, matrix_kind, rms_eps
 from core.state import RecurrentState, StatePlan, parse_budget, plan_horizons
@@ -82,14 +83,7 @@ class DSMRConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DSMRConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ModelError(f"bad DSMR config: unknown fields {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except TypeError as error:
-            raise ModelError(f"bad DSMR config: {error}") from None
+        return config_from_dict(cls, data, "DSMR")
 
 
 class DSMR(PackedWeights, nn.Module):

@@ -21,13 +21,14 @@ general one (`_advance`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.errors import BudgetError, ModelError
+from core.models.config import config_from_dict
 from core.models.layers import Block, CrossAttentionBlock, RMSNorm
 from core.models.packed import Matrix, PackedWeights, folded, inv_rms, matrix_kind, rms_eps
 from core.models.perceivers_state import PerceiverSPlan, PerceiverSState, plan_state
@@ -74,14 +75,7 @@ class PerceiverSConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PerceiverSConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ModelError(f"unknown PerceiverS config keys: {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except TypeError as error:
-            raise ModelError(f"bad PerceiverS config: {error}") from None
+        return config_from_dict(cls, data, "PerceiverS")
 
 
 def rotary(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:

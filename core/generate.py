@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from core.errors import ModelError
-from core.tokenizer import BOS, EOS, PAD, TICK_SECONDS, TIME_SHIFT, VELOCITY
+from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, PAD, TICK_SECONDS, TIME_SHIFT, VELOCITY
 
 # -- sampling filters: logits (B, V) in, logits out; filtered-out entries become -inf -------------------------
 
@@ -114,9 +114,58 @@ def use_fast_step(model, exact: bool = False) -> None:
         model.use_step_weights("fp32" if exact else "int8")
 
 
+MAX_NOTE_SECONDS = 8.0  # longer-held notes are released (see `generate`)
+
+
+class HeldNotes:
+    """When each lane's sounding pitches started, to release those held too long (per lane, in seconds)."""
+
+    def __init__(self, batch: int, limit: float | None, primer: Sequence[int]):
+        self.limit = limit
+        self.clock = np.zeros(batch)  # seconds since the primer's start
+        self.started = np.full((batch, 128), np.nan)  # (B, pitch): onset of the sounding note, NaN if silent
+        clock, started = 0.0, {}  # the primer, the same in every lane: read once
+        for token in primer:
+            if NOTE_ON <= token < NOTE_OFF:
+                started[token - NOTE_ON] = clock
+            elif NOTE_OFF <= token < TIME_SHIFT:
+                started.pop(token - NOTE_OFF, None)
+            elif TIME_SHIFT <= token < VELOCITY:
+                clock += (token - TIME_SHIFT + 1) * TICK_SECONDS
+        self.clock[:] = clock
+        for pitch, onset in started.items():
+            self.started[:, pitch] = onset
+
+    def read(self, tokens: np.ndarray) -> None:
+        """Follow one id per lane (B,)."""
+        lanes = np.arange(len(tokens))
+        on = (tokens >= NOTE_ON) & (tokens < NOTE_OFF)
+        self.started[lanes[on], tokens[on] - NOTE_ON] = self.clock[on]
+        off = (tokens >= NOTE_OFF) & (tokens < TIME_SHIFT)
+        self.started[lanes[off], tokens[off] - NOTE_OFF] = np.nan
+        shift = (tokens >= TIME_SHIFT) & (tokens < VELOCITY)
+        self.clock[shift] += (tokens[shift] - TIME_SHIFT + 1) * TICK_SECONDS
+
+    def release(self, tokens: np.ndarray) -> bool:
+        """Replace, in place, a lane's drawn id by the NoteOff of its longest-held note when that note is over
+        the limit; then follow the ids. True if any id was replaced."""
+        replaced = False
+        if self.limit is not None:
+            with np.errstate(invalid="ignore"):
+                age = self.clock[:, None] - self.started  # (B, 128), NaN where silent
+            over = np.nan_to_num(age, nan=-1.0)
+            lanes = np.nonzero(over.max(axis=1) > self.limit)[0]
+            if len(lanes):
+                tokens[lanes] = NOTE_OFF + over[lanes].argmax(axis=1)
+                replaced = True
+        self.read(tokens)
+        return replaced
+
+
 def generate(model, primer_ids=None, budget: int | str | None = None, sampling: SamplingConfig | None = None,
              max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = True,
-             batch: int = 1, seed: int | None = None, state=None) -> Iterator:
+             batch: int = 1, seed: int | None = None, state=None,
+             max_note_seconds: float | None = MAX_NOTE_SECONDS) -> Iterator:
     """Yield the ids that continue `primer_ids`, one per step, until a limit is reached.
 
     batch 1 yields ints. batch > 1 yields np.ndarray (B,) int64, one id per variation; a lane that has
@@ -125,6 +174,10 @@ def generate(model, primer_ids=None, budget: int | str | None = None, sampling: 
     (counted in TimeShift ids; the id that reaches it is the lane's last), and EOS when stop_at_eos. Without
     stop_at_eos the model may not end the piece: EOS is never drawn, so the piece runs to the other limits (what a
     composer asking for 30 s expects). PAD and BOS are never drawn.
+
+    A note held longer than `max_note_seconds` is released: its NoteOff is the lane's next id instead of a drawn
+    one (and the model reads it). A model with bounded memory forgets notes it started beyond its horizon and
+    would never end them; they would hang to the end of the piece. None: never.
 
     The primer (BOS added when missing) is streamed through the state, however long: the state keeps what the
     budget allows. `seed` makes the stream reproducible. The model is put in eval mode. `budget` None means the
@@ -155,6 +208,7 @@ def generate(model, primer_ids=None, budget: int | str | None = None, sampling: 
     # Grad mode is thread-local: set it around each call, never across a yield.
     with torch.no_grad():
         logits = model.prefill(primer.to(device)[None].expand(batch, -1).contiguous(), state)
+    notes = HeldNotes(batch, max_note_seconds, primer.tolist())
     never = [PAD, BOS] + ([] if stop_at_eos else [EOS])
     forbidden = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=device)
     forbidden[never] = float("-inf")  # (V,)
@@ -164,6 +218,8 @@ def generate(model, primer_ids=None, budget: int | str | None = None, sampling: 
     while max_tokens is None or produced < max_tokens:  # max_tokens 0: nothing
         ids = sample(logits + forbidden, sampling, generator)  # (B,)
         tokens = ids.cpu().numpy()
+        if notes.release(tokens):  # some lanes end a note instead
+            ids = torch.from_numpy(tokens).to(ids.device)
         tokens[done] = PAD
         if stop_at_eos:
             done |= tokens == EOS

@@ -21,7 +21,7 @@ from core.generate import (
     top_p_filter,
 )
 from core.modeldir import load_model
-from core.tokenizer import BOS, EOS, NOTE_ON, PAD, TIME_SHIFT, VOCAB_SIZE
+from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, PAD, TIME_SHIFT, VOCAB_SIZE
 
 PROBS = torch.tensor([[0.5, 0.25, 0.15, 0.1]])
 LOGITS = PROBS.log()
@@ -190,3 +190,16 @@ def test_fast_step_is_close_to_exact_and_exact_is_exact(tiny_model_dir):
     torch.testing.assert_close(exact, reference, atol=1e-4, rtol=0)
     assert not torch.equal(fast, exact)  # int8 really is in use
     torch.testing.assert_close(fast.softmax(-1), exact.softmax(-1), atol=5e-3, rtol=0)
+
+
+def test_a_note_held_too_long_is_released():
+    """A model that keeps a note on and only moves time (as one would that forgot the note): the generator ends
+    the note once it has sounded max_note_seconds, and the model reads that NoteOff."""
+    one_second = TIME_SHIFT + 99
+    model = Scripted([one_second])
+    out = list(generate(model, [BOS, NOTE_ON + 60, NOTE_ON + 64, one_second, NOTE_OFF + 64], budget=1,
+                        max_tokens=8, max_note_seconds=3.0))
+    # pitch 60 started at 0 s; after 3 s of new time shifts (4 s in all) it is released, once
+    assert out[:3] == [one_second] * 3 and out[3] == NOTE_OFF + 60 and out[4:] == [one_second] * 4
+    assert list(generate(Scripted([one_second]), [BOS, NOTE_ON + 60], budget=1, max_tokens=8,
+                         max_note_seconds=None)) == [one_second] * 8

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from core.cli.play import add_output_arguments, open_chosen_sink
+from core.generate import MAX_NOTE_SECONDS
 
 HELP = "write a new piece with a model"
 TOKENS_PER_SECOND_LIMIT = 150  # --max-tokens default per second of music: far above dense piano (~40)
@@ -33,6 +34,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=positive_float, default=30.0, metavar="S",
                         help="seconds of new music to write (default: 30)")
     parser.add_argument("--out", required=True, metavar="FILE.mid", help="MIDI file to write")
+    parser.add_argument("--max-note", type=float, default=MAX_NOTE_SECONDS, metavar="S",
+                        help=f"release a note held longer than S seconds (0: never; default {MAX_NOTE_SECONDS:g})")
     parser.add_argument("--allow-end", action="store_true",
                         help="let the model end the piece before --seconds (default: it plays all of them)")
     parser.add_argument("--budget", metavar="SIZE",
@@ -113,7 +116,8 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink) -> int:
         for token in primer:
             decoder.feed(token)
     stream = generate(model, primer, budget, sampling, max_tokens=max_tokens, max_seconds=args.seconds,
-                      stop_at_eos=args.allow_end, batch=batch, seed=args.seed, state=state)
+                      stop_at_eos=args.allow_end, max_note_seconds=args.max_note or None, batch=batch,
+                      seed=args.seed, state=state)
     # Live playback of the first variation: a decoder of its new ids only, starting where the primer ends.
     player = LivePlayer(sink) if sink is not None else None
     listened = Decoder(decoders[0].time)

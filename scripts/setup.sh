@@ -9,7 +9,7 @@ ensure_venv ""
 
 mkdir -p out
 if [ ! -d assets/models/default ]; then
-    log "The default model is not shipped in this version yet, so there is nothing to generate with."
+    log "assets/models/default is missing (it ships with Recital): restore it with git checkout -- assets/models"
     log "Everything else is installed: try '.venv/bin/recital --help'."
     exit 0
 fi

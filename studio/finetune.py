@@ -146,7 +146,8 @@ class FineTuneDialog(QDialog):
     model_created = Signal(str)  # directory of the new model
 
     def __init__(self, jobs: JobKeeper, models: list[ModelInfo], extra_models: list[Path] = (),
-                 parent: QWidget | None = None, workers: int | None = None, train_options: dict | None = None):
+                 parent: QWidget | None = None, workers: int | None = None, train_options: dict | None = None,
+                 current_model: str = ""):
         super().__init__(parent)
         self.setWindowTitle("Fine-tune a model on your music")
         self.resize(900, 640)
@@ -201,6 +202,8 @@ class FineTuneDialog(QDialog):
             if self.base.findData(str(path)) < 0:
                 self.base.addItem(f"{Path(path).name} (folder)", str(path))
         form.addRow("Base model", self.base)
+        picked = self.base.findData(str(current_model)) if current_model else -1
+        self.base.setCurrentIndex(max(picked, 0))  # the model the window uses, when it is listed
         limit = QHBoxLayout()
         self.by_minutes = QRadioButton("Minutes")
         self.by_steps = QRadioButton("Steps")

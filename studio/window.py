@@ -451,7 +451,7 @@ class MainWindow(QMainWindow):
         from studio.finetune import FineTuneDialog
 
         dialog = FineTuneDialog(self.jobs, list_models(), self.extra_models, self, workers=workers,
-                                train_options=train_options)
+                                train_options=train_options, current_model=self.panel.model_path)
         dialog.model_created.connect(self._model_created)
         dialog.setAttribute(Qt.WA_DeleteOnClose)
         dialog.show()

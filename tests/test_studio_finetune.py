@@ -38,7 +38,7 @@ def write_pieces(folder: Path, count: int, notes: int = 30) -> Path:
 
 @pytest.fixture
 def window(qtbot, tiny_model_dir, dialogs):  # noqa: F811
-    w = MainWindow(Settings(), extra_models=[tiny_model_dir], list_ports=False)
+    w = MainWindow(Settings(model=str(tiny_model_dir)), extra_models=[tiny_model_dir], list_ports=False)
     qtbot.addWidget(w)
     yield w
     w.jobs.shutdown()

@@ -47,7 +47,8 @@ def dialogs(monkeypatch, tmp_path):
 
 @pytest.fixture
 def window(qtbot, tiny_model_dir, dialogs):
-    w = MainWindow(Settings(seconds=2.0), extra_models=[tiny_model_dir], list_ports=False)
+    w = MainWindow(Settings(seconds=2.0, model=str(tiny_model_dir)), extra_models=[tiny_model_dir],
+                   list_ports=False)
     qtbot.addWidget(w)
     qtbot.waitUntil(lambda: w.model is not None, timeout=20000)
     w.panel.seed.setValue(7)
@@ -59,7 +60,8 @@ def wait_generated(qtbot, w, timeout=30000):
     qtbot.waitUntil(lambda: w.generation is None and not w.panel.generating, timeout=timeout)
 
 
-def test_no_model_disables_generate(qtbot, dialogs):
+def test_no_model_disables_generate(qtbot, dialogs, monkeypatch):
+    monkeypatch.setattr("studio.window.list_models", lambda: [])  # as if the shipped models were removed
     w = MainWindow(Settings(), list_ports=False)
     qtbot.addWidget(w)
     assert not w.panel.go.isEnabled()

@@ -248,7 +248,8 @@ def test_a_full_disk_while_saving_the_model(folder, tmp_path, monkeypatch):
 def test_a_run_that_runs_out_of_time_is_validated_at_its_last_step(folder, tmp_path):
     """The steps after the last scheduled validation count: the model kept may be the one at the end."""
     events = []
-    result = fine_tune(tiny(folder, tmp_path / "out", steps=None, minutes=0.15, val_every=10_000, lr=2e-2),
+    result = fine_tune(tiny(folder, tmp_path / "out", steps=None, minutes=0.15, val_every=10_000, lr=2e-2,
+                            checkpoint_every=1),
                        on_progress=events.append)
     assert result.stopped == "time" and result.steps > 0
     assert [e.step for e in events if e.kind == "eval"] == [0, result.steps]

@@ -435,6 +435,7 @@ class _Run:
                 checkpoint(step)
         if stopped == "time" and progress["validated_step"] != step:  # the steps since the last validation may be the best
             validate_and_keep(step)
+            saved_at[0] = None  # the last checkpoint must record this validation
         if saved_at[0] != step:  # stopped between checkpoints: keep everything so far
             checkpoint(step)
 

@@ -51,3 +51,14 @@ def isolated_dirs(tmp_path, monkeypatch):
     """This test's own corpus cache and user-data folders (models, runs), never the user's."""
     monkeypatch.setenv("RECITAL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("RECITAL_DATA_DIR", str(tmp_path / "data"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on one thread: on a shared CPU a second thread only adds waiting (each op up to ~100x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

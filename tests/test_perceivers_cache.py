@@ -14,13 +14,7 @@ CONFIG = PerceiverSConfig(context=24, latents=8, scale=5, d_model=16, n_heads=2,
 KEEP = CONFIG.latents // 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on one thread: with every core busy, a second thread's barrier makes each op ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

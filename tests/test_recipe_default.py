@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors import safe_open
 
 from core.errors import MidiError, ModelError
@@ -56,16 +55,7 @@ model = {{d_model = 16, n_layers = 2, n_heads = 2, segment_len = 32, max_horizon
 """
 
 
-pytestmark = pytest.mark.usefixtures("isolated_dirs")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CPU: a second thread only adds waiting (three times slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("isolated_dirs", "one_thread")
 
 
 def chorale(rng: np.random.Generator, beats: int) -> Performance:

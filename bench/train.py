@@ -1,13 +1,15 @@
 """Training speed: the DSMR streaming loop (memory included) against a plain causal Transformer step.
 
-    python -m bench.train                      # 6 x 256 and 6 x 384, segment 512, batch 8, fp32
+    python -m bench.train                      # 6 x 256 and 6 x 384, segment 512, batch 8, fp32 (+ DSMR in bf16)
     python -m bench.train --steps 2 --sizes 256 --budget 8MB
 
 Both models have the same blocks (core.models.layers), the same size and segment, and take a full optimizer step
 (forward, backward, AdamW). The plain step attends within its segment only (scaled_dot_product_attention with a
 causal mask); DSMR reads the next segment of 8 lanes each walking a whole MAESTRO performance, with the per-lane
 recurrent state of `--budget` (two-scale horizons). A third table times the data pipeline alone (lane streams
-with augmentation) to show it is not the bottleneck. No asserts: CPU numbers are noisy when the machine is shared.
+with augmentation) to show it is not the bottleneck. The bf16 column is DSMR under CPU bf16 autocast (`recital
+train --precision bf16`: it pays off on CPUs with native bf16, AVX512-BF16 or AMX). No asserts: CPU numbers are
+noisy when the machine is shared.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def time_plain(d_model: int, heads: int, args) -> float:
     return args.steps * args.batch * args.segment / elapsed
 
 
-def time_dsmr(d_model: int, heads: int, args) -> tuple[float, str]:
+def time_dsmr(d_model: int, heads: int, args, bf16: bool = False) -> tuple[float, str]:
+    """DSMR training tokens/s; `bf16`: the forward under CPU bf16 autocast (`recital train --precision bf16`)."""
     torch.manual_seed(0)
     model = DSMR(DSMRConfig(d_model=d_model, n_layers=args.layers, n_heads=heads, segment_len=args.segment))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -89,8 +92,10 @@ def time_dsmr(d_model: int, heads: int, args) -> tuple[float, str]:
     for i in range(args.steps + 1):
         inputs, targets = stream.next_batch()
         start = time.perf_counter()
-        logits = model(torch.from_numpy(inputs), state)
-        segment_loss(logits, torch.from_numpy(targets)).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(torch.from_numpy(inputs), state)
+            loss = segment_loss(logits.float(), torch.from_numpy(targets))
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if i:
@@ -123,12 +128,13 @@ def main() -> None:
 
     print(f"training tokens/s, fp32, segment {args.segment}, batch {args.batch}, {args.layers} layers, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'model':<10} {'plain step':>11} {'DSMR stream':>12} {'DSMR/plain':>11}  DSMR memory")
+    print(f"{'model':<10} {'plain step':>11} {'DSMR stream':>12} {'DSMR/plain':>11} {'DSMR bf16':>10}  DSMR memory")
     for d_model in args.sizes:
         heads = d_model // 64
         plain = time_plain(d_model, heads, args)
         dsmr, plan = time_dsmr(d_model, heads, args)
-        print(f"{args.layers}x{d_model:<8} {plain:>11,.0f} {dsmr:>12,.0f} {dsmr / plain:>10.0%}  {plan}")
+        bf16, _ = time_dsmr(d_model, heads, args, bf16=True)
+        print(f"{args.layers}x{d_model:<8} {plain:>11,.0f} {dsmr:>12,.0f} {dsmr / plain:>10.0%} {bf16:>10,.0f}  {plan}")
     rate, tokens = time_data(args)
     print(f"\ndata pipeline alone (8 lane streams, transposition + tempo stretch, corpus of {tokens:,} tokens): "
           f"{rate:,.0f} tokens/s")

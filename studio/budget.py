@@ -59,14 +59,20 @@ def budget_view(model, budget: int, batch: int = 1) -> BudgetView:
     except RecitalError as error:
         return BudgetView("", (), 0, "", str(error))
     config = model.config
+    detail, limit = plan.describe(), ""
     if hasattr(plan, "horizons"):  # DSMR: one memory horizon per layer, plus the current segment
-        cap = config.max_horizon + plan.segment_len
-        bars = tuple(Bar(f"layer {i + 1}", m + plan.segment_len, cap) for i, m in enumerate(plan.horizons))
+        trained = getattr(config, "trained_horizons", None)
+        longest = max(trained) if trained else config.max_horizon  # the most any layer can be given
+        bars = tuple(Bar(f"layer {i + 1}", m + plan.segment_len, longest + plan.segment_len)
+                     for i, m in enumerate(plan.horizons))
+        note = model.memory_limit_note(budget, batch)
+        if note:
+            detail, limit = f"{detail}; {note}", " (all this model can use)"
     else:  # PerceiverS: the context the first cross-attention reads
         bars = (Bar("context", plan.context, config.context),)
     low, high = min(b.seconds for b in bars), max(b.seconds for b in bars)
     span = f"~{_s(high)} s" if abs(high - low) < 0.05 else f"~{_s(low)}-{_s(high)} s"
-    return BudgetView(f"remembers {span} of music", bars, plan.nbytes, plan.describe())
+    return BudgetView(f"remembers {span} of music{limit}", bars, plan.nbytes, detail)
 
 
 def _s(seconds: float) -> str:

@@ -26,6 +26,23 @@ def test_generate_writes_a_piece_and_says_what_it_did(tiny_model_dir, tmp_path, 
     assert main(args) == 0 and out.read_bytes() == first  # the seed makes it reproducible
 
 
+def test_a_budget_beyond_the_trained_memory_is_not_used_and_the_user_is_told(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    model = tmp_path / "trained"
+    shutil.copytree(tiny_model_dir, model)
+    meta = json.loads((model / "config.json").read_text())
+    meta["config"]["trained_horizons"] = [64, 16]
+    (model / "config.json").write_text(json.dumps(meta))
+    out = tmp_path / "piece.mid"
+    for budget in ("24KB", "1MB"):  # 24KB plans (48, 12): under the cap
+        assert main(["generate", "--model", str(model), "--seconds", "1", "--out", str(out), "--seed", "3",
+                     "--budget", budget, "--max-tokens", "20"]) == 0
+    small, large = capsys.readouterr().out.split("wrote ")[:2]
+    assert "horizons [64, 16]" in large and "trained with at most 64 tokens of memory" in large
+    assert "trained with" not in small
+
+
 def test_variations_write_one_file_each(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "v.mid"
     assert main(["generate", "--model", str(tiny_model_dir), "--seconds", "2", "--out", str(out),

@@ -135,6 +135,17 @@ def test_state_bytes_fit_the_budget_and_plans_must_match():
         model.plan("1KB")
 
 
+def test_no_layer_is_planned_more_memory_than_it_was_trained_with():
+    model = tiny(trained_horizons=[16, 4, 4, 4])
+    assert model.plan("64KB").horizons == (16, 4, 4, 4)  # a big budget stops at the trained horizons
+    assert model.plan("64KB", beyond_training=True).horizons == tiny().plan("64KB").horizons
+    assert tiny().plan("16KB").horizons == (15, 5, 5, 5)  # a small budget: each layer the lesser of the two
+    assert model.plan("16KB").horizons == (15, 4, 4, 4)
+    assert model.plan("64KB").nbytes < tiny().plan("64KB").nbytes  # and the state holds only that
+    with pytest.raises(ModelError, match="trained_horizons"):
+        tiny(trained_horizons=[16, 4])
+
+
 def test_config_round_trip_and_errors():
     config = DSMRConfig(d_model=32, n_layers=2, n_heads=2, segment_len=8, schedule="explicit", horizons=[4, 2])
     assert DSMRConfig.from_dict(config.to_dict()) == config

@@ -43,6 +43,19 @@ def test_budget_view_for_dsmr_and_a_budget_too_small():
     assert budget_view(model, 2 * 1024 * 1024).bars[1].tokens > view.bars[1].tokens
 
 
+def test_budget_view_says_when_the_model_can_use_no_more_memory():
+    from core.models.dsmr import DSMR, DSMRConfig
+
+    config = dict(d_model=16, n_layers=3, n_heads=2, segment_len=512, max_horizon=4096, n_long=1)
+    capped = DSMR(DSMRConfig(**config, trained_horizons=[600, 150, 150]))
+    view = budget_view(capped, 8 * 1024 * 1024)
+    assert [bar.tokens for bar in view.bars] == [1112, 662, 662] and view.bars[0].full == 1112
+    assert "trained with at most 600 tokens" in view.detail and "all this model can use" in view.headline
+    below = budget_view(capped, 256 * 1024)  # below the cap: the budget decides
+    assert [bar.tokens for bar in below.bars] == [840, 594, 594] and "trained with" not in below.detail
+    assert "trained with" not in budget_view(DSMR(DSMRConfig(**config)), 8 * 1024 * 1024).detail
+
+
 def test_budget_view_for_perceivers_is_its_context():
     from core.models.perceivers import PerceiverS, PerceiverSConfig
 

@@ -119,6 +119,41 @@ def test_fine_tuning_a_base_model(folder, tmp_path):
     assert not torch.equal(tuned.embed.weight, original.embed.weight)
 
 
+def test_the_trained_model_records_the_horizons_it_was_trained_with(folder, tmp_path):
+    from core.models.dsmr import DSMR, DSMRConfig
+
+    torch.manual_seed(0)
+    base = save_model(DSMR(DSMRConfig(**TINY_DSMR, trained_horizons=[8, 2])), tmp_path / "base", "# base\n")
+    result = fine_tune(TrainConfig(folder=str(folder), out=str(tmp_path / "longer"), base=str(base), steps=4,
+                                   batch=2, lr=2e-2, budget="48KB", val_every=4, workers=1, val_fraction=0.2))
+    assert result.best_perplexity < result.initial_perplexity  # the model saved is the trained one
+    tuned = load_model(tmp_path / "longer")
+    run = tuned.plan(2 * 48 * 1024, batch=2, beyond_training=True).horizons  # what the run trained at
+    assert run[0] > 8 and tuned.config.trained_horizons == [max(8, run[0]), max(2, run[1])]
+    assert tuned.plan("1MB").horizons == tuple(tuned.config.trained_horizons)
+
+
+def test_bf16_on_the_cpu_when_asked(folder, tmp_path, monkeypatch):
+    assert not TrainConfig(folder=".", steps=1).autocasts("cpu") and TrainConfig(folder=".", steps=1).autocasts("cuda")
+    assert not TrainConfig(folder=".", steps=1, precision="fp32").autocasts("cuda")
+    with pytest.raises(ModelError, match="precision"):
+        TrainConfig(folder=".", steps=1, precision="fp16")
+    under_autocast = []
+    original = torch.nn.functional.cross_entropy
+
+    def spy(*args, **kwargs):  # the training loss: is it computed under bf16 autocast?
+        under_autocast.append(torch.is_autocast_enabled("cpu"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    result = fine_tune(tiny(folder, tmp_path / "bf16", steps=3, precision="bf16"))
+    assert under_autocast and all(under_autocast) and math.isfinite(result.final_loss)
+    assert load_model(tmp_path / "bf16").embed.weight.dtype == torch.float32  # weights stay fp32
+    under_autocast.clear()
+    fine_tune(tiny(folder, tmp_path / "fp32", steps=1))
+    assert under_autocast and not any(under_autocast)
+
+
 def test_lr_warms_up_then_decays_to_the_floor():
     config = TrainConfig(folder=".", base=None, arch="dsmr", steps=100, lr=1e-3, warmup=10, min_lr_ratio=0.1)
     rates = [lr_at(config, s, s / 100) for s in range(100)]

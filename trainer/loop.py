@@ -3,7 +3,7 @@
 One step: `accum` micro-batches (DSMR: the next segment of a group of lanes, each group with its own recurrent
 state; PerceiverS: effective-segmentation crops), the loss of each a sum over its targets divided by the step's
 target count over every process, so a step is the same mean whatever the number of processes; AdamW with linear
-warm-up then cosine decay, gradient clipping; bf16 autocast on CUDA, fp32 on CPU.
+warm-up then cosine decay, gradient clipping; bf16 autocast on CUDA, fp32 on CPU (bf16 there on request).
 
 Validation scores the held-out pieces whole: DSMR streamed under its budget schedule (core.metrics'
 perplexity_report), PerceiverS in sliding windows (the sequential crops, whose targets tile each piece). The best
@@ -215,7 +215,7 @@ class _Run:
         model, base, out = self._model()
         if c.resume:  # the run's own settings, with the new length of the run and where it runs
             saved = TrainConfig.from_dict(self.saved["config"])
-            for name in ("steps", "minutes", "device", "workers", "log_every"):
+            for name in ("steps", "minutes", "device", "precision", "workers", "log_every"):
                 setattr(saved, name, getattr(c, name))
             saved.resume, self.config = True, saved
             c = saved
@@ -268,7 +268,7 @@ class _Run:
             saved_lanes = (progress["data"] or {}).get("lanes", {})
             streams = [LaneStream(source, group, c.batch * c.accum, model.config.segment_len,
                                   _position(group, saved_lanes)) for group in lanes]
-            plan = model.plan(budget * local, batch=local)
+            plan = model.plan(budget * local, batch=local, beyond_training=True)
             states = [model.new_state(plan, local) for _ in streams]
             for stream, state in zip(streams, states, strict=True):  # a resumed lane goes on mid-piece
                 state.positions.copy_(torch.tensor(stream.offset))
@@ -358,9 +358,11 @@ class _Run:
             if initial is not None:
                 self.emit(Progress("eval", "validate", step=0, val_perplexity=initial, best_perplexity=initial))
             save_best(0, initial)
+        if arch == "dsmr":  # from here on the model has been trained with this run's horizons
+            raw.config.trained_horizons = longest_horizons(raw.config.trained_horizons, plan.horizons)
 
         model.train()
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if c.autocasts(device.type)
                     else contextlib.nullcontext())
         window_tokens, window_start = 0, time.monotonic()
         stopped = "finished"
@@ -446,6 +448,11 @@ class _Run:
         if self.log is not None:
             self.log.close()
         return result
+
+
+def longest_horizons(trained: list[int] | None, run: tuple[int, ...]) -> list[int]:
+    """Each layer's longest memory seen in training, once a run at `run` horizons has trained it too."""
+    return list(run) if trained is None else [max(a, b) for a, b in zip(trained, run, strict=True)]
 
 
 def _position(lanes: list[int], saved: dict) -> dict | None:

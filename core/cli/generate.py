@@ -109,6 +109,9 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink) -> int:
     primer = prepare_primer(primer_ids, model.config.vocab_size).tolist()
     max_tokens = args.max_tokens or int(args.seconds * TOKENS_PER_SECOND_LIMIT) + 64
     print(f"model {args.model} ({model.arch}); {plan.describe()}")
+    note = model.memory_limit_note(budget, batch) if hasattr(model, "memory_limit_note") else ""
+    if note:
+        print(f"note: {note}")
 
     lanes: list[list[int]] = [[] for _ in range(batch)]
     decoders = [Decoder() for _ in range(batch)]

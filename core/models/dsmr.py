@@ -18,7 +18,7 @@ its speed is set by bytes (weights + budget) and by the number of dispatches; th
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,10 @@ class DSMRConfig:
     # attention costs grow with it: 8MB keeps 6 x 256 at ~400 tokens/s generating on one core (int8 step weights)
     # and its training near a plain Transformer's speed (bench/dsmr.py, bench/train.py).
     default_budget: str = "8MB"
+    # The longest memory each layer was trained with (the trainer records it). Plans never go beyond it: attention
+    # over distances a model never saw makes it worse, not better (the shipped default, trained at 8MB: held-out
+    # MAESTRO perplexity 18.9 at 8MB, 25.8 at 32MB, 49 at 128MB before this cap). None: no cap (untrained).
+    trained_horizons: list[int] | None = None
 
     def __post_init__(self):
         problems = []
@@ -75,6 +79,11 @@ class DSMRConfig:
             problems.append(f"unknown schedule {self.schedule!r}")
         if self.schedule == "explicit" and (self.horizons is None or len(self.horizons) != self.n_layers):
             problems.append(f"the explicit schedule needs horizons for all {self.n_layers} layers")
+        if self.trained_horizons is not None and (
+                not isinstance(self.trained_horizons, list | tuple) or len(self.trained_horizons) != self.n_layers
+                or any(not isinstance(m, int) or isinstance(m, bool) or m < 0 for m in self.trained_horizons)):
+            problems.append(f"trained_horizons must be {self.n_layers} whole numbers >= 0, got "
+                            f"{self.trained_horizons!r}")
         if problems:
             raise ModelError("bad DSMR config: " + "; ".join(problems))
 
@@ -116,8 +125,14 @@ class DSMR(PackedWeights, nn.Module):
 
     # -- the budgeted state -------------------------------------------------------------------------------------
 
-    def plan(self, budget_bytes: int | str | None = None, batch: int = 1, schedule=None, **params) -> StatePlan:
-        """Per-layer horizons for a budget and schedule (defaults: the config's, its budget for each lane)."""
+    def plan(self, budget_bytes: int | str | None = None, batch: int = 1, schedule=None, *, beyond_training=False,
+             **params) -> StatePlan:
+        """Per-layer horizons for a budget and schedule (defaults: the config's, its budget for each lane).
+
+        A layer never gets more memory than it was trained with (`trained_horizons`), whatever the budget:
+        the plan then holds less than the budget allows. Training at a longer horizon passes
+        `beyond_training=True` (the trainer records the new horizons).
+        """
         c = self.config
         budget = parse_budget(c.default_budget) * batch if budget_bytes is None else parse_budget(budget_bytes)
         if schedule is None:
@@ -125,7 +140,17 @@ class DSMR(PackedWeights, nn.Module):
         if schedule == "two_scale":
             params.setdefault("n_long", c.n_long)
             params.setdefault("long_ratio", c.long_ratio)
-        return plan_horizons(c, budget, batch, schedule, element_size=self._element_size(), **params)
+        plan = plan_horizons(c, budget, batch, schedule, element_size=self._element_size(), **params)
+        if c.trained_horizons is None or beyond_training:
+            return plan
+        return replace(plan, horizons=tuple(min(m, t) for m, t in zip(plan.horizons, c.trained_horizons, strict=True)))
+
+    def memory_limit_note(self, budget_bytes: int | str | None = None, batch: int = 1) -> str:
+        """What the user is told when the budget buys more memory than the model was trained to use ('' if not)."""
+        if self.plan(budget_bytes, batch).horizons == self.plan(budget_bytes, batch, beyond_training=True).horizons:
+            return ""
+        return (f"this model was trained with at most {max(self.config.trained_horizons):,} tokens of memory per "
+                "layer, so a larger budget would not help it (fine-tune it with a larger --budget to use one)")
 
     def new_state(self, plan: StatePlan, batch: int | None = None) -> RecurrentState:
         batch = plan.batch if batch is None else batch

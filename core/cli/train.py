@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=_positive(int), default=8,
                         help="lanes (DSMR) or crops (PerceiverS) per micro-batch, over all processes (default 8)")
     parser.add_argument("--accum", type=_positive(int), default=1, help="micro-batches per step (default 1)")
-    parser.add_argument("--lr", type=_positive(float), help="peak learning rate (default 1e-4, 3e-4 from scratch)")
+    parser.add_argument("--lr", type=_positive(float), help="peak learning rate (default 1e-3, 3e-4 from scratch)")
     parser.add_argument("--warmup", type=int, metavar="STEPS", help="warm-up steps (default: 5%% of --steps)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, the data order, augmentation")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,

@@ -4,8 +4,9 @@
 
 Without a display it starts Xvfb (`apt-get install xvfb`) on :99 and uses Qt's xcb platform, so the shots
 show the window as a user sees it; with neither it falls back to Qt's offscreen platform. Without --model it
-makes a small DSMR with random weights (the notes it writes are noise; the screens are what matter). User
-folders (settings, models, corpus cache) are temporary: nothing of the user's is read or written.
+uses the shipped default model (or, where none is shipped, a small DSMR with random weights). User folders
+(settings, models, corpus cache) are temporary: nothing of the user's is read or written. An error dialog would
+wait for a click that never comes: here it ends the script instead, with its message and exit code 2.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MIDI = ROOT.parent / "shared" / "midi"
+SHIPPED_DEFAULT = ROOT / "assets" / "models" / "default"
 
 
 def start_display() -> subprocess.Popen | None:
@@ -70,7 +72,7 @@ def shoot(widget, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/recital-shots")
-    parser.add_argument("--model", help="a model directory (default: a random demo DSMR)")
+    parser.add_argument("--model", help="a model directory (default: the shipped default model)")
     parser.add_argument("--midi", default=str(SHARED_MIDI / "maestro" / "maestro_01.mid"))
     parser.add_argument("--corpus", default=str(SHARED_MIDI / "maestro"), help="folder for the fine-tune shot")
     args = parser.parse_args()
@@ -85,14 +87,27 @@ def main() -> int:
     try:
         from PySide6.QtWidgets import QApplication
 
+        import studio.window
         from studio import theme
         from studio.settings import Settings
         from studio.window import MainWindow
 
+        def fail(parent, title: str, message: str) -> None:
+            print(f"error dialog: {title}: {message}", file=sys.stderr)
+            raise SystemExit(2)
+
+        studio.window.show_error = fail
         app = QApplication(["recital-studio"])
         theme.apply(app)
-        model = Path(args.model) if args.model else demo_model(home / "data" / "models")
-        window = MainWindow(Settings(budget_mb=8.0, seconds=40.0), extra_models=[] if not args.model else [model])
+        if args.model:
+            model = Path(args.model).resolve()
+        elif (SHIPPED_DEFAULT / "config.json").is_file():
+            model = SHIPPED_DEFAULT
+        else:
+            model = demo_model(home / "data" / "models")
+        # 16 MB: two takes of the default size (each lane's state needs at least 6 MB, 8 MB by default).
+        window = MainWindow(Settings(budget_mb=16.0, seconds=40.0),
+                            extra_models=[] if model == SHIPPED_DEFAULT else [model])
         window.resize(1440, 880)
         window.show()
         pump(app, 10, lambda: window.model is not None)

@@ -37,13 +37,13 @@ MAX_SEED = 2**31 - 1
 
 
 def card_text(path: Path, lines: int = 8) -> str:
-    """The first lines of a model's card.md, without markdown decoration."""
+    """The first lines of a model's card.md, without markdown decoration (tables and code fences are left out)."""
     try:
         text = (Path(path) / "card.md").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return "(no card)"
     kept = [line.strip().lstrip("#").strip() for line in text.splitlines() if line.strip()]
-    kept = [line for line in kept if not line.startswith("```")]
+    kept = [line for line in kept if not line.startswith(("```", "|"))]
     return "\n".join(kept[:lines]) or "(empty card)"
 
 

@@ -90,13 +90,12 @@ def main() -> None:
     config = TrainConfig(folder=str(MAESTRO), base=args.base, out=str(work / "tuned"), minutes=args.minutes,
                          lr=args.lr, batch=args.batch, val_fraction=0.2, val_every=args.val_every,
                          checkpoint_every=10_000, patience=0, precision=precision, workers=1)
-    curve: list[tuple[float, int, float]] = []  # (minutes, step, held-out perplexity)
     started = time.monotonic()
 
-    def on_progress(event) -> None:
+    def on_progress(event) -> None:  # the held-out curve against wall time
         if event.kind == "eval" and event.val_perplexity is not None:
-            curve.append(((time.monotonic() - started) / 60, event.step, event.val_perplexity))
-            print(f"  {curve[-1][0]:5.1f} min  step {event.step:>5}  held-out perplexity {event.val_perplexity:.2f}",
+            minutes = (time.monotonic() - started) / 60
+            print(f"  {minutes:5.1f} min  step {event.step:>5}  held-out perplexity {event.val_perplexity:.2f}",
                   flush=True)
 
     print(f"fine-tuning {args.base} on 8 MAESTRO performances for {args.minutes:g} min: lr {config.peak_lr:g}, batch "

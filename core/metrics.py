@@ -395,10 +395,12 @@ def position_edges(longest: int, first: int = 256) -> tuple[int, ...]:
     return tuple(edges)
 
 
-# Architectures whose forward(ids (B, T), state) gives the logits (B, T, V) of every position, equal to stepping
-# through the same ids (DSMR's tests prove it): they score a piece a chunk at a time instead of an id at a time.
-SEQUENCE_READERS = ("dsmr",)
-SCORE_CHUNK = 2048  # tokens per forward call on that path (bounds the activations and the logits held)
+# How each architecture reads ids (B, T) through its state into the logits (B, T, V) of every position, equal
+# to stepping through the same ids (the models' tests prove it): a piece is scored a chunk at a time instead of
+# an id at a time.
+SEQUENCE_READERS = {"dsmr": lambda model, ids, state: model(ids, state),
+                    "perceivers": lambda model, ids, state: model.read(ids, state)}
+SCORE_CHUNK = 2048  # tokens per call on that path (bounds the activations and the logits held)
 
 
 def piece_log_probs(model, ids: np.ndarray, state, device, stepwise: bool = False) -> np.ndarray:
@@ -407,10 +409,11 @@ def piece_log_probs(model, ids: np.ndarray, state, device, stepwise: bool = Fals
 
     tokens = torch.as_tensor(ids, device=device)  # (T,)
     log_probs = torch.empty(len(ids) - 1, device=device)  # (T - 1,)
-    if getattr(model, "arch", None) in SEQUENCE_READERS and not stepwise:
+    reader = SEQUENCE_READERS.get(getattr(model, "arch", None))
+    if reader is not None and not stepwise:
         for start in range(0, len(ids) - 1, SCORE_CHUNK):
             end = min(start + SCORE_CHUNK, len(ids) - 1)
-            logits = model(tokens[None, start:end], state)[0].float()  # (t, V)
+            logits = reader(model, tokens[None, start:end], state)[0].float()  # (t, V)
             log_probs[start:end] = torch.log_softmax(logits, dim=-1).gather(1, tokens[start + 1:end + 1, None])[:, 0]
     else:
         for t in range(len(ids) - 1):

@@ -357,14 +357,18 @@ def test_dsmr_reads_chunks_with_the_same_perplexity_as_stepping(scale, chord, mo
     assert 0.7 * VOCAB_SIZE < fast.perplexity < 1.3 * VOCAB_SIZE  # an untrained model is close to uniform
 
 
-def test_perceivers_perplexity_through_its_cached_steps(scale):
+def test_perceivers_reads_chunks_with_the_same_perplexity_as_its_cached_steps(scale, chord, monkeypatch):
     from core.models.perceivers import PerceiverS, PerceiverSConfig
 
     torch.manual_seed(0)
     model = PerceiverS(PerceiverSConfig(context=32, latents=8, scale=16, d_model=32, n_heads=2, n_layers=2)).eval()
-    report = metrics.perplexity_report(model, [scale], budget=1 << 20)
-    assert report.tokens == len(encode(scale)) - 1
-    assert 0.7 * VOCAB_SIZE < report.perplexity < 1.3 * VOCAB_SIZE
+    monkeypatch.setattr(metrics, "SCORE_CHUNK", 5)  # chunks that straddle the 8-latent windows
+    fast = metrics.perplexity_report(model, [scale, chord], budget=1 << 20)
+    slow = metrics.perplexity_report(model, [scale, chord], budget=1 << 20, stepwise=True)
+    assert fast.tokens == slow.tokens == len(encode(scale)) + len(encode(chord)) - 2
+    assert fast.perplexity == pytest.approx(slow.perplexity, rel=1e-4)
+    np.testing.assert_allclose(fast.bucket_perplexity, slow.bucket_perplexity, rtol=1e-4)
+    assert 0.7 * VOCAB_SIZE < fast.perplexity < 1.3 * VOCAB_SIZE
 
 
 def test_eval_model_prints_perplexity_and_writes_json(tmp_path, capsys, scale, chord):

@@ -94,6 +94,24 @@ def test_prefill_equals_stepping(model):
     assert torch.allclose(*after, atol=1e-5)
 
 
+def test_read_gives_the_logits_of_every_step(model):
+    """`read` (what scoring uses) returns each step's logits, in chunks that start and end anywhere in a window,
+    and with lanes out of phase (one reset mid-piece)."""
+    plan = model.plan(budget_for(16, 2), batch=2)
+    ids = random_ids(2, 53)
+    stepped, read = model.new_state(plan), model.new_state(plan)
+    expected = torch.stack([model.step(ids[:, t], stepped) for t in range(53)], dim=1)  # (2, 53, V)
+    got = torch.cat([model.read(ids[:, :5], read), model.read(ids[:, 5:22], read), model.read(ids[:, 22:], read)],
+                    dim=1)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.equal(read.start, stepped.start) and torch.equal(read.length, stepped.length)
+    read.reset(1)
+    stepped.reset(1)
+    expected = torch.stack([model.step(ids[:, t], stepped) for t in range(10)], dim=1)
+    assert torch.allclose(model.read(ids[:, :10], read), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_the_one_token_path_equals_the_general_path(model, batch):
     """`step` (lanes in step: the lean path) and `prefill` of one token (the general path) give the same logits

@@ -192,6 +192,15 @@ class PerceiverS(PackedWeights, nn.Module):
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor, state: PerceiverSState) -> torch.Tensor:
         """Read ids (B, T) into the state as T steps would (same result, batched) -> logits (B, V) of the last."""
+        return self._read(ids, state, every=False)
+
+    @torch.no_grad()
+    def read(self, ids: torch.Tensor, state: PerceiverSState) -> torch.Tensor:
+        """Read ids (B, T) into the state as T steps would -> the logits (B, T, V) after every id, each the one its
+        step would give: a whole piece scored a latent window per call instead of an id per call (`core.metrics`)."""
+        return self._read(ids, state, every=True)
+
+    def _read(self, ids: torch.Tensor, state: PerceiverSState, every: bool) -> torch.Tensor:
         if ids.dim() != 2 or ids.shape[0] != state.batch or ids.shape[1] == 0:
             raise ModelError(f"expected ids of shape ({state.batch}, T >= 1), got {tuple(ids.shape)}")
         if int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
@@ -200,22 +209,24 @@ class PerceiverS(PackedWeights, nn.Module):
         packed = self._packed()
         phase = state.length - state.start  # lanes with the same phase fill and re-encode together
         if bool((phase == phase[0]).all()):
-            return self._advance(packed, ids, state, None)
-        logits = torch.empty(state.batch, self.config.vocab_size, device=ids.device, dtype=state.keys1.dtype)
+            return self._advance(packed, ids, state, None, every)
+        shape = (state.batch, ids.shape[1], self.config.vocab_size) if every else (state.batch, self.config.vocab_size)
+        logits = torch.empty(shape, device=ids.device, dtype=state.keys1.dtype)
         for value in phase.unique():
             lanes = (phase == value).nonzero().flatten()
-            logits[lanes] = self._advance(packed, ids[lanes], state, lanes)
+            logits[lanes] = self._advance(packed, ids[lanes], state, lanes, every)
         return logits
 
     def _pack(self, kind: str) -> Packed:
         return pack(self, kind)
 
     def _advance(self, packed: Packed, ids: torch.Tensor, state: PerceiverSState,
-                 lanes: torch.Tensor | None) -> torch.Tensor:
-        """Lanes sharing one phase read ids (b, T), a latent window at a time -> logits (b, V) of the last id."""
+                 lanes: torch.Tensor | None, every: bool = False) -> torch.Tensor:
+        """Lanes sharing one phase read ids (b, T), a latent window at a time -> logits (b, V) of the last id, or
+        (b, T, V) of every id."""
         m = self.config.latents
         keep = max(1, m // 2)
-        done, total = 0, ids.shape[1]
+        done, total, outputs = 0, ids.shape[1], []
         while done < total:
             length = _rows(state.length, lanes).clone()  # (b,)
             start = _rows(state.start, lanes).clone()
@@ -234,9 +245,10 @@ class PerceiverS(PackedWeights, nn.Module):
             self._write_inputs(packed, ids[:, done:done + count], positions[:, -count:], rotations[:, -count:],
                                None if first_position is None else int(length[0]), state, lanes)
             _set_rows(state.length, lanes, length + count)
-            logits = self._latents(packed, positions, rotations, first_position, state, lanes)
+            outputs.append(self._latents(packed, positions, rotations, first_position, state, lanes,
+                                         count if every else 1))
             done += count
-        return logits
+        return torch.cat(outputs, dim=1) if every else outputs[-1][:, -1]
 
     def _write_inputs(self, packed: Packed, ids: torch.Tensor, positions: torch.Tensor, rotations: torch.Tensor,
                       first_position: int | None, state: PerceiverSState, lanes: torch.Tensor | None) -> None:
@@ -256,8 +268,9 @@ class PerceiverS(PackedWeights, nn.Module):
         _put(state.ids, rows, positions, ids, first_position)
 
     def _latents(self, packed: Packed, positions: torch.Tensor, rotations: torch.Tensor, first_position: int | None,
-                 state: PerceiverSState, lanes: torch.Tensor | None) -> torch.Tensor:
-        """Latents at `positions` (b, n) from the rings -> logits (b, V) of the last; fills the latent rings."""
+                 state: PerceiverSState, lanes: torch.Tensor | None, outputs: int = 1) -> torch.Tensor:
+        """Latents at `positions` (b, n) from the rings -> logits (b, outputs, V) of the last `outputs` of them;
+        fills the latent rings."""
         c = self.config
         batch, count = positions.shape
         heads, head_dim = c.n_heads, self.head_dim
@@ -291,8 +304,8 @@ class PerceiverS(PackedWeights, nn.Module):
                                                  _rows(values, lanes), attn_mask=mask)  # (b, nh, n, hs)
             h = weights.out.add_to(h, out.transpose(1, 2).reshape(batch * count, c.d_model))
             h = _mlp(weights, h, packed.eps)
-        last = h.view(batch, count, c.d_model)[:, -1]  # (b, C)
-        return (packed.head(last) * inv_rms(last, packed.eps)).to(state.keys1.dtype)  # (b, V)
+        last = h.view(batch, count, c.d_model)[:, -outputs:]  # (b, outputs, C)
+        return (packed.head(last) * inv_rms(last, packed.eps)).to(state.keys1.dtype)  # (b, outputs, V)
 
 
 # ---- the lean generation path ---------------------------------------------------------------------------------

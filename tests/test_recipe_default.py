@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from core.errors import MidiError, ModelError
 from core.midi import Performance, write_performance
-from core.modeldir import load_model
+from core.modeldir import build_model, load_model, save_model
 from tests.test_train_data import random_performance
 from trainer.config import TrainConfig
 from trainer.recipes import default_models as recipe_module
@@ -177,3 +177,30 @@ def test_a_run_stops_resumes_and_exports_a_shippable_model_with_its_card(setup, 
     write_performance(random_performance(np.random.default_rng(9), 50), Path(setup["data"]) / "tunes" / "new.mid")
     assert main(args(setup, "--steps", "5", "--resume")) == 1  # another corpus than the run started on
     assert "started on other data" in capsys.readouterr().err
+
+
+def test_init_starts_a_new_run_from_a_model_and_the_card_tells_both_trainings(setup, capsys):
+    assert main(args(setup, "--steps", "2", "--resume")) == 0
+    first = load_model(setup["dest"])
+    second = {**setup, "run": setup["run"].parent / "run2", "dest": setup["dest"].parent / "further"}
+    assert main(args(second, "--steps", "3", "--init", str(setup["dest"]))) == 0
+    events = [json.loads(line) for line in (second["run"] / "train" / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2, 3]  # a fresh schedule
+    initial = next(e for e in events if e["kind"] == "eval")
+    assert initial["step"] == 0  # the starting model is scored first: it is the best so far
+    card = (second["dest"] / "card.md").read_text()
+    assert card.startswith("# tiny-default: dsmr trained further on music21's corpus")
+    assert f"started from the weights of `{setup['dest']}`" in card
+    assert "  - 2 steps (" in card and "- 3 steps (" in card  # the first run's line, quoted, then this run's
+    assert f"--init {setup['dest']}" in card
+    further = load_model(second["dest"])
+    assert further.config.to_dict().keys() == first.config.to_dict().keys()
+    # --init belongs to the start of a run, and to a model of the recipe's kind
+    assert main(args(second, "--steps", "4", "--resume", "--init", str(setup["run"]))) == 1
+    assert "--init starts a new run" in capsys.readouterr().err
+    wider = setup["dest"].parent / "wider"
+    save_model(build_model("dsmr", {**first.config.to_dict(), "d_model": 32}), wider, "# wider\n")
+    third = {**setup, "run": setup["run"].parent / "run3", "dest": setup["dest"].parent / "third"}
+    assert main(args(third, "--steps", "1", "--init", str(wider))) == 1
+    assert "d_model is 32, not 16" in capsys.readouterr().err
+    assert not third["dest"].exists()

@@ -6,7 +6,8 @@
 
 Every setting lives in `default_models.toml` (beside this file); the command picks the model and may change the
 length of the run (`--minutes`, `--steps`) or, for trials, its size and where things go (`--size`, `--data`,
-`--run`, `--dest`). The run trains from scratch with `trainer.loop.fine_tune` in a run folder outside the
+`--run`, `--dest`). The run trains from scratch with `trainer.loop.fine_tune` (or, with `--init DIR`, goes on from
+the weights of an earlier run's model, with a fresh optimizer and schedule) in a run folder outside the
 repository (checkpoints every few minutes of wall time; `--resume` continues it, or starts it when there is none
 yet, so the same command can be repeated in the background session after session). Only when the run ends (its
 minutes or steps are used up, or it stops improving) is the best model scored on held-out corpus pieces and on
@@ -162,6 +163,38 @@ def check_data(folder: Path, is_default: bool) -> None:
         raise MidiError(folder, f"no MIDI files here; {hint}")
 
 
+def init_origin(path: Path, recipe: Recipe) -> dict:
+    """What a run started with `--init` begins from: the model directory, the repository revision it was read at
+    and the training lines of its card (quoted in the new card, so that the whole history stays told). The model
+    must be the one the recipe would train: same architecture, same config (the memory it was trained with aside)."""
+    import subprocess
+
+    from core.modeldir import CARD, build_model, read_config
+    from trainer.config import scratch_config
+
+    path = path.expanduser().resolve()
+    meta = read_config(path)
+    if meta["arch"] != recipe.arch:
+        raise ModelError(f"{path}: --init needs a {recipe.arch} model, this one is {meta['arch']}")
+    wanted = build_model(recipe.arch, scratch_config(recipe.arch, recipe.train.get("size", "default"),
+                                                     recipe.model)).config.to_dict()
+    found = build_model(meta["arch"], meta["config"]).config.to_dict()
+    differ = sorted(k for k in wanted if k != "trained_horizons" and wanted[k] != found.get(k))
+    if differ:
+        raise ModelError(f"{path}: --init needs the model the recipe trains; its "
+                         + ", ".join(f"{k} is {found.get(k)!r}, not {wanted[k]!r}" for k in differ))
+    card = (path / CARD).read_text(encoding="utf-8") if (path / CARD).is_file() else ""
+    training = card.partition("## Training")[2].split("\n## ")[0]
+    try:
+        revision = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                  text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        revision = None
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return {"path": str(path), "shown": str(shown), "revision": revision,
+            "training": [line for line in training.splitlines() if line.lstrip().startswith("- ")]}
+
+
 def fingerprint(corpus) -> str:
     """Which pieces a corpus holds (their content hashes, in order): a resumed run must see the same data."""
     return hashlib.sha256("".join(p.hash for p in corpus.index).encode()).hexdigest()[:16]
@@ -250,11 +283,13 @@ def evaluate(model, corpus, val: list[int], recipe: Recipe, log) -> dict:
 
 
 def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, shares: dict, lengths: dict,
-              run: dict, scores: dict, model_config: dict, parameters: int, weights_bytes: int) -> str:
+              run: dict, scores: dict, model_config: dict, parameters: int, weights_bytes: int,
+              init: dict | None = None) -> str:
     """card.md of a default model: what it is, how to make it again, what it was trained on, how good it is."""
     ppl = scores.get("corpus", {}).get("perplexity")
     maestro = scores.get("maestro", {}).get("perplexity")
-    title = (f"# {recipe.name}: {recipe.arch} trained from scratch on music21's corpus ({totals['pieces']:,} pieces)"
+    how = "trained further" if init else "trained from scratch"
+    title = (f"# {recipe.name}: {recipe.arch} {how} on music21's corpus ({totals['pieces']:,} pieces)"
              + (f", held-out perplexity {ppl:.2f}" if ppl is not None else "")
              + (f", MAESTRO {maestro:.1f}" if maestro is not None else ""))
     lines = [title, "", f"Recipe: `{command}` (settings: `trainer/recipes/default_models.toml`, [{recipe.arch}], "
@@ -275,8 +310,14 @@ def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, s
               f"{row['share']:.1%} |" for name, row in shares.items()]
     lines += ["", "Share of training tokens by piece length: "
               + ", ".join(f"{label} tokens {share:.0%}" for label, share in lengths.items()), "",
-              "## Training", "",
-              f"- {run['steps']:,} steps ({run['tokens']:,} training tokens), best held-out model at step "
+              "## Training", ""]
+    if init:
+        at = f" at revision {init['revision']}" if init.get("revision") else ""
+        lines += [f"- started from the weights of `{init['shown']}`{at}, with a fresh optimizer, warm-up and learning-"
+                  "rate schedule; that model's card said of its training:"]
+        lines += [f"  {line}" for line in init["training"]] or ["  - (no card)"]
+        lines += ["- then, in this run:"]
+    lines += [f"- {run['steps']:,} steps ({run['tokens']:,} training tokens), best held-out model at step "
               f"{run['best_step']:,}; ended: {run['stopped']}",
               f"- wall time: {_duration(run['wall_seconds'])} on {run['device']}",
               f"- {parameters / 1e6:.2f} M parameters, stored in fp16 ({weights_bytes / 2**20:.1f} MB)", "",
@@ -307,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-expressive", action="store_true", help="train without expressive performance")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one training setting of the recipe (a TOML value), e.g. --set lr=1e-3")
+    parser.add_argument("--init", type=Path, metavar="MODEL_DIR",
+                        help="start a new run from this model's weights (same architecture and config) instead "
+                             "of random ones, e.g. to train the shipped default further")
     parser.add_argument("--data", type=Path, help="MIDI folder (default: the music21_corpus cache)")
     parser.add_argument("--run", type=Path, help="run folder: checkpoints and events (default: user data dir)")
     parser.add_argument("--dest", type=Path, help="model directory written at the end (default: assets/models/NAME)")
@@ -363,7 +407,8 @@ def run(args: argparse.Namespace, command: str) -> int:
         state_file, train_dir = run_dir / RECIPE_STATE, run_dir / TRAIN_DIR
         have_checkpoint = train_dir.is_dir() and ckpt.latest_checkpoint(train_dir) is not None
         started = {"arch": recipe.arch, "data": str(data), "fingerprint": fingerprint(corpus),
-                   "weights": plan["weights"], "train": recipe.train, "model": recipe.model, "command": command}
+                   "weights": plan["weights"], "train": recipe.train, "model": recipe.model, "command": command,
+                   "init": None}
         first_command = command
         if have_checkpoint and not args.resume:
             raise ModelError(f"{run_dir} holds a run already: pass --resume to continue it, or --run elsewhere")
@@ -378,15 +423,21 @@ def run(args: argparse.Namespace, command: str) -> int:
                                "weights": saved.get("weights", recipe.weights)})
             plan = data_plan(corpus, recipe)
             first_command = saved.get("command", command)
+            init = saved.get("init")
+            if args.init and (init is None or Path(init["path"]) != args.init.expanduser().resolve()):
+                raise ModelError(f"{run_dir}: --init starts a new run, and this run began otherwise; "
+                                 "resume it without --init, or use another --run")
             log(f"resuming the run in {run_dir}")
         else:
             others = [p.name for p in run_dir.iterdir() if p.name not in (".lock", RECIPE_STATE, TRAIN_DIR)]
             if others or (train_dir.exists() and not state_file.is_file()):
                 raise ModelError(f"{run_dir} is not empty and is not a recipe run: choose another --run")
             shutil.rmtree(train_dir, ignore_errors=True)  # a run stopped before its first checkpoint: start again
+            init = started["init"] = init_origin(args.init, recipe) if args.init else None
             atomic_write_bytes(state_file, json.dumps(started, indent=1).encode(), what="recipe state")
             log(f"starting a new run in {run_dir}")
-        config = TrainConfig(folder=str(data), out=str(train_dir), base=None, arch=recipe.arch, model=recipe.model,
+        config = TrainConfig(folder=str(data), out=str(train_dir), base=init["path"] if init else None,
+                             arch=recipe.arch, model={} if init else recipe.model,
                              weights=plan["weights"], resume=have_checkpoint, device=args.device,
                              workers=args.workers, command=first_command, **recipe.train)
         view = ProgressView(sys.stderr)
@@ -412,7 +463,8 @@ def run(args: argparse.Namespace, command: str) -> int:
         commands = first_command if first_command == command else f"{first_command}`, then `{command}"
         text = card_text(recipe=recipe, command=commands, config_text=args.config.read_text(encoding="utf-8"),
                          totals=totals, shares=plan["shares"], lengths=plan["lengths"], run=run_info, scores=scores,
-                         model_config=model.config.to_dict(), parameters=parameters, weights_bytes=parameters * 2)
+                         model_config=model.config.to_dict(), parameters=parameters, weights_bytes=parameters * 2,
+                         init=init)
         save_model(model.half().cpu(), dest, text)
         size = (dest / WEIGHTS).stat().st_size
         load_model(dest)  # the shipped directory loads

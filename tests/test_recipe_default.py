@@ -191,7 +191,8 @@ def test_init_starts_a_new_run_from_a_model_and_the_card_tells_both_trainings(se
     card = (second["dest"] / "card.md").read_text()
     assert card.startswith("# tiny-default: dsmr trained further on music21's corpus")
     assert f"started from the weights of `{setup['dest']}`" in card
-    assert "  - 2 steps (" in card and "- 3 steps (" in card  # the first run's line, quoted, then this run's
+    training = card.partition("## Training")[2].split("\n## ")[0]
+    assert training.index("  - 2 steps (") < training.index("- then, in this run:\n  - 3 steps (")  # both runs
     assert f"--init {setup['dest']}" in card
     further = load_model(second["dest"])
     assert further.config.to_dict().keys() == first.config.to_dict().keys()

@@ -311,16 +311,18 @@ def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, s
     lines += ["", "Share of training tokens by piece length: "
               + ", ".join(f"{label} tokens {share:.0%}" for label, share in lengths.items()), "",
               "## Training", ""]
+    this_run = [f"- {run['steps']:,} steps ({run['tokens']:,} training tokens), best held-out model at step "
+                f"{run['best_step']:,}; ended: {run['stopped']}",
+                f"- wall time: {_duration(run['wall_seconds'])} on {run['device']}"]
     if init:
         at = f" at revision {init['revision']}" if init.get("revision") else ""
         lines += [f"- started from the weights of `{init['shown']}`{at}, with a fresh optimizer, warm-up and learning-"
                   "rate schedule; that model's card said of its training:"]
         lines += [f"  {line}" for line in init["training"]] or ["  - (no card)"]
-        lines += ["- then, in this run:"]
-    lines += [f"- {run['steps']:,} steps ({run['tokens']:,} training tokens), best held-out model at step "
-              f"{run['best_step']:,}; ended: {run['stopped']}",
-              f"- wall time: {_duration(run['wall_seconds'])} on {run['device']}",
-              f"- {parameters / 1e6:.2f} M parameters, stored in fp16 ({weights_bytes / 2**20:.1f} MB)", "",
+        lines += ["- then, in this run:"] + [f"  {line}" for line in this_run]
+    else:
+        lines += this_run
+    lines += [f"- {parameters / 1e6:.2f} M parameters, stored in fp16 ({weights_bytes / 2**20:.1f} MB)", "",
               "## Held-out perplexity", "",
               "Whole pieces read left to right under the model's default budget "
               f"({model_config.get('default_budget')}), from the fp16 weights as shipped.", "",

@@ -47,11 +47,11 @@ class TrainConfig:
     budget: str | None = None  # DSMR: recurrent-state bytes per lane (training and validation); default: model's
     batch: int = 8  # lanes (DSMR) or crops (PerceiverS) per micro-batch, over all processes
     accum: int = 1  # micro-batches per optimizer step
-    # Peak learning rate; default 1e-3 fine-tuning, 3e-4 from scratch. Fine-tuning the shipped default on 8 MAESTRO
-    # performances for 5 min (bf16, 2 cores) reached held-out perplexity 20.9 at 1e-4, 19.2 at 1e-3, 19.6 at 2e-3;
-    # 15 min: 17.1 at 6e-4 (764 steps, validating every 100), 16.6 at 1e-3 (849 steps, validating every 300;
-    # bench/finetune.py). A high rate raises the held-out loss for the first steps; the best validated model is
-    # kept (the base included).
+    # Peak learning rate; default 1e-3 fine-tuning, 3e-4 from scratch. Fine-tuning the first shipped default on 8
+    # MAESTRO performances for 5 min (bf16, 2 cores) reached held-out perplexity 20.9 at 1e-4, 19.2 at 1e-3, 19.6
+    # at 2e-3; 15 min: 17.1 at 6e-4 (764 steps, validating every 100), 16.6 at 1e-3 (849 steps, validating every
+    # 300; bench/finetune.py). A high rate raises the held-out loss for the first steps; the best validated model
+    # is kept (the base included).
     lr: float | None = None
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * this
     warmup: int | None = None  # warm-up steps; default: 5% of `steps` (at most 200), 50 in minutes mode

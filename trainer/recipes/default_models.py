@@ -169,16 +169,17 @@ def init_origin(path: Path, recipe: Recipe) -> dict:
     must be the one the recipe would train: same architecture, same config (the memory it was trained with aside)."""
     import subprocess
 
-    from core.modeldir import CARD, build_model, read_config
+    from core.modeldir import CARD, architecture, read_config
     from trainer.config import scratch_config
 
     path = path.expanduser().resolve()
     meta = read_config(path)
     if meta["arch"] != recipe.arch:
         raise ModelError(f"{path}: --init needs a {recipe.arch} model, this one is {meta['arch']}")
-    wanted = build_model(recipe.arch, scratch_config(recipe.arch, recipe.train.get("size", "default"),
-                                                     recipe.model)).config.to_dict()
-    found = build_model(meta["arch"], meta["config"]).config.to_dict()
+    config_class = architecture(recipe.arch)[1]  # the configs, with their defaults filled in: no model is built
+    size = recipe.train.get("size", "default")
+    wanted = config_class.from_dict(scratch_config(recipe.arch, size, recipe.model)).to_dict()
+    found = config_class.from_dict(meta["config"]).to_dict()
     differ = sorted(k for k in wanted if k != "trained_horizons" and wanted[k] != found.get(k))
     if differ:
         raise ModelError(f"{path}: --init needs the model the recipe trains; its "
@@ -190,8 +191,7 @@ def init_origin(path: Path, recipe: Recipe) -> dict:
                                   text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         revision = None
-    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-    return {"path": str(path), "shown": str(shown), "revision": revision,
+    return {"path": str(path), "revision": revision,
             "training": [line for line in training.splitlines() if line.lstrip().startswith("- ")]}
 
 
@@ -316,7 +316,9 @@ def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, s
                 f"- wall time: {_duration(run['wall_seconds'])} on {run['device']}"]
     if init:
         at = f" at revision {init['revision']}" if init.get("revision") else ""
-        lines += [f"- started from the weights of `{init['shown']}`{at}, with a fresh optimizer, warm-up and learning-"
+        path = Path(init["path"])
+        shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+        lines += [f"- started from the weights of `{shown}`{at}, with a fresh optimizer, warm-up and learning-"
                   "rate schedule; that model's card said of its training:"]
         lines += [f"  {line}" for line in init["training"]] or ["  - (no card)"]
         lines += ["- then, in this run:"] + [f"  {line}" for line in this_run]

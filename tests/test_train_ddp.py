@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from core.modeldir import load_model
 from tests.test_train_data import write_folder
 from tests.test_train_loop import TINY_DSMR, TINY_PERCEIVERS
 from trainer.config import TrainConfig
+from trainer.distributed import leave
 from trainer.loop import fine_tune
 
 
@@ -39,6 +42,7 @@ def _worker(rank: int, world: int, port: int, folder: str, out: str, arch: str, 
     outcome = _losses(_config(Path(folder), Path(out), arch))
     if rank == 0:
         Path(report).write_text(json.dumps(outcome))
+    leave(0)  # as `python -m trainer` ends each process of a torchrun run
 
 
 def _free_port() -> int:
@@ -70,3 +74,19 @@ def test_two_processes_match_one(tmp_path, monkeypatch, arch):
     one, two = load_model(tmp_path / "one"), load_model(tmp_path / "two")
     for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_torchrun_runs_the_trainer_module(tmp_path):
+    """`torchrun -m trainer` as the README gives it: two processes, one summary, one model, exit status 0."""
+    folder, out = write_folder(tmp_path / "midi", 6, notes=30), tmp_path / "model"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(RECITAL_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer",
+         str(folder), "--base", "none", "--arch", "dsmr", "--size", "tiny", "--steps", "2", "--batch", "2",
+         "--val-every", "2", "--out", str(out), "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("finished: 2 steps") == 1, done.stdout  # rank 1's summary is not printed
+    assert load_model(out).config.d_model > 0
+    assert (out / "events.jsonl").is_file()

@@ -13,6 +13,7 @@ import sys
 
 from core.cli import train
 from core.errors import RecitalError
+from trainer.distributed import leave
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,4 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        leave(code)
+    sys.exit(code)

@@ -6,7 +6,8 @@
     card.md            what it was trained on, how long, held-out perplexity
 
 A name is looked up among the user's models (platformdirs user_data_dir("recital")/models, or
-$RECITAL_DATA_DIR/models) and then the shipped ones (assets/models/<name>; "default" is the shipped DSMR model).
+$RECITAL_DATA_DIR/models) and then the shipped ones (assets/models/<name>, package data of `recital_assets`;
+"default" is the shipped DSMR model).
 Anything that looks like a path (has a slash, starts with . or ~) is a path.
 """
 
@@ -29,7 +30,22 @@ from core.tokenizer import VOCAB_SIZE
 FORMAT = 1
 TOKENIZER = "performance"
 CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "card.md"
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "models"
+
+
+def _shipped_models_dir() -> Path:
+    """assets/models, installed as package data of `recital_assets`: inside a wheel's install as in a clone.
+
+    Without that package (a clone run without installing it) the clone's own assets/models is used.
+    """
+    from importlib import resources
+
+    try:
+        return Path(str(resources.files("recital_assets") / "models"))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "assets" / "models"
+
+
+SHIPPED_DIR = _shipped_models_dir()
 
 # arch -> (module, model class, config class), imported only when a model of that arch is built. The config
 # class has to_dict/from_dict; the model class takes a config and has `arch` and `config`.

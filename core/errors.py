@@ -18,6 +18,15 @@ class MidiError(RecitalError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class OutputError(RecitalError):
+    """A file Recital was asked to write that it must not (an input, an existing file, a device): path + reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
 class ModelError(RecitalError):
     """A model directory that is missing, malformed, or does not fit what was asked of it."""
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import symusic
 
-from core.errors import MidiError
+from core.errors import MidiError, OutputError
+from core.outputs import kind_of
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
 MAX_FILE_BYTES = 64 * 1024 * 1024  # the largest real MIDI files are a few MB; past this is not music
@@ -242,18 +243,30 @@ os.umask(_UMASK)
 
 
 def atomic_write_bytes(path: Path, data: bytes, what: str = "file") -> None:
-    """Write `data` to `path` through a temporary file in the same folder, then rename it into place."""
-    folder = path.parent if str(path.parent) else Path(".")
+    """Write `data` to `path` through a temporary file in the same folder, then rename it into place.
+
+    Only regular files are written (a device, FIFO or folder is refused: renaming over `/dev/null` would replace
+    it), and a symlink is followed: its target is replaced and the link stays (see core/outputs.py).
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path))
+    try:
+        existing = kind_of(os.stat(target).st_mode)
+    except OSError:
+        existing = None
+    if existing is not None:
+        raise OutputError(path, f"is {existing}; Recital writes only regular files")
+    folder = target.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
         try:
             os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the user's file gets normal permissions
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

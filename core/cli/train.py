@@ -94,7 +94,28 @@ def run(args: argparse.Namespace) -> int:
            "stopped": "interrupted; continue with --resume"}[result.stopped]
     print(f"{how}: {result.steps} steps, {result.tokens:,} tokens in {result.wall_seconds / 60:.1f} min; {ppl}")
     print(f"model: {result.model_dir}")
+    for line in how_to_use(result.model_dir):
+        print(line)
     return 0 if result.stopped != "stopped" else 130
+
+
+def how_to_use(model_dir: Path) -> list[str]:
+    """What to type to use the trained model: its name when `--model NAME` finds it, else its full path."""
+    from core.errors import ModelError
+    from core.modeldir import WEIGHTS, resolve
+
+    if not (model_dir / WEIGHTS).is_file():
+        return []
+    where = model_dir.resolve()
+    try:
+        by_name = resolve(where.name).resolve() == where  # a name may also be shadowed or read as a path
+    except ModelError:
+        by_name = False
+    if by_name:
+        return [f"use it: recital generate --model {shlex.quote(where.name)} --seconds 60 --out piece.mid",
+                "Recital Studio lists it in its model picker."]
+    return [f"use it: recital generate --model {shlex.quote(str(where))} --seconds 60 --out piece.mid",
+            "In Recital Studio: Folder… beside the model picker opens it."]
 
 
 class _StopOnInterrupt:

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import shutil
+import stat
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ import platformdirs
 import torch
 
 from core.errors import ModelError
+from core.models.config import show
 from core.tokenizer import VOCAB_SIZE
 
 FORMAT = 1
@@ -64,7 +68,7 @@ def user_models_dir() -> Path:
 def architecture(arch: str):
     """(model class, config class) of an arch name; ModelError if unknown or not in this build."""
     if arch not in ARCHITECTURES:
-        raise ModelError(f"unknown model architecture {arch!r}: known are {', '.join(sorted(ARCHITECTURES))}")
+        raise ModelError(f"unknown model architecture {show(arch)}: known are {', '.join(sorted(ARCHITECTURES))}")
     module_name, model_name, config_name = ARCHITECTURES[arch]
     try:
         module = importlib.import_module(module_name)
@@ -143,50 +147,232 @@ def resolve(name_or_path: str | Path) -> Path:
 
 
 def read_config(path: Path) -> dict:
-    """config.json of a model directory, checked; ModelError naming the file on any problem."""
+    """config.json of a model directory, checked down to every model config field; ModelError naming the file."""
     file = path / CONFIG
     try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
+        meta = _read_json(file, CONFIG_LIMIT, "model config")
     except FileNotFoundError:
         raise ModelError(f"{path}: not a model directory (no {CONFIG})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{file}: cannot read the model config ({error})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("arch"), str) or not isinstance(
             meta.get("config"), dict):
         raise ModelError(f"{file}: malformed model config (needs \"arch\" and \"config\")")
-    if meta.get("format", FORMAT) > FORMAT:
-        raise ModelError(f"{file}: made by a newer Recital (format {meta['format']}); please update")
+    version = meta.get("format", FORMAT)
+    if type(version) is not int or version < 1:
+        raise ModelError(f"{file}: \"format\" must be a whole number from 1, got {show(version)}")
+    if version > FORMAT:
+        raise ModelError(f"{file}: made by a newer Recital (format {show(version)}); please update")
     tokenizer = meta.get("tokenizer", {})
-    vocab = tokenizer.get("vocab_size") if isinstance(tokenizer, dict) else None
-    if tokenizer.get("name", TOKENIZER) != TOKENIZER or vocab != VOCAB_SIZE:
-        raise ModelError(f"{file}: made for tokenizer {tokenizer.get('name')!r} with {vocab} ids; this build "
+    if not isinstance(tokenizer, dict):
+        raise ModelError(f"{file}: \"tokenizer\" must be an object with a name and a vocab_size, got "
+                         f"{show(tokenizer)}")
+    name, vocab = tokenizer.get("name", TOKENIZER), tokenizer.get("vocab_size")
+    if name != TOKENIZER or type(vocab) is not int or vocab != VOCAB_SIZE:
+        raise ModelError(f"{file}: made for tokenizer {show(name)} with {show(vocab)} ids; this build "
                          f"reads {TOKENIZER!r} with {VOCAB_SIZE}")
     if meta["config"].get("vocab_size", VOCAB_SIZE) != VOCAB_SIZE:
-        raise ModelError(f"{file}: model vocab_size {meta['config']['vocab_size']} does not match the "
+        raise ModelError(f"{file}: model vocab_size {show(meta['config']['vocab_size'])} does not match the "
                          f"tokenizer's {VOCAB_SIZE}")
+    try:
+        architecture(meta["arch"])[1].from_dict(meta["config"])  # every field typed and in range
+    except ModelError as error:
+        raise ModelError(f"{file}: {error}") from None
     return meta
 
 
 def load_model(name_or_path: str | Path = "default", device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The model of a directory (by name or path), weights loaded, in eval mode."""
+    """The model of a directory (by name or path), weights loaded, in eval mode.
+
+    Nothing is allocated for the model until its config is valid and the weights file's header lists exactly
+    the tensors that config implies (names, shapes, byte sizes) with all their bytes present: a config cannot
+    make loading take more memory than its weights file holds.
+    """
     from safetensors.torch import load_model as load_weights
 
     path = resolve(name_or_path)
     meta = read_config(path)
-    try:
-        model = build_model(meta["arch"], meta["config"])
-    except ModelError as error:
-        raise ModelError(f"{path}: {error}") from None
+    model_class, config_class = architecture(meta["arch"])
+    config = config_class.from_dict(meta["config"])
     weights = path / WEIGHTS
-    if not weights.is_file():
-        raise ModelError(f"{path}: no weights ({WEIGHTS} is missing)")
+    with torch.device("meta"):  # shapes only, no memory
+        skeleton = model_class(config)
+    check_weights(weights, skeleton)
+    model = model_class(config)
     try:
         load_weights(model, str(weights), strict=True)
-    except Exception as error:  # safetensors raises several types for corrupt or mismatched files
+    except Exception as error:  # the header was checked: what is left is damage safetensors found in the data
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelError(f"{weights}: weights do not fit the config ({reason[:200]})") from None
+        raise ModelError(f"{weights}: is damaged ({reason[:200]})") from None
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(f"{weights}: {name} contains NaN/inf values (damaged?)")
     return model.to(device).eval()
 
+
+# -- the weights file's header against the config --------------------------------------------------------------
+
+# safetensors dtypes a float parameter may be stored in, with their sizes in bytes (loading converts them)
+FLOAT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on a header
+
+
+def check_weights(file: Path, skeleton: torch.nn.Module) -> None:
+    """ModelError unless `file` is a complete safetensors file of exactly `skeleton`'s tensors (a model built on
+    the meta device: its shapes, no data). "is damaged" for a broken file, "do not fit the config" for another
+    model's weights."""
+    try:
+        fd, size = _open_regular(file, "weights file")
+    except FileNotFoundError:
+        raise ModelError(f"{file.parent}: no weights ({WEIGHTS} is missing)") from None
+    with open(fd, "rb") as handle:
+        if size < 8:
+            raise ModelError(f"{file}: is damaged (truncated: {size:,} bytes, not even its header's length)")
+        length = int.from_bytes(handle.read(8), "little")
+        if length > min(HEADER_LIMIT, size - 8):
+            raise ModelError(f"{file}: is damaged (its header claims {length:,} bytes of a {size:,}-byte file)")
+        raw = handle.read(length)
+    try:
+        header = _parse_json(raw.decode("utf-8"))
+    except (_Unreadable, UnicodeDecodeError) as error:
+        raise ModelError(f"{file}: is damaged (unreadable header: {error})") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{file}: is damaged (its header is not an object)")
+    header.pop("__metadata__", None)
+    end = 0
+    for name, entry in header.items():
+        end = max(end, _tensor_end(file, name, entry))
+    if size != 8 + length + end:
+        raise ModelError(f"{file}: is damaged (truncated: {size:,} of {8 + length + end:,} bytes)"
+                         if size < 8 + length + end else
+                         f"{file}: is damaged ({size - 8 - length - end:,} bytes past its last tensor)")
+    problem = _misfit(header, skeleton)
+    if problem:
+        count = sum(p.numel() for p in skeleton.parameters())
+        raise ModelError(f"{file}: weights do not fit the config ({problem}; the config needs {count:,} "
+                         "parameters)")
+
+
+def _tensor_end(file: Path, name: str, entry: object) -> int:
+    """Where a header entry's bytes end, once its fields are checked against each other."""
+    if not isinstance(entry, dict) or entry.get("dtype") not in FLOAT_DTYPES \
+            or not isinstance(entry.get("shape"), list) or not isinstance(entry.get("data_offsets"), list) \
+            or any(type(n) is not int or n < 0 for n in [*entry["shape"], *entry["data_offsets"]]) \
+            or len(entry["data_offsets"]) != 2 or len(entry["shape"]) > 8:
+        raise ModelError(f"{file}: is damaged (the header entry of tensor {show(name)} is malformed: "
+                         f"{show(entry, 80)})")
+    begin, end = entry["data_offsets"]
+    numel = math.prod(entry["shape"])
+    if end - begin != numel * FLOAT_DTYPES[entry["dtype"]]:
+        raise ModelError(f"{file}: is damaged (tensor {show(name)} of shape {entry['shape']} has "
+                         f"{end - begin:,} bytes)")
+    return end
+
+
+def _misfit(header: dict, skeleton: torch.nn.Module) -> str:
+    """What differs between a checked header and the tensors of `skeleton` ('' if nothing). Tied tensors (one
+    parameter under two names) are saved once, under either name."""
+    groups: dict[int, list[str]] = {}
+    tensors = skeleton.state_dict(keep_vars=True)
+    for name, tensor in tensors.items():
+        groups.setdefault(id(tensor), []).append(name)
+    missing, known = [], set()
+    for names in groups.values():
+        known.update(names)
+        stored = [n for n in names if n in header]
+        if not stored:
+            missing.append(names[0])
+        for name in stored:
+            want, got = list(tensors[name].shape), header[name]["shape"]
+            if want != got:
+                return f"{name} is {_shape(got)} in the file, the config needs {_shape(want)}"
+    unexpected = sorted(set(header) - known)
+    if missing or unexpected:
+        parts = [f"{what} {', '.join(show(n) for n in names[:3])}{' ...' if len(names) > 3 else ''}"
+                 for what, names in (("missing", missing), ("unexpected", unexpected)) if names]
+        return "; ".join(parts)
+    return ""
+
+
+def _shape(shape: list[int]) -> str:
+    return "x".join(str(n) for n in shape) or "a scalar"
+
+
+# -- reading a directory's files: regular files only, bounded, JSON without surprises ---------------------------
+
+CONFIG_LIMIT = 1024 * 1024
+CARD_LIMIT = 1024 * 1024
+_KINDS = {stat.S_IFIFO: "a named pipe", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device",
+          stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
+
+
+class _Unreadable(Exception):
+    """JSON that parses only into something Recital must not use; the message says why."""
+
+
+def _open_regular(file: Path, what: str) -> tuple[int, int]:
+    """An open descriptor of `file` and its size. Anything but a regular file (after symlinks) is a ModelError:
+    a named pipe would block a read forever, /dev/zero never ends. FileNotFoundError is left to the caller."""
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)  # a named pipe opens at once instead of waiting
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise ModelError(f"{file}: cannot read the {what} ({error.strerror or error})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise ModelError(f"{file}: cannot read the {what} (it is {kind}, not a file)")
+    return fd, info.st_size
+
+
+def _read_bytes(file: Path, limit: int, what: str) -> bytes:
+    """At most `limit` bytes of a regular file, or a ModelError saying it is larger."""
+    fd, size = _open_regular(file, what)
+    with open(fd, "rb") as handle:
+        data = handle.read(limit + 1) if size <= limit else b""
+    if size > limit or len(data) > limit:
+        raise ModelError(f"{file}: cannot read the {what} (over {limit:,} bytes: {max(size, len(data)):,})")
+    return data
+
+
+def _read_json(file: Path, limit: int, what: str) -> object:
+    data = _read_bytes(file, limit, what)
+    try:
+        return _parse_json(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ModelError(f"{file}: cannot read the {what} (not UTF-8 text at byte {error.start})") from None
+    except _Unreadable as error:
+        raise ModelError(f"{file}: cannot read the {what} ({error})") from None
+
+
+def _parse_json(text: str) -> object:
+    """JSON with only finite numbers; _Unreadable (not RecursionError, not ValueError) for anything else."""
+    def refuse(token: str) -> float:
+        raise _Unreadable(f"{token[:24]} is not a finite number")
+
+    def number(token: str) -> float:
+        value = float(token)
+        return value if math.isfinite(value) else refuse(token)
+
+    try:
+        return json.loads(text, parse_constant=refuse, parse_float=number)
+    except RecursionError:
+        raise _Unreadable("nested too deeply") from None
+    except json.JSONDecodeError as error:
+        raise _Unreadable(f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except ValueError:  # Python refuses to convert integers of more than sys.get_int_max_str_digits() digits
+        raise _Unreadable(f"an integer of more than {sys.get_int_max_str_digits():,} digits") from None
+
+
+def read_card(path: Path) -> str:
+    """card.md of a model directory ('' when there is none); ModelError when it is not a readable text file."""
+    try:
+        return _read_bytes(path / CARD, CARD_LIMIT, "model card").decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+# -- listing --------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -199,26 +385,32 @@ class ModelInfo:
 
 
 def list_models() -> list[ModelInfo]:
-    """Every model directory found by name: the user's first, then the shipped ones."""
+    """Every model directory found by name: the user's first, then the shipped ones. A directory that cannot be
+    read is listed with the reason; it never stops the listing."""
     found = []
     for source, folder in (("user", user_models_dir()), ("shipped", SHIPPED_DIR)):
-        if not folder.is_dir():
+        try:
+            paths = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
+        except OSError:  # no such folder (the usual case for the user's), or not a readable one
             continue
-        for path in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in paths:
             try:
-                arch, summary = read_config(path)["arch"], _card_summary(path)
+                arch, summary = read_config(path)["arch"], _card_summary(read_card(path))
             except ModelError as error:
                 arch, summary = "?", f"unreadable: {error}"
-            weights = path / WEIGHTS
-            size = weights.stat().st_size if weights.is_file() else 0
-            found.append(ModelInfo(path.name, path, source, arch, size, summary))
+            found.append(ModelInfo(path.name, path, source, arch, _file_size(path / WEIGHTS), summary))
     return found
 
 
-def _card_summary(path: Path) -> str:
+def _card_summary(card: str) -> str:
+    text = [line.strip().lstrip("#").strip() for line in card.splitlines() if line.strip()]
+    return text[0][:200] if text else ""
+
+
+def _file_size(file: Path) -> int:
+    """Size of a regular file, 0 for anything else (missing, a pipe, a device)."""
     try:
-        lines = (path / CARD).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return ""
-    text = [line.strip().lstrip("#").strip() for line in lines if line.strip()]
-    return text[0] if text else ""
+        info = os.stat(file)
+    except OSError:
+        return 0
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0

@@ -29,12 +29,16 @@ from core.errors import BudgetError
 TOKENS_PER_SECOND = 40.0  # dense piano performance: about 40 tokens per second of music
 SCHEDULES = ("full", "uniform", "two_scale")
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024**2, "MB": 1024**2, "MIB": 1024**2,
-          "G": 1024**3, "GB": 1024**3, "GIB": 1024**3}
+          "G": 1024**3, "GB": 1024**3, "GIB": 1024**3, "T": 1024**4, "TB": 1024**4, "TIB": 1024**4}
 _BUDGET = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*$")
 
 
 def parse_budget(value: str | int) -> int:
-    """'16MB', '512KB', '1.5GB', '4096' or an int -> bytes. Units are binary (1 MB = 1024 * 1024 bytes)."""
+    """'16MB', '512KB', '1.5GB', '1TB', '4096' or an int -> bytes. Units are binary (1 MB = 1024 * 1024 bytes).
+
+    Any size the units can write is read (1TB and 1024GB alike); whether the machine holds the state it buys is
+    the caller's check against the plan (a plan never uses more than its model can remember).
+    """
     if isinstance(value, bool):
         raise BudgetError(f"memory budget must be a size like 16MB, not {value!r}")
     if isinstance(value, int):
@@ -47,7 +51,10 @@ def parse_budget(value: str | int) -> int:
     unit = match.group(2).upper() if match else None
     if match is None or unit not in _UNITS:
         raise BudgetError(f"cannot read memory budget {value!r}: use a size like 16MB, 512KB or 1.5GB")
-    size = int(float(match.group(1)) * _UNITS[unit])
+    size = float(match.group(1)) * _UNITS[unit]
+    if not size < 2**62:  # "999...9GB" reads as inf, which no int holds
+        raise BudgetError(f"memory budget {value[:40]!r} is far too large (no machine holds 4 EB)")
+    size = int(size)
     if size <= 0:
         raise BudgetError(f"memory budget must be positive, got {value!r}")
     return size

@@ -110,7 +110,7 @@ def _set(keys, value):
     (_set(["format"], 99), "newer Recital"),
     (lambda meta, path: meta.pop("config") and None, "malformed model config"),
     (lambda meta, path: (path / "model.safetensors").unlink(), "no weights"),
-    (lambda meta, path: (path / "model.safetensors").write_bytes(b"garbage"), "weights do not fit"),
+    (lambda meta, path: (path / "model.safetensors").write_bytes(b"garbage"), "is damaged"),
 ])
 def test_malformed_directories_are_model_errors(tiny_model_dir, tmp_path, edit, message):
     with pytest.raises(ModelError, match=message):

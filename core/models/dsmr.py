@@ -18,6 +18,7 @@ its speed is set by bytes (weights + budget) and by the number of dispatches; th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -25,7 +26,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import BudgetError, ModelError
-from core.models.config import config_from_dict
+from core.models.config import (
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_MLP_RATIO,
+    MAX_ROTARY_BASE,
+    MAX_TOKENS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    budget_problems,
+    config_from_dict,
+    field_problems,
+    range_problems,
+    show,
+)
 from core.models.layers import Block, RMSNorm
 from core.models.packed import Matrix, PackedWeights, folded, inv_rms, matrix_kind, rms_eps
 from core.state import RecurrentState, StatePlan, parse_budget, plan_horizons
@@ -59,31 +73,33 @@ class DSMRConfig:
     trained_horizons: list[int] | None = None
 
     def __post_init__(self):
-        problems = []
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "segment_len", "max_horizon"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
+        problems = field_problems(self)  # types first: the ranges and relations below assume them
+        if not problems:
+            problems = range_problems(self, {
+                "vocab_size": (1, MAX_VOCAB), "d_model": (2, MAX_WIDTH), "n_layers": (1, MAX_LAYERS),
+                "n_heads": (1, MAX_HEADS), "mlp_ratio": (1, MAX_MLP_RATIO), "segment_len": (1, MAX_TOKENS),
+                "max_horizon": (1, MAX_TOKENS), "n_long": (0, self.n_layers), "long_ratio": (1, 1024),
+                "rotary_base": (1, MAX_ROTARY_BASE)})
+        if problems:
+            raise ModelError("bad DSMR config: " + "; ".join(problems))
+        if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.n_long, int) or not isinstance(self.long_ratio, int | float) \
-                or not 0 <= self.n_long <= (self.n_layers if isinstance(self.n_layers, int) else 0) \
-                or self.long_ratio < 1:
-            problems.append(f"two_scale needs 0 <= n_long <= n_layers and long_ratio >= 1, got "
-                            f"{self.n_long!r}, {self.long_ratio!r}")
-        if not problems and self.d_model % self.n_heads:
+        if self.rotary_base <= 1:
+            problems.append(f"rotary_base must be greater than 1, got {self.rotary_base!r}")
+        if self.d_model % self.n_heads:
             problems.append(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        elif not problems and (self.d_model // self.n_heads) % 2:
+        elif (self.d_model // self.n_heads) % 2:
             problems.append("head size d_model / n_heads must be even for rotary positions")
         if self.schedule not in ("full", "uniform", "two_scale", "explicit"):
-            problems.append(f"unknown schedule {self.schedule!r}")
+            problems.append(f"unknown schedule {show(self.schedule)}")
         if self.schedule == "explicit" and (self.horizons is None or len(self.horizons) != self.n_layers):
             problems.append(f"the explicit schedule needs horizons for all {self.n_layers} layers")
-        if self.trained_horizons is not None and (
-                not isinstance(self.trained_horizons, list | tuple) or len(self.trained_horizons) != self.n_layers
-                or any(not isinstance(m, int) or isinstance(m, bool) or m < 0 for m in self.trained_horizons)):
-            problems.append(f"trained_horizons must be {self.n_layers} whole numbers >= 0, got "
-                            f"{self.trained_horizons!r}")
+        for name in ("horizons", "trained_horizons"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != self.n_layers or any(not 0 <= m <= MAX_TOKENS for m in value)):
+                problems.append(f"{name} must be {self.n_layers} whole numbers from 0 to {MAX_TOKENS:,}, got "
+                                f"{show(value)}")
+        problems += budget_problems(self.default_budget)
         if problems:
             raise ModelError("bad DSMR config: " + "; ".join(problems))
 
@@ -176,7 +192,8 @@ class DSMR(PackedWeights, nn.Module):
         For training call it with one segment (T = L) at a time: gradients flow within the segment, the
         memory carried into the next one is detached (truncated backprop through time).
         """
-        return self.head(self.norm(self._read(ids, state)))
+        chunks = list(self._chunks(ids, state))
+        return self.head(self.norm(chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)))
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
@@ -186,24 +203,57 @@ class DSMR(PackedWeights, nn.Module):
         return _step(self._packed(), ids, state)
 
     def prefill(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
-        """Read a primer (B, T) through the state (any length: memory keeps what the budget allows).
+        """Read a primer (B, T) through the state, however long, in memory that does not grow with T.
 
-        Returns the logits (B, V) after its last token; the same as stepping through it id by id.
+        Returns the logits (B, V) after its last token; the same as stepping through it id by id. Segments are
+        read one at a time and only the last hidden state is kept; the ids the final state cannot depend on
+        (further back than every layer's reach) are not read at all (`_skip`).
         """
-        if ids.shape[1] == 0:
-            raise ValueError("prefill needs at least one id")
-        return self.head(self.norm(self._read(ids, state)[:, -1]))
-
-    def _read(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
-        """Hidden states (B, T, C), in chunks that end at segment boundaries."""
         if ids.dim() != 2 or ids.shape[0] != state.batch:
             raise ValueError(f"ids must be (batch={state.batch}, T), got {tuple(ids.shape)}")
-        out, start = [], 0
+        if ids.shape[1] == 0:
+            raise ValueError("prefill needs at least one id")
+        last = None
+        for hidden in self._chunks(ids[:, self._skip(ids, state):], state):
+            last = hidden[:, -1]
+        return self.head(self.norm(last))
+
+    def _skip(self, ids: torch.Tensor, state: RecurrentState) -> int:
+        """How many leading ids of `ids` (B, T) the state after reading them all cannot depend on; the state is
+        set as if it had read them (0: nothing skipped, the state untouched).
+
+        Layer l's keys at a position depend on the layer below over its memory plus the segment so far, so the
+        final state (layer l: its last m_l tokens before the current segment, and that segment) depends on no
+        token more than sum_l (m_l + L) before the current segment's start. Skipping to a segment boundary
+        before that keeps every segment's split, mask and numbers as they were: the result is bit for bit the
+        same. Only a primer without a BOS after its first id is skipped into (a BOS resets positions).
+        """
+        seg, total = state.segment_len, ids.shape[1]
+        head = (seg - state.fill) % seg  # ids that close the current segment; boundaries at head + k L
+        reach = sum(state.horizons) + len(state.horizons) * seg
+        if total - head < reach + seg:
+            return 0
+        bos = ids == BOS
+        if bool(bos[:, 1:].any()):
+            return 0
+        last_start = head + (total - head) // seg * seg  # where the segment read last begins
+        skip = last_start - (reach + seg - 1) // seg * seg  # a boundary at least `reach` before it
+        if skip <= 0:
+            return 0
+        state.valid.fill_(False)  # nothing the skipped ids left is visible to what follows
+        state.positions.copy_(torch.where(bos[:, 0], 0, state.positions) + skip)
+        state.fill = 0
+        return skip
+
+    def _chunks(self, ids: torch.Tensor, state: RecurrentState) -> Iterator[torch.Tensor]:
+        """Hidden states (B, t, C) of `ids` (B, T) a chunk at a time, chunks ending at segment boundaries."""
+        if ids.dim() != 2 or ids.shape[0] != state.batch:
+            raise ValueError(f"ids must be (batch={state.batch}, T), got {tuple(ids.shape)}")
+        start = 0
         while start < ids.shape[1]:
             take = min(ids.shape[1] - start, state.segment_len - state.fill)
-            out.append(self._advance(ids[:, start:start + take], state))
+            yield self._advance(ids[:, start:start + take], state)
             start += take
-        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
     def _causal_mask(self, length: int, device: torch.device) -> torch.Tensor:
         """(T, T) lower triangle, built once per length."""

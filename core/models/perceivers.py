@@ -28,7 +28,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import BudgetError, ModelError
-from core.models.config import config_from_dict
+from core.models.config import (
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_MLP_RATIO,
+    MAX_ROTARY_BASE,
+    MAX_TOKENS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    budget_problems,
+    config_from_dict,
+    field_problems,
+    range_problems,
+)
 from core.models.layers import Block, CrossAttentionBlock, RMSNorm
 from core.models.packed import Matrix, PackedWeights, folded, inv_rms, matrix_kind, rms_eps
 from core.models.perceivers_state import PerceiverSPlan, PerceiverSState, plan_state
@@ -51,22 +63,23 @@ class PerceiverSConfig:
     default_budget: str = "32MB"  # generation state budget per lane when the user names none
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("vocab_size", "context", "latents", "scale", "d_model", "n_heads", "n_layers", "mlp_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
+        problems = field_problems(self)  # types first: the ranges and relations below assume them
         if not problems:
-            if self.latents > self.context:
-                problems.append(f"latents ({self.latents}) cannot exceed context ({self.context})")
-            if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-                problems.append(f"d_model {self.d_model} must split into {self.n_heads} heads of even size")
-        if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
+            problems = range_problems(self, {
+                "vocab_size": (1, MAX_VOCAB), "context": (1, MAX_TOKENS), "latents": (1, MAX_TOKENS),
+                "scale": (1, MAX_TOKENS), "d_model": (2, MAX_WIDTH), "n_heads": (1, MAX_HEADS),
+                "n_layers": (1, MAX_LAYERS), "mlp_ratio": (1, MAX_MLP_RATIO), "rope_base": (1, MAX_ROTARY_BASE)})
+        if problems:
+            raise ModelError("bad PerceiverS config: " + "; ".join(problems))
+        if self.latents > self.context:
+            problems.append(f"latents ({self.latents}) cannot exceed context ({self.context})")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            problems.append(f"d_model {self.d_model} must split into {self.n_heads} heads of even size")
+        if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
-        try:
-            parse_budget(self.default_budget)
-        except BudgetError as error:
-            problems.append(f"default_budget: {error}")
+        if self.rope_base <= 1:
+            problems.append(f"rope_base must be greater than 1, got {self.rope_base!r}")
+        problems += budget_problems(self.default_budget)
         if problems:
             raise ModelError("bad PerceiverS config: " + "; ".join(problems))
 
@@ -226,7 +239,7 @@ class PerceiverS(PackedWeights, nn.Module):
         (b, T, V) of every id."""
         m = self.config.latents
         keep = max(1, m // 2)
-        done, total, outputs = 0, ids.shape[1], []
+        done, total, outputs = 0 if every else self._skip(packed, ids, state, lanes), ids.shape[1], []
         while done < total:
             length = _rows(state.length, lanes).clone()  # (b,)
             start = _rows(state.start, lanes).clone()
@@ -245,10 +258,42 @@ class PerceiverS(PackedWeights, nn.Module):
             self._write_inputs(packed, ids[:, done:done + count], positions[:, -count:], rotations[:, -count:],
                                None if first_position is None else int(length[0]), state, lanes)
             _set_rows(state.length, lanes, length + count)
-            outputs.append(self._latents(packed, positions, rotations, first_position, state, lanes,
-                                         count if every else 1))
+            logits = self._latents(packed, positions, rotations, first_position, state, lanes, count if every else 1)
+            outputs = [*outputs, logits] if every else [logits]  # prefill keeps only the last: bounded memory
             done += count
         return torch.cat(outputs, dim=1) if every else outputs[-1][:, -1]
+
+    def _skip(self, packed: Packed, ids: torch.Tensor, state: PerceiverSState, lanes: torch.Tensor | None) -> int:
+        """How many leading ids of `ids` (b, T) a prefill need not compute latents for; their state is set as
+        reading them would leave it (0: none).
+
+        The window that is current after the last id starts at `final` (the windows' starts follow from the
+        length alone); its latents read inputs from final + M - N_gen on, and no earlier window's latent
+        survives its re-encode. So the inputs before that are never read, those up to `final` only go into the
+        rings, and the last window's latents are computed as reading all ids would compute them: the same
+        logits and state, in time and memory bounded by the context, whatever the primer's length.
+        """
+        m, context = self.config.latents, state.plan.context
+        stride = m - max(1, m // 2) + 1  # a re-encode keeps M/2 - 1 positions: each window starts this much later
+        length = _rows(state.length, lanes).clone()  # (b,): lanes of one phase, maybe at different lengths
+        start = int(_rows(state.start, lanes)[0] - length[0])  # relative to the lane's length, like all below
+        total = ids.shape[1]
+        windows = max(0, -(-(total - start - m) // stride))  # re-encodes on the way
+        final = start + windows * stride
+        first = final + m - context  # the first input the final window's latents may read
+        if windows == 0 or first <= 0:
+            return 0
+        for begin in range(first, final, m):  # the rings' inputs, M at a time
+            end = min(begin + m, final)
+            positions = length[:, None] + torch.arange(begin, end, device=ids.device)  # (b, n)
+            rotations = _rotations(positions, self.head_dim, self.config.rope_base, state.keys1.dtype)
+            lockstep = positions.shape[0] == 1 or bool((positions[:, 0] == positions[0, 0]).all())
+            first_position = int(positions[0, 0]) if lockstep and lanes is None else None
+            self._write_inputs(packed, ids[:, begin:end], positions, rotations, first_position, state, lanes)
+        _set_rows(state.length, lanes, length + final)
+        _set_rows(state.start, lanes, length + final)  # an empty window at `final`: the loop fills it at once
+        _set_rows(state.latent_positions, lanes, -1)
+        return final
 
     def _write_inputs(self, packed: Packed, ids: torch.Tensor, positions: torch.Tensor, rotations: torch.Tensor,
                       first_position: int | None, state: PerceiverSState, lanes: torch.Tensor | None) -> None:

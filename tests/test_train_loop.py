@@ -17,7 +17,7 @@ from core.cli import main as cli
 from core.errors import MidiError, ModelError
 from core.midi import Performance, write_performance
 from core.modeldir import list_models, load_model, save_model
-from tests.conftest import SHARED_MIDI
+from tests.conftest import DATA
 from tests.test_train_data import write_folder
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
@@ -114,7 +114,8 @@ def test_fine_tuning_a_base_model(folder, tmp_path):
                                    batch=2, lr=2e-2, val_every=4, workers=1, val_fraction=0.2))
     assert result.best_perplexity < result.initial_perplexity
     card = (tmp_path / "tuned" / "card.md").read_text()
-    assert f"fine-tuned from {base}" in card and "transposition and tempo stretch" in card
+    assert "fine-tuned from base" in card and "transposition and tempo stretch" in card
+    assert str(tmp_path) not in card  # folders and models by name: no machine path in a card
     tuned, original = load_model(tmp_path / "tuned"), load_model(base)
     assert not torch.equal(tuned.embed.weight, original.embed.weight)
 
@@ -175,8 +176,7 @@ def test_empty_folder_and_unreadable_files(tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.mid").write_bytes(b"not midi at all")
-    if (SHARED_MIDI / "broken" / "empty.mid").exists():
-        shutil.copy(SHARED_MIDI / "broken" / "empty.mid", broken / "b.mid")
+    shutil.copy(DATA / "broken" / "empty.mid", broken / "b.mid")
     assert _train(str(broken), "--base", "none", "--arch", "dsmr", "--size", "tiny", "--out",
                   str(tmp_path / "x")) == 1
     assert "could be read" in capsys.readouterr().err

@@ -10,7 +10,9 @@
 
 A checkpoint folder is built as `.step-*.tmp` and renamed when complete; resume takes the highest-numbered
 complete `step-*` folder and ignores temporaries (the resumed run removes them), so a run killed mid-write loses at most one
-checkpoint interval and never loads a half-written one. A failed write (a full disk) leaves the previous files.
+checkpoint interval and never loads a half-written one. A failed write (a full disk) leaves the previous files and
+says in one line what could not be written: the writers raise OSError, safetensors' SafetensorError or torch.save's
+RuntimeError ('unexpected pos').
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from core.errors import ModelError
+from core.modelcard import scrub_paths, shown_name
 from core.modeldir import CARD, CONFIG, WEIGHTS, save_model
 
 CHECKPOINTS = "checkpoints"
@@ -38,9 +41,24 @@ def _fsync_tree(folder: Path) -> None:
             os.fsync(handle.fileno())
 
 
-def _failure(what: Path, error: OSError) -> ModelError:
-    reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-    return ModelError(f"{what}: cannot write ({reason}); the previous files are kept")
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """What the writers raise when a write fails (a full disk, a vanished folder)."""
+    from safetensors import SafetensorError
+
+    return OSError, RuntimeError, SafetensorError
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip()
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text:
+        return "the disk is full"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _failure(what: Path, error: BaseException) -> ModelError:
+    return ModelError(f"{what}: cannot write ({_reason(error)}); the previous files are kept")
 
 
 def check_writable(out: Path) -> None:
@@ -57,10 +75,12 @@ def write_model(model: torch.nn.Module, out: Path, card: str) -> None:
     """Put the model directory's three files into `out`, each replaced atomically (other files stay)."""
     staging = out / f".staging-{os.getpid()}"
     try:
-        save_model(model, staging, card)  # ModelError on any OSError, nothing left behind
+        save_model(model, staging, card)  # nothing left behind on failure
         for name in (CONFIG, WEIGHTS, CARD):
             os.replace(staging / name, out / name)
-    except OSError as error:
+    except ModelError as error:  # save_model's OSError, told about `out` rather than the hidden staging folder
+        raise _failure(out, error.__context__ if isinstance(error.__context__, OSError) else error) from None
+    except _write_errors() as error:
         raise _failure(out, error) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -89,7 +109,7 @@ def save_checkpoint(out: Path, step: int, model: torch.nn.Module, optimizer: tor
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except OSError as error:
+    except _write_errors() as error:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _failure(final, error) from None
     except BaseException:
@@ -172,14 +192,16 @@ class EventLog:
 def card_text(*, name: str, arch: str, base: str | None, data: dict, steps: int, wall_seconds: float,
               tokens: int, best_perplexity: float | None, date: str, command: str, model_config: dict,
               augmenting: bool) -> str:
-    """card.md: the first line is what `recital models` shows."""
+    """card.md: the first line is what `recital models` shows. Folders and models are named, never placed: a card
+    travels with its model, the paths of the machine that trained it do not."""
     ppl = f"{best_perplexity:.3f}" if best_perplexity is not None else "not measured (too few pieces to hold out)"
+    base = shown_name(base) if base else None
     origin = f"fine-tuned from {base}" if base else "trained from scratch"
     lines = [
         f"# {name}: {arch} {origin} on {data['pieces']} pieces ({data['hours']:.2f} h)",
         "",
         f"- base model: {base or 'none (from scratch)'}",
-        f"- data: {data['folder']}: {data['files']} files, {data['pieces']} pieces "
+        f"- data: {shown_name(data['folder'])}: {data['files']} files, {data['pieces']} pieces "
         f"({data['train_pieces']} train, {data['val_pieces']} held out), {data['tokens']:,} tokens, "
         f"{data['hours']:.2f} hours of music",
         f"- augmentation: {'transposition and tempo stretch' if augmenting else 'none'}",
@@ -187,7 +209,7 @@ def card_text(*, name: str, arch: str, base: str | None, data: dict, steps: int,
         f"- wall time: {wall_seconds / 60:.1f} min",
         f"- best held-out perplexity: {ppl}",
         f"- date: {date}",
-        f"- recipe: `{command}`" if command else "- recipe: (Python API)",
+        f"- recipe: `{scrub_paths(command)}`" if command else "- recipe: (Python API)",
         "",
         "Model config:",
         "",

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import MidiError, ModelError, RecitalError
+from core.modelcard import scrub_paths, shown_name
 
 CONFIG_FILE = Path(__file__).with_suffix(".toml")
 REPO = Path(__file__).resolve().parents[2]
@@ -295,7 +296,7 @@ def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, s
     lines = [title, "", f"Recipe: `{command}` (settings: `trainer/recipes/default_models.toml`, [{recipe.arch}], "
              "quoted below).", "",
              "## Data", "",
-             f"- {totals['folder']}: {totals['files']:,} files, {totals['pieces']:,} pieces "
+             f"- {shown_name(totals['folder'])}: {totals['files']:,} files, {totals['pieces']:,} pieces "
              f"({totals['train_pieces']:,} train, {totals['val_pieces']:,} held out), {totals['tokens']:,} tokens, "
              f"{totals['hours']:.1f} hours; {totals['skipped']} files unreadable, {totals['duplicates']} duplicates",
              f"- polyphonic share of training tokens: {totals['polyphonic_share']:.1%} "
@@ -317,7 +318,7 @@ def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, s
     if init:
         at = f" at revision {init['revision']}" if init.get("revision") else ""
         path = Path(init["path"])
-        shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+        shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path.name  # no machine path in a card
         lines += [f"- started from the weights of `{shown}`{at}, with a fresh optimizer, warm-up and learning-"
                   "rate schedule; that model's card said of its training:"]
         lines += [f"  {line}" for line in init["training"]] or ["  - (no card)"]
@@ -335,7 +336,7 @@ def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, s
               "fine-tuning demo).", "", f"Date: {datetime.now().strftime('%Y-%m-%d')}", "",
               "## Model config", "", "```json", json.dumps(model_config, indent=1), "```", "",
               "## Recipe settings", "", "```toml", config_text.strip(), "```"]
-    return "\n".join(lines) + "\n"
+    return scrub_paths("\n".join(lines) + "\n")  # the command and settings may name folders by absolute path
 
 
 # ---- the command -------------------------------------------------------------------------------------------------

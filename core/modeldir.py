@@ -28,7 +28,7 @@ import platformdirs
 import torch
 
 from core.errors import ModelError
-from core.models.config import show
+from core.models.config import show, show_key
 from core.tokenizer import VOCAB_SIZE
 
 FORMAT = 1
@@ -257,12 +257,12 @@ def _tensor_end(file: Path, name: str, entry: object) -> int:
             or not isinstance(entry.get("shape"), list) or not isinstance(entry.get("data_offsets"), list) \
             or any(type(n) is not int or n < 0 for n in [*entry["shape"], *entry["data_offsets"]]) \
             or len(entry["data_offsets"]) != 2 or len(entry["shape"]) > 8:
-        raise ModelError(f"{file}: is damaged (the header entry of tensor {show(name)} is malformed: "
+        raise ModelError(f"{file}: is damaged (the header entry of tensor {show_key(name)} is malformed: "
                          f"{show(entry, 80)})")
     begin, end = entry["data_offsets"]
     numel = math.prod(entry["shape"])
     if end - begin != numel * FLOAT_DTYPES[entry["dtype"]]:
-        raise ModelError(f"{file}: is damaged (tensor {show(name)} of shape {entry['shape']} has "
+        raise ModelError(f"{file}: is damaged (tensor {show_key(name)} of shape {entry['shape']} has "
                          f"{end - begin:,} bytes)")
     return end
 
@@ -286,7 +286,7 @@ def _misfit(header: dict, skeleton: torch.nn.Module) -> str:
                 return f"{name} is {_shape(got)} in the file, the config needs {_shape(want)}"
     unexpected = sorted(set(header) - known)
     if missing or unexpected:
-        parts = [f"{what} {', '.join(show(n) for n in names[:3])}{' ...' if len(names) > 3 else ''}"
+        parts = [f"{what} {', '.join(show_key(n) for n in names[:3])}{' ...' if len(names) > 3 else ''}"
                  for what, names in (("missing", missing), ("unexpected", unexpected)) if names]
         return "; ".join(parts)
     return ""

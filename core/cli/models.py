@@ -1,4 +1,5 @@
-"""`recital models`: the models a name can refer to (yours first, then the shipped ones)."""
+"""`recital models`: the models a name can refer to (yours first, then the shipped ones), one line each; a
+directory that cannot be read shows why on its line and never stops the listing."""
 
 from __future__ import annotations
 
@@ -23,5 +24,6 @@ def run(args: argparse.Namespace) -> int:
     for info in models:
         line = f"{info.name:<{width}}  {info.source:<7}  {info.arch:<10}  {format_bytes(info.size_bytes):>9}"
         line += f"  {info.summary}" if info.summary else ""
+        line = line.replace("\n", "\\n").replace("\r", "\\r")  # one line per model, whatever its name holds
         print(line + (f"\n{'':<{width}}  {info.path}" if args.paths else ""))
     return 0

@@ -126,4 +126,5 @@ def show(value: object, limit: int = 40) -> str:
 
 
 def show_key(key: str) -> str:
-    return key if key.isidentifier() and len(key) <= 40 else show(key)
+    """A field or tensor name for messages: as it is when it reads plainly, else a short repr."""
+    return key if key.isprintable() and " " not in key and 0 < len(key) <= 60 else show(key)

@@ -6,13 +6,17 @@ trains from scratch (`base=None`: `arch` and a `size` preset, adjusted by `model
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from core.errors import ModelError
 
 ARCHS = ("dsmr", "perceivers")
 SIZES = ("tiny", "small", "default")
 PRECISIONS = ("auto", "fp32", "bf16")
+CHECKPOINT_EVERY = 100  # steps between resumable checkpoints, unless a run says otherwise
+# ... and minutes: the first 100 steps of a default-size model can take minutes on a CPU, and a run killed before
+# its first checkpoint starts again from nothing.
+CHECKPOINT_MINUTES = 5.0
 
 # Presets for training from scratch; "default" is the size of the shipped models (the config classes' defaults).
 PRESETS: dict[str, dict[str, dict]] = {
@@ -71,8 +75,10 @@ class TrainConfig:
     val_fraction: float = 0.1  # held-out pieces
     val_max_pieces: int = 32  # cap on the held-out pieces scored at each validation
     val_every: int = 200  # steps between validations (and best-model saves)
-    checkpoint_every: int = 100  # steps between resumable checkpoints
-    checkpoint_minutes: float | None = None  # also checkpoint once this much wall time passed since the last
+    # Resumable checkpoints every this many steps, and whenever this many minutes passed since the last (None:
+    # CHECKPOINT_EVERY, CHECKPOINT_MINUTES; on a resume, the run's own). Given on a resume, they apply from then on.
+    checkpoint_every: int | None = None
+    checkpoint_minutes: float | None = None
     patience: int = 5  # validations without improvement before stopping early (0: never)
     log_every: int = 10  # steps between progress events
 
@@ -136,6 +142,11 @@ class TrainConfig:
         if self.warmup is not None:
             return self.warmup
         return min(200, max(1, self.steps // 20)) if self.steps is not None else 50
+
+    def with_checkpoint_defaults(self) -> TrainConfig:
+        """This run with its checkpoint intervals filled in (what the checkpoints record)."""
+        return replace(self, checkpoint_every=self.checkpoint_every or CHECKPOINT_EVERY,
+                       checkpoint_minutes=self.checkpoint_minutes or CHECKPOINT_MINUTES)
 
     def to_dict(self) -> dict:
         return asdict(self)

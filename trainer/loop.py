@@ -27,12 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.errors import MidiError, ModelError
+from core.errors import MidiError, ModelError, RecitalError
 from core.modeldir import _looks_like_path, build_model, read_config, resolve, user_models_dir
 from core.state import parse_budget
 from core.tokenizer import PAD
 from trainer import checkpoint as ckpt
-from trainer import samplers
+from trainer import rundir, samplers
 from trainer.config import TrainConfig, scratch_config
 from trainer.corpus import Corpus
 from trainer.data import CropBatches, LaneStream, PieceSource
@@ -116,6 +116,10 @@ class _Run:
         self.config, self.world = config, world
         self.on_progress, self.should_stop = on_progress, should_stop
         self.log: ckpt.EventLog | None = None
+        self.lock: rundir.RunLock | None = None  # rank 0's hold on the output directory
+        self.created = False  # this run created the output directory
+        self.checkpointed = False  # this run wrote a checkpoint (a failure keeps the directory from then on)
+        self.base_path: Path | None = None
 
     # ---- reporting --------------------------------------------------------------------------------------
 
@@ -129,17 +133,20 @@ class _Run:
 
     # ---- setting up -------------------------------------------------------------------------------------
 
-    def _model(self) -> tuple[torch.nn.Module, str | None, Path]:
-        """The model to train, the base's name (None from scratch) and the output directory."""
+    def _target(self) -> tuple[Path, bool]:
+        """The output directory, and whether it holds a checkpoint to resume. Reads only: nothing is claimed yet.
+
+        A --resume without --arch or --out looks in both architectures' default folders. With nothing to resume,
+        the base model is checked here (before the output directory is touched).
+        """
         c = self.config
         if c.resume:
-            out = self._resume_dir()
-            meta = read_config(out)
-            return build_model(meta["arch"], meta["config"]), self.saved["config"]["base"], out
+            archs = [c.arch] if c.arch else ["dsmr", "perceivers"]
+            for out in dict.fromkeys(output_dir(c.out, c.folder, arch) for arch in archs):
+                if out.is_dir() and ckpt.latest_checkpoint(out) is not None:
+                    return out, True
         if c.base is None:
-            torch.manual_seed(c.seed)
-            model = build_model(c.arch, scratch_config(c.arch, c.size, c.model))
-            return model, None, output_dir(c.out, c.folder, c.arch)
+            return output_dir(c.out, c.folder, c.arch), False
         try:
             path = resolve(c.base)
         except ModelError as error:
@@ -153,23 +160,95 @@ class _Run:
             raise ModelError(f"{path}: the base model is a {meta['arch']} model, not {c.arch}")
         if c.model:
             raise ModelError("model settings can only be chosen when training from scratch (--base none)")
+        self.base_path = path
+        out = output_dir(c.out, c.folder, meta["arch"])
+        return out, bool(c.resume and out.is_dir() and ckpt.latest_checkpoint(out) is not None)
+
+    def _claim(self, out: Path, expected: bool) -> tuple[bool, str | None]:
+        """Rank 0 locks `out` and reads what is there; every rank learns whether the run resumes (or the error).
+
+        Returns (resuming, a note to report once the event log is open).
+        """
+        outcome: tuple[str | None, bool, str | None] | None = None
+        error: RecitalError | None = None
+        if self.world.main:
+            try:
+                resuming, note = self._take(out, expected)
+                outcome = (None, resuming, note)
+            except RecitalError as failure:
+                error, outcome = failure, (str(failure), False, None)
+        message, resuming, note = self.world.gather(outcome)[0]
+        if error is not None:
+            raise error
+        if message is not None:
+            raise ModelError(f"the main process stopped: {message}")
+        return resuming, note
+
+    def _take(self, out: Path, expected: bool) -> tuple[bool, str | None]:
+        c = self.config
+        self.created = not out.exists()
+        ckpt.check_writable(out)
+        self.lock = rundir.RunLock(out)
+        found = rundir.state(out)
+        if expected and found != "resumable":  # its checkpoint went away: the base was never checked
+            raise ModelError(f"{out} changed while this run was starting (another training?): try again")
+        if found == "resumable":
+            if not c.resume:
+                raise ModelError(f"{out} already exists: pass --resume to continue its run, or choose another --out")
+            return True, None
+        if found == "occupied":
+            what = "nothing to resume there (no checkpoint), and it" if c.resume else "it already exists and"
+            raise ModelError(f"{out}: {what} holds files that are not a training run's: choose another --out")
+        note = None
+        if found == "unfinished":
+            rundir.clear(out)
+            note = f"{out} held a run that stopped before its first checkpoint: starting it again"
+        if c.resume:
+            note = f"nothing to resume in {out} (no checkpoint yet): starting from the beginning"
+        return False, note
+
+    def _model(self, out: Path, resuming: bool) -> tuple[torch.nn.Module, str | None]:
+        """The model to train and the base's name (None from scratch); resuming, the checkpoint's settings too."""
+        c = self.config
+        if resuming:
+            import json
+
+            self.checkpoint_path = ckpt.latest_checkpoint(out)
+            if self.checkpoint_path is None:
+                raise ModelError(f"{out}: its checkpoint disappeared while this run was starting")
+            self.saved = json.loads((self.checkpoint_path / ckpt.STATE).read_text(encoding="utf-8"))
+            meta = read_config(out)
+            return build_model(meta["arch"], meta["config"]), self.saved["config"]["base"]
+        if c.base is None:
+            torch.manual_seed(c.seed)
+            return build_model(c.arch, scratch_config(c.arch, c.size, c.model)), None
         from core.modeldir import load_model
 
-        model = load_model(path)
-        return model, str(c.base), output_dir(c.out, c.folder, meta["arch"])
+        return load_model(self.base_path), str(c.base)
 
-    def _resume_dir(self) -> Path:
+    def _settings(self, resuming: bool) -> tuple[TrainConfig, str | None]:
+        """The settings this run trains with, and a note when a resume changes how often it checkpoints.
+
+        Resuming, the run keeps its own settings but for its length, where it runs, and the checkpoint intervals
+        given now (applied from here on and recorded in the next checkpoint).
+        """
         c = self.config
-        candidates = [output_dir(c.out, c.folder, arch) for arch in ([c.arch] if c.arch else ["dsmr", "perceivers"])]
-        for out in candidates:
-            found = ckpt.latest_checkpoint(out) if out.is_dir() else None
-            if found is not None:
-                self.checkpoint_path = found
-                import json
-
-                self.saved = json.loads((found / ckpt.STATE).read_text(encoding="utf-8"))
-                return out
-        raise ModelError(f"nothing to resume: no complete checkpoint in {' or '.join(map(str, candidates))}")
+        note = None
+        if resuming:
+            saved = TrainConfig.from_dict(self.saved["config"])
+            for name in ("steps", "minutes", "device", "precision", "workers", "log_every"):
+                setattr(saved, name, getattr(c, name))
+            changed = []
+            for name, unit in (("checkpoint_every", "steps"), ("checkpoint_minutes", "minutes")):
+                value = getattr(c, name)
+                if value is not None and value != getattr(saved, name):
+                    setattr(saved, name, value)
+                    changed.append(f"{value:g} {unit}")
+            if changed:
+                note = f"checkpoints from now on every {' and every '.join(changed)} (the resumed run's setting)"
+            saved.resume = True
+            c = saved
+        return c.with_checkpoint_defaults(), note
 
     def _corpus(self) -> Corpus:
         c, world = self.config, self.world
@@ -210,20 +289,44 @@ class _Run:
     # ---- the run ----------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        c, world = self.config, self.world
+        """Claim the output directory, train, and let go of it; a run that fails before its first checkpoint
+        leaves nothing behind (the directory as it was, or no directory)."""
         started = time.monotonic()
-        model, base, out = self._model()
-        if c.resume:  # the run's own settings, with the new length of the run and where it runs
-            saved = TrainConfig.from_dict(self.saved["config"])
-            for name in ("steps", "minutes", "device", "precision", "workers", "log_every"):
-                setattr(saved, name, getattr(c, name))
-            saved.resume, self.config = True, saved
-            c = saved
-        elif world.main and out.exists() and any(out.iterdir()):
-            raise ModelError(f"{out} already exists: pass --resume to continue its run, or choose another --out")
+        out, expected = self._target()
+        abandon = False
+        try:
+            resuming, note = self._claim(out, expected)
+            try:
+                return self._train(out, resuming, note, started)
+            except BaseException:
+                abandon = self.world.main and not resuming and not self.checkpointed
+                raise
+        finally:
+            self._release(out, abandon)
+
+    def _release(self, out: Path, abandon: bool) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if abandon:
+            rundir.clear(out)
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if abandon and self.created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty: nothing but this run's files were there
+
+    def _train(self, out: Path, resuming: bool, note: str | None, started: float) -> TrainResult:
+        world = self.world
+        model, base = self._model(out, resuming)
+        c, changed = self._settings(resuming)
+        self.config = c
         if world.main:
-            ckpt.check_writable(out)
             self.log = ckpt.EventLog(out)
+        for message in (note, changed):
+            if message:
+                self.emit(Progress("message", "prepare", message=message))
         arch = model.arch
         corpus = self._corpus()
         shortest = model.config.segment_len if arch == "dsmr" else model.config.latents + 1
@@ -254,7 +357,7 @@ class _Run:
                                       lr=c.peak_lr, betas=(0.9, 0.95), fused=device.type == "cuda")
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "best_perplexity": None, "best_step": None,
                     "initial_perplexity": None, "bad_evals": 0, "loss": None, "data": None, "validated_step": None}
-        if c.resume:
+        if resuming:
             if world.main:
                 ckpt.remove_leftovers(out)
             saved = ckpt.load_checkpoint(self.checkpoint_path, model, optimizer)
@@ -290,7 +393,7 @@ class _Run:
                     model_config=raw.config.to_dict(), augmenting=c.augmenting)
                 ckpt.write_model(raw, out, card)
 
-        saved_at = [progress["step"] if c.resume else -1]  # the step of the last checkpoint written
+        saved_at = [progress["step"] if resuming else -1]  # the step of the last checkpoint written
 
         def checkpoint(step: int) -> None:
             saved_at[0] = step
@@ -305,6 +408,7 @@ class _Run:
                 state = dict(progress, step=step, data={"lanes": merged}, config=c.to_dict(), world=world.size,
                              train_seconds=elapsed())
                 path = ckpt.save_checkpoint(out, step, raw, optimizer, state)
+                self.checkpointed = True
                 if val == []:  # nothing held out: the latest weights are the model
                     save_best(step, None)
                 self.emit(Progress("checkpoint", "checkpoint", step=step, message=f"saved {path.name}"))
@@ -431,7 +535,7 @@ class _Run:
                 if c.patience and progress["bad_evals"] >= c.patience:
                     stopped = "early_stop"
                     break
-            due = c.checkpoint_minutes is not None and seconds - checkpointed_at >= c.checkpoint_minutes * 60
+            due = seconds - checkpointed_at >= c.checkpoint_minutes * 60
             if step % c.checkpoint_every == 0 or last or due:
                 checkpointed_at = seconds
                 checkpoint(step)
@@ -445,8 +549,6 @@ class _Run:
                              progress["loss"], progress["tokens"], elapsed())
         self.emit(Progress("done", "done", step=step, total_steps=c.steps, fraction=1.0, loss=progress["loss"],
                            best_perplexity=progress["best_perplexity"], elapsed_s=elapsed(), message=stopped))
-        if self.log is not None:
-            self.log.close()
         return result
 
 

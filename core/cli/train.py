@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     length = parser.add_argument_group("how long (at least one; both: whichever ends first)")
     length.add_argument("--steps", type=_positive(int), metavar="N", help="optimizer steps")
     length.add_argument("--minutes", type=_positive(float), metavar="M", help="wall-clock minutes")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint (none yet: start it)")
     parser.add_argument("--budget", metavar="SIZE",
                         help="DSMR memory budget per lane, e.g. 32MB (default: the model's)")
     parser.add_argument("--batch", type=_positive(int), default=8,
@@ -50,10 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="held-out pieces (default 0.1)")
     parser.add_argument("--val-every", type=_positive(int), default=200, metavar="STEPS",
                         help="validate (and keep the best model) every this many steps (default 200)")
-    parser.add_argument("--checkpoint-every", type=_positive(int), default=100, metavar="STEPS",
-                        help="save a resumable checkpoint every this many steps (default 100)")
+    parser.add_argument("--checkpoint-every", type=_positive(int), metavar="STEPS",
+                        help="save a resumable checkpoint every this many steps (default 100; given with "
+                             "--resume, it applies from then on)")
     parser.add_argument("--checkpoint-minutes", type=_positive(float), metavar="M",
-                        help="also save one whenever this many minutes passed since the last")
+                        help="also save one whenever this many minutes passed since the last (default 5; given "
+                             "with --resume, it applies from then on)")
     parser.add_argument("--patience", type=int, default=5,
                         help="stop after this many validations without improvement (0: never; default 5)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")

@@ -80,7 +80,8 @@ def _why(api: int) -> str:
     if api == rtmidi.API_LINUX_ALSA:
         return "the ALSA sequencer is missing (/dev/snd/seq; try `sudo modprobe snd-seq`)"
     if api == rtmidi.API_UNIX_JACK:
-        return "no JACK server is running (start one, e.g. `jackd -d dummy -p 256`, or run under pipewire-jack)"
+        return ("no JACK server is running (start one: `jackd --no-realtime -d dummy -r 44100 -p 256 &`, "
+                "or run under pipewire-jack)")
     return f"{_api_label(api)} cannot be opened"
 
 

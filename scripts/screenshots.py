@@ -3,7 +3,8 @@
     .venv/bin/python scripts/screenshots.py [--out /tmp/recital-shots] [--model DIR] [--midi FILE]
 
 Without a display it starts Xvfb (`apt-get install xvfb`) on :99 and uses Qt's xcb platform, so the shots
-show the window as a user sees it; with neither it falls back to Qt's offscreen platform. Without --model it
+show the window as a user sees it; with neither it stops with the packages to install (QT_QPA_PLATFORM=offscreen
+runs it without X). Without --model it
 uses the shipped default model (or, where none is shipped, a small DSMR with random weights). User folders
 (settings, models, corpus cache) are temporary: nothing of the user's is read or written. An error dialog would
 wait for a click that never comes: here it ends the script instead, with its message and exit code 2.
@@ -27,16 +28,17 @@ SHIPPED_DEFAULT = ROOT / "assets" / "models" / "default"
 
 
 def start_display() -> subprocess.Popen | None:
-    """A virtual X display when there is no display; None when one exists or Xvfb is missing."""
+    """A virtual X display when there is no display; None when one exists (or a Qt platform is set)."""
     if os.environ.get("DISPLAY") or os.environ.get("QT_QPA_PLATFORM"):
         return None
     if shutil.which("Xvfb") is None:
-        print("no display and no Xvfb: using the offscreen platform", file=sys.stderr)
-        os.environ["QT_QPA_PLATFORM"] = "offscreen"
-        return None
+        sys.exit("error: no X display and no Xvfb to start one: sudo apt-get install xvfb libxcb-icccm4 "
+                 "libxcb-keysyms1 imagemagick (or set DISPLAY)")
     server = subprocess.Popen(["Xvfb", ":99", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
+    if server.poll() is not None:
+        sys.exit(f"error: Xvfb did not start on :99 (exit code {server.returncode}; is display :99 taken?)")
     os.environ["DISPLAY"] = ":99"
     os.environ["QT_QPA_PLATFORM"] = "xcb"
     return server

@@ -58,7 +58,7 @@ ensure_venv() {
         log "python packages: all present"; return 0
     fi
     if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
-        log "installing torch 2.13.0"
+        log "installing torch 2.13.0 (for an NVIDIA GPU's CUDA build see \"With an NVIDIA GPU\" in README.md)"
         "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0
     fi
     log "installing recital${extras:+[$extras]}"

@@ -10,7 +10,8 @@ The rules, the same for the CLI's `--out`/`--wav` and every variation's file:
 - a missing folder is created, and a note says so;
 - two outputs of one command that are the same file are refused.
 
-`plan_outputs` checks everything first and creates folders only when every check passed; the writer every file
+`plan_outputs` checks everything before any work starts and creates nothing; `create_folders` makes the missing
+folders when the files are written. The writer every file
 goes through (`core.midi.atomic_write_bytes`) follows symlinks and refuses non-regular targets on its own, so the
 studio's save and the corpus cache keep the same two rules.
 """
@@ -28,10 +29,23 @@ from core.errors import OutputError
 
 @dataclass(frozen=True)
 class PlannedOutputs:
-    """The checked outputs, in the order asked, and one line per folder that was created for them."""
+    """The checked outputs, in the order asked; `create_folders` makes the missing folders when it is time to write."""
 
     paths: tuple[Path, ...]
-    notes: tuple[str, ...]
+
+    def create_folders(self) -> list[str]:
+        """Create every missing folder of the outputs; one line per folder created, for the user to read."""
+        notes = []
+        for path in self.paths:
+            folder = Path(os.path.realpath(path)).parent
+            if folder.exists():
+                continue
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise OutputError(folder, f"cannot create the folder ({error.strerror or error})") from None
+            notes.append(f"created folder {folder if path.is_symlink() else path.parent}")
+        return notes
 
 
 def kind_of(mode: int) -> str | None:
@@ -100,9 +114,9 @@ def _check_folder(path: Path, folder: Path) -> None:
 
 def plan_outputs(paths: Sequence[str | Path], inputs: Iterable[str | Path] = (), force: bool = False,
                  flag: str = "--force") -> PlannedOutputs:
-    """Check every output of one command before any work starts, then create the folders they need.
+    """Check every output of one command before any work starts; nothing is created or written here.
 
-    Nothing is created unless all of them pass. Raises OutputError (one line) for the first refused path.
+    Raises OutputError (one line) for the first refused path, or for two outputs that are the same file.
     """
     inputs = list(inputs)
     checked = [check_output(path, inputs, force, flag) for path in paths]
@@ -112,13 +126,4 @@ def plan_outputs(paths: Sequence[str | Path], inputs: Iterable[str | Path] = (),
         if key in seen:
             raise OutputError(path, f"is written twice by this command (also as {seen[key]})")
         seen[key] = path
-    notes = []
-    for path in checked:
-        folder = Path(os.path.realpath(path)).parent
-        if not folder.exists():
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise OutputError(folder, f"cannot create the folder ({error.strerror or error})") from None
-            notes.append(f"created folder {folder if path.is_symlink() else path.parent}")
-    return PlannedOutputs(tuple(checked), tuple(notes))
+    return PlannedOutputs(tuple(checked))

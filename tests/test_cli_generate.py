@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +18,17 @@ from core.midi import read_performance, write_performance
 from tests.conftest import real_midi_files
 
 pytest_plugins = ("tests.jack",)  # the JACK server fixtures: jack, no_jack, jack_server
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rejected(args: list[str], capsys) -> str:
+    """The one line argparse prints when it refuses `args` (exit 2, no usage block)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"recital {args[0]}: error: ") and err.endswith(f"(see recital {args[0]} --help)\n")
+    return err
 
 
 def test_generate_writes_a_piece_and_says_what_it_did(tiny_model_dir, tmp_path, capsys):
@@ -23,7 +40,7 @@ def test_generate_writes_a_piece_and_says_what_it_did(tiny_model_dir, tmp_path, 
     assert f"wrote {out}: " in text and len(read_performance(out)) > 0
     assert "tokens/s" in text and "of 128.0 KB budget" in text and "two_scale" in text
     first = out.read_bytes()
-    assert main(args) == 0 and out.read_bytes() == first  # the seed makes it reproducible
+    assert main([*args, "--force"]) == 0 and out.read_bytes() == first  # the seed makes it reproducible
 
 
 def test_a_budget_beyond_the_trained_memory_is_not_used_and_the_user_is_told(tiny_model_dir, tmp_path, capsys):
@@ -37,7 +54,7 @@ def test_a_budget_beyond_the_trained_memory_is_not_used_and_the_user_is_told(tin
     out = tmp_path / "piece.mid"
     for budget in ("24KB", "1MB"):  # 24KB plans (48, 12): under the cap
         assert main(["generate", "--model", str(model), "--seconds", "1", "--out", str(out), "--seed", "3",
-                     "--budget", budget, "--max-tokens", "20"]) == 0
+                     "--budget", budget, "--max-tokens", "20", "--force"]) == 0
     small, large = capsys.readouterr().out.split("wrote ")[:2]
     assert "horizons [64, 16]" in large and "trained with at most 64 tokens of memory" in large
     assert "trained with" not in small
@@ -79,12 +96,10 @@ def test_errors_are_one_line(tiny_model_dir, tmp_path, capsys, monkeypatch):
     assert main(["generate", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x.mid"),
                  "--budget", "1KB"]) == 1
     assert "at least" in capsys.readouterr().err
-    assert main(["generate", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x.mid"),
-                 "--budget", "lots"]) == 1
-    assert "cannot read memory budget" in capsys.readouterr().err
-    assert main(["generate", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x.mid"),
-                 "--top-p", "2"]) == 1
-    assert "top-p" in capsys.readouterr().err
+    assert "cannot read memory budget" in rejected(["generate", "--model", str(tiny_model_dir), "--out",
+                                                    str(tmp_path / "x.mid"), "--budget", "lots"], capsys)
+    assert "--top-p" in rejected(["generate", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x.mid"),
+                                  "--top-p", "2"], capsys)
     assert main(["continue", str(tmp_path / "absent.mid"), "--model", str(tiny_model_dir),
                  "--out", str(tmp_path / "x.mid")]) == 1
     assert "absent.mid" in capsys.readouterr().err
@@ -129,3 +144,147 @@ def test_generate_streams_to_the_virtual_port_while_writing(tiny_model_dir, tmp_
     assert "playing to the end" in capsys.readouterr().out
     written = read_performance(out)
     assert len(written) > 0 and sorted(listener.note_ons()) == sorted(written.pitch.tolist())
+
+
+# --- outputs never destroy what the user made --------------------------------------------------------------
+
+def failed(args: list[str], capsys) -> str:
+    """The one `error: ...` line of a command that exits 1."""
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    return captured.err
+
+
+def test_continue_refuses_to_write_over_its_primer_even_through_links(tiny_model_dir, tmp_path, scale, capsys):
+    primer = tmp_path / "primer.mid"
+    write_performance(scale, primer)
+    original = primer.read_bytes()
+    os.link(primer, tmp_path / "hard.mid")
+    (tmp_path / "soft.mid").symlink_to(primer)
+    for out in ("primer.mid", "hard.mid", "soft.mid"):
+        err = failed(["continue", str(primer), "--model", str(tiny_model_dir), "--seconds", "1", "--force",
+                      "--out", str(tmp_path / out)], capsys)
+        assert f"is the input {primer}" in err
+    assert primer.read_bytes() == original and (tmp_path / "soft.mid").is_symlink()
+
+
+def test_an_existing_out_needs_force(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "mine.mid"
+    out.write_bytes(b"the composer's own file")
+    args = ["generate", "--model", str(tiny_model_dir), "--seconds", "1", "--out", str(out), "--max-tokens", "30"]
+    assert "already exists; pass --force to replace it" in failed(args, capsys)
+    assert out.read_bytes() == b"the composer's own file"
+    assert main([*args, "--force"]) == 0 and len(read_performance(out)) >= 0
+    assert out.read_bytes().startswith(b"MThd")
+
+
+def test_every_variation_and_wav_is_checked_before_generating(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "v-2.mid").write_bytes(b"kept")
+    args = ["generate", "--model", str(tiny_model_dir), "--seconds", "1", "--out", str(tmp_path / "v.mid"),
+            "--variations", "3"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "v-2.mid: already exists" in captured.err and "model" not in captured.out  # nothing generated
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v-2.mid"]
+    (tmp_path / "v-2.mid").unlink()
+    (tmp_path / "w-3.wav").write_bytes(b"kept")
+    assert "w-3.wav: already exists" in failed([*args, "--wav", str(tmp_path / "w.wav")], capsys)
+    assert "written twice" in failed([*args[:6], str(tmp_path / "x.wav"), "--wav", str(tmp_path / "x.wav")],
+                                     capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w-3.wav"]
+
+
+def test_devices_and_fifos_are_never_written(tiny_model_dir, tmp_path, capsys):
+    fifo = tmp_path / "pipe.mid"
+    os.mkfifo(fifo)
+    for out in (str(fifo), os.devnull):
+        err = failed(["generate", "--model", str(tiny_model_dir), "--seconds", "1", "--out", out, "--force"],
+                     capsys)
+        assert "Recital writes only regular files" in err
+    assert not fifo.is_file() and not Path(os.devnull).is_file()
+
+
+def test_a_symlinked_out_writes_its_target_and_stays_a_link(tiny_model_dir, tmp_path, capsys):
+    target = tmp_path / "takes" / "take.mid"
+    link = tmp_path / "latest.mid"
+    link.symlink_to(target)  # dangling: the target and its folder do not exist yet
+    assert main(["generate", "--model", str(tiny_model_dir), "--seconds", "1", "--out", str(link),
+                 "--max-tokens", "30", "--seed", "1"]) == 0
+    assert f"note: created folder {target.parent}" in capsys.readouterr().out
+    assert link.is_symlink() and target.read_bytes().startswith(b"MThd")
+
+
+def test_a_missing_folder_is_created_and_said(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "new" / "pieces" / "p.mid"
+    assert main(["generate", "--model", str(tiny_model_dir), "--seconds", "1", "--out", str(out),
+                 "--max-tokens", "30"]) == 0
+    text = capsys.readouterr().out
+    assert f"note: created folder {out.parent}" in text and f"wrote {out}" in text
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--seconds", "inf", "finite"), ("--seconds", "nan", "finite"), ("--seconds", "0", "> 0"),
+    ("--seconds", "-3", "> 0"), ("--seconds", "1e9", "one day"), ("--seconds", "x", "not a number"),
+    ("--temperature", "inf", "finite"), ("--temperature", "-1", "0 (greedy)"),
+    ("--temperature", "1e-300", "0 (greedy)"), ("--seed", str(2**70), "2^63-1"), ("--seed", "-1", "2^63-1"),
+    ("--seed", "1.5", "whole number"), ("--max-note", "-1", ">= 0"), ("--max-note", "inf", "finite"),
+    ("--top-p", "0", "more than 0"), ("--top-p", "1.5", "at most 1"), ("--min-p", "1", "below 1"),
+    ("--min-p", "-0.1", "at least 0"), ("--top-k", "-1", ">= 0"), ("--variations", "0", ">= 1"),
+    ("--max-tokens", "0", ">= 1"), ("--budget", "1PB", "cannot read memory budget"),
+    ("--budget", "0MB", "positive"), ("--budget", "9" * 30 + "TB", "far too large"),
+])
+def test_bad_arguments_are_one_line(tmp_path, capsys, flag, value, says):
+    err = rejected(["generate", "--out", str(tmp_path / "x.mid"), f"{flag}={value}"], capsys)
+    assert f"argument {flag}: " in err and says in err
+    assert not (tmp_path / "x.mid").exists()
+
+
+def test_a_missing_argument_and_an_unknown_command_are_one_line(capsys):
+    assert "required: --out" in rejected(["generate"], capsys)
+    with pytest.raises(SystemExit) as exit_:
+        main(["compose"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_variations_beyond_the_memory_of_the_machine_are_refused(tiny_model_dir, tmp_path, capsys,
+                                                                    monkeypatch):
+    import core.cli.generate as cli_generate
+
+    monkeypatch.setattr(cli_generate, "available_memory", lambda: 2**20)
+    err = failed(["generate", "--model", str(tiny_model_dir), "--seconds", "1", "--out", str(tmp_path / "v.mid"),
+                  "--variations", "1000"], capsys)
+    assert "--variations 1000 needs 118.7 MB of state memory; this machine has 1.0 MB available" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_budget_in_terabytes_reads_like_the_same_in_gigabytes(tiny_model_dir, tmp_path, capsys):
+    for budget, out in (("1TB", "t.mid"), ("1024GB", "g.mid")):
+        assert main(["generate", "--model", str(tiny_model_dir), "--seconds", "1", "--out", str(tmp_path / out),
+                     "--budget", budget, "--max-tokens", "20", "--seed", "4"]) == 0
+        assert "of 1024.0 GB budget" in capsys.readouterr().out
+    assert (tmp_path / "t.mid").read_bytes() == (tmp_path / "g.mid").read_bytes()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_generation_keeps_what_it_wrote(tiny_model_dir, tmp_path, sig, code):
+    """SIGTERM (a service manager, `kill`) stops like Ctrl-C: the file is written, then exit 143 (Ctrl-C: 130)."""
+    out = tmp_path / "long.mid"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "core", "generate", "--model", str(tiny_model_dir), "--seconds", "3600", "--out",
+         str(out), "--seed", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background shell ignores SIGINT
+    try:
+        for line in child.stdout:  # bounded by the communicate() timeout below if it never comes
+            if line.startswith("generating"):
+                break
+        time.sleep(1.0)  # let it write some notes (the test holds with none too)
+        child.send_signal(sig)
+        rest, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == code, err
+    name = "SIGTERM" if sig == signal.SIGTERM else "Ctrl-C"
+    assert f"wrote {out}" in rest and f"stopped by {name}: the files hold what was written" in rest
+    assert out.read_bytes().startswith(b"MThd")

@@ -62,22 +62,22 @@ def test_a_symlink_is_followed_and_stays_a_link(tmp_path, scale):
     assert len(read_performance(target)) == len(scale)
     dangling = tmp_path / "dangling.mid"
     dangling.symlink_to(tmp_path / "elsewhere" / "new.mid")
-    planned = plan_outputs([dangling])
-    assert planned.notes == (f"created folder {tmp_path / 'elsewhere'}",)
+    assert plan_outputs([dangling]).create_folders() == [f"created folder {tmp_path / 'elsewhere'}"]
     write_performance(scale, dangling)
     assert dangling.is_symlink() and (tmp_path / "elsewhere" / "new.mid").is_file()
 
 
-def test_missing_folders_are_created_only_when_every_output_passes(tmp_path):
+def test_missing_folders_are_created_only_when_writing_and_said(tmp_path):
     first = tmp_path / "a" / "b" / "one.mid"
     taken = tmp_path / "taken.mid"
     taken.write_bytes(b"mine")
     with pytest.raises(OutputError, match="taken.mid: already exists"):
         plan_outputs([first, taken])
-    assert not (tmp_path / "a").exists()
     planned = plan_outputs([first, tmp_path / "a" / "b" / "two.mid"])
     assert planned.paths == (first, tmp_path / "a" / "b" / "two.mid")
-    assert planned.notes == (f"created folder {first.parent}",) and first.parent.is_dir()
+    assert not (tmp_path / "a").exists()  # checking creates nothing
+    assert planned.create_folders() == [f"created folder {first.parent}"] and first.parent.is_dir()
+    assert planned.create_folders() == []
 
 
 def test_a_file_where_a_folder_should_be_and_twice_the_same_output(tmp_path):

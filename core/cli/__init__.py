@@ -37,8 +37,15 @@ NOT_YET = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose rejections are one line that points at --help, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="recital", description="Recital: continue or write piano pieces with long-context models.")
     parser.add_argument("--version", action="version", version=f"recital {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -76,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except RecitalError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:  # Ctrl-C: 130; generate's SIGTERM (a KeyboardInterrupt too): 143
         print("interrupted", file=sys.stderr)
-        return 130
+        return getattr(error, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -21,4 +21,4 @@ def run(args: argparse.Namespace) -> int:
 
     perf = read_performance(args.primer)
     print(f"primer {args.primer}: {len(perf)} notes, {perf.duration:.1f} s")
-    return write_continuation(args, primer_ids=encode(perf, eos=False))
+    return write_continuation(args, primer_ids=encode(perf, eos=False), inputs=[args.primer])

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -11,41 +16,124 @@ from core.generate import MAX_NOTE_SECONDS
 
 HELP = "write a new piece with a model"
 TOKENS_PER_SECOND_LIMIT = 150  # --max-tokens default per second of music: far above dense piano (~40)
+MAX_SECONDS = 24 * 3600.0  # a day of music: the longest piece worth asking for in one command
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
+
+
+def seconds_of_music(text: str) -> float:
+    value = positive_float(text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:.0f} (one day), got {text}")
+    return value
+
+
+def temperature(text: str) -> float:
+    """0 (greedy) or 0.01..100: below 0.01 the scaled logits overflow to inf, above 100 all ids are alike."""
+    value = _number(text)
+    if value != 0 and not 0.01 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or between 0.01 and 100, got {text}")
+    return value
+
+
+def note_seconds(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0: never release), got {text}")
+    return value
+
+
+def top_k(text: str) -> int:
+    value = _whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0: off), got {text}")
+    return value
+
+
+def top_p(text: str) -> float:
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1 (1: off), got {text}")
+    return value
+
+
+def min_p(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1 (0: off), got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    value = _whole(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2^63-1, got {text}")
+    return value
+
+
+def budget(text: str) -> int:
+    from core.errors import BudgetError
+    from core.state import parse_budget
+
+    try:
+        return parse_budget(text)
+    except BudgetError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `generate` and `continue`."""
     parser.add_argument("--model", default="default", metavar="NAME_OR_PATH",
                         help="model name (see `recital models`) or model directory (default: default)")
-    parser.add_argument("--seconds", type=positive_float, default=30.0, metavar="S",
-                        help="seconds of new music to write (default: 30)")
-    parser.add_argument("--out", required=True, metavar="FILE.mid", help="MIDI file to write")
-    parser.add_argument("--max-note", type=float, default=MAX_NOTE_SECONDS, metavar="S",
+    parser.add_argument("--seconds", type=seconds_of_music, default=30.0, metavar="S",
+                        help="seconds of new music to write (default: 30; at most a day)")
+    parser.add_argument("--out", required=True, metavar="FILE.mid",
+                        help="MIDI file to write (never one of the inputs; a missing folder is created)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace output files that exist (--out, --wav, each variation's)")
+    parser.add_argument("--max-note", type=note_seconds, default=MAX_NOTE_SECONDS, metavar="S",
                         help=f"release a note held longer than S seconds (0: never; default {MAX_NOTE_SECONDS:g})")
     parser.add_argument("--allow-end", action="store_true",
                         help="let the model end the piece before --seconds (default: it plays all of them)")
-    parser.add_argument("--budget", metavar="SIZE",
+    parser.add_argument("--budget", type=budget, metavar="SIZE",
                         help="memory the model's recurrent state may use in all, e.g. 16MB (default: the "
                              "model's default for each variation)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
-    parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest ids (0: off)")
-    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (1: off; default 0.95)")
-    parser.add_argument("--min-p", type=float, default=0.0, help="drop ids below min-p x the likeliest (0: off)")
-    parser.add_argument("--seed", type=int, help="random seed, for a reproducible piece")
+    parser.add_argument("--temperature", type=temperature, default=1.0,
+                        help="sampling temperature (0: greedy; else 0.01 to 100)")
+    parser.add_argument("--top-k", type=top_k, default=0, help="sample among the k likeliest ids (0: off)")
+    parser.add_argument("--top-p", type=top_p, default=0.95, help="nucleus sampling mass (1: off; default 0.95)")
+    parser.add_argument("--min-p", type=min_p, default=0.0, help="drop ids below min-p x the likeliest (0: off)")
+    parser.add_argument("--seed", type=seed, help="random seed (0 to 2^63-1), for a reproducible piece")
     parser.add_argument("--variations", type=positive_int, default=1, metavar="K",
                         help="write K variations at once (FILE-1.mid ... FILE-K.mid)")
     parser.add_argument("--max-tokens", type=positive_int, metavar="N",
@@ -66,27 +154,81 @@ def run(args: argparse.Namespace) -> int:
     return write_continuation(args, primer_ids=None)
 
 
-def output_paths(out: str, count: int) -> list[Path]:
+def output_paths(out: str, count: int, suffix: str = ".mid") -> list[Path]:
     path = Path(out)
     if count == 1:
         return [path]
-    return [path.with_name(f"{path.stem}-{k}{path.suffix or '.mid'}") for k in range(1, count + 1)]
+    return [path.with_name(f"{path.stem}-{k}{path.suffix or suffix}") for k in range(1, count + 1)]
 
 
-def write_continuation(args: argparse.Namespace, primer_ids) -> int:
+def check_outputs(args: argparse.Namespace, inputs: list[str]):
+    """Every file the command will write (each variation's MIDI and WAV), checked before any work starts."""
+    from core.outputs import plan_outputs
+
+    paths = output_paths(args.out, args.variations)
+    if args.wav:
+        paths += output_paths(args.wav, args.variations, suffix=".wav")
+    return plan_outputs(paths, inputs=inputs, force=args.force)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so that a stopped generation keeps what it wrote (exit 143)."""
+
+    exit_code = 143
+
+
+def _terminated(_signum, _frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the files being written are finished
+    raise Terminated()
+
+
+def write_continuation(args: argparse.Namespace, primer_ids, inputs: list[str] | None = None) -> int:
     """Generate after `primer_ids` (None: from nothing), write the MIDI file(s), print what was done.
 
-    With --play / --virtual / --port the first variation is heard while it is being written.
+    Every output is checked first (`inputs`: the files the command read, which it never writes). With --play /
+    --virtual / --port the first variation is heard while it is being written. SIGTERM stops it like Ctrl-C.
     """
+    planned = check_outputs(args, inputs or [])
     sink = open_chosen_sink(args, default_synth=False)  # before the model loads: a missing device fails fast
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
-        return _write_continuation(args, primer_ids, sink)
+        return _write_continuation(args, primer_ids, sink, planned)
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         if sink is not None:
             sink.close()
 
 
-def _write_continuation(args: argparse.Namespace, primer_ids, sink) -> int:
+def available_memory() -> int | None:
+    """Bytes this machine can still give a process (Linux: MemAvailable), None when it cannot tell."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_state_fits(nbytes: int, batch: int) -> None:
+    """Refuse a state this machine cannot hold, before allocating it (one line: what it needs, what there is)."""
+    from core.errors import BudgetError
+    from core.state import format_bytes
+
+    free = available_memory()
+    if free is not None and nbytes > free:
+        asked = f"--variations {batch}" if batch > 1 else "this budget"
+        raise BudgetError(f"{asked} needs {format_bytes(nbytes)} of state memory; this machine has "
+                          f"{format_bytes(free)} available")
+
+
+def _write_continuation(args: argparse.Namespace, primer_ids, sink, planned) -> int:
     import numpy as np
 
     from core.generate import SamplingConfig, generate, prepare_primer, use_fast_step
@@ -105,6 +247,7 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink) -> int:
     else:  # the model's default is for one lane: each variation gets that much
         budget = parse_budget(getattr(model.config, "default_budget", "16MB")) * batch
     plan = model.plan(budget, batch)
+    check_state_fits(plan.nbytes, batch)
     state = model.new_state(plan, batch)
     primer = prepare_primer(primer_ids, model.config.vocab_size).tolist()
     max_tokens = args.max_tokens or int(args.seconds * TOKENS_PER_SECOND_LIMIT) + 64
@@ -127,8 +270,9 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink) -> int:
     start = time.perf_counter()
     first = None  # when the first new id came: reading the primer happens before it
     count = 0
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     try:
+        print("generating (Ctrl-C or SIGTERM stops it and keeps what was written)", flush=True)
         for step in stream:  # one id per lane
             tokens = [step] if batch == 1 else step.tolist()
             for lane, token in enumerate(tokens):
@@ -139,8 +283,8 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink) -> int:
                 player.feed(listened.feed(tokens[0]), horizon=listened.time)
             count += 1
             first = first or time.perf_counter()
-    except KeyboardInterrupt:  # keep what was written so far
-        interrupted = True
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what was written so far
+        interrupted = stop
         if player is not None:
             player.stop()
     except BaseException:
@@ -150,6 +294,8 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink) -> int:
     elapsed = time.perf_counter() - (first or start)
 
     before = decode(np.array(primer))
+    for note in planned.create_folders():
+        print(f"note: {note}")
     for path, new in zip(output_paths(args.out, batch), lanes, strict=True):
         piece = decode(np.array(primer + new))
         write_performance(piece, path)
@@ -163,17 +309,21 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink) -> int:
     print(f"read the primer ({len(primer)} tokens) in {(first or start) - start:.1f} s; generated {total} "
           f"tokens in {elapsed:.1f} s ({rate:.0f} tokens/s at batch {batch}); state memory "
           f"{format_bytes(state.nbytes)} of {format_bytes(budget)} budget")
-    if interrupted:
-        print("stopped by Ctrl-C: the files hold what was written until then")
+    if interrupted is not None:
+        how = "SIGTERM" if isinstance(interrupted, Terminated) else "Ctrl-C"
+        print(f"stopped by {how}: the files hold what was written until then")
     elif count >= max_tokens:
         print(f"note: stopped at {max_tokens} tokens (--max-tokens) before {args.seconds:g} s of music")
     if args.wav:
         from core.synth import render_wav
 
-        for path, new in zip(output_paths(args.wav, batch), lanes, strict=True):
+        for path, new in zip(output_paths(args.wav, batch, suffix=".wav"), lanes, strict=True):
             render_wav(decode(np.array(primer + new)), path, soundfont=args.soundfont)
             print(f"rendered {path}")
-    if player is not None and not interrupted:
+    if interrupted is not None:
+        sys.stdout.flush()
+        return getattr(interrupted, "exit_code", 130)
+    if player is not None:
         player.feed(listened.finish(), horizon=listened.time)
         player.finish()
         print("playing to the end (Ctrl-C stops)")

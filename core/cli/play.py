@@ -46,16 +46,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wav", metavar="OUT",
                         help="render to this WAV file (44.1 kHz stereo); plays live as well only when "
                              "--synth, --virtual or --port is also given")
+    parser.add_argument("--force", action="store_true", help="replace the --wav file if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
     from core.midi import read_performance
+    from core.outputs import plan_outputs
     from core.player import play_performance
 
+    # Before reading: the WAV never replaces the MIDI file, nor (without --force) any other file.
+    planned = plan_outputs([args.wav], inputs=[args.file], force=args.force) if args.wav else None
     perf = read_performance(args.file)
     minutes, seconds = divmod(int(round(perf.duration)), 60)
-    if args.wav:
+    if planned is not None:
         from core.synth import render_wav
+
+        for note in planned.create_folders():
+            print(f"note: {note}")
 
         path = render_wav(perf, args.wav, soundfont=args.soundfont)
         print(f"wrote {path} ({minutes}:{seconds:02d}, {len(perf)} notes)")

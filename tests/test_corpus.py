@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import shutil
 
@@ -255,3 +256,97 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["corpus", str(tmp_path), "--workers", "0"])
     assert exit_.value.code == 2
+
+
+# ---- a damaged cache repairs itself -------------------------------------------------------------------------
+
+def _damage(path, kind: str) -> None:
+    data = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[:len(data) - 7])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:  # garbage
+        path.write_bytes(b"\x93NUMPY" + bytes(range(200)))
+
+
+def _entry(digest: str):
+    """The per-hash cache files of one content hash, without their suffix."""
+    return corpus_module.cache_root() / "pieces" / corpus_module.codec_version() / digest[:2] / digest
+
+
+def _true_to_the_files(corpus: Corpus, pieces: int) -> None:
+    assert len(corpus) == pieces
+    for i, piece in enumerate(corpus.index):
+        np.testing.assert_array_equal(corpus.piece(i), encode(read_performance(piece.path)))
+
+
+DAMAGE = [("array", "truncated"), ("array", "empty"), ("array", "garbage"),
+          ("entry", "truncated"), ("entry", "empty"), ("entry", "garbage"),
+          ("record", "garbage"), ("record", "mismatch"), ("index", "garbage"), ("index", "mismatch")]
+
+
+@pytest.mark.parametrize("where, kind", DAMAGE)
+def test_a_damaged_cache_is_dropped_and_rebuilt(tmp_path, where, kind):
+    folder = tmp_path / "music"
+    make_folder(folder, 4)
+    first = Corpus.build(folder, workers=1)
+    digest, pieces = first.index[1].hash, 4
+    del first  # its memory map: the damage below must not be read through it
+    home = corpus_module._folder_home(folder.resolve())
+    if where == "array":  # the folder's flat token array
+        _damage(next(home.glob("tokens-*.npy")), kind)
+    elif where == "entry":  # one file's cached tokens; a new file makes the scan lay the array out again
+        _damage(_entry(digest).with_suffix(".npy"), kind)
+        write_performance(melody(99), folder / "new.mid")
+        pieces = 5
+    elif where == "record":
+        record = _entry(digest).with_suffix(".json")
+        record.write_text("{not json" if kind == "garbage" else
+                          json.dumps({**json.loads(record.read_text()), "tokens": 3}))
+    elif kind == "garbage":
+        (home / "index.json").write_text('{"version": 1, "files": 7}')
+    else:
+        index = json.loads((home / "index.json").read_text())
+        index["pieces"][0]["end"] += 3
+        (home / "index.json").write_text(json.dumps(index))
+    if where in ("array", "index"):
+        with pytest.raises(MidiError, match="damaged.*run `recital corpus` on it again"):
+            Corpus.open(folder)
+
+    again = Corpus.build(folder, workers=1)
+    _true_to_the_files(again, pieces)
+    assert bool(again.summary.repaired) == (kind != "mismatch" or where == "record")
+    assert "cache repaired" in dict(again.summary.rows()) or not again.summary.repaired
+    _true_to_the_files(Corpus.open(folder), pieces)
+    assert Corpus.build(folder, workers=1).summary.repaired == ()  # sound again
+
+
+def test_no_cache_reads_nothing_from_a_damaged_cache(tmp_path):
+    folder = tmp_path / "music"
+    make_folder(folder, 3)
+    first = Corpus.build(folder, workers=1)
+    expected = np.array(first.tokens)
+    del first
+    home = corpus_module._folder_home(folder.resolve())
+    _damage(next(home.glob("tokens-*.npy")), "truncated")
+    for entry in (corpus_module.cache_root() / "pieces").rglob("*.*"):
+        _damage(entry, "garbage")
+    (home / "index.json").write_text("[]")
+    fresh = Corpus.build(folder, workers=1, use_cache=False)
+    np.testing.assert_array_equal(fresh.tokens, expected)
+    assert fresh.summary.repaired == () and fresh.summary.encoded == 3  # nothing read, everything written anew
+    assert Corpus.build(folder, workers=1).summary.encoded == 0  # and the cache works again
+
+
+def test_the_cli_repairs_a_truncated_cache_and_says_so(tmp_path, capsys):
+    folder = tmp_path / "music"
+    make_folder(folder, 3)
+    assert main(["corpus", str(folder), "--workers", "1"]) == 0
+    home = corpus_module._folder_home(folder.resolve())
+    _damage(next(home.glob("tokens-*.npy")), "truncated")
+    capsys.readouterr()
+    assert main(["corpus", str(folder), "--workers", "1"]) == 0
+    assert "cache repaired  1 damaged cache files rebuilt from the MIDI files" in capsys.readouterr().out
+    assert main(["corpus", str(folder), "--workers", "1"]) == 0
+    assert "cache repaired" not in capsys.readouterr().out

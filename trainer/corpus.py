@@ -12,10 +12,15 @@ Three layers, each cheap to redo:
 Everything lives under `platformdirs.user_cache_dir("recital")/corpus`, or `$RECITAL_CACHE_DIR/corpus`.
 Files that cannot be read are skipped and reported (with `MidiError`'s reason), never fatal; exact duplicates
 (same bytes, or different bytes with the same token sequence) are kept once.
+
+The cache repairs itself: a damaged entry (a truncated, empty or garbled token array, a record or index that
+does not match it) is dropped and rebuilt from the MIDI file when a scan meets it, and the scan's summary says
+so (`repaired`). `use_cache=False` reads nothing from the cache; it writes every entry afresh.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -39,6 +44,8 @@ from core.tokenizer import encode
 
 CACHE_ENV = "RECITAL_CACHE_DIR"
 INDEX_VERSION = 1
+HASH = re.compile(r"[0-9a-f]{64}")
+TOKENS_FILE = re.compile(r"tokens-[0-9a-f]{16}\.npy")
 
 Progress = Callable[[int, int], None]  # (files done, files in all); may raise to cancel the scan
 
@@ -97,6 +104,7 @@ class ScanSummary:
     encoded: int  # files read and encoded in this scan; the others came from the cache
     hashed: int  # files whose bytes were read to hash them (new or touched since the last scan)
     elapsed: float  # wall seconds of the scan
+    repaired: tuple[str, ...] = ()  # damaged cache files this scan found, dropped and rebuilt
 
     @property
     def hours(self) -> float:
@@ -112,6 +120,8 @@ class ScanSummary:
             ("tokens", f"{self.tokens:,}"),
             ("hours of music", f"{self.hours:.2f}"),
             ("read this scan", f"{self.encoded:,} of {self.files:,} files ({self.elapsed:.1f} s)"),
+            *([("cache repaired", f"{len(self.repaired):,} damaged cache files rebuilt from the MIDI files")]
+              if self.repaired else []),
         ]
 
     def to_json(self) -> dict:
@@ -122,6 +132,7 @@ class ScanSummary:
         data = dict(data)
         data["skipped"] = tuple(Skipped(**s) for s in data["skipped"])
         data["duplicates"] = tuple(Duplicate(**d) for d in data["duplicates"])
+        data["repaired"] = tuple(data.get("repaired", ()))
         return ScanSummary(**data)
 
 
@@ -153,13 +164,18 @@ class _Store:
         return self.root / digest[:2] / digest
 
     def record(self, digest: str) -> dict | None:
-        """The cached record of a hash, or None when it is missing or incomplete."""
+        """The cached record of a hash; None when it is missing or incomplete, `_Damaged` when unusable."""
         stem = self._stem(digest)
+        path = stem.with_suffix(".json")
         try:
-            record = json.loads(stem.with_suffix(".json").read_text())
-        except (OSError, ValueError):
+            record = json.loads(path.read_text())
+        except FileNotFoundError:
             return None
-        if record.get("ok") and not stem.with_suffix(".npy").is_file():
+        except (OSError, ValueError):
+            raise _Damaged(digest, path) from None
+        if not _well_formed_record(record):
+            raise _Damaged(digest, path)
+        if record["ok"] and not stem.with_suffix(".npy").is_file():
             return None
         return record
 
@@ -172,14 +188,33 @@ class _Store:
         atomic_write_bytes(stem.with_suffix(".json"), json.dumps(record).encode(), what="corpus cache entry")
 
     def tokens(self, digest: str, expected: int) -> np.ndarray:
+        """The cached token ids of a hash; `_Damaged` when the array is unreadable or not `expected` long."""
         path = self._stem(digest).with_suffix(".npy")
         try:
             ids = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise MidiError(path, f"damaged corpus cache entry ({error}); scan again with --no-cache") from None
+        except (OSError, ValueError, EOFError):  # missing, truncated, garbled, empty
+            raise _Damaged(digest, path) from None
         if ids.dtype != np.uint16 or ids.shape != (expected,):
-            raise MidiError(path, "damaged corpus cache entry (wrong size); scan again with --no-cache")
+            raise _Damaged(digest, path)
         return ids
+
+
+def _well_formed_record(record) -> bool:
+    if not isinstance(record, dict) or not isinstance(record.get("ok"), bool):
+        return False
+    if not record["ok"]:
+        return isinstance(record.get("reason"), str)
+    return (isinstance(record.get("seconds"), int | float) and isinstance(record.get("notes"), int)
+            and isinstance(record.get("tokens"), int) and record["tokens"] > 0
+            and isinstance(record.get("token_hash"), str))
+
+
+class _Damaged(Exception):
+    """A per-hash cache entry that cannot be used: the scan drops it and encodes the file again."""
+
+    def __init__(self, digest: str, path: Path):
+        super().__init__(f"{path}: damaged corpus cache entry")
+        self.digest, self.path = digest, path
 
 
 def _encode_file(path: str, digest: str, store_root: str) -> dict:
@@ -279,19 +314,20 @@ class Corpus:
         """The corpus of `folder` as its last scan left it (no re-scan)."""
         folder = Path(folder).resolve()
         home = _folder_home(folder)
+        again = "run `recital corpus` on it again (a scan rebuilds what is damaged)"
         index = _read_index(home)
         if index is None:
+            if (home / "index.json").exists():
+                raise MidiError(folder, f"the corpus cache index is damaged or from another version; {again}")
             raise MidiError(folder, "this folder has not been scanned yet; run `recital corpus` on it first")
         try:
             pieces = tuple(Piece(**p) for p in index["pieces"])
             summary = ScanSummary.from_json(index["summary"])
             tokens = np.load(home / index["tokens_file"], mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise MidiError(folder, f"the corpus cache is damaged ({error}); run `recital corpus` on it "
-                                    "again") from None
-        if tokens.dtype != np.uint16 or tokens.shape != (pieces[-1].end if pieces else 0,):
-            raise MidiError(folder, "the corpus cache is damaged (token array size); run `recital corpus` "
-                                    "on it again")
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as error:
+            raise MidiError(folder, f"the corpus cache is damaged ({str(error)[:200]}); {again}") from None
+        if not _matches(pieces, tokens):
+            raise MidiError(folder, f"the corpus cache is damaged (its index does not match its token array); {again}")
         return cls(folder, tokens, pieces, summary, index["codec"])
 
     @classmethod
@@ -299,9 +335,10 @@ class Corpus:
               progress: Progress | None = None) -> Corpus:
         """Scan `folder` recursively, encode what is new or changed (in `workers` processes), and assemble.
 
-        `use_cache=False` reads and encodes every file again (refreshing the cache). `progress(done, total)`
-        is called as files complete; an exception it raises cancels the scan. The returned corpus carries
-        the scan's `summary` (files ok, skipped with reasons, duplicates, hours).
+        `use_cache=False` reads nothing from the cache: every file is read and encoded again and its entries
+        rewritten. A damaged cache entry is dropped and rebuilt (the summary's `repaired` lists them).
+        `progress(done, total)` is called as files complete; an exception it raises cancels the scan. The
+        returned corpus carries the scan's `summary` (files ok, skipped with reasons, duplicates, hours).
         """
         started = time.monotonic()
         folder = Path(folder).resolve()
@@ -313,6 +350,9 @@ class Corpus:
         store = _Store(cache_root() / "pieces" / codec)
         previous = _read_index(home) if use_cache else None
         seen = previous.get("files", {}) if previous else {}
+        repaired: list[str] = []  # damaged cache files met on the way, dropped and rebuilt
+        if use_cache and previous is None and _index_damaged(home):
+            repaired.append(str(home / "index.json"))
 
         # 1. Content hashes: from the folder's memory when size and mtime are unchanged, else from the bytes.
         digests: dict[Path, str] = {}
@@ -343,7 +383,11 @@ class Corpus:
         for path, digest in digests.items():
             if digest in records or digest in todo:
                 continue
-            record = store.record(digest) if use_cache else None
+            try:
+                record = store.record(digest) if use_cache else None
+            except _Damaged as damaged:
+                repaired.append(str(damaged.path))
+                record = None
             if record is None:
                 todo[digest] = path
             else:
@@ -361,28 +405,31 @@ class Corpus:
                 if progress:
                     progress(done, len(files))
 
-        # 3. Keep each token sequence once, in path order.
-        kept: list[tuple[Path, str, dict]] = []
-        first_with: dict[str, Path] = {}
-        duplicates: list[Duplicate] = []
-        for path, digest in digests.items():
-            record = records[digest]
-            if not record["ok"]:
-                reasons[path] = record["reason"]
-                continue
-            original = first_with.setdefault(record["token_hash"], path)
-            if original != path:
-                duplicates.append(Duplicate(str(path), str(original)))
-                continue
-            kept.append((path, digest, record))
-
-        pieces, tokens_file = _assemble(home, kept, store)
+        # 3. Keep each token sequence once, in path order, in one flat array. A damaged token array met while
+        # writing it is encoded again from its file, and the pieces are laid out anew.
+        encoded = len(todo)
+        while True:
+            kept, duplicates, unreadable = _keep(digests, records)
+            try:
+                pieces, tokens_file, rebuilt = _assemble(home, kept, store, reuse=use_cache)
+                break
+            except _Damaged as damaged:
+                if str(damaged.path) in repaired:
+                    raise MidiError(damaged.path, "this corpus cache entry is damaged again right after it was "
+                                                  "rebuilt: check the disk") from None
+                repaired.append(str(damaged.path))
+                path = next(p for p, d in digests.items() if d == damaged.digest)
+                records[damaged.digest] = _safe_encode(path, damaged.digest, store)
+                encoded += 1
+        if rebuilt:
+            repaired.append(str(home / tokens_file))
+        reasons.update(unreadable)
         summary = ScanSummary(
             folder=str(folder), files=len(files), files_ok=len(files) - len(reasons),
             skipped=tuple(Skipped(str(p), reasons[p]) for p in files if p in reasons),
             duplicates=tuple(duplicates), pieces=len(pieces), tokens=pieces[-1].end if pieces else 0,
-            seconds=float(sum(p.seconds for p in pieces)), encoded=len(todo), hashed=hashed,
-            elapsed=time.monotonic() - started)
+            seconds=float(sum(p.seconds for p in pieces)), encoded=encoded, hashed=hashed,
+            elapsed=time.monotonic() - started, repaired=tuple(repaired))
         index = {"version": INDEX_VERSION, "folder": str(folder), "codec": codec, "tokens_file": tokens_file,
                  "pieces": [asdict(p) for p in pieces], "files": stats, "summary": summary.to_json()}
         atomic_write_bytes(home / "index.json", json.dumps(index).encode(), what="corpus index")
@@ -428,8 +475,33 @@ def _safe_encode(path: Path, digest: str, store: _Store) -> dict:
         return {"ok": False, "reason": f"unexpected {type(error).__name__} while reading: {error}"}
 
 
-def _assemble(home: Path, kept: list[tuple[Path, str, dict]], store: _Store) -> tuple[list[Piece], str]:
-    """Write the kept pieces as one flat array (skipped when an identical one exists); return the index."""
+def _keep(digests: dict[Path, str], records: dict[str, dict]
+          ) -> tuple[list[tuple[Path, str, dict]], list[Duplicate], dict[Path, str]]:
+    """(kept (path, hash, record) in path order, duplicates, unreadable files with their reasons)."""
+    kept: list[tuple[Path, str, dict]] = []
+    first_with: dict[str, Path] = {}
+    duplicates: list[Duplicate] = []
+    unreadable: dict[Path, str] = {}
+    for path, digest in digests.items():
+        record = records[digest]
+        if not record["ok"]:
+            unreadable[path] = record["reason"]
+            continue
+        original = first_with.setdefault(record["token_hash"], path)
+        if original != path:
+            duplicates.append(Duplicate(str(path), str(original)))
+            continue
+        kept.append((path, digest, record))
+    return kept, duplicates, unreadable
+
+
+def _assemble(home: Path, kept: list[tuple[Path, str, dict]], store: _Store,
+              reuse: bool) -> tuple[list[Piece], str, bool]:
+    """Write the kept pieces as one flat array; return the index, the array's name, and whether an existing
+    array of that name was damaged (rewritten). With `reuse`, a sound identical array is kept as it is.
+
+    Written with plain writes, not a memory map: a full disk is then an OSError, never a SIGBUS.
+    """
     pieces: list[Piece] = []
     start = 0
     content = hashlib.sha256()
@@ -440,24 +512,53 @@ def _assemble(home: Path, kept: list[tuple[Path, str, dict]], store: _Store) -> 
         content.update(record["token_hash"].encode())
     tokens_file = f"tokens-{content.hexdigest()[:16]}.npy"
     target = home / tokens_file
-    if target.is_file():
-        return pieces, tokens_file
+    damaged = False
+    if reuse and target.exists():
+        if _array_fits(target, start):
+            return pieces, tokens_file, False
+        damaged = True
     partial = home / f".{tokens_file}.{os.getpid()}.tmp"
     try:
         home.mkdir(parents=True, exist_ok=True)
-        flat = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint16, shape=(start,))
-        for piece in pieces:
-            flat[piece.start:piece.end] = store.tokens(piece.hash, piece.tokens)
-        flat.flush()
-        del flat
+        with open(partial, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, {"descr": "<u2", "fortran_order": False,
+                                                          "shape": (start,)})
+            for piece in pieces:
+                handle.write(store.tokens(piece.hash, piece.tokens).astype("<u2", copy=False).tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(partial, target)
     except OSError as error:
         partial.unlink(missing_ok=True)
-        raise MidiError(target, f"cannot write the corpus tokens ({error.strerror or error})") from None
+        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        raise MidiError(target, f"cannot write the corpus tokens ({reason})") from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return pieces, tokens_file
+    return pieces, tokens_file, damaged
+
+
+def _array_fits(path: Path, length: int) -> bool:
+    """Whether `path` is a readable uint16 array of `length` ids (its header and size; not every value)."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return False
+    fits = array.dtype == np.uint16 and array.shape == (length,)
+    del array
+    return fits
+
+
+def _matches(pieces: tuple[Piece, ...], tokens: np.ndarray) -> bool:
+    """Whether an index's pieces tile the token array exactly, in order."""
+    if tokens.dtype != np.uint16 or tokens.ndim != 1:
+        return False
+    end = 0
+    for piece in pieces:
+        if piece.start != end or piece.end <= piece.start:
+            return False
+        end = piece.end
+    return end == tokens.shape[0]
 
 
 def _folder_home(folder: Path) -> Path:
@@ -467,11 +568,37 @@ def _folder_home(folder: Path) -> Path:
 
 
 def _read_index(home: Path) -> dict | None:
+    """The folder's index.json, or None when it is missing, from another version, or damaged."""
     try:
         index = json.loads((home / "index.json").read_text())
     except (OSError, ValueError):
         return None
-    return index if isinstance(index, dict) and index.get("version") == INDEX_VERSION else None
+    if not isinstance(index, dict) or index.get("version") != INDEX_VERSION or not _well_formed_index(index):
+        return None
+    return index
+
+
+def _index_damaged(home: Path) -> bool:
+    """Whether the folder has an index.json of this version (or of none) that cannot be used."""
+    try:
+        index = json.loads((home / "index.json").read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return not isinstance(index, dict) or (index.get("version", INDEX_VERSION) == INDEX_VERSION
+                                           and not _well_formed_index(index))
+
+
+def _well_formed_index(index: dict) -> bool:
+    files, pieces = index.get("files"), index.get("pieces")
+    return (isinstance(files, dict) and all(
+                isinstance(memo, dict) and isinstance(memo.get("size"), int) and isinstance(memo.get("mtime_ns"), int)
+                and isinstance(memo.get("hash"), str) and HASH.fullmatch(memo["hash"]) is not None
+                for memo in files.values())
+            and isinstance(pieces, list) and all(isinstance(piece, dict) for piece in pieces)
+            and isinstance(index.get("tokens_file"), str) and TOKENS_FILE.fullmatch(index["tokens_file"]) is not None
+            and isinstance(index.get("summary"), dict) and isinstance(index.get("codec"), str))
 
 
 def _remove_stale_arrays(home: Path, keep: str) -> None:

@@ -260,6 +260,10 @@ class _Run:
                 self.emit(Progress("message", "scan", fraction=done / max(total, 1),
                                    message=f"read {done} of {total} files"))
             corpus = Corpus.build(c.folder, workers=c.workers, progress=scanned)
+            if corpus.summary.repaired:
+                self.emit(Progress("message", "prepare", message=(
+                    f"the corpus cache had {len(corpus.summary.repaired)} damaged files: rebuilt from the MIDI "
+                    "files")))
         world.barrier()
         if corpus is None:
             corpus = Corpus.open(c.folder)

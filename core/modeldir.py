@@ -390,7 +390,8 @@ def list_models() -> list[ModelInfo]:
     found = []
     for source, folder in (("user", user_models_dir()), ("shipped", SHIPPED_DIR)):
         try:
-            paths = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
+            paths = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir()
+                           and (os.path.lexists(p / CONFIG) or os.path.lexists(p / WEIGHTS)))  # not a run's folder
         except OSError:  # no such folder (the usual case for the user's), or not a readable one
             continue
         for path in paths:

@@ -117,24 +117,22 @@ def use_fast_step(model, exact: bool = False) -> None:
 MAX_NOTE_SECONDS = 8.0  # longer-held notes are released (see `generate`)
 
 
+PRIMER_CHUNK = 1 << 16  # ids HeldNotes reads at once: its temporaries stay small however long the primer
+
+
 class HeldNotes:
     """When each lane's sounding pitches started, to release those held too long (per lane, in seconds)."""
 
-    def __init__(self, batch: int, limit: float | None, primer: Sequence[int]):
+    def __init__(self, batch: int, limit: float | None, primer: Sequence[int] | np.ndarray):
         self.limit = limit
         self.clock = np.zeros(batch)  # seconds since the primer's start
         self.started = np.full((batch, 128), np.nan)  # (B, pitch): onset of the sounding note, NaN if silent
-        clock, started = 0.0, {}  # the primer, the same in every lane: read once
-        for token in primer:
-            if NOTE_ON <= token < NOTE_OFF:
-                started[token - NOTE_ON] = clock
-            elif NOTE_OFF <= token < TIME_SHIFT:
-                started.pop(token - NOTE_OFF, None)
-            elif TIME_SHIFT <= token < VELOCITY:
-                clock += (token - TIME_SHIFT + 1) * TICK_SECONDS
+        clock, started = 0.0, np.full(128, np.nan)  # the primer, the same in every lane: read once, in chunks
+        primer = np.asarray(primer)
+        for begin in range(0, len(primer), PRIMER_CHUNK):
+            clock = _follow(primer[begin:begin + PRIMER_CHUNK].astype(np.int64), clock, started)
         self.clock[:] = clock
-        for pitch, onset in started.items():
-            self.started[:, pitch] = onset
+        self.started[:] = started
 
     def read(self, tokens: np.ndarray) -> None:
         """Follow one id per lane (B,)."""
@@ -162,6 +160,23 @@ class HeldNotes:
         return replaced
 
 
+def _follow(tokens: np.ndarray, clock: float, started: np.ndarray) -> float:
+    """Follow ids (T,) from `clock`: update `started` (128,) in place as reading them one by one would, and
+    return the clock after them (summed in the same order, so to the same bits)."""
+    shift = np.where((tokens >= TIME_SHIFT) & (tokens < VELOCITY), tokens - TIME_SHIFT + 1, 0) * TICK_SECONDS
+    clocks = np.cumsum(np.concatenate([[clock], shift]))  # clocks[t]: the clock when id t is read
+    on = (tokens >= NOTE_ON) & (tokens < NOTE_OFF)
+    off = (tokens >= NOTE_OFF) & (tokens < TIME_SHIFT)
+    pitch = np.where(on, tokens - NOTE_ON, tokens - NOTE_OFF)
+    last_on, last_off = np.full(128, -1), np.full(128, -1)
+    np.maximum.at(last_on, pitch[on], np.nonzero(on)[0])  # the last NoteOn / NoteOff of each pitch
+    np.maximum.at(last_off, pitch[off], np.nonzero(off)[0])
+    sounding = last_on > last_off  # a pitch's last event decides: started then, or silent
+    started[sounding] = clocks[last_on[sounding]]
+    started[last_off > last_on] = np.nan
+    return float(clocks[-1])
+
+
 def generate(model, primer_ids=None, budget: int | str | None = None, sampling: SamplingConfig | None = None,
              max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = True,
              batch: int = 1, seed: int | None = None, state=None,
@@ -179,8 +194,8 @@ def generate(model, primer_ids=None, budget: int | str | None = None, sampling: 
     one (and the model reads it). A model with bounded memory forgets notes it started beyond its horizon and
     would never end them; they would hang to the end of the piece. None: never.
 
-    The primer (BOS added when missing) is streamed through the state, however long: the state keeps what the
-    budget allows. `seed` makes the stream reproducible. The model is put in eval mode. `budget` None means the
+    The primer (BOS added when missing) is streamed through the state, however long, in memory that does not grow
+    with it beyond its ids (held once for all lanes): the state keeps what the budget allows. `seed` makes the stream reproducible. The model is put in eval mode. `budget` None means the
     model's default; `state` lets a caller pass one made by `model.new_state(model.plan(...), batch)` to read
     `state.nbytes` while generating.
     """
@@ -207,8 +222,8 @@ def generate(model, primer_ids=None, budget: int | str | None = None, sampling: 
 
     # Grad mode is thread-local: set it around each call, never across a yield.
     with torch.no_grad():
-        logits = model.prefill(primer.to(device)[None].expand(batch, -1).contiguous(), state)
-    notes = HeldNotes(batch, max_note_seconds, primer.tolist())
+        logits = model.prefill(primer.to(device)[None].expand(batch, -1), state)  # every lane, not copied
+    notes = HeldNotes(batch, max_note_seconds, primer.numpy())
     never = [PAD, BOS] + ([] if stop_at_eos else [EOS])
     forbidden = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=device)
     forbidden[never] = float("-inf")  # (V,)

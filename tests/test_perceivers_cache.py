@@ -232,7 +232,7 @@ def test_cli_generates_with_a_perceivers_model_directory(model, tmp_path, capsys
                  "--seed", "1", "--budget", "6000"]) == 0
     printed = capsys.readouterr().out
     assert out.is_file() and "(perceivers)" in printed and "context 16 tokens" in printed
-    assert main(["generate", "--model", str(path), "--out", str(out), "--budget", "1KB"]) == 1
+    assert main(["generate", "--model", str(path), "--out", str(tmp_path / "other.mid"), "--budget", "1KB"]) == 1
     assert "too small for this PerceiverS model" in capsys.readouterr().err
 
 

@@ -264,36 +264,39 @@ class PerceiverS(PackedWeights, nn.Module):
         return torch.cat(outputs, dim=1) if every else outputs[-1][:, -1]
 
     def _skip(self, packed: Packed, ids: torch.Tensor, state: PerceiverSState, lanes: torch.Tensor | None) -> int:
-        """How many leading ids of `ids` (b, T) a prefill need not compute latents for; their state is set as
-        reading them would leave it (0: none).
+        """How many leading ids of `ids` (b, T) a prefill need not compute latents for, once their inputs that
+        matter are in the rings (0: none, nothing done).
 
-        The window that is current after the last id starts at `final` (the windows' starts follow from the
-        length alone); its latents read inputs from final + M - N_gen on, and no earlier window's latent
-        survives its re-encode. So the inputs before that are never read, those up to `final` only go into the
-        rings, and the last window's latents are computed as reading all ids would compute them: the same
-        logits and state, in time and memory bounded by the context, whatever the primer's length.
+        The window current after the last id starts at `final` (the windows' starts follow from the length
+        alone); its latents read inputs from final + M - N_gen on, and no earlier window's latent survives its
+        re-encode. So the inputs before that are never read and only the last window's latents are computed:
+        the inputs go into the rings in the chunks reading every id would use (the same products, the same
+        bits), and the state is left just before the last re-encode, which the caller's loop then makes.
+        Time and memory are bounded by the context, whatever the primer's length.
         """
         m, context = self.config.latents, state.plan.context
-        stride = m - max(1, m // 2) + 1  # a re-encode keeps M/2 - 1 positions: each window starts this much later
+        keep = max(1, m // 2)
+        stride = m - keep + 1  # a re-encode keeps M/2 - 1 positions: each window starts this much later
         length = _rows(state.length, lanes).clone()  # (b,): lanes of one phase, maybe at different lengths
-        start = int(_rows(state.start, lanes)[0] - length[0])  # relative to the lane's length, like all below
-        total = ids.shape[1]
-        windows = max(0, -(-(total - start - m) // stride))  # re-encodes on the way
+        start = int(_rows(state.start, lanes)[0] - length[0])  # relative to each lane's length, as all below
+        windows = max(0, -(-(ids.shape[1] - start - m) // stride))  # re-encodes on the way
         final = start + windows * stride
-        first = final + m - context  # the first input the final window's latents may read
-        if windows == 0 or first <= 0:
+        first_end = start + m  # reading every id writes the inputs in chunks ending at first_end + k stride
+        needed = final + m - context  # the first input the final window reads
+        if windows == 0 or needed < first_end or first_end <= 0:
             return 0
-        for begin in range(first, final, m):  # the rings' inputs, M at a time
-            end = min(begin + m, final)
-            positions = length[:, None] + torch.arange(begin, end, device=ids.device)  # (b, n)
+        begin = first_end + (needed - first_end) // stride * stride  # the last chunk end at or before it
+        last = final + keep - 1  # the length at which the final re-encode happens: inputs up to there
+        for chunk in range(begin, last, stride):
+            positions = length[:, None] + torch.arange(chunk, chunk + stride, device=ids.device)  # (b, n)
             rotations = _rotations(positions, self.head_dim, self.config.rope_base, state.keys1.dtype)
             lockstep = positions.shape[0] == 1 or bool((positions[:, 0] == positions[0, 0]).all())
             first_position = int(positions[0, 0]) if lockstep and lanes is None else None
-            self._write_inputs(packed, ids[:, begin:end], positions, rotations, first_position, state, lanes)
-        _set_rows(state.length, lanes, length + final)
-        _set_rows(state.start, lanes, length + final)  # an empty window at `final`: the loop fills it at once
-        _set_rows(state.latent_positions, lanes, -1)
-        return final
+            self._write_inputs(packed, ids[:, chunk:chunk + stride], positions, rotations, first_position, state,
+                               lanes)
+        _set_rows(state.length, lanes, length + last)
+        _set_rows(state.start, lanes, length + final - stride)  # the window before: full, so the loop re-encodes
+        return last
 
     def _write_inputs(self, packed: Packed, ids: torch.Tensor, positions: torch.Tensor, rotations: torch.Tensor,
                       first_position: int | None, state: PerceiverSState, lanes: torch.Tensor | None) -> None:

@@ -1,0 +1,199 @@
+"""Reading a long primer: prefill skips what the final state cannot depend on (bit for bit the same logits and
+state as reading everything) and holds memory that does not grow with the primer's length."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from core.generate import HeldNotes, generate
+from core.models.dsmr import DSMR, DSMRConfig
+from core.models.perceivers import PerceiverS, PerceiverSConfig
+from core.tokenizer import BOS, NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, VOCAB_SIZE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SEGMENT = 8
+
+
+def dsmr() -> DSMR:
+    torch.manual_seed(0)
+    config = DSMRConfig(d_model=32, n_layers=3, n_heads=4, segment_len=SEGMENT, max_horizon=64, n_long=1,
+                        long_ratio=3.0, default_budget="64KB")
+    return DSMR(config).eval()
+
+
+def perceivers() -> PerceiverS:
+    torch.manual_seed(0)
+    return PerceiverS(PerceiverSConfig(context=24, latents=8, scale=5, d_model=16, n_heads=2, n_layers=2)).eval()
+
+
+def random_ids(batch: int, length: int, seed: int = 1, bos: bool = True) -> torch.Tensor:
+    ids = torch.randint(3, VOCAB_SIZE, (batch, length), generator=torch.Generator().manual_seed(seed))
+    if bos:
+        ids[:, 0] = BOS
+    return ids
+
+
+def read_all(model, ids: torch.Tensor, state) -> torch.Tensor:
+    """Prefill without skipping: every id read, as before the skip existed."""
+    skip = model._skip
+    model._skip = lambda *args: 0
+    try:
+        return model.prefill(ids, state)
+    finally:
+        model._skip = skip
+
+
+def dsmr_state_tensors(state) -> list[torch.Tensor]:
+    """What a DSMR state holds that later tokens can see: the valid slots' keys/values, validity, positions."""
+    valid = []
+    for kv, m in zip(state.kv, state.horizons, strict=True):
+        columns = state.valid[:, state.max_horizon - m:state.max_horizon + state.fill]  # (B, m + fill)
+        valid.append(kv[:, :, :, :m + state.fill] * columns[:, None, None, :, None])
+    return [*valid, state.valid, state.positions]
+
+
+def perceivers_state_tensors(state) -> list[torch.Tensor]:
+    return [state.length, state.start, state.context_start]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("length", [3 * SEGMENT, 40 * SEGMENT, 40 * SEGMENT + 5, 41 * SEGMENT - 1])
+@pytest.mark.parametrize("already", [0, 3], ids=["fresh", "mid-segment"])
+def test_dsmr_prefill_skips_to_the_same_bits(length, already):
+    model = dsmr()
+    plan = model.plan("64KB", batch=2)
+    skipped, full = model.new_state(plan), model.new_state(plan)
+    if already:  # a state already partway through a segment: the primer then goes on from there
+        head = random_ids(2, already, seed=7)
+        model.prefill(head, skipped), model.prefill(head, full)
+    ids = random_ids(2, length, bos=not already)
+    reach = sum(plan.horizons) + len(plan.horizons) * SEGMENT
+    assert (model._skip(ids, model.new_state(plan)) > 0) == (length >= reach + 2 * SEGMENT)
+    got, expected = model.prefill(ids, skipped), read_all(model, ids, full)
+    assert torch.equal(got, expected)
+    assert skipped.fill == full.fill
+    for a, b in zip(dsmr_state_tensors(skipped), dsmr_state_tensors(full), strict=True):
+        assert torch.equal(a, b)
+    after = random_ids(2, 2 * SEGMENT + 3, seed=9, bos=False)  # and what follows reads the same
+    assert torch.equal(model(after, skipped), model(after, full))
+    assert torch.equal(model.step(after[:, 0], skipped), model.step(after[:, 0], full))
+
+
+@torch.no_grad()
+def test_dsmr_prefill_with_a_bos_inside_reads_everything():
+    model = dsmr()
+    plan = model.plan("64KB", batch=1)
+    ids = random_ids(1, 60 * SEGMENT)
+    ids[0, 30 * SEGMENT + 3] = BOS
+    assert model._skip(ids, model.new_state(plan)) == 0
+    assert torch.equal(model.prefill(ids, model.new_state(plan)), read_all(model, ids, model.new_state(plan)))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("length", [5, 8, 9, 30, 200, 203, 1001])
+@pytest.mark.parametrize("context", [24, 16, 8])
+def test_perceivers_prefill_skips_to_the_same_bits(length, context):
+    model = perceivers()
+    c = model.config
+    from core.models.perceivers_state import state_bytes
+
+    plan = model.plan(state_bytes(2, context, c.latents, c.scale, c.n_layers, c.d_model, 4), batch=2)
+    assert plan.context == context
+    skipped, full, stepped = model.new_state(plan), model.new_state(plan), model.new_state(plan)
+    ids = random_ids(2, length)
+    got, expected = model.prefill(ids, skipped), read_all(model, ids, full)
+    assert torch.equal(got, expected)
+    for a, b in zip(perceivers_state_tensors(skipped), perceivers_state_tensors(full), strict=True):
+        assert torch.equal(a, b)
+    for t in range(length):  # and stepping id by id agrees, as the cache tests hold it
+        by_step = model.step(ids[:, t], stepped)
+    assert torch.allclose(got, by_step, atol=1e-5)
+    after = random_ids(2, 20, seed=3, bos=False)
+    for t in range(20):  # what follows: the lean path and re-encodes, from both states alike
+        a, b = model.step(after[:, t], skipped), model.step(after[:, t], full)
+        assert torch.equal(a, b), t
+
+
+@torch.no_grad()
+def test_perceivers_prefill_of_lanes_out_of_phase():
+    model = perceivers()
+    plan = model.plan(budget_bytes=10**6, batch=2)
+    skipped, full = model.new_state(plan), model.new_state(plan)
+    for state in (skipped, full):
+        model.prefill(random_ids(2, 13, seed=4), state)
+        state.reset(1)  # lane 1 starts over: the lanes now differ in phase
+    ids = random_ids(2, 500, bos=False)
+    assert torch.equal(model.prefill(ids, skipped), read_all(model, ids, full))
+    assert torch.equal(skipped.length, full.length) and torch.equal(skipped.start, full.start)
+
+
+class LargestAllocation(TorchDispatchMode):
+    """The largest storage any operation allocated (bytes): activations, masks, logits, copies of the ids. Results
+    that live in storage given beforehand (the ids, the state written in place) are not new allocations."""
+
+    def __init__(self, *given: torch.Tensor):
+        super().__init__()
+        self.given = {t.untyped_storage().data_ptr() for t in given}
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in self.given:
+                self.largest = max(self.largest, tensor.untyped_storage().nbytes())
+        return out
+
+
+def state_tensors(state) -> list[torch.Tensor]:
+    return state.tensors() if hasattr(state, "tensors") else [*state.kv, state.valid, state.positions]
+
+
+def largest_allocation_of_prefill(model, length: int, skip: bool) -> int:
+    ids = random_ids(1, length)
+    state = model.new_state(model.plan(None, batch=1))
+    with torch.no_grad(), LargestAllocation(ids, *state_tensors(state)) as mode:
+        if skip:
+            model.prefill(ids, state)
+        else:
+            read_all(model, ids, state)
+    return mode.largest
+
+
+@pytest.mark.parametrize("make", [dsmr, perceivers])
+def test_prefill_memory_does_not_grow_with_the_primer(make):
+    """No tensor made while reading a primer grows with it, skipping or reading every id."""
+    model = make()
+    for skip in (True, False):
+        sizes = [largest_allocation_of_prefill(model, length, skip) for length in (300, 1500)]
+        assert sizes[1] == sizes[0], (skip, sizes)
+
+
+def test_generate_holds_the_primer_once_whatever_the_batch():
+    """The largest thing generation allocates for a long primer is its ids, once (not once per lane)."""
+    model = dsmr()
+    length = 40_000
+    primer = random_ids(1, length)[0].numpy()
+    state = model.new_state(model.plan("64KB", batch=3))
+    with LargestAllocation(*state_tensors(state), *model.parameters()) as mode:
+        next(generate(model, primer, max_tokens=1, batch=3, seed=0, state=state))
+    assert mode.largest <= (length + 1) * 8, mode.largest
+
+
+def test_held_notes_read_a_primer_in_chunks_as_id_by_id():
+    rng = np.random.default_rng(0)
+    kinds = rng.integers(0, 4, 5000)
+    ids = np.select([kinds == 0, kinds == 1, kinds == 2],
+                    [NOTE_ON + rng.integers(50, 60, 5000), NOTE_OFF + rng.integers(50, 60, 5000),
+                     TIME_SHIFT + rng.integers(0, 30, 5000)], VELOCITY + rng.integers(0, 8, 5000))
+    ids[0] = BOS
+    whole = HeldNotes(2, 8.0, ids)
+    stepped = HeldNotes(2, 8.0, ids[:1])
+    for token in ids[1:]:
+        stepped.read(np.array([token, token]))
+    assert np.array_equal(whole.clock, stepped.clock)
+    assert np.array_equal(whole.started, stepped.started, equal_nan=True)
+    assert np.isfinite(whole.started).any()  # some notes still sound: the test means something

@@ -1,8 +1,7 @@
-"""Shared fixtures: the real MIDI in ../shared/midi (read, never copied) and small synthetic pieces."""
+"""Shared fixtures: the MIDI files of tests/data (in the clone, nothing beside it) and small synthetic pieces."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +9,18 @@ import pytest
 
 from core.midi import Performance
 
-SHARED_MIDI = Path(os.environ.get("RECITAL_SHARED_MIDI", Path(__file__).resolve().parents[2] / "shared" / "midi"))
+# Made by tests/data/make_fixtures.py and committed: piano/ (solo performances with pedal), pop/ (one-track
+# arrangements), multitrack/ (bands with drums, tempo maps, meter changes), broken/ (controller value 168, no notes).
+DATA = Path(__file__).resolve().parent / "data"
+PIANO_PIECE = DATA / "piano" / "01-prelude.mid"  # the one real-looking piano performance a test opens
 
 
-def real_midi_files(*folders: str) -> list[Path]:
-    """Files of ../shared/midi/<folder>; missing data fails loudly in CI and skips elsewhere."""
-    files = sorted(p for folder in folders for p in (SHARED_MIDI / folder).glob("*.mid"))
+def midi_files(*folders: str) -> list[Path]:
+    """The MIDI files of tests/data/<folder>..., sorted; none found is an error, never a skip."""
+    files = sorted(p for folder in folders for p in (DATA / folder).glob("*.mid"))
     if not files:
-        if os.environ.get("CI"):
-            raise RuntimeError(f"CI needs the real MIDI files in {SHARED_MIDI}")
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no MIDI files in {SHARED_MIDI}"))]
+        raise FileNotFoundError(f"no MIDI files in {', '.join(str(DATA / f) for f in folders)}: "
+                                "run tests/data/make_fixtures.py")
     return files
 
 

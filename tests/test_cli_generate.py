@@ -15,7 +15,7 @@ import pytest
 import core.modeldir as modeldir
 from core.cli import main
 from core.midi import read_performance, write_performance
-from tests.conftest import real_midi_files
+from tests.conftest import midi_files
 
 pytest_plugins = ("tests.jack",)  # the JACK server fixtures: jack, no_jack, jack_server
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_continue_keeps_the_primer(tiny_model_dir, tmp_path, scale, capsys):
     assert "after the primer's 1.9 s" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("path", real_midi_files("maestro")[:1], ids=lambda p: getattr(p, "name", "none"))
+@pytest.mark.parametrize("path", midi_files("piano")[:1], ids=lambda p: getattr(p, "name", "none"))
 def test_continue_streams_a_whole_real_piece(tiny_model_dir, tmp_path, path, capsys):
     out = tmp_path / "real.mid"
     assert main(["continue", str(path), "--model", str(tiny_model_dir), "--seconds", "1", "--out", str(out),

@@ -8,7 +8,7 @@ import pytest
 from core.errors import ModelError
 from core.midi import Performance, read_performance
 from core.tokenizer import BOS, EOS, TICK_SECONDS, decode, encode
-from tests.conftest import real_midi_files
+from tests.conftest import midi_files
 from trainer.expressive import (
     MIN_GAP,
     Expression,
@@ -43,7 +43,7 @@ def _notes(perf: Performance) -> list[tuple]:
 
 # ---- the vectorised decode -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", real_midi_files("maestro", "pop909"), ids=lambda p: getattr(p, "name", "none"))
+@pytest.mark.parametrize("path", midi_files("piano", "pop"), ids=lambda p: getattr(p, "name", "none"))
 def test_notes_from_ids_equals_decode_on_real_files(path):
     ids = encode(read_performance(path))
     assert _notes(notes_from_ids(ids)) == _notes(decode(ids))

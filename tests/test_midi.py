@@ -17,7 +17,7 @@ from core.midi import (
     read_performance,
     write_performance,
 )
-from tests.conftest import SHARED_MIDI, real_midi_files
+from tests.conftest import DATA, PIANO_PIECE, midi_files
 
 
 def write_mido(path, messages_per_track, ticks_per_beat=480, tempo=500000):
@@ -131,7 +131,7 @@ def test_write_leaves_no_temporary_files(tmp_path, scale):
     assert (tmp_path / "a.mid").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
-@pytest.mark.parametrize("path", real_midi_files("maestro", "pop909", "multitrack"), ids=lambda p: p and p.name)
+@pytest.mark.parametrize("path", midi_files("piano", "pop", "multitrack"), ids=lambda p: p and p.name)
 def test_real_files_read(path):
     perf = read_performance(path)
     assert len(perf) > 500
@@ -141,10 +141,8 @@ def test_real_files_read(path):
     assert perf.velocity.min() >= 1 and perf.velocity.max() <= 127
 
 
-def test_maestro_pedal_lengthens_notes():
-    path = SHARED_MIDI / "maestro" / "maestro_01.mid"
-    if not path.exists():
-        pytest.skip("no MAESTRO files")
+def test_piano_pedal_lengthens_notes():
+    path = PIANO_PIECE
     perf = read_performance(path)
     raw = mido.MidiFile(path)
     assert any(m.type == "control_change" and m.control == 64 for m in raw.tracks[-1])
@@ -157,9 +155,7 @@ def test_maestro_pedal_lengthens_notes():
 # ---- bad input: always MidiError with the path, never another exception, never a write ----------------
 
 def test_out_of_range_controller_read_leniently_or_rejected_strictly():
-    path = SHARED_MIDI / "broken" / "ValueError_Control168.mid"
-    if not path.exists():
-        pytest.skip("no broken files")
+    path = DATA / "broken" / "control-168.mid"
     perf = read_performance(path)
     assert len(perf) > 1000
     with pytest.raises(MidiError, match="corrupt MIDI data.*168"):
@@ -167,9 +163,7 @@ def test_out_of_range_controller_read_leniently_or_rejected_strictly():
 
 
 def test_file_without_notes():
-    path = SHARED_MIDI / "broken" / "empty.mid"
-    if not path.exists():
-        pytest.skip("no broken files")
+    path = DATA / "broken" / "empty.mid"
     with pytest.raises(MidiError, match="no notes"):
         read_performance(path)
 

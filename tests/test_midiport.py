@@ -28,7 +28,7 @@ from core.midiport import (
     performance_from_messages,
 )
 from core.player import LivePlayer, performance_events, play_performance
-from tests.conftest import SHARED_MIDI, real_midi_files
+from tests.conftest import PIANO_PIECE, midi_files
 
 pytest_plugins = ("tests.jack",)  # the JACK server fixtures: jack, no_jack, jack_server
 
@@ -91,7 +91,7 @@ def test_virtual_port_is_listed_for_other_clients(jack):
         assert any("Recital" in name for name in inputs), inputs
 
 
-@pytest.mark.parametrize("path", real_midi_files("maestro")[:1], ids=lambda p: getattr(p, "name", "none"))
+@pytest.mark.parametrize("path", midi_files("piano")[:1], ids=lambda p: getattr(p, "name", "none"))
 def test_second_client_receives_every_note_in_order_on_time(jack, path):
     from tests.jack import Receiver
 
@@ -214,7 +214,7 @@ def test_port_commands_fail_with_one_line_after_the_server_stops(jack_server):
     assert _run_cli("ports", env=env).returncode == 0
     server.terminate()
     server.wait(5)
-    piece = str(SHARED_MIDI / "maestro" / "maestro_01.mid")
+    piece = str(PIANO_PIECE)
     for args in (("ports",), ("play", piece, "--virtual"), ("play", piece, "--port", "DAW")):
         result = _run_cli(*args, env=env)
         assert result.returncode == 1, args

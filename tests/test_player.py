@@ -12,7 +12,7 @@ from core.errors import DeviceError
 from core.midi import Performance, read_performance
 from core.player import LivePlayer, Schedule, performance_events, play_along, play_performance
 from core.tokenizer import EOS, NoteEvent, decode, encode
-from tests.conftest import real_midi_files
+from tests.conftest import DATA
 
 pytest_plugins = ("tests.jack",)  # the JACK server fixtures
 
@@ -177,7 +177,7 @@ def test_a_failing_sink_is_reported_to_the_feeding_thread():
         play_performance(perf, sink)
 
 
-@pytest.mark.parametrize("path", real_midi_files("maestro")[2:3], ids=lambda p: getattr(p, "name", "none"))
+@pytest.mark.parametrize("path", [DATA / "piano" / "06-etude.mid"], ids=lambda p: p.name)  # dense from the start
 def test_slow_generation_on_the_virtual_port_pauses_without_bunching(jack, path):
     """Tokens arrive in bursts slower than the music: the DAW hears every note, in order, never early."""
     from core.midiport import MidiOutput

@@ -9,7 +9,7 @@ from core.errors import RecitalError
 from core.midi import Performance, read_performance
 from core.modeldir import load_model
 from core.tokenizer import encode
-from tests.conftest import SHARED_MIDI
+from tests.conftest import midi_files
 from trainer.recipes.samples import (
     SECTION,
     crop,
@@ -60,9 +60,7 @@ class FolderCorpus:
 
 
 def test_a_report_on_a_tiny_model(tiny_model_dir, tmp_path):
-    files = sorted((SHARED_MIDI / "pop909").glob("*.mid"))[:4]
-    if len(files) < 4:
-        pytest.skip(f"no pop909 MIDI files in {SHARED_MIDI}")
+    files = midi_files("pop")[:4]
     model = load_model(tiny_model_dir)
     report = sample_report(model, FolderCorpus(files), [0, 1, 2, 3], tmp_path, count=2, seconds=3.0, seed=1,
                            log=lambda text: None)

@@ -20,9 +20,7 @@ from studio.budget import slider_to_bytes  # noqa: E402
 from studio.generatepanel import NO_MODEL_HINT  # noqa: E402
 from studio.settings import Settings  # noqa: E402
 from studio.window import MainWindow  # noqa: E402
-from tests.conftest import SHARED_MIDI  # noqa: E402
-
-MAESTRO = SHARED_MIDI / "maestro" / "maestro_01.mid"
+from tests.conftest import PIANO_PIECE  # noqa: E402
 
 
 @pytest.fixture
@@ -86,7 +84,7 @@ def test_model_loads_and_budget_slider_changes_horizons(window):
 
 def test_open_continue_from_playhead_undo_and_save(qtbot, window, tmp_path):
     w = window
-    assert w.open_file(MAESTRO)
+    assert w.open_file(PIANO_PIECE)
     primer = w.document.piece.primer
     assert len(w.roll.notes("primer")) == len(primer) > 0
     assert not w.document.modified
@@ -114,7 +112,7 @@ def test_open_continue_from_playhead_undo_and_save(qtbot, window, tmp_path):
     out = tmp_path / "out.mid"
     assert w._save_to(out)
     saved = read_performance(out)
-    assert len(saved) > len(read_performance(MAESTRO).slice_time(0, 5.0)) - 5
+    assert len(saved) > len(read_performance(PIANO_PIECE).slice_time(0, 5.0)) - 5
     assert not w.document.modified and w.windowTitle().startswith("out.mid")
 
 
@@ -202,7 +200,7 @@ def test_error_dialogs_say_what_and_where(qtbot, window, dialogs, tmp_path):
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    w.render_wav(read_performance(MAESTRO).slice_time(0, 1), str(blocker / "a.wav"))  # no folder there
+    w.render_wav(read_performance(PIANO_PIECE).slice_time(0, 1), str(blocker / "a.wav"))  # no folder there
     qtbot.waitUntil(lambda: len(dialogs["warnings"]) == 3, timeout=20000)
     assert dialogs["warnings"][-1][0].endswith("Export WAV")
 

@@ -15,7 +15,7 @@ from core import synth
 from core.cli import main
 from core.errors import DeviceError
 from core.midi import Performance, read_performance, write_performance
-from tests.conftest import real_midi_files
+from tests.conftest import midi_files
 
 pytest_plugins = ("tests.jack",)  # the JACK server fixtures
 
@@ -128,7 +128,7 @@ def test_render_is_loud_where_notes_are_and_silent_where_the_piece_is(two_phrase
     assert (audio[:, 0] != audio[:, 1]).any()  # stereo, not a doubled mono channel
 
 
-@pytest.mark.parametrize("path", real_midi_files("maestro")[:1], ids=lambda p: getattr(p, "name", "none"))
+@pytest.mark.parametrize("path", midi_files("piano")[:1], ids=lambda p: getattr(p, "name", "none"))
 def test_play_wav_renders_a_real_piece(path, tmp_path, capsys):
     needs_synth()
     perf = read_performance(path).slice_time(0.0, 8.0)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from core import tokenizer as tk
 from core.midi import Performance, read_performance
 from core.tokenizer import BOS, EOS, VOCAB_SIZE, Decoder, decode, encode, token_id, token_name
-from tests.conftest import real_midi_files
+from tests.conftest import midi_files
 
 
 def test_vocabulary_layout():
@@ -64,7 +64,7 @@ def assert_round_trip(perf: Performance) -> None:
     assert (tk.velocity_bin(back.velocity) == tk.velocity_bin(perf.velocity[order])).all()
 
 
-@pytest.mark.parametrize("path", real_midi_files("maestro", "pop909", "multitrack"), ids=lambda p: p and p.name)
+@pytest.mark.parametrize("path", midi_files("piano", "pop", "multitrack"), ids=lambda p: p and p.name)
 def test_round_trip_real_music(path):
     assert_round_trip(read_performance(path))
 

@@ -11,7 +11,7 @@ import torch
 from core.midi import Performance, write_performance
 from core.models.dsmr import DSMR, DSMRConfig
 from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, PAD, TIME_SHIFT, decode, encode
-from tests.conftest import SHARED_MIDI
+from tests.conftest import PIANO_PIECE
 from trainer.augment import stretch, transpose
 from trainer.corpus import Corpus
 from trainer.data import CropBatches, LaneStream, PieceSource
@@ -86,9 +86,7 @@ def test_stretch_of_long_gaps_writes_full_second_shifts():
 
 
 def test_augmented_real_piece_keeps_its_notes_in_range():
-    path = SHARED_MIDI / "maestro" / "maestro_01.mid"
-    if not path.exists():
-        pytest.skip("no MAESTRO file")
+    path = PIANO_PIECE
     from core.midi import read_performance
     from trainer.augment import augment
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,8 @@ class Performance:
     offset: np.ndarray  # float64 (n,)
     pitch: np.ndarray  # int16 (n,) 0..127
     velocity: np.ndarray  # int16 (n,) 1..127
+    unended: int = field(default=0, compare=False)  # read from a file: NoteOns without a NoteOff, ended at
+    # the end of their track (see `read_performance`); 0 for anything built in memory
 
     def __len__(self) -> int:
         return int(self.onset.shape[0])
@@ -136,10 +138,23 @@ def read_performance(path: str | Path, strict: bool = False) -> Performance:
 
     `strict=False` (the default) reads files with out-of-range data bytes (e.g. a controller value of 168)
     the way a DAW does, by clamping them; `strict=True` rejects them.
+
+    A note that never ends (a NoteOn without its NoteOff, which the MIDI parser drops) is kept and ended where
+    its track ends (its End of Track event); `Performance.unended` counts them. A NoteOff ends the oldest
+    sounding note of its channel and pitch, so a key struck twice and released once leaves the second strike
+    unended (and the piano rule of `canonical` then ends the first strike at the second).
     """
     path = Path(path)
-    score = _load_score(path, strict)
+    data = _read_bytes(path)
+    score = _parse_score(path, data, strict)
     _check_tempos(path, score)
+    unended = _unended_notes(data) if _may_have_unended(data, score, strict) else None
+    if unended is not None and len(unended):
+        track = symusic.Track("unended notes", 0, False)
+        track.notes = symusic.Note.from_numpy(time=unended[:, 0], duration=unended[:, 1] - unended[:, 0],
+                                              pitch=unended[:, 2].astype(np.int8),
+                                              velocity=unended[:, 3].astype(np.int8))
+        score.tracks.append(track)
     score = score.to("second")
     onsets, offsets, pitches, velocities = [], [], [], []
     for track in score.tracks:
@@ -172,10 +187,11 @@ def read_performance(path: str | Path, strict: bool = False) -> Performance:
         raise MidiError(path, "note times are not finite (corrupt tempo map)")
     if offset.max() > MAX_PIECE_SECONDS:
         raise MidiError(path, f"the tempo map stretches the piece to {offset.max() / 3600:.0f} hours")
-    return canonical(onset, offset, pitch[keep], np.minimum(velocity[keep], 127))
+    perf = canonical(onset, offset, pitch[keep], np.minimum(velocity[keep], 127))
+    return replace(perf, unended=0 if unended is None else len(unended))
 
 
-def _load_score(path: Path, strict: bool) -> symusic.Score:
+def _read_bytes(path: Path) -> bytes:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -196,6 +212,10 @@ def _load_score(path: Path, strict: bool) -> symusic.Score:
         raise MidiError(path, f"cannot read the file ({error.strerror})") from None
     if not data.startswith(b"MThd"):
         raise MidiError(path, "not a Standard MIDI File (no MThd header)")
+    return data
+
+
+def _parse_score(path: Path, data: bytes, strict: bool) -> symusic.Score:
     try:
         score = symusic.Score.from_midi(data, sanitize_data=not strict)
     except Exception as error:  # symusic raises RuntimeError/ValueError with a parser message
@@ -205,6 +225,113 @@ def _load_score(path: Path, strict: bool) -> symusic.Score:
     if score.start() < 0:  # ticks are summed in 32 bits: huge delta times wrap around to negative times
         raise MidiError(path, "corrupt MIDI data: event times overflow (delta times too large)")
     return score
+
+
+# -- notes that never end -------------------------------------------------------------------------------------
+# The parser drops a NoteOn that no NoteOff ends. Finding them takes a walk over every event in Python (~10x the
+# parse), so a cheap probe goes first: the file is parsed again with a NoteOff for every channel and pitch placed
+# _PROBE_TICKS after each track's end; a note ending that late can only be one that never ended.
+_PROBE_TICKS = 1 << 27
+_PROBE_OFFS = b"".join(bytes([0x80 | channel, 0, 64]) + b"".join(bytes([0, pitch, 64]) for pitch in range(1, 128))
+                       + b"\x00" for channel in range(16))[:-1]
+
+
+def _track_chunks(data: bytes) -> list[tuple[int, int]] | None:
+    """(start, end) of every MTrk chunk's events; None when a chunk runs past the end of the file."""
+    chunks = []
+    pos = 8 + int.from_bytes(data[4:8], "big")
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos + 4:pos + 8], "big")
+        if pos + 8 + length > len(data):
+            return None
+        if data[pos:pos + 4] == b"MTrk":
+            chunks.append((pos + 8, pos + 8 + length))
+        pos += 8 + length
+    return chunks
+
+
+def _may_have_unended(data: bytes, score: symusic.Score, strict: bool) -> bool:
+    """False when no note of the file is left unended (the probe proves it); True when it cannot tell."""
+    chunks = _track_chunks(data)
+    if chunks is None or score.end() >= _PROBE_TICKS // 2:
+        return True
+    late = _varlen(_PROBE_TICKS)
+    probe = [data[:chunks[0][0] - 8] if chunks else data]
+    for start, end in chunks:
+        if data[end - 3:end] != b"\xff\x2f\x00":  # no End of Track to place the NoteOffs after
+            return True
+        events = data[start:end - 3] + b"\xff\x7f\x00" + late + _PROBE_OFFS + b"\x00\xff\x2f\x00"
+        probe.append(b"MTrk" + len(events).to_bytes(4, "big") + events)
+    try:
+        probed = symusic.Score.from_midi(b"".join(probe), sanitize_data=not strict)
+    except Exception:
+        return True
+    if probed.start() < 0:  # a track's end plus the probe's ticks overflowed
+        return True
+    return any(len(track.notes) and int((track.notes.numpy()["time"] + track.notes.numpy()["duration"]).max())
+               >= _PROBE_TICKS for track in probed.tracks if not track.is_drum)
+
+
+def _varlen(value: int) -> bytes:
+    """A MIDI variable-length number."""
+    out = [value & 0x7F]
+    value >>= 7
+    while value:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(out))
+
+
+def _read_varlen(data: bytes, i: int, stop: int) -> tuple[int, int]:
+    """(value, position after it) of the variable-length number at `i`."""
+    value = 0
+    while i < stop:
+        byte = data[i]
+        i += 1
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            break
+    return value, i
+
+
+def _unended_notes(data: bytes) -> np.ndarray:
+    """(onset tick, end tick, pitch, velocity) int64 rows of every non-drum NoteOn no NoteOff ends; the end is
+    its track's End of Track (or last event). NoteOffs end the oldest sounding note of their channel and pitch,
+    as the parser pairs them; out-of-range data bytes are clamped, as the lenient parser reads them."""
+    rows: list[tuple[int, int, int, int]] = []
+    for start, stop in _track_chunks(data) or []:
+        sounding: dict[int, list[tuple[int, int]]] = {}  # channel * 128 + pitch -> [(tick, velocity)], oldest first
+        tick, status, i = 0, 0, start
+        while i < stop:
+            delta, i = _read_varlen(data, i, stop)
+            tick += delta
+            if i >= stop:
+                break
+            byte = data[i]
+            if byte >= 0xF0:  # meta (FF type length data) or sysex (F0/F7 length data); running status goes on
+                meta = data[i + 1] if byte == 0xFF and i + 1 < stop else None
+                size, i = _read_varlen(data, i + (2 if byte == 0xFF else 1), stop)
+                i += size
+                if meta == 0x2F:  # End of Track
+                    break
+                continue
+            if byte >= 0x80:
+                status = byte
+                i += 1
+            size = 1 if status & 0xE0 == 0xC0 else 2  # program change and channel pressure have one data byte
+            if status == 0 or i + size > stop:
+                break
+            if status & 0xE0 == 0x80:  # NoteOff or NoteOn
+                key = (status & 0x0F) * 128 + min(data[i], 127)
+                if status & 0x10 and data[i + 1]:
+                    sounding.setdefault(key, []).append((tick, min(data[i + 1], 127)))
+                elif sounding.get(key):
+                    sounding[key].pop(0)
+            i += size
+        for key, notes in sounding.items():
+            if key // 128 != 9:  # channel 10 is drums, which the reader skips
+                rows.extend((onset, tick, key % 128, velocity) for onset, velocity in notes)
+    return np.array(sorted(rows), dtype=np.int64).reshape(-1, 4)
 
 
 def _check_tempos(path: Path, score: symusic.Score) -> None:

@@ -262,3 +262,62 @@ def test_performance_helpers(scale):
     assert part.pitch.tolist() == [64, 65]
     both = Performance.concat(scale, scale.shifted(2.0))
     assert len(both) == 16 and both.onset[-1] == pytest.approx(3.75)
+
+
+# --- notes that never end ----------------------------------------------------------------------------------
+
+def end_of_track():
+    return mido.MetaMessage("end_of_track")
+
+
+def test_a_note_that_never_ends_is_kept_until_its_track_ends(tmp_path):
+    # 120 BPM: 480 ticks = 0.5 s. Pitch 60 has no NoteOff; its track ends at 1920 ticks (2 s).
+    path = write_mido(tmp_path / "u.mid", [[(0, on(60)), (0, on(64)), (480, off(64)), (0, on(67)),
+                                            (480, off(67)), (960, end_of_track())]])
+    perf = read_performance(path)
+    assert perf.unended == 1
+    assert perf.pitch.tolist() == [60, 64, 67]
+    assert perf.offset.tolist() == [2.0, 0.5, 1.0]
+
+
+def test_a_key_struck_twice_and_released_once_leaves_the_second_strike_unended(tmp_path):
+    path = write_mido(tmp_path / "twice.mid", [[(0, on(60)), (480, on(60)), (480, off(60)), (960, end_of_track())]])
+    perf = read_performance(path)
+    assert perf.unended == 1
+    assert list(zip(perf.onset.tolist(), perf.offset.tolist(), strict=True)) == [(0.0, 0.5), (0.5, 2.0)]
+
+
+def test_unended_notes_end_with_their_own_track_and_drums_stay_out(tmp_path):
+    path = write_mido(tmp_path / "two.mid", [
+        [(0, on(60)), (480, off(60)), (0, end_of_track())],  # ends at 0.5 s
+        [(0, on(72)), (0, on(36, ch=9)), (480, on(74)), (480, off(74)), (960, end_of_track())],  # ends at 2 s
+    ])
+    perf = read_performance(path)
+    assert perf.unended == 1  # the drum's NoteOn is not a piano note
+    assert dict(zip(perf.pitch.tolist(), perf.offset.tolist(), strict=True)) == {60: 0.5, 72: 2.0, 74: 1.0}
+
+
+def test_a_track_without_end_of_track_ends_its_notes_at_its_last_event(tmp_path):
+    path = write_mido(tmp_path / "cut.mid", [[(0, on(60)), (0, on(62)), (480, off(62)), (480, pedal(0))]])
+    data = path.read_bytes()
+    assert data.endswith(b"\x00\xff\x2f\x00")  # mido adds End of Track: take it away, and fix the length
+    start = data.index(b"MTrk")
+    events = data[start + 8:-4]
+    cut = tmp_path / "cut2.mid"
+    cut.write_bytes(data[:start] + b"MTrk" + len(events).to_bytes(4, "big") + events)
+    perf = read_performance(cut)
+    assert perf.unended == 1 and perf.offset.tolist() == [1.0, 0.5]
+
+
+def test_the_probe_and_the_exact_scan_agree(tmp_path):
+    from core.midi import _may_have_unended, _parse_score, _unended_notes
+
+    files = {"clean": [[(0, on(60)), (480, off(60)), (0, on(62, vel=0))]],
+             "unended": [[(0, on(60)), (480, on(61))]], "running": [[(0, on(60)), (480, on(60, vel=0))]],
+             "drum only": [[(0, on(60)), (480, off(60)), (0, on(36, ch=9))]]}
+    for name, tracks in files.items():
+        path = write_mido(tmp_path / f"{name}.mid", tracks)
+        data = path.read_bytes()
+        expected = 2 if name == "unended" else 0  # a drum's NoteOn is no piano note, ended or not
+        assert _may_have_unended(data, _parse_score(path, data, False), False) == bool(expected), name
+        assert len(_unended_notes(data)) == read_performance(path).unended == expected, name

@@ -57,7 +57,7 @@ whole pieces, token by token, and reports the token-weighted perplexity and the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -403,23 +403,30 @@ SEQUENCE_READERS = {"dsmr": lambda model, ids, state: model(ids, state),
 SCORE_CHUNK = 2048  # tokens per call on that path (bounds the activations and the logits held)
 
 
-def piece_log_probs(model, ids: np.ndarray, state, device, stepwise: bool = False) -> np.ndarray:
-    """log p(ids[t + 1] | ids[:t + 1]) for t = 0 .. T - 2, as float64 (T - 1,), reading through `state`."""
+def chunk_log_probs(model, ids: np.ndarray, state, device, stepwise: bool = False
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, log p(ids[t + 1] | ids[:t + 1]) for t = start .. start + n - 1 as float64 (n,)), a chunk of at most
+    SCORE_CHUNK ids at a time, reading through `state`: scoring a piece of any length holds one chunk's logits."""
     import torch
 
     tokens = torch.as_tensor(ids, device=device)  # (T,)
-    log_probs = torch.empty(len(ids) - 1, device=device)  # (T - 1,)
     reader = SEQUENCE_READERS.get(getattr(model, "arch", None))
-    if reader is not None and not stepwise:
-        for start in range(0, len(ids) - 1, SCORE_CHUNK):
-            end = min(start + SCORE_CHUNK, len(ids) - 1)
+    for start in range(0, len(ids) - 1, SCORE_CHUNK):
+        end = min(start + SCORE_CHUNK, len(ids) - 1)
+        targets = tokens[start + 1:end + 1, None]  # (t, 1)
+        if reader is not None and not stepwise:
             logits = reader(model, tokens[None, start:end], state)[0].float()  # (t, V)
-            log_probs[start:end] = torch.log_softmax(logits, dim=-1).gather(1, tokens[start + 1:end + 1, None])[:, 0]
-    else:
-        for t in range(len(ids) - 1):
-            logits = model.step(tokens[t:t + 1], state)  # (1, V)
-            log_probs[t] = torch.log_softmax(logits[0].float(), dim=-1)[tokens[t + 1]]
-    return log_probs.cpu().double().numpy()
+            log_probs = torch.log_softmax(logits, dim=-1).gather(1, targets)[:, 0]
+        else:
+            log_probs = torch.stack([torch.log_softmax(model.step(tokens[t:t + 1], state)[0].float(), dim=-1)[
+                tokens[t + 1]] for t in range(start, end)])
+        yield start, log_probs.cpu().double().numpy()
+
+
+def piece_log_probs(model, ids: np.ndarray, state, device, stepwise: bool = False) -> np.ndarray:
+    """log p(ids[t + 1] | ids[:t + 1]) for t = 0 .. T - 2, as float64 (T - 1,), reading through `state`."""
+    chunks = [log_probs for _, log_probs in chunk_log_probs(model, ids, state, device, stepwise)]
+    return np.concatenate(chunks) if chunks else np.zeros(0)
 
 
 def perplexity_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], budget: int,
@@ -456,14 +463,15 @@ def perplexity_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], b
     total_nll, total_tokens = 0.0, 0
     with torch.inference_mode():
         for done, ids in enumerate(pieces, start=1):
-            nll = -piece_log_probs(model, ids, model.new_state(plan, 1), device, stepwise)
-            positions = np.arange(1, len(ids))  # (T - 1,) the predicted tokens' positions
-            bucket = np.searchsorted(edges, positions, side="right") - 1
-            inside = (bucket >= 0) & (bucket < len(edges) - 1)
-            np.add.at(bucket_nll, bucket[inside], nll[inside])
-            np.add.at(bucket_tokens, bucket[inside], 1)
-            total_nll += float(nll.sum())
-            total_tokens += len(nll)
+            for start, log_probs in chunk_log_probs(model, ids, model.new_state(plan, 1), device, stepwise):
+                nll = -log_probs  # summed per chunk: a long piece never holds a value per token
+                positions = np.arange(start + 1, start + 1 + len(nll))  # the predicted tokens' positions
+                bucket = np.searchsorted(edges, positions, side="right") - 1
+                inside = (bucket >= 0) & (bucket < len(edges) - 1)
+                np.add.at(bucket_nll, bucket[inside], nll[inside])
+                np.add.at(bucket_tokens, bucket[inside], 1)
+                total_nll += float(nll.sum())
+                total_tokens += len(nll)
             if progress is not None:
                 progress(done, len(pieces))
     with np.errstate(invalid="ignore", divide="ignore"):

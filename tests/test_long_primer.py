@@ -197,3 +197,22 @@ def test_held_notes_read_a_primer_in_chunks_as_id_by_id():
     assert np.array_equal(whole.clock, stepped.clock)
     assert np.array_equal(whole.started, stepped.started, equal_nan=True)
     assert np.isfinite(whole.started).any()  # some notes still sound: the test means something
+
+
+def test_scoring_holds_one_chunk_at_a_time(monkeypatch):
+    """`recital eval` scores a piece chunk by chunk; the report sums the chunks to what the whole piece gives."""
+    from core import metrics
+
+    model = dsmr()
+    monkeypatch.setattr(metrics, "SCORE_CHUNK", 50)
+    ids = random_ids(1, 333)[0].numpy()
+    plan = model.plan("64KB", batch=1)
+    with torch.no_grad():
+        chunks = list(metrics.chunk_log_probs(model, ids, model.new_state(plan, 1), torch.device("cpu")))
+        whole = metrics.piece_log_probs(model, ids, model.new_state(plan, 1), torch.device("cpu"))
+    assert [start for start, _ in chunks] == list(range(0, 332, 50))
+    assert max(len(log_probs) for _, log_probs in chunks) == 50
+    assert np.array_equal(np.concatenate([log_probs for _, log_probs in chunks]), whole)
+    report = metrics.perplexity_report(model, [ids], 64 * 1024, bucket_edges=(0, 100, 400))
+    assert report.tokens == 332 and list(report.bucket_tokens) == [99, 233]
+    assert report.perplexity == pytest.approx(float(np.exp(-whole.mean())), rel=1e-9)

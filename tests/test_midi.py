@@ -321,3 +321,17 @@ def test_the_probe_and_the_exact_scan_agree(tmp_path):
         expected = 2 if name == "unended" else 0  # a drum's NoteOn is no piano note, ended or not
         assert _may_have_unended(data, _parse_score(path, data, False), False) == bool(expected), name
         assert len(_unended_notes(data)) == read_performance(path).unended == expected, name
+
+
+def test_recital_corpus_counts_the_notes_that_never_ended(tmp_path, isolated_dirs, capsys):
+    from core.cli import main
+
+    folder = tmp_path / "pieces"
+    folder.mkdir()
+    write_mido(folder / "a.mid", [[(0, on(60)), (0, on(64)), (480, off(64)), (480, end_of_track())]])
+    write_mido(folder / "b.mid", [[(0, on(62)), (0, on(65)), (0, on(69)), (960, end_of_track())]])
+    write_mido(folder / "c.mid", [[(0, on(67)), (480, off(67))]])
+    assert main(["corpus", str(folder), "--workers", "1"]) == 0
+    assert "notes never ended  4 (kept, ended where their track ends)" in capsys.readouterr().out
+    assert main(["corpus", str(folder), "--workers", "1"]) == 0  # from the cache: the same count
+    assert "notes never ended  4 " in capsys.readouterr().out

@@ -105,6 +105,7 @@ class ScanSummary:
     hashed: int  # files whose bytes were read to hash them (new or touched since the last scan)
     elapsed: float  # wall seconds of the scan
     repaired: tuple[str, ...] = ()  # damaged cache files this scan found, dropped and rebuilt
+    unended: int = 0  # notes of the kept pieces that never ended in their file (ended at their track's end)
 
     @property
     def hours(self) -> float:
@@ -227,7 +228,7 @@ def _encode_file(path: str, digest: str, store_root: str) -> dict:
         return record
     ids = encode(perf)
     record = {"ok": True, "seconds": perf.duration, "notes": len(perf), "tokens": int(ids.shape[0]),
-              "token_hash": hashlib.sha256(ids.tobytes()).hexdigest()}
+              "token_hash": hashlib.sha256(ids.tobytes()).hexdigest(), "unended": perf.unended}
     _Store(Path(store_root)).save(digest, record, ids)
     return record
 
@@ -429,7 +430,8 @@ class Corpus:
             skipped=tuple(Skipped(str(p), reasons[p]) for p in files if p in reasons),
             duplicates=tuple(duplicates), pieces=len(pieces), tokens=pieces[-1].end if pieces else 0,
             seconds=float(sum(p.seconds for p in pieces)), encoded=encoded, hashed=hashed,
-            elapsed=time.monotonic() - started, repaired=tuple(repaired))
+            elapsed=time.monotonic() - started, repaired=tuple(repaired),
+            unended=sum(r["unended"] for _, _, r in kept if isinstance(r.get("unended"), int)))
         index = {"version": INDEX_VERSION, "folder": str(folder), "codec": codec, "tokens_file": tokens_file,
                  "pieces": [asdict(p) for p in pieces], "files": stats, "summary": summary.to_json()}
         atomic_write_bytes(home / "index.json", json.dumps(index).encode(), what="corpus index")

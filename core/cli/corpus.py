@@ -37,8 +37,11 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     summary = corpus.summary
     print(f"corpus of {summary.folder}")
-    width = max(len(label) for label, _ in summary.rows())
-    for label, value in summary.rows():
+    rows = summary.rows()
+    if summary.unended:  # notes a NoteOn started and no NoteOff ended: kept, ended at their track's end
+        rows.append(("notes never ended", f"{summary.unended:,} (kept, ended where their track ends)"))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
         print(f"  {label:<{width}}  {value}")
     if summary.skipped:
         print("skipped:")

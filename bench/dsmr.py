@@ -34,12 +34,13 @@ from pathlib import Path
 
 import torch
 
+from bench.data import SHARED_MIDI, require_midi
 from core.midi import read_performance
 from core.models.dsmr import DSMR, DSMRConfig, segment_loss
 from core.state import format_bytes, parse_budget
 from core.tokenizer import BOS, encode
 
-MAESTRO = Path(__file__).resolve().parents[2] / "shared" / "midi" / "maestro"
+MAESTRO = SHARED_MIDI / "maestro"
 
 
 def _rss() -> int:
@@ -294,6 +295,9 @@ def main() -> None:
     if args.quick:
         args.train_tokens, args.steps, args.positions, args.repeats = 2048, 100, [1000, 4000], 3
         args.plain_steps, args.plain_budgets = 3, [DSMRConfig.default_budget]
+    if not args.skip_training:  # the training tables stream real pieces
+        require_midi(args.piece)
+        require_midi(MAESTRO)
     print("DSMR benchmark (CPU; numbers are noisy when other jobs share the machine)")
     if not args.skip_training:
         training_table(args)

@@ -42,12 +42,13 @@ from pathlib import Path
 
 import torch
 
+from bench.data import SHARED_MIDI, require_midi
 from core.errors import ModelError
 from core.models.dsmr import DSMRConfig
 from core.state import format_bytes, plan_horizons
 from trainer.config import scratch_config
 
-MAESTRO = Path(__file__).resolve().parents[2] / "shared" / "midi" / "maestro"
+MAESTRO = SHARED_MIDI / "maestro"
 SCHEDULES = ("full", "two_scale", "uniform")
 
 
@@ -236,6 +237,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny preset, 40 steps, one validation (~3 min)")
     args = parser.parse_args()
+    require_midi(args.folder)
     if args.quick:
         args.size, args.steps, args.validations, args.gen_repeats = "tiny", 40, 1, 3
     if args.threads:

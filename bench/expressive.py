@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
+from bench.data import SHARED_MIDI, require_midi
 from core.midi import Performance, read_performance
 from core.tokenizer import decode, encode
 from trainer.augment import augment
 from trainer.expressive import Expression, express_ids, notes_from_ids
 
-MAESTRO = Path(__file__).resolve().parents[2] / "shared" / "midi" / "maestro"
+MAESTRO = SHARED_MIDI / "maestro"
 
 
 def chorale(beats: int = 400) -> Performance:
@@ -48,9 +48,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     sets = {"chorale (synthetic, 4 min)": [encode(chorale())]}
-    maestro = sorted(MAESTRO.glob("*.mid"))
-    if maestro:
-        sets[f"maestro ({len(maestro)} files)"] = [encode(read_performance(p)) for p in maestro]
+    maestro = sorted(require_midi(MAESTRO).glob("*.mid"))
+    sets[f"maestro ({len(maestro)} files)"] = [encode(read_performance(p)) for p in maestro]
     always = Expression(probability=1.0)
     rows = [
         ("transpose + stretch", lambda ids, rng: augment(ids, rng, 5, 0.05), args.repeat),

@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.data import SHARED_MIDI, require_midi
 from core.metrics import piece_log_probs
 from core.modeldir import load_model
 from core.state import parse_budget
 from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, VOCAB_SIZE
 
-MAESTRO = Path(__file__).resolve().parents[2] / "shared" / "midi" / "maestro"
+MAESTRO = SHARED_MIDI / "maestro"
 KINDS = (("NoteOn", NOTE_ON, NOTE_OFF), ("NoteOff", NOTE_OFF, TIME_SHIFT), ("TimeShift", TIME_SHIFT, VELOCITY),
          ("Velocity", VELOCITY, VOCAB_SIZE), ("BOS/EOS", BOS, EOS + 1))
 
@@ -77,6 +78,7 @@ def main() -> None:
                         help="default: bf16 where the CPU has it natively, fp32 otherwise")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    require_midi(MAESTRO)
     if args.threads:
         torch.set_num_threads(args.threads)
     precision = args.precision or ("bf16" if native_bf16() else "fp32")

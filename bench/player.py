@@ -34,12 +34,12 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from bench.data import SHARED_MIDI, require_midi  # noqa: E402
 from core.midi import Performance, read_performance  # noqa: E402
 from core.midiport import MidiOutput  # noqa: E402
 from core.player import Timing, performance_events, play_performance  # noqa: E402
 from core.synth import find_soundfont, render  # noqa: E402
 
-SHARED_MIDI = Path(os.environ.get("RECITAL_SHARED_MIDI", ROOT.parent / "shared" / "midi"))
 SERVER = f"recital-bench-{os.getpid()}"
 
 RECEIVER = r"""
@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--piece", default="maestro_01.mid")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the excerpt played live")
     args = parser.parse_args()
-    path = SHARED_MIDI / "maestro" / args.piece
+    path = require_midi(SHARED_MIDI / "maestro" / args.piece)
     excerpt = read_performance(path).slice_time(0.0, args.seconds)
     print(f"Live timing: {path.name}, first {args.seconds:.0f} s ({len(excerpt)} notes), JACK dummy, "
           f"256-frame periods (5.8 ms), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")

@@ -26,10 +26,10 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from bench.data import SHARED_MIDI, require_midi  # noqa: E402
 from core.midi import read_performance  # noqa: E402
 from core.tokenizer import encode  # noqa: E402
 
-SHARED_MIDI = Path(os.environ.get("RECITAL_SHARED_MIDI", Path(__file__).resolve().parents[2] / "shared" / "midi"))
 FOLDERS = ("maestro", "pop909", "multitrack")
 
 
@@ -71,9 +71,7 @@ def main() -> None:
     parser.add_argument("--long-repeat", type=int, default=15, help="runs for the long performances")
     args = parser.parse_args()
 
-    files = [p for folder in FOLDERS for p in sorted((SHARED_MIDI / folder).glob("*.mid"))]
-    if not files:
-        sys.exit(f"no MIDI files under {SHARED_MIDI}")
+    files = [p for folder in FOLDERS for p in sorted(require_midi(SHARED_MIDI / folder).glob("*.mid"))]
     baseline = miditok_pipeline()
     if baseline is None:
         print("miditok is not installed (pip install 'recital[bench]'): timing ours only\n")

@@ -18,18 +18,18 @@ import argparse
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.data import SHARED_MIDI, require_midi
 from core.models.dsmr import DSMR, DSMRConfig, segment_loss
 from core.models.layers import Block, RMSNorm, rotary_tables
 from core.state import parse_budget
 from core.tokenizer import VOCAB_SIZE
 
-MAESTRO = Path(__file__).resolve().parents[2] / "shared" / "midi" / "maestro"
+MAESTRO = SHARED_MIDI / "maestro"
 
 
 class PlainTransformer(nn.Module):
@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--budget", default=DSMRConfig.default_budget, help="DSMR state budget per lane (default: the model's)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    require_midi(MAESTRO)
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("RECITAL_CACHE_DIR", tempfile.mkdtemp(prefix="recital-bench-"))

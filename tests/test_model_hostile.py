@@ -210,6 +210,7 @@ def test_an_integer_too_long_to_print_is_named_by_its_size(tiny_model_dir, tmp_p
     (("config", "rotary_base"), -1.0, "rotary_base must be between 1 and"),
     (("config", "rotary_base"), 1, "rotary_base must be greater than 1, got 1"),
     (("config", "dropout"), 1.0, "dropout must be in [0, 1)"),
+    (("config", "segment_len"), 20_000, "segment_len must be between 1 and 16,384, got 20000"),
     (("config", "n_heads"), True, "n_heads must be a whole number, got True"),
     (("config", "schedule"), ["two_scale"], "schedule must be a string"),
     (("config", "default_budget"), 8, "default_budget must be a string"),

@@ -26,7 +26,8 @@ MAX_LAYERS = 256
 MAX_HEADS = 256
 MAX_MLP_RATIO = 64
 MAX_VOCAB = 1 << 20
-MAX_TOKENS = 1 << 20  # any length in tokens: segments, memory horizons, contexts (about 7 hours of music)
+MAX_TOKENS = 1 << 20  # memory horizons and contexts, in tokens (about 7 hours of music)
+MAX_SEGMENT = 16384  # tokens attended at once (DSMR segments, PerceiverS latents): masks grow as its square
 MAX_ROTARY_BASE = 1e12
 MAX_BUDGET_BYTES = 16 * 1024**3  # a config's default state budget per lane
 

@@ -31,6 +31,7 @@ from core.models.config import (
     MAX_LAYERS,
     MAX_MLP_RATIO,
     MAX_ROTARY_BASE,
+    MAX_SEGMENT,
     MAX_TOKENS,
     MAX_VOCAB,
     MAX_WIDTH,
@@ -77,7 +78,7 @@ class DSMRConfig:
         if not problems:
             problems = range_problems(self, {
                 "vocab_size": (1, MAX_VOCAB), "d_model": (2, MAX_WIDTH), "n_layers": (1, MAX_LAYERS),
-                "n_heads": (1, MAX_HEADS), "mlp_ratio": (1, MAX_MLP_RATIO), "segment_len": (1, MAX_TOKENS),
+                "n_heads": (1, MAX_HEADS), "mlp_ratio": (1, MAX_MLP_RATIO), "segment_len": (1, MAX_SEGMENT),
                 "max_horizon": (1, MAX_TOKENS), "n_long": (0, self.n_layers), "long_ratio": (1, 1024),
                 "rotary_base": (1, MAX_ROTARY_BASE)})
         if problems:

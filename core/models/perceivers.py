@@ -33,6 +33,7 @@ from core.models.config import (
     MAX_LAYERS,
     MAX_MLP_RATIO,
     MAX_ROTARY_BASE,
+    MAX_SEGMENT,
     MAX_TOKENS,
     MAX_VOCAB,
     MAX_WIDTH,
@@ -66,7 +67,7 @@ class PerceiverSConfig:
         problems = field_problems(self)  # types first: the ranges and relations below assume them
         if not problems:
             problems = range_problems(self, {
-                "vocab_size": (1, MAX_VOCAB), "context": (1, MAX_TOKENS), "latents": (1, MAX_TOKENS),
+                "vocab_size": (1, MAX_VOCAB), "context": (1, MAX_TOKENS), "latents": (1, MAX_SEGMENT),
                 "scale": (1, MAX_TOKENS), "d_model": (2, MAX_WIDTH), "n_heads": (1, MAX_HEADS),
                 "n_layers": (1, MAX_LAYERS), "mlp_ratio": (1, MAX_MLP_RATIO), "rope_base": (1, MAX_ROTARY_BASE)})
         if problems:

@@ -40,8 +40,9 @@ from collections import Counter  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from bench.data import SHARED_MIDI  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MIDI = Path(os.environ.get("RECITAL_SHARED_MIDI", ROOT.parent / "shared" / "midi"))
 TEST_DATA = ROOT / "tests" / "data"
 OUTCOMES = ("ok", "typed", "untyped", "invalid", "hang", "crash")
 BUGS = ("untyped", "invalid", "hang", "crash")

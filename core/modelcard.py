@@ -77,7 +77,7 @@ def summarize(path: str | Path) -> ModelSummary:
     file_size = weights.stat().st_size if weights.is_file() else 0
     parameters = sum(p.numel() for p in model.parameters())  # tied weights counted once
     sizes = f"Size: {parameters / 1e6:.2f} M parameters" + (
-        f", a {format_bytes(file_size)} file" if file_size else " (no weights file)")
+        f", {format_bytes(file_size)}" if file_size else " (no weights file)")
     return ModelSummary(trained_on(card), remembers(model), sizes, architecture(model))
 
 
@@ -92,7 +92,7 @@ _BASE = re.compile(r"^- base model: (?P<base>.+)$", re.MULTILINE)
 
 
 def trained_on(card: str) -> str:
-    """'Trained on <what>: N pieces, H hours of music' (and what it was fine-tuned from) as its card tells."""
+    """'Trained on <what>: N pieces, H hours' (and what it was fine-tuned from) as its card tells."""
     data = _DATA.search(card)
     if data is None:
         return "Trained on: not told by its card"
@@ -102,7 +102,7 @@ def trained_on(card: str) -> str:
     base = _BASE.search(card)
     origin = f"Fine-tuned from {shown_name(scrub_paths(base.group('base').strip()))} on" if (
         base and not base.group("base").startswith("none")) else "Trained on"
-    return f"{origin} {what}: {data.group('pieces')} pieces, {data.group('hours')} hours of music"
+    return f"{origin} {what}: {data.group('pieces')} pieces, {data.group('hours')} hours"
 
 
 def remembers(model) -> str:
@@ -120,7 +120,7 @@ def remembers(model) -> str:
         tokens = [plan.context]
     low, high = min(tokens) / TOKENS_PER_SECOND, max(tokens) / TOKENS_PER_SECOND
     span = f"~{_seconds(high)} s" if abs(high - low) < 0.05 else f"~{_seconds(low)}-{_seconds(high)} s"
-    at = f" at its default memory budget ({format_bytes(parse_budget(budget))})" if budget else ""
+    at = f" (default budget, {format_bytes(parse_budget(budget))})" if budget else ""
     return f"Remembers {span} of music{at}"
 
 
@@ -128,11 +128,10 @@ def architecture(model) -> str:
     """The architecture in a sentence a composer can follow."""
     c = model.config
     if model.arch == "dsmr":
-        return (f"How it works: DSMR, {c.n_layers} layers x {c.d_model}: reads the music in stretches of "
-                f"{c.segment_len} tokens, each layer keeping its own memory of what came before")
+        return f"How it works: DSMR, {c.n_layers} layers x {c.d_model}, each layer with its own memory"
     if model.arch == "perceivers":
-        return (f"How it works: PerceiverS, {c.n_layers + 2} attention layers x {c.d_model}: reads up to "
-                f"{c.context:,} tokens back through {c.latents} summary positions")
+        return (f"How it works: PerceiverS, {c.n_layers + 2} attention layers x {c.d_model}, reading up to "
+                f"{c.context:,} tokens back, condensed to {c.latents}")
     return f"How it works: {model.arch}"
 
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from PySide6.QtCore import QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QPainter
+from PySide6.QtGui import QColor, QFont, QFontMetricsF, QPainter
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 from core.errors import RecitalError
@@ -79,40 +79,59 @@ def _s(seconds: float) -> str:
     return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}"
 
 
+def bar_value(bar: Bar) -> str:
+    return f"{bar.tokens:,} tok · {_s(bar.seconds)} s"
+
+
 class HorizonBars(QWidget):
-    """One horizontal bar per layer (or the context): tokens held, against the most the model can hold."""
+    """One horizontal bar per layer (or the context): tokens held, against the most the model can hold.
+
+    Rows, label and value columns are measured with the font in use, so nothing below is overdrawn and no
+    value is cut off on a screen with larger text.
+    """
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.bars: tuple[Bar, ...] = ()
-        self.setMinimumHeight(20)
+        self.set_bars(())
+
+    def _font(self) -> QFont:
+        font = QFont(self.font())
+        font.setPointSizeF(max(8.5, font.pointSizeF() - 1.5))
+        return font
+
+    def row_height(self) -> float:
+        return max(16.0, QFontMetricsF(self._font()).height() + 3)
 
     def set_bars(self, bars: tuple[Bar, ...]) -> None:
         self.bars = bars
-        self.setFixedHeight(max(20, 16 * len(bars) + 4))
+        self.setFixedHeight(math.ceil(self.row_height() * len(bars)) + 4 if bars else 0)
         self.update()
 
     def paintEvent(self, _event) -> None:
         painter = QPainter(self)
         painter.setRenderHint(QPainter.Antialiasing)
-        label_w, value_w = 58, 92
-        track = self.width() - label_w - value_w - 8
-        font = painter.font()
-        font.setPointSizeF(8.5)
+        font = self._font()
         painter.setFont(font)
+        metrics = QFontMetricsF(font)
+        label_w = max((metrics.horizontalAdvance(bar.label) for bar in self.bars), default=0) + 8
+        value_w = max((metrics.horizontalAdvance(bar_value(bar)) for bar in self.bars), default=0) + 2
+        track = max(8.0, self.width() - label_w - value_w - 8)
+        height = self.row_height()
         for row, bar in enumerate(self.bars):
-            y = 2 + row * 16
+            y = 2 + row * height
             painter.setPen(theme.MUTED)
-            painter.drawText(QRectF(0, y, label_w, 14), Qt.AlignLeft | Qt.AlignVCenter, bar.label)
+            painter.drawText(QRectF(0, y, label_w, height), Qt.AlignLeft | Qt.AlignVCenter, bar.label)
             painter.setPen(Qt.NoPen)
             painter.setBrush(QColor("#1b1e24"))
-            painter.drawRoundedRect(QRectF(label_w, y + 2, track, 10), 4, 4)
+            top = y + (height - 10) / 2
+            painter.drawRoundedRect(QRectF(label_w, top, track, 10), 4, 4)
             share = math.log1p(bar.tokens) / math.log1p(max(bar.full, bar.tokens, 1))  # log: short ones show too
             painter.setBrush(theme.ACCENT)
-            painter.drawRoundedRect(QRectF(label_w, y + 2, max(4.0, track * share), 10), 4, 4)
+            painter.drawRoundedRect(QRectF(label_w, top, max(4.0, track * share), 10), 4, 4)
             painter.setPen(theme.TEXT)
-            painter.drawText(QRectF(label_w + track + 8, y, value_w, 14), Qt.AlignLeft | Qt.AlignVCenter,
-                             f"{bar.tokens:,} tok · {_s(bar.seconds)} s")
+            painter.drawText(QRectF(label_w + track + 8, y, value_w, height), Qt.AlignLeft | Qt.AlignVCenter,
+                             bar_value(bar))
         painter.end()
 
 
@@ -132,16 +151,21 @@ class BudgetPanel(QWidget):
         self.value.setMinimumWidth(70)
         self.value.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
         self.headline = QLabel()
+        self.headline.setWordWrap(True)
         self.caption = QLabel()
         self.caption.setObjectName("hint")
+        self.caption.setWordWrap(True)
         self.bars = HorizonBars()
-        self.live = QLabel()
+        self.live = QLabel()  # shown only while generating, in its own row below the bars
         self.live.setObjectName("hint")
+        self.live.setWordWrap(True)
+        self.live.setVisible(False)
         row = QHBoxLayout()
         row.addWidget(self.slider, 1)
         row.addWidget(self.value)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(4)
         layout.addLayout(row)
         layout.addWidget(self.headline)
         layout.addWidget(self.caption)
@@ -171,6 +195,7 @@ class BudgetPanel(QWidget):
         """The state's memory while generating (None: not generating)."""
         self.live.setText("" if state_bytes is None else
                           f"state in use now: {format_bytes(state_bytes)} of {format_bytes(self.budget)}")
+        self.live.setVisible(state_bytes is not None)
 
     def _moved(self, _position: int) -> None:
         size = self.budget
@@ -192,10 +217,9 @@ class BudgetPanel(QWidget):
             self.headline.setToolTip(self.view.detail)
             self.bars.set_bars(self.view.bars)
         bars = self.view.bars if self.view is not None else ()
-        self.caption.setText("" if not bars else "What each layer remembers (tokens · seconds of music):"
-                             if len(bars) > 1 else "How far back the model reads (tokens · seconds of music):")
+        self.caption.setText("" if not bars else "Each layer's memory, in tokens · seconds of music:"
+                             if len(bars) > 1 else "How far back it reads, in tokens · seconds of music:")
         self.caption.setVisible(bool(bars))
-        self.headline.setWordWrap(True)
         self.headline.style().unpolish(self.headline)
         self.headline.style().polish(self.headline)
         self.changed.emit(size)

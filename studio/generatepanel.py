@@ -1,7 +1,9 @@
-"""The Generate panel: model picker with its card, the memory budget, what to write, and the takes.
+"""The Generate panel: model picker with its summary (the full card a click away), the memory budget, what to
+write, and the takes.
 
 It only gathers settings and shows state; the main window runs the job. `request(base, playhead)` turns the
-controls into a `GenerateRequest`.
+controls into a `GenerateRequest`. The settings scroll when the screen is short (a 1366x768 laptop); the
+Generate button, its progress and the takes stay pinned below them, always in view.
 """
 
 from __future__ import annotations
@@ -13,38 +15,70 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
     QComboBox,
+    QDialog,
+    QDialogButtonBox,
     QDoubleSpinBox,
-    QFormLayout,
+    QFrame,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
     QRadioButton,
+    QScrollArea,
     QSpinBox,
+    QTextBrowser,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from core.modeldir import ModelInfo
+from core.errors import RecitalError
+from core.modelcard import scrub_paths, summarize
+from core.modeldir import CARD, ModelInfo
 from studio.budget import BudgetPanel
 from studio.document import Piece
 from studio.generation import GenerateRequest
 
 NO_MODEL_HINT = "No model yet: fine-tune one or pass a model folder"
+NO_MODEL_SUMMARY = "Fine-tune one on your MIDI folder (Model ▸ Fine-tune…), or choose a model folder."
 MAX_SEED = 2**31 - 1
+DEFAULT_MODEL = "default"  # the shipped model picked when the composer has chosen none
 
 
-def card_text(path: Path, lines: int = 8) -> str:
-    """The first lines of a model's card.md, without markdown decoration (tables and code fences are left out)."""
+def summary_text(path: Path) -> str:
+    """The composer-facing lines about the model at `path` (or what is wrong with it), with no machine path."""
     try:
-        text = (Path(path) / "card.md").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return "(no card)"
-    kept = [line.strip().lstrip("#").strip() for line in text.splitlines() if line.strip()]
-    kept = [line for line in kept if not line.startswith(("```", "|"))]
-    return "\n".join(kept[:lines]) or "(empty card)"
+        return "\n".join(summarize(path).lines())
+    except RecitalError as error:
+        return scrub_paths(str(error))
+
+
+def full_card(path: Path) -> str:
+    """The whole card.md as shown in the studio: markdown, machine paths replaced by folder names."""
+    try:
+        text = (Path(path) / CARD).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        return f"This model has no readable card ({getattr(error, 'strerror', None) or error})."
+    return scrub_paths(text) if text.strip() else "This model's card is empty."
+
+
+class CardDialog(QDialog):
+    """The model's whole card (recipe, data tables, scores) for whoever wants the details."""
+
+    def __init__(self, title: str, markdown: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle(f"Model card: {title}")
+        self.resize(760, 560)
+        self.text = QTextBrowser()
+        self.text.setOpenExternalLinks(True)
+        self.text.setMarkdown(markdown)
+        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.text, 1)
+        layout.addWidget(buttons)
 
 
 class GeneratePanel(QWidget):
@@ -59,12 +93,17 @@ class GeneratePanel(QWidget):
         super().__init__(parent)
         self.setMinimumWidth(360)
         self.generating = False
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(8, 8, 8, 8)
+        self.full_card: CardDialog | None = None
+        self._summaries: dict[tuple, str] = {}
+        body = QWidget()  # the settings: they scroll on a short screen
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(8, 4, 8, 4)
+        layout.setSpacing(6)
 
         # -- model --
         model_box = QGroupBox("Model")
         model_layout = QVBoxLayout(model_box)
+        model_layout.setSpacing(4)
         row = QHBoxLayout()
         self.models = QComboBox()
         self.models.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
@@ -79,6 +118,11 @@ class GeneratePanel(QWidget):
         self.card.setWordWrap(True)
         self.card.setTextInteractionFlags(Qt.TextSelectableByMouse)
         model_layout.addWidget(self.card)
+        self.card_button = QPushButton("Full card…")
+        self.card_button.setObjectName("link")
+        self.card_button.setToolTip("The model's whole card: how it was made, its data, its scores")
+        self.card_button.setCursor(Qt.PointingHandCursor)
+        model_layout.addWidget(self.card_button, 0, Qt.AlignRight)
         layout.addWidget(model_box)
 
         # -- memory --
@@ -90,38 +134,38 @@ class GeneratePanel(QWidget):
 
         # -- what to write --
         write_box = QGroupBox("Write")
-        form = QFormLayout(write_box)
-        form.setLabelAlignment(Qt.AlignRight)
+        grid = QGridLayout(write_box)
+        grid.setVerticalSpacing(4)
         self.mode_end = QRadioButton("Continue from the end")
-        self.mode_playhead = QRadioButton("Continue from the playhead (replaces what follows)")
+        self.mode_playhead = QRadioButton("Continue from the playhead")
+        self.mode_playhead.setToolTip("What follows the playhead is replaced by the new music")
         self.mode_new = QRadioButton("New piece")
         self.mode_end.setChecked(True)
         self.modes = QButtonGroup(self)
-        for button in (self.mode_end, self.mode_playhead, self.mode_new):
+        for row, button in enumerate((self.mode_end, self.mode_playhead, self.mode_new)):
             self.modes.addButton(button)
-        modes = QVBoxLayout()
-        modes.setSpacing(2)
-        for button in (self.mode_end, self.mode_playhead, self.mode_new):
-            modes.addWidget(button)
-        form.addRow(modes)
+            grid.addWidget(button, row, 0, 1, 4)
         self.seconds = QDoubleSpinBox()
         self.seconds.setRange(1, 3600)
         self.seconds.setDecimals(0)
         self.seconds.setSuffix(" s")
         self.seconds.setValue(20)
-        form.addRow("Length", self.seconds)
+        self.variations = QSpinBox()
+        self.variations.setRange(1, 8)
+        self.variations.setSuffix(" take")
+        self.variations.valueChanged.connect(
+            lambda n: self.variations.setSuffix(" take" if n == 1 else " takes"))
+        self.variations.setToolTip("Write several versions at once and pick the one you like")
         self.temperature = QDoubleSpinBox()
         self.temperature.setRange(0.0, 2.0)
         self.temperature.setSingleStep(0.05)
         self.temperature.setValue(1.0)
         self.temperature.setToolTip("Lower: safer, more repetitive. Higher: bolder. 0: always the likeliest note")
-        form.addRow("Temperature", self.temperature)
         self.top_p = QDoubleSpinBox()
         self.top_p.setRange(0.05, 1.0)
         self.top_p.setSingleStep(0.01)
         self.top_p.setValue(0.95)
         self.top_p.setToolTip("Sample only among the likeliest choices that make up this share (1: all)")
-        form.addRow("Top-p", self.top_p)
         seed_row = QHBoxLayout()
         self.seed = QSpinBox()
         self.seed.setRange(-1, MAX_SEED)
@@ -134,17 +178,27 @@ class GeneratePanel(QWidget):
         self.dice.clicked.connect(lambda: self.seed.setValue(random.randint(0, MAX_SEED)))
         seed_row.addWidget(self.seed, 1)
         seed_row.addWidget(self.dice)
-        form.addRow("Seed", seed_row)
-        self.variations = QSpinBox()
-        self.variations.setRange(1, 8)
-        self.variations.setSuffix(" take")
-        self.variations.valueChanged.connect(
-            lambda n: self.variations.setSuffix(" take" if n == 1 else " takes"))
-        self.variations.setToolTip("Write several versions at once and pick the one you like")
-        form.addRow("Variations", self.variations)
+        for row, pairs in enumerate(((("Length", self.seconds), ("Variations", self.variations)),
+                                     (("Temperature", self.temperature), ("Top-p", self.top_p))), start=3):
+            for column, (text, widget) in enumerate(pairs):
+                label = QLabel(text)
+                label.setBuddy(widget)
+                grid.addWidget(label, row, 2 * column, Qt.AlignRight)
+                grid.addWidget(widget, row, 2 * column + 1)
+        grid.addWidget(QLabel("Seed"), 5, 0, Qt.AlignRight)
+        grid.addLayout(seed_row, 5, 1, 1, 3)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
         layout.addWidget(write_box)
+        layout.addStretch(1)
 
-        # -- go --
+        self.scroll = QScrollArea()
+        self.scroll.setWidget(body)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+
+        # -- go: pinned below the settings, never scrolled away --
         self.go = QPushButton("Generate")
         self.go.setObjectName("primary")
         self.go.setMinimumHeight(36)
@@ -155,9 +209,6 @@ class GeneratePanel(QWidget):
         self.progress.setRange(0, 1000)
         self.progress.setFormat("%p%")
         self.progress.setVisible(False)
-        layout.addWidget(self.go)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.hint)
 
         # -- takes --
         self.takes_box = QGroupBox("Takes")
@@ -174,8 +225,18 @@ class GeneratePanel(QWidget):
         takes.addWidget(self.next_take)
         takes.addWidget(self.keep)
         self.takes_box.setVisible(False)
-        layout.addWidget(self.takes_box)
-        layout.addStretch(1)
+        footer = QWidget()
+        footer.setObjectName("footer")
+        footer_layout = QVBoxLayout(footer)
+        footer_layout.setContentsMargins(8, 6, 8, 6)
+        footer_layout.setSpacing(4)
+        for widget in (self.go, self.progress, self.hint, self.takes_box):
+            footer_layout.addWidget(widget)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(0)
+        outer.addWidget(self.scroll, 1)
+        outer.addWidget(footer)
         self.take, self.take_count = 0, 0
 
         self.go.clicked.connect(self._go)
@@ -185,13 +246,17 @@ class GeneratePanel(QWidget):
         self.previous_take.clicked.connect(lambda: self.take_picked.emit(self.take - 1))
         self.next_take.clicked.connect(lambda: self.take_picked.emit(self.take + 1))
         self.keep.clicked.connect(self.keep_clicked)
+        self.card_button.clicked.connect(self.show_full_card)
         self.model_ready = False
         self.set_models([])
 
     # -- models --------------------------------------------------------------------------------------------
 
     def set_models(self, models: list[ModelInfo], extra: list[Path] = (), current: str = "") -> None:
-        """Fill the picker: user and shipped models, then folders opened by hand; select `current` if listed."""
+        """Fill the picker: user and shipped models, then folders opened by hand; select `current` if listed,
+        else the shipped default. A new model (a fine-tune that just finished) is listed, never picked by itself:
+        when the selection stays the same, the loaded model and its budget stay as they are."""
+        before = self.model_path
         self.models.blockSignals(True)
         self.models.clear()
         for info in models:
@@ -201,14 +266,20 @@ class GeneratePanel(QWidget):
         for path in extra:
             if str(path) not in known:
                 self.models.addItem(f"{Path(path).name}  ·  folder", str(path))
-        self.models.setEnabled(self.models.count() > 0)
+        self.models.setEnabled(self.models.count() > 0 and not self.generating)
         if self.models.count() == 0:
             self.models.addItem("No model found")
             self.models.setEnabled(False)
         index = self.models.findData(current) if current else -1
+        if index < 0:
+            shipped = [str(info.path) for info in models if info.source == "shipped" and info.name == DEFAULT_MODEL]
+            index = self.models.findData(shipped[0]) if shipped else -1
         self.models.setCurrentIndex(max(index, 0))
         self.models.blockSignals(False)
-        self._picked()
+        if before and self.model_path == before:
+            self._show_summary()  # the same model: its card may have been rewritten, nothing else changed
+        else:
+            self._picked()
 
     @property
     def model_path(self) -> str:
@@ -216,12 +287,35 @@ class GeneratePanel(QWidget):
 
     def _picked(self, *_args) -> None:
         path = self.model_path
-        self.card.setText(card_text(Path(path)) if path else
-                          "Fine-tune one on your MIDI folder (Model ▸ Fine-tune…), or choose a model folder.")
+        self._show_summary()
         self.model_ready = False
         self.budget.set_model(None)
         self.refresh()
         self.model_picked.emit(path)
+
+    def _show_summary(self) -> None:
+        path = self.model_path
+        self.card_button.setEnabled(bool(path))
+        if not path:
+            self.card.setText(NO_MODEL_SUMMARY)
+            return
+        folder = Path(path)
+        stamp = tuple(_mtime(folder / name) for name in ("config.json", CARD, "model.safetensors"))
+        key = (path, stamp)  # a model rewritten in place (a resumed fine-tune) is summarized again
+        if key not in self._summaries:
+            self._summaries[key] = summary_text(folder)
+        self.card.setText(self._summaries[key])
+
+    def show_full_card(self) -> CardDialog | None:
+        """Open the picked model's whole card in its own window (one at a time)."""
+        path = self.model_path
+        if not path:
+            return None
+        if self.full_card is not None:
+            self.full_card.close()
+        self.full_card = CardDialog(Path(path).name, full_card(Path(path)), self)
+        self.full_card.show()
+        return self.full_card
 
     def set_model(self, model) -> None:
         """The picked model has loaded (None: it failed): the budget can plan with it."""
@@ -242,6 +336,7 @@ class GeneratePanel(QWidget):
             self.go.setText("Stop")
             self.go.setEnabled(True)
             self.hint.setText("Writing… Stop keeps what is written so far.")
+            self.hint.setVisible(True)
             return
         self.go.setText("Generate")
         if not self.model_path:
@@ -252,6 +347,7 @@ class GeneratePanel(QWidget):
             self.hint.setText("Raise the memory budget: this one cannot hold the model's state.")
         else:
             self.hint.setText("")
+        self.hint.setVisible(bool(self.hint.text()))  # no empty line under the button
         self.go.setEnabled(bool(self.model_path) and self.model_ready and budget_ok)
 
     def set_generating(self, on: bool) -> None:
@@ -295,3 +391,10 @@ class GeneratePanel(QWidget):
                                seconds=self.seconds.value(), temperature=self.temperature.value(),
                                top_p=self.top_p.value(), seed=None if self.seed.value() < 0 else self.seed.value(),
                                variations=self.variations.value(), budget=self.budget.budget)
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0

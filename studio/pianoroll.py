@@ -2,7 +2,8 @@
 shade), a time ruler that places the playhead, a key column, horizontal zoom and scrolling, and live notes.
 
 Scene units: x = seconds * PX_PER_SECOND, y = (127 - pitch) * KEY_HEIGHT. Zoom is a horizontal view scale,
-so bars keep their height and the ruler relabels itself.
+so bars keep their height and the ruler relabels itself. `fit` shows the piece: its duration across, its pitch
+range (a few keys either side) down, the keys growing to fill the height instead of showing C-1 to C9.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ KEY_HEIGHT = 7.0
 RULER_HEIGHT = 26
 KEYS_WIDTH = 46
 MIN_SCALE, MAX_SCALE = 0.002, 20.0
+MAX_KEY_SCALE = 3.0  # keys at most 21 pixels tall, however few pitches a piece has
+PITCH_MARGIN = 2  # keys shown above and below a piece's range
+MIN_PITCH_SPAN = 24  # a fitted roll shows at least two octaves
+EMPTY_RANGE = (48, 84)  # C3..C6: what a roll without notes shows
 BLACK_KEYS = {1, 3, 6, 8, 10}
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -94,6 +99,10 @@ class _View(QGraphicsView):
     @property
     def x_scale(self) -> float:
         return self.transform().m11()
+
+    @property
+    def y_scale(self) -> float:
+        return self.transform().m22()
 
     def zoom(self, factor: float) -> None:
         factor = max(MIN_SCALE / self.x_scale, min(MAX_SCALE / self.x_scale, factor))
@@ -211,20 +220,21 @@ class Keys(QWidget):
         view = self.roll.view
         painter = QPainter(self)
         painter.fillRect(self.rect(), QColor("#d9dce1"))
+        key = KEY_HEIGHT * view.y_scale  # on screen
+        font = painter.font()
+        font.setPointSizeF(7.5)
+        painter.setFont(font)
         for pitch in range(128):
             top = view.mapFromScene(QPointF(0, pitch_y(pitch))).y()
-            if top > self.height() or top + KEY_HEIGHT < 0:
+            if top > self.height() or top + key < 0:
                 continue
             if pitch % 12 in BLACK_KEYS:
-                painter.fillRect(0, int(top), KEYS_WIDTH * 3 // 5, int(KEY_HEIGHT), QColor("#23262d"))
+                painter.fillRect(QRectF(0, top, KEYS_WIDTH * 3 // 5, key), QColor("#23262d"))
             if pitch % 12 == 0:
                 painter.setPen(QColor("#8a9099"))
-                painter.drawLine(0, int(top + KEY_HEIGHT), KEYS_WIDTH, int(top + KEY_HEIGHT))
+                painter.drawLine(QPointF(0, top + key), QPointF(KEYS_WIDTH, top + key))
                 painter.setPen(QColor("#1e2127"))
-                font = painter.font()
-                font.setPointSizeF(7.5)
-                painter.setFont(font)
-                painter.drawText(QRectF(0, top - 4, KEYS_WIDTH - 4, KEY_HEIGHT + 6),
+                painter.drawText(QRectF(0, top - 4, KEYS_WIDTH - 4, key + 6),
                                  Qt.AlignRight | Qt.AlignVCenter, f"C{pitch // 12 - 1}")
         painter.end()
 
@@ -252,13 +262,15 @@ class PianoRoll(QWidget):
         layout.addWidget(self.view, 1, 1)
         self.playhead = 0.0
         self.duration = 0.0
+        self.pitches: tuple[int, int] | None = None  # lowest and highest pitch drawn (None: no notes)
+        self._fitted_once = False
         self._live: list[NoteItem] = []
         self._add_playhead()
         for bar in (self.view.horizontalScrollBar(), self.view.verticalScrollBar()):
             bar.valueChanged.connect(self._follow)
         self.view.zoomed.connect(self._follow)
         self._resize_scene(0.0)
-        self.view.centerOn(0, pitch_y(66))
+        self.view.centerOn(0, pitch_y(66))  # until it is shown and fitted
 
     # -- content ----------------------------------------------------------------------------------------------
 
@@ -275,6 +287,7 @@ class PianoRoll(QWidget):
         self._live.clear()
         self.scene.clear()  # one call, instead of removing thousands of notes one by one
         self._add_playhead()
+        self.pitches = None
         for part, perf in (("primer", piece.primer), ("generated", piece.generated)):
             self._add(part, perf)
         self.duration = piece.duration
@@ -282,6 +295,8 @@ class PianoRoll(QWidget):
         self._follow()
 
     def _add(self, part: str, perf: Performance) -> None:
+        if len(perf):
+            self._extend_pitches(int(perf.pitch.min()), int(perf.pitch.max()))
         for i, (on, off, pitch, vel) in enumerate(zip(perf.onset.tolist(), perf.offset.tolist(),
                                                       perf.pitch.tolist(), perf.velocity.tolist(), strict=True)):
             self.scene.addItem(NoteItem(part, i, on, off, pitch, vel))
@@ -292,6 +307,7 @@ class PianoRoll(QWidget):
             item = NoteItem("live", len(self._live), event.onset, event.time, event.pitch, event.velocity)
             self.scene.addItem(item)
             self._live.append(item)
+            self._extend_pitches(event.pitch, event.pitch)
             self.duration = max(self.duration, event.time)
         if events:
             self._resize_scene(self.duration)
@@ -303,6 +319,10 @@ class PianoRoll(QWidget):
         for item in self._live:
             self.scene.removeItem(item)
         self._live.clear()
+
+    def _extend_pitches(self, low: int, high: int) -> None:
+        self.pitches = (low, high) if self.pitches is None else (min(self.pitches[0], low),
+                                                                 max(self.pitches[1], high))
 
     def notes(self, part: str) -> list[NoteItem]:
         return [i for i in self.scene.items() if isinstance(i, NoteItem) and i.part == part]
@@ -327,14 +347,48 @@ class PianoRoll(QWidget):
         self.view.zoom(factor)
 
     def fit(self) -> None:
-        """Zoom so the whole piece fits the width, and centre on its notes' pitches."""
+        """Zoom so the whole piece fits: its duration across the width, its pitch range down the height."""
         width = max(self.view.viewport().width(), 100)
         span = max(self.duration, 10.0) * 1.05 * PX_PER_SECOND
         self.view.zoom(width / span / self.view.x_scale)
-        pitches = [i.rect().center().y() for i in self.scene.items() if isinstance(i, NoteItem)]
-        centre = sum(pitches) / len(pitches) if pitches else pitch_y(66)
-        self.view.centerOn(0, centre)
+        self.fit_pitches()
         self.view.horizontalScrollBar().setValue(0)
+
+    def fit_pitches(self) -> None:
+        """Scale the keys so the piece's pitch range, a few keys either side, fills the height; time stays put."""
+        low, high = self.pitch_span()
+        height = max(self.view.viewport().height(), 50)
+        whole = height / (128 * KEY_HEIGHT)  # never smaller than the whole keyboard in view
+        target = min(MAX_KEY_SCALE, max(whole, height / ((high - low + 1) * KEY_HEIGHT)))
+        self.view.scale(1.0, target / self.view.y_scale)
+        x = self.view.mapToScene(self.view.viewport().rect().center()).x()
+        self.view.centerOn(x, (pitch_y(high) + pitch_y(low) + KEY_HEIGHT) / 2)
+        self._follow()
+
+    def pitch_span(self) -> tuple[int, int]:
+        """The pitches `fit` shows: the piece's range with a margin, at least two octaves, within 0..127."""
+        low, high = self.pitches or EMPTY_RANGE
+        low, high = low - PITCH_MARGIN, high + PITCH_MARGIN
+        if high - low + 1 < MIN_PITCH_SPAN:
+            grow = MIN_PITCH_SPAN - (high - low + 1)
+            low, high = low - grow // 2, high + grow - grow // 2
+        if low < 0:
+            low, high = 0, high - low
+        if high > 127:
+            low, high = max(0, low - (high - 127)), 127
+        return low, high
+
+    def visible_pitches(self) -> tuple[int, int]:
+        """The lowest and highest pitch whose key is wholly in view."""
+        rect = self.view.mapToScene(self.view.viewport().rect()).boundingRect()
+        return (math.ceil(127 - (rect.bottom() - KEY_HEIGHT) / KEY_HEIGHT - 1e-6),
+                math.floor(127 - rect.top() / KEY_HEIGHT + 1e-6))
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self._fitted_once:  # the first time it has a size: show the piece (or the middle of the keyboard)
+            self._fitted_once = True
+            self.fit()
 
     def show_span(self, start: float, end: float) -> None:
         """Zoom and scroll so the seconds [start, end] fill the width (where new notes are about to appear)."""

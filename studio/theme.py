@@ -18,7 +18,7 @@ ERROR = QColor("#ff7b72")
 
 STYLE = f"""
 QWidget {{ font-size: 10pt; }}
-QGroupBox {{ border: 1px solid {RAISED.name()}; border-radius: 6px; margin-top: 14px; padding: 8px 6px 6px 6px; }}
+QGroupBox {{ border: 1px solid {RAISED.name()}; border-radius: 6px; margin-top: 12px; padding: 6px 4px 4px 4px; }}
 QGroupBox::title {{ subcontrol-origin: margin; left: 10px; padding: 0 4px; color: {MUTED.name()};
                     font-weight: bold; }}
 QPushButton, QToolButton {{ background: {RAISED.name()}; border: 1px solid #454b57; border-radius: 5px;
@@ -29,6 +29,9 @@ QPushButton#primary {{ background: {ACCENT.name()}; color: #0b1220; font-weight:
 QPushButton#primary:disabled {{ background: #3a4a5e; color: #8090a0; }}
 QPushButton#stop {{ background: {PLAYHEAD.name()}; color: #1a0b0b; font-weight: bold; border: none; }}
 QToolButton:checked {{ background: #3d5a80; }}
+QPushButton#link {{ background: transparent; border: none; color: {ACCENT.name()}; padding: 1px 2px; }}
+QPushButton#link:hover {{ text-decoration: underline; }}
+QPushButton#link:disabled {{ color: #6b7280; }}
 QLabel#hint {{ color: {MUTED.name()}; }}
 QLabel#warning {{ color: {GENERATED.name()}; }}
 QComboBox, QSpinBox, QDoubleSpinBox, QLineEdit {{ background: {BACKGROUND.name()}; border: 1px solid #454b57;

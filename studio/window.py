@@ -11,12 +11,12 @@ from pathlib import Path
 from PySide6.QtCore import QEvent, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
-    QScrollArea,
     QSplitter,
     QToolButton,
     QVBoxLayout,
@@ -54,7 +54,7 @@ class MainWindow(QMainWindow):
         self.generation: Generate | None = None
         self.takes: list[Piece] = []
         self.setAcceptDrops(True)
-        self.resize(1360, 820)
+        self._fit_screen(1360, 820)
 
         # -- widgets --
         self.roll = PianoRoll()
@@ -89,14 +89,13 @@ class MainWindow(QMainWindow):
         left_layout.addLayout(toolbar)
         left_layout.addWidget(self.roll, 1)
         left_layout.addWidget(self.transport)
-        scroll = QScrollArea()
-        scroll.setWidget(self.panel)
-        scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(390)
+        self.panel.setMinimumWidth(390)  # its settings scroll by themselves; Generate stays in view
         split = QSplitter(Qt.Horizontal)
         split.addWidget(left)
-        split.addWidget(scroll)
+        split.addWidget(self.panel)
         split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 0)
+        split.setCollapsible(1, False)
         split.setSizes([940, 420])
         self.setCentralWidget(split)
         self._build_menus()
@@ -129,6 +128,14 @@ class MainWindow(QMainWindow):
             self.transport.refresh_ports()
         self._title()
         self.statusBar().showMessage("Open a MIDI file (or drop one here), or write a new piece.")
+
+    def _fit_screen(self, width: int, height: int) -> None:
+        """Open at `width` x `height`, or smaller where the screen is (a 1366x768 laptop has less room)."""
+        screen = self.screen() or QApplication.primaryScreen()
+        if screen is not None:
+            room = screen.availableGeometry()
+            width, height = min(width, room.width()), min(height, room.height() - 40)  # the title bar
+        self.resize(width, height)
 
     # -- menus ----------------------------------------------------------------------------------------------
 
@@ -210,6 +217,7 @@ class MainWindow(QMainWindow):
             self.panel.set_takes(0, 0)
             self.document.replace(Piece.empty())
             self.place_playhead(0.0)
+            self.roll.fit()
 
     def open_dialog(self) -> None:
         if not self.maybe_save():
@@ -236,7 +244,10 @@ class MainWindow(QMainWindow):
         return True
 
     def save(self) -> bool:
-        if self.document.path is None or self.document.path.suffix.lower() not in MIDI_SUFFIXES:
+        # An opened file is not replaced by a re-encoding of it unasked (as `recital continue` refuses its
+        # primer): until the document has saved a file of its own, Save is Save As, whose dialog asks.
+        if (self.document.path is None or not self.document.written
+                or self.document.path.suffix.lower() not in MIDI_SUFFIXES):
             return self.save_as()
         return self._save_to(self.document.path)
 
@@ -246,7 +257,10 @@ class MainWindow(QMainWindow):
         if not path:
             return False
         if Path(path).suffix.lower() not in MIDI_SUFFIXES:
-            path += ".mid"
+            path += ".mid"  # a name the dialog did not ask about: ask here before replacing it
+            if Path(path).exists() and QMessageBox.question(
+                    self, "Save as MIDI", f"{Path(path).name} already exists. Replace it?") != QMessageBox.Yes:
+                return False
         return self._save_to(Path(path))
 
     def _save_to(self, path: Path) -> bool:
@@ -418,6 +432,7 @@ class MainWindow(QMainWindow):
         self.generation = None
         self.roll.clear_live()
         self.document.apply(self.takes[0], f"{label} ({count} takes)" if count > 1 else label)
+        self.roll.fit_pitches()  # the new notes may reach beyond the keys in view
         self.panel.set_takes(0, count if count > 1 else 0)
         added = len(parts[0])
         stopped = " (stopped early)" if job.stopping else ""

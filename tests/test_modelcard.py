@@ -46,18 +46,18 @@ def test_summary_of_a_fine_tuned_dsmr(tiny_model_dir, tmp_path):
     (folder / "card.md").write_text(trainer_card("/home/ana/.local/share/recital/models/default",
                                                  "/home/ana/My-MIDI"), encoding="utf-8")
     summary = summarize(folder)
-    assert summary.trained_on == "Fine-tuned from default on My-MIDI: 38 pieces, 0.50 hours of music"
+    assert summary.trained_on == "Fine-tuned from default on My-MIDI: 38 pieces, 0.50 hours"
     from core.modeldir import load_model
 
     model = load_model(folder)
     plan = model.plan()
     seconds = sorted({(m + plan.segment_len) / TOKENS_PER_SECOND for m in plan.horizons})
     expected = f"~{seconds[0]:.1f}-{seconds[-1]:.1f} s" if len(seconds) > 1 else f"~{seconds[0]:.1f} s"
-    assert summary.remembers == f"Remembers {expected} of music at its default memory budget (256.0 KB)"
+    assert summary.remembers == f"Remembers {expected} of music (default budget, 256.0 KB)"
     parameters = sum(p.numel() for p in model.parameters())
     size = (folder / "model.safetensors").stat().st_size
-    assert summary.sizes == f"Size: {parameters / 1e6:.2f} M parameters, a {size / 1024:.1f} KB file"
-    assert summary.architecture.startswith("How it works: DSMR, 2 layers x 32: reads the music in stretches of 16")
+    assert summary.sizes == f"Size: {parameters / 1e6:.2f} M parameters, {size / 1024:.1f} KB"
+    assert summary.architecture == "How it works: DSMR, 2 layers x 32, each layer with its own memory"
     assert all(PATH.search(line) is None for line in summary.lines())
 
 
@@ -68,9 +68,9 @@ def test_summary_of_a_perceivers_model_and_of_a_card_that_says_nothing(tmp_path)
     folder = save_model(PerceiverS(config), tmp_path / "p", "# p: random weights\n\n- data: none (untrained)\n")
     summary = summarize(folder)
     assert summary.trained_on == "Trained on: not told by its card"
-    assert summary.remembers == "Remembers ~10 s of music at its default memory budget (4.0 MB)"  # 400 tokens
-    assert summary.architecture == ("How it works: PerceiverS, 4 attention layers x 16: reads up to 400 tokens "
-                                    "back through 8 summary positions")
+    assert summary.remembers == "Remembers ~10 s of music (default budget, 4.0 MB)"  # 400 tokens
+    assert summary.architecture == ("How it works: PerceiverS, 4 attention layers x 16, reading up to 400 tokens "
+                                    "back, condensed to 8")
 
 
 def test_summary_of_an_unreadable_model_is_a_model_error(tmp_path):
@@ -88,5 +88,5 @@ def test_shipped_cards_name_no_machine_path_and_summarize(name):
     card = (SHIPPED_DIR / name / "card.md").read_text(encoding="utf-8")
     assert PATH.search(card) is None, PATH.search(card)
     summary = summarize(SHIPPED_DIR / name)
-    assert summary.trained_on.startswith("Trained on music21's corpus: ") and "hours of music" in summary.trained_on
+    assert summary.trained_on.startswith("Trained on music21's corpus: ") and summary.trained_on.endswith(" hours")
     assert summary.remembers.startswith("Remembers ~") and "M parameters" in summary.sizes

@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import shutil  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -14,7 +15,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PySide6.QtCore import QTimer  # noqa: E402
 
+import core.modeldir as modeldir  # noqa: E402
 from core.midi import Performance, write_performance  # noqa: E402
+from core.modeldir import user_models_dir  # noqa: E402
 from studio.finetune import eta_text, train_config  # noqa: E402
 from studio.settings import Settings  # noqa: E402
 from studio.window import MainWindow  # noqa: E402
@@ -60,7 +63,7 @@ def test_scan_fills_the_corpus_table_and_names_skipped_files(qtbot, window, tmp_
     assert dialog.start.isEnabled()
 
 
-def test_fine_tune_runs_to_completion_and_the_model_joins_the_picker(qtbot, window, tmp_path):
+def test_fine_tune_runs_to_completion_and_the_model_joins_the_picker(qtbot, window, tmp_path, tiny_model_dir):
     dialog = window.fine_tune(workers=1, train_options=TRAIN)
     scanned(qtbot, dialog, write_pieces(tmp_path / "midi", 6))
     dialog.by_steps.setChecked(True)
@@ -84,6 +87,36 @@ def test_fine_tune_runs_to_completion_and_the_model_joins_the_picker(qtbot, wind
     qtbot.waitUntil(lambda: dialog.train is None, timeout=5000)
     names = [window.panel.models.itemText(i) for i in range(window.panel.models.count())]
     assert any(name.startswith("my-style") for name in names)
+    assert window.panel.model_path == str(tiny_model_dir)  # listed, not picked: the composer's choice stays
+
+
+def test_a_new_model_is_listed_but_never_picked_by_itself(qtbot, window, tiny_model_dir):
+    qtbot.waitUntil(lambda: window.model is not None, timeout=20000)
+    loaded = window.model
+    newest = shutil.copytree(tiny_model_dir, user_models_dir() / "aaa-newest")  # first in the list
+    dialog = window.fine_tune()
+    dialog.model_created.emit(str(newest))  # what a finished run announces
+    listed = [window.panel.models.itemData(i) for i in range(window.panel.models.count())]
+    assert listed[0] == str(newest)
+    assert window.panel.model_path == str(tiny_model_dir) and window.settings.model == str(tiny_model_dir)
+    assert window.model is loaded and window.panel.go.isEnabled()  # not reloaded: budget and plan kept
+    assert "New model ready: aaa-newest" in window.statusBar().currentMessage()
+    dialog.close()
+
+
+def test_with_no_model_remembered_the_shipped_default_is_picked_not_the_newest_fine_tune(
+        qtbot, dialogs, tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
+    shipped = tmp_path / "shipped"
+    for name in ("default", "default-perceivers"):
+        shutil.copytree(tiny_model_dir, shipped / name)
+    monkeypatch.setattr(modeldir, "SHIPPED_DIR", shipped)
+    newest = shutil.copytree(tiny_model_dir, user_models_dir() / "aaa-newest")
+    w = MainWindow(Settings(), list_ports=False)
+    qtbot.addWidget(w)
+    assert w.panel.models.itemData(0) == str(newest)  # the user's models come first in the list...
+    assert w.panel.model_path == str(shipped / "default")  # ...but the default is what a first start uses
+    qtbot.waitUntil(lambda: w.model is not None, timeout=20000)
+    w.jobs.shutdown()
 
 
 def test_cancel_stops_the_run_and_keeps_a_checkpoint(qtbot, window, tmp_path):

@@ -136,13 +136,3 @@ def test_void_qt_calls_cannot_free_none(qtbot):
         color.setRgb(1, 2, 3)
     assert sys.getrefcount(None) > 1 << 39
     assert np.isnan(np.nan)  # numpy still fine after many calls
-
-
-def test_the_card_shown_under_the_picker_is_its_first_lines_of_prose(tmp_path):
-    from studio.generatepanel import card_text
-
-    (tmp_path / "card.md").write_text("# mine: dsmr fine-tuned\n\n## Data\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n"
-                                      "```\nrecital train x\n```\n- steps: 40\n", encoding="utf-8")
-    assert card_text(tmp_path) == "mine: dsmr fine-tuned\nData\nrecital train x\n- steps: 40"
-    assert card_text(tmp_path, lines=1) == "mine: dsmr fine-tuned"
-    assert card_text(tmp_path / "missing") == "(no card)"

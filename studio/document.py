@@ -82,6 +82,7 @@ class Document(QObject):
         super().__init__(parent)
         self.piece = Piece.empty()
         self.path: Path | None = None
+        self.written = False  # `path` holds what this document saved (not a file it opened): Save may replace it
         self.undo_stack = QUndoStack(self)
 
     def _set(self, piece: Piece) -> None:
@@ -109,6 +110,7 @@ class Document(QObject):
         """Start over with `piece` (a new or opened document): history cleared, nothing unsaved."""
         self.undo_stack.clear()
         self.path = path
+        self.written = False
         self._set(piece)
         self.path_changed.emit()
 
@@ -116,5 +118,6 @@ class Document(QObject):
         """Write the whole piece as one MIDI file (atomically); the document is clean afterwards."""
         write_performance(self.piece.whole, path)
         self.path = Path(path)
+        self.written = True
         self.undo_stack.setClean()
         self.path_changed.emit()

@@ -98,3 +98,23 @@ def test_a_read_only_folder_is_refused_up_front(tmp_path):
             check_output(folder / "x.mid")
     finally:
         folder.chmod(0o700)
+
+
+def test_the_studio_replaces_an_opened_file_only_through_save_as(qapp, tmp_path, scale):
+    """The studio's Save is Save As (whose dialog asks before replacing) until the piece was saved by it."""
+    from types import SimpleNamespace
+
+    from studio.document import Document
+    from studio.window import MainWindow
+
+    mine = tmp_path / "mine.mid"
+    write_performance(scale, mine)
+    original = mine.read_bytes()
+    doc = Document()
+    doc.open(mine)
+    window = SimpleNamespace(document=doc, save_as=lambda: "save as", _save_to=lambda path: f"saved {path}")
+    assert MainWindow.save(window) == "save as" and mine.read_bytes() == original
+    doc.save(tmp_path / "copy.mid")
+    assert MainWindow.save(window) == f"saved {tmp_path / 'copy.mid'}"
+    doc.open(tmp_path / "copy.mid")
+    assert MainWindow.save(window) == "save as"

@@ -63,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
 
         for note in planned.create_folders():
             print(f"note: {note}")
-
         path = render_wav(perf, args.wav, soundfont=args.soundfont)
         print(f"wrote {path} ({minutes}:{seconds:02d}, {len(perf)} notes)")
         if not (args.synth or args.virtual or args.port is not None):

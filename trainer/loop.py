@@ -411,10 +411,10 @@ class _Run:
                 self.emit(Progress("checkpoint", "checkpoint", step=step))
                 state = dict(progress, step=step, data={"lanes": merged}, config=c.to_dict(), world=world.size,
                              train_seconds=elapsed())
+                if val == []:  # nothing held out: the latest weights are the model (written first: a checkpoint
+                    save_best(step, None)  # never gets ahead of the model it says it kept)
                 path = ckpt.save_checkpoint(out, step, raw, optimizer, state)
                 self.checkpointed = True
-                if val == []:  # nothing held out: the latest weights are the model
-                    save_best(step, None)
                 self.emit(Progress("checkpoint", "checkpoint", step=step, message=f"saved {path.name}"))
             world.barrier()
 

@@ -1,6 +1,7 @@
 """Screenshots of Recital Studio in a real window: at rest, mid-generation, and the fine-tune dialog mid-run.
 
-    .venv/bin/python scripts/screenshots.py [--out /tmp/recital-shots] [--model DIR] [--midi FILE]
+    .venv/bin/python scripts/screenshots.py [--out /tmp/recital-shots] [--size 1366x768] [--model DIR]
+        [--midi FILE] [--corpus FOLDER]
 
 Without a display it starts Xvfb (`apt-get install xvfb`) on :99 and uses Qt's xcb platform, so the shots
 show the window as a user sees it; with neither it stops with the packages to install (QT_QPA_PLATFORM=offscreen
@@ -8,6 +9,7 @@ runs it without X). Without --model it
 uses the shipped default model (or, where none is shipped, a small DSMR with random weights). User folders
 (settings, models, corpus cache) are temporary: nothing of the user's is read or written. An error dialog would
 wait for a click that never comes: here it ends the script instead, with its message and exit code 2.
+The fine-tune dialog is shot only with --corpus (a folder of MIDI files): its run trains for minutes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MIDI = ROOT.parent / "shared" / "midi"
+PRIMER = ROOT / "assets" / "primers" / "primer.mid"
 SHIPPED_DEFAULT = ROOT / "assets" / "models" / "default"
 
 
@@ -66,6 +68,17 @@ def pump(app, seconds: float, until=None) -> None:
         time.sleep(0.01)
 
 
+def window_size(text: str) -> tuple[int, int]:
+    """'1366x768' -> (1366, 768), for argparse."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 1366x768") from None
+    if width < 320 or height < 240:
+        raise argparse.ArgumentTypeError(f"size {text!r}: at least 320x240")
+    return width, height
+
+
 def shoot(widget, path: Path) -> None:
     widget.grab().save(str(path))
     print(f"wrote {path}")
@@ -75,8 +88,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/recital-shots")
     parser.add_argument("--model", help="a model directory (default: the shipped default model)")
-    parser.add_argument("--midi", default=str(SHARED_MIDI / "maestro" / "maestro_01.mid"))
-    parser.add_argument("--corpus", default=str(SHARED_MIDI / "maestro"), help="folder for the fine-tune shot")
+    parser.add_argument("--size", type=window_size, default=(1440, 900), help="window size, WIDTHxHEIGHT")
+    parser.add_argument("--midi", default=str(PRIMER), help="the piece opened (default: the shipped primer)")
+    parser.add_argument("--corpus", help="a MIDI folder: also shoot the fine-tune dialog scanning and training it")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,14 +124,14 @@ def main() -> int:
         # 16 MB: two takes of the default size (each lane's state needs at least 6 MB, 8 MB by default).
         window = MainWindow(Settings(budget_mb=16.0, seconds=40.0),
                             extra_models=[] if model == SHIPPED_DEFAULT else [model])
-        window.resize(1440, 880)
+        window.resize(*args.size)
         window.show()
         pump(app, 10, lambda: window.model is not None)
         window.open_file(args.midi)
         pump(app, 0.5)
         shoot(window, out / "1-main-at-rest.png")
 
-        window.roll.set_playhead(45.0, user=True)
+        window.roll.set_playhead(window.document.piece.duration * 0.75, user=True)
         window.panel.mode_playhead.setChecked(True)
         window.panel.variations.setValue(2)
         window.generate()
@@ -127,19 +141,27 @@ def main() -> int:
         pump(app, 10, lambda: window.generation is None)
         pump(app, 0.3)
         shoot(window, out / "3-main-after-generation.png")
+        window.panel.show_full_card()
+        pump(app, 0.5)
+        shoot(window.panel.full_card, out / "4-full-card.png")
+        window.panel.full_card.close()
+        if not args.corpus:
+            window.document.undo_stack.setClean()
+            window.close()
+            return 0
 
         dialog = window.fine_tune(workers=1, train_options={"batch": 2, "val_every": 6, "log_every": 1,
                                                             "checkpoint_every": 50, "val_max_pieces": 1})
         dialog.resize(1000, 720)
         dialog.scan_folder(args.corpus)
         pump(app, 120, lambda: dialog.summary is not None)
-        shoot(dialog, out / "4-finetune-folder.png")
+        shoot(dialog, out / "5-finetune-folder.png")
         dialog.by_steps.setChecked(True)
         dialog.steps.setValue(60)
         dialog.out.setText("my-maestro")
         dialog.start_training()
         pump(app, 300, lambda: len(dialog.plot.held_out) >= 3 and len(dialog.plot.train) >= 14)
-        shoot(dialog, out / "5-finetune-training.png")
+        shoot(dialog, out / "6-finetune-training.png")
         dialog.cancel_or_close()
         pump(app, 60, lambda: dialog.train is None)
         window.document.undo_stack.setClean()

@@ -589,18 +589,23 @@ def _held_out(model, arch: str, pieces: list[np.ndarray], budget: int, batch: in
 
             report = perplexity_report(model, [np.asarray(p, dtype=np.int64) for p in pieces], budget)
             return math.log(report.perplexity) * report.tokens, float(report.tokens)
-        crops = []
+        from itertools import islice
+
         config = model.config
-        for piece in pieces:
-            piece = np.asarray(piece, dtype=np.int64)
-            for i in range(samplers.sequential_count(len(piece), config.latents)):
-                crop = samplers.sequential(piece, i, config.context, config.latents)
-                fresh = crop.positions > i * config.latents  # the last crop overlaps the one before it
-                crops.append((crop.inputs, np.where(fresh, crop.targets, PAD)))
+
+        def crops():  # made as batches need them: a long piece never holds all its crops (N ids each) at once
+            for piece in pieces:
+                piece = np.asarray(piece, dtype=np.int64)
+                for i in range(samplers.sequential_count(len(piece), config.latents)):
+                    crop = samplers.sequential(piece, i, config.context, config.latents)
+                    fresh = crop.positions > i * config.latents  # the last crop overlaps the one before it
+                    yield crop.inputs, np.where(fresh, crop.targets, PAD)
+
         nll, count = 0.0, 0.0
-        for start in range(0, len(crops), max(1, batch)):
-            inputs = np.stack([x for x, _ in crops[start:start + batch]])
-            targets = np.stack([y for _, y in crops[start:start + batch]])
+        stream = crops()
+        while group := list(islice(stream, max(1, batch))):
+            inputs = np.stack([x for x, _ in group])
+            targets = np.stack([y for _, y in group])
             logits, _ = model(torch.from_numpy(inputs).to(device))
             targets = torch.from_numpy(targets).to(device)
             nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),

@@ -9,6 +9,7 @@ Generate button, its progress and the takes stay pinned below them, always in vi
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -64,6 +65,15 @@ def full_card(path: Path) -> str:
     return scrub_paths(text) if text.strip() else "This model's card is empty."
 
 
+def smaller_headings(markdown: str) -> str:
+    """Headings two levels down (a card's title as a heading, not a poster); code blocks are left as they are."""
+    lines, fenced = [], False
+    for line in markdown.splitlines():
+        fenced ^= line.lstrip().startswith("```")
+        lines.append(re.sub(r"^(#{1,4}) ", r"##\1 ", line) if not fenced else line)
+    return "\n".join(lines) + "\n"
+
+
 class CardDialog(QDialog):
     """The model's whole card (recipe, data tables, scores) for whoever wants the details."""
 
@@ -73,7 +83,7 @@ class CardDialog(QDialog):
         self.resize(760, 560)
         self.text = QTextBrowser()
         self.text.setOpenExternalLinks(True)
-        self.text.setMarkdown(markdown)
+        self.text.setMarkdown(smaller_headings(markdown))
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)

@@ -19,7 +19,7 @@ from core.modelcard import PATH  # noqa: E402
 from core.modeldir import ModelInfo, load_model  # noqa: E402
 from studio.budget import BudgetPanel  # noqa: E402
 from studio.document import Piece  # noqa: E402
-from studio.generatepanel import GeneratePanel  # noqa: E402
+from studio.generatepanel import GeneratePanel, smaller_headings  # noqa: E402
 from studio.pianoroll import MIN_PITCH_SPAN, PX_PER_SECOND, PianoRoll  # noqa: E402
 from studio.settings import Settings  # noqa: E402
 from studio.window import MainWindow  # noqa: E402
@@ -93,6 +93,12 @@ def test_the_panel_shows_a_summary_without_machine_paths_and_the_full_card_on_a_
     assert "no readable card" in panel.show_full_card().text.toPlainText()
     panel.set_models([])
     assert not panel.card_button.isEnabled() and panel.show_full_card() is None
+
+
+def test_the_full_card_shows_headings_smaller_and_code_as_written():
+    card = "# mine: dsmr\n\n## Data\n\n```toml\n# a comment in the settings\n```\n## Scores\n"
+    assert smaller_headings(card) == ("### mine: dsmr\n\n#### Data\n\n```toml\n# a comment in the settings\n```\n"
+                                      "#### Scores\n")
 
 
 def test_budget_rows_leave_room_for_the_live_state_and_the_caption(qtbot, tiny_model_dir):

@@ -353,3 +353,16 @@ def test_a_full_disk_while_logging_events(folder, tmp_path, monkeypatch):
     assert str(failed.value) == f"{out / ckpt.EVENTS}: cannot write (the disk is full); the previous files are kept"
     assert ckpt.latest_checkpoint(out).name == "step-00000003"
     load_model(out)
+
+
+def test_a_filesystem_without_locks_trains_and_says_so(folder, tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    events = []
+    out = tmp_path / "out"
+    assert fine_tune(tiny(folder, out, steps=1), on_progress=events.append).steps == 1
+    assert f"cannot lock {out} (No locks available): make sure no other training uses it" in _messages(events)

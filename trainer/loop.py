@@ -16,6 +16,7 @@ the run through `should_stop`, which the loop polls between steps (then saves a 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -211,8 +212,6 @@ class _Run:
         """The model to train and the base's name (None from scratch); resuming, the checkpoint's settings too."""
         c = self.config
         if resuming:
-            import json
-
             self.checkpoint_path = ckpt.latest_checkpoint(out)
             if self.checkpoint_path is None:
                 raise ModelError(f"{out}: its checkpoint disappeared while this run was starting")
@@ -328,7 +327,10 @@ class _Run:
         self.config = c
         if world.main:
             self.log = ckpt.EventLog(out)
-        for message in (note, changed):
+        unguarded = self.lock.unguarded if self.lock is not None else None
+        if unguarded:
+            unguarded = f"cannot lock {out} ({unguarded}): make sure no other training uses it"
+        for message in (note, changed, unguarded):
             if message:
                 self.emit(Progress("message", "prepare", message=message))
         arch = model.arch

@@ -88,9 +88,15 @@ class RunLock:
     def __init__(self, out: Path):
         self.path = out / LOCK
         self.fd: int | None = None
+        self.unguarded: str | None = None  # why the filesystem could not lock (the run goes on, told so)
         while True:  # retry when the file was removed by a releasing holder between our open and our lock
             fd = _open(self.path)
-            if not _try_lock(fd):
+            try:
+                locked = _try_lock(fd)
+            except OSError as error:  # a filesystem without locks (some network mounts): go on, and say so
+                self.unguarded = error.strerror or str(error)
+                break
+            if not locked:
                 holder = _read_pid(fd)
                 os.close(fd)
                 who = f"pid {holder}" if holder else "pid unknown"
@@ -133,6 +139,7 @@ def _open(path: Path) -> int:
 
 
 def _try_lock(fd: int) -> bool:
+    """True: locked; False: another process holds it; OSError: this filesystem cannot lock."""
     try:
         import fcntl
     except ImportError:
@@ -141,8 +148,6 @@ def _try_lock(fd: int) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
-    except OSError as error:  # a filesystem without locks: say so rather than run unguarded silently
-        raise ModelError(f"cannot lock the run directory ({error.strerror or error})") from None
     return True
 
 
@@ -152,7 +157,7 @@ def _try_lock_windows(fd: int) -> bool:
     os.lseek(fd, WINDOWS_LOCK_OFFSET, os.SEEK_SET)
     try:
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    except OSError:
+    except PermissionError:  # EACCES: locked by another process
         return False
     finally:
         os.lseek(fd, 0, os.SEEK_SET)

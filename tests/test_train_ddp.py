@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from core.errors import RecitalError
 from core.modeldir import load_model
 from tests.test_train_data import write_folder
 from tests.test_train_loop import TINY_DSMR, TINY_PERCEIVERS
@@ -90,3 +91,37 @@ def test_torchrun_runs_the_trainer_module(tmp_path):
     assert done.stdout.count("finished: 2 steps") == 1, done.stdout  # rank 1's summary is not printed
     assert load_model(out).config.d_model > 0
     assert (out / "events.jsonl").is_file()
+
+
+def _refused_worker(rank: int, world: int, port: int, folder: str, out: str, report: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    try:
+        _losses(_config(Path(folder), Path(out), "dsmr"))
+        outcome = "trained"
+    except RecitalError as error:
+        outcome = str(error)
+    Path(f"{report}.{rank}").write_text(outcome)
+    leave(0)
+
+
+def test_every_process_stops_when_the_run_folder_is_taken(tmp_path, monkeypatch):
+    """Rank 0 alone locks the folder; the other ranks learn its refusal instead of waiting for it forever."""
+    from trainer.rundir import RunLock
+
+    monkeypatch.setenv("RECITAL_CACHE_DIR", str(tmp_path / "cache"))
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    folder, out = write_folder(tmp_path / "midi", 6, notes=30), tmp_path / "taken"
+    out.mkdir()
+    held = RunLock(out)
+    try:
+        report = tmp_path / "outcome"
+        mp.spawn(_refused_worker, args=(2, _free_port(), str(folder), str(out), str(report)), nprocs=2, join=True)
+    finally:
+        held.release()
+    refusal = f"another training is using {out} (pid {os.getpid()}): wait for it to end, or stop it"
+    assert Path(f"{report}.0").read_text() == refusal
+    assert Path(f"{report}.1").read_text() == f"the main process stopped: {refusal}"
+    assert list(out.iterdir()) == []

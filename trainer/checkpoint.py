@@ -2,6 +2,7 @@
 
     <out>/config.json, model.safetensors, card.md   the best model so far (a model directory: `recital models`)
     <out>/events.jsonl                              one JSON object per progress event (the studio plots it)
+    <out>/.run.lock                                 locked by the process training it (trainer.rundir)
     <out>/checkpoints/step-00001200/                the last resumable state:
         model.safetensors                           weights at that step (not necessarily the best)
         trainer.pt                                  optimizer state and RNG states (tensors only: loaded with

@@ -92,7 +92,7 @@ class _View(QGraphicsView):
         self.setFrameShape(QFrame.NoFrame)
         self.setDragMode(QGraphicsView.RubberBandDrag)
         self.setViewportUpdateMode(QGraphicsView.SmartViewportUpdate)
-        self.setTransformationAnchor(QGraphicsView.AnchorUnderMouse)
+        self.setTransformationAnchor(QGraphicsView.AnchorViewCenter)  # the wheel zooms under the mouse instead
         self.setAlignment(Qt.AlignLeft | Qt.AlignTop)
         self.setBackgroundBrush(theme.BACKGROUND)
 
@@ -104,9 +104,16 @@ class _View(QGraphicsView):
     def y_scale(self) -> float:
         return self.transform().m22()
 
-    def zoom(self, factor: float) -> None:
+    def zoom(self, factor: float, under_mouse: bool = False) -> None:
+        """Scale time by `factor`, about the view's centre (or the point under the mouse, for the wheel: a zoom
+        from a button or from code must not anchor at a pointer that merely rests over the roll)."""
         factor = max(MIN_SCALE / self.x_scale, min(MAX_SCALE / self.x_scale, factor))
-        self.scale(factor, 1.0)
+        if under_mouse:
+            self.setTransformationAnchor(QGraphicsView.AnchorUnderMouse)
+        try:
+            self.scale(factor, 1.0)
+        finally:
+            self.setTransformationAnchor(QGraphicsView.AnchorViewCenter)
         self.zoomed.emit()
 
     def viewportEvent(self, event) -> bool:
@@ -122,7 +129,7 @@ class _View(QGraphicsView):
     def wheelEvent(self, event) -> None:
         delta = event.angleDelta().y() or event.angleDelta().x()
         if event.modifiers() & Qt.ControlModifier:
-            self.zoom(1.15 ** (delta / 120))
+            self.zoom(1.15 ** (delta / 120), under_mouse=True)
         elif event.modifiers() & Qt.ShiftModifier:
             bar = self.horizontalScrollBar()
             bar.setValue(bar.value() - delta)

@@ -133,6 +133,10 @@ def test_the_roll_fits_the_piece_not_the_whole_keyboard(qtbot):
     view = roll.view.mapToScene(roll.view.viewport().rect()).boundingRect()
     assert view.left() <= 0 and view.right() >= 12.0 * PX_PER_SECOND  # the whole duration across
 
+    roll.view.setAttribute(Qt.WA_UnderMouse, True)  # the pointer resting over the roll, never moved
+    roll.show_span(5.0, 40.0)  # as generating does: time zooms, the keys in view stay
+    assert roll.visible_pitches() == (low, high)
+
     roll.set_piece(piece([62, 62, 62], 4.0))  # one pitch: two octaves around it, not one huge key
     roll.fit()
     low, high = roll.visible_pitches()

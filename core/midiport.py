@@ -9,6 +9,7 @@ one-line `DeviceError` naming what is missing and how to get it; nothing here le
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import threading
@@ -16,9 +17,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from core.devicelog import loaded_libraries, silence_device_libraries
 from core.errors import DeviceError
 from core.midi import SUSTAIN_CC, Performance, canonical, fold_sustain
 
@@ -32,11 +35,18 @@ NOTE_OFF, NOTE_ON, CONTROL, PROGRAM = 0x80, 0x90, 0xB0, 0xC0
 ALL_SOUND_OFF, RESET_CONTROLLERS, ALL_NOTES_OFF = 120, 121, 123
 
 
+_libraries_silenced = False
+
+
 def _rtmidi():
     try:
         import rtmidi
     except ImportError as error:  # the wheel bundles its backends; this is a broken install
         raise DeviceError(f"MIDI is unavailable: python-rtmidi cannot be imported ({error})") from None
+    global _libraries_silenced
+    if not _libraries_silenced:  # its libjack prints raw lines when a server is missing or stops
+        silence_device_libraries()
+        _libraries_silenced = True
     return rtmidi
 
 
@@ -181,6 +191,57 @@ def _open_port(client, api: int, port: str | int | None, virtual_name: str, dire
     return names[index]
 
 
+SERVER_STOPPED = "the JACK server stopped during playback"
+_JACK_NO_START_SERVER = 0x01
+_JACK_SHUTDOWN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # void (*)(void *arg)
+
+
+def _rtmidi_libjack() -> ctypes.CDLL | None:
+    """The libjack python-rtmidi runs on (its wheel bundles one; else the system's), or None if none loaded."""
+    paths = [p for p in loaded_libraries("libjack") if not Path(p).name.startswith(("libjackserver", "libjacknet"))]
+    package = str(Path(_rtmidi().__file__).resolve().parents[1])
+    for path in sorted(paths, key=lambda p: not p.startswith(package)):
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        if all(hasattr(library, name) for name in ("jack_client_open", "jack_on_shutdown", "jack_client_close")):
+            return library
+    return None
+
+
+class JackWatch:
+    """Notices a JACK server that stops: a quiet second client of the same server, whose shutdown callback
+    sets `lost`. rtmidi's own client does not say when its server goes: its sends fill a buffer nobody reads.
+
+    Costs nothing while the server runs (the client has no ports and is never activated). When libjack cannot
+    be reached, `lost` is simply never set.
+    """
+
+    def __init__(self, client_name: str = CLIENT_NAME):
+        self.lost = threading.Event()
+        self._library = _rtmidi_libjack()
+        self._client = None
+        self._callback = _JACK_SHUTDOWN(lambda _arg: self.lost.set())  # kept: libjack holds the pointer
+        if self._library is None:
+            return
+        library = self._library
+        library.jack_client_open.restype = ctypes.c_void_p
+        library.jack_client_open.argtypes = (ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int))
+        library.jack_on_shutdown.argtypes = (ctypes.c_void_p, _JACK_SHUTDOWN, ctypes.c_void_p)
+        library.jack_client_close.argtypes = (ctypes.c_void_p,)
+        status = ctypes.c_int(0)
+        self._client = library.jack_client_open(f"{client_name} watch".encode(), _JACK_NO_START_SERVER,
+                                                ctypes.byref(status))
+        if self._client:
+            library.jack_on_shutdown(self._client, self._callback, None)
+
+    def close(self) -> None:
+        if self._client:
+            self._library.jack_client_close(self._client)
+            self._client = None
+
+
 class MidiOutput:
     """One open MIDI output (virtual or existing port), sending on channel 1; a `core.player.Sink`.
 
@@ -211,9 +272,13 @@ class MidiOutput:
             raise
         self.program = program
         self._program_sent = False
+        # rtmidi does not notice a JACK server that stops; this does, and every later send says so.
+        self._watch = JackWatch(client_name) if api == rtmidi.API_UNIX_JACK else None
 
     def _send(self, message: list[int]) -> None:
         rtmidi = _rtmidi()
+        if self._watch is not None and self._watch.lost.is_set():
+            raise DeviceError(SERVER_STOPPED)
         try:
             self._out.send_message(message)
         except rtmidi.RtMidiError as error:
@@ -271,6 +336,8 @@ class MidiOutput:
         self._out.close_port()
         self._out.delete()
         self._out = None
+        if self._watch is not None:
+            self._watch.close()
 
     def __enter__(self) -> MidiOutput:
         return self

@@ -358,17 +358,18 @@ def play_performance(perf: Performance, sink: Sink, clock: Callable[[], float] =
 
 
 def open_sink(synth: bool = False, virtual: bool = False, port: str | None = None,
-              soundfont: str | Path | None = None):
+              soundfont: str | Path | None = None, soundfont_origin: str | None = None):
     """The sink the user chose: the built-in synth, the virtual "Recital" MIDI port, or a named port.
 
     The caller closes it (`.close()`); each raises a one-line DeviceError when its device is missing.
+    `soundfont_origin` names where `soundfont` came from for its errors (e.g. "--soundfont").
     """
     if sum([synth, virtual, port is not None]) != 1:
         raise ValueError("choose exactly one of synth, virtual, port")
     if synth:
-        from core.synth import LiveSynth
+        from core.synth import SETTING, LiveSynth
 
-        return LiveSynth(soundfont)
+        return LiveSynth(soundfont, soundfont_origin=soundfont_origin or SETTING)
     from core.midiport import MidiOutput
 
     return MidiOutput(None if virtual else port)

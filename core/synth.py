@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.devicelog import silence_device_libraries
 from core.errors import DeviceError
 from core.midi import Performance, atomic_write_bytes
 
@@ -61,28 +62,46 @@ def soundfont_folders() -> list[Path]:
     return folders
 
 
-def find_soundfont(setting: str | Path | None = None) -> Path:
-    """The SoundFont to use: the user's setting, else $RECITAL_SOUNDFONT, else one found in the system folders.
+SETTING = "the SoundFont setting"  # where a `soundfont` argument comes from, unless the caller names a flag
+SYSTEM = "found in the system's SoundFont folders"
+
+
+def soundfont_problem(path: Path, origin: str, reason: str) -> str:
+    """One line about a SoundFont: led by the flag it came from ("--soundfont PATH: ..."), else ending with
+    where it came from (the setting, $RECITAL_SOUNDFONT, the system search)."""
+    if origin.startswith("-"):
+        return f"{origin} {path}: {reason}"
+    return f"{path}: {reason} ({'' if origin == SYSTEM else 'from '}{origin})"
+
+
+def locate_soundfont(setting: str | Path | None = None, origin: str = SETTING) -> tuple[Path, str]:
+    """The SoundFont to use and where it came from: the user's setting (named by `origin`, e.g. "--soundfont"),
+    else $RECITAL_SOUNDFONT, else one found in the system folders.
 
     A setting or variable that names a missing file is an error (not silently replaced by another SoundFont).
     """
-    for value, origin in ((setting, "the SoundFont setting"), (os.environ.get(SOUNDFONT_ENV), f"${SOUNDFONT_ENV}")):
+    for value, source in ((setting, origin), (os.environ.get(SOUNDFONT_ENV), f"${SOUNDFONT_ENV}")):
         if value:
             path = Path(value).expanduser()
             if not path.is_file():
-                raise DeviceError(f"{path}: no such SoundFont file (from {origin})")
-            return path
+                raise DeviceError(soundfont_problem(path, source, "no such SoundFont file"))
+            return path, source
     folders = [folder for folder in soundfont_folders() if folder.is_dir()]
     for name in PREFERRED_NAMES:
         for folder in folders:
             if (folder / name).is_file():
-                return folder / name
+                return folder / name, SYSTEM
     for folder in folders:
         found = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".sf2", ".sf3") and p.is_file())
         if found:
-            return found[0]
+            return found[0], SYSTEM
     raise DeviceError(f"no General MIDI SoundFont found; {install_hint(soundfont=True)}, "
                       f"or set {SOUNDFONT_ENV}=/path/to/piano.sf2")
+
+
+def find_soundfont(setting: str | Path | None = None, origin: str = SETTING) -> Path:
+    """The SoundFont `locate_soundfont` chooses."""
+    return locate_soundfont(setting, origin)[0]
 
 
 def install_hint(soundfont: bool = False) -> str:
@@ -122,29 +141,32 @@ def _fluid_quiet(fluidsynth) -> Iterator[None]:
             setter(level, function, None)
 
 
-def _new_synth(soundfont: str | Path | None, sample_rate: int, gain: float, program: int):
+def _new_synth(soundfont: str | Path | None, sample_rate: int, gain: float, program: int,
+               origin: str = SETTING):
     """A fluidsynth Synth with the SoundFont loaded and `program` selected on channel 0."""
     fluidsynth = load_fluidsynth()
-    path = find_soundfont(soundfont)
+    path, origin = locate_soundfont(soundfont, origin)
     # Chorus off: GM pianos send no chorus (CC 93 is 0), yet the effect unit costs a third of the render time.
     synth = fluidsynth.Synth(gain=gain, samplerate=sample_rate, **{"synth.chorus.active": 0})
     with _fluid_quiet(fluidsynth):
         sfid = synth.sfload(str(path))
     if sfid < 0:
         synth.delete()
-        raise DeviceError(f"{path}: fluidsynth cannot load this SoundFont (not a valid .sf2/.sf3 file)")
+        raise DeviceError(soundfont_problem(path, origin, "fluidsynth cannot load this SoundFont, not a valid "
+                                                          ".sf2/.sf3 file"))
     synth.program_select(CHANNEL, sfid, 0, program)
     return fluidsynth, synth
 
 
 def render(perf: Performance, soundfont: str | Path | None = None, sample_rate: int = SAMPLE_RATE,
-           tail: float = TAIL_SECONDS, gain: float = DEFAULT_GAIN, program: int = PIANO) -> np.ndarray:
+           tail: float = TAIL_SECONDS, gain: float = DEFAULT_GAIN, program: int = PIANO,
+           soundfont_origin: str = SETTING) -> np.ndarray:
     """Audio of a performance, offline: int16 (frames, 2), `perf.duration + tail` seconds long.
 
     Note-ons and -offs take effect at their exact sample: the synth renders straight into one preallocated
     buffer up to each event time, so the cost is synthesis alone (hundreds of times real time).
     """
-    fluidsynth, synth = _new_synth(soundfont, sample_rate, gain, program)
+    fluidsynth, synth = _new_synth(soundfont, sample_rate, gain, program, soundfont_origin)
     try:
         frames = int(round((perf.duration + tail) * sample_rate))
         out = np.zeros((frames, 2), dtype=np.int16)  # (frames, 2) interleaved L R
@@ -197,10 +219,12 @@ def wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
 
 
 def render_wav(perf: Performance, path: str | Path, soundfont: str | Path | None = None,
-               sample_rate: int = SAMPLE_RATE, tail: float = TAIL_SECONDS) -> Path:
-    """Render a performance to a 44.1 kHz stereo 16-bit WAV file (written atomically); returns the path."""
+               sample_rate: int = SAMPLE_RATE, tail: float = TAIL_SECONDS, soundfont_origin: str = SETTING
+               ) -> Path:
+    """Render a performance to a 44.1 kHz stereo 16-bit WAV file (written atomically); returns the path.
+    `soundfont_origin`: where `soundfont` came from, for errors (a flag such as "--soundfont", or a setting)."""
     path = Path(path)
-    audio = render(perf, soundfont=soundfont, sample_rate=sample_rate, tail=tail)
+    audio = render(perf, soundfont=soundfont, sample_rate=sample_rate, tail=tail, soundfont_origin=soundfont_origin)
     atomic_write_bytes(path, wav_bytes(audio, sample_rate), what="WAV file")
     return path
 
@@ -213,10 +237,11 @@ class LiveSynth:
     """
 
     def __init__(self, soundfont: str | Path | None = None, driver: str | None = None,
-                 gain: float = DEFAULT_GAIN, program: int = PIANO):
-        self._fluidsynth, self._synth = _new_synth(soundfont, SAMPLE_RATE, gain, program)
+                 gain: float = DEFAULT_GAIN, program: int = PIANO, soundfont_origin: str = SETTING):
+        self._fluidsynth, self._synth = _new_synth(soundfont, SAMPLE_RATE, gain, program, soundfont_origin)
         drivers = (driver,) if driver else AUDIO_DRIVERS.get(sys.platform, AUDIO_DRIVERS["linux"])
         os.environ.setdefault("JACK_NO_START_SERVER", "1")  # probing JACK must not launch a server
+        silence_device_libraries()  # libjack and ALSA print a dozen lines per failed driver; we print one
         self.driver = None
         with _fluid_quiet(self._fluidsynth):
             for name in drivers:

@@ -268,3 +268,38 @@ def test_windows_has_no_virtual_ports_and_says_what_to_do(monkeypatch):
         MidiOutput()
     with pytest.raises(DeviceError, match="not available on Windows"):
         MidiRecorder()
+
+
+def test_a_jack_server_that_stops_mid_play_stops_the_player_with_one_line(jack_server, tmp_path):
+    """The server goes away while `recital play --virtual` plays: it stops, says so, and exits 1."""
+    import select
+
+    from tests.jack import start_server
+
+    name = f"recital-dying-{os.getpid()}"
+    server = start_server(shutil.which("jackd"), name)
+    piece = tmp_path / "long.mid"
+    onset = np.arange(600) * 0.1  # a minute of notes: the server is gone long before the end
+    write_performance(Performance.from_notes(onset, onset + 0.05, 60 + np.arange(600) % 24, [80] * 600), piece)
+    env = {**os.environ, "JACK_DEFAULT_SERVER": name, "RECITAL_MIDI_API": "jack", "JACK_NO_START_SERVER": "1"}
+    env.pop("RECITAL_DEVICE_LOG", None)
+    player = subprocess.Popen([sys.executable, "-m", "core", "play", str(piece), "--virtual"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([player.stderr], [], [], 60)  # "playing ...": the port is open
+        assert ready, "the player did not start"
+        first = player.stderr.readline()
+        assert first.startswith(f"playing {piece}"), first
+        time.sleep(0.5)  # some notes go out while the server still runs
+    finally:
+        server.terminate()
+        server.wait(10)
+    try:
+        out, err = player.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        player.kill()
+        out, err = player.communicate()
+        pytest.fail(f"the player went on after the server stopped: {out!r} {err!r}")
+    assert player.returncode == 1
+    assert err == "error: the JACK server stopped during playback\n"
+    assert "played" not in out

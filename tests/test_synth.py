@@ -164,3 +164,63 @@ def test_live_synth_plays_through_jack(jack):
         live.note_on(60, 100)
         live.note_off(60)
         live.all_off()
+
+
+# --- what the user reads ----------------------------------------------------------------------------------
+
+
+def test_soundfont_flag_errors_name_the_flag(tmp_path, monkeypatch, capsys, scale):
+    """A path from --soundfont is named after the flag; the variable and the system search name themselves."""
+    piece = tmp_path / "scale.mid"
+    write_performance(scale, piece)
+    out = str(tmp_path / "out.wav")
+    gone = tmp_path / "gone.sf2"
+    monkeypatch.delenv("RECITAL_SOUNDFONT", raising=False)
+    assert main(["play", str(piece), "--wav", out, "--soundfont", str(gone)]) == 1
+    assert capsys.readouterr().err == f"error: --soundfont {gone}: no such SoundFont file\n"
+    assert main(["play", str(piece), "--soundfont", str(gone)]) == 1  # the live synth, same words
+    assert capsys.readouterr().err == f"error: --soundfont {gone}: no such SoundFont file\n"
+    monkeypatch.setenv("RECITAL_SOUNDFONT", str(gone))
+    assert main(["play", str(piece), "--wav", out]) == 1
+    assert capsys.readouterr().err == f"error: {gone}: no such SoundFont file (from $RECITAL_SOUNDFONT)\n"
+    monkeypatch.delenv("RECITAL_SOUNDFONT")
+    needs_synth()
+    fake = tmp_path / "fake.sf2"
+    fake.write_text("not a soundfont")
+    assert main(["play", str(piece), "--wav", out, "--soundfont", str(fake)]) == 1
+    assert capsys.readouterr().err == (f"error: --soundfont {fake}: fluidsynth cannot load this SoundFont, "
+                                       "not a valid .sf2/.sf3 file\n")
+    monkeypatch.setattr(synth, "soundfont_folders", lambda: [tmp_path])
+    with pytest.raises(DeviceError, match=r"fake.sf2: fluidsynth cannot load.*\(found in the system's SoundFont"):
+        synth.render(scale)
+    assert not Path(out).exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the drivers and the libraries that print are Linux's")
+def test_no_audio_device_prints_our_one_line_only(tmp_path, scale):
+    """libjack and ALSA print a dozen lines while fluidsynth probes its drivers; the user reads one."""
+    needs_synth()
+    piece = tmp_path / "scale.mid"
+    write_performance(scale, piece)
+    empty = tmp_path / "asound.conf"
+    empty.write_text("")
+    # No sound server or card whatever the machine: a JACK server nobody runs, no PulseAudio or PipeWire
+    # socket, ALSA without a configuration (so without a default device).
+    env = {**os.environ, "JACK_DEFAULT_SERVER": f"recital-none-{os.getpid()}", "JACK_NO_START_SERVER": "1",
+           "PULSE_SERVER": f"unix:{tmp_path}/no-pulse", "PIPEWIRE_REMOTE": f"{tmp_path}/no-pipewire",
+           "ALSA_CONFIG_PATH": str(empty)}
+    env.pop("RECITAL_DEVICE_LOG", None)
+
+    def play(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "core", "play", str(piece)], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60, env={**env, **extra})
+
+    result = play()
+    drivers = ", ".join(synth.AUDIO_DRIVERS["linux"])
+    assert result.returncode == 1
+    assert result.stderr == (f"error: no audio device found (tried fluidsynth drivers: {drivers}); use --wav to "
+                             "render to a file or --virtual/--port to play on a MIDI port\n")
+    assert result.stdout == ""
+    noisy = play(RECITAL_DEVICE_LOG="1")  # the libraries' own lines, kept for debugging a device
+    assert noisy.returncode == 1 and len(noisy.stderr.splitlines()) > 1
+    assert noisy.stderr.splitlines()[-1] == result.stderr.strip()

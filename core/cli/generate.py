@@ -318,7 +318,8 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink, planned) -> 
         from core.synth import render_wav
 
         for path, new in zip(output_paths(args.wav, batch, suffix=".wav"), lanes, strict=True):
-            render_wav(decode(np.array(primer + new)), path, soundfont=args.soundfont)
+            render_wav(decode(np.array(primer + new)), path, soundfont=args.soundfont,
+                       soundfont_origin="--soundfont")
             print(f"rendered {path}")
     if interrupted is not None:
         sys.stdout.flush()

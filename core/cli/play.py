@@ -6,6 +6,7 @@ import argparse
 import sys
 
 HELP = "play a MIDI file on the synth or a MIDI port, or render it to WAV"
+SOUNDFONT_FLAG = "--soundfont"  # SoundFont errors name it: the path came from there
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, synth_flag: str = "--synth") -> None:
@@ -19,7 +20,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, synth_flag: str = "--s
     where.add_argument("--virtual", action="store_true",
                        help='open a virtual MIDI output port named "Recital" and play to it (connect your DAW)')
     where.add_argument("--port", metavar="NAME", help="play to an existing MIDI output port (see `recital ports`)")
-    parser.add_argument("--soundfont", metavar="PATH",
+    parser.add_argument(SOUNDFONT_FLAG, metavar="PATH",
                         help="General MIDI SoundFont for the synth and --wav (default: $RECITAL_SOUNDFONT, "
                              "then the system's)")
 
@@ -36,7 +37,7 @@ def open_chosen_sink(args: argparse.Namespace, default_synth: bool = True):
     if args.virtual:
         return open_sink(virtual=True)
     if args.synth or default_synth:
-        return open_sink(synth=True, soundfont=args.soundfont)
+        return open_sink(synth=True, soundfont=args.soundfont, soundfont_origin=SOUNDFONT_FLAG)
     return None
 
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
         for note in planned.create_folders():
             print(f"note: {note}")
-        path = render_wav(perf, args.wav, soundfont=args.soundfont)
+        path = render_wav(perf, args.wav, soundfont=args.soundfont, soundfont_origin=SOUNDFONT_FLAG)
         print(f"wrote {path} ({minutes}:{seconds:02d}, {len(perf)} notes)")
         if not (args.synth or args.virtual or args.port is not None):
             return 0

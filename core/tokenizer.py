@@ -17,6 +17,8 @@ a note-on of a sounding pitch re-strikes it, and notes still sounding at the end
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,20 +200,36 @@ class Decoder:
 
 def decode(ids) -> Performance:
     """Performance of any id sequence (reads up to the first EOS); never raises."""
+    return decode_continuations(ids, [[]])[0]
+
+
+def decode_continuations(primer, continuations: Sequence) -> list[Performance]:
+    """One Performance per continuation: `primer` followed by it, the primer read once for all of them.
+
+    A long primer (a million ids) is decoded once, not once per variation, and never copied into each one.
+    """
     decoder = Decoder()
-    onset, offset, pitch, velocity = [], [], [], []
+    notes: list[tuple[float, float, int, int]] = []  # (onset, offset, pitch, velocity) of the primer's ended notes
+    _read(decoder, primer, notes)
+    pieces = []
+    for continuation in continuations:
+        lane, lane_notes = copy.deepcopy(decoder), list(notes)
+        _read(lane, continuation, lane_notes)
+        lane_notes += [(e.onset, e.time, e.pitch, e.velocity) for e in lane.finish()]
+        onset, offset, pitch, velocity = zip(*lane_notes, strict=True) if lane_notes else ((), (), (), ())
+        pieces.append(Performance.from_notes(onset, offset, pitch, velocity))
+    return pieces
+
+
+def _read(decoder: Decoder, ids, notes: list) -> None:
+    """Feed ids (up to the first EOS) and collect the notes they end."""
     for token in np.asarray(ids, dtype=np.int64).ravel().tolist():
-        for event in decoder.feed(token):
-            if event.kind == "off":
-                onset.append(event.onset)
-                offset.append(event.time)
-                pitch.append(event.pitch)
-                velocity.append(event.velocity)
         if decoder.ended:
-            break
-    for event in decoder.finish():
-        onset.append(event.onset)
-        offset.append(event.time)
-        pitch.append(event.pitch)
-        velocity.append(event.velocity)
-    return Performance.from_notes(onset, offset, pitch, velocity)
+            return
+        notes += [(e.onset, e.time, e.pitch, e.velocity) for e in decoder.feed(token) if e.kind == "off"]
+
+
+def shift_ticks(ids) -> np.ndarray:
+    """Ticks each id moves the clock by (0 for every id but a TimeShift): the codec's one time arithmetic."""
+    ids = np.asarray(ids)
+    return np.where((ids >= TIME_SHIFT) & (ids < VELOCITY), ids.astype(np.int64) - TIME_SHIFT + 1, 0)

@@ -119,3 +119,24 @@ def test_round_trip_any_canonical_performance(notes):
     from core.midi import canonical
     onset, length, pitch, velocity = map(np.array, zip(*notes, strict=True))
     assert_round_trip(canonical(onset, onset + length, pitch, velocity))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, VOCAB_SIZE - 1), max_size=200),
+       st.lists(st.lists(st.integers(0, VOCAB_SIZE - 1), max_size=80), min_size=1, max_size=4))
+def test_continuations_decode_as_primer_plus_each(primer, continuations):
+    """The primer read once and shared: each piece equals decoding primer + continuation whole."""
+    pieces = tk.decode_continuations(np.array(primer, dtype=np.int64), continuations)
+    for piece, new in zip(pieces, continuations, strict=True):
+        whole = decode(primer + new)
+        for field in ("onset", "offset", "pitch", "velocity"):
+            np.testing.assert_array_equal(getattr(piece, field), getattr(whole, field))
+
+
+def test_shift_ticks_is_the_clock_of_a_decoder():
+    ids = np.array([tk.TIME_SHIFT + 9, tk.NOTE_ON + 60, tk.TIME_SHIFT + 99, tk.VELOCITY + 3, tk.TIME_SHIFT])
+    decoder = Decoder()
+    for token in ids:
+        decoder.feed(token)
+    assert tk.shift_ticks(ids).tolist() == [10, 0, 100, 0, 1]
+    assert tk.shift_ticks(ids).sum() * tk.TICK_SECONDS == pytest.approx(decoder.time)

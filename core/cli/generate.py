@@ -229,14 +229,13 @@ def check_state_fits(nbytes: int, batch: int) -> None:
 
 
 def _write_continuation(args: argparse.Namespace, primer_ids, sink, planned) -> int:
-    import numpy as np
 
     from core.generate import SamplingConfig, generate, prepare_primer, use_fast_step
     from core.midi import write_performance
     from core.modeldir import load_model
     from core.player import LivePlayer
     from core.state import format_bytes, parse_budget
-    from core.tokenizer import Decoder, decode
+    from core.tokenizer import TICK_SECONDS, Decoder, decode_continuations, shift_ticks
 
     model = load_model(args.model)
     use_fast_step(model, exact=args.exact)
@@ -249,7 +248,7 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink, planned) -> 
     plan = model.plan(budget, batch)
     check_state_fits(plan.nbytes, batch)
     state = model.new_state(plan, batch)
-    primer = prepare_primer(primer_ids, model.config.vocab_size).tolist()
+    primer = prepare_primer(primer_ids, model.config.vocab_size).numpy()  # one array, however long, for all lanes
     max_tokens = args.max_tokens or int(args.seconds * TOKENS_PER_SECOND_LIMIT) + 64
     print(f"model {args.model} ({model.arch}); {plan.describe()}")
     note = model.memory_limit_note(budget, batch) if hasattr(model, "memory_limit_note") else ""
@@ -257,16 +256,12 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink, planned) -> 
         print(f"note: {note}")
 
     lanes: list[list[int]] = [[] for _ in range(batch)]
-    decoders = [Decoder() for _ in range(batch)]
-    for decoder in decoders:  # the primer sets the clock and the sounding notes; its events are not new
-        for token in primer:
-            decoder.feed(token)
     stream = generate(model, primer, budget, sampling, max_tokens=max_tokens, max_seconds=args.seconds,
                       stop_at_eos=args.allow_end, max_note_seconds=args.max_note or None, batch=batch,
                       seed=args.seed, state=state)
     # Live playback of the first variation: a decoder of its new ids only, starting where the primer ends.
     player = LivePlayer(sink) if sink is not None else None
-    listened = Decoder(decoders[0].time)
+    listened = Decoder(float(shift_ticks(primer).sum()) * TICK_SECONDS)
     start = time.perf_counter()
     first = None  # when the first new id came: reading the primer happens before it
     count = 0
@@ -278,7 +273,6 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink, planned) -> 
             for lane, token in enumerate(tokens):
                 if token:  # PAD: this variation has finished
                     lanes[lane].append(token)
-                    decoders[lane].feed(token)
             if player is not None and tokens[0]:
                 player.feed(listened.feed(tokens[0]), horizon=listened.time)
             count += 1
@@ -293,11 +287,10 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink, planned) -> 
         raise
     elapsed = time.perf_counter() - (first or start)
 
-    before = decode(np.array(primer))
+    before, *pieces = decode_continuations(primer, [[]] + lanes)  # the primer decoded once for every lane
     for note in planned.create_folders():
         print(f"note: {note}")
-    for path, new in zip(output_paths(args.out, batch), lanes, strict=True):
-        piece = decode(np.array(primer + new))
+    for path, piece in zip(output_paths(args.out, batch), pieces, strict=True):
         write_performance(piece, path)
         line = f"wrote {path}: {len(piece)} notes, {piece.duration:.1f} s of music"
         if len(primer) > 1:
@@ -317,8 +310,8 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink, planned) -> 
     if args.wav:
         from core.synth import render_wav
 
-        for path, new in zip(output_paths(args.wav, batch, suffix=".wav"), lanes, strict=True):
-            render_wav(decode(np.array(primer + new)), path, soundfont=args.soundfont,
+        for path, piece in zip(output_paths(args.wav, batch, suffix=".wav"), pieces, strict=True):
+            render_wav(piece, path, soundfont=args.soundfont,
                        soundfont_origin="--soundfont")
             print(f"rendered {path}")
     if interrupted is not None:

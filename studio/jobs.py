@@ -13,6 +13,7 @@ import threading
 from PySide6.QtCore import QDeadlineTimer, QObject, Qt, QThread, Signal, Slot
 
 from core.errors import RecitalError
+from core.threads import use_threads
 
 
 class Cancelled(Exception):
@@ -51,7 +52,8 @@ class Job(QObject):
     @Slot()
     def run(self) -> None:
         try:
-            result = self.work()
+            with use_threads("generate"):  # this thread only, for the job's duration (core/threads.py)
+                result = self.work()
         except Cancelled:
             self.cancelled.emit()
         except RecitalError as error:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.midi import Performance
+
+# Tiny models on one thread everywhere, training included (core/threads.py gives training every core), and in
+# the commands tests run as subprocesses: on a shared CPU a second thread only adds waiting.
+os.environ.setdefault("RECITAL_THREADS", "1")
 
 # Made by tests/data/make_fixtures.py and committed: piano/ (solo performances with pedal), pop/ (one-track
 # arrangements), multitrack/ (bands with drums, tempo maps, meter changes), broken/ (controller value 168, no notes).

@@ -40,6 +40,7 @@ import platformdirs
 
 from core.errors import MidiError
 from core.midi import MAX_FILE_BYTES, atomic_write_bytes, find_midi_files, read_performance
+from core.threads import data_workers
 from core.tokenizer import encode
 
 CACHE_ENV = "RECITAL_CACHE_DIR"
@@ -441,7 +442,7 @@ class Corpus:
 
 def _encode_all(todo: dict[str, Path], store: _Store, workers: int | None):
     """Yield (hash, record) for each file in `todo`, in completion order, in a process pool when it helps."""
-    workers = min(workers or os.cpu_count() or 1, len(todo))
+    workers = min(workers or data_workers(), len(todo))
     if workers <= 1:
         for digest, path in todo.items():
             yield digest, _safe_encode(path, digest, store)

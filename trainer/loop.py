@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from core.errors import MidiError, ModelError, RecitalError
 from core.modeldir import _looks_like_path, build_model, read_config, resolve, user_models_dir
 from core.state import parse_budget
+from core.threads import use_threads
 from core.tokenizer import PAD
 from trainer import checkpoint as ckpt
 from trainer import rundir, samplers
@@ -88,7 +89,8 @@ def fine_tune(config: TrainConfig, on_progress: ProgressCallback | None = None,
     """Train as `config` says; returns where the model is and how it went. Errors are core.errors types."""
     world = join(config.device)
     try:
-        return _Run(config, world, on_progress, should_stop).run()
+        with use_threads("train"):  # every core this process may use (core/threads.py)
+            return _Run(config, world, on_progress, should_stop).run()
     finally:
         world.close()
 

@@ -11,6 +11,7 @@ import sys
 
 from core import __version__
 from core.errors import RecitalError
+from core.threads import command_threads
 
 # Subcommand name -> module under core.cli (`continue` is a Python keyword).
 COMMANDS = {
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        with command_threads(args.command):  # core/threads.py: one thread for generation, all for training
+            return int(args.run(args) or 0)
     except RecitalError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -59,7 +59,7 @@ def summarize(path: str | Path) -> ModelSummary:
     """The summary of the model directory at `path` (ModelError when its config cannot be read)."""
     import torch
 
-    from core.modeldir import CARD, WEIGHTS, build_model, read_config
+    from core.modeldir import WEIGHTS, build_model, read_card, read_config
     from core.state import format_bytes
 
     path = Path(path)
@@ -70,8 +70,8 @@ def summarize(path: str | Path) -> ModelSummary:
         except ModelError as error:
             raise ModelError(f"{path}: {error}") from None
     try:
-        card = (path / CARD).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        card = read_card(path)
+    except ModelError:
         card = ""
     weights = path / WEIGHTS
     file_size = weights.stat().st_size if weights.is_file() else 0

@@ -8,6 +8,7 @@ Generate button, its progress and the takes stay pinned below them, always in vi
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from pathlib import Path
@@ -37,7 +38,7 @@ from PySide6.QtWidgets import (
 
 from core.errors import RecitalError
 from core.modelcard import scrub_paths, summarize
-from core.modeldir import CARD, ModelInfo
+from core.modeldir import CARD, ModelInfo, read_card
 from studio.budget import BudgetPanel
 from studio.document import Piece
 from studio.generation import GenerateRequest
@@ -58,10 +59,12 @@ def summary_text(path: Path) -> str:
 
 def full_card(path: Path) -> str:
     """The whole card.md as shown in the studio: markdown, machine paths replaced by folder names."""
+    if not os.path.lexists(Path(path) / CARD):
+        return f"This model has no readable card ({CARD} is missing)."
     try:
-        text = (Path(path) / CARD).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        return f"This model has no readable card ({getattr(error, 'strerror', None) or error})."
+        text = read_card(Path(path))  # bounded, regular files only: a FIFO or /dev/zero link never hangs the studio
+    except RecitalError as error:
+        return scrub_paths(f"This model has no readable card ({error}).")
     return scrub_paths(text) if text.strip() else "This model's card is empty."
 
 

@@ -170,7 +170,7 @@ def init_origin(path: Path, recipe: Recipe) -> dict:
     must be the one the recipe would train: same architecture, same config (the memory it was trained with aside)."""
     import subprocess
 
-    from core.modeldir import CARD, architecture, read_config
+    from core.modeldir import architecture, read_card, read_config
     from trainer.config import scratch_config
 
     path = path.expanduser().resolve()
@@ -185,7 +185,7 @@ def init_origin(path: Path, recipe: Recipe) -> dict:
     if differ:
         raise ModelError(f"{path}: --init needs the model the recipe trains; its "
                          + ", ".join(f"{k} is {found.get(k)!r}, not {wanted[k]!r}" for k in differ))
-    card = (path / CARD).read_text(encoding="utf-8") if (path / CARD).is_file() else ""
+    card = read_card(path)
     training = card.partition("## Training")[2].split("\n## ")[0]
     try:
         revision = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True,

@@ -25,6 +25,7 @@ from typing import Protocol
 import torch
 
 from core.errors import BudgetError
+from core.models.interface import Memory
 
 TOKENS_PER_SECOND = 40.0  # dense piano performance: about 40 tokens per second of music
 SCHEDULES = ("full", "uniform", "two_scale")
@@ -88,6 +89,7 @@ class StatePlan:
     batch: int
     element_size: int  # bytes per stored key/value number
     budget: int | None  # the budget the plan was made for, if any
+    limits: tuple[int, ...] | None = None  # the longest horizon each layer was trained with (None: no cap known)
 
     @property
     def capacities(self) -> tuple[int, ...]:
@@ -99,6 +101,12 @@ class StatePlan:
         kv = self.batch * sum(self.capacities) * 2 * self.d_model * self.element_size
         valid = self.batch * (max(self.horizons) + self.segment_len)
         return kv + valid + self.batch * 8
+
+    def memories(self) -> tuple[Memory, ...]:
+        """One part per layer: its horizon plus the segment being read, at most its trained horizon plus that."""
+        limits = self.limits if self.limits is not None else self.horizons
+        return tuple(Memory(f"layer {i}", m + self.segment_len, limit + self.segment_len)
+                     for i, (m, limit) in enumerate(zip(self.horizons, limits, strict=True), start=1))
 
     def describe(self) -> str:
         """One line for the CLI and the slider: horizons, bytes, and how much music that remembers."""

@@ -41,6 +41,7 @@ from core.models.config import (
     range_problems,
     show,
 )
+from core.models.interface import LEFT_TO_RIGHT
 from core.models.layers import Block, RMSNorm
 from core.models.packed import Matrix, PackedWeights, folded, inv_rms, matrix_kind, rms_eps
 from core.state import RecurrentState, StatePlan, parse_budget, plan_horizons
@@ -113,7 +114,10 @@ class DSMRConfig:
 
 
 class DSMR(PackedWeights, nn.Module):
+    """The DSMR model (core.models.interface.LeftToRight): `forward` trains, `prefill`/`step`/`read` generate."""
+
     arch = "dsmr"
+    family = LEFT_TO_RIGHT
 
     def __init__(self, config: DSMRConfig):
         super().__init__()
@@ -158,9 +162,11 @@ class DSMR(PackedWeights, nn.Module):
             params.setdefault("n_long", c.n_long)
             params.setdefault("long_ratio", c.long_ratio)
         plan = plan_horizons(c, budget, batch, schedule, element_size=self._element_size(), **params)
+        limits = tuple(c.trained_horizons) if c.trained_horizons is not None else (c.max_horizon,) * c.n_layers
         if c.trained_horizons is None or beyond_training:
-            return plan
-        return replace(plan, horizons=tuple(min(m, t) for m, t in zip(plan.horizons, c.trained_horizons, strict=True)))
+            return replace(plan, limits=limits)
+        return replace(plan, limits=limits,
+                       horizons=tuple(min(m, t) for m, t in zip(plan.horizons, c.trained_horizons, strict=True)))
 
     def memory_limit_note(self, budget_bytes: int | str | None = None, batch: int = 1) -> str:
         """What the user is told when the budget buys more memory than the model was trained to use ('' if not)."""
@@ -179,6 +185,10 @@ class DSMR(PackedWeights, nn.Module):
         self._watch_parameters()  # the weights `step` checks for changes
         return RecurrentState(plan, self.config.n_heads, dtype=weight.dtype, device=weight.device)
 
+    def describe(self) -> str:
+        c = self.config
+        return f"DSMR, {c.n_layers} layers x {c.d_model}, each layer with its own memory"
+
     def _element_size(self) -> int:
         return self.embed.weight.element_size()
 
@@ -195,6 +205,10 @@ class DSMR(PackedWeights, nn.Module):
         """
         chunks = list(self._chunks(ids, state))
         return self.head(self.norm(chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)))
+
+    def read(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
+        """Logits (B, T, V) after every id of `ids` (B, T): `forward`, each equal to what its `step` would give."""
+        return self(ids, state)
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:

@@ -42,6 +42,7 @@ from core.models.config import (
     field_problems,
     range_problems,
 )
+from core.models.interface import LEFT_TO_RIGHT
 from core.models.layers import Block, CrossAttentionBlock, RMSNorm
 from core.models.packed import Matrix, PackedWeights, folded, inv_rms, matrix_kind, rms_eps
 from core.models.perceivers_state import PerceiverSPlan, PerceiverSState, plan_state
@@ -115,7 +116,10 @@ def visible(query_pos: torch.Tensor, key_pos: torch.Tensor, key_pad: torch.Tenso
 
 
 class PerceiverS(PackedWeights, nn.Module):
+    """The PerceiverS model (core.models.interface.LeftToRight): `forward` trains on crops, the rest generates."""
+
     arch = "perceivers"
+    family = LEFT_TO_RIGHT
 
     def __init__(self, config: PerceiverSConfig):
         super().__init__()
@@ -183,6 +187,15 @@ class PerceiverS(PackedWeights, nn.Module):
         budget = parse_budget(c.default_budget) * batch if budget_bytes is None else parse_budget(budget_bytes)
         return plan_state(budget, batch, c.context, c.latents, c.scale, c.n_layers, c.n_heads, c.d_model,
                           self.embed.weight.dtype)
+
+    def memory_limit_note(self, budget_bytes: int | str | None = None, batch: int = 1) -> str:
+        """'': a plan never reads more context than the model was trained with, whatever the budget."""
+        return ""
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"PerceiverS, {c.n_layers + 2} attention layers x {c.d_model}, reading up to {c.context:,} tokens "
+                f"back, condensed to {c.latents}")
 
     def new_state(self, plan: PerceiverSPlan, batch: int | None = None) -> PerceiverSState:
         c = self.config

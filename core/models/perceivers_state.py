@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from core.errors import BudgetError
+from core.models.interface import Memory
 from core.state import TOKENS_PER_SECOND, format_bytes
 
 INDEX_BYTES = 8  # int64 positions and ids
@@ -52,6 +53,7 @@ class PerceiverSPlan:
     d_model: int
     dtype: torch.dtype
     budget: int
+    trained_context: int  # N: the context the model was trained with
 
     @property
     def local(self) -> int:
@@ -61,6 +63,10 @@ class PerceiverSPlan:
     def nbytes(self) -> int:
         return state_bytes(self.batch, self.context, self.latents, self.scale, self.n_layers, self.d_model,
                            _element_size(self.dtype))
+
+    def memories(self) -> tuple[Memory, ...]:
+        """One part: the context the first cross-attention reads, at most the trained context."""
+        return (Memory("context", self.context, self.trained_context),)
 
     def describe(self) -> str:
         return (f"PerceiverS state {format_bytes(self.nbytes)} of a {format_bytes(self.budget)} budget: "
@@ -94,7 +100,7 @@ def plan_state(budget: int, batch: int, max_context: int, latents: int, scale: i
             low = middle
         else:
             high = middle - 1
-    return PerceiverSPlan(batch, low, latents, scale, n_layers, n_heads, d_model, dtype, budget)
+    return PerceiverSPlan(batch, low, latents, scale, n_layers, n_heads, d_model, dtype, budget, max_context)
 
 
 class PerceiverSState:

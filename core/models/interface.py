@@ -1,0 +1,191 @@
+"""The model interface every architecture implements, declared once: callers rely on it instead of the arch name.
+
+Two families share the common part (`Model`: construct from a config, plan a budget, make a state, describe
+itself, say what a plan remembers and what it was trained to use):
+
+- `LeftToRight` models read and generate one id after another: `prefill` a primer, `step` one id per lane,
+  `read` a whole sequence for scoring (DSMR, PerceiverS).
+- `Denoiser` models fill masked positions of a whole window at once (`denoise`): a discrete diffusion model
+  such as SMDIM. Generation and scoring choose the path by `model.family`, never by probing methods.
+
+What a run needs from a model to train it (how batches are cut, the loss, the shortest trainable piece, what the
+model records about the run) is its `Training` adapter, registered with the architecture (core/models/registry.py).
+The trainer calls only that adapter; it never names an architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+LEFT_TO_RIGHT = "left_to_right"
+DENOISE = "denoise"
+Family = Literal["left_to_right", "denoise"]
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One part of what a plan holds: `tokens` of music now, at most `limit` (what training used) were it allowed.
+
+    DSMR: one per layer ("layer 1" ...), its horizon plus the segment being read. PerceiverS: one "context".
+    """
+
+    label: str
+    tokens: int
+    limit: int
+
+
+@runtime_checkable
+class Plan(Protocol):
+    """What a byte budget bought for a batch of lanes: exact bytes, and what that remembers."""
+
+    batch: int
+    budget: int | None  # the budget the plan was made for, if any
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def describe(self) -> str:
+        """One line for the CLI and the studio's slider."""
+        ...
+
+    def memories(self) -> tuple[Memory, ...]:
+        """What each part of the state holds, in tokens (lowest part first)."""
+        ...
+
+
+@runtime_checkable
+class State(Protocol):
+    """Preallocated buffers made from a plan; they never grow. Lanes are independent."""
+
+    @property
+    def batch(self) -> int: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def reset(self, lane: int) -> None:
+        """Forget everything lane `lane` has read; the other lanes go on."""
+        ...
+
+
+class ModelConfig(Protocol):
+    """A model's config: typed fields read from config.json (`from_dict` refuses bad ones with a ModelError)."""
+
+    vocab_size: int
+    default_budget: str  # state budget per lane when the user names none, e.g. "8MB"
+
+    def to_dict(self) -> dict: ...
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig: ...
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What every architecture provides (an nn.Module constructed as `model_class(config)`)."""
+
+    arch: ClassVar[str]  # the registry's name, written into config.json
+    family: ClassVar[Family]  # LEFT_TO_RIGHT or DENOISE
+    config: ModelConfig
+
+    def plan(self, budget_bytes: int | str | None = None, batch: int = 1) -> Plan:
+        """The plan a budget buys for `batch` lanes (None: the config's default budget for each lane);
+        BudgetError when it buys nothing."""
+        ...
+
+    def memory_limit_note(self, budget_bytes: int | str | None = None, batch: int = 1) -> str:
+        """What to tell the user when the budget buys more memory than the model was trained to use ('' if not)."""
+        ...
+
+    def new_state(self, plan: Plan, batch: int | None = None) -> State:
+        """Buffers for the plan's lanes (`batch`, when given, must be the plan's: BudgetError otherwise)."""
+        ...
+
+    def use_step_weights(self, kind: str) -> None:
+        """How generation stores its weights: "fp32" (exact) or "int8" (faster on a CPU)."""
+        ...
+
+    def describe(self) -> str:
+        """The architecture in a sentence a composer can follow."""
+        ...
+
+
+@runtime_checkable
+class LeftToRight(Model, Protocol):
+    """A model that reads and generates left to right through its state."""
+
+    def prefill(self, ids: torch.Tensor, state: State) -> torch.Tensor:
+        """Read a primer (B, T), however long -> logits (B, V) after its last id."""
+        ...
+
+    def step(self, ids: torch.Tensor, state: State) -> torch.Tensor:
+        """One id per lane (B,) -> logits (B, V) for the next id."""
+        ...
+
+    def read(self, ids: torch.Tensor, state: State) -> torch.Tensor:
+        """Read ids (B, T) -> logits (B, T, V) after every id, each what its `step` would give (scoring)."""
+        ...
+
+
+@runtime_checkable
+class Denoiser(Model, Protocol):
+    """A model that fills masked positions of a window at once (discrete diffusion: unmasking, infilling)."""
+
+    def denoise(self, ids: torch.Tensor, masked: torch.Tensor, state: State) -> torch.Tensor:
+        """ids (B, T) with `masked` (B, T) bool positions to fill -> logits (B, T, V) for every position."""
+        ...
+
+
+# ---- training ---------------------------------------------------------------------------------------------------
+
+class Batches(Protocol):
+    """A process's micro-batches, cut the way its architecture trains."""
+
+    def next(self, step: int, micro: int) -> tuple[np.ndarray, np.ndarray]:
+        """inputs and targets (int64 arrays) of micro-batch `micro` of optimizer step `step`."""
+        ...
+
+    def position(self) -> dict:
+        """The resumable data position of this process ({} when batches depend on the step alone)."""
+        ...
+
+
+class Training(Protocol):
+    """How the trainer trains one architecture: everything in the loop that differs between models."""
+
+    presets: dict[str, dict]  # size name (tiny | small | default) -> config fields over the config's defaults
+
+    def shortest_piece(self, model: Model) -> int:
+        """Tokens a training piece needs to be worth training on (the error names it when none has them)."""
+        ...
+
+    def prepare(self, model: Model, budget: int, local_batch: int) -> None:
+        """Set-up before the first step (e.g. plan the recurrent state the run trains under)."""
+        ...
+
+    def batches(self, model: Model, source: object, lanes: list[list[int]], total_lanes: int,
+                saved: dict) -> Batches:
+        """The micro-batches of this process: `lanes[m]` the global lanes (items) of micro-batch m, `source`
+        the training pieces (trainer.data.PieceSource), `saved` the data position merged over all processes
+        ({} from the start)."""
+        ...
+
+    def loss(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, micro: int) -> torch.Tensor:
+        """Summed next-token negative log-likelihood of micro-batch `micro` (PAD targets ignored); `model` may be
+        the distributed wrapper of the model `prepare` saw."""
+        ...
+
+    def held_out(self, model: Model, pieces: Iterable[np.ndarray], budget: int, batch: int,
+                 device: torch.device) -> tuple[float, float]:
+        """(summed negative log-likelihood, predicted tokens) of whole held-out pieces."""
+        ...
+
+    def record(self, model: Model) -> None:
+        """Write into the model's config what this run trained it to use (e.g. its memory horizons)."""
+        ...

@@ -18,6 +18,9 @@ the tables report medians, also in CPU time of the process, which load disturbs 
    weights (`use_step_weights("int8")`), and the naive loop that recomputes the last segment per token.
 3. generation against piece length: tokens/s and state bytes at several positions of one long piece.
 4. generation against the memory budget; 5. against the model size.
+0. busy machine (bench/busy.py, run first): the shipped model's jobs (a seeded 250-token generation at batch 1
+   and 4, reading a primer, a training step) at 1 and 2 threads, quiet and beside a process that keeps one core
+   busy: Recital's thread policy against torch's default. `--busy only` runs just this table.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from bench.busy import busy_table
 from bench.data import SHARED_MIDI, require_midi
 from core.midi import read_performance
 from core.models.dsmr import DSMR, DSMRConfig, segment_loss
@@ -291,6 +295,9 @@ def main() -> None:
     parser.add_argument("--positions", type=int, nargs="+", default=[1000, 4000, 16000, 64000])
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--busy", choices=("skip", "only", "also"), default="also",
+                        help="the busy-machine table (bench/busy.py, the shipped model): skip it, only it, or also")
+    parser.add_argument("--busy-rounds", type=int, default=3)
     args = parser.parse_args()
     if args.quick:
         args.train_tokens, args.steps, args.positions, args.repeats = 2048, 100, [1000, 4000], 3
@@ -299,6 +306,10 @@ def main() -> None:
         require_midi(args.piece)
         require_midi(MAESTRO)
     print("DSMR benchmark (CPU; numbers are noisy when other jobs share the machine)")
+    if args.busy != "skip":
+        busy_table("default", args.busy_rounds)  # first: the one table that sets threads both ways
+    if args.busy == "only":
+        return
     if not args.skip_training:
         training_table(args)
         against_plain_table(args)

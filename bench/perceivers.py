@@ -11,6 +11,8 @@ Tables (no asserts; CPU numbers are noisy when other jobs share the machine):
    per new token).
 3. generation vs. piece length (N_gen = N): tokens/s at several positions of a long piece, fp32 and int8;
    flat once the context is full.
+0. busy machine (bench/busy.py, run first): the shipped model's jobs at 1 and 2 threads, quiet and beside a
+   process that keeps one core busy: Recital's thread policy against torch's default (`--busy only`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import time
 
 import torch
 
+from bench.busy import busy_table
 from core.models.packed import STEP_WEIGHTS
 from core.models.perceivers import PerceiverS, PerceiverSConfig
-from core.models.perceivers_state import state_bytes
+from core.models.perceivers.state import state_bytes
 from core.state import format_bytes
 from core.tokenizer import VOCAB_SIZE
 
@@ -160,6 +163,9 @@ def main() -> None:
     parser.add_argument("--recompute-steps", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="fewer context lengths and steps")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--busy", choices=("skip", "only", "also"), default="also",
+                        help="the busy-machine table (bench/busy.py, the shipped model): skip it, only it, or also")
+    parser.add_argument("--busy-rounds", type=int, default=3)
     args = parser.parse_args()
     args.train_contexts = [512, 1024, 2048, 4096]
     args.gen_contexts = [256, 512, 1024, 2048, 4096]
@@ -167,6 +173,10 @@ def main() -> None:
     if args.quick:
         args.train_contexts, args.gen_contexts, args.fills = [512, 4096], [512, 4096], [4096, 16384]
         args.train_steps, args.gen_steps, args.recompute_steps = 2, 128, 4
+    if args.busy != "skip":
+        busy_table("default-perceivers", args.busy_rounds)  # first: the one table that sets threads both ways
+    if args.busy == "only":
+        return
     if not args.skip_training:
         training_table(args)
     generation_tables(args)

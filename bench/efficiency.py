@@ -45,7 +45,8 @@ import torch
 from bench.data import SHARED_MIDI, require_midi
 from core.errors import ModelError
 from core.models.dsmr import DSMRConfig
-from core.state import format_bytes, plan_horizons
+from core.models.dsmr.state import plan_horizons
+from core.state import format_bytes
 from trainer.config import scratch_config
 
 MAESTRO = SHARED_MIDI / "maestro"

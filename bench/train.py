@@ -25,7 +25,7 @@ from torch import nn
 
 from bench.data import SHARED_MIDI, require_midi
 from core.models.dsmr import DSMR, DSMRConfig, segment_loss
-from core.models.layers import Block, RMSNorm, rotary_tables
+from core.models.layers import Block, RMSNorm, rotary
 from core.state import parse_budget
 from core.tokenizer import VOCAB_SIZE
 
@@ -44,7 +44,7 @@ class PlainTransformer(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         length = ids.shape[1]
-        cos, sin = rotary_tables(torch.arange(length), self.head_dim)
+        cos, sin = rotary(torch.arange(length), self.head_dim, 10000.0)
         mask = torch.ones(length, length, dtype=torch.bool).tril()
         x = self.embed(ids)  # (B, T, C)
         for block in self.blocks:

@@ -13,7 +13,6 @@ Anything that looks like a path (has a slash, starts with . or ~) is a path.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -51,12 +50,6 @@ def _shipped_models_dir() -> Path:
 
 SHIPPED_DIR = _shipped_models_dir()
 
-# arch -> (module, model class, config class), imported only when a model of that arch is built. The config
-# class has to_dict/from_dict; the model class takes a config and has `arch` and `config`.
-ARCHITECTURES = {
-    "dsmr": ("core.models.dsmr", "DSMR", "DSMRConfig"),
-    "perceivers": ("core.models.perceivers", "PerceiverS", "PerceiverSConfig"),
-}
 
 
 def user_models_dir() -> Path:
@@ -66,23 +59,18 @@ def user_models_dir() -> Path:
 
 
 def architecture(arch: str):
-    """(model class, config class) of an arch name; ModelError if unknown or not in this build."""
-    if arch not in ARCHITECTURES:
-        raise ModelError(f"unknown model architecture {show(arch)}: known are {', '.join(sorted(ARCHITECTURES))}")
-    module_name, model_name, config_name = ARCHITECTURES[arch]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        raise ModelError(f"the {arch} architecture is not in this build ({module_name} is missing)") from None
-    return getattr(module, model_name), getattr(module, config_name)
+    """(model class, config class) of an arch name, from the registry; ModelError if unknown or not in this build."""
+    from core.models import registry
+
+    entry = registry.get(arch)
+    return entry.model_class, entry.config_class
 
 
 def build_model(arch: str, config: dict) -> torch.nn.Module:
     """A freshly initialised model of `arch` from its config dict."""
-    model_class, config_class = architecture(arch)
-    return model_class(config_class.from_dict(config))
+    from core.models import registry
+
+    return registry.build(arch, config)
 
 
 # -- saving ---------------------------------------------------------------------------------------------------

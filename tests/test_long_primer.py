@@ -99,7 +99,7 @@ def test_dsmr_prefill_with_a_bos_inside_reads_everything():
 def test_perceivers_prefill_skips_to_the_same_bits(length, context):
     model = perceivers()
     c = model.config
-    from core.models.perceivers_state import state_bytes
+    from core.models.perceivers.state import state_bytes
 
     plan = model.plan(state_bytes(2, context, c.latents, c.scale, c.n_layers, c.d_model, 4), batch=2)
     assert plan.context == context

@@ -118,7 +118,10 @@ def test_malformed_directories_are_model_errors(tiny_model_dir, tmp_path, edit, 
 
 
 def test_architecture_not_in_this_build(monkeypatch, tiny_model_dir, tmp_path):
-    monkeypatch.setitem(modeldir.ARCHITECTURES, "dsmr", ("core.models.not_built", "X", "XConfig"))
+    from core.models import registry
+
+    monkeypatch.setitem(registry._SHIPPED, "dsmr", ("core.models.not_built", "X", "XConfig", "x:XTraining"))
+    monkeypatch.delitem(registry._loaded, "dsmr", raising=False)
     with pytest.raises(ModelError, match="not in this build"):
         load_model(tiny_model_dir)
 

@@ -7,7 +7,7 @@ import torch
 
 from core.errors import BudgetError, ModelError
 from core.models.perceivers import PerceiverS, PerceiverSConfig
-from core.models.perceivers_state import state_bytes
+from core.models.perceivers.state import state_bytes
 from core.tokenizer import VOCAB_SIZE
 
 CONFIG = PerceiverSConfig(context=24, latents=8, scale=5, d_model=16, n_heads=2, n_layers=2)

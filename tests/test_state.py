@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import BudgetError
-from core.state import RecurrentState, minimum_budget, parse_budget, plan_horizons
+from core.models.dsmr.state import RecurrentState, minimum_budget, plan_horizons
+from core.state import parse_budget
 
 
 @dataclass

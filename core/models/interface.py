@@ -142,50 +142,46 @@ class Denoiser(Model, Protocol):
         ...
 
 
-# ---- training ---------------------------------------------------------------------------------------------------
+# ---- training ----------------------------------------------------------------------------------------------------
 
-class Batches(Protocol):
-    """A process's micro-batches, cut the way its architecture trains."""
+class Training(Protocol):
+    """How the trainer trains one architecture: everything in the loop that differs between models.
 
-    def next(self, step: int, micro: int) -> tuple[np.ndarray, np.ndarray]:
+    The registry holds the class; the trainer makes one per run, `Training(model)`, and calls only these.
+    """
+
+    presets: ClassVar[dict[str, dict]]  # size (tiny | small | default) -> config fields over the config's defaults
+
+    def __init__(self, model: Model) -> None: ...
+
+    def shortest_piece(self) -> int:
+        """Tokens a training piece needs to be worth training on (the error names it when none has them)."""
+        ...
+
+    def start(self, source: object, lanes: list[list[int]], total_lanes: int, budget: int, saved: dict) -> None:
+        """Set up the micro-batches of this process: `lanes[m]` the global lanes (items) of micro-batch m, `source`
+        the training pieces (trainer.data.PieceSource), `budget` the state bytes per lane, `saved` the data position
+        merged over every process ({} from the start)."""
+        ...
+
+    def batch(self, step: int, micro: int) -> tuple[np.ndarray, np.ndarray]:
         """inputs and targets (int64 arrays) of micro-batch `micro` of optimizer step `step`."""
         ...
 
     def position(self) -> dict:
-        """The resumable data position of this process ({} when batches depend on the step alone)."""
+        """This process's resumable data position ({} when batches depend on the step alone)."""
         ...
 
-
-class Training(Protocol):
-    """How the trainer trains one architecture: everything in the loop that differs between models."""
-
-    presets: dict[str, dict]  # size name (tiny | small | default) -> config fields over the config's defaults
-
-    def shortest_piece(self, model: Model) -> int:
-        """Tokens a training piece needs to be worth training on (the error names it when none has them)."""
+    def loss(self, module: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, micro: int) -> torch.Tensor:
+        """Summed next-token negative log-likelihood of micro-batch `micro` (PAD targets ignored); `module` is the
+        model or its distributed wrapper."""
         ...
 
-    def prepare(self, model: Model, budget: int, local_batch: int) -> None:
-        """Set-up before the first step (e.g. plan the recurrent state the run trains under)."""
-        ...
-
-    def batches(self, model: Model, source: object, lanes: list[list[int]], total_lanes: int,
-                saved: dict) -> Batches:
-        """The micro-batches of this process: `lanes[m]` the global lanes (items) of micro-batch m, `source`
-        the training pieces (trainer.data.PieceSource), `saved` the data position merged over all processes
-        ({} from the start)."""
-        ...
-
-    def loss(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, micro: int) -> torch.Tensor:
-        """Summed next-token negative log-likelihood of micro-batch `micro` (PAD targets ignored); `model` may be
-        the distributed wrapper of the model `prepare` saw."""
-        ...
-
-    def held_out(self, model: Model, pieces: Iterable[np.ndarray], budget: int, batch: int,
+    def held_out(self, pieces: Iterable[np.ndarray], budget: int, batch: int,
                  device: torch.device) -> tuple[float, float]:
         """(summed negative log-likelihood, predicted tokens) of whole held-out pieces."""
         ...
 
-    def record(self, model: Model) -> None:
-        """Write into the model's config what this run trained it to use (e.g. its memory horizons)."""
+    def record(self) -> None:
+        """Write into the model's config what this run trains it to use (e.g. its memory horizons)."""
         ...

@@ -1,4 +1,4 @@
-"""Transformer pieces shared by DSMR and PerceiverS: norms, rotary positions, attention with explicit K/V, blocks.
+"""Transformer pieces shared by DSMR and PerceiverS: norms, the one rotary position code, attention with explicit K/V, blocks.
 
 Attention is split into `queries`, `keys_values` and `attend` so that a model can cache keys and values (they are
 stored already rotated to their absolute positions: rotary attention depends only on the distance between a query
@@ -22,11 +22,16 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-def rotary_tables(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables for absolute `positions` (any shape S), each (*S, head_dim // 2), in float32."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq
-    return angles.cos(), angles.sin()
+def rotary_frequencies(head_dim: int, base: float, device: torch.device | str | None = None) -> torch.Tensor:
+    """(head_dim // 2,) float64 rotary frequencies base^(-2i / head_dim): the one definition both models use."""
+    return base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
+
+
+def rotary(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin (*P, head_dim/2) float32 at absolute `positions` (any shape P); angles in float64, so position 10^6
+    is as exact as 10 (a float32 angle there is off by ~0.03 rad)."""
+    angles = positions.to(torch.float64).unsqueeze(-1) * rotary_frequencies(head_dim, base, positions.device)
+    return angles.cos().float(), angles.sin().float()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ the BOS is visible to it or after it). Positions are rotary, at the token's inde
 
 One code path (`_advance`) serves training (a whole segment, gradients inside it, memory detached) and prefill (a
 primer streamed chunk by chunk). Incremental generation (`step`, one id per lane) runs a lean copy of the same
-computation over packed weights (bottom of the file): per token it reads every weight and the whole state once, so
+computation over packed weights (core/models/dsmr/step.py): per token it reads every weight and the whole state once, so
 its speed is set by bytes (weights + budget) and by the number of dispatches; the tests hold it equal to `forward`.
 """
 
@@ -41,10 +41,12 @@ from core.models.config import (
     range_problems,
     show,
 )
+from core.models.dsmr.state import RecurrentState, StatePlan, plan_horizons
+from core.models.dsmr.step import Packed, lean_step, pack
 from core.models.interface import LEFT_TO_RIGHT
-from core.models.layers import Block, RMSNorm
-from core.models.packed import Matrix, PackedWeights, folded, inv_rms, matrix_kind, rms_eps
-from core.state import RecurrentState, StatePlan, parse_budget, plan_horizons
+from core.models.layers import Block, RMSNorm, rotary
+from core.models.packed import PackedWeights
+from core.state import parse_budget
 from core.tokenizer import BOS, PAD, VOCAB_SIZE
 
 
@@ -129,9 +131,6 @@ class DSMR(PackedWeights, nn.Module):
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied: the embedding is the output layer too
         self.head_dim = config.d_model // config.n_heads
-        inv_freq = 1.0 / (config.rotary_base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32)
-                                                 / self.head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._causal: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.apply(self._init)
         for block in self.blocks:  # residual branches start small (GPT-2)
@@ -215,7 +214,7 @@ class DSMR(PackedWeights, nn.Module):
         """Logits (B, V) for the next token after one id (B,) per lane (the lean path below; same numbers)."""
         if ids.dim() != 1 or ids.shape[0] != state.batch:
             raise ValueError(f"step takes one id per lane ({state.batch},), got {tuple(ids.shape)}")
-        return _step(self._packed(), ids, state)
+        return lean_step(self._packed(), ids, state)
 
     def prefill(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
         """Read a primer (B, T) through the state, however long, in memory that does not grow with T.
@@ -306,8 +305,7 @@ class DSMR(PackedWeights, nn.Module):
             state.valid[:, old:old + length] = pieces == pieces[:, -1:]
         # Additive form once for all layers (SDPA would convert a boolean mask again in every layer).
         mask = torch.zeros(mask.shape, dtype=state.kv[0].dtype, device=ids.device).masked_fill_(~mask, float("-inf"))
-        angles = positions.to(torch.float32)[:, None, :, None] * self.inv_freq  # (B, 1, T, hs/2)
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = rotary(positions[:, None], self.head_dim, self.config.rotary_base)  # (B, 1, T, hs/2)
 
         training = torch.is_grad_enabled()
         x = self.embed(ids)  # (B, T, C)
@@ -330,98 +328,6 @@ class DSMR(PackedWeights, nn.Module):
         if state.fill == seg:
             state.close_segment()
         return x
-
-
-# ---- the lean step path -----------------------------------------------------------------------------------------
-# One id per lane, no gradients: the same computation as `_advance` with T = 1, with the weights packed for
-# one-row products: each RMSNorm weight folded into the projection after it (its 1/rms applied after the product),
-# q/k/v in one matrix, stored (in, out) so a one-row product reads them contiguously (F.linear's layout for the
-# down projection, which is faster there), residual adds fused into the products (addmm), rotary as one small
-# product per layer, and the validity mask made additive once per step for all layers. The tests hold it equal to
-# `forward` (fp32); int8 weights are the opt-in fast form (`use_step_weights`).
-
-@dataclass(frozen=True)
-class PackedLayer:
-    qkv: Matrix  # C -> 3C, attention norm folded in
-    out: Matrix  # C -> C
-    up: Matrix  # C -> hidden, MLP norm folded in
-    down: Matrix  # hidden -> C
-
-
-@dataclass(frozen=True)
-class Packed:
-    embed: torch.Tensor  # (V, C)
-    layers: tuple[PackedLayer, ...]
-    head: Matrix  # C -> V, final norm folded in
-    inv_freq: torch.Tensor  # (hs,): the rotary frequencies twice, for both halves
-    sign: torch.Tensor  # (hs,): -1 on the first half, +1 on the second
-    swap: torch.Tensor  # (hs,): index of the other half's partner (rotary pairs i and i + hs/2)
-    norm_eps: torch.Tensor  # (1,): C * eps (see packed.inv_rms)
-    n_heads: int
-
-
-@torch.no_grad()
-def pack(model: DSMR, kind: str = "fp32") -> Packed:
-    matrix = matrix_kind(kind)
-    width = model.config.d_model
-
-    def folded_norm(norm: RMSNorm, *linears: nn.Linear) -> torch.Tensor:
-        return folded(norm.weight, *(lin.weight for lin in linears))
-
-    layers = []
-    for block in model.blocks:
-        attn = block.attn
-        layers.append(PackedLayer(matrix(folded_norm(block.attn_norm, attn.q_proj, attn.kv_proj)),
-                                  matrix(attn.out_proj.weight), matrix(folded_norm(block.mlp_norm, block.mlp.up)),
-                                  matrix(block.mlp.down.weight.detach(), transposed=True)))
-    half = model.inv_freq
-    count = len(half)
-    sign = torch.cat([-torch.ones_like(half), torch.ones_like(half)])
-    swap = torch.cat([torch.arange(count, 2 * count), torch.arange(count)]).to(half.device)
-    return Packed(model.embed.weight.detach(), tuple(layers), matrix(folded_norm(model.norm, model.head)),
-                  torch.cat([half, half]), sign, swap, rms_eps(width, model.norm.eps, model.embed.weight),
-                  model.config.n_heads)
-
-
-def _step(packed: Packed, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
-    """Logits (B, V) after one id per lane; writes its keys/values into the state (as `_advance` with T = 1)."""
-    batch = ids.shape[0]
-    fill, top = state.fill, state.max_horizon
-    old = top + fill  # the new token's global validity column
-    if bool((ids == BOS).any()):  # a BOS resets its lane first
-        for lane in (ids == BOS).nonzero()[:, 0].tolist():
-            state.reset(lane)
-    state.valid[:, old] = True
-    dtype = state.kv[0].dtype
-    bias = torch.zeros(batch, 1, 1, old + 1, dtype=dtype, device=ids.device).masked_fill_(
-        ~state.valid[:, None, None, :old + 1], float("-inf"))  # (B, 1, 1, M + fill + 1) additive mask
-    # Rotary as one product per layer: rotated = x @ R, R (B, hs, hs) holding cos on the diagonal and the signed
-    # sin where each pair (i, i + hs/2) meets; the angles as `_advance` computes them.
-    angles = state.positions[:, None].to(torch.float32) * packed.inv_freq  # (B, hs)
-    rotation = torch.diag_embed(angles.cos()) + torch.diag_embed(angles.sin() * packed.sign)[:, packed.swap]
-    rotation = rotation.to(dtype)  # (B, hs, hs)
-    heads = packed.n_heads
-    x = F.embedding(ids, packed.embed)  # (B, C)
-    width = x.shape[1]
-    head_dim = width // heads
-    norm_eps = packed.norm_eps
-    for layer, keys, values, m in zip(packed.layers, state.keys, state.values, state.horizons, strict=True):
-        qkv = (layer.qkv(x) * inv_rms(x, norm_eps)).view(batch, 3 * heads, head_dim)  # (x @ W) / rms(x)
-        qk = torch.bmm(qkv.narrow(1, 0, 2 * heads), rotation)  # (B, 2 nh, hs) rotated queries and keys
-        end = m + fill + 1
-        keys.select(2, end - 1).copy_(qk.narrow(1, heads, heads))  # this token's key and value
-        values.select(2, end - 1).copy_(qkv.narrow(1, 2 * heads, heads))
-        out = F.scaled_dot_product_attention(qk.narrow(1, 0, heads).unsqueeze(2), keys.narrow(2, 0, end),
-                                             values.narrow(2, 0, end),
-                                             attn_mask=bias.narrow(3, top - m, end))  # (B, nh, 1, hs)
-        x = layer.out.add_to(x, out.view(batch, width))
-        hidden = F.gelu(layer.up(x) * inv_rms(x, norm_eps), approximate="tanh")
-        x = layer.down.add_to(x, hidden)
-    state.positions += 1
-    state.fill += 1
-    if state.fill == state.segment_len:
-        state.close_segment()
-    return (packed.head(x) * inv_rms(x, norm_eps)).to(dtype)
 
 
 def segment_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -80,7 +80,7 @@ def prefill_child(model_name: str, ids_path: str) -> None:
     """In the child: read the primer with the model and draw one token; print the seconds it took."""
     import torch
 
-    from core.generate import generate, use_fast_step
+    from core.generate import generate, prepare_primer, use_fast_step
     from core.modeldir import load_model
 
     torch.set_num_threads(1)
@@ -88,7 +88,8 @@ def prefill_child(model_name: str, ids_path: str) -> None:
     use_fast_step(model)
     ids = np.load(ids_path)
     start = time.perf_counter()
-    next(generate(model, ids, max_tokens=1, seed=0))
+    next(generate(model, prepare_primer(ids, model.config.vocab_size), model.new_state(model.plan(None, 1)),
+                  max_tokens=1, seed=0))
     print(f"read_s {time.perf_counter() - start:.3f}")
 
 

@@ -1,7 +1,7 @@
-"""Sampling and the token stream every consumer shares (CLI, live player, studio worker).
+"""Sampling and the token stream under every generation session (core/session.py), which every consumer uses.
 
 `generate` is a Python generator: it yields ids as they are sampled, so a caller can play, draw or stop between
-any two tokens. It uses only the common model interface (DSMR and PerceiverS both provide it):
+any two tokens. It uses only the common model interface (core/models/interface.py):
 
     model.plan(budget_bytes, batch) -> plan (.nbytes, .describe())
     model.new_state(plan, batch)    -> state (.nbytes, .reset(lane))
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from core.errors import ModelError
-from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, PAD, TICK_SECONDS, TIME_SHIFT, VELOCITY
+from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, PAD, TICK_SECONDS, TIME_SHIFT, shift_ticks
 
 # -- sampling filters: logits (B, V) in, logits out; filtered-out entries become -inf -------------------------
 
@@ -141,8 +141,7 @@ class HeldNotes:
         self.started[lanes[on], tokens[on] - NOTE_ON] = self.clock[on]
         off = (tokens >= NOTE_OFF) & (tokens < TIME_SHIFT)
         self.started[lanes[off], tokens[off] - NOTE_OFF] = np.nan
-        shift = (tokens >= TIME_SHIFT) & (tokens < VELOCITY)
-        self.clock[shift] += (tokens[shift] - TIME_SHIFT + 1) * TICK_SECONDS
+        self.clock += shift_ticks(tokens) * TICK_SECONDS  # + 0.0 where no time passes: the same bits
 
     def release(self, tokens: np.ndarray) -> bool:
         """Replace, in place, a lane's drawn id by the NoteOff of its longest-held note when that note is over
@@ -163,7 +162,7 @@ class HeldNotes:
 def _follow(tokens: np.ndarray, clock: float, started: np.ndarray) -> float:
     """Follow ids (T,) from `clock`: update `started` (128,) in place as reading them one by one would, and
     return the clock after them (summed in the same order, so to the same bits)."""
-    shift = np.where((tokens >= TIME_SHIFT) & (tokens < VELOCITY), tokens - TIME_SHIFT + 1, 0) * TICK_SECONDS
+    shift = shift_ticks(tokens) * TICK_SECONDS
     clocks = np.cumsum(np.concatenate([[clock], shift]))  # clocks[t]: the clock when id t is read
     on = (tokens >= NOTE_ON) & (tokens < NOTE_OFF)
     off = (tokens >= NOTE_OFF) & (tokens < TIME_SHIFT)
@@ -177,42 +176,30 @@ def _follow(tokens: np.ndarray, clock: float, started: np.ndarray) -> float:
     return float(clocks[-1])
 
 
-def generate(model, primer_ids=None, budget: int | str | None = None, sampling: SamplingConfig | None = None,
+def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
              max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = True,
-             batch: int = 1, seed: int | None = None, state=None,
-             max_note_seconds: float | None = MAX_NOTE_SECONDS) -> Iterator:
-    """Yield the ids that continue `primer_ids`, one per step, until a limit is reached.
+             seed: int | None = None, max_note_seconds: float | None = MAX_NOTE_SECONDS) -> Iterator[np.ndarray]:
+    """The engine of a generation session (core/session.py): yield the ids that continue `primer`, one array (B,)
+    of int64 per step, one id per lane of `state`, until a limit is reached.
 
-    batch 1 yields ints. batch > 1 yields np.ndarray (B,) int64, one id per variation; a lane that has
-    finished (its EOS or its max_seconds) yields PAD while the others go on. Limits, all optional (without any
-    it runs until the caller stops iterating): max_tokens new ids per lane, max_seconds of music per lane
-    (counted in TimeShift ids; the id that reaches it is the lane's last), and EOS when stop_at_eos. Without
+    `primer` is prepared once by the caller (`prepare_primer`: BOS first, no EOS) and streamed through the state,
+    however long, in memory that does not grow with it beyond its ids (held once for all lanes). A lane that has
+    finished (its EOS or its max_seconds) yields PAD while the others go on. Limits, all optional (without any it
+    runs until the caller stops iterating): max_tokens new ids per lane, max_seconds of music per lane (counted in
+    TimeShift ids by the codec; the id that reaches it is the lane's last), and EOS when stop_at_eos. Without
     stop_at_eos the model may not end the piece: EOS is never drawn, so the piece runs to the other limits (what a
     composer asking for 30 s expects). PAD and BOS are never drawn.
 
     A note held longer than `max_note_seconds` is released: its NoteOff is the lane's next id instead of a drawn
     one (and the model reads it). A model with bounded memory forgets notes it started beyond its horizon and
-    would never end them; they would hang to the end of the piece. None: never.
-
-    The primer (BOS added when missing) is streamed through the state, however long, in memory that does not grow
-    with it beyond its ids (held once for all lanes): the state keeps what the budget allows. `seed` makes the stream reproducible. The model is put in eval mode. `budget` None means the
-    model's default; `state` lets a caller pass one made by `model.new_state(model.plan(...), batch)` to read
-    `state.nbytes` while generating.
+    would never end them; they would hang to the end of the piece. None: never. `seed` makes the stream
+    reproducible. The model is put in eval mode.
     """
-    if batch < 1:
-        raise ModelError(f"batch must be at least 1, got {batch}")
     if max_tokens is not None and max_tokens < 0:
         raise ModelError(f"max_tokens must be >= 0, got {max_tokens}")
     sampling = sampling or SamplingConfig()
-    primer = prepare_primer(primer_ids, model.config.vocab_size)
+    batch = state.batch
     model.eval()
-    if state is None:
-        if budget is None and getattr(model.config, "default_budget", None) is None:
-            raise ModelError("no memory budget given and the model names no default budget")
-        plan = model.plan(budget, batch)  # None: the model's default budget for each lane
-        state = model.new_state(plan, batch)
-    elif state.batch != batch:
-        raise ModelError(f"the state has {state.batch} lanes, not {batch}")
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)
     if seed is not None:
@@ -239,13 +226,11 @@ def generate(model, primer_ids=None, budget: int | str | None = None, sampling: 
         if stop_at_eos:
             done |= tokens == EOS
         if max_seconds is not None:
-            seconds += np.where((tokens >= TIME_SHIFT) & (tokens < VELOCITY), tokens - TIME_SHIFT + 1, 0) \
-                * TICK_SECONDS
+            seconds += shift_ticks(tokens) * TICK_SECONDS
             done |= seconds >= max_seconds - 1e-9
         produced += 1
-        yield int(tokens[0]) if batch == 1 else tokens
+        yield tokens
         if done.all() or produced == max_tokens:
             return
         with torch.no_grad():
             logits = model.step(ids, state)
-

@@ -233,3 +233,16 @@ def shift_ticks(ids) -> np.ndarray:
     """Ticks each id moves the clock by (0 for every id but a TimeShift): the codec's one time arithmetic."""
     ids = np.asarray(ids)
     return np.where((ids >= TIME_SHIFT) & (ids < VELOCITY), ids.astype(np.int64) - TIME_SHIFT + 1, 0)
+
+
+def ids_seconds(ids) -> float:
+    """Seconds of music `ids` span (their TimeShifts), on the codec's grid."""
+    return float(shift_ticks(ids).sum()) * TICK_SECONDS
+
+
+def silence_ids(seconds: float) -> np.ndarray:
+    """TimeShift ids that move the clock forward by `seconds` (rounded to the grid): whole seconds, then the rest."""
+    ticks = np.array([int(round(seconds / TICK_SECONDS))])
+    out = np.empty(int(shift_count(ticks)[0]), dtype=np.int64)
+    write_shifts(out, np.array([0]), ticks)
+    return out

@@ -249,12 +249,12 @@ def test_a_missing_argument_and_an_unknown_command_are_one_line(capsys):
 
 def test_variations_beyond_the_memory_of_the_machine_are_refused(tiny_model_dir, tmp_path, capsys,
                                                                     monkeypatch):
-    import core.cli.generate as cli_generate
+    import core.budget as budgets
 
-    monkeypatch.setattr(cli_generate, "available_memory", lambda: 2**20)
+    monkeypatch.setattr(budgets, "available_memory", lambda: 2**20)
     err = failed(["generate", "--model", str(tiny_model_dir), "--seconds", "1", "--out", str(tmp_path / "v.mid"),
                   "--variations", "1000"], capsys)
-    assert "--variations 1000 needs 118.7 MB of state memory; this machine has 1.0 MB available" in err
+    assert "this budget for 1000 variations needs 118.7 MB of state memory; this machine has 1.0 MB available" in err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,4 +1,4 @@
-"""Sampling filters and the generate() stream: limits, seeds, batches, and primers longer than the memory."""
+"""Sampling filters and the generate() engine: limits, seeds, batches, and primers longer than the memory."""
 
 from __future__ import annotations
 
@@ -98,9 +98,22 @@ class Scripted(torch.nn.Module):
         return self._logits()
 
 
+def stream(model, primer=None, budget=1, sampling=None, batch=1, state=None, **limits):
+    """The engine over a prepared primer and a fresh state (what a GenerationSession does)."""
+    state = state or model.new_state(model.plan(budget, batch), batch)
+    return generate(model, prepare_primer(primer, VOCAB_SIZE), state, sampling, **limits)
+
+
+def ids(model, primer=None, budget=1, sampling=None, **limits) -> list[int]:
+    """One lane's ids as ints; every step is an array (B,) whatever the batch."""
+    out = list(stream(model, primer, budget, sampling, **limits))
+    assert all(isinstance(step, np.ndarray) and step.shape == (1,) and step.dtype == np.int64 for step in out)
+    return [int(step[0]) for step in out]
+
+
 def test_max_seconds_counts_time_shifts_per_lane():
     second, half = TIME_SHIFT + 99, TIME_SHIFT + 49
-    out = list(generate(Scripted([second, half]), budget=1, max_seconds=3, batch=2))
+    out = list(stream(Scripted([second, half]), max_seconds=3, batch=2))
     assert len(out) == 6  # lane 0 is done after 3 shifts of 1 s, lane 1 after 6 of 0.5 s
     assert [int(t[0]) for t in out] == [second] * 3 + [PAD] * 3
     assert all(int(t[1]) == half for t in out) and out[0].shape == (2,)
@@ -108,40 +121,38 @@ def test_max_seconds_counts_time_shifts_per_lane():
 
 def test_eos_stops_and_max_tokens_limits():
     model = Scripted([EOS])
-    assert list(generate(model, budget=1)) == [EOS]
+    assert ids(model) == [EOS]
     assert model.steps == 0  # nothing is computed after the last id
-    assert list(generate(Scripted([NOTE_ON + 60]), budget=1, max_tokens=5)) == [NOTE_ON + 60] * 5
-    kept_going = list(generate(Scripted([EOS]), budget=1, max_tokens=4, stop_at_eos=False, seed=0))
+    assert ids(Scripted([NOTE_ON + 60]), max_tokens=5) == [NOTE_ON + 60] * 5
+    kept_going = ids(Scripted([EOS]), max_tokens=4, stop_at_eos=False, seed=0)
     assert len(kept_going) == 4 and EOS not in kept_going  # the model may not end the piece
 
 
 def test_pad_and_bos_are_never_drawn():
     for favourite in (PAD, BOS):
-        drawn = list(generate(Scripted([favourite]), budget=1, max_tokens=50, seed=0))
+        drawn = ids(Scripted([favourite]), max_tokens=50, seed=0)
         assert len(drawn) <= 50 and PAD not in drawn and BOS not in drawn
 
 
 def test_caller_can_stop_between_tokens():
-    stream = generate(Scripted([NOTE_ON + 60]), budget=1)  # no limit at all
-    assert [next(stream) for _ in range(3)] == [NOTE_ON + 60] * 3
-    stream.close()
+    steps = stream(Scripted([NOTE_ON + 60]))  # no limit at all
+    assert [int(next(steps)[0]) for _ in range(3)] == [NOTE_ON + 60] * 3
+    steps.close()
 
 
 def test_seed_makes_it_reproducible(tiny_model_dir):
     model = load_model(tiny_model_dir)
     sampling = SamplingConfig(temperature=1.0, top_p=0.95)
-    first = list(generate(model, [BOS, NOTE_ON + 60], "256KB", sampling, max_tokens=30, seed=7))
-    again = list(generate(model, [BOS, NOTE_ON + 60], "256KB", sampling, max_tokens=30, seed=7))
-    other = list(generate(model, [BOS, NOTE_ON + 60], "256KB", sampling, max_tokens=30, seed=8))
+    first = ids(model, [BOS, NOTE_ON + 60], "256KB", sampling, max_tokens=30, seed=7)
+    again = ids(model, [BOS, NOTE_ON + 60], "256KB", sampling, max_tokens=30, seed=7)
+    other = ids(model, [BOS, NOTE_ON + 60], "256KB", sampling, max_tokens=30, seed=8)
     assert first == again and first != other
-    assert all(isinstance(t, int) for t in first)
 
 
 def test_greedy_stream_follows_the_model_and_variations_differ(tiny_model_dir):
     model = load_model(tiny_model_dir)
     primer = [BOS, NOTE_ON + 60, TIME_SHIFT + 20]
-    greedy = list(generate(model, primer, "256KB", SamplingConfig(temperature=0), max_tokens=20,
-                           stop_at_eos=False))
+    greedy = ids(model, primer, "256KB", SamplingConfig(temperature=0), max_tokens=20, stop_at_eos=False)
     state = model.new_state(model.plan("256KB"))
     with torch.no_grad():
         logits = model.prefill(torch.tensor([primer]), state)
@@ -151,8 +162,8 @@ def test_greedy_stream_follows_the_model_and_variations_differ(tiny_model_dir):
             expected.append(int(token))
             logits = model.step(token, state)
     assert greedy == expected
-    batch = list(generate(model, primer, "256KB", SamplingConfig(), max_tokens=40, batch=3, seed=1,
-                          stop_at_eos=False))
+    batch = list(stream(model, primer, "256KB", SamplingConfig(), max_tokens=40, batch=3, seed=1,
+                        stop_at_eos=False))
     lanes = np.stack(batch, axis=1)  # (3, 40)
     assert lanes.shape == (3, 40) and len({tuple(lane) for lane in lanes}) == 3
 
@@ -163,7 +174,7 @@ def test_primer_longer_than_memory_is_streamed_through(tiny_model_dir):
     memory = max(plan.horizons) + plan.segment_len
     primer = [BOS] + [NOTE_ON + 40 + i % 40 for i in range(3 * memory)]
     state = model.new_state(plan)
-    out = list(generate(model, primer, "64KB", max_tokens=1, state=state))
+    out = list(stream(model, primer, max_tokens=1, state=state))
     assert len(out) == 1
     assert state.positions.tolist() == [len(primer)]  # every primer id was read, none dropped
     assert state.nbytes <= 64 * 1024
@@ -197,9 +208,8 @@ def test_a_note_held_too_long_is_released():
     the note once it has sounded max_note_seconds, and the model reads that NoteOff."""
     one_second = TIME_SHIFT + 99
     model = Scripted([one_second])
-    out = list(generate(model, [BOS, NOTE_ON + 60, NOTE_ON + 64, one_second, NOTE_OFF + 64], budget=1,
-                        max_tokens=8, max_note_seconds=3.0))
+    out = ids(model, [BOS, NOTE_ON + 60, NOTE_ON + 64, one_second, NOTE_OFF + 64], max_tokens=8,
+              max_note_seconds=3.0)
     # pitch 60 started at 0 s; after 3 s of new time shifts (4 s in all) it is released, once
     assert out[:3] == [one_second] * 3 and out[3] == NOTE_OFF + 60 and out[4:] == [one_second] * 4
-    assert list(generate(Scripted([one_second]), [BOS, NOTE_ON + 60], budget=1, max_tokens=8,
-                         max_note_seconds=None)) == [one_second] * 8
+    assert ids(Scripted([one_second]), [BOS, NOTE_ON + 60], max_tokens=8, max_note_seconds=None) == [one_second] * 8

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from core.generate import HeldNotes, generate
+from core.generate import HeldNotes, generate, prepare_primer
 from core.models.dsmr import DSMR, DSMRConfig
 from core.models.perceivers import PerceiverS, PerceiverSConfig
 from core.tokenizer import BOS, NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, VOCAB_SIZE
@@ -178,8 +178,9 @@ def test_generate_holds_the_primer_once_whatever_the_batch():
     length = 40_000
     primer = random_ids(1, length)[0].numpy()
     state = model.new_state(model.plan("64KB", batch=3))
-    with LargestAllocation(*state_tensors(state), *model.parameters()) as mode:
-        next(generate(model, primer, max_tokens=1, batch=3, seed=0, state=state))
+    prepared = prepare_primer(primer, VOCAB_SIZE)  # once, as a GenerationSession does, before generating
+    with LargestAllocation(*state_tensors(state), *model.parameters(), prepared) as mode:
+        next(generate(model, prepared, state, max_tokens=1, seed=0))
     assert mode.largest <= (length + 1) * 8, mode.largest
 
 

@@ -211,11 +211,14 @@ def test_bad_generation_inputs_are_refused(model):
 
 def test_shared_generate_streams_from_a_perceivers_model(model):
     generate = pytest.importorskip("core.generate")
-    ids = list(generate.generate(model, [1, 60, 300], budget=budget_for(16, 2), max_tokens=40, batch=2,
-                                 seed=3, stop_at_eos=False))
+    def stream():
+        state = model.new_state(model.plan(budget_for(16, 2), batch=2))
+        return generate.generate(model, generate.prepare_primer([1, 60, 300], model.config.vocab_size), state,
+                                 max_tokens=40, seed=3, stop_at_eos=False)
+
+    ids = list(stream())
     assert len(ids) == 40 and all(i.shape == (2,) for i in ids)
-    again = list(generate.generate(model, [1, 60, 300], budget=budget_for(16, 2), max_tokens=40, batch=2,
-                                   seed=3, stop_at_eos=False))
+    again = list(stream())
     assert all((a == b).all() for a, b in zip(ids, again, strict=True))
 
 

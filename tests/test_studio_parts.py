@@ -15,11 +15,11 @@ import pytest  # noqa: E402
 from core.errors import MidiError  # noqa: E402
 from core.midi import Performance, read_performance  # noqa: E402
 from core.modeldir import load_model  # noqa: E402
-from core.tokenizer import TIME_SHIFT, Decoder  # noqa: E402
+from core.tokenizer import TIME_SHIFT, Decoder, silence_ids  # noqa: E402
 from studio.budget import budget_view, bytes_to_slider, slider_to_bytes  # noqa: E402
 from studio.document import Document, Piece  # noqa: E402
 from studio.dragout import drag_file, mime_for  # noqa: E402
-from studio.generation import GenerateRequest, prepare, silence_ids  # noqa: E402
+from studio.generation import GenerateRequest, session_for  # noqa: E402
 from studio.settings import Settings  # noqa: E402
 
 
@@ -73,16 +73,30 @@ def test_silence_ids_move_the_clock(scale):
     assert all(TIME_SHIFT <= t < TIME_SHIFT + 100 for t in silence_ids(2.37))
 
 
-def test_prepare_continues_after_the_playhead(tiny_model_dir, scale):
+def test_a_request_continues_after_the_playhead(tiny_model_dir, scale):
     model = load_model(tiny_model_dir)
     piece = Piece(scale, Performance.empty())
-    from_end = prepare(GenerateRequest(piece, None, False, seconds=3, variations=2), model)
+    from_end = session_for(GenerateRequest(piece, None, False, seconds=3, variations=2), model)
     assert from_end.start_time == pytest.approx(scale.duration, abs=0.011)
-    assert len(from_end.decoders) == 2 and from_end.plan.batch == 2 and from_end.max_tokens >= 3 * 100
-    later = prepare(GenerateRequest(piece, 5.0, False), model)
+    assert from_end.plan.batch == 2 and from_end.max_tokens >= 3 * 100
+    later = session_for(GenerateRequest(piece, 5.0, False), model)
     assert later.start_time == pytest.approx(5.0)
-    new = prepare(GenerateRequest(piece, 5.0, True), model)
-    assert new.primer == [1] and new.start_time == 0.0  # BOS only
+    new = session_for(GenerateRequest(piece, 5.0, True), model)
+    assert new.primer.tolist() == [1] and new.start_time == 0.0  # BOS only
+
+
+def test_a_request_without_a_budget_gives_every_take_the_models_default(tiny_model_dir):
+    """It used to plan the default of one take for all of them together (a quarter each for 4 takes)."""
+    model = load_model(tiny_model_dir)
+    session = session_for(GenerateRequest(Piece.empty(), None, True, seconds=1, variations=4), model)
+    assert session.plan.horizons == model.plan(None, 1).horizons and session.plan.batch == 4
+
+
+def test_a_request_uses_the_sliders_plan(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    plan = model.plan(1024 * 1024, 2)
+    request = GenerateRequest(Piece.empty(), None, True, seconds=1, variations=2, budget=1024 * 1024, plan=plan)
+    assert session_for(request, model).plan is plan
 
 
 def test_piece_before_and_without(scale):

@@ -111,18 +111,18 @@ def test_the_cli_reports_a_bad_override_as_one_line(monkeypatch, capsys, tiny_mo
 
 def test_the_cli_generates_on_the_policys_threads(policy, monkeypatch, tiny_model_dir, tmp_path, restore_threads):
     """`recital generate` runs its model on one thread (torch's default would be every core)."""
-    import core.generate
+    import core.session
     from core.cli import main
 
     seen = []
-    real = core.generate.generate
+    real = core.session.generate
 
     def watched(*args, **kwargs):
         for token in real(*args, **kwargs):
             seen.append(torch.get_num_threads())
             yield token
 
-    monkeypatch.setattr(core.generate, "generate", watched)
+    monkeypatch.setattr(core.session, "generate", watched)
     torch.set_num_threads(2)
     out = tmp_path / "piece.mid"
     assert main(["generate", "--model", str(tiny_model_dir), "--out", str(out), "--max-tokens", "8",

@@ -17,8 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from core.midi import read_performance
-    from core.tokenizer import encode
 
     perf = read_performance(args.primer)
     print(f"primer {args.primer}: {len(perf)} notes, {perf.duration:.1f} s")
-    return write_continuation(args, primer_ids=encode(perf, eos=False), inputs=[args.primer])
+    return write_continuation(args, primer=perf, inputs=[args.primer])

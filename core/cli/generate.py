@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from core.cli.play import add_output_arguments, open_chosen_sink
 from core.generate import MAX_NOTE_SECONDS
+from core.session import TOKENS_PER_SECOND_LIMIT
 
 HELP = "write a new piece with a model"
-TOKENS_PER_SECOND_LIMIT = 150  # --max-tokens default per second of music: far above dense piano (~40)
 MAX_SECONDS = 24 * 3600.0  # a day of music: the longest piece worth asking for in one command
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit
 
@@ -102,8 +100,8 @@ def seed(text: str) -> int:
 
 
 def budget(text: str) -> int:
+    from core.budget import parse_budget
     from core.errors import BudgetError
-    from core.state import parse_budget
 
     try:
         return parse_budget(text)
@@ -151,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return write_continuation(args, primer_ids=None)
+    return write_continuation(args, primer=None)
 
 
 def output_paths(out: str, count: int, suffix: str = ".mid") -> list[Path]:
@@ -182,8 +180,8 @@ def _terminated(_signum, _frame) -> None:
     raise Terminated()
 
 
-def write_continuation(args: argparse.Namespace, primer_ids, inputs: list[str] | None = None) -> int:
-    """Generate after `primer_ids` (None: from nothing), write the MIDI file(s), print what was done.
+def write_continuation(args: argparse.Namespace, primer, inputs: list[str] | None = None) -> int:
+    """Generate after `primer` (a Performance or ids; None: from nothing), write the MIDI file(s), say what was done.
 
     Every output is checked first (`inputs`: the files the command read, which it never writes). With --play /
     --virtual / --port the first variation is heard while it is being written. SIGTERM stops it like Ctrl-C.
@@ -193,7 +191,7 @@ def write_continuation(args: argparse.Namespace, primer_ids, inputs: list[str] |
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
-        return _write_continuation(args, primer_ids, sink, planned)
+        return _write_continuation(args, primer, sink, planned)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
@@ -201,82 +199,36 @@ def write_continuation(args: argparse.Namespace, primer_ids, inputs: list[str] |
             sink.close()
 
 
-def available_memory() -> int | None:
-    """Bytes this machine can still give a process (Linux: MemAvailable), None when it cannot tell."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_state_fits(nbytes: int, batch: int) -> None:
-    """Refuse a state this machine cannot hold, before allocating it (one line: what it needs, what there is)."""
-    from core.errors import BudgetError
-    from core.state import format_bytes
-
-    free = available_memory()
-    if free is not None and nbytes > free:
-        asked = f"--variations {batch}" if batch > 1 else "this budget"
-        raise BudgetError(f"{asked} needs {format_bytes(nbytes)} of state memory; this machine has "
-                          f"{format_bytes(free)} available")
-
-
-def _write_continuation(args: argparse.Namespace, primer_ids, sink, planned) -> int:
-
-    from core.generate import SamplingConfig, generate, prepare_primer, use_fast_step
+def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
+    from core.budget import format_bytes
+    from core.generate import SamplingConfig, use_fast_step
     from core.midi import write_performance
     from core.modeldir import load_model
     from core.player import LivePlayer
-    from core.state import format_bytes, parse_budget
-    from core.tokenizer import TICK_SECONDS, Decoder, decode_continuations, shift_ticks
+    from core.session import GenerationSession
 
     model = load_model(args.model)
     use_fast_step(model, exact=args.exact)
-    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.min_p)
     batch = args.variations
-    if args.budget is not None:
-        budget = parse_budget(args.budget)
-    else:  # the model's default is for one lane: each variation gets that much
-        budget = parse_budget(getattr(model.config, "default_budget", "16MB")) * batch
-    plan = model.plan(budget, batch)
-    check_state_fits(plan.nbytes, batch)
-    state = model.new_state(plan, batch)
-    primer = prepare_primer(primer_ids, model.config.vocab_size).numpy()  # one array, however long, for all lanes
-    max_tokens = args.max_tokens or int(args.seconds * TOKENS_PER_SECOND_LIMIT) + 64
-    print(f"model {args.model} ({model.arch}); {plan.describe()}")
-    note = model.memory_limit_note(budget, batch) if hasattr(model, "memory_limit_note") else ""
+    session = GenerationSession(  # the budget given for all variations, else the model's default for each
+        model, primer, budget=args.budget, sampling=SamplingConfig(args.temperature, args.top_k, args.top_p,
+                                                                   args.min_p),
+        seconds=args.seconds, variations=batch, seed=args.seed, max_tokens=args.max_tokens,
+        max_note=args.max_note, allow_end=args.allow_end)
+    print(f"model {args.model} ({model.arch}); {session.plan.describe()}")
+    note = session.limit_note()
     if note:
         print(f"note: {note}")
 
-    lanes: list[list[int]] = [[] for _ in range(batch)]
-    stream = generate(model, primer, budget, sampling, max_tokens=max_tokens, max_seconds=args.seconds,
-                      stop_at_eos=args.allow_end, max_note_seconds=args.max_note or None, batch=batch,
-                      seed=args.seed, state=state)
-    # Live playback of the first variation: a decoder of its new ids only, starting where the primer ends.
-    player = LivePlayer(sink) if sink is not None else None
-    listened = Decoder(float(shift_ticks(primer).sum()) * TICK_SECONDS)
-    start = time.perf_counter()
-    first = None  # when the first new id came: reading the primer happens before it
-    count = 0
+    player = LivePlayer(sink) if sink is not None else None  # the first variation, heard while it is written
     interrupted: KeyboardInterrupt | None = None
+    finished = None
     try:
         print("generating (Ctrl-C or SIGTERM stops it and keeps what was written)", flush=True)
-        for step in stream:  # one id per lane
-            tokens = [step] if batch == 1 else step.tolist()
-            for lane, token in enumerate(tokens):
-                if token:  # PAD: this variation has finished
-                    lanes[lane].append(token)
-            if player is not None and tokens[0]:
-                player.feed(listened.feed(tokens[0]), horizon=listened.time)
-            count += 1
-            first = first or time.perf_counter()
+        for event in session:
+            if player is not None and event.notes[0]:
+                player.feed(list(event.notes[0]), horizon=session.time(0))
+            finished = event
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what was written so far
         interrupted = stop
         if player is not None:
@@ -285,28 +237,28 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink, planned) -> 
         if player is not None:
             player.stop()
         raise
-    elapsed = time.perf_counter() - (first or start)
 
-    before, *pieces = decode_continuations(primer, [[]] + lanes)  # the primer decoded once for every lane
-    for note in planned.create_folders():
-        print(f"note: {note}")
+    before, pieces = session.primer_piece(), session.pieces()  # the primer decoded once for every lane
+    for line in planned.create_folders():
+        print(f"note: {line}")
     for path, piece in zip(output_paths(args.out, batch), pieces, strict=True):
         write_performance(piece, path)
         line = f"wrote {path}: {len(piece)} notes, {piece.duration:.1f} s of music"
-        if len(primer) > 1:
+        if len(session.primer) > 1:
             line += (f" (new: {len(piece) - len(before)} notes, {piece.duration - before.duration:.1f} s "
                      f"after the primer's {before.duration:.1f} s)")
         print(line)
-    total = sum(len(new) for new in lanes)
+    total = sum(len(new) for new in session.lanes)
+    elapsed, count = session.write_seconds, session.steps
     rate = (count - 1) * batch / elapsed if count > 1 and elapsed > 0 else 0.0
-    print(f"read the primer ({len(primer)} tokens) in {(first or start) - start:.1f} s; generated {total} "
+    print(f"read the primer ({len(session.primer)} tokens) in {session.read_seconds:.1f} s; generated {total} "
           f"tokens in {elapsed:.1f} s ({rate:.0f} tokens/s at batch {batch}); state memory "
-          f"{format_bytes(state.nbytes)} of {format_bytes(budget)} budget")
+          f"{format_bytes(session.state.nbytes)} of {format_bytes(session.budget)} budget")
     if interrupted is not None:
         how = "SIGTERM" if isinstance(interrupted, Terminated) else "Ctrl-C"
         print(f"stopped by {how}: the files hold what was written until then")
-    elif count >= max_tokens:
-        print(f"note: stopped at {max_tokens} tokens (--max-tokens) before {args.seconds:g} s of music")
+    elif finished is not None and finished.reason == "max_tokens":
+        print(f"note: stopped at {session.max_tokens} tokens (--max-tokens) before {args.seconds:g} s of music")
     if args.wav:
         from core.synth import render_wav
 
@@ -318,7 +270,7 @@ def _write_continuation(args: argparse.Namespace, primer_ids, sink, planned) -> 
         sys.stdout.flush()
         return getattr(interrupted, "exit_code", 130)
     if player is not None:
-        player.feed(listened.finish(), horizon=listened.time)
+        player.feed(list(finished.notes[0]), horizon=session.time(0))
         player.finish()
         print("playing to the end (Ctrl-C stops)")
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import RecitalError
+from core.models import registry
 
 SECTION = "## Generated samples"
 WAV_PIECES = 4  # rendered to audio for listening
@@ -58,22 +59,15 @@ def piece_row(perf) -> dict:
 
 def generate_pieces(model, count: int, seconds: float, seed: int) -> tuple[list, float]:
     """`count` new pieces, generated side by side (one lane each) -> performances, tokens per second."""
-    from core.cli.generate import TOKENS_PER_SECOND_LIMIT
-    from core.generate import SamplingConfig, generate
-    from core.tokenizer import BOS, decode
+    from core.generate import SamplingConfig
+    from core.session import GenerationSession
 
-    lanes: list[list[int]] = [[BOS] for _ in range(count)]
     start = time.perf_counter()
-    total = 0
-    sampling = SamplingConfig(top_p=0.95)  # `recital generate`'s defaults
-    for step in generate(model, None, sampling=sampling, max_tokens=int(seconds * TOKENS_PER_SECOND_LIMIT) + 64,
-                         max_seconds=seconds, stop_at_eos=False, batch=count, seed=seed):
-        for lane, token in enumerate(step.tolist()):
-            if token:
-                lanes[lane].append(token)
-                total += 1
-    rate = total / (time.perf_counter() - start)
-    return [decode(np.array(ids)) for ids in lanes], rate
+    session = GenerationSession(model, sampling=SamplingConfig(top_p=0.95), seconds=seconds, variations=count,
+                                seed=seed)  # `recital generate`'s defaults: the model's budget for each piece
+    session.run()
+    rate = sum(len(lane) for lane in session.lanes) / (time.perf_counter() - start)
+    return session.pieces(), rate
 
 
 def sample_report(model, corpus, held_out: list[int], out: Path, count: int = 20, seconds: float = 40.0,
@@ -160,7 +154,7 @@ def replace_section(card: str, section: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.recipes.samples", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", choices=("dsmr", "perceivers"), required=True)
+    parser.add_argument("--arch", choices=registry.architectures(), required=True)
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,110 @@
+"""core/session.py: one generation session for every front end; arrays at any batch, the primer read once,
+the token cap, the live notes the same as the pieces written, a stop from another thread, the memory check."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from core import budget as budgets
+from core.errors import BudgetError, ModelError
+from core.generate import SamplingConfig
+from core.midi import write_performance
+from core.modeldir import load_model
+from core.session import Finished, GenerationSession, Token, read_primer
+from core.tokenizer import BOS, EOS, PAD, decode, encode, ids_seconds
+
+
+@pytest.fixture
+def model(tiny_model_dir, one_thread):
+    return load_model(tiny_model_dir)
+
+
+def notes(perf) -> list[tuple]:
+    return sorted(zip(np.round(perf.onset, 6), np.round(perf.offset, 6), perf.pitch, perf.velocity, strict=True))
+
+
+@pytest.mark.parametrize("variations", [1, 3])
+def test_every_step_is_an_array_per_lane_and_the_last_event_says_why(model, variations):
+    session = GenerationSession(model, seconds=2, variations=variations, seed=3)
+    events = list(session)
+    *steps, last = events
+    assert steps and all(isinstance(e, Token) for e in steps) and isinstance(last, Finished)
+    for index, step in enumerate(steps):
+        assert step.step == index and step.ids.shape == (variations,) and step.ids.dtype == np.int64
+        assert len(step.notes) == variations
+    assert last.reason in ("done", "max_tokens") and last.steps == len(steps) == session.steps
+    assert len(session.pieces()) == variations and session.state.batch == variations
+
+
+def test_a_primer_is_the_same_read_from_a_file_a_performance_or_ids(model, scale, tmp_path):
+    path = tmp_path / "scale.mid"
+    write_performance(scale, path)
+    ids = encode(scale, eos=False)
+    for primer in (path, str(path), scale, ids, ids.tolist()):
+        assert np.array_equal(read_primer(primer), ids)
+    session = GenerationSession(model, scale, seconds=1)
+    assert session.primer[0] == BOS and EOS not in session.primer and session.primer.dtype == np.int64
+    assert session.start_time == pytest.approx(scale.duration, abs=0.011)
+    with pytest.raises(ModelError, match="one piece"):
+        GenerationSession(model, [BOS, 5, EOS, 6])
+
+
+def test_pieces_hold_the_primer_then_what_the_live_notes_showed(model, scale):
+    session = GenerationSession(model, scale, seconds=3, variations=2, seed=5, sampling=SamplingConfig(top_p=0.9))
+    live = [[], []]
+    for event in session:
+        for lane, events in enumerate(event.notes):
+            live[lane] += [(round(e.onset, 6), round(e.time, 6), e.pitch, e.velocity) for e in events
+                           if e.kind == "off"]
+    before = session.primer_piece()
+    assert notes(before) == notes(decode(session.primer))
+    for lane, (piece, part) in enumerate(zip(session.pieces(), session.new_parts(), strict=True)):
+        assert notes(piece) == notes(decode(np.concatenate([session.primer, session.lanes[lane]])))
+        assert sorted(live[lane]) == notes(part)  # velocities carried on from the primer, as decoded
+        assert len(piece) == len(before) + len(part)
+        assert PAD not in session.lanes[lane]
+
+
+def test_the_token_cap_follows_the_seconds_asked_and_stops_a_runaway(model):
+    assert GenerationSession(model, seconds=2).max_tokens == 2 * 150 + 64
+    assert GenerationSession(model).max_tokens is None  # no seconds: the caller stops it
+    session = GenerationSession(model, seconds=1000, max_tokens=7)
+    assert session.run().reason == "max_tokens" and session.steps == 7
+
+
+def test_a_stop_from_another_thread_ends_it_after_the_step_and_keeps_what_was_written(model):
+    session = GenerationSession(model, seconds=60, seed=1)
+    events = iter(session)
+    next(events)
+    threading.Thread(target=session.stop).start()
+    rest = list(events)
+    assert rest[-1].reason == "stopped" and session.stopping
+    assert session.steps < 60 * 150 and len(session.lanes[0]) >= 1
+    with pytest.raises(ModelError, match="runs once"):
+        list(session)
+
+
+def test_a_start_past_the_primer_continues_after_silence(model, scale):
+    session = GenerationSession(model, scale, seconds=1, start=5.0)
+    assert session.start_time == pytest.approx(5.0) and ids_seconds(session.primer) == pytest.approx(5.0)
+    assert GenerationSession(model, scale, start=0.5).start_time == pytest.approx(scale.duration, abs=0.011)
+
+
+def test_the_budget_is_the_models_default_per_lane_unless_given_and_a_plan_given_is_used(model):
+    per_lane = budgets.parse_budget(model.config.default_budget)
+    assert GenerationSession(model, variations=3).budget == 3 * per_lane
+    assert GenerationSession(model, budget="1MB", variations=3).budget == 1024 * 1024
+    plan = model.plan(2 * per_lane, 2)
+    session = GenerationSession(model, budget=2 * per_lane, variations=2, plan=plan)
+    assert session.plan is plan and session.state.nbytes == plan.nbytes <= 2 * per_lane
+
+
+def test_a_state_the_machine_cannot_hold_is_refused_before_it_is_made(model, monkeypatch):
+    monkeypatch.setattr(budgets, "available_memory", lambda: 1024)
+    with pytest.raises(BudgetError, match="this budget for 4 variations needs .* this machine has 1.0 KB"):
+        GenerationSession(model, variations=4)
+    with pytest.raises(ModelError, match="variations"):
+        GenerationSession(model, variations=0)

@@ -1,0 +1,70 @@
+"""bench/continuation.py: the excerpt cut, and its main path on a tiny model and two fixture pieces."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from bench import continuation
+from core.midi import Performance
+from core.tokenizer import TICK_SECONDS, decode, encode
+from tests.conftest import midi_files
+
+ROWS = ("notes held > 4 s", "notes cut at the 8 s --max-note", "re-strikes within 120 ms",
+        "mean polyphony (notes sounding)", "notes/s", "pitch range (semitones)",
+        "onset regularity at the primer's beat", "key = primer's or closely related",
+        "bits/s of the truth given the primer", "median pitch range (semitones)", "notes below C4 (%)",
+        "velocity mean", "velocity std", "repeated pitch 8-grams per minute", "MGEval mean overlap vs first")
+
+
+def test_cut_ends_a_crossing_note_at_the_boundary_and_keeps_the_primer_a_prefix():
+    perf = Performance.from_notes([0.0, 1.5, 1.996, 2.0, 3.5, 4.2], [1.0, 2.5, 2.1, 2.2, 5.0, 4.5],
+                                  [60, 64, 65, 67, 72, 74], [80, 70, 60, 90, 100, 50])
+    excerpt = continuation.cut("piece", perf, continuation.Windows(primer=2.0, truth=2.0))
+    assert excerpt.primer.pitch.tolist() == [60, 64]  # 1.996 s rounds to the 2 s tick: the truth's
+    assert excerpt.primer.offset.tolist() == [1.0, 2.0]  # the note crossing 2 s ended there
+    assert excerpt.truth.pitch.tolist() == [65, 67, 72]  # 4.2 s is past the window
+    assert excerpt.truth.offset[-1] == 4.0  # ended at the window's end
+    assert excerpt.start == pytest.approx(2.0)
+    ids = np.concatenate([excerpt.primer_ids, excerpt.truth_ids])
+    assert np.array_equal(ids, encode(Performance.concat(excerpt.primer, excerpt.truth), eos=False))
+    both = decode(ids)
+    assert len(both) == 5 and np.all(np.abs(both.onset - np.sort([0, 1.5, 1.996, 2.0, 3.5])) <= TICK_SECONDS)
+
+
+def test_bad_options_are_refused_in_one_line(capsys):
+    with pytest.raises(SystemExit):
+        continuation.parse_args(["--adapt", "maybe"])
+    assert "--adapt takes off, on or off,on" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        continuation.parse_args(["--seeds", "0"])
+
+
+def test_main_prints_every_row_on_a_tiny_model(tiny_model_dir, tmp_path, capsys, one_thread):
+    pieces = tmp_path / "pieces"
+    pieces.mkdir()
+    for path in midi_files("piano")[:2]:
+        shutil.copy(path, pieces / path.name)
+    out = tmp_path / "out.json"
+    code = continuation.main(["--midi", str(pieces), "--models", str(tiny_model_dir), "--seeds", "2",
+                              "--windows", "4", "3", "5", "--variations", "2", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    for row in ROWS:
+        assert row in printed, row
+    assert "adaptation: not available in this build (tiny +adapt not measured)" in printed
+    result = json.loads(out.read_text())
+    assert len(result["continuations"]["tiny"]["stats"]) == 2 * 2  # pieces x seeds
+    assert len(result["continuations"]["tiny"]["bits_per_second"]) == 2
+    assert all(b > 0 for b in result["continuations"]["tiny"]["bits_per_second"])
+    assert len(result["new_pieces"]["tiny"]["stats"]) == 2
+    assert result["adaptation_not_available"] == ["tiny +adapt"]
+
+
+def test_a_folder_without_midi_stops_with_one_line(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        continuation.main(["--midi", str(tmp_path)])
+    assert "no MIDI data at" in str(stop.value.code)

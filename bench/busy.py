@@ -109,7 +109,7 @@ def train_job(model, primer: list[int]) -> Callable[[], int]:
 def model_jobs(model, primer_tokens: int, seed: int = 0, tokens: int = 250,
                training: bool = True) -> dict[str, Callable[[], int]]:
     """The job kinds of the policy on one model: each a function that does the job once, returning tokens."""
-    from core.generate import generate, use_fast_step
+    from core.generate import generate, prepare_primer, use_fast_step
 
     primer = _primer(max(primer_tokens, 1025))
     train = train_job(model, primer) if training else None  # a copy, before the step weights change
@@ -117,7 +117,9 @@ def model_jobs(model, primer_tokens: int, seed: int = 0, tokens: int = 250,
 
     def seeded(batch: int) -> Callable[[], int]:
         def run() -> int:
-            stream = generate(model, None, max_tokens=tokens, stop_at_eos=False, seed=seed, batch=batch)
+            state = model.new_state(model.plan(None, batch))  # the model's default budget for each lane
+            stream = generate(model, prepare_primer(None, model.config.vocab_size), state, max_tokens=tokens,
+                              stop_at_eos=False, seed=seed)
             return batch * sum(1 for _ in stream)
         return run
 

@@ -1,7 +1,8 @@
 """The Memory budget slider and what it buys: per-layer horizons (DSMR) or the context (PerceiverS), in tokens
 and in seconds of music, computed by the model's own planner (`model.plan`), and the live state memory.
 
-`budget_view(model, budget, batch)` is pure (testable without a window); `BudgetPanel` draws it.
+`budget_view(model, budget, batch)` is pure (testable without a window); `BudgetPanel` draws it, planning once per
+change of budget or takes (core/budget.py's PlanCache) and handing that plan on to the generation request.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QFontMetricsF, QPainter
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
+from core.budget import PlanCache, default_budget, format_bytes
 from core.errors import RecitalError
-from core.state import TOKENS_PER_SECOND, format_bytes
+from core.state import TOKENS_PER_SECOND
 from studio import theme
 
 MB = 1024 * 1024
@@ -52,24 +54,20 @@ class BudgetView:
     error: str = ""  # the budget cannot hold the state: why, and the minimum
 
 
-def budget_view(model, budget: int, batch: int = 1) -> BudgetView:
-    """What `budget` bytes buy this model for `batch` takes (the error, not an exception, when too small)."""
+def budget_view(model, budget: int, batch: int = 1, plans: PlanCache | None = None) -> BudgetView:
+    """What `budget` bytes (for all takes together) buy this model for `batch` takes (the error, not an
+    exception, when too small). `plans` keeps the plan, so a caller asking again plans nothing."""
     try:
-        plan = model.plan(budget, batch)
+        plan = (plans or PlanCache()).plan(model, budget, batch)
     except RecitalError as error:
         return BudgetView("", (), 0, "", str(error))
-    config = model.config
     detail, limit = plan.describe(), ""
-    if hasattr(plan, "horizons"):  # DSMR: one memory horizon per layer, plus the current segment
-        trained = getattr(config, "trained_horizons", None)
-        longest = max(trained) if trained else config.max_horizon  # the most any layer can be given
-        bars = tuple(Bar(f"layer {i + 1}", m + plan.segment_len, longest + plan.segment_len)
-                     for i, m in enumerate(plan.horizons))
+    memories = plan.memories()  # DSMR: one per layer; PerceiverS: its context
+    bars = tuple(Bar(m.label, m.tokens, m.limit) for m in memories)
+    if any(m.tokens >= m.limit for m in memories):  # only then can training have capped it: ask the model why
         note = model.memory_limit_note(budget, batch)
         if note:
             detail, limit = f"{detail}; {note}", " (all this model can use)"
-    else:  # PerceiverS: the context the first cross-attention reads
-        bars = (Bar("context", plan.context, config.context),)
     low, high = min(b.seconds for b in bars), max(b.seconds for b in bars)
     span = f"~{_s(high)} s" if abs(high - low) < 0.05 else f"~{_s(low)}-{_s(high)} s"
     return BudgetView(f"remembers {span} of music{limit}", bars, plan.nbytes, detail)
@@ -173,23 +171,51 @@ class BudgetPanel(QWidget):
         layout.addWidget(self.live)
         self.slider.valueChanged.connect(self._moved)
         self.view: BudgetView | None = None
+        self.plans = PlanCache()  # one plan per (budget, takes): the view and the request share it
+        self.chosen = False  # the user has set the budget; until then it is the model's default for each take
+        self._setting = False
+        self._exact: int | None = None  # a size set in bytes (the model's default), shown as it is, not rounded
         self._moved(self.slider.value())
 
     @property
     def budget(self) -> int:
+        """Bytes for all takes: the size set (e.g. 3 x 256 KB), else the slider's step."""
+        if self._exact is not None and bytes_to_slider(self._exact) == self.slider.value():
+            return self._exact
         return slider_to_bytes(self.slider.value())
 
+    @property
+    def plan(self):
+        """The plan the slider shows for the current budget and takes (None: no model, or too small)."""
+        if self.model is None or self.view is None or self.view.error:
+            return None
+        return self.plans.plan(self.model, self.budget, self.batch)
+
     def set_budget(self, size: int) -> None:
-        self.slider.setValue(bytes_to_slider(size))
-        self._moved(self.slider.value())
+        """Show `size` (not a choice of the user's: `chosen` stays as it was)."""
+        self._setting, self._exact = True, size
+        try:
+            self.slider.setValue(bytes_to_slider(size))
+            self._moved(self.slider.value())
+        finally:
+            self._setting = False
 
     def set_model(self, model, batch: int = 1) -> None:
         self.model, self.batch = model, batch
-        self._moved(self.slider.value())
+        self._default_unless_chosen()
 
     def set_batch(self, batch: int) -> None:
         self.batch = batch
+        self._default_unless_chosen()
+
+    def _default_unless_chosen(self) -> None:
+        """The model's default for every take, unless the user chose a budget that this model can use."""
+        if self.model is not None and not self.chosen:
+            self.set_budget(default_budget(self.model, self.batch))
+            return
         self._moved(self.slider.value())
+        if self.model is not None and self.view is not None and self.view.error:  # too small for this model
+            self.set_budget(default_budget(self.model, self.batch))
 
     def set_live(self, state_bytes: int | None) -> None:
         """The state's memory while generating (None: not generating)."""
@@ -198,6 +224,9 @@ class BudgetPanel(QWidget):
         self.live.setVisible(state_bytes is not None)
 
     def _moved(self, _position: int) -> None:
+        if not self._setting and _position != getattr(self, "_shown", _position):
+            self.chosen, self._exact = True, None  # the user (or a caller of the slider itself) moved it
+        self._shown = _position
         size = self.budget
         self.value.setText(format_bytes(size))
         if self.model is None:
@@ -206,7 +235,7 @@ class BudgetPanel(QWidget):
             self.headline.setObjectName("hint")
             self.bars.set_bars(())
         else:
-            self.view = budget_view(self.model, size, self.batch)
+            self.view = budget_view(self.model, size, self.batch, self.plans)
             if self.view.error:
                 self.headline.setText(f"Too small: {self.view.error.split(': ', 1)[-1]}")
                 self.headline.setObjectName("warning")

@@ -403,7 +403,8 @@ class GeneratePanel(QWidget):
         return GenerateRequest(base=base, start=playhead if from_playhead else None, new_piece=new,
                                seconds=self.seconds.value(), temperature=self.temperature.value(),
                                top_p=self.top_p.value(), seed=None if self.seed.value() < 0 else self.seed.value(),
-                               variations=self.variations.value(), budget=self.budget.budget)
+                               variations=self.variations.value(), budget=self.budget.budget,
+                               plan=self.budget.plan)
 
 
 def _mtime(path: Path) -> int:

@@ -27,7 +27,7 @@ class Settings:
     """What the studio remembers between sessions."""
 
     model: str = ""  # the picked model's directory ("" = the first one found)
-    budget_mb: float = 32.0
+    budget_mb: float = 0.0  # 0: not chosen, the model's default for each take (core/budget.py)
     seconds: float = 20.0
     temperature: float = 1.0
     top_p: float = 0.95

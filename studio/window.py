@@ -26,7 +26,6 @@ from PySide6.QtWidgets import (
 from core.errors import RecitalError
 from core.midi import MIDI_SUFFIXES, Performance
 from core.modeldir import list_models
-from core.state import parse_budget
 from studio import theme
 from studio.document import Document, Piece
 from studio.dragout import DragButton
@@ -121,7 +120,9 @@ class MainWindow(QMainWindow):
         self.panel.temperature.setValue(self.settings.temperature)
         self.panel.top_p.setValue(self.settings.top_p)
         self.panel.variations.setValue(self.settings.variations)
-        self.panel.budget.set_budget(int(self.settings.budget_mb * MB))
+        if self.settings.budget_mb > 0:  # 0: never chosen, the model's default for each take
+            self.panel.budget.set_budget(int(self.settings.budget_mb * MB))
+            self.panel.budget.chosen = True
         self.refresh_models(self.settings.model)
         self.transport.select_output(self.settings.output)
         if list_ports:
@@ -367,13 +368,7 @@ class MainWindow(QMainWindow):
             self._model_ready(path, model)
 
     def _model_ready(self, path: str, model) -> None:
-        self.panel.set_model(model)
-        view = self.panel.budget.view
-        if view is not None and view.error:  # the remembered budget is too small for this model
-            default = getattr(model.config, "default_budget", None)
-            if default:
-                self.panel.budget.set_budget(parse_budget(default) * self.panel.variations.value())
-                self.panel.refresh()
+        self.panel.set_model(model)  # a budget never chosen, or too small for this model: the model's default
 
     def _model_failed(self, message: str) -> None:
         self.loading = None
@@ -504,6 +499,6 @@ class MainWindow(QMainWindow):
         s = self.settings
         s.seconds, s.temperature = self.panel.seconds.value(), self.panel.temperature.value()
         s.top_p, s.variations = self.panel.top_p.value(), self.panel.variations.value()
-        s.budget_mb = self.panel.budget.budget / MB
+        s.budget_mb = self.panel.budget.budget / MB if self.panel.budget.chosen else 0.0
         s.output = self.transport.output.currentData() or "synth"
         s.save()

@@ -12,6 +12,7 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from core.budget import PlanCache  # noqa: E402
 from core.errors import MidiError  # noqa: E402
 from core.midi import Performance, read_performance  # noqa: E402
 from core.modeldir import load_model  # noqa: E402
@@ -54,6 +55,12 @@ def test_budget_view_says_when_the_model_can_use_no_more_memory():
     below = budget_view(capped, 256 * 1024)  # below the cap: the budget decides
     assert [bar.tokens for bar in below.bars] == [840, 594, 594] and "trained with" not in below.detail
     assert "trained with" not in budget_view(DSMR(DSMRConfig(**config)), 8 * 1024 * 1024).detail
+    planned = []
+    plan = capped.plan
+    capped.plan = lambda *args, **kwargs: planned.append(args) or plan(*args, **kwargs)
+    cache = PlanCache()
+    budget_view(capped, 256 * 1024, 1, cache)  # below the cap: one plan, no note asked of the model
+    assert budget_view(capped, 256 * 1024, 1, cache) == below and len(planned) == 1
 
 
 def test_budget_view_for_perceivers_is_its_context():

@@ -301,6 +301,29 @@ def test_drop_a_midi_file_opens_it(window, scale, tmp_path):
     assert w.document.title == "dropped.mid" and len(w.document.piece.primer) == len(scale)
 
 
+def test_the_budget_is_the_models_default_for_each_take_until_chosen_and_each_tick_plans_once(window):
+    from core.budget import default_budget, format_bytes
+
+    panel, model = window.panel, window.model
+    assert not panel.budget.chosen and panel.budget.budget == default_budget(model, 1)
+    panel.variations.setValue(3)  # never chosen: it follows the takes
+    assert panel.budget.budget == default_budget(model, 3) and panel.budget.plan.batch == 3
+    assert format_bytes(default_budget(model, 3)) in panel.budget.value.text()
+    planned, noted = [], []
+    plan, note = model.plan, model.memory_limit_note
+    model.plan = lambda *args, **kwargs: planned.append(args) or plan(*args, **kwargs)
+    model.memory_limit_note = lambda *args: noted.append(args) or ""  # the model's own business: not counted
+    try:
+        panel.budget.slider.setValue(panel.budget.slider.value() + 1)
+        assert len(planned) == 1 and len(noted) <= 1 and panel.budget.chosen  # the studio plans once
+        request = panel.request(window.document.piece, 0.0)
+        assert request.plan is panel.budget.plan and request.budget == panel.budget.budget and len(planned) == 1
+    finally:
+        model.plan, model.memory_limit_note = plan, note
+    panel.variations.setValue(1)  # chosen: the budget stays, now for one take
+    assert panel.budget.budget == request.budget
+
+
 def test_settings_remembered_on_close(qtbot, window, tmp_path):
     w = window
     w.panel.temperature.setValue(0.8)

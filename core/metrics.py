@@ -395,11 +395,8 @@ def position_edges(longest: int, first: int = 256) -> tuple[int, ...]:
     return tuple(edges)
 
 
-# How each architecture reads ids (B, T) through its state into the logits (B, T, V) of every position, equal
-# to stepping through the same ids (the models' tests prove it): a piece is scored a chunk at a time instead of
-# an id at a time.
-SEQUENCE_READERS = {"dsmr": lambda model, ids, state: model(ids, state),
-                    "perceivers": lambda model, ids, state: model.read(ids, state)}
+# A piece is scored a chunk at a time through the model's `read` (core.models.interface.LeftToRight): the logits
+# (B, T, V) of every position, equal to stepping through the same ids (the models' tests prove it).
 SCORE_CHUNK = 2048  # tokens per call on that path (bounds the activations and the logits held)
 
 
@@ -410,12 +407,11 @@ def chunk_log_probs(model, ids: np.ndarray, state, device, stepwise: bool = Fals
     import torch
 
     tokens = torch.as_tensor(ids, device=device)  # (T,)
-    reader = SEQUENCE_READERS.get(getattr(model, "arch", None))
     for start in range(0, len(ids) - 1, SCORE_CHUNK):
         end = min(start + SCORE_CHUNK, len(ids) - 1)
         targets = tokens[start + 1:end + 1, None]  # (t, 1)
-        if reader is not None and not stepwise:
-            logits = reader(model, tokens[None, start:end], state)[0].float()  # (t, V)
+        if not stepwise:
+            logits = model.read(tokens[None, start:end], state)[0].float()  # (t, V)
             log_probs = torch.log_softmax(logits, dim=-1).gather(1, targets)[:, 0]
         else:
             log_probs = torch.stack([torch.log_softmax(model.step(tokens[t:t + 1], state)[0].float(), dim=-1)[
@@ -435,12 +431,12 @@ def perplexity_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], b
                       stepwise: bool = False) -> PerplexityReport:
     """Perplexity of `model` on whole pieces read left to right under a state budget of `budget` bytes.
 
-    Works with any model of the common interface: `plan(budget_bytes, batch=1)`, `new_state(plan, batch)` and
-    `step(ids (B,), state) -> logits (B, V)`, so DSMR runs under its budget schedule and PerceiverS with the
+    Works with any left-to-right model (core.models.interface.LeftToRight): `plan(budget_bytes, batch=1)`,
+    `new_state(plan, batch)`, `read(ids (B, T), state) -> logits (B, T, V)` and `step`, so DSMR runs under its budget schedule and PerceiverS with the
     context the budget allows, exactly as they generate. Each piece gets a fresh state; the token at position
     t (t >= 1, BOS is position 0) is predicted from the t tokens before it. `progress(done, total)` is called
-    after each piece. Models in `SEQUENCE_READERS` read a chunk per call (same numbers, much faster) unless
-    `stepwise` asks for the id-by-id path.
+    after each piece. A chunk is read per call (same numbers, much faster than stepping) unless `stepwise` asks
+    for the id-by-id path.
     """
     import torch
 

@@ -59,8 +59,8 @@ def summarize(path: str | Path) -> ModelSummary:
     """The summary of the model directory at `path` (ModelError when its config cannot be read)."""
     import torch
 
+    from core.budget import format_bytes
     from core.modeldir import WEIGHTS, build_model, read_card, read_config
-    from core.state import format_bytes
 
     path = Path(path)
     meta = read_config(path)
@@ -107,17 +107,15 @@ def trained_on(card: str) -> str:
 
 def remembers(model) -> str:
     """How much music the model keeps in mind at its default budget (its own planner's answer)."""
-    from core.state import TOKENS_PER_SECOND, format_bytes, parse_budget
+    from core.budget import format_bytes, parse_budget
+    from core.state import TOKENS_PER_SECOND
 
     budget = getattr(model.config, "default_budget", None)
     try:
         plan = model.plan()
     except RecitalError as error:
         return f"Remembers: nothing at its default budget ({error})"
-    if hasattr(plan, "horizons"):  # DSMR: each layer its own horizon, plus the segment being read
-        tokens = [m + plan.segment_len for m in plan.horizons]
-    else:  # PerceiverS: the context its first cross-attention reads
-        tokens = [plan.context]
+    tokens = [memory.tokens for memory in plan.memories()]  # what each part of its state holds
     low, high = min(tokens) / TOKENS_PER_SECOND, max(tokens) / TOKENS_PER_SECOND
     span = f"~{_seconds(high)} s" if abs(high - low) < 0.05 else f"~{_seconds(low)}-{_seconds(high)} s"
     at = f" (default budget, {format_bytes(parse_budget(budget))})" if budget else ""
@@ -125,14 +123,8 @@ def remembers(model) -> str:
 
 
 def architecture(model) -> str:
-    """The architecture in a sentence a composer can follow."""
-    c = model.config
-    if model.arch == "dsmr":
-        return f"How it works: DSMR, {c.n_layers} layers x {c.d_model}, each layer with its own memory"
-    if model.arch == "perceivers":
-        return (f"How it works: PerceiverS, {c.n_layers + 2} attention layers x {c.d_model}, reading up to "
-                f"{c.context:,} tokens back, condensed to {c.latents}")
-    return f"How it works: {model.arch}"
+    """The architecture in a sentence a composer can follow (the model's own `describe`)."""
+    return f"How it works: {model.describe()}"
 
 
 def _seconds(seconds: float) -> str:

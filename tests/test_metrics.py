@@ -256,9 +256,10 @@ class BigramModel(torch.nn.Module):
         return self.table[ids]
 
     def prefill(self, ids: torch.Tensor, state: dict) -> torch.Tensor:  # ids (B, T) -> logits (B, V)
-        for t in range(ids.shape[1]):
-            logits = self.step(ids[:, t], state)
-        return logits
+        return self.read(ids, state)[:, -1]
+
+    def read(self, ids: torch.Tensor, state: dict) -> torch.Tensor:  # ids (B, T) -> logits (B, T, V)
+        return torch.stack([self.step(ids[:, t], state) for t in range(ids.shape[1])], dim=1)
 
 
 def test_perplexity_of_a_bigram_model_by_hand():

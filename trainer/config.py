@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from core.errors import ModelError
+from core.models import registry
 
-ARCHS = ("dsmr", "perceivers")
 SIZES = ("tiny", "small", "default")
 PRECISIONS = ("auto", "fp32", "bf16")
 CHECKPOINT_EVERY = 100  # steps between resumable checkpoints, unless a run says otherwise
@@ -18,21 +18,8 @@ CHECKPOINT_EVERY = 100  # steps between resumable checkpoints, unless a run says
 # its first checkpoint starts again from nothing.
 CHECKPOINT_MINUTES = 5.0
 
-# Presets for training from scratch; "default" is the size of the shipped models (the config classes' defaults).
-PRESETS: dict[str, dict[str, dict]] = {
-    "dsmr": {
-        "tiny": {"d_model": 64, "n_layers": 2, "n_heads": 2, "segment_len": 128, "max_horizon": 1024,
-                 "n_long": 1, "default_budget": "2MB"},
-        "small": {"d_model": 192, "n_layers": 4, "n_heads": 3, "segment_len": 256, "default_budget": "4MB"},
-        "default": {},
-    },
-    "perceivers": {
-        "tiny": {"d_model": 64, "n_layers": 2, "n_heads": 2, "context": 512, "latents": 64, "scale": 128,
-                 "default_budget": "4MB"},
-        "small": {"d_model": 128, "n_layers": 4, "n_heads": 4, "context": 2048, "latents": 128, "scale": 256},
-        "default": {},
-    },
-}
+# Presets for training from scratch live with each architecture's training adapter (core/models/<arch>/training.py):
+# "default" is the size of the shipped models (the config classes' defaults).
 
 
 @dataclass
@@ -42,7 +29,7 @@ class TrainConfig:
     folder: str  # the MIDI folder (scanned into the corpus cache)
     out: str | None = None  # model name (saved in the user models dir) or a path; None: "<folder>-<arch>"
     base: str | None = "default"  # model to fine-tune (name or path); None trains from scratch
-    arch: str | None = None  # from scratch: dsmr | perceivers; with a base, must match it if given
+    arch: str | None = None  # from scratch: a registered architecture; with a base, must match it if given
     size: str = "default"  # from scratch: tiny | small | default
     model: dict = field(default_factory=dict)  # from scratch: config fields over the preset
 
@@ -89,12 +76,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.arch is not None and self.arch not in ARCHS:
-            problems.append(f"unknown architecture {self.arch!r} (use {' or '.join(ARCHS)})")
+        archs = registry.architectures()
+        if self.arch is not None and self.arch not in archs:
+            problems.append(f"unknown architecture {self.arch!r} (use {' or '.join(archs)})")
         if self.size not in SIZES:
             problems.append(f"unknown size {self.size!r} (use {', '.join(SIZES)})")
         if self.base is None and self.arch is None:
-            problems.append("training from scratch needs an architecture (--arch dsmr|perceivers)")
+            problems.append(f"training from scratch needs an architecture (--arch {'|'.join(archs)})")
         if self.precision not in PRECISIONS:
             problems.append(f"unknown precision {self.precision!r} (use {', '.join(PRECISIONS)})")
         if self.steps is None and self.minutes is None:
@@ -159,6 +147,6 @@ class TrainConfig:
 
 def scratch_config(arch: str, size: str, overrides: dict) -> dict:
     """The model config dict of a from-scratch run: the preset, then the overrides (checked by the model)."""
-    config = dict(PRESETS[arch][size])
+    config = dict(registry.get(arch).training.presets[size])
     config.update(overrides)
     return config

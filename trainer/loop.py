@@ -5,9 +5,9 @@ state; PerceiverS: effective-segmentation crops), the loss of each a sum over it
 target count over every process, so a step is the same mean whatever the number of processes; AdamW with linear
 warm-up then cosine decay, gradient clipping; bf16 autocast on CUDA, fp32 on CPU (bf16 there on request).
 
-Validation scores the held-out pieces whole: DSMR streamed under its budget schedule (core.metrics'
-perplexity_report), PerceiverS in sliding windows (the sequential crops, whose targets tile each piece). The best
-model is kept in the output directory; `patience` validations without improvement stop the run.
+Everything that differs between architectures (how batches are cut, the loss, how held-out pieces are scored
+whole: DSMR streamed under its budget schedule, PerceiverS in the sequential crops) is the model's training adapter
+(core.models.interface.Training, from the registry); the loop never names an architecture. The best model is kept in the output directory; `patience` validations without improvement stop the run.
 
 No Qt here: the studio runs `fine_tune` in a worker thread and turns `on_progress` events into signals; it stops
 the run through `should_stop`, which the loop polls between steps (then saves a checkpoint and returns).
@@ -26,18 +26,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from core.budget import parse_budget
 from core.errors import MidiError, ModelError, RecitalError
 from core.modeldir import _looks_like_path, build_model, read_config, resolve, user_models_dir
-from core.state import parse_budget
+from core.models import registry
 from core.threads import use_threads
 from core.tokenizer import PAD
 from trainer import checkpoint as ckpt
-from trainer import rundir, samplers
+from trainer import rundir
 from trainer.config import TrainConfig, scratch_config
 from trainer.corpus import Corpus
-from trainer.data import CropBatches, LaneStream, PieceSource
+from trainer.data import PieceSource
 from trainer.distributed import World, join
 from trainer.expressive import Expression
 from trainer.weights import describe, length_shares, load_weights, piece_weights, token_shares
@@ -144,7 +144,7 @@ class _Run:
         """
         c = self.config
         if c.resume:
-            archs = [c.arch] if c.arch else ["dsmr", "perceivers"]
+            archs = [c.arch] if c.arch else registry.architectures()
             for out in dict.fromkeys(output_dir(c.out, c.folder, arch) for arch in archs):
                 if out.is_dir() and ckpt.latest_checkpoint(out) is not None:
                     return out, True
@@ -156,7 +156,8 @@ class _Run:
             if c.base != "default":
                 raise
             raise ModelError(f"no default model is shipped in this build yet: pass --base PATH to a model "
-                             "directory, or --base none --arch dsmr|perceivers --size tiny|small|default to "
+                             f"directory, or --base none --arch {'|'.join(registry.architectures())} --size "
+                             "tiny|small|default to "
                              f"train from scratch ({error})") from None
         meta = read_config(path)
         if c.arch is not None and meta["arch"] != c.arch:
@@ -323,8 +324,53 @@ class _Run:
                 out.rmdir()  # only when empty: nothing but this run's files were there
 
     def _train(self, out: Path, resuming: bool, note: str | None, started: float) -> TrainResult:
+        """Set up, validate the starting point, step until a limit, and keep what was reached."""
+        self.started = started
+        self._setup(out, resuming, note)
+        c, progress = self.config, self.progress
+        step = progress["step"]
+        if step == 0:
+            self._validate_start()
+        self.training.record()  # from here on the model has been trained with this run's settings
+        self.model.train()
+        self.window_tokens, self.window_start = 0, time.monotonic()
+        stopped = "finished"
+        self.emit(Progress("phase", "train", step=step, total_steps=c.steps))
+        while True:
+            stopped, seconds = self._should_stop(step)
+            if stopped != "finished" or (c.steps is not None and step >= c.steps):
+                break
+            lr = lr_at(c, step, self._fraction_done(step, seconds))
+            loss = self._step(step, lr)
+            step += 1
+            last = c.steps is not None and step >= c.steps
+            if step % c.log_every == 0 or last or step == 1:
+                self._report(step, loss, lr)
+            if step % c.val_every == 0 or last:
+                self._validate_and_keep(step)
+                if c.patience and progress["bad_evals"] >= c.patience:
+                    stopped = "early_stop"
+                    break
+            if step % c.checkpoint_every == 0 or last or seconds - self.checkpointed_at >= c.checkpoint_minutes * 60:
+                self.checkpointed_at = seconds
+                self._checkpoint(step)
+        if stopped == "time" and progress["validated_step"] != step:  # the steps since the last validation may be the best
+            self._validate_and_keep(step)
+            self.saved_at = None  # the last checkpoint must record this validation
+        if self.saved_at != step:  # stopped between checkpoints: keep everything so far
+            self._checkpoint(step)
+        self.emit(Progress("done", "done", step=step, total_steps=c.steps, fraction=1.0, loss=progress["loss"],
+                           best_perplexity=progress["best_perplexity"], elapsed_s=self._elapsed(), message=stopped))
+        return TrainResult(self.out, step, stopped, progress["best_perplexity"], progress["initial_perplexity"],
+                           progress["loss"], progress["tokens"], self._elapsed())
+
+    # ---- set-up -------------------------------------------------------------------------------------------------
+
+    def _setup(self, out: Path, resuming: bool, note: str | None) -> None:
+        """The model, its training adapter, the data, the optimizer and the progress so far (a resume's)."""
         world = self.world
-        model, base = self._model(out, resuming)
+        self.out = out
+        model, self.base = self._model(out, resuming)
         c, changed = self._settings(resuming)
         self.config = c
         if world.main:
@@ -335,23 +381,22 @@ class _Run:
         for message in (note, changed, unguarded):
             if message:
                 self.emit(Progress("message", "prepare", message=message))
-        arch = model.arch
-        corpus = self._corpus()
-        shortest = model.config.segment_len if arch == "dsmr" else model.config.latents + 1
-        train, val = self._split(corpus, shortest)
-        data = {"folder": str(corpus.folder), "files": corpus.summary.files, "pieces": len(corpus),
-                "train_pieces": len(train), "val_pieces": len(val), "tokens": corpus.total_tokens,
-                "hours": corpus.hours}
+        self.training = registry.get(model.arch).training(model)
+        corpus = self.corpus = self._corpus()
+        train, self.val = self._split(corpus, self.training.shortest_piece())
+        self.data = {"folder": str(corpus.folder), "files": corpus.summary.files, "pieces": len(corpus),
+                     "train_pieces": len(train), "val_pieces": len(self.val), "tokens": corpus.total_tokens,
+                     "hours": corpus.hours}
         self.emit(Progress("phase", "prepare", message=(
-            f"{arch}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {len(train)} training "
-            f"and {len(val)} held-out pieces, {corpus.total_tokens:,} tokens, {corpus.hours:.2f} h")))
+            f"{model.arch}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {len(train)} "
+            f"training and {len(self.val)} held-out pieces, {corpus.total_tokens:,} tokens, {corpus.hours:.2f} h")))
 
         if c.batch % world.size:
             raise ModelError(f"batch {c.batch} does not split evenly over {world.size} processes")
-        local = c.batch // world.size
-        device = world.device
+        self.local = local = c.batch // world.size
+        self.device = device = world.device
         model.to(device)
-        budget = parse_budget(c.budget or getattr(model.config, "default_budget", "32MB"))
+        self.budget = parse_budget(c.budget or model.config.default_budget)
         weights = None if c.weights is None else piece_weights(corpus, train, load_weights(c.weights))
         if weights is not None:
             self.emit(Progress("message", "prepare", message=describe(token_shares(corpus, train, weights),
@@ -360,261 +405,179 @@ class _Run:
                              Expression() if c.expressive else None, weights)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}],
-                                      lr=c.peak_lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-        progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "best_perplexity": None, "best_step": None,
-                    "initial_perplexity": None, "bad_evals": 0, "loss": None, "data": None, "validated_step": None}
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=c.peak_lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+        self.progress = progress = {
+            "step": 0, "tokens": 0, "train_seconds": 0.0, "best_perplexity": None, "best_step": None,
+            "initial_perplexity": None, "bad_evals": 0, "loss": None, "data": None, "validated_step": None}
         if resuming:
             if world.main:
                 ckpt.remove_leftovers(out)
-            saved = ckpt.load_checkpoint(self.checkpoint_path, model, optimizer)
+            saved = ckpt.load_checkpoint(self.checkpoint_path, model, self.optimizer)
             progress.update({k: saved[k] for k in progress if k in saved})
             self.emit(Progress("message", "prepare", step=progress["step"],
                                message=f"resuming from {self.checkpoint_path.name}"))
+        # Micro-batch m of this process reads global lanes (or crop items) m * batch + rank * local + j.
+        lanes = [[m * c.batch + world.rank * local + j for j in range(local)] for m in range(c.accum)]
+        self.training.start(source, lanes, c.batch * c.accum, self.budget,
+                            (progress["data"] or {}).get("lanes", {}))
+        self.raw = model
+        self.model = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
+        self.autocast = c.autocasts(device.type)
+        self.saved_at = progress["step"] if resuming else -1  # the step of the last checkpoint written
+        self.resume_seconds = progress["train_seconds"]
+        self.checkpointed_at = self.resume_seconds  # run seconds at the last checkpoint (the same on every process)
 
-        # Batches: DSMR lane groups (one recurrent state each), or PerceiverS crops.
-        if arch == "dsmr":
-            lanes = [[m * c.batch + world.rank * local + j for j in range(local)] for m in range(c.accum)]
-            saved_lanes = (progress["data"] or {}).get("lanes", {})
-            streams = [LaneStream(source, group, c.batch * c.accum, model.config.segment_len,
-                                  _position(group, saved_lanes)) for group in lanes]
-            plan = model.plan(budget * local, batch=local, beyond_training=True)
-            states = [model.new_state(plan, local) for _ in streams]
-            for stream, state in zip(streams, states, strict=True):  # a resumed lane goes on mid-piece
-                state.positions.copy_(torch.tensor(stream.offset))
-            crops = None
+    def _elapsed(self) -> float:
+        return self.resume_seconds + time.monotonic() - self.started
+
+    def _fraction_done(self, step: int, seconds: float) -> float:
+        c = self.config
+        parts = []
+        if c.steps is not None:
+            parts.append(step / c.steps)
+        if c.minutes is not None:
+            parts.append(seconds / (c.minutes * 60))
+        return min(1.0, max(parts))
+
+    def _should_stop(self, step: int) -> tuple[str, float]:
+        """('finished' to go on, or why the run stops: time | stopped) and the run's seconds, agreed by every
+        process."""
+        c = self.config
+        user_stop = bool(self.should_stop and self.should_stop())
+        seconds, stop_votes = self.world.sum([self._elapsed(), float(user_stop)])
+        seconds /= self.world.size
+        if c.steps is not None and step >= c.steps:
+            return "finished", seconds
+        if c.minutes is not None and seconds >= c.minutes * 60:
+            return "time", seconds
+        return ("stopped" if stop_votes > 0 else "finished"), seconds
+
+    # ---- one step -----------------------------------------------------------------------------------------------
+
+    def _step(self, step: int, lr: float) -> float:
+        """One optimizer step at learning rate `lr` over `accum` micro-batches; the mean loss per target over
+        every process. The progress counts it."""
+        c, world, device, model = self.config, self.world, self.device, self.model
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches = [self.training.batch(step, m) for m in range(c.accum)]
+        (count,) = world.sum([float(sum(int((targets != PAD).sum()) for _, targets in batches))])
+        count = max(count, 1.0)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        loss_sum = 0.0
+        for m, (inputs, targets) in enumerate(batches):
+            inputs = torch.from_numpy(inputs).to(device, non_blocking=True)
+            targets = torch.from_numpy(targets).to(device, non_blocking=True)
+            sync = m == len(batches) - 1 or world.size == 1
+            with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
+                nll = self.training.loss(model, inputs, targets, m)
+                (nll * (world.size / count)).backward()
+            loss_sum += float(nll.detach())
+        if c.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss_sum,) = world.sum([loss_sum])
+        loss = loss_sum / count
+        if not math.isfinite(loss):
+            raise ModelError(f"the training loss became {loss} at step {step + 1}: try a lower --lr")
+        progress = self.progress
+        progress["step"], progress["loss"] = step + 1, loss
+        progress["tokens"] += int(count)
+        self.window_tokens += int(count)
+        return loss
+
+    # ---- validation ---------------------------------------------------------------------------------------------
+
+    def _validate(self, step: int) -> float | None:
+        """Held-out perplexity over every process's share of the held-out pieces (None: nothing held out)."""
+        if not self.val:
+            return None
+        world = self.world
+        self.emit(Progress("phase", "validate", step=step, total_steps=self.config.steps))
+        pieces = [self.corpus.piece(i) for i in self.val[world.rank::world.size]]
+        was_training = self.raw.training
+        self.raw.eval()
+        try:
+            with torch.no_grad():
+                nll, count = self.training.held_out(pieces, self.budget, self.local, self.device)
+        finally:
+            self.raw.train(was_training)
+        nll, count = world.sum([nll, count])
+        return math.exp(nll / count)
+
+    def _validate_start(self) -> None:
+        """The starting point's held-out perplexity: the first best, kept as the model."""
+        progress = self.progress
+        initial = self._validate(0)
+        progress["validated_step"] = 0
+        progress["initial_perplexity"] = progress["best_perplexity"] = initial
+        progress["best_step"] = 0
+        if initial is not None:
+            self.emit(Progress("eval", "validate", step=0, val_perplexity=initial, best_perplexity=initial))
+        self._save_best(0, initial)
+
+    def _validate_and_keep(self, step: int) -> None:
+        """Held-out perplexity now; the best model so far is kept (and counts toward early stopping)."""
+        progress = self.progress
+        progress["validated_step"] = step
+        perplexity = self._validate(step)
+        if perplexity is None:
+            return
+        best = progress["best_perplexity"]
+        if best is None or perplexity < best:
+            progress["best_perplexity"], progress["best_step"], progress["bad_evals"] = perplexity, step, 0
+            self._save_best(step, perplexity)
         else:
-            streams, states = [], []
-            crops = CropBatches(source, [world.rank * local + j for j in range(local)], model.config.context,
-                                model.config.latents)
-        raw = model
-        if world.size > 1:
-            model = torch.nn.parallel.DistributedDataParallel(model)
+            progress["bad_evals"] += 1
+        self.emit(Progress("eval", "validate", step=step, total_steps=self.config.steps, loss=progress["loss"],
+                           val_perplexity=perplexity, best_perplexity=progress["best_perplexity"]))
+        self.model.train()
 
-        def save_best(step: int, perplexity: float | None) -> None:
-            if world.main:
-                card = ckpt.card_text(
-                    name=out.name, arch=arch, base=base, data=data, steps=step,
-                    wall_seconds=progress["train_seconds"] + time.monotonic() - started, tokens=progress["tokens"],
-                    best_perplexity=perplexity, date=datetime.now().strftime("%Y-%m-%d"), command=c.command,
-                    model_config=raw.config.to_dict(), augmenting=c.augmenting)
-                ckpt.write_model(raw, out, card)
+    # ---- checkpoints --------------------------------------------------------------------------------------------
 
-        saved_at = [progress["step"] if resuming else -1]  # the step of the last checkpoint written
+    def _save_best(self, step: int, perplexity: float | None) -> None:
+        """Write the model directory (weights, config, card) as it is now."""
+        if not self.world.main:
+            return
+        c, raw = self.config, self.raw
+        card = ckpt.card_text(
+            name=self.out.name, arch=raw.arch, base=self.base, data=self.data, steps=step,
+            wall_seconds=self.progress["train_seconds"] + time.monotonic() - self.started,
+            tokens=self.progress["tokens"], best_perplexity=perplexity, date=datetime.now().strftime("%Y-%m-%d"),
+            command=c.command, model_config=raw.config.to_dict(), augmenting=c.augmenting)
+        ckpt.write_model(raw, self.out, card)
 
-        def checkpoint(step: int) -> None:
-            saved_at[0] = step
-            positions = {}
-            for stream in streams:
-                positions.update(_lane_positions(stream))
-            merged = {}
-            for part in world.gather(positions):
-                merged.update(part)
-            if world.main:
-                self.emit(Progress("checkpoint", "checkpoint", step=step))
-                state = dict(progress, step=step, data={"lanes": merged}, config=c.to_dict(), world=world.size,
-                             train_seconds=elapsed())
-                if val == []:  # nothing held out: the latest weights are the model (written first: a checkpoint
-                    save_best(step, None)  # never gets ahead of the model it says it kept)
-                path = ckpt.save_checkpoint(out, step, raw, optimizer, state)
-                self.checkpointed = True
-                self.emit(Progress("checkpoint", "checkpoint", step=step, message=f"saved {path.name}"))
-            world.barrier()
+    def _checkpoint(self, step: int) -> None:
+        """A resumable checkpoint: weights, optimizer, progress and every process's data position."""
+        world = self.world
+        self.saved_at = step
+        merged = {}
+        for part in world.gather(self.training.position()):
+            merged.update(part)
+        if world.main:
+            self.emit(Progress("checkpoint", "checkpoint", step=step))
+            state = dict(self.progress, step=step, data={"lanes": merged}, config=self.config.to_dict(),
+                         world=world.size, train_seconds=self._elapsed())
+            if self.val == []:  # nothing held out: the latest weights are the model (written first: a checkpoint
+                self._save_best(step, None)  # never gets ahead of the model it says it kept)
+            path = ckpt.save_checkpoint(self.out, step, self.raw, self.optimizer, state)
+            self.checkpointed = True
+            self.emit(Progress("checkpoint", "checkpoint", step=step, message=f"saved {path.name}"))
+        world.barrier()
 
-        def validate(step: int) -> float | None:
-            if not val:
-                return None
-            self.emit(Progress("phase", "validate", step=step, total_steps=c.steps))
-            nll, count = _held_out(raw, arch, [corpus.piece(i) for i in val[world.rank::world.size]], budget,
-                                   local, device)
-            nll, count = world.sum([nll, count])
-            return math.exp(nll / count)
+    # ---- reporting ----------------------------------------------------------------------------------------------
 
-        def validate_and_keep(step: int) -> None:
-            """Held-out perplexity now; the best model so far is kept (and counts toward early stopping)."""
-            progress["validated_step"] = step
-            perplexity = validate(step)
-            if perplexity is None:
-                return
-            best = progress["best_perplexity"]
-            if best is None or perplexity < best:
-                progress["best_perplexity"], progress["best_step"], progress["bad_evals"] = perplexity, step, 0
-                save_best(step, perplexity)
-            else:
-                progress["bad_evals"] += 1
-            self.emit(Progress("eval", "validate", step=step, total_steps=c.steps, loss=progress["loss"],
-                               val_perplexity=perplexity, best_perplexity=progress["best_perplexity"]))
-            model.train()
-
-        resume_seconds = progress["train_seconds"]
-
-        def elapsed() -> float:
-            return resume_seconds + time.monotonic() - started
-
-        def fraction_done(step: int, seconds: float) -> float:
-            parts = []
-            if c.steps is not None:
-                parts.append(step / c.steps)
-            if c.minutes is not None:
-                parts.append(seconds / (c.minutes * 60))
-            return min(1.0, max(parts))
-
-        step = progress["step"]
-        checkpointed_at = resume_seconds  # run seconds at the last checkpoint (the same on every process)
-        if step == 0:
-            initial = validate(0)
-            progress["validated_step"] = 0
-            progress["initial_perplexity"] = progress["best_perplexity"] = initial
-            progress["best_step"] = 0
-            if initial is not None:
-                self.emit(Progress("eval", "validate", step=0, val_perplexity=initial, best_perplexity=initial))
-            save_best(0, initial)
-        if arch == "dsmr":  # from here on the model has been trained with this run's horizons
-            raw.config.trained_horizons = longest_horizons(raw.config.trained_horizons, plan.horizons)
-
-        model.train()
-        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if c.autocasts(device.type)
-                    else contextlib.nullcontext())
-        window_tokens, window_start = 0, time.monotonic()
-        stopped = "finished"
-        self.emit(Progress("phase", "train", step=step, total_steps=c.steps))
-        while True:
-            user_stop = bool(self.should_stop and self.should_stop())
-            seconds, stop_votes = world.sum([elapsed(), float(user_stop)])
-            seconds /= world.size
-            if c.steps is not None and step >= c.steps:
-                break
-            if c.minutes is not None and seconds >= c.minutes * 60:
-                stopped = "time"
-                break
-            if stop_votes > 0:
-                stopped = "stopped"
-                break
-            fraction = fraction_done(step, seconds)
-            lr = lr_at(c, step, fraction)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
-            batches = ([stream.next_batch() for stream in streams] if arch == "dsmr"
-                       else [crops.batch(step, m) for m in range(c.accum)])
-            local_count = float(sum(int((targets != PAD).sum()) for _, targets in batches))
-            (count,) = world.sum([local_count])
-            count = max(count, 1.0)
-            loss_sum = 0.0
-            for m, (inputs, targets) in enumerate(batches):
-                inputs = torch.from_numpy(inputs).to(device, non_blocking=True)
-                targets = torch.from_numpy(targets).to(device, non_blocking=True)
-                sync = m == len(batches) - 1 or world.size == 1
-                with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
-                    if arch == "dsmr":
-                        logits = model(inputs, states[m])  # (b, L, V)
-                    else:
-                        logits, _ = model(inputs)  # (b, M, V)
-                    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                          ignore_index=PAD, reduction="sum")
-                    (nll * (world.size / count)).backward()
-                loss_sum += float(nll.detach())
-            if c.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            (loss_sum,) = world.sum([loss_sum])
-            loss = loss_sum / count
-            if not math.isfinite(loss):
-                raise ModelError(f"the training loss became {loss} at step {step + 1}: try a lower --lr")
-            step += 1
-            progress["step"], progress["loss"] = step, loss
-            progress["tokens"] += int(count)
-            window_tokens += int(count)
-
-            last = c.steps is not None and step >= c.steps
-            if step % c.log_every == 0 or last or step == 1:
-                now = time.monotonic()
-                rate = window_tokens / max(now - window_start, 1e-9)
-                window_tokens, window_start = 0, now
-                fraction = fraction_done(step, elapsed())
-                eta = elapsed() / fraction - elapsed() if fraction > 0 else None
-                self.emit(Progress("step", "train", step=step, total_steps=c.steps, fraction=fraction, loss=loss,
-                                   lr=lr, tokens_per_s=rate, eta_s=eta, elapsed_s=elapsed(),
-                                   best_perplexity=progress["best_perplexity"]))
-            if step % c.val_every == 0 or last:
-                validate_and_keep(step)
-                if c.patience and progress["bad_evals"] >= c.patience:
-                    stopped = "early_stop"
-                    break
-            due = seconds - checkpointed_at >= c.checkpoint_minutes * 60
-            if step % c.checkpoint_every == 0 or last or due:
-                checkpointed_at = seconds
-                checkpoint(step)
-        if stopped == "time" and progress["validated_step"] != step:  # the steps since the last validation may be the best
-            validate_and_keep(step)
-            saved_at[0] = None  # the last checkpoint must record this validation
-        if saved_at[0] != step:  # stopped between checkpoints: keep everything so far
-            checkpoint(step)
-
-        result = TrainResult(out, step, stopped, progress["best_perplexity"], progress["initial_perplexity"],
-                             progress["loss"], progress["tokens"], elapsed())
-        self.emit(Progress("done", "done", step=step, total_steps=c.steps, fraction=1.0, loss=progress["loss"],
-                           best_perplexity=progress["best_perplexity"], elapsed_s=elapsed(), message=stopped))
-        return result
-
-
-def longest_horizons(trained: list[int] | None, run: tuple[int, ...]) -> list[int]:
-    """Each layer's longest memory seen in training, once a run at `run` horizons has trained it too."""
-    return list(run) if trained is None else [max(a, b) for a, b in zip(trained, run, strict=True)]
-
-
-def _position(lanes: list[int], saved: dict) -> dict | None:
-    """A LaneStream position for `lanes` from the saved {lane: [k, offset]} (None: start fresh)."""
-    if not saved:
-        return None
-    missing = [g for g in lanes if str(g) not in saved]
-    if missing:
-        raise ModelError(f"the checkpoint has no data position for lanes {missing}: resume with the same --batch")
-    return {"lanes": lanes, "k": [saved[str(g)][0] for g in lanes], "offset": [saved[str(g)][1] for g in lanes]}
-
-
-def _lane_positions(stream: LaneStream) -> dict[str, list[int]]:
-    return {str(g): [k, o] for g, k, o in zip(stream.lanes, stream.k, stream.offset, strict=True)}
-
-
-@torch.no_grad()
-def _held_out(model, arch: str, pieces: list[np.ndarray], budget: int, batch: int,
-              device: torch.device) -> tuple[float, float]:
-    """(summed negative log-likelihood, predicted tokens) of whole pieces."""
-    if not pieces:
-        return 0.0, 0.0
-    was_training = model.training
-    model.eval()
-    try:
-        if arch == "dsmr":
-            from core.metrics import perplexity_report
-
-            report = perplexity_report(model, [np.asarray(p, dtype=np.int64) for p in pieces], budget)
-            return math.log(report.perplexity) * report.tokens, float(report.tokens)
-        from itertools import islice
-
-        config = model.config
-
-        def crops():  # made as batches need them: a long piece never holds all its crops (N ids each) at once
-            for piece in pieces:
-                piece = np.asarray(piece, dtype=np.int64)
-                for i in range(samplers.sequential_count(len(piece), config.latents)):
-                    crop = samplers.sequential(piece, i, config.context, config.latents)
-                    fresh = crop.positions > i * config.latents  # the last crop overlaps the one before it
-                    yield crop.inputs, np.where(fresh, crop.targets, PAD)
-
-        nll, count = 0.0, 0.0
-        stream = crops()
-        while group := list(islice(stream, max(1, batch))):
-            inputs = np.stack([x for x, _ in group])
-            targets = np.stack([y for _, y in group])
-            logits, _ = model(torch.from_numpy(inputs).to(device))
-            targets = torch.from_numpy(targets).to(device)
-            nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                         ignore_index=PAD, reduction="sum"))
-            count += float((targets != PAD).sum())
-        return nll, count
-    finally:
-        model.train(was_training)
+    def _report(self, step: int, loss: float, lr: float) -> None:
+        """A progress event: the loss, the rate since the last one, and how long the rest should take."""
+        now = time.monotonic()
+        rate = self.window_tokens / max(now - self.window_start, 1e-9)
+        self.window_tokens, self.window_start = 0, now
+        elapsed = self._elapsed()
+        fraction = self._fraction_done(step, elapsed)
+        eta = elapsed / fraction - elapsed if fraction > 0 else None
+        self.emit(Progress("step", "train", step=step, total_steps=self.config.steps, fraction=fraction, loss=loss,
+                           lr=lr, tokens_per_s=rate, eta_s=eta, elapsed_s=elapsed,
+                           best_perplexity=self.progress["best_perplexity"]))

@@ -19,10 +19,12 @@ HELP = "fine-tune a model on a folder of MIDI files (or train one from scratch)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from core.models.registry import architectures  # names only: no model is imported
+
     parser.add_argument("folder", help="folder of MIDI files (scanned recursively, cached)")
     parser.add_argument("--base", default="default", metavar="default|PATH|NAME|none",
                         help="model to fine-tune (default: the shipped default); 'none' trains from scratch")
-    parser.add_argument("--arch", choices=("dsmr", "perceivers"),
+    parser.add_argument("--arch", choices=architectures(),
                         help="architecture (needed with --base none; checked against the base otherwise)")
     parser.add_argument("--size", choices=("tiny", "small", "default"), default="default",
                         help="model size preset when training from scratch (default: default)")

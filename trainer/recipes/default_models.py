@@ -35,6 +35,7 @@ import numpy as np
 
 from core.errors import MidiError, ModelError, RecitalError
 from core.modelcard import scrub_paths, shown_name
+from core.models import registry
 
 CONFIG_FILE = Path(__file__).with_suffix(".toml")
 REPO = Path(__file__).resolve().parents[2]
@@ -249,9 +250,9 @@ class StopFlag:
 def evaluate(model, corpus, val: list[int], recipe: Recipe, log) -> dict:
     """Held-out perplexity (all, polyphonic, monophonic) on corpus pieces and on MAESTRO, under the model's
     default budget, as `recital eval` measures it."""
+    from core.budget import parse_budget
     from core.metrics import perplexity_report
     from core.midi import read_performance
-    from core.state import parse_budget
     from trainer.weights import collections
 
     budget = parse_budget(model.config.default_budget)
@@ -344,7 +345,7 @@ def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.recipes.default_models",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", choices=("dsmr", "perceivers"), required=True)
+    parser.add_argument("--arch", choices=registry.architectures(), required=True)
     parser.add_argument("--minutes", type=float, help="training minutes over all sessions (default: the recipe's)")
     parser.add_argument("--steps", type=int, help="stop after this many steps (as well)")
     parser.add_argument("--resume", action="store_true", help="continue the run (or start it if there is none yet)")

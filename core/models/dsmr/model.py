@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.budget import parse_budget
 from core.errors import BudgetError, ModelError
 from core.models.config import (
     MAX_HEADS,
@@ -46,7 +47,6 @@ from core.models.dsmr.step import Packed, lean_step, pack
 from core.models.interface import LEFT_TO_RIGHT
 from core.models.layers import Block, RMSNorm, rotary
 from core.models.packed import PackedWeights
-from core.state import parse_budget
 from core.tokenizer import BOS, PAD, VOCAB_SIZE
 
 

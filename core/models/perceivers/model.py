@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.budget import parse_budget
 from core.errors import BudgetError, ModelError
 from core.models.config import (
     MAX_HEADS,
@@ -59,7 +60,6 @@ from core.models.perceivers.step import (
     lean_step,
     pack,
 )
-from core.state import parse_budget
 from core.tokenizer import PAD, VOCAB_SIZE
 
 

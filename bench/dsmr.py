@@ -39,9 +39,9 @@ import torch
 
 from bench.busy import busy_table
 from bench.data import SHARED_MIDI, require_midi
+from core.budget import format_bytes, parse_budget
 from core.midi import read_performance
 from core.models.dsmr import DSMR, DSMRConfig, segment_loss
-from core.state import format_bytes, parse_budget
 from core.tokenizer import BOS, encode
 
 MAESTRO = SHARED_MIDI / "maestro"

@@ -43,10 +43,10 @@ from pathlib import Path
 import torch
 
 from bench.data import SHARED_MIDI, require_midi
+from core.budget import format_bytes
 from core.errors import ModelError
 from core.models.dsmr import DSMRConfig
 from core.models.dsmr.state import plan_horizons
-from core.state import format_bytes
 from trainer.config import scratch_config
 
 MAESTRO = SHARED_MIDI / "maestro"

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from bench.data import SHARED_MIDI, require_midi
+from core.budget import parse_budget
 from core.metrics import piece_log_probs
 from core.modeldir import load_model
-from core.state import parse_budget
 from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, VOCAB_SIZE
 
 MAESTRO = SHARED_MIDI / "maestro"

@@ -25,10 +25,10 @@ import time
 import torch
 
 from bench.busy import busy_table
+from core.budget import format_bytes
 from core.models.packed import STEP_WEIGHTS
 from core.models.perceivers import PerceiverS, PerceiverSConfig
 from core.models.perceivers.state import state_bytes
-from core.state import format_bytes
 from core.tokenizer import VOCAB_SIZE
 
 

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.data import SHARED_MIDI, require_midi
+from core.budget import parse_budget
 from core.models.dsmr import DSMR, DSMRConfig, segment_loss
 from core.models.layers import Block, RMSNorm, rotary
-from core.state import parse_budget
 from core.tokenizer import VOCAB_SIZE
 
 MAESTRO = SHARED_MIDI / "maestro"

@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.budget import parse_budget
 from core.errors import BudgetError
 from core.models.dsmr.state import RecurrentState, minimum_budget, plan_horizons
-from core.state import parse_budget
 
 
 @dataclass

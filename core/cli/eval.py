@@ -22,7 +22,6 @@ import numpy as np
 from core.errors import MidiError, RecitalError
 
 HELP = "perplexity and MGEval comparison of generated and reference pieces"
-DEFAULT_BUDGET = "32MB"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a model name or directory: print its perplexity on the pieces of FOLDER")
     parser.add_argument("--budget", metavar="SIZE",
                         help="memory for the model's recurrent state with --model, e.g. 64MB "
-                             f"(default: the model's own, else {DEFAULT_BUDGET})")
+                             "(default: the model's own)")
     parser.add_argument("--segments", type=int, default=64, metavar="N",
                         help="equal-duration segments per piece for the /seg features (default 64)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the numbers as JSON")
@@ -85,16 +84,16 @@ def _run_comparison(args: argparse.Namespace) -> int:
 
 def _run_perplexity(args: argparse.Namespace) -> int:
     from core import metrics
+    from core.budget import parse_budget, resolve_budget
     from core.modeldir import load_model
-    from core.state import parse_budget
 
     folder = Path(args.folders[0])
     if args.budget is not None:
         parse_budget(args.budget)  # a typo fails before the model loads
     pieces = _read_folder(folder)
     model = load_model(args.model)
-    budget_text = args.budget or getattr(getattr(model, "config", None), "default_budget", DEFAULT_BUDGET)
-    budget = parse_budget(budget_text)
+    budget_text = args.budget or model.config.default_budget
+    budget = resolve_budget(model, args.budget)
 
     def progress(done: int, total: int) -> None:
         print(f"\rscoring piece {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)

@@ -13,8 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from core.budget import format_bytes
     from core.modeldir import SHIPPED_DIR, list_models, user_models_dir
-    from core.state import format_bytes
 
     models = list_models()
     if not models:

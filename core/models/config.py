@@ -68,8 +68,8 @@ def range_problems(config: object, limits: dict[str, tuple[float, float]]) -> li
 
 def budget_problems(value: str) -> list[str]:
     """The problem with a config's default state budget per lane (a size like "8MB"), if any."""
+    from core.budget import format_bytes, parse_budget
     from core.errors import BudgetError
-    from core.state import format_bytes, parse_budget
 
     try:
         size = parse_budget(value)

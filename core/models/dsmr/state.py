@@ -23,9 +23,10 @@ from typing import Protocol
 
 import torch
 
+from core.budget import format_bytes, parse_budget
 from core.errors import BudgetError
 from core.models.interface import Memory
-from core.state import TOKENS_PER_SECOND, format_bytes, parse_budget
+from core.state import TOKENS_PER_SECOND
 
 SCHEDULES = ("full", "uniform", "two_scale")
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
+from core.budget import format_bytes
 from core.errors import BudgetError
 from core.models.interface import Memory
-from core.state import TOKENS_PER_SECOND, format_bytes
+from core.state import TOKENS_PER_SECOND
 
 INDEX_BYTES = 8  # int64 positions and ids
 

@@ -135,6 +135,29 @@ def test_state_bytes_fit_the_budget_and_plans_must_match():
         model.plan("1KB")
 
 
+def test_bad_calls_are_the_same_model_errors_as_perceivers():
+    """A wrong shape or an id outside the vocabulary is a ModelError (an out-of-range id used to crash inside
+    the embedding with an IndexError), before the state is touched."""
+    model = tiny()
+    state = model.new_state(model.plan("64KB", batch=2))
+    for call, ids in ((model.step, torch.tensor([[3, 4]])), (model.step, torch.tensor([3, 391])),
+                      (model.prefill, torch.zeros(1, 4, dtype=torch.long)),
+                      (model.prefill, torch.zeros(2, 0, dtype=torch.long)),
+                      (model.read, torch.full((2, 3), -1)), (model.step, torch.tensor([3, 4, 5]))):
+        with pytest.raises(ModelError):
+            call(ids, state)
+    assert state.fill == 0 and not state.valid.any()
+
+
+def test_plans_say_what_each_layer_remembers():
+    model = tiny(trained_horizons=[16, 4, 4, 4])
+    memories = model.plan("64KB").memories()
+    assert [m.label for m in memories] == ["layer 1", "layer 2", "layer 3", "layer 4"]
+    assert [(m.tokens, m.limit) for m in memories] == [(16 + SEGMENT, 16 + SEGMENT)] + [(4 + SEGMENT,) * 2] * 3
+    untrained = tiny().plan("64KB", batch=2)
+    assert all(m.tokens <= m.limit == 64 + SEGMENT for m in untrained.memories())
+
+
 def test_no_layer_is_planned_more_memory_than_it_was_trained_with():
     model = tiny(trained_horizons=[16, 4, 4, 4])
     assert model.plan("64KB").horizons == (16, 4, 4, 4)  # a big budget stops at the trained horizons

@@ -207,6 +207,14 @@ def test_bad_generation_inputs_are_refused(model):
         model.step(torch.tensor([3, VOCAB_SIZE]), state)
     with pytest.raises(BudgetError):
         model.new_state(model.plan(budget_for(16, 2), batch=2), batch=3)
+    with pytest.raises(BudgetError, match="plan again"):  # as DSMR: a state has exactly its plan's lanes
+        model.new_state(model.plan(budget_for(16, 2), batch=2), batch=1)
+
+
+def test_plans_say_what_the_context_remembers(model):
+    (memory,) = model.plan(budget_for(16)).memories()
+    assert (memory.label, memory.tokens, memory.limit) == ("context", 16, CONFIG.context)
+    assert model.memory_limit_note(budget_for(CONFIG.context) * 4) == ""  # never more than it was trained with
 
 
 def test_shared_generate_streams_from_a_perceivers_model(model):

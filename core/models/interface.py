@@ -142,6 +142,19 @@ class Denoiser(Model, Protocol):
         ...
 
 
+def check_ids(ids: torch.Tensor, dims: int, batch: int, vocab_size: int, what: str) -> None:
+    """ModelError, the one error of a bad call, unless `ids` has `dims` dimensions (1: one id per lane (B,); 2: a
+    sequence per lane (B, T >= 1)), `batch` lanes and every id in [0, vocab_size)."""
+    from core.errors import ModelError
+
+    shape = f"({batch},)" if dims == 1 else f"({batch}, T >= 1)"
+    if ids.dim() != dims or ids.shape[0] != batch or ids.numel() == 0:
+        raise ModelError(f"{what} takes ids of shape {shape}, got {tuple(ids.shape)}")
+    low, high = ids.aminmax()
+    if int(low) < 0 or int(high) >= vocab_size:
+        raise ModelError(f"{what}: token ids must lie in [0, {vocab_size})")
+
+
 # ---- training ----------------------------------------------------------------------------------------------------
 
 class Training(Protocol):

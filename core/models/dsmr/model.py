@@ -44,7 +44,7 @@ from core.models.config import (
 )
 from core.models.dsmr.state import RecurrentState, StatePlan, plan_horizons
 from core.models.dsmr.step import Packed, lean_step, pack
-from core.models.interface import LEFT_TO_RIGHT
+from core.models.interface import LEFT_TO_RIGHT, check_ids
 from core.models.layers import Block, RMSNorm, rotary
 from core.models.packed import PackedWeights
 from core.tokenizer import BOS, PAD, VOCAB_SIZE
@@ -212,8 +212,7 @@ class DSMR(PackedWeights, nn.Module):
     @torch.no_grad()
     def step(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
         """Logits (B, V) for the next token after one id (B,) per lane (the lean path below; same numbers)."""
-        if ids.dim() != 1 or ids.shape[0] != state.batch:
-            raise ValueError(f"step takes one id per lane ({state.batch},), got {tuple(ids.shape)}")
+        check_ids(ids, 1, state.batch, self.config.vocab_size, "step")
         return lean_step(self._packed(), ids, state)
 
     def prefill(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
@@ -223,10 +222,7 @@ class DSMR(PackedWeights, nn.Module):
         read one at a time and only the last hidden state is kept; the ids the final state cannot depend on
         (further back than every layer's reach) are not read at all (`_skip`).
         """
-        if ids.dim() != 2 or ids.shape[0] != state.batch:
-            raise ValueError(f"ids must be (batch={state.batch}, T), got {tuple(ids.shape)}")
-        if ids.shape[1] == 0:
-            raise ValueError("prefill needs at least one id")
+        check_ids(ids, 2, state.batch, self.config.vocab_size, "prefill")
         last = None
         for hidden in self._chunks(ids[:, self._skip(ids, state):], state):
             last = hidden[:, -1]
@@ -261,8 +257,7 @@ class DSMR(PackedWeights, nn.Module):
 
     def _chunks(self, ids: torch.Tensor, state: RecurrentState) -> Iterator[torch.Tensor]:
         """Hidden states (B, t, C) of `ids` (B, T) a chunk at a time, chunks ending at segment boundaries."""
-        if ids.dim() != 2 or ids.shape[0] != state.batch:
-            raise ValueError(f"ids must be (batch={state.batch}, T), got {tuple(ids.shape)}")
+        check_ids(ids, 2, state.batch, self.config.vocab_size, "reading")
         start = 0
         while start < ids.shape[1]:
             take = min(ids.shape[1] - start, state.segment_len - state.fill)

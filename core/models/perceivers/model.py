@@ -42,7 +42,7 @@ from core.models.config import (
     field_problems,
     range_problems,
 )
-from core.models.interface import LEFT_TO_RIGHT
+from core.models.interface import LEFT_TO_RIGHT, check_ids
 from core.models.layers import Block, CrossAttentionBlock, RMSNorm, rotary
 from core.models.packed import PackedWeights, inv_rms
 from core.models.perceivers.state import PerceiverSPlan, PerceiverSState, plan_state
@@ -207,18 +207,17 @@ class PerceiverS(PackedWeights, nn.Module):
         c = self.config
         if (plan.latents, plan.scale, plan.n_layers, plan.d_model) != (c.latents, c.scale, c.n_layers, c.d_model):
             raise BudgetError("this plan was made for a different PerceiverS model")
+        batch = plan.batch if batch is None else batch
+        if batch != plan.batch:
+            raise BudgetError(f"the plan was made for batch {plan.batch}, not {batch}: plan again")
         self._watch_parameters()  # the weights `step` checks for changes
-        return PerceiverSState(plan, plan.batch if batch is None else batch, self.embed.weight.device)
+        return PerceiverSState(plan, batch, self.embed.weight.device)
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, state: PerceiverSState) -> torch.Tensor:
         """One new id per lane (B,) -> next-token logits (B, V): the one-token path when the lanes are in step
         with room in their window, else the general path (a re-encode, or lanes at different positions)."""
-        if ids.dim() != 1 or ids.shape[0] != state.batch:
-            raise ModelError(f"step takes one id per lane ({state.batch},), got shape {tuple(ids.shape)}")
-        tokens = ids.tolist()
-        if min(tokens) < 0 or max(tokens) >= self.config.vocab_size:
-            raise ModelError(f"token ids must lie in [0, {self.config.vocab_size})")
+        check_ids(ids, 1, state.batch, self.config.vocab_size, "step")
         logits = lean_step(self._packed(), ids.to(state.ids.device), state, self.config.rope_base)
         return self.prefill(ids[:, None], state) if logits is None else logits
 
@@ -234,10 +233,7 @@ class PerceiverS(PackedWeights, nn.Module):
         return self._read(ids, state, every=True)
 
     def _read(self, ids: torch.Tensor, state: PerceiverSState, every: bool) -> torch.Tensor:
-        if ids.dim() != 2 or ids.shape[0] != state.batch or ids.shape[1] == 0:
-            raise ModelError(f"expected ids of shape ({state.batch}, T >= 1), got {tuple(ids.shape)}")
-        if int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
-            raise ModelError(f"token ids must lie in [0, {self.config.vocab_size})")
+        check_ids(ids, 2, state.batch, self.config.vocab_size, "read" if every else "prefill")
         ids = ids.to(state.ids.device)
         packed = self._packed()
         phase = state.length - state.start  # lanes with the same phase fill and re-encode together

@@ -10,6 +10,8 @@ ensure_venv "dev"
 export QT_QPA_PLATFORM=offscreen
 log "lint: ruff"
 "$VENV/bin/ruff" check "$RECITAL_ROOT"
+log "lint: import layers (studio > trainer > core; no Qt below the studio)"
+"$VENV/bin/lint-imports" --config "$RECITAL_ROOT/pyproject.toml"
 set +e
 "$VENV/bin/python" -m pytest "$@"
 status=$?

@@ -13,10 +13,10 @@ import pytest
 
 import trainer.corpus as corpus_module
 from core.cli import main
-from core.cli.corpus import ProgressBar
 from core.errors import MidiError
 from core.midi import Performance, read_performance, write_performance
 from core.tokenizer import encode
+from trainer.cli import ProgressBar
 from trainer.corpus import Corpus
 
 

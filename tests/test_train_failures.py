@@ -246,10 +246,10 @@ def test_checkpoint_intervals_default_and_apply_on_a_resume(folder, tmp_path):
 def test_the_cli_leaves_checkpoint_intervals_unset_unless_given(folder):
     import argparse
 
-    from core.cli import train
+    from trainer import cli as train
 
     parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    train.add_train_arguments(parser)
     config = train.config_from_args(parser.parse_args([str(folder), "--steps", "2"]), "recital train")
     assert config.checkpoint_every is None and config.checkpoint_minutes is None
     config = train.config_from_args(parser.parse_args([str(folder), "--steps", "2", "--checkpoint-every", "7",

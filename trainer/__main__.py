@@ -11,19 +11,19 @@ import argparse
 import os
 import sys
 
-from core.cli import train
 from core.errors import RecitalError
+from trainer import cli
 from trainer.distributed import leave
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=train.HELP)
-    train.add_arguments(parser)
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=cli.TRAIN_HELP)
+    cli.add_train_arguments(parser)
     args = parser.parse_args(argv)
     if int(os.environ.get("RANK", "0")) != 0:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the other ranks' summaries would repeat rank 0's
     try:
-        return train.run(args)
+        return cli.run_train(args)
     except RecitalError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

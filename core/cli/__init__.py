@@ -1,6 +1,7 @@
-"""The `recital` command line: one module per subcommand, errors printed as one line without a traceback.
+"""The `recital` command line: one module per core subcommand, errors printed as one line without a traceback.
 
-Each subcommand module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+Each core subcommand module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`. The layers
+above add theirs through the `recital.commands` entry points (core/commands.py), so this package imports neither.
 """
 
 from __future__ import annotations
@@ -8,34 +9,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib.metadata import entry_points
 
 from core import __version__
+from core.commands import GROUP, Command
 from core.errors import RecitalError
 from core.threads import command_threads
 
-# Subcommand name -> module under core.cli (`continue` is a Python keyword).
+# The core's subcommands: name -> module under core.cli (`continue` is a Python keyword). The trainer's and the
+# studio's come from the `recital.commands` entry points (core/commands.py).
 COMMANDS = {
     "generate": "generate",
     "continue": "continue_",
-    "train": "train",
     "eval": "eval",
     "play": "play",
     "ports": "ports",
     "models": "models",
-    "corpus": "corpus",
-    "studio": "studio",
 }
-NOT_YET = {
-    "generate": "write a new piece with a model",
-    "continue": "continue a MIDI file with a model",
-    "train": "fine-tune a model on a folder of MIDI files",
-    "eval": "perplexity and MGEval comparison of generated and reference pieces",
-    "play": "play a MIDI file on the synth or a MIDI port",
-    "ports": "list MIDI output and input ports",
-    "models": "list shipped and fine-tuned models",
-    "corpus": "scan and cache a folder of MIDI files",
-    "studio": "open Recital Studio",
-}
+LAYERS = {"trainer": "the trainer", "studio": "Recital Studio", "PySide6": "PySide6 (Qt)"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -51,26 +42,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"recital {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"core.cli.{module_name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"core.cli.{module_name}":
-                raise
-            command = sub.add_parser(name, help=f"{NOT_YET[name]} (not in this build yet)")
-            command.set_defaults(run=_not_yet(name))
-            continue
-        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(command)
-        command.set_defaults(run=module.run)
+        module = importlib.import_module(f"core.cli.{module_name}")
+        _add(sub, name, Command(module.HELP, module.add_arguments, module.run))
+    for entry in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        if entry.name not in COMMANDS:
+            _add(sub, entry.name, _load(entry))
     return parser
 
 
-def _not_yet(name: str):
-    def run(_args: argparse.Namespace) -> int:
-        print(f"recital {name}: not in this build yet ({NOT_YET[name]}).", file=sys.stderr)
-        return 2
+def _add(sub, name: str, command: Command) -> None:
+    parser = sub.add_parser(name, help=command.help, description=command.help)
+    command.add_arguments(parser)
+    parser.set_defaults(run=command.run)
 
-    return run
+
+def _load(entry) -> Command:
+    """A layer's command, or one that says in a line which part of Recital is not installed here."""
+    try:
+        return entry.load()
+    except ModuleNotFoundError as error:
+        top = (error.name or "").split(".")[0]
+        if top not in LAYERS:
+            raise
+        missing = f"recital {entry.name} needs {LAYERS[top]}, which is not installed here"
+
+        def run(_args: argparse.Namespace) -> int:
+            raise RecitalError(missing)
+
+        return Command(f"({missing})", lambda parser: parser.add_argument("rest", nargs=argparse.REMAINDER),
+                       run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -373,10 +373,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, command: str) -> int:
-    from core.cli.train import ProgressView
     from core.midi import atomic_write_bytes
     from core.modeldir import WEIGHTS, load_model, save_model
     from trainer import checkpoint as ckpt
+    from trainer.cli import ProgressView
     from trainer.config import TrainConfig
     from trainer.corpus import Corpus
     from trainer.loop import fine_tune

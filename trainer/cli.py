@@ -1,7 +1,10 @@
-"""`recital train FOLDER`: fine-tune a model (or train one from scratch) on a folder of MIDI files.
+"""The trainer's subcommands of `recital`: `train FOLDER` (fine-tune a model, or train one from scratch) and
+`corpus FOLDER` (scan and cache a folder of MIDI files, print what was read).
 
-The same arguments work under torchrun (`torchrun --nproc_per_node=N -m trainer FOLDER ...`). Ctrl-C stops
-after the current step, saves a checkpoint and exits; `--resume` continues from it.
+`recital` finds them through the `recital.commands` entry points (core/commands.py). `train`'s arguments work
+under torchrun too (`torchrun --nproc_per_node=N -m trainer FOLDER ...`). Ctrl-C stops training after the current
+step, saves a checkpoint and exits; `--resume` continues from it. A MIDI file `corpus` cannot read is listed with
+its reason and skipped; it fails (exit 1) only when the folder has no MIDI files or none of them can be read.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-HELP = "fine-tune a model on a folder of MIDI files (or train one from scratch)"
+from core.commands import Command
+from core.errors import MidiError
+
+TRAIN_HELP = "fine-tune a model on a folder of MIDI files (or train one from scratch)"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from core.models.registry import architectures  # names only: no model is imported
 
     parser.add_argument("folder", help="folder of MIDI files (scanned recursively, cached)")
@@ -82,7 +88,7 @@ def config_from_args(args: argparse.Namespace, command: str):
         resume=args.resume, device=args.device, precision=args.precision, workers=args.workers, command=command)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_train(args: argparse.Namespace) -> int:
     from trainer.loop import fine_tune
 
     command = ("recital train " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["train"]
@@ -219,3 +225,94 @@ def _positive(kind):
         return value
 
     return parse
+
+
+# ---- recital corpus ----------------------------------------------------------------------------------------
+
+CORPUS_HELP = "scan and cache a folder of MIDI files (recursively) for fine-tuning"
+
+
+def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", type=Path, help="folder to scan (.mid, .midi, .kar in any sub-folder)")
+    parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                        help="processes that read files in parallel (default: one per CPU core)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="read and encode every file again instead of reusing cached results")
+
+
+def run_corpus(args: argparse.Namespace) -> int:
+    from trainer.corpus import Corpus
+
+    bar = ProgressBar(sys.stderr, "reading") if sys.stderr.isatty() else None
+    try:
+        corpus = Corpus.build(args.folder, workers=args.workers, use_cache=not args.no_cache,
+                              progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    summary = corpus.summary
+    print(f"corpus of {summary.folder}")
+    rows = summary.rows()
+    if summary.unended:  # notes a NoteOn started and no NoteOff ended: kept, ended at their track's end
+        rows.append(("notes never ended", f"{summary.unended:,} (kept, ended where their track ends)"))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+    if summary.skipped:
+        print("skipped:")
+        for skipped in summary.skipped:
+            print(f"  {_relative(skipped.path, summary.folder)}: {skipped.reason}")
+    if summary.duplicates:
+        print("duplicates (kept once):")
+        for duplicate in summary.duplicates:
+            print(f"  {_relative(duplicate.path, summary.folder)} = "
+                  f"{_relative(duplicate.same_as, summary.folder)}")
+    if len(corpus) == 0:
+        raise MidiError(summary.folder, f"none of the {summary.files} MIDI files could be read")
+    return 0
+
+
+class ProgressBar:
+    """A one-line progress bar redrawn in place (at most 10 times a second) on a terminal stream."""
+
+    def __init__(self, stream: TextIO, label: str, width: int = 30):
+        self.stream, self.label, self.width = stream, label, width
+        self.last_draw = 0.0
+        self.drawn = False
+
+    def update(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last_draw < 0.1:
+            return
+        self.last_draw = now
+        filled = self.width * done // max(total, 1)
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} files")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        """Erase the bar so the table that follows starts on a clean line."""
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _relative(path: str, folder: str) -> str:
+    try:
+        return str(Path(path).relative_to(folder))
+    except ValueError:
+        return path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+TRAIN = Command(TRAIN_HELP, add_train_arguments, run_train)
+CORPUS = Command(CORPUS_HELP, add_corpus_arguments, run_corpus)

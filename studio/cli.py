@@ -1,8 +1,13 @@
-"""`recital studio [FILE.mid] [--model DIR]`: open Recital Studio, the desktop app."""
+"""The studio's subcommand of `recital`: `recital studio [FILE.mid] [--model DIR]` opens Recital Studio.
+
+`recital` finds it through the `recital.commands` entry points (core/commands.py); Qt loads only when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+
+from core.commands import Command
 
 HELP = "open Recital Studio, the desktop app"
 
@@ -17,3 +22,6 @@ def run(args: argparse.Namespace) -> int:
     from studio.app import start
 
     return start(args.file, args.model)
+
+
+STUDIO = Command(HELP, add_arguments, run)

@@ -251,19 +251,16 @@ def test_port_commands_fail_with_one_line_after_the_server_stops(jack_server):
             result.stderr
 
 
-def test_play_to_the_virtual_port_from_the_command_line(jack):
+def test_play_to_the_virtual_port_from_the_command_line(jack, tmp_path):
     from tests.jack import LateListener
 
-    piece = Path(os.environ.get("TMPDIR", "/tmp")) / f"recital-cli-{os.getpid()}.mid"
+    piece = tmp_path / "cli.mid"
     # A rest first: the listener connects once the command's port appears, which on a busy machine may
     # take more than a moment; notes before that would be lost.
     onset = 2.0 + np.arange(6) * 0.1
     write_performance(Performance.from_notes(onset, onset + 0.08, [60, 62, 64, 65, 67, 69], [80] * 6), piece)
-    try:
-        with LateListener() as listener:
-            result = _run_cli("play", str(piece), "--virtual", env={})
-    finally:
-        piece.unlink(missing_ok=True)
+    with LateListener() as listener:
+        result = _run_cli("play", str(piece), "--virtual", env={})
     received = listener.messages
     assert result.returncode == 0, result.stderr
     assert "played 12 messages" in result.stdout

@@ -150,8 +150,12 @@ def check_ids(ids: torch.Tensor, dims: int, batch: int, vocab_size: int, what: s
     shape = f"({batch},)" if dims == 1 else f"({batch}, T >= 1)"
     if ids.dim() != dims or ids.shape[0] != batch or ids.numel() == 0:
         raise ModelError(f"{what} takes ids of shape {shape}, got {tuple(ids.shape)}")
-    low, high = ids.aminmax()
-    if int(low) < 0 or int(high) >= vocab_size:
+    if dims == 1:  # a step's few ids: one copy to Python beats two reductions and their reads
+        values = ids.tolist()
+        low, high = min(values), max(values)
+    else:
+        low, high = (int(v) for v in ids.aminmax())
+    if low < 0 or high >= vocab_size:
         raise ModelError(f"{what}: token ids must lie in [0, {vocab_size})")
 
 

@@ -1,17 +1,23 @@
 """How many threads each kind of job uses: a small model's work is too short to share between cores.
 
 torch starts one intra-op thread per core. A batch-1 step of the shipped models is a few hundred small matrix
-products of about 50 microseconds each; split over two threads, each product waits for the slower thread, and
-when another program holds a core that thread is descheduled for a whole time slice. So a second thread buys
-little on a quiet machine and loses almost everything on a busy one (bench/busy.py; README, "Threads").
+products; split over two threads, each product waits for the slower thread, and when another program holds a
+core that thread is descheduled for a whole time slice. bench/busy.py measured the shipped models on 2 cores
+(tokens/s, 1 thread against 2; "busy": beside a process that keeps one core busy; other programs already ran,
+load average 2.4, and in a first run 8):
 
-Jobs and their threads (RECITAL_THREADS=N overrides every one of them):
-
-- "generate" (sampling token by token, batch 1 to 8, the primer included): 1.
-- "read" (a whole piece at once: `recital eval` scoring): 1.
-- "train" (forward + backward over segments, large enough to split): every core this process may use,
-  shared among the processes of one torchrun run.
+- "generate" (sampling token by token, batch 1 to 8, the primer included): 1. DSMR batch 1: 1,265 / 1,315 quiet,
+  1,284 / 397 busy (at load 8: 229 / 10); batch 4: 2,100 / 574. PerceiverS batch 1: 882 / 1,152 quiet,
+  1,022 / 419 busy. A second thread gains a third at most and loses up to 20x: one thread.
+- "read" (a whole piece at once: `recital eval` scoring): the cores the one-minute load average leaves idle,
+  at least 1. Reading 2,048 tokens, PerceiverS: 4,299 / 6,735 quiet but 4,325 / 2,188 busy; DSMR 5,904 / 1,159
+  already at load 2.4. Two threads pay only on an idle machine, which the load average tells.
+- "train" (forward + backward over segments): every core this process may use, shared among the processes of
+  one torchrun run. A step is large enough to split: DSMR 1,856 / 3,534 quiet, PerceiverS 1,829 / 2,730; busy,
+  two threads lose (1,931 / 1,031): a user training beside other work sets RECITAL_THREADS=1.
 - corpus scanning processes (trainer/corpus.py): one per core; each one is single-threaded MIDI parsing.
+
+RECITAL_THREADS=N overrides every one of them.
 
 `torch.set_num_threads` is per thread in practice: it sets the calling thread's OpenMP count and the default that
 threads started later take up, not threads already running torch code. So a job sets it in the thread that runs

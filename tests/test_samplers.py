@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.tokenizer import PAD
-from trainer.samplers import (
+from core.models.perceivers.crops import (
     NO_POSITION,
     baseline,
     collate,
@@ -15,6 +14,7 @@ from trainer.samplers import (
     sequential,
     sequential_count,
 )
+from core.tokenizer import PAD
 
 CONTEXT, LATENTS = 32, 8
 LENGTHS = [2, 6, 9, 20, 33, 34, 100, 257]  # shorter than M, about M, inside N, about N + 1, many windows

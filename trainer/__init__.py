@@ -1,1 +1,1 @@
-"""Fine-tuning on folders of MIDI: corpus cache, samplers, the training loop, checkpoints, distributed runs."""
+"""Fine-tuning on folders of MIDI: corpus cache, training batches, the training loop, checkpoints, distributed runs."""

@@ -21,8 +21,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from core.models.perceivers.crops import collate, effective
 from core.tokenizer import PAD
-from trainer import samplers
 from trainer.augment import augment
 from trainer.corpus import Corpus
 from trainer.expressive import Expression, express_ids
@@ -50,6 +50,15 @@ class PieceSource:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def lane_stream(self, lanes: list[int], total_lanes: int, segment_len: int,
+                    position: dict | None = None) -> LaneStream:
+        """Whole pieces read back to back in segments (a left-to-right model with a recurrent state)."""
+        return LaneStream(self, lanes, total_lanes, segment_len, position)
+
+    def crop_batches(self, items: list[int], context: int, latents: int) -> CropBatches:
+        """Effective-segmentation crops (a model that reads a bounded context, like PerceiverS)."""
+        return CropBatches(self, items, context, latents)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if self.weights is None:
@@ -160,5 +169,5 @@ class CropBatches:
             rng = np.random.default_rng([self.source.seed, _CROP, step, micro, item])
             j = int(rng.choice(len(self.weights), p=self.weights))
             piece = self.source.piece(j, int(rng.integers(2**62)))
-            crops.append(samplers.effective(piece, rng, self.context, self.latents))
-        return samplers.collate(crops)
+            crops.append(effective(piece, rng, self.context, self.latents))
+        return collate(crops)

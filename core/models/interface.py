@@ -161,6 +161,19 @@ def check_ids(ids: torch.Tensor, dims: int, batch: int, vocab_size: int, what: s
 
 # ---- training ----------------------------------------------------------------------------------------------------
 
+class PieceData(Protocol):
+    """The training pieces as the trainer serves them (trainer.data.PieceSource): a training adapter asks for the
+    batches its model reads, so that the models never import the trainer."""
+
+    def lane_stream(self, lanes: list[int], total_lanes: int, segment_len: int, position: dict | None = None):
+        """Whole pieces back to back, one segment of each lane per `next_batch()` (a recurrent model)."""
+        ...
+
+    def crop_batches(self, items: list[int], context: int, latents: int):
+        """Effective-segmentation crops, `batch(step, micro)` (a model that reads a bounded context)."""
+        ...
+
+
 class Training(Protocol):
     """How the trainer trains one architecture: everything in the loop that differs between models.
 
@@ -175,9 +188,9 @@ class Training(Protocol):
         """Tokens a training piece needs to be worth training on (the error names it when none has them)."""
         ...
 
-    def start(self, source: object, lanes: list[list[int]], total_lanes: int, budget: int, saved: dict) -> None:
+    def start(self, source: PieceData, lanes: list[list[int]], total_lanes: int, budget: int, saved: dict) -> None:
         """Set up the micro-batches of this process: `lanes[m]` the global lanes (items) of micro-batch m, `source`
-        the training pieces (trainer.data.PieceSource), `budget` the state bytes per lane, `saved` the data position
+        the training pieces (a PieceData), `budget` the state bytes per lane, `saved` the data position
         merged over every process ({} from the start)."""
         ...
 

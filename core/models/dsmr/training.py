@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from core.errors import ModelError
 from core.models.dsmr.model import DSMR
 from core.models.dsmr.state import RecurrentState, StatePlan
+from core.models.interface import PieceData
 from core.tokenizer import PAD
 
 
@@ -40,12 +41,10 @@ class DSMRTraining:
     def shortest_piece(self) -> int:
         return self.model.config.segment_len
 
-    def start(self, source, lanes: list[list[int]], total_lanes: int, budget: int, saved: dict) -> None:
-        from trainer.data import LaneStream
-
+    def start(self, source: PieceData, lanes: list[list[int]], total_lanes: int, budget: int, saved: dict) -> None:
         local = len(lanes[0])
         segment = self.model.config.segment_len
-        self.streams = [LaneStream(source, group, total_lanes, segment, stream_position(group, saved))
+        self.streams = [source.lane_stream(group, total_lanes, segment, stream_position(group, saved))
                         for group in lanes]
         self.plan = self.model.plan(budget * local, batch=local, beyond_training=True)
         self.states = [self.model.new_state(self.plan, local) for _ in self.streams]

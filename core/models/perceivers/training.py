@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.models.interface import PieceData
+from core.models.perceivers.crops import sequential, sequential_count
 from core.models.perceivers.model import PerceiverS
 from core.tokenizer import PAD
 
@@ -35,11 +37,9 @@ class PerceiverSTraining:
     def shortest_piece(self) -> int:
         return self.model.config.latents + 1
 
-    def start(self, source, lanes: list[list[int]], total_lanes: int, budget: int, saved: dict) -> None:
-        from trainer.data import CropBatches
-
+    def start(self, source: PieceData, lanes: list[list[int]], total_lanes: int, budget: int, saved: dict) -> None:
         config = self.model.config
-        self.crops = CropBatches(source, lanes[0], config.context, config.latents)
+        self.crops = source.crop_batches(lanes[0], config.context, config.latents)
 
     def batch(self, step: int, micro: int) -> tuple[np.ndarray, np.ndarray]:
         return self.crops.batch(step, micro)
@@ -66,13 +66,11 @@ class PerceiverSTraining:
     def _sequential_crops(self, pieces: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(inputs, targets) of every piece's sequential crops, made as batches need them: a long piece never
         holds all its crops (N ids each) at once. The last crop's targets already scored are PAD."""
-        from trainer import samplers
-
         config = self.model.config
         for piece in pieces:
             piece = np.asarray(piece, dtype=np.int64)
-            for i in range(samplers.sequential_count(len(piece), config.latents)):
-                crop = samplers.sequential(piece, i, config.context, config.latents)
+            for i in range(sequential_count(len(piece), config.latents)):
+                crop = sequential(piece, i, config.context, config.latents)
                 fresh = crop.positions > i * config.latents  # the last crop overlaps the one before it
                 yield crop.inputs, np.where(fresh, crop.targets, PAD)
 

@@ -15,14 +15,8 @@ from core.modeldir import build_model, load_model, save_model
 from tests.test_train_data import random_performance
 from trainer.config import TrainConfig
 from trainer.recipes import default_models as recipe_module
-from trainer.recipes.default_models import (
-    CONFIG_FILE,
-    balance,
-    check_data,
-    load_recipe,
-    main,
-    parse_overrides,
-)
+from trainer.recipes.default_models import check_data, main
+from trainer.recipes.recipe import CONFIG_FILE, balance, load_recipe, parse_overrides
 
 TINY_RECIPE = """
 [data]

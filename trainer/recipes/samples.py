@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, command: str) -> int:
     from core.modeldir import load_model
     from trainer.corpus import Corpus
-    from trainer.recipes.default_models import CONFIG_FILE, REPO, data_plan, default_run_dir, load_recipe
     from trainer.recipes.music21_corpus import default_out_dir
+    from trainer.recipes.recipe import CONFIG_FILE, REPO, data_plan, default_run_dir, load_recipe
 
     recipe = load_recipe(CONFIG_FILE, args.arch)
     model_dir = (args.model or REPO / "assets" / "models" / recipe.name).resolve()

@@ -110,7 +110,7 @@ def use_fast_step(model, exact: bool = False) -> None:
     CPU: int8, 1.2-1.5x the tokens/s, probabilities within ~1e-3 of fp32); `exact` keeps the fp32 step, which
     reproduces training bit for bit. Training and `forward` are never affected."""
     on_cpu = next(model.parameters()).device.type == "cpu"
-    if hasattr(model, "use_step_weights") and on_cpu and hasattr(torch, "_weight_int8pack_mm"):
+    if on_cpu and hasattr(torch, "_weight_int8pack_mm"):  # every model has use_step_weights (the interface)
         model.use_step_weights("fp32" if exact else "int8")
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.constraints import Constraints
 from core.errors import ModelError
 from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, PAD, TICK_SECONDS, TIME_SHIFT, shift_ticks
 
@@ -178,7 +179,8 @@ def _follow(tokens: np.ndarray, clock: float, started: np.ndarray) -> float:
 
 def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
              max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = True,
-             seed: int | None = None, max_note_seconds: float | None = MAX_NOTE_SECONDS) -> Iterator[np.ndarray]:
+             seed: int | None = None, max_note_seconds: float | None = MAX_NOTE_SECONDS,
+             constraints: Constraints | None = None) -> Iterator[np.ndarray]:
     """The engine of a generation session (core/session.py): yield the ids that continue `primer`, one array (B,)
     of int64 per step, one id per lane of `state`, until a limit is reached.
 
@@ -194,6 +196,9 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     one (and the model reads it). A model with bounded memory forgets notes it started beyond its horizon and
     would never end them; they would hang to the end of the piece. None: never. `seed` makes the stream
     reproducible. The model is put in eval mode.
+
+    `constraints` (core/constraints.py, resolved against the primer) add their mask to the logits before
+    temperature and the filters, per lane; they read the primer but never change it.
     """
     if max_tokens is not None and max_tokens < 0:
         raise ModelError(f"max_tokens must be >= 0, got {max_tokens}")
@@ -214,14 +219,20 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     never = [PAD, BOS] + ([] if stop_at_eos else [EOS])
     forbidden = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=device)
     forbidden[never] = float("-inf")  # (V,)
+    tracker = constraints.tracker(batch, primer.numpy(), logits.shape[-1]) if constraints is not None else None
     done = np.zeros(batch, dtype=bool)
     seconds = np.zeros(batch)
     produced = 0
     while max_tokens is None or produced < max_tokens:  # max_tokens 0: nothing
-        ids = sample(logits + forbidden, sampling, generator)  # (B,)
+        allowed = logits + forbidden
+        if tracker is not None:
+            allowed = allowed + tracker.mask(device, allowed.dtype)
+        ids = sample(allowed, sampling, generator)  # (B,)
         tokens = ids.cpu().numpy()
         if notes.release(tokens):  # some lanes end a note instead
             ids = torch.from_numpy(tokens).to(ids.device)
+        if tracker is not None:
+            tracker.read(tokens)
         tokens[done] = PAD
         if stop_at_eos:
             done |= tokens == EOS

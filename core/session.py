@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from core.budget import check_state_fits, resolve_budget
+from core.constraints import Constraints
 from core.errors import ModelError
 from core.generate import MAX_NOTE_SECONDS, SamplingConfig, generate, prepare_primer
 from core.midi import Performance
@@ -86,14 +87,16 @@ class GenerationSession:
     start: continue at this music time; past the primer's end, silence fills the gap (the studio's playhead).
     max_tokens: new ids per lane at most (default: 150 per second asked, so a runaway stops).
     max_note: seconds a note may be held before it is released (None or 0: never). allow_end: the model may end
-    the piece before `seconds`. Every setting is checked here, and the state allocated (after the memory check),
-    before the first step; reading the primer happens on the first step.
+    the piece before `seconds`. constraints: limits on what is written (core/constraints.py); a key 'from the
+    primer' is read from the primer here. Every setting is checked here, and the state allocated (after the memory
+    check), before the first step; reading the primer happens on the first step.
     """
 
     def __init__(self, model, primer: Primer = None, *, budget: int | str | None = None,
                  sampling: SamplingConfig | None = None, seconds: float | None = None, variations: int = 1,
                  seed: int | None = None, max_tokens: int | None = None, max_note: float | None = MAX_NOTE_SECONDS,
-                 allow_end: bool = False, start: float | None = None, plan=None):
+                 allow_end: bool = False, start: float | None = None, plan=None,
+                 constraints: Constraints | None = None):
         if variations < 1:
             raise ModelError(f"variations must be at least 1, got {variations}")
         if getattr(model, "family", "left_to_right") != "left_to_right":
@@ -111,6 +114,9 @@ class GenerationSession:
         if start is not None and start > ids_seconds(self.primer):
             self.primer = np.concatenate([self.primer, silence_ids(start - ids_seconds(self.primer))])
         self.start_time = ids_seconds(self.primer)  # where new music begins
+        if constraints is not None and constraints.from_primer:
+            constraints = constraints.resolve(decode_continuations(self.primer, [[]])[0])
+        self.constraints = constraints if constraints is not None and constraints.active else None
         self.budget = resolve_budget(model, budget, variations)
         self.plan = plan if plan is not None else model.plan(self.budget, variations)
         asked = "this budget" if variations == 1 else f"this budget for {variations} variations"
@@ -154,7 +160,7 @@ class GenerationSession:
             raise ModelError("a generation session runs once")
         stream = generate(self.model, torch.from_numpy(self.primer), self.state, self.sampling,
                           max_tokens=self.max_tokens, max_seconds=self.seconds, stop_at_eos=self.allow_end,
-                          seed=self.seed, max_note_seconds=self.max_note)
+                          seed=self.seed, max_note_seconds=self.max_note, constraints=self.constraints)
         began = time.perf_counter()
         first = None
         reason = "done"

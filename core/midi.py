@@ -16,6 +16,7 @@ import numpy as np
 import symusic
 
 from core.errors import MidiError, OutputError
+from core.grid import DENOMINATORS, MAX_NUMERATOR, Grid, Meter, Tempo
 from core.outputs import kind_of
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
@@ -36,6 +37,8 @@ class Performance:
     velocity: np.ndarray  # int16 (n,) 1..127
     unended: int = field(default=0, compare=False)  # read from a file: NoteOns without a NoteOff, ended at
     # the end of their track (see `read_performance`); 0 for anything built in memory
+    grid: Grid | None = field(default=None, compare=False)  # the file's tempo map and time signatures (None:
+    # none known; written at 120 BPM 4/4). Slices, shifts and concatenations keep it.
 
     def __len__(self) -> int:
         return int(self.onset.shape[0])
@@ -63,17 +66,19 @@ class Performance:
         """Notes with onset in [start, end), offsets clipped to `end`; times kept absolute."""
         keep = (self.onset >= start) & (self.onset < end)
         return Performance(self.onset[keep], np.minimum(self.offset[keep], end),
-                           self.pitch[keep], self.velocity[keep])
+                           self.pitch[keep], self.velocity[keep], grid=self.grid)
 
     def shifted(self, seconds: float) -> Performance:
-        return Performance(self.onset + seconds, self.offset + seconds, self.pitch, self.velocity)
+        return Performance(self.onset + seconds, self.offset + seconds, self.pitch, self.velocity, grid=self.grid)
 
     @staticmethod
     def concat(first: Performance, second: Performance) -> Performance:
-        return Performance.from_notes(np.concatenate([first.onset, second.onset]),
+        """Both note lists in one; the grid is the first's (or the second's when the first has none)."""
+        both = Performance.from_notes(np.concatenate([first.onset, second.onset]),
                                       np.concatenate([first.offset, second.offset]),
                                       np.concatenate([first.pitch, second.pitch]),
                                       np.concatenate([first.velocity, second.velocity]))
+        return replace(both, grid=first.grid or second.grid)
 
 
 def canonical(onset, offset, pitch, velocity) -> Performance:
@@ -155,7 +160,7 @@ def read_performance(path: str | Path, strict: bool = False) -> Performance:
                                               pitch=unended[:, 2].astype(np.int8),
                                               velocity=unended[:, 3].astype(np.int8))
         score.tracks.append(track)
-    score = score.to("second")
+    score_ticks, score = score, score.to("second")
     onsets, offsets, pitches, velocities = [], [], [], []
     for track in score.tracks:
         if track.is_drum or track.note_num() == 0:
@@ -188,7 +193,7 @@ def read_performance(path: str | Path, strict: bool = False) -> Performance:
     if offset.max() > MAX_PIECE_SECONDS:
         raise MidiError(path, f"the tempo map stretches the piece to {offset.max() / 3600:.0f} hours")
     perf = canonical(onset, offset, pitch[keep], np.minimum(velocity[keep], 127))
-    return replace(perf, unended=0 if unended is None else len(unended))
+    return replace(perf, unended=0 if unended is None else len(unended), grid=read_grid(score_ticks))
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -341,19 +346,51 @@ def _check_tempos(path: Path, score: symusic.Score) -> None:
         raise MidiError(path, f"invalid tempo of {int(tempos[bad][0])} µs per quarter note")
 
 
-def write_performance(perf: Performance, path: str | Path, ticks_per_quarter: int = 480,
-                      program: int = 0) -> None:
-    """Write one piano track at 120 BPM (so a tick is a fixed slice of a second), atomically.
+def read_grid(score: symusic.Score) -> Grid:
+    """The tempo map and time signatures of a score in ticks, as a `Grid` at the file's resolution.
 
+    Before a file's first tempo the MIDI default (120 BPM) holds, before its first time signature 4/4; of two
+    events at one tick the later wins; a time signature no MIDI file can mean (numerator 0, a denominator that is
+    no power of two up to 64) is skipped, the way out-of-range data bytes are clamped.
+    """
+    resolution = max(int(score.tpq), 1)
+    tempos: dict[int, int] = {0: 500_000}
+    for tick, mspq in zip(score.tempos.numpy()["time"].tolist(), score.tempos.numpy()["mspq"].tolist(), strict=True):
+        tempos[max(int(tick), 0)] = int(mspq)
+    meters: dict[int, tuple[int, int]] = {0: (4, 4)}
+    signatures = score.time_signatures.numpy()
+    for tick, top, bottom in zip(signatures["time"].tolist(), signatures["numerator"].tolist(),
+                                 signatures["denominator"].tolist(), strict=True):
+        if 1 <= top <= MAX_NUMERATOR and bottom in DENOMINATORS:
+            meters[max(int(tick), 0)] = (int(top), int(bottom))
+    return Grid(tuple(Tempo(tick / resolution, mspq) for tick, mspq in sorted(tempos.items())),
+                tuple(Meter(tick / resolution, *meter) for tick, meter in sorted(meters.items())), resolution)
+
+
+def write_performance(perf: Performance, path: str | Path, ticks_per_quarter: int | None = None,
+                      program: int = 0, grid: Grid | None = None) -> None:
+    """Write one piano track on a tempo map and time signatures, atomically.
+
+    The grid is `grid`, else the performance's own (a primer's, read from its file), else 120 BPM 4/4; seconds
+    become ticks through its tempo map, so a DAW shows the notes on the same beats. Ticks per quarter are the
+    grid's (a file's own resolution, so notes read from it go back on the ticks they came from) unless given.
     The file appears complete or not at all: it is written beside the target and renamed over it.
     """
     path = Path(path)
-    ticks_per_second = ticks_per_quarter * 2  # 120 BPM
-    score = symusic.Score(ticks_per_quarter)
-    score.tempos.append(symusic.Tempo(0, 120.0))
+    grid = grid or perf.grid or Grid.constant()
+    resolution = ticks_per_quarter or grid.resolution
+    score = symusic.Score(resolution)
+    for tempo in grid.tempos:
+        score.tempos.append(symusic.Tempo(round(tempo.quarter * resolution), mspq=tempo.mspq))
+    for meter in grid.meters:
+        score.time_signatures.append(symusic.TimeSignature(round(meter.quarter * resolution), meter.numerator,
+                                                           meter.denominator))
     track = symusic.Track("Piano", program, False)
-    start = np.round(perf.onset * ticks_per_second).astype(np.int32)
-    end = np.maximum(np.round(perf.offset * ticks_per_second).astype(np.int32), start + 1)
+    start = np.round(np.atleast_1d(grid.quarters(perf.onset)) * resolution)
+    end = np.maximum(np.round(np.atleast_1d(grid.quarters(perf.offset)) * resolution), start + 1)
+    if len(perf) and (start.min() < 0 or end.max() >= 2**31):
+        raise MidiError(path, "the notes lie outside what a MIDI file can time (before 0 or too late)")
+    start, end = start.astype(np.int32), end.astype(np.int32)
     track.notes = symusic.Note.from_numpy(time=start, duration=(end - start).astype(np.int32),
                                           pitch=perf.pitch.astype(np.int8),
                                           velocity=np.clip(perf.velocity, 1, 127).astype(np.int8))

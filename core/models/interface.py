@@ -15,7 +15,7 @@ The trainer calls only that adapter; it never names an architecture.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -210,6 +210,14 @@ class Training(Protocol):
     def held_out(self, pieces: Iterable[np.ndarray], budget: int, batch: int,
                  device: torch.device) -> tuple[float, float]:
         """(summed negative log-likelihood, predicted tokens) of whole held-out pieces."""
+        ...
+
+    def piece_losses(self, ids: torch.Tensor, budget: int | str | None
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One piece (T,) read as generation reads it under `budget` bytes for one lane (None: the model's
+        default), a part at a time: (nats (n,) of each predicted id, its position in the piece (n,)) per part,
+        differentiable within a part and never across parts. Adapting to a primer (core/adapt.py) trains on
+        it; an architecture without it cannot adapt."""
         ...
 
     def record(self) -> None:

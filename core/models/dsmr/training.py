@@ -75,6 +75,18 @@ class DSMRTraining:
         report = perplexity_report(self.model, pieces, budget)
         return math.log(report.perplexity) * report.tokens, float(report.tokens)
 
+    def piece_losses(self, ids: torch.Tensor, budget: int | str | None):
+        """A piece (T,) read a segment at a time through a fresh state at `budget` for one lane, as generation
+        reads it: (nats (n,), target positions (n,)) per segment; the memory carried on is detached (truncated
+        backprop), so each segment's loss is its own graph (core/adapt.py)."""
+        state = self.model.new_state(self.model.plan(budget, 1), 1)
+        segment = self.model.config.segment_len
+        for start in range(0, len(ids) - 1, segment):
+            end = min(start + segment, len(ids) - 1)
+            logits = self.model(ids[None, start:end], state)[0]  # (n, V)
+            yield (F.cross_entropy(logits.float(), ids[start + 1:end + 1], reduction="none"),
+                   torch.arange(start + 1, end + 1))
+
     def record(self) -> None:
         config = self.model.config
         config.trained_horizons = longest_horizons(config.trained_horizons, self.plan.horizons)

@@ -74,5 +74,20 @@ class PerceiverSTraining:
                 fresh = crop.positions > i * config.latents  # the last crop overlaps the one before it
                 yield crop.inputs, np.where(fresh, crop.targets, PAD)
 
+    def piece_losses(self, ids: torch.Tensor, budget: int | str | None):
+        """A piece (T,) read in its sequential crops, each cut to the context the plan for `budget` (one lane)
+        reads and never padded: (nats (n,), target positions (n,)) per crop, each crop its own graph
+        (core/adapt.py)."""
+        latents, context = self.model.config.latents, self.model.plan(budget, 1).context
+        for i in range(sequential_count(len(ids), latents)):
+            end = min((i + 1) * latents + 1, len(ids))
+            window = ids[max(0, end - context - 1):end]
+            logits, _ = self.model(window[None, :-1])  # (1, M', V): the latents on the last M' inputs
+            count = logits.shape[1]
+            positions = torch.arange(end - count, end)
+            fresh = positions > i * latents  # the last crop overlaps the one before it
+            nats = F.cross_entropy(logits[0].float(), ids[end - count:end], reduction="none")
+            yield nats[fresh], positions[fresh]
+
     def record(self) -> None:
         """Nothing: a plan never reads more context than the config's, which is what training used."""

@@ -40,6 +40,7 @@ _SHIPPED: dict[str, tuple[str, str, str, str]] = {
     "dsmr": ("core.models.dsmr", "DSMR", "DSMRConfig", "core.models.dsmr.training:DSMRTraining"),
     "perceivers": ("core.models.perceivers", "PerceiverS", "PerceiverSConfig",
                    "core.models.perceivers.training:PerceiverSTraining"),
+    "smdim": ("core.models.smdim", "SMDIM", "SMDIMConfig", "core.models.smdim.training:SMDIMTraining"),
 }
 _loaded: dict[str, Architecture] = {}
 

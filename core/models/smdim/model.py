@@ -1,0 +1,318 @@
+"""SMDIM: discrete (absorbing-state) diffusion over music tokens with stacked MFA blocks (arXiv 2507.20128).
+
+    ids (B, T), MASK where unknown
+      -> embedding (d_embed per token; MASK is one id past the codec's, so the codec and its checks are unchanged)
+      -> 1-D convolution, stride s: T/s positions of d_model channels (shorter and wider)
+      -> MFA blocks: x += BiMamba(norm x)   a selective state-space layer read in both directions (long context,
+                                            linear cost; each direction has its own conv, projections and decay)
+                     x += MLP(norm x)       feed-forward
+                     x += LocalAttn(norm x) self-attention over the `attn_window` positions each side (0: all),
+                                            rotary positions, blocks of the window so its cost stays linear
+      -> transposed convolution back to T tokens, plus the token's own embedding (a skip)
+      -> logits (B, T, V) over the codec's ids (never MASK)
+
+Every position sees the whole window (the model is bidirectional): a masked region is filled from both sides,
+which is what infilling and continuation need. Training and sampling live in training.py and sampling.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.budget import parse_budget
+from core.errors import BudgetError, ModelError
+from core.models.config import (
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_MLP_RATIO,
+    MAX_ROTARY_BASE,
+    MAX_SEGMENT,
+    MAX_TOKENS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    budget_problems,
+    config_from_dict,
+    field_problems,
+    range_problems,
+)
+from core.models.interface import DENOISE, check_ids
+from core.models.layers import MLP, RMSNorm, apply_rotary, rotary
+from core.models.packed import matrix_kind
+from core.models.smdim.scan import selective_scan
+from core.models.smdim.state import SMDIMPlan, SMDIMState, dt_rank, plan_window
+from core.state import TOKENS_PER_SECOND
+from core.tokenizer import PAD, VOCAB_SIZE
+
+MAX_STATE = 256  # d_state: a Mamba layer's state per channel
+MAX_STRIDE = 64
+
+
+@dataclass(frozen=True)
+class SMDIMConfig:
+    vocab_size: int = VOCAB_SIZE  # the codec's ids; MASK is vocab_size (an embedding row, never an output)
+    window: int = 1024  # tokens a training window holds: the longest window a plan buys
+    d_embed: int = 192  # numbers per token
+    d_model: int = 384  # channels of the MFA stack, on the sequence shortened by `stride`
+    stride: int = 2  # tokens per position of the shortened sequence
+    n_blocks: int = 4
+    d_state: int = 16  # Mamba state per channel
+    expand: int = 2  # Mamba inner channels = expand * d_model
+    d_conv: int = 4  # Mamba's short convolution
+    n_heads: int = 4
+    attn_window: int = 64  # positions each side the attention sees, on the shortened sequence (0: all)
+    mlp_ratio: int = 3
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+    steps: int = 32  # unmasking steps per window when the caller names none
+    tokens_per_second: float = TOKENS_PER_SECOND  # of the training music: how many tokens to mask per second asked
+    default_budget: str = "64MB"  # working memory of one pass per lane when the user names none
+
+    def __post_init__(self) -> None:
+        problems = field_problems(self)
+        if not problems:
+            problems = range_problems(self, {
+                "vocab_size": (4, MAX_VOCAB), "window": (16, MAX_TOKENS), "d_embed": (1, MAX_WIDTH),
+                "d_model": (2, MAX_WIDTH), "stride": (1, MAX_STRIDE), "n_blocks": (1, MAX_LAYERS),
+                "d_state": (1, MAX_STATE), "expand": (1, MAX_MLP_RATIO), "d_conv": (1, 64),
+                "n_heads": (1, MAX_HEADS), "attn_window": (0, MAX_SEGMENT), "mlp_ratio": (1, MAX_MLP_RATIO),
+                "rope_base": (1, MAX_ROTARY_BASE), "steps": (1, 4096), "tokens_per_second": (1, 1000)})
+        if problems:
+            raise ModelError("bad SMDIM config: " + "; ".join(problems))
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            problems.append(f"d_model {self.d_model} must split into {self.n_heads} heads of even size")
+        if self.window % self.stride:
+            problems.append(f"window {self.window} must be a multiple of the stride {self.stride}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        problems += budget_problems(self.default_budget)
+        if problems:
+            raise ModelError("bad SMDIM config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SMDIMConfig:
+        return config_from_dict(cls, data, "SMDIM")
+
+
+class ScanDirection(nn.Module):
+    """One reading direction of a Mamba layer: short causal conv, input-dependent step, B, C, decay, skip."""
+
+    def __init__(self, inner: int, d_state: int, d_conv: int, rank: int):
+        super().__init__()
+        self.conv = nn.Conv1d(inner, inner, d_conv, groups=inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(inner, rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(rank, inner)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(inner, 1))
+        self.D = nn.Parameter(torch.ones(inner))
+        self.rank, self.d_state = rank, d_state
+        # Mamba's step-size start: softplus(bias) log-uniform in [1e-3, 1e-1].
+        dt = torch.exp(torch.rand(inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def forward(self, u: torch.Tensor, kernel: str) -> torch.Tensor:
+        """u (B, E, L) in this direction's order -> y (B, E, L)."""
+        length = u.shape[-1]
+        u = F.silu(self.conv(u)[..., :length])
+        dt, b, c = self.x_proj(u.transpose(1, 2)).split([self.rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt)).transpose(1, 2)  # (B, E, L)
+        return selective_scan(u, delta, -torch.exp(self.A_log.float()).to(u.dtype), b.transpose(1, 2),
+                              c.transpose(1, 2), self.D.to(u.dtype), kernel)
+
+
+class BiMamba(nn.Module):
+    """A Mamba layer read forwards and backwards (shared input and output projections, gated by z)."""
+
+    def __init__(self, d_model: int, expand: int, d_state: int, d_conv: int):
+        super().__init__()
+        inner = expand * d_model
+        self.in_proj = nn.Linear(d_model, 2 * inner, bias=False)
+        self.forwards = ScanDirection(inner, d_state, d_conv, dt_rank(d_model))
+        self.backwards = ScanDirection(inner, d_state, d_conv, dt_rank(d_model))
+        self.out_proj = nn.Linear(inner, d_model, bias=False)
+        self.kernel = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u = u.transpose(1, 2)  # (B, E, L)
+        y = self.forwards(u, self.kernel) + self.backwards(u.flip(-1), self.kernel).flip(-1)
+        return self.out_proj(y.transpose(1, 2) * F.silu(z))
+
+
+class LocalAttention(nn.Module):
+    """Bidirectional self-attention over `window` positions each side (0: every position), never on padding.
+
+    Windowed, the sequence is cut into blocks of `window` queries that score their block and the two beside it,
+    then the distance mask keeps |i - j| <= window: cost linear in length."""
+
+    def __init__(self, d_model: int, n_heads: int, window: int, rope_base: float):
+        super().__init__()
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.n_heads, self.window, self.rope_base = n_heads, window, rope_base
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """x (B, L, C), valid (B, L) True where a position holds music (not only PAD) -> (B, L, C)."""
+        batch, length, channels = x.shape
+        heads, head_dim = self.n_heads, channels // self.n_heads
+        q, k, v = self.qkv(x).view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # (B, nh, L, hs)
+        cos, sin = rotary(torch.arange(length, device=x.device), head_dim, self.rope_base)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        w = self.window
+        if not w or length <= w:
+            mask = valid[:, None, None, :] | torch.eye(length, dtype=torch.bool, device=x.device)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            out = self._blocked(q, k, v, valid, w)[:, :, :length]
+        return self.out(out.transpose(1, 2).reshape(batch, length, channels))
+
+    @staticmethod
+    def _blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, w: int) -> torch.Tensor:
+        batch, heads, length, head_dim = q.shape
+        blocks = -(-length // w)
+        pad = blocks * w - length
+        q = F.pad(q, (0, 0, 0, pad)).view(batch, heads, blocks, w, head_dim)
+
+        def neighbours(t: torch.Tensor) -> torch.Tensor:  # (B, ..., L, d) -> (B, ..., blocks, 3w, d)
+            t = F.pad(t, (0, 0, w, pad + w))
+            return torch.cat([t[..., i * w:(i + blocks) * w, :].unflatten(-2, (blocks, w)) for i in range(3)], -2)
+
+        k, v = neighbours(k), neighbours(v)
+        keys_valid = neighbours(valid[:, None, :, None].float())[:, 0, :, :, 0] > 0  # (B, blocks, 3w)
+        query = torch.arange(w, device=q.device)[:, None] + w  # position in the 3w span
+        distance = torch.arange(3 * w, device=q.device)[None, :] - query  # (w, 3w)
+        mask = (distance.abs() <= w)[None, None] & keys_valid[:, :, None, :]  # (B, blocks, w, 3w)
+        mask = (mask | (distance == 0)[None, None])[:, None]  # a query always sees itself: no empty row
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, blocks, w, hs)
+        return out.flatten(2, 3)
+
+
+class MFABlock(nn.Module):
+    """Mamba, feed-forward, attention: each pre-normed with a residual."""
+
+    def __init__(self, c: SMDIMConfig):
+        super().__init__()
+        self.mamba_norm = RMSNorm(c.d_model)
+        self.mamba = BiMamba(c.d_model, c.expand, c.d_state, c.d_conv)
+        self.mlp_norm = RMSNorm(c.d_model)
+        self.mlp = MLP(c.d_model, c.mlp_ratio * c.d_model, c.dropout)
+        self.attn_norm = RMSNorm(c.d_model)
+        self.attn = LocalAttention(c.d_model, c.n_heads, c.attn_window, c.rope_base)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.mamba(self.mamba_norm(x)))
+        x = x + self.mlp(self.mlp_norm(x))
+        return x + self.dropout(self.attn(self.attn_norm(x), valid))
+
+
+Constrain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits (B, T, V), ids (B, T)) -> logits
+
+
+class SMDIM(nn.Module):
+    """The SMDIM model (core.models.interface.Denoiser): `forward` scores a window, `denoise` fills one."""
+
+    arch = "smdim"
+    family = DENOISE
+
+    def __init__(self, config: SMDIMConfig):
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size + 1, c.d_embed)  # + MASK
+        self.down = nn.Conv1d(c.d_embed, c.d_model, c.stride, stride=c.stride)
+        self.blocks = nn.ModuleList(MFABlock(c) for _ in range(c.n_blocks))
+        self.norm = RMSNorm(c.d_model)
+        self.up = nn.ConvTranspose1d(c.d_model, c.d_embed, c.stride, stride=c.stride)
+        self.out_norm = RMSNorm(c.d_embed)
+        self.head = nn.Linear(c.d_embed, c.vocab_size, bias=False)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) and module.weight.dim() == 2:
+                nn.init.normal_(module.weight, std=0.02)
+
+    @property
+    def mask_id(self) -> int:
+        """The id of a masked position: one past the codec's ids."""
+        return self.config.vocab_size
+
+    def use_scan(self, kernel: str) -> None:
+        """Which selective scan every layer runs: "auto", "torch" or "cuda" (see scan.selective_scan)."""
+        if kernel not in ("auto", "torch", "cuda"):
+            raise ModelError(f"scan kernel must be auto, torch or cuda, got {kernel!r}")
+        for block in self.blocks:
+            block.mamba.kernel = kernel
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) of codec ids, MASK and PAD -> logits (B, T, V) for every position."""
+        c = self.config
+        length = ids.shape[1]
+        padded = -(-length // c.stride) * c.stride
+        ids = F.pad(ids, (0, padded - length), value=PAD)
+        e = self.embed(ids)  # (B, T', d_embed)
+        h = self.down(e.transpose(1, 2)).transpose(1, 2)  # (B, L, d_model)
+        valid = (ids != PAD).view(ids.shape[0], -1, c.stride).any(-1)  # (B, L)
+        for block in self.blocks:
+            h = block(h, valid)
+        h = self.up(self.norm(h).transpose(1, 2)).transpose(1, 2)  # (B, T', d_embed)
+        return self.head(self.out_norm(e + h))[:, :length]
+
+    # ---- the model interface --------------------------------------------------------------------------------
+
+    def plan(self, budget_bytes: int | str | None = None, batch: int = 1) -> SMDIMPlan:
+        """The window a budget ('64MB', bytes; default: the config's for each lane) buys for `batch` lanes."""
+        budget = parse_budget(self.config.default_budget) * batch if budget_bytes is None else parse_budget(
+            budget_bytes)
+        return plan_window(self.config, budget, batch)
+
+    def memory_limit_note(self, budget_bytes: int | str | None = None, batch: int = 1) -> str:
+        """'': a plan never reads a longer window than training used, whatever the budget."""
+        return ""
+
+    def new_state(self, plan: SMDIMPlan, batch: int | None = None) -> SMDIMState:
+        if plan.trained_window != self.config.window:
+            raise BudgetError("this plan was made for a different SMDIM model")
+        return SMDIMState(plan, plan.batch if batch is None else batch)
+
+    def use_step_weights(self, kind: str) -> None:
+        """One path: a pass reads the whole window with the float weights whatever the kind (checked)."""
+        matrix_kind(kind)
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"SMDIM, a diffusion model that fills masked music from both sides: {c.n_blocks} Mamba + "
+                f"attention blocks x {c.d_model} over {c.window:,}-token windows shortened {c.stride}x")
+
+    @torch.no_grad()
+    def predict(self, ids: torch.Tensor, state: SMDIMState) -> torch.Tensor:
+        """One pass: ids (B, T <= window) with MASK where unknown -> logits (B, T, V)."""
+        self._check(ids, state)
+        return self(ids.to(self.embed.weight.device)).float()
+
+    @torch.no_grad()
+    def denoise(self, ids: torch.Tensor, keep: torch.Tensor, state: SMDIMState, steps: int | None = None,
+                sampling=None, generator: torch.Generator | None = None, constrain: Constrain | None = None,
+                order: str = "confidence") -> torch.Tensor:
+        """Fill every position where `keep` (B, T) is False, in `steps` passes (the config's by default) ->
+        ids (B, T) with no MASK left; kept positions are returned unchanged. See sampling.unmask."""
+        from core.models.smdim.sampling import unmask
+
+        self._check(ids, state)
+        if keep.shape != ids.shape or keep.dtype != torch.bool:
+            raise ModelError(f"keep must be a bool tensor of the ids' shape {tuple(ids.shape)}, got "
+                             f"{keep.dtype} {tuple(keep.shape)}")
+        if bool((ids[keep] == self.mask_id).any()):
+            raise ModelError("a kept position holds MASK: keep only known ids")
+        return unmask(self, ids.to(self.embed.weight.device), keep.to(self.embed.weight.device),
+                      steps or self.config.steps, sampling, generator, constrain, order)
+
+    def _check(self, ids: torch.Tensor, state: SMDIMState) -> None:
+        check_ids(ids, 2, state.batch, self.config.vocab_size + 1, "denoise")
+        if ids.shape[1] > state.window:
+            raise ModelError(f"{ids.shape[1]} tokens are more than this plan's window of {state.window}")

@@ -11,6 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, TIME_SHIFT
+
+PITCHES = 128  # the width of the sounding-notes input: one bit per MIDI pitch
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -134,3 +138,67 @@ class CrossAttentionBlock(nn.Module):
         q = self.attn.queries(self.q_norm(x), cos, sin)
         x = x + self.dropout(self.attn.attend(q, k, v, mask))
         return x + self.mlp(self.mlp_norm(x))
+
+
+# ---- the sounding-notes input --------------------------------------------------------------------------------------
+# A NoteOff may come hundreds of tokens after its NoteOn, beyond what a model with a bounded memory still sees; the
+# set of pitches sounding is therefore handed to the model with every id (issue #17). The rules are the codec's
+# (core/tokenizer.py): NoteOn p makes p sound (a NoteOn of a sounding pitch re-strikes it: it still sounds),
+# NoteOff p ends it, BOS (a new piece) and EOS (the end, where the decoder closes every note) end them all. The set
+# at a position is the one after reading its id: what sounds while the model predicts the next id.
+
+
+def _note_columns(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per id: its pitch column for a NoteOn (else PITCHES, a spare column), the same for a NoteOff, and whether it
+    ends every note (BOS, EOS)."""
+    pitch = (ids - NOTE_ON) % PITCHES
+    is_on = (ids >= NOTE_ON) & (ids < NOTE_OFF)
+    is_off = (ids >= NOTE_OFF) & (ids < TIME_SHIFT)
+    spare = torch.full_like(ids, PITCHES)
+    return torch.where(is_on, pitch, spare), torch.where(is_off, pitch, spare), (ids == BOS) | (ids == EOS)
+
+
+def _start_marks(start: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+    """(B, PITCHES) long: -1 where a pitch sounds before the ids (a NoteOn just before them), -3 elsewhere."""
+    if start is None:
+        return torch.full((batch, PITCHES), -3, dtype=torch.long, device=device)
+    return torch.where(start, -1, -3)
+
+
+def sounding_notes(ids: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, PITCHES) bool: the pitches sounding after each id of `ids` (B, T), from the set `start` (B, PITCHES)
+    sounding before them (None: nothing). Vectorised: per pitch, the last NoteOn so far against the last NoteOff
+    or BOS/EOS so far (cumulative maxima of their positions)."""
+    batch, length = ids.shape
+    steps = torch.arange(length, device=ids.device).expand(batch, length)[..., None]  # (B, T, 1)
+    on, off, ends = _note_columns(ids)
+    never = torch.full((batch, length, PITCHES + 1), -3, dtype=torch.long, device=ids.device)
+    last_on = never.scatter(2, on[..., None], steps).cummax(1).values[..., :PITCHES]
+    last_off = never.scatter(2, off[..., None], steps).cummax(1).values[..., :PITCHES]
+    last_end = torch.where(ends, steps[..., 0], -3).cummax(1).values[..., None]  # (B, T, 1)
+    last_on = torch.maximum(last_on, _start_marks(start, batch, ids.device)[:, None])
+    return last_on > torch.maximum(last_off, last_end)
+
+
+def sounding_after(ids: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, PITCHES) bool: the pitches sounding after all of `ids` (B, T): `sounding_notes(ids, start)[:, -1]` in
+    memory that grows with T, not T x PITCHES (a primer of a million ids skipped by a prefill)."""
+    batch, length = ids.shape
+    steps = torch.arange(length, device=ids.device).expand(batch, length)
+    on, off, ends = _note_columns(ids)
+    never = torch.full((batch, PITCHES + 1), -3, dtype=torch.long, device=ids.device)
+    last_on = never.scatter_reduce(1, on, steps, "amax")[:, :PITCHES]
+    last_off = never.scatter_reduce(1, off, steps, "amax")[:, :PITCHES]
+    last_end = torch.where(ends, steps, -3).amax(1, keepdim=True)  # (B, 1)
+    last_on = torch.maximum(last_on, _start_marks(start, batch, ids.device))
+    return last_on > torch.maximum(last_off, last_end)
+
+
+def sounding_step(sounding: torch.Tensor, ids: torch.Tensor) -> None:
+    """Read one id per lane (B,) into the sounding sets (B, PITCHES) in place, by the rules of `sounding_notes`;
+    no copy to Python (a generation step calls it)."""
+    column = ((ids - NOTE_ON) % PITCHES)[:, None]  # (B, 1)
+    note = (ids >= NOTE_ON) & (ids < TIME_SHIFT)
+    value = torch.where(note, ids < NOTE_OFF, sounding.gather(1, column)[:, 0])  # a note sets its bit, others keep
+    sounding.scatter_(1, column, value[:, None])
+    sounding &= ~((ids == BOS) | (ids == EOS))[:, None]

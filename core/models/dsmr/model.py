@@ -45,7 +45,7 @@ from core.models.config import (
 from core.models.dsmr.state import RecurrentState, StatePlan, plan_horizons
 from core.models.dsmr.step import Packed, lean_step, pack
 from core.models.interface import LEFT_TO_RIGHT, check_ids
-from core.models.layers import Block, RMSNorm, rotary
+from core.models.layers import PITCHES, Block, RMSNorm, rotary, sounding_after, sounding_notes
 from core.models.packed import PackedWeights
 from core.tokenizer import BOS, PAD, VOCAB_SIZE
 
@@ -75,6 +75,11 @@ class DSMRConfig:
     # over distances a model never saw makes it worse, not better (the shipped default, trained at 8MB: held-out
     # MAESTRO perplexity 18.9 at 8MB, 25.8 at 32MB, 49 at 128MB before this cap). None: no cap (untrained).
     trained_horizons: list[int] | None = None
+    # Issue #17: the pitches sounding after each id (a 128-wide multi-hot, core.models.layers.sounding_notes),
+    # projected by a Linear(128, d_model) initialised to zero and added to the token embedding; the state carries
+    # each lane's set. Off (the default, and what a model directory from before it reads as) keeps the model as it
+    # was; turned on over such a model's weights, it starts from exactly that model's numbers.
+    sounding_input: bool = False
 
     def __post_init__(self):
         problems = field_problems(self)  # types first: the ranges and relations below assume them
@@ -130,6 +135,7 @@ class DSMR(PackedWeights, nn.Module):
         self.norm = RMSNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied: the embedding is the output layer too
+        self.sounding = nn.Linear(PITCHES, config.d_model, bias=False) if config.sounding_input else None
         self.head_dim = config.d_model // config.n_heads
         self._causal: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.apply(self._init)
@@ -137,6 +143,8 @@ class DSMR(PackedWeights, nn.Module):
             scale = 0.02 / math.sqrt(2 * config.n_layers)
             nn.init.normal_(block.attn.out_proj.weight, std=scale)
             nn.init.normal_(block.mlp.down.weight, std=scale)
+        if self.sounding is not None:  # zero: the input starts by changing nothing
+            nn.init.zeros_(self.sounding.weight)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -160,7 +168,8 @@ class DSMR(PackedWeights, nn.Module):
         if schedule == "two_scale":
             params.setdefault("n_long", c.n_long)
             params.setdefault("long_ratio", c.long_ratio)
-        plan = plan_horizons(c, budget, batch, schedule, element_size=self._element_size(), **params)
+        plan = plan_horizons(c, budget, batch, schedule, element_size=self._element_size(),
+                             sounding=c.sounding_input, **params)
         limits = tuple(c.trained_horizons) if c.trained_horizons is not None else (c.max_horizon,) * c.n_layers
         if c.trained_horizons is None or beyond_training:
             return replace(plan, limits=limits)
@@ -180,6 +189,9 @@ class DSMR(PackedWeights, nn.Module):
             raise BudgetError(f"the plan was made for batch {plan.batch}, not {batch}: plan again")
         if plan.d_model != self.config.d_model or len(plan.horizons) != self.config.n_layers:
             raise BudgetError("the plan was made for another model size")
+        if plan.sounding != self.config.sounding_input:
+            raise BudgetError("the plan was made for a model " + ("without" if self.config.sounding_input else "with")
+                              + " the sounding-notes input: plan again with this model")
         weight = self.embed.weight
         self._watch_parameters()  # the weights `step` checks for changes
         return RecurrentState(plan, self.config.n_heads, dtype=weight.dtype, device=weight.device)
@@ -250,6 +262,8 @@ class DSMR(PackedWeights, nn.Module):
         skip = last_start - (reach + seg - 1) // seg * seg  # a boundary at least `reach` before it
         if skip <= 0:
             return 0
+        if state.sounding is not None:  # what the skipped ids left sounding is not skipped
+            state.sounding.copy_(sounding_after(ids[:, :skip], state.sounding))
         state.valid.fill_(False)  # nothing the skipped ids left is visible to what follows
         state.positions.copy_(torch.where(bos[:, 0], 0, state.positions) + skip)
         state.fill = 0
@@ -304,6 +318,10 @@ class DSMR(PackedWeights, nn.Module):
 
         training = torch.is_grad_enabled()
         x = self.embed(ids)  # (B, T, C)
+        if self.sounding is not None:  # the pitches sounding after each id, from the set the state carries
+            held = sounding_notes(ids, state.sounding)  # (B, T, 128)
+            state.sounding.copy_(held[:, -1])
+            x = x + self.sounding(held.to(x.dtype))
         for block, keys, values, m in zip(self.blocks, state.keys, state.values, state.horizons, strict=True):
             q, k, v = block.project(x, cos, sin)  # each (B, nh, T, hs)
             start, end = m + fill, m + fill + length

@@ -8,6 +8,7 @@ current segment of L tokens, for a batch of B lanes.
     bytes = B * sum_l (m_l + L) * 2 * d_model * element_size     (keys and values)
           + B * (max_l m_l + L)                                   (which slots hold a token of the lane's piece)
           + B * 8                                                  (the next position of each lane)
+          + B * 128                                                (the sounding pitches, with `sounding_input`)
 
 Schedules:
     full       every layer keeps the whole history up to `cap` tokens (the reference); the budget must hold it
@@ -26,6 +27,7 @@ import torch
 from core.budget import format_bytes, parse_budget
 from core.errors import BudgetError
 from core.models.interface import Memory
+from core.models.layers import PITCHES
 from core.state import TOKENS_PER_SECOND
 
 SCHEDULES = ("full", "uniform", "two_scale")
@@ -52,6 +54,7 @@ class StatePlan:
     element_size: int  # bytes per stored key/value number
     budget: int | None  # the budget the plan was made for, if any
     limits: tuple[int, ...] | None = None  # the longest horizon each layer was trained with (None: no cap known)
+    sounding: bool = False  # the state carries each lane's sounding pitches (a model with `sounding_input`)
 
     @property
     def capacities(self) -> tuple[int, ...]:
@@ -62,7 +65,7 @@ class StatePlan:
     def nbytes(self) -> int:
         kv = self.batch * sum(self.capacities) * 2 * self.d_model * self.element_size
         valid = self.batch * (max(self.horizons) + self.segment_len)
-        return kv + valid + self.batch * 8
+        return kv + valid + self.batch * 8 + self.batch * PITCHES * self.sounding
 
     def memories(self) -> tuple[Memory, ...]:
         """One part per layer: its horizon plus the segment being read, at most its trained horizon plus that."""
@@ -97,15 +100,19 @@ def _slot_bytes(config: StateShape, batch: int, element_size: int) -> int:
     return batch * (2 * config.d_model * element_size + 1)
 
 
-def minimum_budget(config: StateShape, batch: int = 1, element_size: int = 4) -> int:
-    """The smallest budget the planner accepts: every layer holds just the current segment."""
-    return config.n_layers * config.segment_len * _slot_bytes(config, batch, element_size) + batch * 8
+def minimum_budget(config: StateShape, batch: int = 1, element_size: int = 4, sounding: bool = False) -> int:
+    """The smallest budget the planner accepts: every layer holds just the current segment (and, `sounding`,
+    the lanes' sounding pitches)."""
+    return (config.n_layers * config.segment_len * _slot_bytes(config, batch, element_size) + batch * 8
+            + batch * PITCHES * sounding)
 
 
 def plan_horizons(config: StateShape, budget_bytes: int | str | None, batch: int = 1,
                   schedule: str | list[int] | tuple[int, ...] = "two_scale", *, n_long: int | None = None,
-                  long_ratio: float = 4.0, cap: int | None = None, element_size: int = 4) -> StatePlan:
-    """Per-layer horizons whose state fits `budget_bytes` (None: only for `full` and explicit lists).
+                  long_ratio: float = 4.0, cap: int | None = None, element_size: int = 4,
+                  sounding: bool = False) -> StatePlan:
+    """Per-layer horizons whose state fits `budget_bytes` (None: only for `full` and explicit lists); `sounding`:
+    the state also carries each lane's sounding pitches (a model with `sounding_input`).
 
     n_long defaults to a third of the layers (at least one); cap defaults to config.max_horizon.
     """
@@ -117,13 +124,13 @@ def plan_horizons(config: StateShape, budget_bytes: int | str | None, batch: int
     name = schedule if isinstance(schedule, str) else "explicit"
     if budget is None and name not in ("full", "explicit"):
         raise BudgetError(f"the {name} schedule needs a memory budget")
-    if budget is not None and budget < minimum_budget(config, batch, element_size):
-        need = minimum_budget(config, batch, element_size)
+    if budget is not None and budget < minimum_budget(config, batch, element_size, sounding):
+        need = minimum_budget(config, batch, element_size, sounding)
         raise BudgetError(f"memory budget {format_bytes(budget)} ({budget} bytes) is too small for this model "
                           f"at batch {batch}: it needs at least {format_bytes(need)} ({need} bytes)")
     # Token slots of memory (beyond the current segments) that the budget pays for, over all layers.
-    spare = None if budget is None else (budget - minimum_budget(config, batch, element_size)) // _slot_bytes(
-        config, batch, element_size)
+    floor = minimum_budget(config, batch, element_size, sounding)
+    spare = None if budget is None else (budget - floor) // _slot_bytes(config, batch, element_size)
 
     if name == "explicit":
         horizons = [int(m) for m in schedule]
@@ -145,7 +152,8 @@ def plan_horizons(config: StateShape, budget_bytes: int | str | None, batch: int
     else:
         raise BudgetError(f"unknown memory schedule {schedule!r}: use one of {', '.join(SCHEDULES)} "
                           f"or a list of {n} horizons")
-    plan = StatePlan(name, tuple(horizons), config.segment_len, config.d_model, batch, element_size, budget)
+    plan = StatePlan(name, tuple(horizons), config.segment_len, config.d_model, batch, element_size, budget,
+                     sounding=sounding)
     if budget is not None and plan.nbytes > budget:
         raise BudgetError(f"the {name} schedule {list(horizons)} needs {format_bytes(plan.nbytes)} "
                           f"({plan.nbytes} bytes) but the budget is {format_bytes(budget)} ({budget} bytes)")
@@ -179,6 +187,10 @@ class RecurrentState:
         self.values = [kv[:, 1] for kv in self.kv]
         self.valid = torch.zeros(plan.batch, self.max_horizon + self.segment_len, dtype=torch.bool, device=device)
         self.positions = torch.zeros(plan.batch, dtype=torch.long, device=device)  # next position per lane
+        # The pitches sounding in each lane after the ids read so far (core.models.layers.sounding_notes); a
+        # segment's first ids start from the set the previous segment left. None: the model has no such input.
+        self.sounding = (torch.zeros(plan.batch, PITCHES, dtype=torch.bool, device=device) if plan.sounding
+                         else None)
         self.fill = 0  # tokens of the current segment written so far (shared by all lanes)
 
     @property
@@ -187,8 +199,11 @@ class RecurrentState:
 
     @property
     def nbytes(self) -> int:
-        tensors = [*self.kv, self.valid, self.positions]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every buffer of the state (what `nbytes` counts)."""
+        return [*self.kv, self.valid, self.positions] + ([self.sounding] if self.sounding is not None else [])
 
     def reset(self, lane: int) -> None:
         """Start a new piece in `lane`: it forgets everything; the other lanes go on."""
@@ -196,6 +211,8 @@ class RecurrentState:
             raise IndexError(f"lane {lane} out of range for a state of {self.batch} lanes")
         self.valid[lane] = False
         self.positions[lane] = 0
+        if self.sounding is not None:
+            self.sounding[lane] = False
 
     def close_segment(self) -> None:
         """The current segment is full: each layer keeps its last m_l tokens as memory for the next one."""

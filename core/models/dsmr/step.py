@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.models.dsmr.state import RecurrentState
-from core.models.layers import RMSNorm, rotary_frequencies
-from core.models.packed import Matrix, folded, inv_rms, matrix_kind, rms_eps
+from core.models.layers import RMSNorm, rotary_frequencies, sounding_step
+from core.models.packed import Dense, Matrix, folded, inv_rms, matrix_kind, rms_eps
 from core.tokenizer import BOS
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class Packed:
     swap: torch.Tensor  # (hs,): index of the other half's partner (rotary pairs i and i + hs/2)
     norm_eps: torch.Tensor  # (1,): C * eps (see packed.inv_rms)
     n_heads: int
+    sounding: Dense | None = None  # 128 -> C, the sounding-notes input (model weights' dtype, both kinds)
 
 
 @torch.no_grad()
@@ -66,7 +67,8 @@ def pack(model: DSMR, kind: str = "fp32") -> Packed:
     swap = torch.cat([torch.arange(count, 2 * count), torch.arange(count)]).to(half.device)
     return Packed(model.embed.weight.detach(), tuple(layers), matrix(folded_norm(model.norm, model.head)),
                   torch.cat([half, half]), sign, swap, rms_eps(width, model.norm.eps, model.embed.weight),
-                  model.config.n_heads)
+                  model.config.n_heads,
+                  Dense(model.sounding.weight.detach()) if model.sounding is not None else None)
 
 
 def lean_step(packed: Packed, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
@@ -89,6 +91,9 @@ def lean_step(packed: Packed, ids: torch.Tensor, state: RecurrentState) -> torch
     rotation = rotation.to(dtype)  # (B, hs, hs)
     heads = packed.n_heads
     x = F.embedding(ids, packed.embed)  # (B, C)
+    if packed.sounding is not None:  # the pitches sounding after this id, as `_advance` adds them
+        sounding_step(state.sounding, ids)
+        x = packed.sounding.add_to(x, state.sounding.to(x.dtype))
     width = x.shape[1]
     head_dim = width // heads
     norm_eps = packed.norm_eps

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,8 @@ from core.budget import check_state_fits, resolve_budget
 from core.constraints import Constraints
 from core.errors import ModelError
 from core.generate import MAX_NOTE_SECONDS, SamplingConfig, generate, prepare_primer
-from core.midi import Performance
+from core.grid import Grid
+from core.midi import Performance, canonical
 from core.tokenizer import (
     VELOCITY,
     VOCAB_SIZE,
@@ -85,6 +86,8 @@ class GenerationSession:
     budget: bytes (or a size like '16MB') for every lane together; None: the model's default for each lane.
     `plan`, when given, is the one the caller made for that budget and batch (the studio's slider), not made again.
     start: continue at this music time; past the primer's end, silence fills the gap (the studio's playhead).
+    grid: the pieces' tempo map and time signatures (a primer read from a file brings its own, which wins; else
+    120 BPM 4/4); bars: instead of `seconds`, write up to the bars-th bar line after the primer (`bars_seconds`).
     max_tokens: new ids per lane at most (default: 150 per second asked, so a runaway stops).
     max_note: seconds a note may be held before it is released (None or 0: never). allow_end: the model may end
     the piece before `seconds`. constraints: limits on what is written (core/constraints.py); a key 'from the
@@ -96,24 +99,33 @@ class GenerationSession:
                  sampling: SamplingConfig | None = None, seconds: float | None = None, variations: int = 1,
                  seed: int | None = None, max_tokens: int | None = None, max_note: float | None = MAX_NOTE_SECONDS,
                  allow_end: bool = False, start: float | None = None, plan=None,
+                 grid: Grid | None = None, bars: int | None = None,
                  constraints: Constraints | None = None):
         if variations < 1:
             raise ModelError(f"variations must be at least 1, got {variations}")
         if getattr(model, "family", "left_to_right") != "left_to_right":
             raise ModelError(f"a {model.arch} model does not continue a piece left to right")
+        if bars is not None and (seconds is not None or bars < 1):
+            raise ModelError("give the music's length in seconds or in bars (at least 1), not both")
         self.model = model
         self.batch = variations
         self.sampling = sampling or SamplingConfig()
-        self.seconds = seconds
         self.seed = seed
         self.max_note = max_note or None
         self.allow_end = allow_end
-        self.max_tokens = max_tokens if max_tokens is not None else (
-            None if seconds is None else int(seconds * TOKENS_PER_SECOND_LIMIT) + 64)
+        if isinstance(primer, str | Path):
+            from core.midi import read_performance
+
+            primer = read_performance(primer)
+        self.primer_notes = primer if isinstance(primer, Performance) else None  # as given, for exact_pieces
+        self.grid = (self.primer_notes.grid if self.primer_notes is not None else None) or grid or Grid.constant()
         self.primer = prepare_primer(read_primer(primer), model.config.vocab_size).numpy()  # once, for every lane
         if start is not None and start > ids_seconds(self.primer):
             self.primer = np.concatenate([self.primer, silence_ids(start - ids_seconds(self.primer))])
         self.start_time = ids_seconds(self.primer)  # where new music begins
+        self.seconds = seconds if bars is None else self.grid.bars_seconds(self.start_time, bars)
+        self.max_tokens = max_tokens if max_tokens is not None else (
+            None if self.seconds is None else int(self.seconds * TOKENS_PER_SECOND_LIMIT) + 64)
         if constraints is not None and constraints.from_primer:
             constraints = constraints.resolve(decode_continuations(self.primer, [[]])[0])
         self.constraints = constraints if constraints is not None and constraints.active else None
@@ -208,11 +220,27 @@ class GenerationSession:
         parts = []
         for piece in self.pieces():
             new = piece.onset >= self.start_time - 1e-9
-            parts.append(Performance.from_notes(piece.onset[new], piece.offset[new], piece.pitch[new],
-                                                piece.velocity[new]) if new.any() else Performance.empty())
+            parts.append(replace(Performance.from_notes(piece.onset[new], piece.offset[new], piece.pitch[new],
+                                                        piece.velocity[new]) if new.any() else Performance.empty(),
+                                 grid=self.grid))
         return parts
+
+    def exact_pieces(self, parts: list[Performance] | None = None) -> list[Performance]:
+        """One Performance per variation: the primer exactly as given (a file's notes, not their 10 ms
+        re-encoding) followed by `parts` (default: `new_parts()`), on the session's grid: what `continue` writes.
+
+        A new note that strikes a key the primer still holds (its release rounded up by the codec, by 5 ms at most)
+        ends that note, as a piano would; no other primer note changes.
+        """
+        base = self.primer_notes if self.primer_notes is not None else self.primer_piece()
+        pieces = []
+        for part in self.new_parts() if parts is None else parts:
+            both = Performance.concat(base, part)
+            pieces.append(replace(canonical(both.onset, both.offset, both.pitch, both.velocity), grid=self.grid))
+        return pieces
 
     def _decoded(self) -> list[Performance]:
         if self._pieces is None:
-            self._pieces = decode_continuations(self.primer, [[], *self.lanes])
+            self._pieces = [replace(piece, grid=self.grid)
+                            for piece in decode_continuations(self.primer, [[], *self.lanes])]
         return self._pieces

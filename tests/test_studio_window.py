@@ -107,18 +107,19 @@ class WatchedModel:
 
 
 def watch_model(monkeypatch, model) -> WatchedModel:
+    """Watch the calls of `model`'s class, so a copy the job makes (adapting to the primer) is watched too."""
     watched = WatchedModel()
     for kind in ("prefill", "step"):
-        original = getattr(model, kind)
+        original = getattr(type(model), kind)
 
-        def call(*args, _kind=kind, _original=original, **kwargs):
+        def call(self, *args, _kind=kind, _original=original, **kwargs):
             job = watched.jobs[-1] if watched.jobs else None
             watched.calls.append(ModelCall(_kind, threading.current_thread(), job is not None and job.stopping))
             if _kind == "prefill" and watched.answer_at or _kind == "step" and len(watched.steps) in watched.answer_at:
                 watched.wait_for_gui()
-            return _original(*args, **kwargs)
+            return _original(self, *args, **kwargs)
 
-        monkeypatch.setattr(model, kind, call)
+        monkeypatch.setattr(type(model), kind, call)
     return watched
 
 

@@ -111,7 +111,8 @@ class SMDIMTraining:
         total = 0.0
         for begin in range(0, len(piece), window):
             part = torch.from_numpy(piece[begin:begin + window]).to(device)[None].expand(HELD_OUT_RATES, -1)
-            bound, _ = elbo_sum(self.model, part.contiguous(), self.model.mask_id, generator, rates)
+            with torch.no_grad():
+                bound, _ = elbo_sum(self.model, part.contiguous(), self.model.mask_id, generator, rates)
             total += float(bound) / HELD_OUT_RATES
         return total, int((piece != PAD).sum())
 
@@ -123,10 +124,9 @@ def bits_per_second(training: SMDIMTraining, pieces: Iterable[np.ndarray], devic
                     ) -> float:
     """The held-out ELBO in bits per second of music (the codec's seconds): comparable across codecs and models."""
     bits, seconds = 0.0, 0.0
-    with torch.no_grad():
-        for piece in pieces:
-            piece = np.asarray(piece, dtype=np.int64)
-            bound, _ = training.piece_bound(piece, torch.device(device))
-            bits += bound / math.log(2)
-            seconds += ids_seconds(piece)
+    for piece in pieces:
+        piece = np.asarray(piece, dtype=np.int64)
+        bound, _ = training.piece_bound(piece, torch.device(device))
+        bits += bound / math.log(2)
+        seconds += ids_seconds(piece)
     return bits / max(seconds, 1e-9)

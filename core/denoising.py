@@ -1,0 +1,91 @@
+"""New music from a denoiser (core.models.interface.Denoiser), as the token stream a generation session reads.
+
+A left-to-right model writes one id after another (core/generate.py); a denoiser fills a masked region of a
+window at once. To continue a primer it fills, window after window, a masked region after what is known: the
+primer's (and then its own) last ids up to half the window as context, the rest masked. A new piece is the same
+from BOS alone. How many ids to mask comes from the seconds asked and the tokens per second of the music the model
+was trained on (with a margin, since a region's density is the model's choice); what is written is then cut at
+the seconds asked, counted in the codec's TimeShifts like `generate` does, so every front end sees the same
+stream: one array (B,) of ids per step, PAD for a lane that has finished.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from core.errors import ModelError
+from core.generate import HeldNotes, SamplingConfig
+from core.tokenizer import EOS, PAD, TICK_SECONDS, shift_ticks
+
+MARGIN = 1.25  # ids masked per id the training music's density predicts: most windows reach the seconds asked
+EXTRA_IDS = 8  # and a few more: a short request still gets a phrase
+
+
+def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
+                   max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = False,
+                   seed: int | None = None, max_note_seconds: float | None = None, steps: int | None = None
+                   ) -> Iterator[np.ndarray]:
+    """Yield the ids (B,) that continue `primer` (prepared: BOS first, no EOS), one per step, one per lane of
+    `state`, written a window at a time by `model.denoise`, until max_tokens or max_seconds (one is needed: a
+    denoiser writes a region of a chosen length). Notes held longer than `max_note_seconds` are released (their
+    NoteOff replaces the id, and later windows read it so)."""
+    if max_tokens is None and max_seconds is None:
+        raise ModelError(f"a {model.arch} model writes a region of a chosen length: give seconds or max tokens")
+    if max_tokens is not None and max_tokens < 0:
+        raise ModelError(f"max_tokens must be >= 0, got {max_tokens}")
+    batch, window = state.batch, state.window
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    forbid_eos = None if stop_at_eos else _forbid(EOS)
+    history = primer.to(device)[None].expand(batch, -1)  # (B, T): what a window's context is cut from
+    notes = HeldNotes(batch, max_note_seconds, primer.numpy())
+    done = np.zeros(batch, dtype=bool)
+    seconds = np.zeros(batch)
+    produced = 0
+    while max_tokens is None or produced < max_tokens:
+        context = min(history.shape[1], window // 2)  # the rest of the window is masked
+        new = window - context
+        if max_seconds is not None:
+            left = float((max_seconds - seconds[~done]).max())
+            new = min(new, math.ceil(left * model.config.tokens_per_second * MARGIN) + EXTRA_IDS)
+        if max_tokens is not None:
+            new = min(new, max_tokens - produced)
+        ids = torch.cat([history[:, history.shape[1] - context:],
+                         torch.full((batch, new), model.mask_id, dtype=history.dtype, device=device)], dim=1)
+        keep = torch.arange(context + new, device=device)[None].expand(batch, -1) < context
+        with torch.no_grad():
+            filled = model.denoise(ids, keep, state, steps, sampling, generator, forbid_eos)
+        written = filled[:, context:].cpu().numpy().copy()  # (B, new)
+        for column in range(new):
+            tokens = written[:, column]
+            notes.release(tokens)  # in place: a lane's over-long note ends here instead
+            out = tokens.copy()
+            out[done] = PAD
+            if stop_at_eos:
+                done |= tokens == EOS
+            if max_seconds is not None:
+                seconds += shift_ticks(tokens) * TICK_SECONDS
+                done |= seconds >= max_seconds - 1e-9
+            produced += 1
+            yield out
+            if done.all() or produced == max_tokens:
+                return
+        history = torch.cat([history, torch.from_numpy(written).to(device)], dim=1)
+        history = history[:, -window:]  # no window reads further back
+
+
+def _forbid(token: int):
+    """A constrain hook that never draws `token`."""
+    def constrain(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        logits[..., token] = float("-inf")
+        return logits
+    return constrain

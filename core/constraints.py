@@ -230,7 +230,8 @@ class Constraints:
         if self.from_primer:
             parts.append("key from the primer")
         elif self.pitch_classes is not None:
-            names = " ".join(PITCH_NAMES[pc] for pc in sorted(self.pitch_classes))
+            tonic = _tonic(self.key[0], self.key[1:2] if self.key[1:2] in ("#", "b") else None) if self.key else 0
+            names = " ".join(PITCH_NAMES[pc] for pc in sorted(self.pitch_classes, key=lambda pc: (pc - tonic) % 12))
             parts.append(f"key {self.key} ({names})" if self.key else f"pitch classes {names}")
         if (self.low, self.high) != (0, 127):
             parts.append(f"range {note_name(self.low)}-{note_name(self.high)}")
@@ -249,7 +250,7 @@ class Constraints:
         key = key_of(primer)
         if key is None:
             raise ConstraintError("the key 'from the primer' needs a primer with notes in some key; pick a key")
-        return replace(self, from_primer=False, key=f"{key[0]}", pitch_classes=key[1])
+        return replace(self, from_primer=False, key=f"{key[0]} (from the primer)", pitch_classes=key[1])
 
     def pitches(self) -> np.ndarray:
         """(128,) bool: the pitches a NoteOn may start."""

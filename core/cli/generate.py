@@ -109,12 +109,156 @@ def budget(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _checked(parse):
+    """An argparse type that checks a constraint's text with core.constraints' `parse` and keeps the text."""
+    def check(text: str) -> str:
+        from core.constraints import ConstraintError
+
+        try:
+            parse(text)
+        except ConstraintError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return text
+    return check
+
+
+def _key(text: str) -> str:
+    from core.constraints import FROM_PRIMER, parse_key
+
+    return text if text.strip().lower() == FROM_PRIMER else parse_key(text)
+
+
+def density(text: str) -> float:
+    from core.constraints import DENSITY_RANGE
+
+    value = _number(text)
+    if not DENSITY_RANGE[0] <= value <= DENSITY_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"must be {DENSITY_RANGE[0]:g} to {DENSITY_RANGE[1]:g} notes per second, "
+                                         f"got {text}")
+    return value
+
+
+def add_constraint_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the model may write (core/constraints.py): applied at every step, never to the primer."""
+    from core.constraints import parse_pitch_classes, parse_range, parse_velocity
+
+    group = parser.add_argument_group("constraints")
+    group.add_argument("--key", type=_checked(_key), metavar="KEY",
+                       help="write only the notes of this key, e.g. 'D minor', 'F# major', 'Bb dorian'; "
+                            "'primer': the primer's key")
+    group.add_argument("--pitch-classes", type=_checked(parse_pitch_classes), metavar="LIST",
+                       help="write only these pitch classes (0 = C ... 11 = B), e.g. 0,2,4,7,9")
+    group.add_argument("--range", type=_checked(parse_range), metavar="LOW-HIGH",
+                       help="write only pitches in this range, e.g. C2-C7 (C4 = middle C) or 36-96")
+    group.add_argument("--velocity", type=_checked(parse_velocity), metavar="LOW-HIGH",
+                       help="write only velocities in this range (1-127), e.g. 40-90")
+    group.add_argument("--density", type=density, metavar="N",
+                       help="steer toward N notes per second (a pull, not a rule)")
+    group.add_argument("--max-polyphony", type=positive_int, metavar="N",
+                       help="never more than N notes sounding at once")
+
+
+def bpm(text: str) -> float:
+    from core.grid import MAX_BPM, MIN_BPM
+
+    value = _number(text)
+    if not MIN_BPM <= value <= MAX_BPM:
+        raise argparse.ArgumentTypeError(f"must be {MIN_BPM:g} to {MAX_BPM:g} beats per minute, got {text}")
+    return value
+
+
+def _grid_value(parse):
+    """An argparse type from a core.grid parser (its GridError becomes argparse's one-line message)."""
+    def check(text: str):
+        from core.grid import GridError
+
+        try:
+            return parse(text)
+        except GridError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    check.__name__ = parse.__name__
+    return check
+
+
+def _fraction(text: str, high: float) -> float:
+    value = _number(text)
+    if not 0 <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {high:g}, got {text}")
+    return value
+
+
+def strength(text: str) -> float:
+    return _fraction(text, 1.0)
+
+
+def swing(text: str) -> float:
+    return _fraction(text, 0.5)
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """Quantize: only the notes the model writes move (core/grid.py), on the piece's bars."""
+    from core.grid import parse_subdivision
+
+    group = parser.add_argument_group("quantize (only the notes the model writes; the primer stays as it is)")
+    group.add_argument("--quantize", type=_grid_value(parse_subdivision), metavar="NOTE",
+                       help="move each new onset toward its nearest grid point, a NOTE apart: 1/4, 1/8, 1/16, "
+                            "1/8t (triplets) ...; note lengths are kept")
+    group.add_argument("--strength", type=strength, metavar="0..1",
+                       help="how far toward the grid point (1: onto it; default 1)")
+    group.add_argument("--swing", type=swing, metavar="0..0.5",
+                       help="every second grid point late by this much of a step (1/3: triplet feel; default 0)")
+
+
+def add_new_piece_arguments(parser: argparse.ArgumentParser) -> None:
+    """A new piece's tempo and time signature, written into the file (a continuation keeps its primer's)."""
+    from core.grid import DEFAULT_BPM, DEFAULT_METER, parse_meter
+
+    parser.add_argument("--bpm", type=bpm, default=DEFAULT_BPM,
+                        help=f"the new piece's tempo in beats (quarter notes) per minute (default {DEFAULT_BPM:g})")
+    parser.add_argument("--meter", type=_grid_value(parse_meter), default=DEFAULT_METER, metavar="N/D",
+                        help="the new piece's time signature, e.g. 3/4 or 6/8 (default 4/4)")
+
+
+def check_grid_arguments(args: argparse.Namespace) -> None:
+    """--strength and --swing say how to quantize: without --quantize they would silently do nothing."""
+    from core.grid import GridError
+
+    if args.quantize is None and (args.strength is not None or args.swing is not None):
+        raise GridError("--strength and --swing go with --quantize (e.g. --quantize 1/16 --strength 0.8)")
+
+
+def new_piece_grid(args: argparse.Namespace):
+    """The grid of a new piece (--bpm, --meter); None for a continuation, which keeps its primer's."""
+    from core.grid import Grid
+
+    return Grid.constant(args.bpm, *args.meter) if getattr(args, "bpm", None) is not None else None
+
+
+def quantized(part, session, args: argparse.Namespace):
+    """A variation's new notes with their onsets quantized (lengths kept), never before the primer's end."""
+    from dataclasses import replace
+
+    from core.grid import quantize
+    from core.midi import Performance
+
+    if args.quantize is None or not len(part):
+        return part
+    onset = quantize(part.onset, session.grid, args.quantize, 1.0 if args.strength is None else args.strength,
+                     args.swing or 0.0, not_before=session.start_time)
+    return replace(Performance.from_notes(onset, part.offset + (onset - part.onset), part.pitch, part.velocity),
+                   grid=part.grid)
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `generate` and `continue`."""
     parser.add_argument("--model", default="default", metavar="NAME_OR_PATH",
                         help="model name (see `recital models`) or model directory (default: default)")
-    parser.add_argument("--seconds", type=seconds_of_music, default=30.0, metavar="S",
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=seconds_of_music, default=30.0, metavar="S",
                         help="seconds of new music to write (default: 30; at most a day)")
+    length.add_argument("--bars", type=positive_int, metavar="N",
+                        help="write up to the N-th bar line after the primer (the primer's tempo map and time "
+                             "signatures; a new piece's --bpm and --meter)")
     parser.add_argument("--out", required=True, metavar="FILE.mid",
                         help="MIDI file to write (never one of the inputs; a missing folder is created)")
     parser.add_argument("--force", action="store_true",
@@ -141,11 +285,43 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                              "offers it, about 1.5x faster)")
     parser.add_argument("--wav", metavar="OUT.wav",
                         help="also render the result to a 44.1 kHz stereo WAV file (OUT-k.wav for variations)")
+    add_grid_arguments(parser)
     add_output_arguments(parser, synth_flag="--play")  # --play | --virtual | --port NAME: listen while writing
+    add_constraint_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_generation_arguments(parser)
+    add_new_piece_arguments(parser)
+    parser.set_defaults(adapt=False, adapt_steps=None)  # a new piece has no primer to adapt to
+
+
+def adapt_steps(text: str) -> int:
+    value = positive_int(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be at most 100, got {text}")
+    return value
+
+
+def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
+    """`continue`'s primer adaptation (core/adapt.py): on by default, never written to disk."""
+    from core.adapt import AdaptSettings
+
+    parser.add_argument("--no-adapt", dest="adapt", action="store_false",
+                        help="continue with the model as it is (default: first adapt a copy of it to a primer of "
+                             f"at least {AdaptSettings.min_seconds:g} s, a second or a few; never saved)")
+    parser.add_argument("--adapt-steps", type=adapt_steps, metavar="N",
+                        help=f"optimizer steps on the primer (1-100, default {AdaptSettings.steps}): more adapt "
+                             "further and take longer")
+
+
+def adapt_settings(args: argparse.Namespace):
+    """The session's `adapt` from --no-adapt / --adapt-steps (None: not adapting)."""
+    from core.adapt import AdaptSettings
+
+    if not args.adapt:
+        return None
+    return AdaptSettings() if args.adapt_steps is None else AdaptSettings(steps=args.adapt_steps)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,6 +362,7 @@ def write_continuation(args: argparse.Namespace, primer, inputs: list[str] | Non
     Every output is checked first (`inputs`: the files the command read, which it never writes). With --play /
     --virtual / --port the first variation is heard while it is being written. SIGTERM stops it like Ctrl-C.
     """
+    check_grid_arguments(args)
     planned = check_outputs(args, inputs or [])
     sink = open_chosen_sink(args, default_synth=False)  # before the model loads: a missing device fails fast
     main_thread = threading.current_thread() is threading.main_thread()
@@ -201,21 +378,34 @@ def write_continuation(args: argparse.Namespace, primer, inputs: list[str] | Non
 
 def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
     from core.budget import format_bytes
+    from core.constraints import Constraints
     from core.generate import SamplingConfig, use_fast_step
     from core.midi import write_performance
     from core.modeldir import load_model
     from core.player import LivePlayer
     from core.session import GenerationSession
 
+    constraints = Constraints.parse(args.key, args.pitch_classes, args.range, args.velocity, args.density,
+                                    args.max_polyphony)  # each flag checked by argparse; here, how they combine
     model = load_model(args.model)
     use_fast_step(model, exact=args.exact)
     batch = args.variations
     session = GenerationSession(  # the budget given for all variations, else the model's default for each
         model, primer, budget=args.budget, sampling=SamplingConfig(args.temperature, args.top_k, args.top_p,
                                                                    args.min_p),
-        seconds=args.seconds, variations=batch, seed=args.seed, max_tokens=args.max_tokens,
-        max_note=args.max_note, allow_end=args.allow_end)
+        seconds=None if args.bars else args.seconds, bars=args.bars, grid=new_piece_grid(args), variations=batch,
+        seed=args.seed, max_tokens=args.max_tokens,
+        max_note=args.max_note, allow_end=args.allow_end, constraints=constraints, adapt=adapt_settings(args))
     print(f"model {args.model} ({model.arch}); {session.plan.describe()}")
+    if session.seconds is not None and session.seconds > MAX_SECONDS:
+        from core.grid import GridError
+
+        raise GridError(f"--bars {args.bars} is {session.seconds / 3600:.0f} hours of music at this tempo; at most "
+                        f"a day is written in one command")
+    print(f"tempo {session.grid.describe()}" + (f"; {args.bars} bars: {session.seconds:.1f} s of new music"
+                                                if args.bars else ""))
+    if session.constraints is not None:
+        print(f"constraints: {session.constraints.describe()}")
     note = session.limit_note()
     if note:
         print(f"note: {note}")
@@ -224,6 +414,11 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
     interrupted: KeyboardInterrupt | None = None
     finished = None
     try:
+        if session.adapt is not None and len(session.primer) > 1:
+            print("adapting a copy of the model to the primer (--no-adapt skips it)", flush=True)
+            took = session.adapt_to_primer()
+            print(f"adapted to the primer in {took:.1f} s" if took is not None else
+                  f"note: not adapted: the primer is shorter than {session.adapt.min_seconds:g} s", flush=True)
         print("generating (Ctrl-C or SIGTERM stops it and keeps what was written)", flush=True)
         for event in session:
             if player is not None and event.notes[0]:
@@ -238,7 +433,11 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
             player.stop()
         raise
 
-    before, pieces = session.primer_piece(), session.pieces()  # the primer decoded once for every lane
+    before = session.primer_notes if session.primer_notes is not None else session.primer_piece()
+    # the primer exactly as read (its notes and grid), then each variation's new notes, quantized if asked
+    pieces = session.exact_pieces([quantized(part, session, args) for part in session.new_parts()])
+    if args.bars:  # end on the bar line: the last time shift may have run past it, and notes were closed there
+        pieces = [piece.slice_time(0.0, session.start_time + session.seconds) for piece in pieces]
     for line in planned.create_folders():
         print(f"note: {line}")
     for path, piece in zip(output_paths(args.out, batch), pieces, strict=True):
@@ -258,7 +457,7 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
         how = "SIGTERM" if isinstance(interrupted, Terminated) else "Ctrl-C"
         print(f"stopped by {how}: the files hold what was written until then")
     elif finished is not None and finished.reason == "max_tokens":
-        print(f"note: stopped at {session.max_tokens} tokens (--max-tokens) before {args.seconds:g} s of music")
+        print(f"note: stopped at {session.max_tokens} tokens (--max-tokens) before {session.seconds:g} s of music")
     if args.wav:
         from core.synth import render_wav
 

@@ -320,3 +320,12 @@ def test_one_training_step_from_scratch(tmp_path):
     assert result.steps == 1 and result.best_perplexity is not None
     trained = load_model(tmp_path / "trained")
     assert isinstance(trained, SMDIM) and trained.config.d_model == SMDIMTraining.presets["tiny"]["d_model"]
+
+
+def test_the_shipped_recipe_has_an_smdim_run():
+    from trainer.recipes.recipe import CONFIG_FILE, load_recipe
+
+    recipe = load_recipe(CONFIG_FILE, "smdim")
+    assert recipe.name == "default-smdim" and recipe.train["size"] == "default"
+    config = TrainConfig(folder=".", base=None, arch="smdim", weights=recipe.weights, **recipe.train)
+    assert config.minutes > 0 and not config.fine_tuning

@@ -135,10 +135,26 @@ class LeftToRight(Model, Protocol):
 
 @runtime_checkable
 class Denoiser(Model, Protocol):
-    """A model that fills masked positions of a window at once (discrete diffusion: unmasking, infilling)."""
+    """A model that fills masked positions of a window at once (discrete diffusion: unmasking, infilling).
 
-    def denoise(self, ids: torch.Tensor, masked: torch.Tensor, state: State) -> torch.Tensor:
-        """ids (B, T) with `masked` (B, T) bool positions to fill -> logits (B, T, V) for every position."""
+    Its state is its window: `plan(budget)` buys the tokens one pass reads (`state.window`), and nothing is
+    carried between passes. Ids may hold `mask_id` (one past the codec's ids) where unknown.
+    """
+
+    @property
+    def mask_id(self) -> int: ...
+
+    def predict(self, ids: torch.Tensor, state: State) -> torch.Tensor:
+        """One pass: ids (B, T <= window) with mask_id where unknown -> logits (B, T, V) for every position."""
+        ...
+
+    def denoise(self, ids: torch.Tensor, keep: torch.Tensor, state: State, steps: int | None = None,
+                sampling=None, generator: torch.Generator | None = None, constrain=None,
+                order: str = "confidence") -> torch.Tensor:
+        """ids (B, T) with every position where `keep` (B, T) is False filled in `steps` unmasking passes (the
+        model's default if None) -> ids (B, T) with no mask_id left and the kept ids unchanged. `sampling`: a
+        core.generate.SamplingConfig; `constrain(logits (B, T, V), ids (B, T)) -> logits` runs before each draw;
+        order: "confidence" (surest first) or "random"."""
         ...
 
 
@@ -171,6 +187,17 @@ class PieceData(Protocol):
 
     def crop_batches(self, items: list[int], context: int, latents: int):
         """Effective-segmentation crops, `batch(step, micro)` (a model that reads a bounded context)."""
+        ...
+
+    seed: int  # the run's seed: batches drawn from (seed, step, micro, item) alone need nothing saved to resume
+
+    def __len__(self) -> int:
+        """Training pieces."""
+        ...
+
+    def piece(self, j: int, draw: int) -> np.ndarray:
+        """Training piece j (int64 ids, BOS ... EOS), augmented as draw number `draw` says (a model that cuts its
+        own windows, like SMDIM)."""
         ...
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
+from core.constraints import Constraints
 from core.midi import Performance, read_performance, write_performance
 
 
@@ -56,6 +57,25 @@ def _drop(perf: Performance, indices: list[int]) -> Performance:
     return Performance(perf.onset[keep], perf.offset[keep], perf.pitch[keep], perf.velocity[keep])
 
 
+@dataclass(frozen=True)
+class WriteControls:
+    """The Write panel's limits on what the model writes, as the composer set them for this document."""
+
+    key: str = ""  # "": no scale lock; "primer": the key of the piece; else a key name, "D minor"
+    low: int = 0  # pitch range (MIDI)
+    high: int = 127
+    velocity_low: int = 1  # dynamics
+    velocity_high: int = 127
+    density: float = 0.0  # notes per second steered toward; 0: off
+
+    def constraints(self) -> Constraints | None:
+        """The core's constraints (ConstraintError on a combination that cannot be met); None: nothing limited."""
+        made = Constraints.parse(key=self.key or None, range_=f"{self.low}-{self.high}",
+                                 velocity=f"{self.velocity_low}-{self.velocity_high}",
+                                 density=self.density or None)
+        return made if made.active else None
+
+
 class SetPiece(QUndoCommand):
     """Replace the whole piece (pieces are small: a few arrays), remembering the previous one."""
 
@@ -84,6 +104,7 @@ class Document(QObject):
         self.path: Path | None = None
         self.written = False  # `path` holds what this document saved (not a file it opened): Save may replace it
         self.undo_stack = QUndoStack(self)
+        self.controls = WriteControls()  # the Write panel's limits for this piece (a new document: none)
 
     def _set(self, piece: Piece) -> None:
         self.piece = piece
@@ -111,6 +132,7 @@ class Document(QObject):
         self.undo_stack.clear()
         self.path = path
         self.written = False
+        self.controls = WriteControls()
         self._set(piece)
         self.path_changed.emit()
 

@@ -95,6 +95,26 @@ def fine_tune(config: TrainConfig, on_progress: ProgressCallback | None = None,
         world.close()
 
 
+# Model fields a run over a base may turn on: each adds an input whose new weights start at zero, so the model
+# begins exactly where the base was (issue #17: the notes sounding, `sounding_input`).
+ADDABLE_INPUTS = ("sounding_input",)
+
+
+def with_added_inputs(model: torch.nn.Module, added: dict) -> torch.nn.Module:
+    """The base `model` with the inputs `added` ({field: True}) turned on: its weights kept, the new ones as the
+    model initialises them (zero). ModelError when the base has weights the new model would not keep."""
+    if not added or all(getattr(model.config, k, None) == v for k, v in added.items()):
+        return model
+    config = type(model.config).from_dict({**model.config.to_dict(), **added})
+    grown = type(model)(config)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    new = {name for name in grown.state_dict() if name not in model.state_dict()}
+    if unexpected or set(missing) - new:
+        raise ModelError(f"cannot add {', '.join(added)} to the base model: its weights do not fit "
+                         f"({', '.join([*unexpected, *missing][:3])})")
+    return grown.train(model.training)
+
+
 def output_dir(out: str | None, folder: str, arch: str) -> Path:
     """--out: a path as given, a bare name inside the user models dir; default '<folder name>-<arch>'."""
     name = out or f"{Path(folder).resolve().name}-{arch}"
@@ -162,8 +182,9 @@ class _Run:
         meta = read_config(path)
         if c.arch is not None and meta["arch"] != c.arch:
             raise ModelError(f"{path}: the base model is a {meta['arch']} model, not {c.arch}")
-        if c.model:
-            raise ModelError("model settings can only be chosen when training from scratch (--base none)")
+        if c.model and (set(c.model) - set(ADDABLE_INPUTS) or any(v is not True for v in c.model.values())):
+            raise ModelError("model settings can only be chosen when training from scratch (--base none); over a "
+                             f"base, only an added input ({', '.join(f'{k}: true' for k in ADDABLE_INPUTS)})")
         self.base_path = path
         out = output_dir(c.out, c.folder, meta["arch"])
         return out, bool(c.resume and out.is_dir() and ckpt.latest_checkpoint(out) is not None)
@@ -226,7 +247,7 @@ class _Run:
             return build_model(c.arch, scratch_config(c.arch, c.size, c.model)), None
         from core.modeldir import load_model
 
-        return load_model(self.base_path), str(c.base)
+        return with_added_inputs(load_model(self.base_path), c.model), str(c.base)
 
     def _settings(self, resuming: bool) -> tuple[TrainConfig, str | None]:
         """The settings this run trains with, and a note when a resume changes how often it checkpoints.

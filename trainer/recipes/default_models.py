@@ -70,6 +70,7 @@ def init_origin(path: Path, recipe: Recipe) -> dict:
 
     from core.modeldir import architecture, read_card, read_config
     from trainer.config import scratch_config
+    from trainer.loop import ADDABLE_INPUTS
 
     path = path.expanduser().resolve()
     meta = read_config(path)
@@ -79,7 +80,9 @@ def init_origin(path: Path, recipe: Recipe) -> dict:
     size = recipe.train.get("size", "default")
     wanted = config_class.from_dict(scratch_config(recipe.arch, size, recipe.model)).to_dict()
     found = config_class.from_dict(meta["config"]).to_dict()
-    differ = sorted(k for k in wanted if k != "trained_horizons" and wanted[k] != found.get(k))
+    # An input the model lacks may be added (its weights start at zero: the run begins where the model was).
+    added = {k: True for k in ADDABLE_INPUTS if wanted.get(k) is True and found.get(k) is False}
+    differ = sorted(k for k in wanted if k != "trained_horizons" and k not in added and wanted[k] != found.get(k))
     if differ:
         raise ModelError(f"{path}: --init needs the model the recipe trains; its "
                          + ", ".join(f"{k} is {found.get(k)!r}, not {wanted[k]!r}" for k in differ))
@@ -90,7 +93,7 @@ def init_origin(path: Path, recipe: Recipe) -> dict:
                                   text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         revision = None
-    return {"path": str(path), "revision": revision,
+    return {"path": str(path), "revision": revision, "added": added,
             "training": [line for line in training.splitlines() if line.lstrip().startswith("- ")]}
 
 
@@ -340,7 +343,7 @@ def run(args: argparse.Namespace, command: str) -> int:
             atomic_write_bytes(state_file, json.dumps(started, indent=1).encode(), what="recipe state")
             log(f"starting a new run in {run_dir}")
         config = TrainConfig(folder=str(data), out=str(train_dir), base=init["path"] if init else None,
-                             arch=recipe.arch, model={} if init else recipe.model,
+                             arch=recipe.arch, model=init.get("added", {}) if init else recipe.model,
                              weights=plan["weights"], resume=have_checkpoint, device=args.device,
                              workers=args.workers, command=first_command, **recipe.train)
         view = ProgressView(sys.stderr)

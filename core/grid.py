@@ -98,6 +98,13 @@ class Grid:
         check_meter(numerator, denominator)
         return Grid((Tempo(0.0, round(60_000_000 / bpm)),), (Meter(0.0, numerator, denominator),), resolution)
 
+    def describe(self) -> str:
+        """'90 BPM 6/8', or the first of each and how many there are: '100 BPM 4/4 (2 tempos, 2 time signatures)'."""
+        text = f"{self.tempos[0].bpm:.4g} BPM {self.meters[0]}"
+        more = [f"{len(items)} {name}" for items, name in ((self.tempos, "tempos"), (self.meters, "time signatures"))
+                if len(items) > 1]
+        return text + (f" ({', '.join(more)})" if more else "")
+
     # -- seconds <-> quarters ------------------------------------------------------------------------------------
 
     def quarters(self, seconds):

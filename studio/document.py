@@ -7,7 +7,7 @@ the unsaved-changes prompt come from the stack alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from core.constraints import Constraints
+from core.grid import Grid
 from core.midi import Performance, read_performance, write_performance
 
 
@@ -29,7 +30,12 @@ class Piece:
 
     @property
     def whole(self) -> Performance:
-        return Performance.concat(self.primer, self.generated)
+        return replace(Performance.concat(self.primer, self.generated), grid=self.grid)
+
+    @property
+    def grid(self) -> Grid:
+        """The piece's tempo map and time signatures: its primer's file's (or its generation's), else 120 BPM 4/4."""
+        return self.primer.grid or self.generated.grid or Grid.constant()
 
     @property
     def duration(self) -> float:
@@ -54,7 +60,7 @@ def _drop(perf: Performance, indices: list[int]) -> Performance:
         return perf
     keep = np.ones(len(perf), dtype=bool)
     keep[np.asarray(indices, dtype=np.int64)] = False
-    return Performance(perf.onset[keep], perf.offset[keep], perf.pitch[keep], perf.velocity[keep])
+    return Performance(perf.onset[keep], perf.offset[keep], perf.pitch[keep], perf.velocity[keep], grid=perf.grid)
 
 
 @dataclass(frozen=True)

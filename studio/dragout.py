@@ -1,6 +1,8 @@
 """Drag the piece (or only the generated part) out of the window as a .mid file, onto a DAW track or a folder.
 
-`drag_file(perf, name)` writes the file the drag carries (pure, testable); `DragButton` starts the drag.
+`drag_file(perf, name)` writes the file the drag carries (pure, testable); `DragButton` starts the drag. The file
+carries the piece's tempo map and time signatures (its primer's, or the new piece's 120 BPM 4/4), so the notes land
+on the DAW's bars as they sit on the roll's.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from PySide6.QtGui import QDrag
 from PySide6.QtWidgets import QApplication, QToolButton, QWidget
 
 from core.errors import MidiError
+from core.grid import Grid
 from core.midi import Performance, write_performance
 
 
@@ -23,12 +26,13 @@ def drag_folder() -> Path:
     return folder
 
 
-def drag_file(perf: Performance, name: str) -> Path:
-    """Write `perf` as <temp>/recital-drag/<name>.mid for a drag (MidiError when there is nothing to drag)."""
+def drag_file(perf: Performance, name: str, grid: Grid | None = None) -> Path:
+    """Write `perf` as <temp>/recital-drag/<name>.mid for a drag (MidiError when there is nothing to drag), on
+    `grid`, else the performance's own grid, else 120 BPM 4/4."""
     if len(perf) == 0:
         raise MidiError(name, "nothing to drag: this part has no notes yet")
     path = drag_folder() / f"{name}.mid"
-    write_performance(perf, path)
+    write_performance(perf, path, grid=grid)
     return path
 
 

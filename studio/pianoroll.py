@@ -4,6 +4,10 @@ shade), a time ruler that places the playhead, a key column, horizontal zoom and
 Scene units: x = seconds * PX_PER_SECOND, y = (127 - pitch) * KEY_HEIGHT. Zoom is a horizontal view scale,
 so bars keep their height and the ruler relabels itself. `fit` shows the piece: its duration across, its pitch
 range (a few keys either side) down, the keys growing to fill the height instead of showing C-1 to C9.
+
+The background draws the piece's bars and beats (its tempo map and time signatures: a primer's file's, a new
+piece's 120 BPM 4/4), the ruler numbers the bars above the clock, and both the playhead (a click in the ruler) and
+a rubber-band selection snap to the nearest beat; Alt held while placing or selecting turns the snap off.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 from PySide6.QtCore import QEvent, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QPainter, QPen
 from PySide6.QtWidgets import (
@@ -25,6 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.grid import Grid
 from core.midi import Performance
 from core.tokenizer import NoteEvent
 from studio import theme
@@ -32,7 +38,9 @@ from studio.document import Piece
 
 PX_PER_SECOND = 60.0
 KEY_HEIGHT = 7.0
-RULER_HEIGHT = 26
+RULER_HEIGHT = 34  # bar numbers above, the clock below
+MIN_LINE_GAP = 6  # pixels: beats closer than this are not drawn, and bars are thinned to every 2nd, 4th, ...
+MIN_LABEL_GAP = 28  # pixels between bar numbers in the ruler
 KEYS_WIDTH = 46
 MIN_SCALE, MAX_SCALE = 0.002, 20.0
 MAX_KEY_SCALE = 3.0  # keys at most 21 pixels tall, however few pitches a piece has
@@ -95,6 +103,7 @@ class _View(QGraphicsView):
         self.setTransformationAnchor(QGraphicsView.AnchorViewCenter)  # the wheel zooms under the mouse instead
         self.setAlignment(Qt.AlignLeft | Qt.AlignTop)
         self.setBackgroundBrush(theme.BACKGROUND)
+        self._band: QRectF | None = None  # the rubber band in scene units while one is dragged
 
     @property
     def x_scale(self) -> float:
@@ -126,6 +135,19 @@ class _View(QGraphicsView):
             return True
         return super().viewportEvent(event)
 
+    def mouseMoveEvent(self, event) -> None:
+        super().mouseMoveEvent(event)
+        if not self.rubberBandRect().isNull():
+            self._band = self.mapToScene(self.rubberBandRect()).boundingRect()
+
+    def mouseReleaseEvent(self, event) -> None:
+        band, self._band = self._band, None
+        super().mouseReleaseEvent(event)
+        if band is not None and not event.modifiers() & Qt.AltModifier:  # Alt: exactly the notes the band touched
+            low, high = 127 - int(band.bottom() / KEY_HEIGHT), 127 - int(band.top() / KEY_HEIGHT)
+            self.roll.select_span(band.left() / PX_PER_SECOND, band.right() / PX_PER_SECOND, low, high,
+                                  add=bool(event.modifiers() & Qt.ControlModifier))
+
     def wheelEvent(self, event) -> None:
         delta = event.angleDelta().y() or event.angleDelta().x()
         if event.modifiers() & Qt.ControlModifier:
@@ -148,13 +170,12 @@ class _View(QGraphicsView):
             if pitch % 12 == 0:
                 painter.setPen(QPen(QColor("#3a3f4b"), 0))
                 painter.drawLine(QPointF(rect.left(), y + KEY_HEIGHT), QPointF(rect.right(), y + KEY_HEIGHT))
-        step = time_step(self.x_scale)
-        painter.setPen(QPen(QColor("#2c3039"), 0))
-        t = math.floor(rect.left() / PX_PER_SECOND / step) * step
-        while t * PX_PER_SECOND <= rect.right():
-            x = t * PX_PER_SECOND
-            painter.drawLine(QPointF(x, rect.top()), QPointF(x, rect.bottom()))
-            t += step
+        bars, beats = self.roll.grid_lines(rect.left() / PX_PER_SECOND, rect.right() / PX_PER_SECOND)
+        for seconds, colour in ((beats, "#2a2e36"), ([t for _, t in bars], "#4b5262")):
+            painter.setPen(QPen(QColor(colour), 0))
+            for t in seconds:
+                x = t * PX_PER_SECOND
+                painter.drawLine(QPointF(x, rect.top()), QPointF(x, rect.bottom()))
 
 
 def time_step(x_scale: float) -> float:
@@ -188,6 +209,11 @@ class Ruler(QWidget):
         step = time_step(view.x_scale)
         left = view.mapToScene(0, 0).x() / PX_PER_SECOND
         right = view.mapToScene(view.viewport().width(), 0).x() / PX_PER_SECOND
+        bars, _beats = self.roll.grid_lines(left, right, gap=MIN_LABEL_GAP)
+        for number, t in bars:  # the bar numbers, above the clock
+            x = self._x(t)
+            painter.drawLine(int(x), 0, int(x), 12)
+            painter.drawText(int(x) + 3, 11, str(number))
         t = max(0.0, math.floor(left / step) * step)
         while t <= right:
             x = self._x(t)
@@ -204,15 +230,16 @@ class Ruler(QWidget):
         return self.roll.view.mapFromScene(QPointF(seconds * PX_PER_SECOND, 0)).x()
 
     def mousePressEvent(self, event) -> None:
-        self._place(event.position().x())
+        self._place(event.position().x(), snap=not event.modifiers() & Qt.AltModifier)
 
     def mouseMoveEvent(self, event) -> None:
         if event.buttons() & Qt.LeftButton:
-            self._place(event.position().x())
+            self._place(event.position().x(), snap=not event.modifiers() & Qt.AltModifier)
 
-    def _place(self, x: float) -> None:
-        scene_x = self.roll.view.mapToScene(int(x), 0).x()
-        self.roll.set_playhead(max(0.0, scene_x / PX_PER_SECOND), user=True)
+    def _place(self, x: float, snap: bool = True) -> None:
+        """The playhead under `x`, on the nearest beat unless `snap` is off (Alt held)."""
+        seconds = max(0.0, self.roll.view.mapToScene(int(x), 0).x() / PX_PER_SECOND)
+        self.roll.set_playhead(self.roll.snap(seconds) if snap else seconds, user=True)
 
 
 class Keys(QWidget):
@@ -269,6 +296,7 @@ class PianoRoll(QWidget):
         layout.addWidget(self.view, 1, 1)
         self.playhead = 0.0
         self.duration = 0.0
+        self.grid = Grid.constant()  # the piece's tempo map and time signatures (see set_piece)
         self.pitches: tuple[int, int] | None = None  # lowest and highest pitch drawn (None: no notes)
         self._fitted_once = False
         self._live: list[NoteItem] = []
@@ -295,6 +323,7 @@ class PianoRoll(QWidget):
         self.scene.clear()  # one call, instead of removing thousands of notes one by one
         self._add_playhead()
         self.pitches = None
+        self.grid = piece.grid
         for part, perf in (("primer", piece.primer), ("generated", piece.generated)):
             self._add(part, perf)
         self.duration = piece.duration
@@ -339,6 +368,40 @@ class PianoRoll(QWidget):
         items = [i for i in self.scene.selectedItems() if isinstance(i, NoteItem)]
         return (sorted(i.index for i in items if i.part == "primer"),
                 sorted(i.index for i in items if i.part == "generated"))
+
+    def select_span(self, start: float, end: float, low: int, high: int, add: bool = False) -> None:
+        """Select the notes with an onset between the beats nearest `start` and `end` and a pitch in [low, high]
+        (`add`: keep what was selected): a rubber band, snapped to the beats."""
+        start, end = self.snap(start), self.snap(end)
+        for item in self.scene.items():
+            if isinstance(item, NoteItem) and item.part != "live":
+                onset, _offset, pitch, _velocity = item.note
+                inside = start - 1e-6 <= onset < end - 1e-6 and low <= pitch <= high
+                if inside or not add:
+                    item.setSelected(inside)
+
+    # -- the grid ---------------------------------------------------------------------------------------------
+
+    def snap(self, seconds: float) -> float:
+        """The beat nearest `seconds`."""
+        beats = self.grid.beat_lines(seconds + 10.0, since=max(0.0, seconds - 10.0))
+        return float(beats[abs(beats - seconds).argmin()]) if len(beats) else seconds
+
+    def grid_lines(self, start: float, end: float, gap: float = MIN_LINE_GAP) -> tuple[list[tuple[int, float]],
+                                                                                      list[float]]:
+        """The bars (number from 1, seconds) and beats (seconds) to draw between `start` and `end` at this zoom:
+        beats only while `gap` pixels apart, bars thinned to every 2nd, 4th, ... bar until they are."""
+        pixels = PX_PER_SECOND * self.view.x_scale
+        every_bar = self.grid.bar_lines(end)  # from 0, so that each line's index is its number
+        numbered = [(i + 1, float(t)) for i, t in enumerate(every_bar.tolist()) if t >= start - 1e-9]
+        gaps = np.diff(every_bar) * pixels if len(every_bar) > 1 else np.array([math.inf])
+        every = 1
+        while every < len(every_bar) and np.min(gaps) * every < gap:
+            every *= 2
+        bars = [(number, t) for number, t in numbered if (number - 1) % every == 0]
+        beats = self.grid.beat_lines(end, since=max(start, 0.0))
+        shown = len(beats) < 2 or np.min(np.diff(beats)) * pixels >= gap
+        return bars, (beats.tolist() if shown else [])
 
     # -- playhead, zoom -------------------------------------------------------------------------------------
 

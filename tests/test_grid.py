@@ -236,3 +236,73 @@ def test_strength_without_quantize_is_an_error_and_continue_takes_no_bpm(tiny_mo
     with pytest.raises(SystemExit):
         main(["continue", str(primer), "--model", str(tiny_model_dir), "--out", str(out), "--bpm", "90"])
     assert "unrecognized arguments: --bpm 90" in capsys.readouterr().err
+
+
+# -- the studio -------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def studio_piece(tmp_path):
+    import os
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from studio.document import Piece
+
+    return Piece(read_performance(two_section_primer(tmp_path / "primer.mid")), Performance.empty())
+
+
+def test_the_roll_draws_bar_lines_at_the_tempo_maps_seconds(qtbot, studio_piece):
+    from studio.pianoroll import PX_PER_SECOND, PianoRoll
+
+    roll = PianoRoll()
+    qtbot.addWidget(roll)
+    roll.resize(1200, 500)
+    roll.set_piece(studio_piece)
+    roll.view.zoom(1.0 / roll.view.x_scale)  # 60 pixels a second: every beat is drawn
+    bars, beats = roll.grid_lines(0.0, 17.0)
+    assert [n for n, _ in bars] == [1, 2, 3, 4, 5, 6, 7]
+    assert np.allclose([t * PX_PER_SECOND for _, t in bars], np.array([0, 2.4, 4.8, 7.2, 9.6, 12.1, 14.6]) * 60,
+                       atol=1e-3)
+    assert np.allclose(np.diff(beats)[:3], 0.6) and np.allclose(np.diff(beats)[-3:], 0.833333, atol=1e-5)
+    roll.view.zoom(0.01)  # far out: bars thinned to every 2nd, 4th, ..., beats left out
+    bars, beats = roll.grid_lines(0.0, 200.0)
+    assert beats == [] and len(bars) > 1 and bars[0][0] == 1 and (bars[1][0] - 1) & (bars[1][0] - 2) == 0
+    roll.grab()  # paints the background and the ruler with their bars
+
+
+def test_a_new_piece_has_120_bpm_4_4_and_the_playhead_and_selections_snap_to_beats(qtbot, studio_piece):
+    from studio.document import Piece
+    from studio.pianoroll import PianoRoll
+
+    roll = PianoRoll()
+    qtbot.addWidget(roll)
+    roll.set_piece(Piece.empty())
+    assert roll.grid.describe() == "120 BPM 4/4" and roll.snap(1.13) == pytest.approx(1.0)
+    roll.set_piece(studio_piece)
+    assert roll.snap(9.9) == pytest.approx(9.6) and roll.snap(10.3) == pytest.approx(9.6 + 0.833333)
+    roll.select_span(0.55, 2.3, 0, 127)  # snapped to the beats at 0.6 and 2.4 s: the notes of beats 2 to 4
+    primer, _generated = roll.selected()
+    assert primer == [1, 2, 3]
+    x = roll.view.mapFromScene(9.9 * 60, 0).x()
+    roll.ruler._place(x)
+    assert roll.playhead == pytest.approx(9.6)
+    roll.ruler._place(x, snap=False)  # Alt held
+    assert roll.playhead == pytest.approx(9.9, abs=0.05)
+
+
+def test_drag_out_files_carry_the_tempo_map_and_time_signatures(studio_piece, tmp_path):
+    from dataclasses import replace
+
+    from studio.document import Piece
+    from studio.dragout import drag_file
+
+    new = Performance.from_notes([15.0, 15.5], [15.4, 16.0], [60, 64], [80, 80])
+    piece = Piece(studio_piece.primer, replace(new, grid=studio_piece.primer.grid))
+    whole = drag_file(piece.whole, "grid-whole")
+    part = drag_file(piece.generated, "grid-new")
+    for path in (whole, part):
+        assert read_performance(path).grid == studio_piece.primer.grid
+    assert np.allclose(read_performance(part).onset, [15.0, 15.5], atol=1e-3)  # to the nearest tick
+    assert len(read_performance(whole)) == len(studio_piece.primer) + 2
+    edited = piece.without([0], [])  # an edit keeps the grid
+    assert edited.grid == studio_piece.primer.grid and edited.whole.grid == studio_piece.primer.grid
+    assert Piece.empty().grid.describe() == "120 BPM 4/4"

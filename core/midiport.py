@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from core.clock import CLOCK, CONTINUE, SONG_POSITION, START, STOP
 from core.devicelog import loaded_libraries, silence_device_libraries
 from core.errors import DeviceError
 from core.midi import SUSTAIN_CC, Performance, canonical, fold_sustain
 
 VIRTUAL_NAME = "Recital"
 VIRTUAL_INPUT_NAME = "Recital In"
+_CLOCK_STATUSES = frozenset((CLOCK, START, CONTINUE, STOP, SONG_POSITION))
 CLIENT_NAME = "Recital"
 CHANNEL = 0
 API_ENV = "RECITAL_MIDI_API"
@@ -284,6 +286,11 @@ class MidiOutput:
         except rtmidi.RtMidiError as error:
             raise DeviceError(f"MIDI port {self.name!r} stopped accepting messages ({error})") from None
 
+    def send(self, message) -> None:
+        """One raw message as it is (a clock master's Clock, Start, Stop, Song Position Pointer)."""
+        with self._lock:
+            self._send([int(byte) & 0xFF for byte in message])
+
     def program_change(self, program: int) -> None:
         """Switch the instrument now (and for every later playback)."""
         with self._lock:
@@ -455,3 +462,49 @@ class MidiRecorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class MidiClockInput:
+    """An input port whose MIDI clock and transport messages (Clock, Start, Continue, Stop, Song Position
+    Pointer) go to `receive(time, message)` as they arrive, `time` read from `clock` (the player's) at once:
+    for a `core.clock.ClockFollower` through `LivePlayer.clock_message`. Other messages are ignored.
+
+    rtmidi drops timing messages unless asked; this asks. `port=None` opens a virtual input "Recital Clock"
+    a DAW can send its clock to.
+    """
+
+    def __init__(self, port: str | None, receive, clock=time.perf_counter, client_name: str = CLIENT_NAME):
+        rtmidi = _rtmidi()
+        self._receive, self._clock = receive, clock
+        self._in, api = _client("in", client_name)
+        self.api = _api_label(api)
+        try:
+            self._in.ignore_types(sysex=True, timing=False, active_sense=True)
+            self.name = _open_port(self._in, api, port, f"{VIRTUAL_NAME} Clock", "input")
+            self._in.set_callback(self._arrived)
+        except rtmidi.RtMidiError as error:
+            self._in.delete()
+            raise DeviceError(f"cannot open {self.api} MIDI input {port or VIRTUAL_NAME + ' Clock'!r} for its "
+                              f"clock ({error})") from None
+        except DeviceError:
+            self._in.delete()
+            raise
+
+    def _arrived(self, event: tuple[list[int], float], _data=None) -> None:
+        message = event[0]
+        if message and message[0] in _CLOCK_STATUSES:
+            self._receive(self._clock(), message)
+
+    def close(self) -> None:
+        if self._in is not None:
+            self._in.cancel_callback()
+            self._in.close_port()
+            self._in.delete()
+            self._in = None
+
+    def __enter__(self) -> MidiClockInput:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+

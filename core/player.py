@@ -20,6 +20,7 @@ Use from a generation loop (the CLI's `--play`, the studio's worker):
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import os
@@ -34,6 +35,8 @@ from typing import Protocol
 
 import numpy as np
 
+from core.clock import STOP, ClockFollower, ClockMaster
+from core.grid import Grid
 from core.midi import Performance
 from core.tokenizer import Decoder, NoteEvent
 
@@ -43,6 +46,7 @@ SPIN_SECONDS = 0.002  # the last stretch before a message is busy-waited: OS tim
 # many seconds instead of CPython's default 5 ms, or the player's wake-up waits for it (bench/player.py).
 SWITCH_INTERVAL = 0.0005
 RT_PRIORITY = 10  # low among real-time threads: below JACK's (usually 70+), above every normal thread
+NO_CLOCK_SECONDS = 5.0  # following a DAW's clock: say so when none has come in this long
 
 _switch_lock = threading.Lock()
 _switch_users = 0
@@ -97,6 +101,7 @@ class Timing:
     events: list[NoteEvent] = field(default_factory=list)
     stalls: int = 0
     stalled_seconds: float = 0.0
+    late: int = 0  # following a clock: notes that came from the generator after their time, skipped
     realtime: bool = False  # whether the player thread ran at real-time priority
 
     def errors_ms(self) -> np.ndarray:
@@ -197,6 +202,77 @@ class Schedule:
         return self.origin + self._heap[0][0]
 
 
+class FollowSchedule:
+    """The clock logic when a DAW's MIDI clock drives the music (`core.clock.ClockFollower`): which events are
+    due at wall time `now`, free of threads and ports.
+
+    The music is where the follower says it is: nothing is due while the DAW is stopped, a jump of its
+    position (Start, Continue, a song position) finds the place again (back or forward), and the DAW never
+    waits for the generator: a note-on that arrives after its time is skipped (counted in `late`), a late
+    note-off is sent at once.
+    """
+
+    def __init__(self, follower: ClockFollower):
+        self.follower = follower
+        self.finished = False
+        self.late = 0
+        self._events: list[tuple[float, bool, int, object]] = []  # sorted; everything before `_cursor` is past
+        self._cursor = 0
+        self._overdue: list[object] = []
+        self._epoch: int | None = None
+        self._until = float("-inf")  # music time played up to (since the last jump)
+        self._order = itertools.count()
+
+    def add(self, events: Iterable) -> None:
+        for event in events:
+            entry = (event.time, event.kind == "on", next(self._order), event)
+            if self._epoch is not None and event.time <= self._until:  # after its time: off at once, on never
+                if event.kind == "on":
+                    self.late += 1
+                else:
+                    self._overdue.append(event)
+                continue
+            self._events.insert(bisect.bisect_right(self._events, entry[:3], key=lambda e: e[:3]), entry)
+
+    def finish(self) -> None:
+        self.finished = True
+
+    @property
+    def done(self) -> bool:
+        return self.finished and self._cursor >= len(self._events) and not self._overdue
+
+    def jumped(self) -> bool:
+        """Whether the DAW's position jumped since the last `pop_due` (the player releases its notes then)."""
+        return self.follower.epoch != self._epoch
+
+    def pop_due(self, now: float) -> list[tuple[float, object]]:
+        """Events due at `now` with their scheduled wall time (the follower's, for the timing record)."""
+        due = [(now, event) for event in self._overdue]
+        self._overdue = []
+        music = self.follower.music_time(now)
+        if music is None:
+            return due
+        if self.follower.epoch != self._epoch:  # a new start: from the first event at or after its position
+            self._epoch = self.follower.epoch
+            resumed = self.follower.resumed_music_time()
+            self._cursor = bisect.bisect_left(self._events, resumed - 1e-9, key=lambda e: e[0])
+        end = bisect.bisect_right(self._events, music, key=lambda e: e[0])
+        for _, _, _, event in self._events[self._cursor:end]:
+            scheduled = self.follower.clock_time(event.time)
+            due.append((now if scheduled is None else scheduled, event))
+        self._cursor = max(self._cursor, end)
+        self._until = music
+        return due
+
+    def next_time(self) -> float | None:
+        """Wall time of the next event at the DAW's present tempo; None when unknown (wait for the next clock)."""
+        if self._overdue:
+            return float("-inf")
+        if self._cursor >= len(self._events) or self.follower.epoch != self._epoch:
+            return None
+        return self.follower.clock_time(self._events[self._cursor][0])
+
+
 class LivePlayer:
     """Plays note events on a background thread as they are fed; safe to feed from the generating thread.
 
@@ -206,14 +282,25 @@ class LivePlayer:
     """
 
     def __init__(self, sink: Sink, lookahead: float = DEFAULT_LOOKAHEAD, start: float | None = None,
-                 clock: Callable[[], float] = time.perf_counter, realtime: bool = True):
+                 clock: Callable[[], float] = time.perf_counter, realtime: bool = True,
+                 follower: ClockFollower | None = None, send_clock: Grid | None = None):
         """`realtime`: ask the OS for round-robin real-time priority for the player thread, as audio
         programs do; granted where the user may (root, or an `rtprio` limit, usual for audio groups), and
-        silently skipped elsewhere (`timing.realtime` tells which)."""
+        silently skipped elsewhere (`timing.realtime` tells which).
+
+        `follower`: the time source is a DAW's MIDI clock instead of the wall clock: feed its messages to
+        `clock_message` (core.midiport.MidiClockInput does); the music plays where the DAW is, pauses on its
+        Stop and never waits for a buffer. `send_clock`: the player is the clock master instead: it sends
+        Start (or a song position and Continue), 24 clocks per quarter note of this grid and Stop on the sink
+        (which must have `send`, as a MIDI port does)."""
+        if follower is not None and send_clock is not None:
+            raise ValueError("a player follows a clock or sends one, not both")
         self.sink = sink
         self.realtime = realtime
         self.clock = clock
-        self.schedule = Schedule(lookahead, start)
+        self.follower = follower
+        self.schedule = Schedule(lookahead, start) if follower is None else FollowSchedule(follower)
+        self._master = ClockMaster(send_clock, start or 0.0) if send_clock is not None else None
         self.timing = Timing()
         self._cond = threading.Condition()
         self._stopped = False
@@ -225,12 +312,29 @@ class LivePlayer:
         self._raise_error()
         events = list(events)
         with self._cond:
-            self.schedule.add(events, self.clock(), horizon)
+            if self.follower is not None:
+                self.schedule.add(events)
+            else:
+                if self._master is not None:
+                    known = max([horizon if horizon is not None else float("-inf")] + [e.time for e in events])
+                    events += self._master.until(known)
+                self.schedule.add(events, self.clock(), horizon)
+            self._cond.notify()
+
+    def clock_message(self, time: float, message) -> None:
+        """A message from the followed DAW's clock input, with its arrival time on this player's clock."""
+        with self._cond:
+            self.follower.feed(time, message)
             self._cond.notify()
 
     def finish(self) -> None:
         with self._cond:
-            self.schedule.finish(self.clock())
+            if self.follower is not None:
+                self.schedule.finish()
+            else:
+                if self._master is not None:
+                    self.schedule.add(self._master.end(self.schedule.horizon), self.clock())
+                self.schedule.finish(self.clock())
             self._cond.notify()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -245,6 +349,9 @@ class LivePlayer:
             self._cond.notify()
         if threading.current_thread() is not self._thread:
             self._thread.join()
+        if self._master is not None and not self._master.stopped:
+            self._master.stopped = True
+            self.sink.send([STOP])
         self.sink.all_off()
 
     def close(self) -> None:
@@ -273,7 +380,7 @@ class LivePlayer:
             if self.realtime:
                 self.timing.realtime = _raise_priority()
             with _prompt_thread_switches():
-                self._play()
+                self._play() if self.follower is None else self._follow()
         except BaseException as error:  # reported to the feeding thread
             self._error = error
 
@@ -301,17 +408,55 @@ class LivePlayer:
                 while clock() < wake:  # the last ~2 ms: a busy wait is the only precise timer
                     pass
                 continue
-            for scheduled, event in due:
-                if event.kind == "on":
-                    self.sink.note_on(event.pitch, event.velocity)
-                else:
-                    self.sink.note_off(event.pitch)
-                self.timing.scheduled.append(scheduled)
-                self.timing.actual.append(clock())
-                self.timing.events.append(event)
+            self._send(due)
             with cond:
                 self.timing.stalls = schedule.stalls
                 self.timing.stalled_seconds = schedule.stalled_seconds
+
+    def _send(self, due: list[tuple[float, NoteEvent]]) -> None:
+        for scheduled, event in due:
+            if event.kind == "on":
+                self.sink.note_on(event.pitch, event.velocity)
+            elif event.kind == "off":
+                self.sink.note_off(event.pitch)
+            else:  # a clock master's message (core.clock.ClockEvent)
+                self.sink.send(event.message)
+            self.timing.scheduled.append(scheduled)
+            self.timing.actual.append(self.clock())
+            self.timing.events.append(event)
+
+    def _follow(self) -> None:
+        """`_play` with the DAW's clock as the time source: release every note on its Stop or a jump."""
+        cond, schedule, clock = self._cond, self.schedule, self.clock
+        sounding = False
+        while True:
+            wake = None
+            with cond:
+                if self._stopped:
+                    return
+                now = clock()
+                release = sounding and (schedule.jumped() or not self.follower.running)
+                due = schedule.pop_due(now)
+                self.timing.late = schedule.late
+                if not due and not release:
+                    if schedule.done:
+                        return
+                    wake = schedule.next_time()
+                    if wake is None:
+                        cond.wait()
+                        continue
+                    if wake - now > SPIN_SECONDS:
+                        cond.wait(wake - now - SPIN_SECONDS)
+                        continue
+            if release:
+                self.sink.all_off()
+                sounding = False
+            if due:
+                self._send(due)
+                sounding = True
+            elif wake is not None:
+                while clock() < wake and self.follower.running:  # the last ~2 ms, as in `_play`
+                    pass
 
 
 def play_along(tokens: Iterable[int], player: LivePlayer, start_time: float = 0.0) -> Iterator[int]:
@@ -342,19 +487,66 @@ def performance_events(perf: Performance) -> list[NoteEvent]:
 
 
 def play_performance(perf: Performance, sink: Sink, clock: Callable[[], float] = time.perf_counter,
-                     realtime: bool = True) -> Timing:
-    """Play a whole piece on `sink` from time 0 (blocking; Ctrl-C stops it cleanly); the timing record."""
-    player = LivePlayer(sink, lookahead=0.0, start=0.0, clock=clock, realtime=realtime)
+                     realtime: bool = True, follow: str | None = None, send_clock: bool = False,
+                     say: Callable[[str], None] | None = None) -> Timing:
+    """Play a whole piece on `sink` from time 0 (blocking; Ctrl-C stops it cleanly); the timing record.
+
+    `follow`: the MIDI input port (a name, part of one or a number) whose clock drives playback: the piece
+    waits for the DAW's Start, plays at its tempo from the bar after, pauses on Stop, and ends when it has
+    played out. `send_clock`: send MIDI clock at the piece's tempo on `sink` instead. `say` hears the
+    one-line notes meant for the user (waiting for the DAW, no clock arriving).
+    """
+    grid = perf.grid or Grid.constant()
+    follower = ClockFollower(grid) if follow is not None else None
+    player = LivePlayer(sink, lookahead=0.0, start=0.0, clock=clock, realtime=realtime, follower=follower,
+                        send_clock=grid if send_clock else None)
+    clock_in = None
     try:
+        if follower is not None:
+            clock_in = open_clock_input(follow, player, say)
         player.feed(performance_events(perf), horizon=perf.duration)
         player.finish()
+        waiting = NoClockWatch(follower, clock_in, say, clock)
         while not player.wait(0.1):  # join in short steps so Ctrl-C reaches this thread
-            pass
+            waiting.check()
     except BaseException:
         player.stop()
         raise
+    finally:
+        if clock_in is not None:
+            clock_in.close()
     player.close()
     return player.timing
+
+
+def open_clock_input(port: str, player: LivePlayer, say: Callable[[str], None] | None = None):
+    """Open the MIDI input `port` and feed its clock to `player` (which has a follower); the caller closes it."""
+    from core.midiport import MidiClockInput
+
+    clock_in = MidiClockInput(port, player.clock_message, clock=player.clock)
+    if say is not None:
+        say(f"following the MIDI clock on {clock_in.name!r}: playback starts at the bar after the DAW's "
+            f"Start, at its tempo, and pauses on its Stop")
+    return clock_in
+
+
+class NoClockWatch:
+    """Says once, through `say`, when no clock has come from the followed port for NO_CLOCK_SECONDS (the DAW
+    may not be sending clock to it); the caller goes on waiting."""
+
+    def __init__(self, follower: ClockFollower | None, clock_in, say: Callable[[str], None] | None,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.follower, self.clock_in, self.say, self.clock = follower, clock_in, say, clock
+        self.since = clock()
+        self.said = False
+
+    def check(self) -> None:
+        if self.said or self.follower is None or self.say is None or self.follower.clocks:
+            return
+        if self.clock() - self.since >= NO_CLOCK_SECONDS:
+            self.said = True
+            self.say(f"no MIDI clock has come on {self.clock_in.name!r} in {NO_CLOCK_SECONDS:g} s: is the DAW "
+                     f"set to send clock to this port? still waiting (Ctrl-C stops)")
 
 
 def open_sink(synth: bool = False, virtual: bool = False, port: str | None = None,

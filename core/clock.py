@@ -9,7 +9,8 @@ How the piece meets the DAW's timeline. Notes live in seconds; the piece's `Grid
 placed on a DAW bar line, the *anchor*: after Start, the bar after the Start position (`count_in_bars` later:
 one bar, which also gives the follower the DAW's tempo before the first note); after a Continue with no Start
 seen, the next bar line at or after the song position. From then on the piece's quarter q sounds at the DAW's
-quarter anchor + q, at whatever tempo the DAW plays: the piece follows the DAW's tempo, not its own. A Stop
+quarter anchor + q (a continuation, which plays from after its primer, places the bar its new part begins in on
+the anchor instead of the piece's first), at whatever tempo the DAW plays: the piece follows the DAW's tempo, not its own. A Stop
 pauses; a Song Position Pointer moves the DAW (and so the piece) before Continue. The DAW's bars are taken to
 be the piece's first time signature counted from song position 0 (MIDI clock carries no meter).
 
@@ -117,12 +118,16 @@ class ClockFollower:
     player knows to find its place again.
     """
 
-    def __init__(self, grid: Grid | None = None, count_in_bars: int = 1, window: int = WINDOW):
+    def __init__(self, grid: Grid | None = None, count_in_bars: int = 1, window: int = WINDOW, start: float = 0.0):
+        """`start`: the piece's seconds where playing begins (a continuation's new part, after its primer): the
+        bar holding it is the one placed on the anchor, so the music keeps its place in the bar."""
         if count_in_bars < 0:
             raise ClockError(f"the count-in must be 0 or more bars, got {count_in_bars}")
         if window < 3:
             raise ClockError(f"the tempo fit needs at least 3 clocks, got a window of {window}")
         self.grid = grid or Grid.constant()
+        self.origin = self.grid.bar_start(float(self.grid.quarters(max(start, 0.0))))  # the piece's quarter on
+        # the anchor
         self.count_in_bars = count_in_bars
         self.window = window
         self.running = False
@@ -278,9 +283,10 @@ class ClockFollower:
         return self._music_at(quarter)
 
     def _music_at(self, quarter: float) -> float:
-        if quarter < self.anchor:  # the count-in: before the piece, at its first tempo
-            return (quarter - self.anchor) * self.grid.tempos[0].mspq / 1e6
-        return float(self.grid.seconds(quarter - self.anchor))
+        piece = quarter - self.anchor + self.origin
+        if piece < 0:  # the count-in: before the piece, at its first tempo
+            return piece * self.grid.tempos[0].mspq / 1e6
+        return float(self.grid.seconds(piece))
 
     def resumed_music_time(self) -> float | None:
         """The piece's seconds at the first clock since the last Start or Continue (where playing resumed)."""
@@ -292,7 +298,7 @@ class ClockFollower:
         """The wall time at which the piece reaches `music` seconds at the DAW's tempo; None when unknown."""
         if self.anchor is None:
             return None
-        return self.time_of_quarter(self.anchor + float(self.grid.quarters(music)))
+        return self.time_of_quarter(self.anchor + float(self.grid.quarters(music)) - self.origin)
 
 
 def _line(points) -> tuple[float, float] | None:

@@ -301,6 +301,8 @@ class LivePlayer:
         self.follower = follower
         self.schedule = Schedule(lookahead, start) if follower is None else FollowSchedule(follower)
         self._master = ClockMaster(send_clock, start or 0.0) if send_clock is not None else None
+        self._clock_input = self._say = None
+        self._clock_name = ""
         self.timing = Timing()
         self._cond = threading.Condition()
         self._stopped = False
@@ -320,6 +322,11 @@ class LivePlayer:
                     events += self._master.until(known)
                 self.schedule.add(events, self.clock(), horizon)
             self._cond.notify()
+
+    def attach(self, clock_input, name: str, say: Callable[[str], None] | None = None) -> None:
+        """The followed clock's input port: closed with the player; `say` hears, once, that no clock has come
+        from `name` for NO_CLOCK_SECONDS (the player goes on waiting)."""
+        self._clock_input, self._clock_name, self._say = clock_input, name, say
 
     def clock_message(self, time: float, message) -> None:
         """A message from the followed DAW's clock input, with its arrival time on this player's clock."""
@@ -349,6 +356,7 @@ class LivePlayer:
             self._cond.notify()
         if threading.current_thread() is not self._thread:
             self._thread.join()
+            self._close_clock_input()
         if self._master is not None and not self._master.stopped:
             self._master.stopped = True
             self.sink.send([STOP])
@@ -358,8 +366,14 @@ class LivePlayer:
         """Finish, let the music play out, release every note, and report a sink error if there was one."""
         self.finish()
         self.wait()
+        self._close_clock_input()
         self.sink.all_off()
         self._raise_error()
+
+    def _close_clock_input(self) -> None:
+        if self._clock_input is not None:
+            clock_input, self._clock_input = self._clock_input, None
+            clock_input.close()
 
     def __enter__(self) -> LivePlayer:
         return self
@@ -429,12 +443,17 @@ class LivePlayer:
         """`_play` with the DAW's clock as the time source: release every note on its Stop or a jump."""
         cond, schedule, clock = self._cond, self.schedule, self.clock
         sounding = False
+        since = clock()
         while True:
             wake = None
             with cond:
                 if self._stopped:
                     return
                 now = clock()
+                if self._say is not None and not self.follower.clocks and now - since >= NO_CLOCK_SECONDS:
+                    say, self._say = self._say, None
+                    say(f"no MIDI clock has come on {self._clock_name!r} in {NO_CLOCK_SECONDS:g} s: is the DAW "
+                        f"set to send clock to this port? still waiting (Ctrl-C stops)")
                 release = sounding and (schedule.jumped() or not self.follower.running)
                 due = schedule.pop_due(now)
                 self.timing.late = schedule.late
@@ -443,7 +462,7 @@ class LivePlayer:
                         return
                     wake = schedule.next_time()
                     if wake is None:
-                        cond.wait()
+                        cond.wait(NO_CLOCK_SECONDS if self._say is not None else None)
                         continue
                     if wake - now > SPIN_SECONDS:
                         cond.wait(wake - now - SPIN_SECONDS)
@@ -500,53 +519,31 @@ def play_performance(perf: Performance, sink: Sink, clock: Callable[[], float] =
     follower = ClockFollower(grid) if follow is not None else None
     player = LivePlayer(sink, lookahead=0.0, start=0.0, clock=clock, realtime=realtime, follower=follower,
                         send_clock=grid if send_clock else None)
-    clock_in = None
     try:
         if follower is not None:
-            clock_in = open_clock_input(follow, player, say)
+            open_clock_input(follow, player, say)  # closed with the player
         player.feed(performance_events(perf), horizon=perf.duration)
         player.finish()
-        waiting = NoClockWatch(follower, clock_in, say, clock)
         while not player.wait(0.1):  # join in short steps so Ctrl-C reaches this thread
-            waiting.check()
+            pass
     except BaseException:
         player.stop()
         raise
-    finally:
-        if clock_in is not None:
-            clock_in.close()
     player.close()
     return player.timing
 
 
 def open_clock_input(port: str, player: LivePlayer, say: Callable[[str], None] | None = None):
-    """Open the MIDI input `port` and feed its clock to `player` (which has a follower); the caller closes it."""
+    """Open the MIDI input `port` and feed its clock to `player` (which has a follower); the player closes it
+    when it stops or closes."""
     from core.midiport import MidiClockInput
 
     clock_in = MidiClockInput(port, player.clock_message, clock=player.clock)
+    player.attach(clock_in, clock_in.name, say)
     if say is not None:
         say(f"following the MIDI clock on {clock_in.name!r}: playback starts at the bar after the DAW's "
             f"Start, at its tempo, and pauses on its Stop")
     return clock_in
-
-
-class NoClockWatch:
-    """Says once, through `say`, when no clock has come from the followed port for NO_CLOCK_SECONDS (the DAW
-    may not be sending clock to it); the caller goes on waiting."""
-
-    def __init__(self, follower: ClockFollower | None, clock_in, say: Callable[[str], None] | None,
-                 clock: Callable[[], float] = time.perf_counter):
-        self.follower, self.clock_in, self.say, self.clock = follower, clock_in, say, clock
-        self.since = clock()
-        self.said = False
-
-    def check(self) -> None:
-        if self.said or self.follower is None or self.say is None or self.follower.clocks:
-            return
-        if self.clock() - self.since >= NO_CLOCK_SECONDS:
-            self.said = True
-            self.say(f"no MIDI clock has come on {self.clock_in.name!r} in {NO_CLOCK_SECONDS:g} s: is the DAW "
-                     f"set to send clock to this port? still waiting (Ctrl-C stops)")
 
 
 def open_sink(synth: bool = False, virtual: bool = False, port: str | None = None,

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.adapt import AdaptSettings, adapt
 from core.budget import check_state_fits, resolve_budget
 from core.constraints import Constraints
 from core.errors import ModelError
@@ -91,7 +92,9 @@ class GenerationSession:
     max_tokens: new ids per lane at most (default: 150 per second asked, so a runaway stops).
     max_note: seconds a note may be held before it is released (None or 0: never). allow_end: the model may end
     the piece before `seconds`. constraints: limits on what is written (core/constraints.py); a key 'from the
-    primer' is read from the primer here. Every setting is checked here, and the state allocated (after the memory
+    primer' is read from the primer here. adapt: adapt a copy of the model to a primer of at least
+    `adapt.min_seconds` first (core/adapt.py; None: never), in `adapt_to_primer()` or on the first step, which
+    sets `adapt_seconds`. Every setting is checked here, and the state allocated (after the memory
     check), before the first step; reading the primer happens on the first step.
     """
 
@@ -100,7 +103,7 @@ class GenerationSession:
                  seed: int | None = None, max_tokens: int | None = None, max_note: float | None = MAX_NOTE_SECONDS,
                  allow_end: bool = False, start: float | None = None, plan=None,
                  grid: Grid | None = None, bars: int | None = None,
-                 constraints: Constraints | None = None):
+                 constraints: Constraints | None = None, adapt: AdaptSettings | None = None):
         if variations < 1:
             raise ModelError(f"variations must be at least 1, got {variations}")
         if getattr(model, "family", "left_to_right") != "left_to_right":
@@ -139,6 +142,9 @@ class GenerationSession:
         self.read_seconds = 0.0  # wall time to read the primer (until the first new id)
         self.write_seconds = 0.0  # wall time from the first new id to the last
         self.finished: Finished | None = None
+        self.adapt = adapt
+        self.adapt_seconds: float | None = None  # wall time adapting to the primer took (None: not adapted)
+        self._writer = None  # the model that writes: an adapted copy once adapted, else `model`
         self._decoders = [self._decoder() for _ in range(variations)]
         self._stop = threading.Event()
         self._pieces: list[Performance] | None = None
@@ -167,10 +173,23 @@ class GenerationSession:
         """Music time a lane has reached (seconds from the primer's start)."""
         return self._decoders[lane].time
 
+    def adapt_to_primer(self) -> float | None:
+        """Adapt a copy of the model to the primer, once, if asked and the primer is long enough -> the seconds it
+        took (None: not adapted). The first step does it when the caller has not (off the GUI thread)."""
+        if self._writer is None:
+            self._writer = self.model
+            if self.adapt is not None and self.start_time >= self.adapt.min_seconds and not self.stopping:
+                done = adapt(self.model, self.primer, steps=self.adapt.steps, lr=self.adapt.lr,
+                             parameters=self.adapt.parameters, held_out=self.adapt.held_out,
+                             budget=self.budget // self.batch, should_stop=self._stop.is_set)
+                self._writer, self.adapt_seconds = done.model, done.seconds
+        return self.adapt_seconds
+
     def __iter__(self) -> Iterator[Event]:
         if self.finished is not None or self.steps:
             raise ModelError("a generation session runs once")
-        stream = generate(self.model, torch.from_numpy(self.primer), self.state, self.sampling,
+        self.adapt_to_primer()
+        stream = generate(self._writer, torch.from_numpy(self.primer), self.state, self.sampling,
                           max_tokens=self.max_tokens, max_seconds=self.seconds, stop_at_eos=self.allow_end,
                           seed=self.seed, max_note_seconds=self.max_note, constraints=self.constraints)
         began = time.perf_counter()

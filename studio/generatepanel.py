@@ -16,6 +16,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -200,6 +201,11 @@ class GeneratePanel(QWidget):
                 grid.addWidget(widget, row, 2 * column + 1)
         grid.addWidget(QLabel("Seed"), 5, 0, Qt.AlignRight)
         grid.addLayout(seed_row, 5, 1, 1, 3)
+        self.adapt = QCheckBox("Adapt to the primer")
+        self.adapt.setChecked(True)
+        self.adapt.setToolTip("Before continuing, tune a copy of the model to your piece for a second or two: it "
+                              "follows the piece's texture more closely. Never saved; the model stays as it is.")
+        grid.addWidget(self.adapt, 6, 0, 1, 4)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
         layout.addWidget(write_box)
@@ -404,7 +410,7 @@ class GeneratePanel(QWidget):
                                seconds=self.seconds.value(), temperature=self.temperature.value(),
                                top_p=self.top_p.value(), seed=None if self.seed.value() < 0 else self.seed.value(),
                                variations=self.variations.value(), budget=self.budget.budget,
-                               plan=self.budget.plan)
+                               plan=self.budget.plan, adapt=self.adapt.isChecked())
 
 
 def _mtime(path: Path) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from core.adapt import AdaptSettings
 from core.generate import SamplingConfig
 from core.midi import Performance
 from core.session import GenerationSession
@@ -33,6 +34,7 @@ class GenerateRequest:
     variations: int = 1
     budget: int | None = None  # bytes for all takes together; None: the model's default for each take
     plan: object | None = None  # the slider's plan for this budget and batch (not made again), if any
+    adapt: bool = False  # adapt a copy of the model to the piece first (core/adapt.py; a primer of a few seconds)
 
 
 def session_for(request: GenerateRequest, model) -> GenerationSession:
@@ -41,7 +43,8 @@ def session_for(request: GenerateRequest, model) -> GenerationSession:
     return GenerationSession(
         model, None if from_nothing else request.base.whole, budget=request.budget, plan=request.plan,
         sampling=SamplingConfig(temperature=request.temperature, top_p=request.top_p), seconds=request.seconds,
-        variations=request.variations, seed=request.seed, start=None if request.new_piece else request.start)
+        variations=request.variations, seed=request.seed, start=None if request.new_piece else request.start,
+        adapt=AdaptSettings() if request.adapt and not from_nothing else None)
 
 
 @dataclass(frozen=True)

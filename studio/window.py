@@ -119,6 +119,7 @@ class MainWindow(QMainWindow):
         self.panel.seconds.setValue(self.settings.seconds)
         self.panel.temperature.setValue(self.settings.temperature)
         self.panel.top_p.setValue(self.settings.top_p)
+        self.panel.adapt.setChecked(self.settings.adapt)
         self.panel.variations.setValue(self.settings.variations)
         if self.settings.budget_mb > 0:  # 0: never chosen, the model's default for each take
             self.panel.budget.set_budget(int(self.settings.budget_mb * MB))
@@ -499,6 +500,7 @@ class MainWindow(QMainWindow):
         s = self.settings
         s.seconds, s.temperature = self.panel.seconds.value(), self.panel.temperature.value()
         s.top_p, s.variations = self.panel.top_p.value(), self.panel.variations.value()
+        s.adapt = self.panel.adapt.isChecked()
         s.budget_mb = self.panel.budget.budget / MB if self.panel.budget.chosen else 0.0
         s.output = self.transport.output.currentData() or "synth"
         s.save()

@@ -171,6 +171,11 @@ class ToyTraining:
             count += len(ids) - 1
         return nll, count
 
+    def piece_losses(self, ids: torch.Tensor, budget: int | str | None):
+        """The whole piece in one part: each id predicted from the one before it (primer adaptation)."""
+        logits = self.model(ids[None, :-1])[0]
+        yield F.cross_entropy(logits.float(), ids[1:], reduction="none"), torch.arange(1, len(ids))
+
     def record(self) -> None:
         """Nothing to record: the toy remembers one id whatever the run."""
 

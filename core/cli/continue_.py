@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli.generate import add_generation_arguments, write_continuation
+from core.cli.generate import add_adapt_arguments, add_generation_arguments, write_continuation
 
 HELP = "continue a MIDI file with a model"
 
@@ -13,6 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("primer", metavar="PRIMER.mid", help="MIDI file to continue (read whole: the model's "
                                                              "state keeps as much of it as the budget allows)")
     add_generation_arguments(parser)
+    add_adapt_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from core.cli.play import add_output_arguments, open_chosen_sink
+from core.cli.play import add_output_arguments, check_clock_arguments, open_chosen_sink, open_live_player
 from core.generate import MAX_NOTE_SECONDS
 from core.session import TOKENS_PER_SECOND_LIMIT
 
@@ -284,6 +284,7 @@ def write_continuation(args: argparse.Namespace, primer, inputs: list[str] | Non
     --virtual / --port the first variation is heard while it is being written. SIGTERM stops it like Ctrl-C.
     """
     check_grid_arguments(args)
+    check_clock_arguments(args)
     planned = check_outputs(args, inputs or [])
     sink = open_chosen_sink(args, default_synth=False)  # before the model loads: a missing device fails fast
     main_thread = threading.current_thread() is threading.main_thread()
@@ -302,7 +303,6 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
     from core.generate import SamplingConfig, use_fast_step
     from core.midi import write_performance
     from core.modeldir import load_model
-    from core.player import LivePlayer
     from core.session import GenerationSession
 
     model = load_model(args.model)
@@ -326,7 +326,8 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
     if note:
         print(f"note: {note}")
 
-    player = LivePlayer(sink) if sink is not None else None  # the first variation, heard while it is written
+    player = open_live_player(args, sink, session.grid, session.start_time)  # the first variation, heard while
+    # it is written (following or sending MIDI clock when asked)
     interrupted: KeyboardInterrupt | None = None
     finished = None
     try:

@@ -286,8 +286,8 @@ class Constraints:
 
 DENSITY_WINDOW = 2.0  # seconds of music the recent notes/s is measured over (an exponential window)
 DENSITY_FLOOR = 0.5  # notes/s added to both sides of the ratio: a silent start is not an infinite error
-DENSITY_GAIN = 1.5  # logit bias per unit of log(asked / recent)
-DENSITY_INTEGRAL = 1.0  # bias gathered per second of music per unit of log error (removes the steady offset)
+DENSITY_GAIN = 2.0  # logit bias per unit of log(asked / recent)
+DENSITY_INTEGRAL = 3.0  # bias gathered per second of music per unit of log error (removes the steady offset)
 DENSITY_MAX_BIAS = 8.0  # the bias never exceeds this (steered, not forced)
 PRIMER_CHUNK = 1 << 16  # primer ids read at once
 

@@ -533,7 +533,7 @@ def play_performance(perf: Performance, sink: Sink, clock: Callable[[], float] =
     return player.timing
 
 
-def open_clock_input(port: str, player: LivePlayer, say: Callable[[str], None] | None = None):
+def open_clock_input(port: str | None, player: LivePlayer, say: Callable[[str], None] | None = None):
     """Open the MIDI input `port` and feed its clock to `player` (which has a follower); the player closes it
     when it stops or closes."""
     from core.midiport import MidiClockInput

@@ -56,6 +56,14 @@ class TransportBar(QWidget):
         self.input = QComboBox()
         self.input.addItem("Virtual input “Recital In”", "")
         self.input.setToolTip("Where Record listens")
+        self.follow = QToolButton()
+        self.follow.setText("Follow DAW clock")
+        self.follow.setCheckable(True)
+        self.follow.setToolTip("Play when the DAW plays: wait for its Start, begin at the bar after it, at its "
+                               "tempo, pause on its Stop (MIDI clock from the port beside)")
+        self.clock_input = QComboBox()
+        self.clock_input.addItem("Virtual input “Recital Clock”", "")
+        self.clock_input.setToolTip("Where the DAW's MIDI clock comes in")
         self.time = QLabel("0:00.0")
         self.time.setMinimumWidth(64)
         for widget in (self.play, self.loop):
@@ -69,6 +77,9 @@ class TransportBar(QWidget):
         layout.addWidget(QLabel("In"))
         layout.addWidget(self.input)
         layout.addWidget(self.record)
+        layout.addSpacing(12)
+        layout.addWidget(self.follow)
+        layout.addWidget(self.clock_input)
         layout.addStretch(1)
 
         self.piece: Performance = Performance.empty()
@@ -100,6 +111,7 @@ class TransportBar(QWidget):
         for name in ports.inputs:
             if "Recital" not in name:
                 self.input.addItem(name, name)
+                self.clock_input.addItem(name, name)
 
     def select_output(self, key: str) -> None:
         index = self.output.findData(key)
@@ -146,16 +158,37 @@ class TransportBar(QWidget):
             return
         try:
             sink = self._open_sink()
+            if self.follow.isChecked():  # the DAW's clock: the piece unshifted, its playhead's bar on the DAW's
+                self.player = self._following_player(sink)
         except RecitalError as error:
             self.failed.emit(str(error))
             return
-        self.player = LivePlayer(sink, lookahead=0.0, start=0.0)
-        self.player.feed(performance_events(part), horizon=part.duration)
+        if self.player is not None:
+            whole = self.piece.slice_time(self.start_at, float("inf"))
+            self.player.feed(performance_events(whole), horizon=whole.duration)
+        else:
+            self.player = LivePlayer(sink, lookahead=0.0, start=0.0)
+            self.player.feed(performance_events(part), horizon=part.duration)
         self.player.finish()
         self._length = part.duration
         self._started = time.perf_counter()
         self._timer.start()
         self.play.setText("■  Stop")
+
+    def _following_player(self, sink):
+        """A player on the DAW's clock from the chosen input (closed with it)."""
+        from core.clock import ClockFollower
+        from core.grid import Grid
+        from core.player import LivePlayer, open_clock_input
+
+        grid = self.piece.grid or Grid.constant()
+        player = LivePlayer(sink, follower=ClockFollower(grid, start=self.start_at))
+        try:
+            open_clock_input(self.clock_input.currentData() or None, player)
+        except BaseException:
+            player.stop()
+            raise
+        return player
 
     def stop(self) -> None:
         self._timer.stop()
@@ -168,6 +201,15 @@ class TransportBar(QWidget):
         self.play.setText("▶  Play")
 
     def _tick(self) -> None:
+        follower = getattr(self.player, "follower", None)
+        if follower is not None:  # the playhead is where the DAW is; the end is when the player has finished
+            music = follower.music_time(time.perf_counter())
+            if self.player.wait(0):
+                self.stop()
+            elif music is not None and music >= self.start_at:
+                self.show_time(music)
+                self.position.emit(music)
+            return
         elapsed = time.perf_counter() - self._started
         if elapsed >= self._length + 0.05:
             self.stop()

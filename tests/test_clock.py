@@ -306,3 +306,41 @@ def test_jack_sender_start_and_clocks_drive_the_first_note(jack):  # noqa: F811
     ons = [t for t, m in receiver.messages if m[0] & 0xF0 == 0x90 and m[2] > 0]
     assert [p for kind, p in receiver.notes() if kind == "on"] == [60, 64]
     assert ons[0] > started
+
+
+def test_studio_follow_switch_plays_on_the_daws_start(qtbot, monkeypatch, scale):
+    import os
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    import core.midiport
+    import core.player
+    from studio.jobs import JobKeeper
+    from studio.transport import TransportBar
+
+    sink, inputs = FakeSink(), []
+
+    class FakeClockInput:
+        def __init__(self, port, receive, clock=time.perf_counter):
+            self.name, self.receive, self.closed = port or "Recital Clock", receive, False
+            inputs.append(self)
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(core.player, "open_sink", lambda **kwargs: sink)
+    monkeypatch.setattr(core.midiport, "MidiClockInput", FakeClockInput)
+    bar = TransportBar(JobKeeper())
+    qtbot.addWidget(bar)
+    bar.set_piece(scale.slice_time(0, 0.3), 0.0)
+    bar.follow.setChecked(True)
+    bar.toggle()
+    assert bar.playing and inputs and bar.player.follower is not None
+    time.sleep(0.05)
+    assert sink.sent == []  # waiting for the DAW
+    receive = inputs[0].receive
+    receive(time.perf_counter(), [START])
+    for _ in range(24 * 6):  # a bar of count-in and two quarters at 240 BPM
+        receive(time.perf_counter(), [CLOCK])
+        time.sleep(0.25 / 24)
+    qtbot.waitUntil(lambda: not bar.playing, timeout=5000)
+    assert [m for m in sink.sent if m[0] == "on"] and inputs[0].closed

@@ -440,6 +440,9 @@ def perplexity_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], b
     """
     import torch
 
+    if getattr(model, "family", "left_to_right") != "left_to_right":  # a denoiser has no left-to-right reading
+        raise RecitalError(f"a {model.arch} model is not scored left to right: its held-out number is its "
+                           "diffusion ELBO (the validation perplexity `recital train` reports)")
     pieces = [encode(x) if isinstance(x, Performance) else np.asarray(x) for x in perfs_or_ids]
     pieces = [ids.astype(np.int64).ravel() for ids in pieces]
     pieces = [ids for ids in pieces if len(ids) >= 2]

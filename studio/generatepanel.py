@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -30,6 +31,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QRadioButton,
     QScrollArea,
+    QSlider,
     QSpinBox,
     QTextBrowser,
     QToolButton,
@@ -37,11 +39,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.constraints import FROM_PRIMER, KEY_NAMES, ConstraintError, note_name, parse_note
 from core.errors import RecitalError
 from core.modelcard import scrub_paths, summarize
 from core.modeldir import CARD, ModelInfo, read_card
 from studio.budget import BudgetPanel
-from studio.document import Piece
+from studio.document import Piece, WriteControls
 from studio.generation import GenerateRequest
 
 NO_MODEL_HINT = "No model yet: fine-tune one or pass a model folder"
@@ -209,6 +212,8 @@ class GeneratePanel(QWidget):
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
         layout.addWidget(write_box)
+        self.limits = LimitsBox()  # key, range, density, dynamics: the document's (studio/document.py)
+        layout.addWidget(self.limits)
         layout.addStretch(1)
 
         self.scroll = QScrollArea()
@@ -410,7 +415,121 @@ class GeneratePanel(QWidget):
                                seconds=self.seconds.value(), temperature=self.temperature.value(),
                                top_p=self.top_p.value(), seed=None if self.seed.value() < 0 else self.seed.value(),
                                variations=self.variations.value(), budget=self.budget.budget,
-                               plan=self.budget.plan, adapt=self.adapt.isChecked())
+                               plan=self.budget.plan, adapt=self.adapt.isChecked(),
+                               controls=self.limits.controls())
+
+
+class NoteSpinBox(QSpinBox):
+    """A MIDI pitch shown and typed as a note name (C4 = 60 = middle C)."""
+
+    def __init__(self, value: int):
+        super().__init__()
+        self.setRange(0, 127)
+        self.setValue(value)
+
+    def textFromValue(self, value: int) -> str:
+        return note_name(value)
+
+    def valueFromText(self, text: str) -> int:
+        try:
+            return parse_note(text)
+        except ConstraintError:
+            return self.value()
+
+    def validate(self, text: str, pos: int) -> QValidator.State:
+        try:
+            parse_note(text)
+        except ConstraintError:
+            return QValidator.State.Intermediate
+        return QValidator.State.Acceptable
+
+
+class LimitsBox(QGroupBox):
+    """What the model may write (core/constraints.py): a key (off, the primer's, any of 24), a pitch range, a
+    density it is steered toward, and dynamics. `changed` on every edit; the window keeps them per document."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__("Limits", parent)
+        grid = QGridLayout(self)
+        grid.setVerticalSpacing(4)
+        self.key = QComboBox()
+        self.key.addItem("Off", "")
+        self.key.addItem("From the primer", FROM_PRIMER)
+        for name in KEY_NAMES:
+            self.key.addItem(name, name)
+        self.key.setToolTip("Write only the notes of this key (the piece's own notes are never changed)")
+        self.low, self.high = NoteSpinBox(0), NoteSpinBox(127)
+        self.low.setToolTip("The lowest note the model may write (C4 is middle C)")
+        self.high.setToolTip("The highest note the model may write")
+        self.density = QSlider(Qt.Horizontal)
+        self.density.setRange(0, 16)
+        self.density.setToolTip("Steer toward this many notes per second (a pull, not a rule); left: off")
+        self.density_label = QLabel()
+        self.density_label.setMinimumWidth(64)
+        self.soft, self.loud = QSpinBox(), QSpinBox()
+        for box, value in ((self.soft, 1), (self.loud, 127)):
+            box.setRange(1, 127)
+            box.setValue(value)
+        self.soft.setToolTip("The softest velocity the model may play (1-127)")
+        self.loud.setToolTip("The loudest velocity the model may play (1-127)")
+        rows = (("Key", (self.key,)), ("Range", (self.low, QLabel("to"), self.high)),
+                ("Density", (self.density, self.density_label)), ("Dynamics", (self.soft, QLabel("to"), self.loud)))
+        for row, (text, widgets) in enumerate(rows):
+            label = QLabel(text)
+            label.setBuddy(widgets[0])
+            grid.addWidget(label, row, 0, Qt.AlignRight)
+            if len(widgets) == 1:
+                grid.addWidget(widgets[0], row, 1, 1, 3)
+            elif len(widgets) == 2:
+                grid.addWidget(widgets[0], row, 1, 1, 2)
+                grid.addWidget(widgets[1], row, 3)
+            else:
+                for column, widget in enumerate(widgets, start=1):
+                    grid.addWidget(widget, row, column)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+        self.key.currentIndexChanged.connect(self._edited)
+        for box in (self.low, self.high, self.density, self.soft, self.loud):
+            box.valueChanged.connect(self._edited)
+        self._sync()
+
+    def _edited(self, *_args) -> None:
+        self._sync()
+        self.changed.emit()
+
+    def _sync(self) -> None:
+        self.low.setMaximum(self.high.value())  # low never above high
+        self.high.setMinimum(self.low.value())
+        self.soft.setMaximum(self.loud.value())
+        self.loud.setMinimum(self.soft.value())
+        density = self.density.value()
+        self.density_label.setText(f"{density} notes/s" if density else "off")
+
+    def controls(self) -> WriteControls:
+        return WriteControls(key=self.key.currentData() or "", low=self.low.value(), high=self.high.value(),
+                             velocity_low=self.soft.value(), velocity_high=self.loud.value(),
+                             density=float(self.density.value()))
+
+    def set_controls(self, controls: WriteControls) -> None:
+        """Show a document's limits (no `changed` while doing it)."""
+        widgets = (self.key, self.low, self.high, self.density, self.soft, self.loud)
+        for widget in widgets:
+            widget.blockSignals(True)
+        self.low.setRange(0, 127)
+        self.high.setRange(0, 127)
+        self.soft.setRange(1, 127)
+        self.loud.setRange(1, 127)
+        self.key.setCurrentIndex(max(self.key.findData(controls.key), 0))
+        self.low.setValue(controls.low)
+        self.high.setValue(controls.high)
+        self.density.setValue(round(controls.density))
+        self.soft.setValue(controls.velocity_low)
+        self.loud.setValue(controls.velocity_high)
+        for widget in widgets:
+            widget.blockSignals(False)
+        self._sync()
 
 
 def _mtime(path: Path) -> int:

@@ -16,7 +16,7 @@ from core.generate import SamplingConfig
 from core.midi import Performance
 from core.session import GenerationSession
 from core.tokenizer import NoteEvent
-from studio.document import Piece
+from studio.document import Piece, WriteControls
 from studio.jobs import Job
 
 EMIT_INTERVAL = 0.04  # seconds between batches of live notes
@@ -34,6 +34,7 @@ class GenerateRequest:
     variations: int = 1
     budget: int | None = None  # bytes for all takes together; None: the model's default for each take
     plan: object | None = None  # the slider's plan for this budget and batch (not made again), if any
+    controls: WriteControls = WriteControls()  # key, range, density, dynamics (core/constraints.py)
     adapt: bool = False  # adapt a copy of the model to the piece first (core/adapt.py; a primer of a few seconds)
 
 
@@ -44,7 +45,8 @@ def session_for(request: GenerateRequest, model) -> GenerationSession:
         model, None if from_nothing else request.base.whole, budget=request.budget, plan=request.plan,
         sampling=SamplingConfig(temperature=request.temperature, top_p=request.top_p), seconds=request.seconds,
         variations=request.variations, seed=request.seed, start=None if request.new_piece else request.start,
-        adapt=AdaptSettings() if request.adapt and not from_nothing else None)
+        adapt=AdaptSettings() if request.adapt and not from_nothing else None,
+        constraints=request.controls.constraints())
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,8 @@ class MainWindow(QMainWindow):
         # -- wiring --
         self.document.changed.connect(self._piece_changed)
         self.document.path_changed.connect(self._title)
+        self.document.path_changed.connect(lambda: self.panel.limits.set_controls(self.document.controls))
+        self.panel.limits.changed.connect(lambda: setattr(self.document, "controls", self.panel.limits.controls()))
         self.document.undo_stack.cleanChanged.connect(self._title)
         self.roll.playhead_moved.connect(self._playhead_moved)
         self.transport.position.connect(self.roll.set_playhead)

@@ -4,6 +4,10 @@ never changed; the CLI flags and the studio's Write panel controls."""
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +22,7 @@ from core.models.perceivers import PerceiverS, PerceiverSConfig
 from core.session import GenerationSession
 from core.tokenizer import BOS, NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, VOCAB_SIZE, decode, encode
 from tests.test_cli_generate import rejected
+from tests.test_studio_window import dialogs  # noqa: F401  (the fixture)
 
 D_MINOR = {2, 4, 5, 7, 9, 10, 0}
 
@@ -261,3 +266,58 @@ def test_flags_that_cannot_combine_are_one_error_line(tiny_model_dir, tmp_path, 
     assert main(["generate", "--model", str(tiny_model_dir), "--out", str(out), "--key", "primer"]) == 1
     assert "needs a primer with notes" in capsys.readouterr().err
     assert not out.exists()
+
+
+# -- the studio ---------------------------------------------------------------------------------------------------
+
+def test_the_write_panel_limits_reach_the_request_and_the_session(qtbot, models):
+    from studio.document import Piece, WriteControls
+    from studio.generatepanel import GeneratePanel
+    from studio.generation import session_for
+
+    panel = GeneratePanel()
+    qtbot.addWidget(panel)
+    assert panel.request(Piece.empty(), 0.0).controls == WriteControls()  # nothing limited by default
+    assert WriteControls().constraints() is None
+    limits = panel.limits
+    limits.key.setCurrentIndex(limits.key.findData("D minor"))
+    limits.low.setValue(parse_note("C3"))
+    limits.high.lineEdit().setText("C6")  # typed as a note name
+    limits.high.interpretText()
+    limits.density.setValue(6)
+    limits.soft.setValue(40)
+    limits.loud.setValue(90)
+    assert limits.density_label.text() == "6 notes/s" and limits.low.text() == "C3"
+    request = panel.request(Piece(primer(), Performance.empty()), 0.0)
+    assert request.controls == WriteControls("D minor", 48, 84, 40, 90, 6.0)
+    session = session_for(request, models["dsmr"])
+    assert session.constraints == Constraints.parse(key="D minor", range_="C3-C6", velocity="40-90", density=6)
+    limits.key.setCurrentIndex(limits.key.findData("primer"))
+    panel.mode_new.setChecked(True)  # a new piece has no primer to read a key from: one line, before any step
+    with pytest.raises(ConstraintError, match="needs a primer with notes"):
+        session_for(panel.request(Piece(primer(), Performance.empty()), 0.0), models["dsmr"])
+    limits.low.setValue(100)  # the range never turns over: low stops at high
+    assert limits.low.value() == 84
+
+
+def test_the_limits_are_kept_per_document(qtbot, tiny_model_dir, tmp_path, dialogs):  # noqa: F811
+    from studio.document import WriteControls
+    from studio.settings import Settings
+    from studio.window import MainWindow
+
+    w = MainWindow(Settings(model=str(tiny_model_dir)), extra_models=[tiny_model_dir], list_ports=False)
+    qtbot.addWidget(w)
+    limits = w.panel.limits
+    limits.key.setCurrentIndex(limits.key.findData("Bb major"))
+    limits.loud.setValue(100)
+    assert w.document.controls == WriteControls(key="Bb major", velocity_high=100)
+    from core.midi import write_performance
+
+    write_performance(primer(), tmp_path / "other.mid")
+    w.document.open(tmp_path / "other.mid")  # another piece: its own limits (none yet)
+    assert w.document.controls == WriteControls() and limits.controls() == WriteControls()
+    limits.density.setValue(3)
+    assert w.document.controls == WriteControls(density=3.0)
+    w.document.save(tmp_path / "saved.mid")  # saving keeps the document's limits
+    assert limits.controls() == WriteControls(density=3.0) == w.document.controls
+    w.jobs.shutdown()

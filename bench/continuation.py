@@ -17,7 +17,9 @@ New pieces. `recital generate --seconds 60 --variations 8`: 8 lanes from nothing
 of the same MAESTRO pieces, with MGEval's mean overlap (core.metrics, as `recital eval`) against the pieces'
 first 60 s (lengths matched: note counts depend on length); seconds 60-120 against the first 60 s is the ceiling.
 
-Primer adaptation (`--adapt`) does not exist in this build: asked for, it is named as missing and measured never.
+Primer adaptation (`--adapt on`): the model adapts a copy of itself to each primer (core/adapt.py, `recital
+continue`'s default settings) before continuing it and before scoring the truth; new pieces have no primer, so
+an adapted configuration writes none. The table's adapt row is its mean seconds before the first note.
 The "aim" column prints each target of issue #17, so a run shows where it stands. No asserts: a shared machine.
 Statistics: core/musicstats.py.
 """
@@ -100,6 +102,7 @@ class Column:
     pieces: list[dict] = field(default_factory=list)
     mgeval: float | None = None
     seconds: float = 0.0  # wall time spent
+    adapt_seconds: list[float] = field(default_factory=list)  # adapting to each primer, when adapted
 
 
 # --- excerpts -------------------------------------------------------------------------------------------------
@@ -232,14 +235,30 @@ def measure_continuations(model, config: Configuration, excerpts: list[Excerpt],
     started = time.perf_counter()
     for index, excerpt in enumerate(excerpts):
         period, key = primer_context(excerpt, windows)
-        lanes = write_lanes(model, excerpt.primer_ids, windows.truth, seeds, seed=index)
+        used = adapted(model, config, excerpt, column)
+        lanes = write_lanes(used, excerpt.primer_ids, windows.truth, seeds, seed=index)
         for notes in new_notes(excerpt.primer_ids, lanes, excerpt.start):
             column.continuations.append(continuation_stats(notes, excerpt.start, windows.truth, period, key))
-        column.bits_per_second.append(truth_bits_per_second(model, excerpt, windows.truth))
+        column.bits_per_second.append(truth_bits_per_second(used, excerpt, windows.truth))
         print(f"  {config.label}: {excerpt.name} continued ({seeds} lanes) and scored, "
               f"{time.perf_counter() - started:.0f} s so far", file=sys.stderr, flush=True)
     column.seconds = time.perf_counter() - started
     return column
+
+
+def adapted(model, config: Configuration, excerpt: Excerpt, column: Column | None = None):
+    """The model a configuration continues `excerpt` with: adapted to its primer (its seconds kept in
+    `column.adapt_seconds`) or as it is."""
+    if not config.adapt:
+        return model
+    from core.adapt import AdaptSettings, adapt
+
+    settings = AdaptSettings()
+    done = adapt(model, excerpt.primer_ids, steps=settings.steps, lr=settings.lr, parameters=settings.parameters,
+                 held_out=settings.held_out)
+    if column is not None:
+        column.adapt_seconds.append(done.seconds)
+    return done.model
 
 
 def measure_new_pieces(model, label: str, reference: list[Performance], windows: Windows) -> Column:
@@ -304,6 +323,8 @@ def continuation_table(truth: Column, columns: list[Column], windows: Windows) -
     default = next((c for c in columns if c.label == "default"), None)
     baseline = BASELINE_DEFAULT_BITS if BASELINE_DEFAULT_BITS is not None else (
         float(np.mean(default.bits_per_second)) if default is not None else None)
+    rows.append(("seconds adapting before the first note",
+                 ["-"] + [fmt(float(np.mean(c.adapt_seconds))) if c.adapt_seconds else "-" for c in columns], "-"))
     rows.append(("bits/s of the truth given the primer",
                  ["-"] + [fmt(float(np.mean(c.bits_per_second))) for c in columns],
                  "-" if baseline is None else f"<= {0.7 * baseline:.2f}"))
@@ -379,7 +400,7 @@ def render(model, config: Configuration, excerpt: Excerpt, windows: Windows, out
     continuation and a PNG of primer + truth above primer + continuation."""
     from core.synth import render_wav
 
-    lanes = write_lanes(model, excerpt.primer_ids, windows.truth, 1, seed=0)
+    lanes = write_lanes(adapted(model, config, excerpt), excerpt.primer_ids, windows.truth, 1, seed=0)
     continuation = new_notes(excerpt.primer_ids, lanes, excerpt.start)[0]
     stem = f"{excerpt.name}-{config.label}"
     wav = render_wav(Performance.concat(excerpt.primer, continuation), out / f"{stem}.wav",
@@ -468,22 +489,18 @@ def run(args: argparse.Namespace) -> int:
           f"{windows.variations} x {windows.new:g} s")
 
     truth = measure_truth(excerpts, windows)
-    continued, written, skipped = [], [], []
+    continued, written = [], []
     rendered: list[Path] = []
     for config in configurations(args.models, args.adapt):
-        if config.adapt:
-            skipped.append(config.label)
-            continue
         model = load_model(config.model)
         use_fast_step(model)
         continued.append(measure_continuations(model, config, excerpts, windows, args.seeds))
-        written.append(measure_new_pieces(model, config.label, reference, windows))
+        if not config.adapt:  # a new piece has no primer to adapt to
+            written.append(measure_new_pieces(model, config.label, reference, windows))
         if args.render is not None:
             rendered += render(model, config, excerpts[0], windows, args.render)
     ceiling = measure_ceiling(performances, reference, windows)
 
-    if skipped:
-        print(f"adaptation: not available in this build ({', '.join(skipped)} not measured)")
     print()
     print(f"continuations: {windows.truth:g} s after each {windows.primer:g} s primer, {len(excerpts)} pieces x "
           f"{args.seeds} seed(s); truth: what the pianist played")
@@ -501,8 +518,9 @@ def run(args: argparse.Namespace) -> int:
         from core.midi import atomic_write_bytes
 
         result = {"windows": vars(windows), "pieces": [e.name for e in excerpts], "seeds": args.seeds,
-                  "adaptation_not_available": skipped, "truth": truth.continuations,
-                  "continuations": {c.label: {"stats": c.continuations, "bits_per_second": c.bits_per_second}
+                  "truth": truth.continuations,
+                  "continuations": {c.label: {"stats": c.continuations, "bits_per_second": c.bits_per_second,
+                                              "adapt_seconds": c.adapt_seconds}
                                     for c in continued},
                   "new_pieces": {c.label: {"stats": c.pieces, "mgeval_mean_oa": c.mgeval}
                                  for c in [ceiling, *written]}}

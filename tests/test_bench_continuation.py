@@ -55,13 +55,16 @@ def test_main_prints_every_row_on_a_tiny_model(tiny_model_dir, tmp_path, capsys,
     assert code == 0
     for row in ROWS:
         assert row in printed, row
-    assert "adaptation: not available in this build (tiny +adapt not measured)" in printed
+    assert "seconds adapting before the first note" in printed
     result = json.loads(out.read_text())
     assert len(result["continuations"]["tiny"]["stats"]) == 2 * 2  # pieces x seeds
     assert len(result["continuations"]["tiny"]["bits_per_second"]) == 2
     assert all(b > 0 for b in result["continuations"]["tiny"]["bits_per_second"])
     assert len(result["new_pieces"]["tiny"]["stats"]) == 2
-    assert result["adaptation_not_available"] == ["tiny +adapt"]
+    adapted = result["continuations"]["tiny +adapt"]
+    assert len(adapted["bits_per_second"]) == len(adapted["adapt_seconds"]) == 2
+    assert adapted["bits_per_second"] != result["continuations"]["tiny"]["bits_per_second"]
+    assert "tiny +adapt" not in result["new_pieces"]  # a new piece has no primer to adapt to
 
 
 def test_a_folder_without_midi_stops_with_one_line(tmp_path):

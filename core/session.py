@@ -26,10 +26,12 @@ import torch
 from core.adapt import AdaptSettings, adapt
 from core.budget import check_state_fits, resolve_budget
 from core.constraints import Constraints
+from core.denoising import denoise_stream
 from core.errors import ModelError
 from core.generate import MAX_NOTE_SECONDS, SamplingConfig, generate, prepare_primer
 from core.grid import Grid
 from core.midi import Performance, canonical
+from core.models.interface import DENOISE, LEFT_TO_RIGHT
 from core.tokenizer import (
     VELOCITY,
     VOCAB_SIZE,
@@ -106,8 +108,10 @@ class GenerationSession:
                  constraints: Constraints | None = None, adapt: AdaptSettings | None = None):
         if variations < 1:
             raise ModelError(f"variations must be at least 1, got {variations}")
-        if getattr(model, "family", "left_to_right") != "left_to_right":
-            raise ModelError(f"a {model.arch} model does not continue a piece left to right")
+        self.denoises = getattr(model, "family", LEFT_TO_RIGHT) == DENOISE  # it fills windows (core/denoising.py)
+        if self.denoises and constraints is not None and constraints.active:
+            raise ModelError(f"a {model.arch} model takes no constraints yet")
+        adapt = None if self.denoises else adapt  # adapting to a primer (core/adapt.py) is left to right
         if bars is not None and (seconds is not None or bars < 1):
             raise ModelError("give the music's length in seconds or in bars (at least 1), not both")
         self.model = model
@@ -189,9 +193,14 @@ class GenerationSession:
         if self.finished is not None or self.steps:
             raise ModelError("a generation session runs once")
         self.adapt_to_primer()
-        stream = generate(self._writer, torch.from_numpy(self.primer), self.state, self.sampling,
-                          max_tokens=self.max_tokens, max_seconds=self.seconds, stop_at_eos=self.allow_end,
-                          seed=self.seed, max_note_seconds=self.max_note, constraints=self.constraints)
+        if self.denoises:
+            stream = denoise_stream(self._writer, torch.from_numpy(self.primer), self.state, self.sampling,
+                                    max_tokens=self.max_tokens, max_seconds=self.seconds,
+                                    stop_at_eos=self.allow_end, seed=self.seed, max_note_seconds=self.max_note)
+        else:
+            stream = generate(self._writer, torch.from_numpy(self.primer), self.state, self.sampling,
+                              max_tokens=self.max_tokens, max_seconds=self.seconds, stop_at_eos=self.allow_end,
+                              seed=self.seed, max_note_seconds=self.max_note, constraints=self.constraints)
         began = time.perf_counter()
         first = None
         reason = "done"

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.adapt import AdaptSettings
 from core.cli import main
 from core.errors import BudgetError, ModelError
 from core.generate import SamplingConfig
@@ -307,9 +308,10 @@ def test_a_session_continues_a_primer_keeping_it_and_stopping_at_the_seconds(smd
     assert len(session.pieces()) == 2 and session.primer[0] == BOS
     for lane in session.lanes:
         assert all(token not in (PAD, BOS) and token < VOCAB_SIZE for token in lane)
-    again = GenerationSession(model, primer, seconds=1.5, variations=2, seed=0, max_tokens=200)
+    again = GenerationSession(model, primer, seconds=1.5, variations=2, seed=0, max_tokens=200,
+                              adapt=AdaptSettings(min_seconds=0.0))  # continue's default: not for a denoiser
     again.run()
-    assert again.lanes == session.lanes  # a seed makes it reproducible
+    assert again.lanes == session.lanes and again.adapt is None  # a seed makes it reproducible
 
 
 @pytest.mark.usefixtures("isolated_dirs")
@@ -329,3 +331,9 @@ def test_the_shipped_recipe_has_an_smdim_run():
     assert recipe.name == "default-smdim" and recipe.train["size"] == "default"
     config = TrainConfig(folder=".", base=None, arch="smdim", weights=recipe.weights, **recipe.train)
     assert config.minutes > 0 and not config.fine_tuning
+
+
+@pytest.mark.usefixtures("isolated_dirs")
+def test_recital_eval_says_in_one_line_that_a_denoiser_is_not_scored_left_to_right(smdim_dir, capsys):
+    assert main(["eval", str(PIANO_PIECE.parent), "--model", str(smdim_dir)]) != 0
+    assert "not scored left to right" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 16  # positions scanned at once: 64 does 1.5x the doubling work and its backward is ~6x slower on a CPU
 
 
 def cuda_kernel():

@@ -3,6 +3,10 @@ loss falls, the step's packed weights follow, and sessions, the CLI and every ar
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the studio's panel, without a screen
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +187,27 @@ def test_continue_adapts_by_default_and_no_adapt_writes_as_before(tiny_model_dir
         main(["generate", "--model", str(tiny_model_dir), "--out", str(tmp_path / "new.mid"), "--no-adapt"])
     assert "unrecognized arguments: --no-adapt" in capsys.readouterr().err
     assert not (tmp_path / "x.mid").exists() and not (tmp_path / "new.mid").exists()
+
+
+def test_the_write_panels_checkbox_reaches_the_session_and_is_remembered(qtbot, tiny_model_dir, tmp_path):
+    from studio.document import Piece
+    from studio.generatepanel import GeneratePanel
+    from studio.generation import session_for
+    from studio.settings import Settings
+
+    panel = GeneratePanel()
+    qtbot.addWidget(panel)
+    model = load_model(tiny_model_dir)
+    piece = Piece(riff(8.0), Performance.empty())
+    assert panel.adapt.isChecked()  # on by default
+    request = panel.request(piece, 0.0)
+    assert request.adapt and session_for(request, model).adapt == AdaptSettings()
+    panel.mode_new.setChecked(True)
+    assert session_for(panel.request(piece, 0.0), model).adapt is None  # a new piece has no primer
+    panel.mode_end.setChecked(True)
+    panel.adapt.setChecked(False)
+    assert session_for(panel.request(piece, 0.0), model).adapt is None
+
+    Settings(adapt=False).save(tmp_path / "studio.json")
+    assert Settings.load(tmp_path / "studio.json").adapt is False
+    assert Settings().adapt is True

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from core.constraints import Constraints
 from core.errors import ModelError
 from core.generate import HeldNotes, SamplingConfig
 from core.tokenizer import EOS, PAD, TICK_SECONDS, shift_ticks
@@ -27,12 +28,14 @@ EXTRA_IDS = 8  # and a few more: a short request still gets a phrase
 
 def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
                    max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = False,
-                   seed: int | None = None, max_note_seconds: float | None = None, steps: int | None = None
-                   ) -> Iterator[np.ndarray]:
+                   seed: int | None = None, max_note_seconds: float | None = None, steps: int | None = None,
+                   constraints: Constraints | None = None) -> Iterator[np.ndarray]:
     """Yield the ids (B,) that continue `primer` (prepared: BOS first, no EOS), one per step, one per lane of
     `state`, written a window at a time by `model.denoise`, until max_tokens or max_seconds (one is needed: a
     denoiser writes a region of a chosen length). Notes held longer than `max_note_seconds` are released (their
-    NoteOff replaces the id, and later windows read it so)."""
+    NoteOff replaces the id, and later windows read it so). `constraints`: their position-independent part (scale,
+    range, velocity: `Constraints.token_mask`) limits every id drawn; density and polyphony follow the music id by
+    id and are for left-to-right models."""
     if max_tokens is None and max_seconds is None:
         raise ModelError(f"a {model.arch} model writes a region of a chosen length: give seconds or max tokens")
     if max_tokens is not None and max_tokens < 0:
@@ -45,7 +48,8 @@ def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig 
         generator.manual_seed(seed)
     else:
         generator.seed()
-    forbid_eos = None if stop_at_eos else _forbid(EOS)
+    limit = constraints.token_mask(model.config.vocab_size, device=device) if constraints is not None else None
+    constrain = _constrain(limit, None if stop_at_eos else EOS)
     history = primer.to(device)[None].expand(batch, -1)  # (B, T): what a window's context is cut from
     notes = HeldNotes(batch, max_note_seconds, primer.numpy())
     done = np.zeros(batch, dtype=bool)
@@ -63,7 +67,7 @@ def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig 
                          torch.full((batch, new), model.mask_id, dtype=history.dtype, device=device)], dim=1)
         keep = torch.arange(context + new, device=device)[None].expand(batch, -1) < context
         with torch.no_grad():
-            filled = model.denoise(ids, keep, state, steps, sampling, generator, forbid_eos)
+            filled = model.denoise(ids, keep, state, steps, sampling, generator, constrain)
         written = filled[:, context:].cpu().numpy().copy()  # (B, new)
         for column in range(new):
             tokens = written[:, column]
@@ -83,9 +87,12 @@ def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig 
         history = history[:, -window:]  # no window reads further back
 
 
-def _forbid(token: int):
-    """A constrain hook that never draws `token`."""
+def _constrain(limit: torch.Tensor | None, forbidden: int | None):
+    """A constrain hook (logits (B, T, V), ids) -> logits: the additive mask `limit` (V,) and never `forbidden`."""
     def constrain(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        logits[..., token] = float("-inf")
+        if limit is not None:
+            logits = logits + limit
+        if forbidden is not None:
+            logits[..., forbidden] = float("-inf")
         return logits
     return constrain

@@ -109,8 +109,10 @@ class GenerationSession:
         if variations < 1:
             raise ModelError(f"variations must be at least 1, got {variations}")
         self.denoises = getattr(model, "family", LEFT_TO_RIGHT) == DENOISE  # it fills windows (core/denoising.py)
-        if self.denoises and constraints is not None and constraints.active:
-            raise ModelError(f"a {model.arch} model takes no constraints yet")
+        if self.denoises and constraints is not None and (constraints.density, constraints.max_polyphony) != (
+                None, None):  # those follow the music id by id
+            raise ModelError(f"a {model.arch} model takes the scale, range and velocity limits, not density or "
+                             "polyphony")
         adapt = None if self.denoises else adapt  # adapting to a primer (core/adapt.py) is left to right
         if bars is not None and (seconds is not None or bars < 1):
             raise ModelError("give the music's length in seconds or in bars (at least 1), not both")
@@ -196,7 +198,8 @@ class GenerationSession:
         if self.denoises:
             stream = denoise_stream(self._writer, torch.from_numpy(self.primer), self.state, self.sampling,
                                     max_tokens=self.max_tokens, max_seconds=self.seconds,
-                                    stop_at_eos=self.allow_end, seed=self.seed, max_note_seconds=self.max_note)
+                                    stop_at_eos=self.allow_end, seed=self.seed, max_note_seconds=self.max_note,
+                                    constraints=self.constraints)
         else:
             stream = generate(self._writer, torch.from_numpy(self.primer), self.state, self.sampling,
                               max_tokens=self.max_tokens, max_seconds=self.seconds, stop_at_eos=self.allow_end,

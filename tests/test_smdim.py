@@ -337,3 +337,21 @@ def test_the_shipped_recipe_has_an_smdim_run():
 def test_recital_eval_says_in_one_line_that_a_denoiser_is_not_scored_left_to_right(smdim_dir, capsys):
     assert main(["eval", str(PIANO_PIECE.parent), "--model", str(smdim_dir)]) != 0
     assert "not scored left to right" in capsys.readouterr().err
+
+
+def test_a_session_keeps_the_scale_range_and_velocity_limits_and_refuses_density(smdim_dir):
+    from core.constraints import Constraints
+    from core.tokenizer import NOTE_OFF, NOTE_ON, VELOCITY
+
+    model = load_model(smdim_dir)
+    limits = Constraints.parse(key="C major", range_="48-72", velocity="40-80")
+    session = GenerationSession(model, None, seconds=2.0, variations=2, seed=1, max_tokens=150,
+                                constraints=limits)
+    session.run()
+    written = np.concatenate([np.asarray(lane, dtype=np.int64) for lane in session.lanes])
+    pitches = written[(written >= NOTE_ON) & (written < NOTE_OFF)] - NOTE_ON
+    bins = written[(written >= VELOCITY) & (written < VOCAB_SIZE)] - VELOCITY
+    assert len(written) > 0 and set((pitches % 12).tolist()) <= {0, 2, 4, 5, 7, 9, 11}
+    assert ((pitches >= 48) & (pitches <= 72)).all() and ((bins * 4 + 3 >= 40) & (bins * 4 <= 80)).all()
+    with pytest.raises(ModelError, match="not density or polyphony"):
+        GenerationSession(model, None, seconds=1.0, constraints=Constraints.parse(density=3.0))

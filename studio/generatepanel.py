@@ -105,6 +105,7 @@ class GeneratePanel(QWidget):
     add_model_clicked = Signal()
     take_picked = Signal(int)
     keep_clicked = Signal()
+    regenerate_clicked = Signal()  # write the roll's selected region anew (studio/infilljob.py)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -226,6 +227,9 @@ class GeneratePanel(QWidget):
         self.go = QPushButton("Generate")
         self.go.setObjectName("primary")
         self.go.setMinimumHeight(36)
+        self.regenerate = QPushButton("Regenerate selection")
+        self.regenerate.setEnabled(False)
+        self.infill_ok, self.infill_tip = False, ""  # set by the window: a region and a model that can fill it
         self.hint = QLabel()
         self.hint.setObjectName("hint")
         self.hint.setWordWrap(True)
@@ -254,7 +258,7 @@ class GeneratePanel(QWidget):
         footer_layout = QVBoxLayout(footer)
         footer_layout.setContentsMargins(8, 6, 8, 6)
         footer_layout.setSpacing(4)
-        for widget in (self.go, self.progress, self.hint, self.takes_box):
+        for widget in (self.go, self.regenerate, self.progress, self.hint, self.takes_box):
             footer_layout.addWidget(widget)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -270,6 +274,7 @@ class GeneratePanel(QWidget):
         self.previous_take.clicked.connect(lambda: self.take_picked.emit(self.take - 1))
         self.next_take.clicked.connect(lambda: self.take_picked.emit(self.take + 1))
         self.keep.clicked.connect(self.keep_clicked)
+        self.regenerate.clicked.connect(self.regenerate_clicked)
         self.card_button.clicked.connect(self.show_full_card)
         self.model_ready = False
         self.set_models([])
@@ -349,8 +354,15 @@ class GeneratePanel(QWidget):
 
     # -- state ---------------------------------------------------------------------------------------------
 
+    def set_infill(self, ok: bool, tip: str) -> None:
+        """Regenerate selection possible (a region and a model that can fill it) or not, and `tip` why."""
+        self.infill_ok, self.infill_tip = ok, tip
+        self.refresh()
+
     def refresh(self) -> None:
         budget_ok = self.budget.view is not None and not self.budget.view.error
+        self.regenerate.setEnabled(self.infill_ok and not self.generating)
+        self.regenerate.setToolTip(self.infill_tip)
         name = "stop" if self.generating else "primary"
         if self.go.objectName() != name:  # red while it stops, blue while it starts
             self.go.setObjectName(name)

@@ -8,12 +8,18 @@ range (a few keys either side) down, the keys growing to fill the height instead
 The background draws the piece's bars and beats (its tempo map and time signatures: a primer's file's, a new
 piece's 120 BPM 4/4), the ruler numbers the bars above the clock, and both the playhead (a click in the ruler) and
 a rubber-band selection snap to the nearest beat; Alt held while placing or selecting turns the snap off.
+
+A region (the stretch "Regenerate selection" writes anew) is a time range dragged on the ruler or Shift-dragged on
+the roll, with a pitch range too when Ctrl is held as well (a rectangle); it snaps to beats like the rest (Alt:
+free), is drawn as a translucent band under the notes, survives redrawing the piece (switching takes) and is
+cleared with Esc.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PySide6.QtCore import QEvent, QPointF, QRectF, Qt, Signal
@@ -49,6 +55,37 @@ MIN_PITCH_SPAN = 24  # a fitted roll shows at least two octaves
 EMPTY_RANGE = (48, 84)  # C3..C6: what a roll without notes shows
 BLACK_KEYS = {1, 3, 6, 8, 10}
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+DRAG_THRESHOLD = 4  # pixels a press on the ruler moves before it selects a region instead of placing the playhead
+REGION_FILL = QColor(120, 170, 255, 48)
+REGION_EDGE = QColor(120, 170, 255, 190)
+
+
+def note_name(pitch: int) -> str:
+    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
+
+
+@dataclass(frozen=True)
+class Region:
+    """The stretch chosen for regenerating: onsets in [start, end) seconds and, when `low`/`high` are set, only
+    the pitches between them (inclusive); the notes above and below are kept."""
+
+    start: float
+    end: float
+    low: int | None = None
+    high: int | None = None
+
+    def inside(self, onset: np.ndarray, pitch: np.ndarray) -> np.ndarray:
+        """Which notes (by onset and pitch) the region covers: the ones a regeneration replaces."""
+        mask = (onset >= self.start - 1e-9) & (onset < self.end - 1e-9)
+        if self.low is not None:
+            mask &= pitch >= self.low
+        if self.high is not None:
+            mask &= pitch <= self.high
+        return mask
+
+    def describe(self) -> str:
+        span = f"{clock(self.start)}–{clock(self.end)}"
+        return span if self.low is None or self.high is None else f"{span}, {note_name(self.low)}–{note_name(self.high)}"
 
 
 def pitch_y(pitch: int) -> float:
@@ -86,7 +123,7 @@ class NoteItem(QGraphicsRectItem):
 
     def describe(self) -> str:
         onset, offset, pitch, velocity = self.note
-        return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}   velocity {velocity}   {onset:.2f}–{offset:.2f} s"
+        return f"{note_name(pitch)}   velocity {velocity}   {onset:.2f}–{offset:.2f} s"
 
 
 class _View(QGraphicsView):
@@ -104,6 +141,7 @@ class _View(QGraphicsView):
         self.setAlignment(Qt.AlignLeft | Qt.AlignTop)
         self.setBackgroundBrush(theme.BACKGROUND)
         self._band: QRectF | None = None  # the rubber band in scene units while one is dragged
+        self._region_from: QPointF | None = None  # where a Shift-drag (a region) began, in scene units
 
     @property
     def x_scale(self) -> float:
@@ -135,12 +173,44 @@ class _View(QGraphicsView):
             return True
         return super().viewportEvent(event)
 
+    def mousePressEvent(self, event) -> None:
+        if event.button() == Qt.LeftButton and event.modifiers() & Qt.ShiftModifier:  # a region, not notes
+            self._region_from = self.mapToScene(event.position().toPoint())
+            event.accept()
+            return
+        super().mousePressEvent(event)
+
     def mouseMoveEvent(self, event) -> None:
+        if self._region_from is not None:
+            self._drag_region(event)
+            return
         super().mouseMoveEvent(event)
         if not self.rubberBandRect().isNull():
             self._band = self.mapToScene(self.rubberBandRect()).boundingRect()
 
+    def _drag_region(self, event) -> None:
+        """The region from where the Shift-drag began to the pointer: time only, or a rectangle with Ctrl."""
+        here = self.mapToScene(event.position().toPoint())
+        start, end = self._region_from.x() / PX_PER_SECOND, here.x() / PX_PER_SECOND
+        low = high = None
+        if event.modifiers() & Qt.ControlModifier:
+            top, bottom = sorted((self._region_from.y(), here.y()))
+            low, high = 127 - int(bottom / KEY_HEIGHT), 127 - int(top / KEY_HEIGHT)
+        self.roll.set_region(start, end, low, high, snap=not event.modifiers() & Qt.AltModifier)
+
+    def keyPressEvent(self, event) -> None:
+        if event.key() == Qt.Key_Escape and self.roll.region is not None:
+            self.roll.clear_region()
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
     def mouseReleaseEvent(self, event) -> None:
+        if self._region_from is not None:
+            self._drag_region(event)
+            self._region_from = None
+            event.accept()
+            return
         band, self._band = self._band, None
         super().mouseReleaseEvent(event)
         if band is not None and not event.modifiers() & Qt.AltModifier:  # Alt: exactly the notes the band touched
@@ -199,7 +269,9 @@ class Ruler(QWidget):
         self.roll = roll
         self.setFixedHeight(RULER_HEIGHT)
         self.setCursor(Qt.PointingHandCursor)
-        self.setToolTip("Click to place the playhead: Continue from playhead starts here")
+        self.setToolTip("Click to place the playhead (Continue from the playhead starts here); drag to select a "
+                        "time range to regenerate (Esc clears it)")
+        self._pressed_at: float | None = None  # the x of a press still held
 
     def paintEvent(self, _event) -> None:
         view = self.roll.view
@@ -209,6 +281,10 @@ class Ruler(QWidget):
         step = time_step(view.x_scale)
         left = view.mapToScene(0, 0).x() / PX_PER_SECOND
         right = view.mapToScene(view.viewport().width(), 0).x() / PX_PER_SECOND
+        region = self.roll.region
+        if region is not None:
+            x0, x1 = self._x(region.start), self._x(region.end)
+            painter.fillRect(QRectF(x0, 0, x1 - x0, RULER_HEIGHT), REGION_FILL)
         bars, _beats = self.roll.grid_lines(left, right, gap=MIN_LABEL_GAP)
         for number, t in bars:  # the bar numbers, above the clock
             x = self._x(t)
@@ -230,15 +306,25 @@ class Ruler(QWidget):
         return self.roll.view.mapFromScene(QPointF(seconds * PX_PER_SECOND, 0)).x()
 
     def mousePressEvent(self, event) -> None:
+        self._pressed_at = event.position().x()
         self._place(event.position().x(), snap=not event.modifiers() & Qt.AltModifier)
 
     def mouseMoveEvent(self, event) -> None:
-        if event.buttons() & Qt.LeftButton:
-            self._place(event.position().x(), snap=not event.modifiers() & Qt.AltModifier)
+        if not event.buttons() & Qt.LeftButton or self._pressed_at is None:
+            return
+        x, snap = event.position().x(), not event.modifiers() & Qt.AltModifier
+        if abs(x - self._pressed_at) >= DRAG_THRESHOLD:  # a drag: the time range between press and pointer
+            self.roll.set_region(self._seconds(self._pressed_at), self._seconds(x), snap=snap)
+
+    def mouseReleaseEvent(self, event) -> None:
+        self._pressed_at = None
+
+    def _seconds(self, x: float) -> float:
+        return max(0.0, self.roll.view.mapToScene(int(x), 0).x() / PX_PER_SECOND)
 
     def _place(self, x: float, snap: bool = True) -> None:
         """The playhead under `x`, on the nearest beat unless `snap` is off (Alt held)."""
-        seconds = max(0.0, self.roll.view.mapToScene(int(x), 0).x() / PX_PER_SECOND)
+        seconds = self._seconds(x)
         self.roll.set_playhead(self.roll.snap(seconds) if snap else seconds, user=True)
 
 
@@ -274,9 +360,11 @@ class Keys(QWidget):
 
 
 class PianoRoll(QWidget):
-    """The piece on screen; `playhead_moved(seconds)` when the composer places it."""
+    """The piece on screen; `playhead_moved(seconds)` when the composer places it, `region_changed(Region or
+    None)` when a region is selected, changed or cleared."""
 
     playhead_moved = Signal(float)
+    region_changed = Signal(object)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -300,6 +388,8 @@ class PianoRoll(QWidget):
         self.pitches: tuple[int, int] | None = None  # lowest and highest pitch drawn (None: no notes)
         self._fitted_once = False
         self._live: list[NoteItem] = []
+        self.region: Region | None = None
+        self._region_item: QGraphicsRectItem | None = None
         self._add_playhead()
         for bar in (self.view.horizontalScrollBar(), self.view.verticalScrollBar()):
             bar.valueChanged.connect(self._follow)
@@ -321,7 +411,9 @@ class PianoRoll(QWidget):
         """Draw the piece anew (live notes are dropped)."""
         self._live.clear()
         self.scene.clear()  # one call, instead of removing thousands of notes one by one
+        self._region_item = None
         self._add_playhead()
+        self._draw_region()
         self.pitches = None
         self.grid = piece.grid
         for part, perf in (("primer", piece.primer), ("generated", piece.generated)):
@@ -379,6 +471,59 @@ class PianoRoll(QWidget):
                 inside = start - 1e-6 <= onset < end - 1e-6 and low <= pitch <= high
                 if inside or not add:
                     item.setSelected(inside)
+
+    # -- the region ------------------------------------------------------------------------------------------
+
+    def set_region(self, start: float, end: float, low: int | None = None, high: int | None = None,
+                   snap: bool = True) -> None:
+        """Select the seconds between `start` and `end` (either order; on the nearest beats unless `snap` is
+        off), and the pitches [low, high] when both are given; a range that snaps to nothing clears it."""
+        start, end = sorted((max(0.0, start), max(0.0, end)))
+        if snap:
+            start, end = self.snap(start), self.snap(end)
+        if end - start < 1e-3:
+            self.clear_region()
+            return
+        if low is not None and high is not None:
+            low, high = sorted((max(0, min(127, low)), max(0, min(127, high))))
+        else:
+            low = high = None
+        region = Region(start, end, low, high)
+        if region != self.region:
+            self.region = region
+            self._draw_region()
+            self.region_changed.emit(region)
+
+    def clear_region(self) -> None:
+        if self.region is not None:
+            self.region = None
+            self._draw_region()
+            self.region_changed.emit(None)
+
+    def _draw_region(self) -> None:
+        """The translucent band of the region (time: the whole height; with pitches: just those keys)."""
+        region = self.region
+        if region is None:
+            if self._region_item is not None:
+                self.scene.removeItem(self._region_item)
+                self._region_item = None
+            self.ruler.update()
+            return
+        if self._region_item is None:
+            self._region_item = QGraphicsRectItem()
+            pen = QPen(REGION_EDGE, 0)
+            pen.setCosmetic(True)
+            self._region_item.setPen(pen)
+            self._region_item.setBrush(QBrush(REGION_FILL))
+            self._region_item.setZValue(-1)  # under the notes (their clicks and tooltips), over the grid
+            self._region_item.setAcceptedMouseButtons(Qt.NoButton)
+            self.scene.addItem(self._region_item)
+        top, bottom = 0.0, 128 * KEY_HEIGHT
+        if region.low is not None and region.high is not None:
+            top, bottom = pitch_y(region.high), pitch_y(region.low) + KEY_HEIGHT
+        self._region_item.setRect(QRectF(region.start * PX_PER_SECOND, top,
+                                         (region.end - region.start) * PX_PER_SECOND, bottom - top))
+        self.ruler.update()
 
     # -- the grid ---------------------------------------------------------------------------------------------
 

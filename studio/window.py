@@ -32,6 +32,7 @@ from studio.dragout import DragButton
 from studio.errors import show_error
 from studio.generatepanel import GeneratePanel
 from studio.generation import Generate, LiveNotes
+from studio.infilljob import InfillRequest, Regenerate, cannot_infill_reason
 from studio.jobs import JobKeeper, LoadModel, RenderWav
 from studio.pianoroll import PianoRoll
 from studio.settings import Settings
@@ -50,7 +51,7 @@ class MainWindow(QMainWindow):
         self.document = Document(self)
         self.loaded: dict[str, object] = {}  # model directory -> loaded model
         self.loading: LoadModel | None = None
-        self.generation: Generate | None = None
+        self.generation: Generate | Regenerate | None = None  # the writing job under way (one at a time)
         self.takes: list[Piece] = []
         self.setAcceptDrops(True)
         self._fit_screen(1360, 820)
@@ -116,6 +117,9 @@ class MainWindow(QMainWindow):
         self.panel.add_model_clicked.connect(self.add_model_folder)
         self.panel.take_picked.connect(self.pick_take)
         self.panel.keep_clicked.connect(self.keep_take)
+        self.panel.regenerate_clicked.connect(self.regenerate)
+        self.panel.model_picked.connect(self._update_infill)
+        self.roll.region_changed.connect(self._update_infill)
 
         # -- settings --
         self.panel.seconds.setValue(self.settings.seconds)
@@ -171,6 +175,11 @@ class MainWindow(QMainWindow):
         edit.addSeparator()
         action(edit, "&Delete selected notes", self.delete_selected, QKeySequence.Delete)
         action(edit, "&Clear the generated part", self.clear_generated)
+        edit.addSeparator()
+        self.regenerate_action = action(edit, "&Regenerate selection", self.regenerate, "Ctrl+R",
+                                        "Write the selected stretch anew (drag on the ruler to select one)")
+        self.regenerate_action.setEnabled(False)
+        action(edit, "Clear the &region", self.roll.clear_region, tip="Esc in the roll does the same")
         models = self.menuBar().addMenu("&Model")
         action(models, "&Fine-tune on a folder…", self.fine_tune)
         action(models, "&Use a model folder…", self.add_model_folder)
@@ -218,6 +227,7 @@ class MainWindow(QMainWindow):
     def new_piece(self) -> None:
         if self.maybe_save():
             self.takes = []
+            self.roll.clear_region()
             self.panel.set_takes(0, 0)
             self.document.replace(Piece.empty())
             self.place_playhead(0.0)
@@ -239,6 +249,7 @@ class MainWindow(QMainWindow):
             return False
         self.settings.last_folder = str(Path(path).parent)
         self.takes = []
+        self.roll.clear_region()
         self.panel.set_takes(0, 0)
         self.place_playhead(self.document.piece.duration)
         self.roll.fit()
@@ -372,10 +383,12 @@ class MainWindow(QMainWindow):
 
     def _model_ready(self, path: str, model) -> None:
         self.panel.set_model(model)  # a budget never chosen, or too small for this model: the model's default
+        self._update_infill()
 
     def _model_failed(self, message: str) -> None:
         self.loading = None
         self.panel.set_model(None)
+        self._update_infill()
         self.error("Model", message)
 
     # -- generating -----------------------------------------------------------------------------------------
@@ -447,6 +460,57 @@ class MainWindow(QMainWindow):
         if self.sender() is self.generation:
             self.generation = None
         self.panel.set_generating(False)
+
+    # -- regenerating a region ------------------------------------------------------------------------------
+
+    def _update_infill(self, *_args) -> None:
+        """Regenerate selection on or off (button and menu), its tooltip saying why."""
+        region = self.roll.region
+        reason = cannot_infill_reason(self.model) if self.panel.model_path else "Regenerate selection: no model"
+        if not reason and region is None:
+            reason = ("Select a stretch to regenerate first: drag on the ruler, or Shift-drag on the roll "
+                      "(Shift+Ctrl-drag: a pitch range too)")
+        tip = reason or (f"Write {region.describe()} anew, as many takes as Variations says; the rest of the "
+                         "piece stays exactly as it is (Ctrl+R)")
+        self.panel.set_infill(not reason, tip)
+        self.regenerate_action.setEnabled(not reason)
+
+    def regenerate(self) -> Regenerate | None:
+        """Write the selected region anew with the picked (denoising) model, off the GUI thread; K takes."""
+        region = self.roll.region
+        if self.generation is not None or region is None or cannot_infill_reason(self.model):
+            return None
+        self.transport.stop()
+        panel = self.panel
+        request = InfillRequest(base=self.document.piece, region=region, temperature=panel.temperature.value(),
+                                top_p=panel.top_p.value(), seed=None if panel.seed.value() < 0 else panel.seed.value(),
+                                variations=panel.variations.value(), controls=self.document.controls)
+        job = Regenerate(request, self.model)
+        self.generation = job
+        panel.set_generating(True)
+        panel.progress.setRange(0, 0)  # one call into the model: busy, not a percentage
+        panel.hint.setText("Regenerating the selection… Stop leaves the piece as it was.")
+        job.succeeded.connect(self._regenerated)
+        job.failed.connect(self._regenerate_failed)
+        job.cancelled.connect(lambda: self.statusBar().showMessage("Stopped: the piece is unchanged", 8000))
+        job.finished.connect(self._generate_finished)
+        self.statusBar().showMessage(f"Regenerating {region.describe()}…")
+        return self.jobs.start(job)
+
+    def _regenerated(self, takes: list[Piece]) -> None:
+        job = self.sender()
+        self.generation = None
+        self.takes = takes
+        count = len(takes)
+        self.document.apply(takes[0], f"Regenerate selection ({count} takes)" if count > 1 else "Regenerate selection")
+        self.roll.fit_pitches()
+        self.panel.set_takes(0, count if count > 1 else 0)
+        self.statusBar().showMessage(f"Regenerated {job.request.region.describe()}" + (
+            f"; {count} takes: switch between them in the Takes box" if count > 1 else ""), 8000)
+
+    def _regenerate_failed(self, message: str) -> None:
+        self.generation = None
+        self.error("Regenerate selection", message)
 
     def pick_take(self, index: int) -> None:
         if 0 <= index < len(self.takes) and index != self.panel.take:

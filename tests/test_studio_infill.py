@@ -1,0 +1,320 @@
+"""Regenerate selection in the studio: a region dragged on the ruler or Shift-dragged on the roll (snapped to the
+beats, a pitch range with Ctrl), written anew by a denoising model off the GUI thread, takes that change the region
+only, one undo back to the original, a left-to-right model refused with a tooltip, errors in a dialog.
+
+The window tests inject a fake `core_infill` (recording its thread and arguments) so that what the studio does
+with the results is checked exactly; the tiny SMDIM loaded is real, so the model picker and its family are too.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PySide6.QtCore import QEvent, QPointF, Qt  # noqa: E402
+from PySide6.QtGui import QMouseEvent  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+
+from core.errors import RecitalError  # noqa: E402
+from core.midi import Performance, write_performance  # noqa: E402
+from studio.document import Piece  # noqa: E402
+from studio.infilljob import INFILL_MODEL, take_from  # noqa: E402
+from studio.pianoroll import PX_PER_SECOND, PianoRoll, Region, pitch_y  # noqa: E402
+from studio.settings import Settings  # noqa: E402
+from studio.window import MainWindow  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMDIM_TINY = dict(d_embed=16, d_model=32, n_blocks=1, n_heads=2, d_state=4, window=64, attn_window=4, stride=2,
+                  mlp_ratio=2, steps=4, default_budget="2MB")
+
+
+@pytest.fixture(scope="module")
+def smdim_dir(tmp_path_factory) -> Path:
+    """A randomly initialised tiny SMDIM model directory (a denoiser: it can fill a region)."""
+    import torch
+
+    from core.modeldir import save_model
+    from core.models.smdim.model import SMDIM, SMDIMConfig
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-smdim"
+    return save_model(SMDIM(SMDIMConfig(**SMDIM_TINY)), path, "# Tiny SMDIM\n\nRandom weights, for tests only.\n")
+
+
+@pytest.fixture
+def dialogs(monkeypatch, tmp_path):
+    """Isolated user folders; every warning captured; the close prompt answers Discard."""
+    for name in ("RECITAL_CONFIG_DIR", "RECITAL_DATA_DIR", "RECITAL_CACHE_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    warnings: list[tuple[str, str]] = []
+
+    def warning(_parent, title, text, *args, **kwargs):
+        warnings.append((title, text))
+        return QMessageBox.Ok
+
+    monkeypatch.setattr(QMessageBox, "warning", staticmethod(warning))
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *args, **kwargs: QMessageBox.Discard))
+    return warnings
+
+
+def open_window(qtbot, model_dir: Path) -> MainWindow:
+    w = MainWindow(Settings(seconds=2.0, model=str(model_dir)), extra_models=[model_dir], list_ports=False)
+    qtbot.addWidget(w)
+    qtbot.waitUntil(lambda: w.model is not None, timeout=20000)
+    w.panel.seed.setValue(7)
+    return w
+
+
+@pytest.fixture
+def window(qtbot, smdim_dir, dialogs):
+    w = open_window(qtbot, smdim_dir)
+    yield w
+    w.jobs.shutdown()
+
+
+def chords(seconds: int = 8) -> Performance:
+    """Three voices (48, 60, 72), a note each every half second (the beats of 120 BPM), velocities apart."""
+    onset = np.repeat(np.arange(seconds * 2) * 0.5, 3)
+    pitch = np.tile([48, 60, 72], seconds * 2)
+    return Performance.from_notes(onset, onset + 0.4, pitch, 40 + (np.arange(len(onset)) % 50))
+
+
+def open_piece(w: MainWindow, tmp_path: Path, perf: Performance) -> Piece:
+    path = tmp_path / "piece.mid"
+    write_performance(perf, path)
+    assert w.open_file(path)
+    return w.document.piece
+
+
+class FakeInfill:
+    """Stands in for core.infill.infill: each variation k replaces the notes the region covers by one note of
+    pitch 30 + k (keep_below + k) per half second; it records its calls and the threads they ran on."""
+
+    def __init__(self, error: RecitalError | None = None):
+        self.calls: list[dict] = []
+        self.threads: list[threading.Thread] = []
+        self.error = error
+
+    def __call__(self, model, piece, start, end, *, keep_above=None, keep_below=None, variations=1, seed=None,
+                 sampling=None, constraints=None, **_rest):
+        self.threads.append(threading.current_thread())
+        self.calls.append(dict(model=model, piece=piece, start=start, end=end, keep_above=keep_above,
+                               keep_below=keep_below, variations=variations, seed=seed, sampling=sampling))
+        if self.error is not None:
+            raise self.error
+        replaced = (piece.onset >= start) & (piece.onset < end)
+        if keep_above is not None:
+            replaced &= piece.pitch <= keep_above
+        if keep_below is not None:
+            replaced &= piece.pitch >= keep_below
+        kept = Performance(piece.onset[~replaced], piece.offset[~replaced], piece.pitch[~replaced],
+                           piece.velocity[~replaced])
+        results = []
+        for k in range(variations):
+            onset = np.arange(start, end - 1e-9, 0.5)
+            pitch = (30 if keep_below is None else keep_below) + k
+            new = Performance.from_notes(onset, onset + 0.3, np.full(len(onset), pitch), np.full(len(onset), 90))
+            results.append(Performance.concat(kept, new))
+        return results
+
+
+def notes(perf: Performance) -> list[tuple]:
+    return sorted(zip(perf.onset.round(6).tolist(), perf.offset.round(6).tolist(), perf.pitch.tolist(),
+                      perf.velocity.tolist(), strict=True))
+
+
+def split(piece: Piece, region: Region) -> tuple[list[tuple], list[tuple]]:
+    """The notes of the whole piece outside the region and inside it."""
+    whole = piece.whole
+    inside = region.inside(whole.onset, whole.pitch)
+    pick = lambda mask: Performance(whole.onset[mask], whole.offset[mask], whole.pitch[mask], whole.velocity[mask])  # noqa: E731
+    return notes(pick(~inside)), notes(pick(inside))
+
+
+# -- selecting a region -------------------------------------------------------------------------------------------
+
+
+def send_mouse(widget, kind: QEvent.Type, pos: QPointF, modifiers=Qt.NoModifier) -> None:
+    """A left-button press, drag (button held) or release at `pos` in `widget` (QTest's move carries no button)."""
+    buttons = Qt.NoButton if kind == QEvent.MouseButtonRelease else Qt.LeftButton
+    button = Qt.NoButton if kind == QEvent.MouseMove else Qt.LeftButton
+    event = QMouseEvent(kind, pos, widget.mapToGlobal(pos), button, buttons, modifiers)
+    QApplication.sendEvent(widget, event)
+
+
+def drag(widget, start: QPointF, end: QPointF, modifiers=Qt.NoModifier) -> None:
+    send_mouse(widget, QEvent.MouseButtonPress, start, modifiers)
+    send_mouse(widget, QEvent.MouseMove, (start + end) / 2, modifiers)
+    send_mouse(widget, QEvent.MouseMove, end, modifiers)
+    send_mouse(widget, QEvent.MouseButtonRelease, end, modifiers)
+
+
+@pytest.fixture
+def roll(qtbot):
+    roll = PianoRoll()
+    qtbot.addWidget(roll)
+    roll.resize(1200, 500)
+    roll.show()
+    roll.set_piece(Piece(chords(), Performance.empty()))  # no file: 120 BPM 4/4, a beat every 0.5 s
+    roll.view.zoom(1.0 / roll.view.x_scale)  # 60 pixels a second
+    roll.view.horizontalScrollBar().setValue(0)
+    return roll
+
+
+def on_view(roll: PianoRoll, seconds: float, pitch: int) -> QPointF:
+    return QPointF(roll.view.mapFromScene(QPointF(seconds * PX_PER_SECOND, pitch_y(pitch) + 3)))
+
+
+def on_ruler(roll: PianoRoll, seconds: float) -> QPointF:
+    return QPointF(roll.view.mapFromScene(QPointF(seconds * PX_PER_SECOND, 0)).x(), 20)
+
+
+def test_a_drag_on_the_ruler_selects_a_time_range_snapped_to_beats_and_a_click_places_the_playhead(roll):
+    seen = []
+    roll.region_changed.connect(seen.append)
+    drag(roll.ruler, on_ruler(roll, 1.13), on_ruler(roll, 3.4))
+    assert roll.region == Region(pytest.approx(1.0), pytest.approx(3.5))
+    assert roll.playhead == pytest.approx(1.0)  # the press placed it, the drag did not move it
+    assert seen[-1] == roll.region and roll.region.low is None
+    drag(roll.ruler, on_ruler(roll, 4.4), on_ruler(roll, 2.1))  # backwards
+    assert (roll.region.start, roll.region.end) == (pytest.approx(2.0), pytest.approx(4.5))
+    drag(roll.ruler, on_ruler(roll, 1.13), on_ruler(roll, 3.4), Qt.AltModifier)  # Alt: not snapped
+    assert roll.region.start == pytest.approx(1.13, abs=0.03) and roll.region.end == pytest.approx(3.4, abs=0.03)
+    region = roll.region
+    send_mouse(roll.ruler, QEvent.MouseButtonPress, on_ruler(roll, 6.0))  # a click: the playhead only
+    send_mouse(roll.ruler, QEvent.MouseButtonRelease, on_ruler(roll, 6.0))
+    assert roll.playhead == pytest.approx(6.0) and roll.region == region
+    roll.grab()  # paints the band in the roll and the ruler
+
+
+def test_shift_drag_on_the_roll_selects_time_and_with_ctrl_pitches_and_esc_clears(roll):
+    drag(roll.view.viewport(), on_view(roll, 2.1, 70), on_view(roll, 4.9, 58), Qt.ShiftModifier)
+    assert roll.region == Region(pytest.approx(2.0), pytest.approx(5.0))
+    assert roll.selected() == ([], [])  # a region is not a note selection
+    drag(roll.view.viewport(), on_view(roll, 2.1, 70), on_view(roll, 4.9, 58), Qt.ShiftModifier | Qt.ControlModifier)
+    assert roll.region == Region(pytest.approx(2.0), pytest.approx(5.0), 58, 70)
+    band = roll._region_item.rect()
+    assert band.top() == pytest.approx(pitch_y(70)) and band.bottom() == pytest.approx(pitch_y(58) + 7.0)
+    assert band.left() == pytest.approx(2.0 * PX_PER_SECOND) and band.width() == pytest.approx(3.0 * PX_PER_SECOND)
+    roll.set_piece(Piece(chords(), Performance.empty()))  # drawn anew (a take switched): the region stays
+    assert roll._region_item is not None and roll.region.low == 58
+    roll.view.setFocus()
+    QTest.keyClick(roll.view, Qt.Key_Escape)
+    assert roll.region is None and roll._region_item is None
+    drag(roll.view.viewport(), on_view(roll, 2.1, 70), on_view(roll, 2.2, 70), Qt.ShiftModifier)
+    assert roll.region is None  # less than a beat: snapped to nothing, no region
+
+
+def test_a_take_replaces_the_notes_the_region_covers_and_keeps_every_other_note_in_its_part():
+    base = Piece(chords(4), Performance.from_notes([2.25], [2.5], [84], [70]))
+    region = Region(1.0, 3.0, 55, 65)  # the middle voice (60) between 1 and 3 s
+    result = Performance.from_notes([1.0, 1.5, 2.0, 3.0], [1.2, 1.7, 2.2, 3.2], [55, 60, 72, 60], [80] * 4)
+    take = take_from(base, region, result)
+    assert notes(take.primer) == [n for n in notes(base.primer) if not (1.0 <= n[0] < 3.0 and n[2] == 60)]
+    assert len(take.primer) == len(base.primer) - 4
+    assert notes(take.generated) == sorted(notes(base.generated) + [(1.0, 1.2, 55, 80), (1.5, 1.7, 60, 80)])
+
+
+# -- the window -----------------------------------------------------------------------------------------------------
+
+
+def wait_done(qtbot, w: MainWindow) -> None:
+    qtbot.waitUntil(lambda: w.generation is None and not w.panel.generating, timeout=60000)
+
+
+def test_regenerate_runs_off_the_gui_thread_takes_change_the_region_only_and_undo_restores_it(
+        qtbot, window, tmp_path, monkeypatch):
+    w = window
+    fake = FakeInfill()
+    monkeypatch.setattr("studio.infilljob.core_infill", fake)
+    original = open_piece(w, tmp_path, chords())
+    assert not w.panel.regenerate.isEnabled() and "Select a stretch" in w.panel.regenerate.toolTip()
+    w.roll.set_region(2.1, 4.9)
+    assert w.panel.regenerate.isEnabled() and w.regenerate_action.isEnabled()
+    w.panel.variations.setValue(3)
+    w.panel.temperature.setValue(0.8)
+    qtbot.mouseClick(w.panel.regenerate, Qt.LeftButton)
+    assert w.panel.generating and not w.panel.regenerate.isEnabled()  # one job at a time
+    wait_done(qtbot, w)
+    assert fake.threads and all(t is not threading.main_thread() for t in fake.threads)
+    call = fake.calls[0]
+    assert (call["start"], call["end"], call["variations"], call["seed"]) == (2.0, 5.0, 3, 7)
+    assert call["keep_above"] is None and call["keep_below"] is None and call["model"] is w.model
+    assert call["sampling"].temperature == pytest.approx(0.8)
+    assert notes(call["piece"]) == notes(original.whole)
+
+    region = w.roll.region
+    assert len(w.takes) == 3 and w.panel.takes_box.isVisibleTo(w) and w.document.piece is w.takes[0]
+    outside, inside = split(original, region)
+    seen_inside = []
+    for k in range(3):
+        w.pick_take(k)
+        take_outside, take_inside = split(w.document.piece, region)
+        assert take_outside == outside  # the rest of the piece, exactly
+        assert {n[2] for n in take_inside} == {30 + k}  # this take's notes in the region
+        seen_inside.append(take_inside)
+        assert len(w.roll.notes("primer")) + len(w.roll.notes("generated")) == len(w.document.piece)
+    assert seen_inside[0] != seen_inside[1] != seen_inside[2]
+    assert w.roll.region == region  # the band stays for another try
+
+    for _ in range(w.document.undo_stack.index() - 1):  # back past the take switches
+        w.document.undo_stack.undo()
+    assert w.document.piece is w.takes[0]
+    w.document.undo_stack.undo()  # one undo: the regeneration is gone
+    assert w.document.piece is original and notes(w.document.piece.whole) == notes(original.whole)
+
+
+def test_a_pitch_range_keeps_the_notes_above_and_below_it(qtbot, window, tmp_path, monkeypatch):
+    w = window
+    fake = FakeInfill()
+    monkeypatch.setattr("studio.infilljob.core_infill", fake)
+    original = open_piece(w, tmp_path, chords())
+    w.roll.set_region(1.0, 3.0, 55, 65)  # the middle voice only
+    w.panel.variations.setValue(1)
+    w.regenerate()
+    wait_done(qtbot, w)
+    assert (fake.calls[0]["keep_above"], fake.calls[0]["keep_below"]) == (65, 55)
+    piece = w.document.piece
+    in_time = lambda perf: [n for n in notes(perf) if 1.0 <= n[0] < 3.0]  # noqa: E731
+    assert [n for n in in_time(piece.whole) if n[2] in (48, 72)] == [n for n in in_time(original.whole)
+                                                                       if n[2] in (48, 72)]
+    assert [n[2] for n in in_time(piece.whole) if 55 <= n[2] <= 65] == [55] * 4  # the new middle voice
+    assert not w.panel.takes_box.isVisibleTo(w)  # one take: nothing to switch
+    w.document.undo_stack.undo()
+    assert w.document.piece is original
+
+
+def test_errors_from_infill_show_in_a_dialog_and_leave_the_piece(qtbot, window, dialogs, tmp_path, monkeypatch):
+    w = window
+    monkeypatch.setattr("studio.infilljob.core_infill",
+                        FakeInfill(RecitalError("infill: the region 2.0-5.0 s has no room for notes")))
+    original = open_piece(w, tmp_path, chords())
+    w.roll.set_region(2.0, 5.0)
+    w.regenerate()
+    wait_done(qtbot, w)
+    assert dialogs == [("Recital — Regenerate selection", "infill: the region 2.0-5.0 s has no room for notes")]
+    assert w.document.piece is original and not w.document.modified
+    assert w.panel.regenerate.isEnabled()  # ready for another try
+
+
+def test_a_left_to_right_model_cannot_regenerate_and_says_which_can(qtbot, tiny_model_dir, dialogs, tmp_path,
+                                                                    monkeypatch):
+    fake = FakeInfill()
+    monkeypatch.setattr("studio.infilljob.core_infill", fake)
+    w = open_window(qtbot, tiny_model_dir)
+    try:
+        open_piece(w, tmp_path, chords())
+        w.roll.set_region(1.0, 3.0)
+        assert not w.panel.regenerate.isEnabled() and not w.regenerate_action.isEnabled()
+        assert INFILL_MODEL in w.panel.regenerate.toolTip()
+        assert w.regenerate() is None and fake.calls == [] and not w.document.modified
+    finally:
+        w.jobs.shutdown()

@@ -37,6 +37,7 @@ JOBS = ("generate", "read", "train")
 # The job each `recital` command does; commands that run no model (play, ports, corpus, ...) set nothing and
 # never import torch.
 COMMAND_JOBS = {"generate": "generate", "continue": "generate", "studio": "generate", "eval": "read",
+                "infill": "read",
                 "train": "train"}
 
 

@@ -21,6 +21,7 @@ from core.threads import command_threads
 COMMANDS = {
     "generate": "generate",
     "continue": "continue_",
+    "infill": "infill",
     "eval": "eval",
     "play": "play",
     "ports": "ports",

@@ -1,0 +1,389 @@
+"""Infilling (issue #18): regenerate one region of a piece, [start, end) seconds, with the music on both sides as
+context, and keep everything else exactly as it was.
+
+A denoiser (core.models.interface.Denoiser, e.g. SMDIM) fills masked positions from both sides. In token space
+the piece becomes
+
+    BOS  left context ... | region skeleton with MASK groups | ... right context  EOS
+
+where the context is the codec's encoding of every note that is kept (the notes outside the region, the ones
+crossing its left edge, and with keep_above / keep_below the kept voice inside it), and the region's skeleton is
+what those kept notes say happens inside it (their events and the TimeShifts between them, cut into slices of at
+most SLICE_TICKS) with a group of MASK slots before each slice's TimeShift, as many as its share of the region's
+time. The slots are counted from `density` x seconds, or from the region's own tokens x MARGIN, bounded.
+
+The model's fill keeps its own clock; it is mapped back onto the real one by a piecewise-linear warp through the
+kept events of the region (the region's start and end, each kept NoteOn/NoteOff/Velocity), so a new note always
+starts inside [start, end) and a kept voice stays in time with what is written around it.
+
+The result is assembled at the note level so the rules hold exactly: every kept note is the input's own values;
+a new note starts inside the region, ends by the region's end and before the next kept strike of its pitch, never
+strikes a key a kept note holds, and lies in the pitch range left to it. When context + region exceed the plan's
+window, the masks are filled window by window: each window sees a quarter of a window of what comes before (the
+previous windows' fill included) and commits its masks up to a quarter of a window before its end, so the next
+window overlaps it; the last one sees the right context itself.
+
+Left-to-right models (DSMR, PerceiverS) cannot see what follows a region: infill refuses them in one line that
+names a denoiser (the benchmark's "continue and cut" baseline is theirs, bench/infill.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from core.budget import check_state_fits, resolve_budget
+from core.constraints import DENSITY_RANGE, Constraints, note_name
+from core.errors import RecitalError
+from core.generate import SamplingConfig
+from core.midi import Performance, canonical
+from core.models.interface import DENOISE
+from core.tokenizer import (
+    DEFAULT_VELOCITY_BIN,
+    EOS,
+    NOTE_OFF,
+    NOTE_ON,
+    TICK_SECONDS,
+    TIME_SHIFT,
+    VELOCITY,
+    VOCAB_SIZE,
+    bin_velocity,
+    encode,
+    shift_ticks,
+)
+
+MARGIN = 1.25  # slots per token of the region's own music: room for a little more than was there
+MIN_SLOTS = 8  # a short region still gets a figure
+MAX_SLOTS_PER_SECOND = 120  # the most slots a second of region gets (MAESTRO's dense passages use ~60 ids/s)
+TOKENS_PER_NOTE = 3  # a note takes its NoteOn, its NoteOff and about one TimeShift or Velocity
+SLICE_TICKS = 25  # the region's time is cut into TimeShifts of at most 250 ms, a group of masks before each
+
+
+class InfillError(RecitalError):
+    """A region or a setting infill cannot use (one line: what and where)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One piece laid out for the model: ids (L,) with MASK where the model writes, and where the region lies."""
+
+    ids: np.ndarray  # int64 (L,): BOS, kept ids, MASK groups, EOS
+    masked: np.ndarray  # bool (L,)
+    first: int  # index of the region's first id
+    after: int  # index of the right context's first id (the region is ids[first:after])
+    start_tick: int  # the region's start and end on the codec's grid
+    end_tick: int
+
+
+def infill(model, piece: Performance, start: float, end: float, *, keep_above: int | None = None,
+           keep_below: int | None = None, variations: int = 1, steps: int | None = None,
+           density: float | None = None, seed: int | None = None, sampling: SamplingConfig | None = None,
+           constraints: Constraints | None = None, budget: int | str | None = None) -> list[Performance]:
+    """`variations` versions of `piece` with the notes that start in [start, end) written anew by `model` (a
+    denoiser), each a whole piece on the input's grid.
+
+    keep_above / keep_below: the region's notes at or above (at or below) this MIDI pitch stay, the model sees
+    them and writes only below (above) it: an accompaniment under a melody, or over a bass. density: new notes
+    per second at most (default: the constraints' density, else as many as the region's own music allows for).
+    steps: unmasking passes per window (the model's default if None). constraints: limits on the new notes
+    (core/constraints.py; their token mask is applied to every slot). budget: bytes for all variations together
+    (None: the model's default for each); it buys the window.
+    """
+    check_region(piece, start, end)
+    if getattr(model, "family", None) != DENOISE:
+        raise InfillError(f"infill needs a model that fills a region from both sides, such as SMDIM "
+                          f"(default-smdim); {model.arch} writes left to right only")
+    if variations < 1:
+        raise InfillError(f"variations must be at least 1, got {variations}")
+    if steps is not None and steps < 1:
+        raise InfillError(f"steps must be at least 1, got {steps}")
+    replaced, kept_voice = region_notes(piece, start, end, keep_above, keep_below)
+    allowed = new_note_constraints(piece, replaced, constraints, keep_above, keep_below)
+    density = density if density is not None else allowed.density
+    if density is not None and not DENSITY_RANGE[0] <= density <= DENSITY_RANGE[1]:
+        raise InfillError(f"density must be {DENSITY_RANGE[0]:g} to {DENSITY_RANGE[1]:g} notes per second, "
+                          f"got {density:g}")
+    seconds = end - start
+    slots = slot_count(piece, start, end, replaced, density)
+    kept = _select(piece, ~replaced)
+    layout = lay_out(kept, start, end, slots, model.mask_id)
+
+    total = resolve_budget(model, budget, variations)
+    plan = model.plan(total, variations)
+    check_state_fits(plan.nbytes, "this budget" if variations == 1 else f"this budget for {variations} variations")
+    state = model.new_state(plan, variations)
+    generator = torch.Generator(device=next(model.parameters()).device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    model.eval()
+    filled = fill(model, layout, state, steps, sampling, generator,
+                  token_constrain(allowed, model.config.vocab_size))
+    cap = None if density is None else max(1, math.ceil(density * seconds))
+    pieces = []
+    for lane in range(variations):
+        new = new_notes(filled[lane], layout, kept, start, end, allowed.pitches(), cap)
+        both = Performance.concat(kept, new)
+        pieces.append(replace(both, grid=piece.grid))
+    return pieces
+
+
+# -- the region --------------------------------------------------------------------------------------------------
+
+def check_region(piece: Performance, start: float, end: float) -> None:
+    """InfillError unless [start, end) is a region of at least one tick inside a piece with notes."""
+    if not len(piece):
+        raise InfillError("the piece has no notes: there is nothing to infill around")
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise InfillError(f"the region's start and end must be numbers of seconds, got {start} and {end}")
+    if end <= start:
+        raise InfillError(f"the region's end ({end:g} s) must come after its start ({start:g} s)")
+    duration = piece.duration
+    if start < 0 or start >= duration or end > duration + TICK_SECONDS:
+        raise InfillError(f"the region {start:g}-{end:g} s lies outside the piece, which spans 0-{duration:.2f} s")
+    if _tick(end) <= _tick(start):
+        raise InfillError(f"the region {start:g}-{end:g} s is shorter than the codec's {TICK_SECONDS * 1000:g} ms")
+
+
+def region_notes(piece: Performance, start: float, end: float, keep_above: int | None,
+                 keep_below: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(replaced, kept voice): bool (n,) masks of the notes starting in the region that the model rewrites, and of
+    those it keeps (at or above keep_above, at or below keep_below)."""
+    for name, pitch in (("keep above", keep_above), ("keep below", keep_below)):
+        if pitch is not None and not 0 <= pitch <= 127:
+            raise InfillError(f"{name} must be a MIDI pitch 0-127, got {pitch}")
+    inside = (piece.onset >= start) & (piece.onset < end)
+    voice = np.zeros(len(piece), dtype=bool)
+    if keep_above is not None:
+        voice |= piece.pitch >= keep_above
+    if keep_below is not None:
+        voice |= piece.pitch <= keep_below
+    return inside & ~voice, inside & voice
+
+
+def new_note_constraints(piece: Performance, replaced: np.ndarray, constraints: Constraints | None,
+                         keep_above: int | None, keep_below: int | None) -> Constraints:
+    """What the new notes may be: the composer's constraints (a key 'from the primer' read from the kept notes)
+    within the pitch range the kept voice leaves."""
+    allowed = constraints or Constraints()
+    if allowed.from_primer:
+        allowed = allowed.resolve(_select(piece, ~replaced))
+    low = max(allowed.low, 0 if keep_below is None else keep_below + 1)
+    high = min(allowed.high, 127 if keep_above is None else keep_above - 1)
+    if low > high:
+        kept = " and ".join(part for part in (
+            None if keep_above is None else f"at or above {note_name(keep_above)}",
+            None if keep_below is None else f"at or below {note_name(keep_below)}") if part)
+        raise InfillError(f"keeping the notes {kept} leaves no pitch to write in the range "
+                          f"{note_name(allowed.low)}-{note_name(allowed.high)}")
+    return replace(allowed, low=low, high=high)
+
+
+def slot_count(piece: Performance, start: float, end: float, replaced: np.ndarray, density: float | None) -> int:
+    """MASK slots of the region: TOKENS_PER_NOTE per note `density` allows, else the replaced notes' own ids x
+    MARGIN; at least MIN_SLOTS, at most MAX_SLOTS_PER_SECOND per second."""
+    seconds = end - start
+    if density is not None:
+        wanted = density * seconds * TOKENS_PER_NOTE
+    else:
+        own = encode(_select(piece, replaced), bos=False, eos=False)
+        wanted = int(np.sum(shift_ticks(own) == 0)) * MARGIN  # its notes' ids; the skeleton brings the time
+    return int(min(max(math.ceil(wanted), MIN_SLOTS), math.ceil(MAX_SLOTS_PER_SECOND * seconds)))
+
+
+# -- token layout -----------------------------------------------------------------------------------------------
+
+def lay_out(kept: Performance, start: float, end: float, slots: int, mask_id: int) -> Layout:
+    """The kept notes' ids with the region's skeleton and `slots` MASKs spread over its time (see the module)."""
+    ids = encode(kept).astype(np.int64)
+    start_tick, end_tick = _tick(start), _tick(end)
+    ids, first = _cut(ids, start_tick)
+    ids, after = _cut(ids, end_tick)
+    region = ids[first:after]
+    # slices: every TimeShift of the region cut to at most SLICE_TICKS, a group of masks before each
+    pieces: list[np.ndarray] = []
+    ticks = shift_ticks(region)
+    slice_ticks = [t for tick in ticks[ticks > 0].tolist() for t in _split(tick)]
+    bounds = np.floor(slots * np.cumsum(slice_ticks) / max(sum(slice_ticks), 1) + 0.5).astype(np.int64)
+    groups = np.diff(bounds, prepend=0).tolist()
+    slice_index = 0
+    for token, tick in zip(region.tolist(), ticks.tolist(), strict=True):
+        if not tick:
+            pieces.append(np.array([token]))
+            continue
+        for part in _split(tick):
+            pieces.append(np.full(groups[slice_index], mask_id))
+            pieces.append(np.array([TIME_SHIFT + part - 1]))
+            slice_index += 1
+    body = np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, dtype=np.int64)
+    out = np.concatenate([ids[:first], body, ids[after:]])
+    return Layout(out, out == mask_id, first, first + len(body), start_tick, end_tick)
+
+
+def _tick(seconds: float) -> int:
+    return int(math.floor(seconds / TICK_SECONDS + 0.5))
+
+
+def _split(ticks: int) -> list[int]:
+    """A TimeShift of `ticks` as slices of at most SLICE_TICKS, the same length within a tick."""
+    count = -(-ticks // SLICE_TICKS)
+    return [ticks // count + (1 if i < ticks % count else 0) for i in range(count)]
+
+
+def _cut(ids: np.ndarray, tick: int) -> tuple[np.ndarray, int]:
+    """(ids, index): a TimeShift across `tick` split there, and the index of the first id at `tick` or later
+    (the events at `tick` come after it; BOS before it; silence added before EOS when the music ends earlier)."""
+    shift = shift_ticks(ids)
+    after = np.cumsum(shift)
+    before = after - shift
+    across = np.flatnonzero((before < tick) & (after > tick))
+    if len(across):
+        j = int(across[0])
+        parts = [TIME_SHIFT + tick - int(before[j]) - 1, TIME_SHIFT + int(after[j]) - tick - 1]
+        return np.concatenate([ids[:j], parts, ids[j + 1:]]), j + 1
+    total = int(after[-1]) if len(after) else 0
+    if tick > total:  # the region reaches past the last event: silence up to it, before EOS
+        pad = [t for full in [tick - total] for t in [TIME_SHIFT + 99] * (full // 100)
+               + ([TIME_SHIFT + full % 100 - 1] if full % 100 else [])]
+        end = len(ids) - 1 if len(ids) and ids[-1] == EOS else len(ids)
+        return np.concatenate([ids[:end], pad, ids[end:]]), end + len(pad)
+    return ids, max(1, int(np.argmax(before >= tick)))
+
+
+# -- filling ----------------------------------------------------------------------------------------------------
+
+Constrain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def token_constrain(allowed: Constraints, vocab_size: int) -> Constrain:
+    """The hook a denoiser calls before each draw: the constraints' token mask, and no EOS inside a piece."""
+    mask = allowed.token_mask(vocab_size)
+    mask[EOS] = float("-inf")
+
+    def constrain(logits: torch.Tensor, _ids: torch.Tensor) -> torch.Tensor:
+        return logits + mask.to(logits.device, logits.dtype)
+
+    return constrain
+
+
+def windows(layout: Layout, window: int) -> list[tuple[int, int, int, int]]:
+    """(lo, hi, commit_from, commit_to) of each pass: the ids[lo:hi] a window reads and the positions whose
+    masks it commits. One window when the region and a quarter window of context each side fit."""
+    length = len(layout.ids)
+    positions = np.flatnonzero(layout.masked)
+    if not len(positions):
+        return []
+    first, last = int(positions[0]), int(positions[-1]) + 1
+    quarter = max(window // 4, 1)
+    if last - first + 2 * quarter <= window or length <= window:
+        spare = window - (last - first)
+        lo = max(0, min(first - spare // 2, length - window))
+        return [(lo, min(length, lo + window), first, last)]
+    out = []
+    current = first
+    while current < last:
+        lo = max(0, current - quarter)
+        hi = min(length, lo + window)
+        to = last if hi >= min(length, last + quarter) else hi - quarter
+        out.append((lo, hi, current, to))
+        later = positions[positions >= to]
+        current = int(later[0]) if len(later) else last
+    return out
+
+
+def fill(model, layout: Layout, state, steps: int | None, sampling: SamplingConfig | None,
+         generator: torch.Generator, constrain: Constrain) -> np.ndarray:
+    """The layout's masks filled in every lane of `state`, window by window -> ids (B, L)."""
+    device = next(model.parameters()).device
+    batch = state.batch
+    ids = torch.from_numpy(layout.ids)[None].repeat(batch, 1).to(device)
+    masked = torch.from_numpy(layout.masked).to(device)
+    for lo, hi, begin, stop in windows(layout, state.window):
+        view = ids[:, lo:hi]
+        keep = (view != model.mask_id)
+        with torch.no_grad():
+            out = model.denoise(view, keep, state, steps, sampling, generator, constrain)
+        commit = torch.zeros(hi - lo, dtype=torch.bool, device=device)
+        commit[begin - lo:stop - lo] = True
+        commit &= masked[lo:hi]
+        ids[:, lo:hi] = torch.where(commit[None], out, view)
+    return ids.cpu().numpy()
+
+
+# -- back to notes ----------------------------------------------------------------------------------------------
+
+def new_notes(ids: np.ndarray, layout: Layout, kept: Performance, start: float, end: float,
+              pitches: np.ndarray, cap: int | None) -> Performance:
+    """The notes one lane's fill starts in the region, on the real clock, clipped so every rule holds."""
+    first, after = layout.first, layout.after
+    own = np.cumsum(shift_ticks(ids))
+    own_before = np.concatenate([[0], own[:-1]])  # the fill's clock before each id
+    skeleton = shift_ticks(np.where(layout.masked, 0, layout.ids))
+    real_before = np.cumsum(skeleton) - skeleton  # the real clock before each kept id
+    anchors = [first] + [p for p in range(first, after) if not layout.masked[p] and skeleton[p] == 0]
+    clock_x = np.array([own_before[p] for p in anchors] + [own_before[after]], dtype=np.float64)
+    clock_y = np.array([real_before[p] for p in anchors] + [layout.end_tick], dtype=np.float64)
+    clock_y[0] = layout.start_tick
+
+    velocity = bin_velocity(DEFAULT_VELOCITY_BIN)
+    earlier = ids[:first][(ids[:first] >= VELOCITY) & (ids[:first] < VOCAB_SIZE)]
+    if len(earlier):
+        velocity = bin_velocity(int(earlier[-1]) - VELOCITY)
+    sounding: dict[int, tuple[int, int]] = {}
+    notes: list[tuple[int, int, int, int]] = []  # (onset, offset) on the fill's clock, pitch, velocity
+    for position in range(first, after):
+        token, now = int(ids[position]), int(own_before[position])
+        if VELOCITY <= token < VOCAB_SIZE:
+            velocity = bin_velocity(token - VELOCITY)
+        elif not layout.masked[position]:
+            continue  # a kept note's event: the kept note is the input's own
+        elif NOTE_ON <= token < NOTE_OFF or NOTE_OFF <= token < TIME_SHIFT:
+            pitch = (token - NOTE_ON) % 128
+            if pitch in sounding:
+                onset, vel = sounding.pop(pitch)
+                notes.append((onset, now, pitch, vel))
+            if token < NOTE_OFF:
+                sounding[pitch] = (now, velocity)
+    notes += [(onset, int(own_before[after]), pitch, vel) for pitch, (onset, vel) in sounding.items()]
+    if not notes:
+        return Performance.empty()
+    onset_own, offset_own, pitch, vel = (np.array(column) for column in zip(*notes, strict=True))
+    onset = np.interp(onset_own, clock_x, clock_y) * TICK_SECONDS
+    offset = np.interp(offset_own, clock_x, clock_y) * TICK_SECONDS
+    return clip_new(onset, offset, pitch, vel, kept, start, end, pitches, cap)
+
+
+def clip_new(onset: np.ndarray, offset: np.ndarray, pitch: np.ndarray, velocity: np.ndarray, kept: Performance,
+             start: float, end: float, pitches: np.ndarray, cap: int | None) -> Performance:
+    """New notes inside [start, end), ending by `end` and before the next kept strike of their pitch, never on a
+    key a kept note holds, only `pitches`, at most `cap` of them (thinned evenly)."""
+    onset = np.clip(onset, start, None)
+    offset = np.minimum(np.maximum(offset, onset + TICK_SECONDS), end)
+    good = (onset < end) & pitches[pitch]
+    for index in np.flatnonzero(good).tolist():
+        same = kept.pitch == pitch[index]
+        held = same & (kept.onset <= onset[index] + 1e-9) & (kept.offset > onset[index] + 1e-9)
+        if held.any():
+            good[index] = False
+            continue
+        later = kept.onset[same & (kept.onset > onset[index] + 1e-9)]
+        if len(later):
+            offset[index] = min(offset[index], float(later.min()))
+    good &= offset > onset
+    if not good.any():
+        return Performance.empty()
+    new = canonical(onset[good], offset[good], pitch[good], velocity[good])
+    if cap is not None and len(new) > cap:
+        chosen = np.unique(np.round(np.linspace(0, len(new) - 1, cap)).astype(np.int64))
+        new = Performance(new.onset[chosen], new.offset[chosen], new.pitch[chosen], new.velocity[chosen])
+    return new
+
+
+def _select(piece: Performance, which: np.ndarray) -> Performance:
+    return Performance(piece.onset[which], piece.offset[which], piece.pitch[which], piece.velocity[which],
+                       grid=piece.grid)

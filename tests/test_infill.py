@@ -1,0 +1,211 @@
+"""Infilling (core/infill.py, `recital infill`): nothing outside the region changes, new notes start inside it,
+crossing notes stay, a kept voice stays and the new notes keep out of its range, density bounds the count, a long
+region is filled window by window, bad regions are one line; on a tiny random SMDIM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.cli import main
+from core.constraints import Constraints
+from core.infill import InfillError, infill, lay_out, windows
+from core.midi import Performance, read_performance, write_performance
+from core.modeldir import save_model
+from core.models.smdim import SMDIM, SMDIMConfig
+from tests.conftest import PIANO_PIECE, tiny_model_dir  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dict(d_embed=16, d_model=32, n_blocks=1, n_heads=2, d_state=4, window=64, attn_window=4, stride=2,
+            mlp_ratio=2, steps=4, default_budget="2MB")
+
+
+def tiny(**fields) -> SMDIM:
+    torch.manual_seed(0)
+    return SMDIM(SMDIMConfig(**{**TINY, **fields})).eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> SMDIM:
+    return tiny()
+
+
+@pytest.fixture(scope="module")
+def piece() -> Performance:
+    return read_performance(PIANO_PIECE).slice_time(0.0, 12.0)
+
+
+def notes(perf: Performance, which: np.ndarray | None = None) -> set[tuple]:
+    """The notes as exact tuples (float64 times compared bit for bit)."""
+    which = np.ones(len(perf), dtype=bool) if which is None else which
+    return set(zip(perf.onset[which].tolist(), perf.offset[which].tolist(), perf.pitch[which].tolist(),
+                   perf.velocity[which].tolist(), strict=True))
+
+
+def region(perf: Performance, start: float, end: float) -> np.ndarray:
+    return (perf.onset >= start) & (perf.onset < end)
+
+
+@pytest.mark.parametrize("start,end", [(3.0, 6.0), (0.0, 2.5), (9.5, 12.0), (4.37, 4.91)])
+def test_nothing_outside_the_region_changes_and_every_new_note_starts_inside(model, piece, start, end):
+    results = infill(model, piece, start, end, variations=3, seed=7)
+    assert len(results) == 3
+    outside = notes(piece, ~region(piece, start, end))
+    crossing = (piece.onset < start) & (piece.offset > start)
+    assert crossing.any() or start == 0.0  # the piece holds notes across the edges the test checks
+    for result in results:
+        assert notes(result, ~region(result, start, end)) == outside  # bit for bit, crossing notes included
+        new = region(result, start, end)
+        assert np.all(result.offset[new] <= end) and np.all(result.offset[new] > result.onset[new])
+        assert result.grid == piece.grid
+    assert len({tuple(r.pitch[region(r, start, end)].tolist()) for r in results}) > 1  # the lanes differ
+
+
+def test_new_notes_never_strike_a_key_a_kept_note_holds(model, piece):
+    start, end = 3.0, 6.0
+    for result in infill(model, piece, start, end, variations=4, seed=3):
+        kept = ~region(result, start, end)
+        for index in np.flatnonzero(~kept):
+            same = kept & (result.pitch == result.pitch[index])
+            overlaps = (result.onset[same] < result.offset[index]) & (result.offset[same] > result.onset[index])
+            assert not overlaps.any()
+
+
+def test_keep_above_keeps_the_melody_and_writes_only_below_it(model, piece):
+    start, end, split = 2.0, 8.0, 67
+    melody = region(piece, start, end) & (piece.pitch >= split)
+    assert melody.any() and (region(piece, start, end) & (piece.pitch < split)).any()
+    for result in infill(model, piece, start, end, keep_above=split, variations=2, seed=1):
+        kept = notes(piece, ~region(piece, start, end) | melody)
+        assert kept <= notes(result)
+        new = notes(result) - kept
+        assert new and all(pitch < split for _, _, pitch, _ in new)
+
+
+def test_keep_below_and_constraints_limit_the_new_pitches(model, piece):
+    allowed = Constraints.parse(key="C major")
+    for result in infill(model, piece, 2.0, 8.0, keep_below=55, constraints=allowed, variations=2, seed=2):
+        new = notes(result) - notes(piece)
+        assert new and all(pitch > 55 and pitch % 12 in (0, 2, 4, 5, 7, 9, 11) for _, _, pitch, _ in new)
+
+
+def test_density_bounds_the_number_of_new_notes(model, piece):
+    start, end = 2.0, 8.0
+    sparse = infill(model, piece, start, end, density=1.0, variations=3, seed=4)
+    dense = infill(model, piece, start, end, density=20.0, variations=3, seed=4)
+    for result in sparse:
+        assert region(result, start, end).sum() <= 6  # 1 note/s over 6 s
+    assert max(region(r, start, end).sum() for r in dense) > 6
+
+
+def test_a_region_longer_than_the_window_is_filled_window_by_window_with_overlap(model, piece):
+    start, end = 1.0, 11.0
+    layout = lay_out(piece.slice_time(0, 0), start, end, 200, model.mask_id)  # (the layout alone)
+    passes = windows(layout, 64)
+    assert len(passes) > 3
+    for (lo, hi, begin, stop), (next_lo, _, next_begin, _) in zip(passes, passes[1:], strict=False):
+        assert hi - lo <= 64 and lo <= begin < stop <= hi
+        assert next_lo < hi and next_begin == stop or layout.masked[stop:next_begin].sum() == 0  # overlapping
+    assert passes[-1][3] == int(np.flatnonzero(layout.masked)[-1]) + 1  # every mask committed
+    result = infill(model, piece, start, end, seed=5)[0]
+    assert notes(result, ~region(result, start, end)) == notes(piece, ~region(piece, start, end))
+    assert region(result, start, end).sum() > 0
+
+
+def test_the_same_seed_writes_the_same_notes(model, piece):
+    first = infill(model, piece, 3.0, 6.0, seed=11)[0]
+    again = infill(model, piece, 3.0, 6.0, seed=11)[0]
+    assert notes(first) == notes(again)
+
+
+@pytest.mark.parametrize("start,end,words", [
+    (6.0, 6.0, "must come after its start"),
+    (6.0, 3.0, "must come after its start"),
+    (30.0, 40.0, "outside the piece"),
+    (-1.0, 2.0, "outside the piece"),
+    (5.0, 90.0, "outside the piece"),
+    (5.0, 5.001, "shorter than"),
+    (float("nan"), 2.0, "numbers of seconds"),
+])
+def test_a_bad_region_is_one_line(model, piece, start, end, words):
+    with pytest.raises(InfillError, match=words) as error:
+        infill(model, piece, start, end)
+    assert "\n" not in str(error.value)
+
+
+def test_an_empty_piece_and_impossible_settings_are_one_line(model, piece):
+    with pytest.raises(InfillError, match="no notes"):
+        infill(model, Performance.empty(), 0.0, 1.0)
+    with pytest.raises(InfillError, match="leaves no pitch"):
+        infill(model, piece, 2.0, 4.0, keep_above=60, keep_below=59)
+    with pytest.raises(InfillError, match="variations"):
+        infill(model, piece, 2.0, 4.0, variations=0)
+    with pytest.raises(InfillError, match="density"):
+        infill(model, piece, 2.0, 4.0, density=500.0)
+
+
+def test_a_left_to_right_model_is_refused_naming_smdim(piece, tiny_model_dir):  # noqa: F811
+    from core.modeldir import load_model
+
+    with pytest.raises(InfillError, match="SMDIM"):
+        infill(load_model(tiny_model_dir), piece, 2.0, 4.0)
+
+
+# ---- the command -------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def smdim_dir(tmp_path):
+    return save_model(tiny(), tmp_path / "smdim", "# Tiny SMDIM\n\nRandom weights, for tests only.\n")
+
+
+@pytest.mark.usefixtures("isolated_dirs")
+def test_recital_infill_writes_the_piece_with_the_region_rewritten(smdim_dir, tmp_path, capsys):
+    source = tmp_path / "piece.mid"
+    write_performance(read_performance(PIANO_PIECE).slice_time(0.0, 12.0), source)
+    before = source.read_bytes()
+    out = tmp_path / "out" / "new.mid"
+    code = main(["infill", str(source), "--start", "3", "--end", "6", "--model", str(smdim_dir), "--out", str(out),
+                 "--variations", "2", "--seed", "1", "--keep-above", "G4", "--steps", "2"])
+    assert code == 0, capsys.readouterr().err
+    assert "the region holds" in capsys.readouterr().out
+    original = read_performance(source)
+    for path in (tmp_path / "out" / "new-1.mid", tmp_path / "out" / "new-2.mid"):
+        written = read_performance(path)
+        outside = ~region(original, 3.0, 6.0) | (original.pitch >= 67)
+        assert np.allclose(sorted(notes(original, outside)), sorted(notes(written, ~region(written, 3.0, 6.0)
+                                                                          | (written.pitch >= 67))), atol=2e-3)
+    assert source.read_bytes() == before  # the input is never written
+
+
+@pytest.mark.usefixtures("isolated_dirs")
+def test_recital_infill_by_bars(smdim_dir, tmp_path, capsys):
+    source = tmp_path / "piece.mid"
+    write_performance(read_performance(PIANO_PIECE).slice_time(0.0, 12.0), source)
+    out = tmp_path / "bars.mid"
+    assert main(["infill", str(source), "--bars", "2-3", "--model", str(smdim_dir), "--out", str(out)]) == 0
+    assert "region 2.00-6.00 s" in capsys.readouterr().out  # 120 BPM 4/4: bar 2 starts at 2 s, bar 4 at 6 s
+
+
+@pytest.mark.usefixtures("isolated_dirs")
+@pytest.mark.parametrize("extra,words", [
+    (["--start", "5", "--end", "2"], "must come after its start"),
+    (["--start", "50", "--end", "60"], "outside the piece"),
+    (["--start", "2"], "give the region"),
+    (["--bars", "2-3", "--start", "1"], "not both"),
+    (["--bars", "2-300"], "the piece has 6 bars"),
+    (["--start", "1", "--end", "2", "--model", "default-smdim"], "no default-smdim model is installed"),
+    (["--start", "1", "--end", "2", "--out-is-input"], "is the input"),
+])
+def test_recital_infill_errors_are_one_line(smdim_dir, tmp_path, capsys, extra, words):
+    source = tmp_path / "piece.mid"
+    write_performance(read_performance(PIANO_PIECE).slice_time(0.0, 12.0), source)
+    out = str(source) if "--out-is-input" in extra else str(tmp_path / "x.mid")
+    extra = [arg for arg in extra if arg != "--out-is-input"]
+    model = [] if "--model" in extra else ["--model", str(smdim_dir)]
+    assert main(["infill", str(source), *model, *extra, "--out", out, "--force"]) == 1
+    err = capsys.readouterr().err
+    assert words in err and err.startswith("error: ") and err.count("\n") == 1
+    assert not (tmp_path / "x.mid").exists()
+

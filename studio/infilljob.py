@@ -31,7 +31,8 @@ def core_infill(*args, **kwargs) -> list[Performance]:
 
 
 def can_infill(model) -> bool:
-    """A model that fills masked music from both sides (family DENOISE) can regenerate a region."""
+    """A model that fills masked music from both sides (family DENOISE) can regenerate a region (core.infill
+    refuses the others: they cannot see what follows it)."""
     return getattr(model, "family", None) == DENOISE
 
 
@@ -54,16 +55,26 @@ class InfillRequest:
     seed: int | None = None
     variations: int = 1
     controls: WriteControls = WriteControls()  # key, range, density, dynamics (core/constraints.py)
+    budget: int | None = None  # bytes for all takes together (it buys the window); None: the model's default
 
     @property
     def keep_above(self) -> int | None:
-        """Notes above the region's pitches stay (None: the region covers every pitch)."""
-        return self.region.high
+        """The core keeps the region's notes at or above this pitch: the ones over its pitch range (None: none)."""
+        high = self.region.high
+        return None if high is None or high >= 127 else high + 1
 
     @property
     def keep_below(self) -> int | None:
-        """Notes below the region's pitches stay."""
-        return self.region.low
+        """The core keeps the region's notes at or below this pitch: the ones under its pitch range."""
+        low = self.region.low
+        return None if low is None or low <= 0 else low - 1
+
+    @property
+    def end(self) -> float:
+        """The region's end, or the piece's where the selection runs past it (snapped to a beat after the last
+        note): nothing past the end can be filled from both sides."""
+        whole = self.base.duration
+        return min(self.region.end, whole) if self.region.start < whole else self.region.end
 
 
 def take_from(base: Piece, region: Region, result: Performance) -> Piece:
@@ -89,9 +100,9 @@ class Regenerate(Job):
     def work(self) -> list[Piece]:
         request, region = self.request, self.request.region
         results = core_infill(
-            self.model, request.base.whole, region.start, region.end, keep_above=request.keep_above,
+            self.model, request.base.whole, region.start, request.end, keep_above=request.keep_above,
             keep_below=request.keep_below, variations=request.variations, seed=request.seed,
             sampling=SamplingConfig(temperature=request.temperature, top_p=request.top_p),
-            constraints=request.controls.constraints())
+            constraints=request.controls.constraints(), budget=request.budget)
         self.check()  # stopped while the model worked: the piece stays as it was
         return [take_from(request.base, region, result) for result in results]

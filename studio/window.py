@@ -484,7 +484,8 @@ class MainWindow(QMainWindow):
         panel = self.panel
         request = InfillRequest(base=self.document.piece, region=region, temperature=panel.temperature.value(),
                                 top_p=panel.top_p.value(), seed=None if panel.seed.value() < 0 else panel.seed.value(),
-                                variations=panel.variations.value(), controls=self.document.controls)
+                                variations=panel.variations.value(), controls=self.document.controls,
+                                budget=panel.budget.budget if panel.budget.chosen else None)
         job = Regenerate(request, self.model)
         self.generation = job
         panel.set_generating(True)

@@ -96,7 +96,7 @@ def open_piece(w: MainWindow, tmp_path: Path, perf: Performance) -> Piece:
 
 class FakeInfill:
     """Stands in for core.infill.infill: each variation k replaces the notes the region covers by one note of
-    pitch 30 + k (keep_below + k) per half second; it records its calls and the threads they ran on."""
+    pitch 30 + k (keep_below + 1 + k) per half second; it records its calls and the threads they ran on."""
 
     def __init__(self, error: RecitalError | None = None):
         self.calls: list[dict] = []
@@ -112,15 +112,15 @@ class FakeInfill:
             raise self.error
         replaced = (piece.onset >= start) & (piece.onset < end)
         if keep_above is not None:
-            replaced &= piece.pitch <= keep_above
+            replaced &= piece.pitch < keep_above
         if keep_below is not None:
-            replaced &= piece.pitch >= keep_below
+            replaced &= piece.pitch > keep_below
         kept = Performance(piece.onset[~replaced], piece.offset[~replaced], piece.pitch[~replaced],
                            piece.velocity[~replaced])
         results = []
         for k in range(variations):
             onset = np.arange(start, end - 1e-9, 0.5)
-            pitch = (30 if keep_below is None else keep_below) + k
+            pitch = (30 if keep_below is None else keep_below + 1) + k
             new = Performance.from_notes(onset, onset + 0.3, np.full(len(onset), pitch), np.full(len(onset), 90))
             results.append(Performance.concat(kept, new))
         return results
@@ -281,7 +281,7 @@ def test_a_pitch_range_keeps_the_notes_above_and_below_it(qtbot, window, tmp_pat
     w.panel.variations.setValue(1)
     w.regenerate()
     wait_done(qtbot, w)
-    assert (fake.calls[0]["keep_above"], fake.calls[0]["keep_below"]) == (65, 55)
+    assert (fake.calls[0]["keep_above"], fake.calls[0]["keep_below"]) == (66, 54)  # the core's: kept, inclusive
     piece = w.document.piece
     in_time = lambda perf: [n for n in notes(perf) if 1.0 <= n[0] < 3.0]  # noqa: E731
     assert [n for n in in_time(piece.whole) if n[2] in (48, 72)] == [n for n in in_time(original.whole)
@@ -318,3 +318,37 @@ def test_a_left_to_right_model_cannot_regenerate_and_says_which_can(qtbot, tiny_
         assert w.regenerate() is None and fake.calls == [] and not w.document.modified
     finally:
         w.jobs.shutdown()
+
+
+def test_the_real_infill_on_a_tiny_smdim_rewrites_the_region_only(qtbot, window, dialogs, tmp_path):
+    w = window
+    original = open_piece(w, tmp_path, chords())
+    w.roll.set_region(2.0, 4.0, 55, 65)  # the middle voice: the model writes between the bass and the top
+    w.panel.variations.setValue(2)
+    w.regenerate()
+    wait_done(qtbot, w)
+    assert dialogs == [] and len(w.takes) == 2
+    region = w.roll.region
+    outside, _inside = split(original, region)
+    for k in range(2):
+        w.pick_take(k)
+        take_outside, take_inside = split(w.document.piece, region)
+        assert take_outside == outside
+        assert all(2.0 <= n[0] < 4.0 and 55 <= n[2] <= 65 for n in take_inside)
+        assert set(take_inside) <= set(notes(w.document.piece.generated))  # the model's notes, drawn amber
+    while w.document.undo_stack.index() > 1:  # back past the take switches
+        w.document.undo_stack.undo()
+    assert w.document.piece is w.takes[0]
+    w.document.undo_stack.undo()
+    assert w.document.piece is original
+
+
+def test_a_region_past_the_piece_is_refused_by_the_core_in_a_dialog(qtbot, window, dialogs, tmp_path):
+    w = window
+    original = open_piece(w, tmp_path, chords())  # 8 s
+    w.roll.set_region(12.0, 14.0)
+    w.regenerate()
+    wait_done(qtbot, w)
+    assert len(dialogs) == 1 and dialogs[0][0] == "Recital — Regenerate selection"
+    assert "outside the piece" in dialogs[0][1] and "\n" not in dialogs[0][1]
+    assert w.document.piece is original and not w.document.modified

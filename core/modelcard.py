@@ -119,6 +119,10 @@ def remembers(model) -> str:
     low, high = min(tokens) / TOKENS_PER_SECOND, max(tokens) / TOKENS_PER_SECOND
     span = f"~{_seconds(high)} s" if abs(high - low) < 0.05 else f"~{_seconds(low)}-{_seconds(high)} s"
     at = f" (default budget, {format_bytes(parse_budget(budget))})" if budget else ""
+    from core.models.interface import DENOISE
+
+    if getattr(model, "family", None) == DENOISE:  # a denoiser's window: what it sees on both sides at once
+        return f"Remembers {span} of music at once, before and after what it writes{at}"
     return f"Remembers {span} of music{at}"
 
 

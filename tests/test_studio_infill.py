@@ -352,3 +352,12 @@ def test_a_region_past_the_piece_is_refused_by_the_core_in_a_dialog(qtbot, windo
     assert len(dialogs) == 1 and dialogs[0][0] == "Recital — Regenerate selection"
     assert "outside the piece" in dialogs[0][1] and "\n" not in dialogs[0][1]
     assert w.document.piece is original and not w.document.modified
+
+
+def test_the_picker_lists_an_smdim_with_a_summary_that_says_it_fills_from_both_sides(window, smdim_dir):
+    panel = window.panel
+    assert panel.models.currentData() == str(smdim_dir) and panel.models.currentText().startswith("tiny-smdim")
+    lines = panel.card.text().splitlines()
+    assert lines[1].startswith("Remembers ~") and "at once, before and after what it writes" in lines[1]
+    assert lines[3].startswith("How it works: SMDIM, a diffusion model that fills masked music from both sides")
+    assert window.panel.regenerate.toolTip().startswith("Select a stretch")  # loaded, ready once a region is

@@ -307,6 +307,7 @@ class Ruler(QWidget):
 
     def mousePressEvent(self, event) -> None:
         self._pressed_at = event.position().x()
+        self.roll.view.setFocus()  # so that Esc clears a region dragged here
         self._place(event.position().x(), snap=not event.modifiers() & Qt.AltModifier)
 
     def mouseMoveEvent(self, event) -> None:

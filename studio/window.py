@@ -196,7 +196,7 @@ class MainWindow(QMainWindow):
         self.setWindowModified(self.document.modified)
 
     def _piece_changed(self) -> None:
-        if self.generation is None:
+        if not isinstance(self.generation, Generate):  # a generation draws its live notes itself
             self.roll.set_piece(self.document.piece)
         self.transport.set_piece(self.document.piece.whole, self.roll.playhead)
         self._title()

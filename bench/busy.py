@@ -39,8 +39,10 @@ def load_line() -> str:
 
 @contextlib.contextmanager
 def busy_core() -> Iterator[subprocess.Popen]:
-    """A process that keeps one core busy (a Python loop) until the block ends."""
-    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    """A process that keeps one core busy (a Python loop) until the block ends, or until this process is gone
+    (killed by a timeout, say: the loop watches its parent, so it never outlives the benchmark)."""
+    loop = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
+    process = subprocess.Popen([sys.executable, "-c", loop])
     try:
         time.sleep(0.5)  # let the scheduler see it
         yield process

@@ -206,7 +206,7 @@ class GeneratePanel(QWidget):
         grid.addWidget(QLabel("Seed"), 5, 0, Qt.AlignRight)
         grid.addLayout(seed_row, 5, 1, 1, 3)
         self.adapt = QCheckBox("Adapt to the primer")
-        self.adapt.setChecked(True)
+        self.adapt.setChecked(False)  # measured: likelier continuations, denser notes (core/cli/generate.py)
         self.adapt.setToolTip("Before continuing, tune a copy of the model to your piece for a second or two: it "
                               "follows the piece's texture more closely. Never saved; the model stays as it is.")
         grid.addWidget(self.adapt, 6, 0, 1, 4)

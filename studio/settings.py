@@ -31,7 +31,7 @@ class Settings:
     seconds: float = 20.0
     temperature: float = 1.0
     top_p: float = 0.95
-    adapt: bool = True  # the Write panel's "Adapt to the primer"
+    adapt: bool = False  # the Write panel's "Adapt to the primer" (off: see core/cli/generate.py's measurement)
     variations: int = 1
     output: str = "synth"  # "synth", "virtual", or "port:<name>"
     midi_input: str = ""  # "" = the virtual "Recital In" port

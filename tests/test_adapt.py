@@ -162,13 +162,13 @@ def test_a_session_adapts_reports_its_seconds_and_leaves_the_model(tiny_model_di
     assert new.adapt_to_primer() is None
 
 
-def test_continue_adapts_by_default_and_no_adapt_writes_as_before(tiny_model_dir, tmp_path, capsys, one_thread):
+def test_continue_adapts_only_when_asked_and_otherwise_writes_as_before(tiny_model_dir, tmp_path, capsys, one_thread):
     from core.cli import main
 
     primer = tmp_path / "riff.mid"
     write_performance(riff(8.0), primer)
     common = ["--model", str(tiny_model_dir), "--seconds", "2", "--seed", "3", "--exact"]
-    assert main(["continue", str(primer), *common, "--out", str(tmp_path / "plain.mid"), "--no-adapt"]) == 0
+    assert main(["continue", str(primer), *common, "--out", str(tmp_path / "plain.mid")]) == 0
     printed = capsys.readouterr().out
     assert "adapted to the primer" not in printed and "adapting a copy" not in printed
     session = GenerationSession(load_model(tiny_model_dir), read_performance(primer), seconds=2, seed=3,
@@ -184,6 +184,10 @@ def test_continue_adapts_by_default_and_no_adapt_writes_as_before(tiny_model_dir
     assert main(["continue", str(primer), *common, "--out", str(tmp_path / "adapted.mid"),
                  "--adapt-steps", "2"]) == 0
     assert "adapted to the primer in " in capsys.readouterr().out
+    assert main(["continue", str(primer), *common, "--out", str(tmp_path / "adapted-3.mid"), "--adapt"]) == 0
+    assert "adapted to the primer in " in capsys.readouterr().out
+    assert main(["continue", str(primer), *common, "--out", str(tmp_path / "plain-2.mid"), "--no-adapt"]) == 0
+    assert "adapting a copy" not in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["continue", str(PIANO_PIECE), *common, "--out", str(tmp_path / "x.mid"), "--adapt-steps", "0"])
     assert "--adapt-steps: must be >= 1" in capsys.readouterr().err
@@ -203,7 +207,9 @@ def test_the_write_panels_checkbox_reaches_the_session_and_is_remembered(qtbot, 
     qtbot.addWidget(panel)
     model = load_model(tiny_model_dir)
     piece = Piece(riff(8.0), Performance.empty())
-    assert panel.adapt.isChecked()  # on by default
+    assert not panel.adapt.isChecked()  # off by default (measured: denser, longer-held notes)
+    assert not panel.request(piece, 0.0).adapt
+    panel.adapt.setChecked(True)
     request = panel.request(piece, 0.0)
     assert request.adapt and session_for(request, model).adapt == AdaptSettings()
     panel.mode_new.setChecked(True)
@@ -214,4 +220,4 @@ def test_the_write_panels_checkbox_reaches_the_session_and_is_remembered(qtbot, 
 
     Settings(adapt=False).save(tmp_path / "studio.json")
     assert Settings.load(tmp_path / "studio.json").adapt is False
-    assert Settings().adapt is True
+    assert Settings().adapt is False

@@ -109,6 +109,55 @@ def budget(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _checked(parse):
+    """An argparse type that checks a constraint's text with core.constraints' `parse` and keeps the text."""
+    def check(text: str) -> str:
+        from core.constraints import ConstraintError
+
+        try:
+            parse(text)
+        except ConstraintError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return text
+    return check
+
+
+def _key(text: str) -> str:
+    from core.constraints import FROM_PRIMER, parse_key
+
+    return text if text.strip().lower() == FROM_PRIMER else parse_key(text)
+
+
+def density(text: str) -> float:
+    from core.constraints import DENSITY_RANGE
+
+    value = _number(text)
+    if not DENSITY_RANGE[0] <= value <= DENSITY_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"must be {DENSITY_RANGE[0]:g} to {DENSITY_RANGE[1]:g} notes per second, "
+                                         f"got {text}")
+    return value
+
+
+def add_constraint_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the model may write (core/constraints.py): applied at every step, never to the primer."""
+    from core.constraints import parse_pitch_classes, parse_range, parse_velocity
+
+    group = parser.add_argument_group("constraints")
+    group.add_argument("--key", type=_checked(_key), metavar="KEY",
+                       help="write only the notes of this key, e.g. 'D minor', 'F# major', 'Bb dorian'; "
+                            "'primer': the primer's key")
+    group.add_argument("--pitch-classes", type=_checked(parse_pitch_classes), metavar="LIST",
+                       help="write only these pitch classes (0 = C ... 11 = B), e.g. 0,2,4,7,9")
+    group.add_argument("--range", type=_checked(parse_range), metavar="LOW-HIGH",
+                       help="write only pitches in this range, e.g. C2-C7 (C4 = middle C) or 36-96")
+    group.add_argument("--velocity", type=_checked(parse_velocity), metavar="LOW-HIGH",
+                       help="write only velocities in this range (1-127), e.g. 40-90")
+    group.add_argument("--density", type=density, metavar="N",
+                       help="steer toward N notes per second (a pull, not a rule)")
+    group.add_argument("--max-polyphony", type=positive_int, metavar="N",
+                       help="never more than N notes sounding at once")
+
+
 def bpm(text: str) -> float:
     from core.grid import MAX_BPM, MIN_BPM
 
@@ -238,11 +287,49 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also render the result to a 44.1 kHz stereo WAV file (OUT-k.wav for variations)")
     add_grid_arguments(parser)
     add_output_arguments(parser, synth_flag="--play")  # --play | --virtual | --port NAME: listen while writing
+    add_constraint_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_generation_arguments(parser)
     add_new_piece_arguments(parser)
+    parser.set_defaults(adapt=False, adapt_steps=None)  # a new piece has no primer to adapt to
+
+
+def adapt_steps(text: str) -> int:
+    value = positive_int(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be at most 100, got {text}")
+    return value
+
+
+def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
+    """`continue`'s primer adaptation (core/adapt.py): off by default, never written to disk.
+
+    Off because it measured worse music: on the ten MAESTRO primers (bench/continuation.py) it made the truth more
+    likely (183.0 -> 173.1 bits/s) while the continuations held more long notes (12.5 -> 21.2 per 30 s) and piled up
+    more of them (polyphony 6.8 -> 9.1, the truth 3.8)."""
+    from core.adapt import AdaptSettings
+
+    switch = parser.add_mutually_exclusive_group()
+    switch.add_argument("--adapt", dest="adapt", action="store_true", default=False,
+                        help="first adapt a copy of the model to a primer of at least "
+                             f"{AdaptSettings.min_seconds:g} s (a second or a few; never saved). Off by default: it "
+                             "makes the real continuation likelier but, measured, the notes it writes denser")
+    switch.add_argument("--no-adapt", dest="adapt", action="store_false", help="continue with the model as it is "
+                                                                               "(the default)")
+    parser.add_argument("--adapt-steps", type=adapt_steps, metavar="N",
+                        help=f"optimizer steps on the primer (1-100, default {AdaptSettings.steps}): more adapt "
+                             "further and take longer")
+
+
+def adapt_settings(args: argparse.Namespace):
+    """The session's `adapt` from --adapt / --adapt-steps (None: not adapting; --adapt-steps implies --adapt)."""
+    from core.adapt import AdaptSettings
+
+    if not args.adapt and args.adapt_steps is None:
+        return None
+    return AdaptSettings() if args.adapt_steps is None else AdaptSettings(steps=args.adapt_steps)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -300,11 +387,14 @@ def write_continuation(args: argparse.Namespace, primer, inputs: list[str] | Non
 
 def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
     from core.budget import format_bytes
+    from core.constraints import Constraints
     from core.generate import SamplingConfig, use_fast_step
     from core.midi import write_performance
     from core.modeldir import load_model
     from core.session import GenerationSession
 
+    constraints = Constraints.parse(args.key, args.pitch_classes, args.range, args.velocity, args.density,
+                                    args.max_polyphony)  # each flag checked by argparse; here, how they combine
     model = load_model(args.model)
     use_fast_step(model, exact=args.exact)
     batch = args.variations
@@ -313,7 +403,7 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
                                                                    args.min_p),
         seconds=None if args.bars else args.seconds, bars=args.bars, grid=new_piece_grid(args), variations=batch,
         seed=args.seed, max_tokens=args.max_tokens,
-        max_note=args.max_note, allow_end=args.allow_end)
+        max_note=args.max_note, allow_end=args.allow_end, constraints=constraints, adapt=adapt_settings(args))
     print(f"model {args.model} ({model.arch}); {session.plan.describe()}")
     if session.seconds is not None and session.seconds > MAX_SECONDS:
         from core.grid import GridError
@@ -322,6 +412,8 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
                         f"a day is written in one command")
     print(f"tempo {session.grid.describe()}" + (f"; {args.bars} bars: {session.seconds:.1f} s of new music"
                                                 if args.bars else ""))
+    if session.constraints is not None:
+        print(f"constraints: {session.constraints.describe()}")
     note = session.limit_note()
     if note:
         print(f"note: {note}")
@@ -331,6 +423,11 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
     interrupted: KeyboardInterrupt | None = None
     finished = None
     try:
+        if session.adapt is not None and len(session.primer) > 1:
+            print("adapting a copy of the model to the primer (--adapt)", flush=True)
+            took = session.adapt_to_primer()
+            print(f"adapted to the primer in {took:.1f} s" if took is not None else
+                  f"note: not adapted: the primer is shorter than {session.adapt.min_seconds:g} s", flush=True)
         print("generating (Ctrl-C or SIGTERM stops it and keeps what was written)", flush=True)
         for event in session:
             if player is not None and event.notes[0]:

@@ -160,9 +160,9 @@ class ClockFollower:
             return "start"
         if status == CONTINUE:
             self._pending, self.running = True, True
-            if self.anchor is None:
-                self.anchor = self._bar_at_or_after(self.ticks / PPQ)
-            self.epoch += 1
+            if self.anchor is None:  # a jump only the first time: else it resumes where it stopped (or at a
+                self.anchor = self._bar_at_or_after(self.ticks / PPQ)  # pointer, which was a jump itself)
+                self.epoch += 1
             return "continue"
         if status == STOP:
             if self.running and not self._pending:

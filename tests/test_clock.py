@@ -344,3 +344,17 @@ def test_studio_follow_switch_plays_on_the_daws_start(qtbot, monkeypatch, scale)
         time.sleep(0.25 / 24)
     qtbot.waitUntil(lambda: not bar.playing, timeout=5000)
     assert [m for m in sink.sent if m[0] == "on"] and inputs[0].closed
+
+
+def test_continue_after_stop_resumes_without_replaying_the_note_played_at_the_stop():
+    follower = ClockFollower(Grid.constant(bpm=120), count_in_bars=0)
+    schedule = FollowSchedule(follower)
+    schedule.add(note(0.0, 60) + note(0.5, 62) + note(1.0, 64))
+    follower.feed(0.0, [START])
+    now = clocks(follower, 0.0, 24, 120)  # up to quarter 23/24; the next clock (quarter 1) is due at `now`
+    played = [e.pitch for _, e in schedule.pop_due(0.0) + schedule.pop_due(now + 1e-4) if e.kind == "on"]
+    assert played == [60, 62]  # quarter 1's note at its predicted time
+    follower.feed(now, [STOP])  # the Stop took the place of quarter 1's clock
+    follower.feed(now + 1.0, [CONTINUE])
+    later = clocks(follower, now + 1.0, 25, 120)
+    assert [e.pitch for _, e in schedule.pop_due(later) if e.kind == "on"] == [64]

@@ -57,7 +57,7 @@ class TransportBar(QWidget):
         self.input.addItem("Virtual input “Recital In”", "")
         self.input.setToolTip("Where Record listens")
         self.follow = QToolButton()
-        self.follow.setText("Follow DAW clock")
+        self.follow.setText("Follow DAW")
         self.follow.setCheckable(True)
         self.follow.setToolTip("Play when the DAW plays: wait for its Start, begin at the bar after it, at its "
                                "tempo, pause on its Stop (MIDI clock from the port beside)")
@@ -66,6 +66,9 @@ class TransportBar(QWidget):
         self.clock_input.setToolTip("Where the DAW's MIDI clock comes in")
         self.time = QLabel("0:00.0")
         self.time.setMinimumWidth(64)
+        for combo in (self.output, self.input, self.clock_input):  # port names can be long: the bar must fit 1366 px
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
         for widget in (self.play, self.loop):
             layout.addWidget(widget)
         layout.addWidget(self.time)

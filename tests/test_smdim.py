@@ -53,10 +53,12 @@ def scan_inputs(batch: int, channels: int, length: int, state: int, dtype=torch.
 
 # ---- the selective scan ------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("inner", ["doubling", "loop"])
 @pytest.mark.parametrize("length,chunk", [(1, 4), (37, 8), (64, 64), (100, 16), (130, 128)])
-def test_the_chunked_parallel_scan_equals_the_recurrence(length, chunk):
+def test_the_chunked_scans_equal_the_recurrence(length, chunk, inner):
     inputs = scan_inputs(2, 5, length, 3)
-    assert torch.allclose(scan_chunked(*inputs, chunk=chunk), scan_recurrent(*inputs), atol=1e-10, rtol=1e-10)
+    assert torch.allclose(scan_chunked(*inputs, chunk=chunk, inner=inner), scan_recurrent(*inputs), atol=1e-10,
+                          rtol=1e-10)
 
 
 def test_the_scan_agrees_in_float32_over_a_long_sequence_with_strong_decay():
@@ -66,15 +68,17 @@ def test_the_scan_agrees_in_float32_over_a_long_sequence_with_strong_decay():
     assert torch.isfinite(y).all() and torch.allclose(y, scan_recurrent(u, delta, A, B, C, D), atol=1e-4)
 
 
-def test_the_scans_gradients_agree():
+def test_the_scans_gradients_agree_though_the_chunked_ones_recompute_each_chunk():
     inputs = [t.requires_grad_() for t in scan_inputs(1, 3, 20, 2)]
     grads = []
-    for scan in (lambda *a: scan_chunked(*a, chunk=8), scan_recurrent):
+    for scan in (lambda *a: scan_chunked(*a, chunk=8), lambda *a: scan_chunked(*a, chunk=8, inner="loop"),
+                 scan_recurrent):
         for t in inputs:
             t.grad = None
         scan(*inputs).square().sum().backward()
         grads.append([t.grad.clone() for t in inputs])
-    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(*grads, strict=True))
+    for other in grads[:2]:
+        assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(other, grads[2], strict=True))
 
 
 def test_the_cuda_kernel_is_refused_with_a_reason_where_it_cannot_run():

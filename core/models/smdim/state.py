@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from core.budget import format_bytes
 from core.errors import BudgetError
 from core.models.interface import Memory
+from core.models.smdim.scan import DEFAULT_CHUNK
 from core.state import TOKENS_PER_SECOND
 
 FLOAT_BYTES = 4  # generation runs in float32
@@ -32,7 +33,7 @@ def pass_bytes(config, window: int, batch: int) -> int:
     per_position = (5 * c.d_model + 2 * inner + 2 * (4 * inner + rank + 2 * c.d_state) + 9 * c.d_model
                     + 2 * c.n_heads * min(keys, positions))
     per_token = 3 * c.d_embed + 4 * c.vocab_size
-    chunk = 4 * min(64, positions) * inner * c.d_state  # decay, input and their doubling copies
+    chunk = 4 * min(DEFAULT_CHUNK, positions) * inner * c.d_state  # a chunk's decays, inputs and copies of them
     return batch * FLOAT_BYTES * (positions * per_position + window * per_token + chunk)
 
 

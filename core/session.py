@@ -247,9 +247,10 @@ class GenerationSession:
         return self._decoded()[1:]
 
     def new_parts(self) -> list[Performance]:
-        """One Performance per variation: only the notes that start where the primer ends or later."""
+        """One Performance per variation: only the notes that start where the primer ends or later (the primer's
+        notes are never collected here: a long primer costs no memory beyond its ids)."""
         parts = []
-        for piece in self.pieces():
+        for piece in decode_continuations(self.primer, self.lanes, with_primer=False):
             new = piece.onset >= self.start_time - 1e-9
             parts.append(replace(Performance.from_notes(piece.onset[new], piece.offset[new], piece.pitch[new],
                                                         piece.velocity[new]) if new.any() else Performance.empty(),

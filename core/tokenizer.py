@@ -203,14 +203,18 @@ def decode(ids) -> Performance:
     return decode_continuations(ids, [[]])[0]
 
 
-def decode_continuations(primer, continuations: Sequence) -> list[Performance]:
+def decode_continuations(primer, continuations: Sequence, with_primer: bool = True) -> list[Performance]:
     """One Performance per continuation: `primer` followed by it, the primer read once for all of them.
 
     A long primer (a million ids) is decoded once, not once per variation, and never copied into each one.
+    `with_primer=False` keeps only the notes that start after the primer (its clock, velocity and sounding notes
+    still carry over): what a caller that has the primer's notes already needs, in memory that does not grow with it.
     """
     decoder = Decoder()
     notes: list[tuple[float, float, int, int]] = []  # (onset, offset, pitch, velocity) of the primer's ended notes
-    _read(decoder, primer, notes)
+    _read(decoder, primer, notes if with_primer else None)
+    if not with_primer:  # the notes still sounding began in the primer: not the continuation's
+        decoder.sounding.clear()
     pieces = []
     for continuation in continuations:
         lane, lane_notes = copy.deepcopy(decoder), list(notes)
@@ -221,12 +225,19 @@ def decode_continuations(primer, continuations: Sequence) -> list[Performance]:
     return pieces
 
 
-def _read(decoder: Decoder, ids, notes: list) -> None:
-    """Feed ids (up to the first EOS) and collect the notes they end."""
-    for token in np.asarray(ids, dtype=np.int64).ravel().tolist():
-        if decoder.ended:
-            return
-        notes += [(e.onset, e.time, e.pitch, e.velocity) for e in decoder.feed(token) if e.kind == "off"]
+_CHUNK = 1 << 16  # ids turned into Python ints at once: a long primer is never one list of a million ints
+
+
+def _read(decoder: Decoder, ids, notes: list | None) -> None:
+    """Feed ids (up to the first EOS) and collect the notes they end (None: only follow them)."""
+    ids = np.asarray(ids).ravel()
+    for start in range(0, len(ids), _CHUNK):
+        for token in ids[start:start + _CHUNK].astype(np.int64).tolist():
+            if decoder.ended:
+                return
+            events = decoder.feed(token)
+            if notes is not None:
+                notes += [(e.onset, e.time, e.pitch, e.velocity) for e in events if e.kind == "off"]
 
 
 def shift_ticks(ids) -> np.ndarray:

@@ -140,3 +140,20 @@ def test_shift_ticks_is_the_clock_of_a_decoder():
         decoder.feed(token)
     assert tk.shift_ticks(ids).tolist() == [10, 0, 100, 0, 1]
     assert tk.shift_ticks(ids).sum() * tk.TICK_SECONDS == pytest.approx(decoder.time)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, VOCAB_SIZE - 1), max_size=200),
+       st.lists(st.integers(0, VOCAB_SIZE - 1), max_size=80))
+def test_continuations_without_the_primer_are_the_notes_after_it(primer, new):
+    """with_primer=False: the notes that start after the primer, as decoding the whole would give them."""
+    primer = primer + [tk.TIME_SHIFT]  # a primer's notes then all start before its end
+    whole = tk.decode_continuations(primer, [new])[0]
+    start = tk.shift_ticks(np.array(primer, dtype=np.int64)).sum() * tk.TICK_SECONDS
+    if EOS in primer:
+        return  # the primer ended the piece: nothing after it is read either way
+    after = tk.decode_continuations(primer, [new], with_primer=False)[0]
+    late = whole.onset >= start - 1e-9
+    kept = after.onset >= start - 1e-9
+    for field in ("onset", "offset", "pitch", "velocity"):
+        np.testing.assert_array_equal(getattr(after, field)[kept], getattr(whole, field)[late])

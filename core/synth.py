@@ -7,6 +7,7 @@ the install hint for their system, and the rest of Recital (generation, MIDI fil
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import io
 import os
@@ -119,7 +120,9 @@ def install_hint(soundfont: bool = False) -> str:
 def load_fluidsynth():
     """The pyfluidsynth module, or a DeviceError saying libfluidsynth is missing and how to install it."""
     try:
-        import fluidsynth
+        # pyfluidsynth prints where it found the library to stdout when $CI is set: that is not ours to say.
+        with contextlib.redirect_stdout(io.StringIO()):
+            import fluidsynth
     except (ImportError, OSError) as error:
         raise DeviceError(f"the synth is unavailable: libfluidsynth is not installed ({error}); "
                           f"{install_hint()}") from None

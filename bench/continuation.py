@@ -4,6 +4,7 @@ beside the real music.
     python -m bench.continuation                      # 10 MAESTRO pieces, 3 seeds, both shipped models
     python -m bench.continuation --quick              # 2 pieces, 1 seed, short windows
     python -m bench.continuation --pieces 4 --seeds 2 --models default --json out.json --render /tmp/continuation
+    python -m bench.continuation --controls --pieces 4 --seeds 2   # only the controls table (issue #19)
 
 Continuations. Each performance of ../shared/midi/maestro (never trained on) is cut at the codec's 10 ms grid:
 the primer is every note that starts before 20 s, a note still sounding at 20 s ended there (a composer's file
@@ -20,6 +21,13 @@ first 60 s (lengths matched: note counts depend on length); seconds 60-120 again
 Primer adaptation (`--adapt on`): the model adapts a copy of itself to each primer (core/adapt.py, `recital
 continue`'s default settings) before continuing it and before scoring the truth; new pieces have no primer, so
 an adapted configuration writes none. The table's adapt row is its mean seconds before the first note.
+Controls (`--controls` for this table alone; `--quick` adds it): each model continues each primer under the
+composer's limits (core/constraints.py, as `recital continue --key primer --range C3-C6 --velocity 40-90
+--max-polyphony 4`; a primer with no key to tell is locked to C major), and every new note is checked against
+each limit (pitch class in the scale, pitch in the range, velocity in the range, no more than 4 notes sounding at
+its onset, the primer's included); then under each density alone (2, 6 and 12 notes/s), whose notes/s reached
+are set beside the ones asked (aims of issue #19: 100% obeyed, notes/s within 20%).
+
 The "aim" column prints each target of issue #17, so a run shows where it stands. No asserts: a shared machine.
 Statistics: core/musicstats.py.
 """
@@ -287,6 +295,120 @@ def measure_ceiling(pieces: list[Performance], reference: list[Performance], win
     return column
 
 
+# --- controls (issue #19) -------------------------------------------------------------------------------------
+
+CONTROL_RANGE = "C3-C6"
+CONTROL_VELOCITY = "40-90"
+CONTROL_POLYPHONY = 4
+CONTROL_DENSITIES = (2.0, 6.0, 12.0)
+DENSITY_AIM = 0.20  # notes/s reached within 20% of the density asked
+FALLBACK_KEY = "C major"  # a primer with no key to tell is locked to this one
+
+
+@dataclass
+class Controls:
+    """What one model wrote under the composer's limits: per limit, notes obeying it and notes written; per
+    density asked, the notes/s each lane reached."""
+
+    label: str
+    obeyed: dict[str, list[int]] = field(default_factory=dict)  # limit -> [obeying, written]
+    reached: dict[float, list[float]] = field(default_factory=dict)  # density asked -> notes/s per lane
+    keys: list[str] = field(default_factory=list)  # the key each primer was locked to
+    seconds: float = 0.0
+
+
+def constrained_parts(model, excerpt: Excerpt, constraints, seconds: float, lanes: int, seed: int):
+    """`lanes` continuations of the excerpt's primer under `constraints`, as `recital continue` writes them (its
+    sampling, --max-note, the model's budget) -> (the session, each lane's new notes)."""
+    from core.generate import SamplingConfig
+    from core.session import GenerationSession
+
+    session = GenerationSession(model, excerpt.primer_ids, sampling=SamplingConfig(top_p=TOP_P), seconds=seconds,
+                                variations=lanes, seed=seed, max_note=MAX_NOTE, constraints=constraints)
+    session.run()
+    return session, session.new_parts()
+
+
+def polyphony_at_onsets(before: Performance, new: Performance) -> np.ndarray:
+    """Notes sounding at each new note's onset, itself and the primer's notes still sounding included."""
+    onset = np.concatenate([before.onset, new.onset])
+    offset = np.concatenate([before.offset, new.offset])
+    at = new.onset[:, None] + 1e-9  # a note ending on the tick another starts is not sounding with it
+    return ((onset[None, :] <= at) & (offset[None, :] > at)).sum(axis=1)
+
+
+def _count(controls: Controls, limit: str, obeys: np.ndarray) -> None:
+    tally = controls.obeyed.setdefault(limit, [0, 0])
+    tally[0] += int(obeys.sum())
+    tally[1] += len(obeys)
+
+
+def measure_controls(model, label: str, excerpts: list[Excerpt], windows: Windows, seeds: int) -> Controls:
+    """Each primer continued under the four limits together (the primer's key, range, velocity, polyphony;
+    every new note checked against each), then under each density alone (notes/s reached per lane)."""
+    from core.constraints import ConstraintError, Constraints
+    from core.models.interface import DENOISE
+
+    denoises = getattr(model, "family", None) == DENOISE  # a denoiser takes neither density nor polyphony
+    controls = Controls(label)
+    started = time.perf_counter()
+    for index, excerpt in enumerate(excerpts):
+        limits = dict(range_=CONTROL_RANGE, velocity=CONTROL_VELOCITY,
+                      max_polyphony=None if denoises else CONTROL_POLYPHONY)
+        try:
+            session, parts = constrained_parts(model, excerpt, Constraints.parse(key="primer", **limits),
+                                               windows.truth, seeds, seed=index)
+        except ConstraintError:  # no key to tell in this primer
+            session, parts = constrained_parts(model, excerpt, Constraints.parse(key=FALLBACK_KEY, **limits),
+                                               windows.truth, seeds, seed=index)
+        asked = session.constraints
+        controls.keys.append(asked.key)
+        scale = sorted(asked.pitch_classes)
+        before = session.primer_piece()
+        for notes in parts:
+            _count(controls, "key", np.isin(notes.pitch % 12, scale))
+            _count(controls, "range", (notes.pitch >= asked.low) & (notes.pitch <= asked.high))
+            _count(controls, "velocity", (notes.velocity >= asked.velocity_low)
+                   & (notes.velocity <= asked.velocity_high))
+            if not denoises:
+                _count(controls, "polyphony", polyphony_at_onsets(before, notes) <= CONTROL_POLYPHONY)
+        for density in () if denoises else CONTROL_DENSITIES:
+            _, parts = constrained_parts(model, excerpt, Constraints(density=density), windows.truth, seeds,
+                                         seed=index)
+            controls.reached.setdefault(density, []).extend(len(notes) / windows.truth for notes in parts)
+        print(f"  {label}: {excerpt.name} continued under the controls ({seeds} lanes), "
+              f"{time.perf_counter() - started:.0f} s so far", file=sys.stderr, flush=True)
+    controls.seconds = time.perf_counter() - started
+    return controls
+
+
+def controls_table(columns: list[Controls]) -> str:
+    """Rows: each limit's share of the new notes obeying it, then notes/s reached at each density asked (with
+    its relative error); columns: each model, the aim."""
+    def share(column: Controls, limit: str) -> str:
+        obeying, written = column.obeyed.get(limit, (0, 0))
+        return f"{100.0 * obeying / written:.1f}% of {written}" if written else "-"
+
+    rows: list[tuple[str, list[str], str]] = [
+        ("pitch class in the primer's key (%)", [share(c, "key") for c in columns], "100%"),
+        (f"pitch in {CONTROL_RANGE} (%)", [share(c, "range") for c in columns], "100%"),
+        (f"velocity in {CONTROL_VELOCITY} (%)", [share(c, "velocity") for c in columns], "100%"),
+        (f"at most {CONTROL_POLYPHONY} sounding at each onset (%)", [share(c, "polyphony") for c in columns],
+         "100%")]
+    for density in CONTROL_DENSITIES:
+        cells = []
+        for column in columns:
+            lanes = column.reached.get(density)
+            if not lanes:
+                cells.append("-")
+                continue
+            reached = float(np.mean(lanes))
+            cells.append(f"{reached:.2f} ({100.0 * (reached / density - 1):+.0f}%)")
+        rows.append((f"notes/s at density {density:g} (error)", cells,
+                     f"{density * (1 - DENSITY_AIM):.1f}-{density * (1 + DENSITY_AIM):.1f}"))
+    return _table(["", *(c.label for c in columns), "aim"], rows)
+
+
 # --- tables ---------------------------------------------------------------------------------------------------
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -424,7 +546,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3, metavar="K", help="continuations per primer (default 3)")
     parser.add_argument("--models", default=",".join(SHIPPED), help="model names or folders, comma-separated")
     parser.add_argument("--adapt", default="off,on", help="off, on or off,on: with and without primer adaptation")
-    parser.add_argument("--quick", action="store_true", help="2 pieces, 1 seed, 10 s windows, 2 new pieces of 20 s")
+    parser.add_argument("--quick", action="store_true", help="2 pieces, 1 seed, 10 s windows, 2 new pieces of 20 s, "
+                                                                 "and the controls table")
+    parser.add_argument("--controls", action="store_true", help="only the controls table: continuations under a "
+                                                                 "key, range, velocity, polyphony and density")
     parser.add_argument("--windows", type=float, nargs=3, metavar=("PRIMER", "TRUTH", "NEW"),
                         help="seconds of primer, truth and new pieces (default 20 30 60)")
     parser.add_argument("--variations", type=int, metavar="K", help="new pieces per model (default 8)")
@@ -488,6 +613,39 @@ def run(args: argparse.Namespace) -> int:
           f"{windows.primer:g}-{windows.primer + windows.truth:g} s, {args.seeds} seed(s); new pieces "
           f"{windows.variations} x {windows.new:g} s")
 
+    result: dict = {"windows": vars(windows), "pieces": [e.name for e in excerpts], "seeds": args.seeds}
+    if not args.controls:
+        result |= measure_all(args, excerpts, performances, reference)
+    if args.controls or args.quick:
+        controls = []
+        for name in args.models:
+            model = load_model(name)
+            use_fast_step(model)
+            controls.append(measure_controls(model, Path(name).name, excerpts, windows, args.seeds))
+        print()
+        print(f"controls: {windows.truth:g} s after each {windows.primer:g} s primer, {len(excerpts)} pieces x "
+              f"{args.seeds} seed(s); the key, range, velocity and polyphony limits together, each density alone")
+        print(controls_table(controls))
+        print("keys locked: " + ", ".join(controls[0].keys) + "; wall time: "
+              + ", ".join(f"{c.label} {c.seconds:.0f} s" for c in controls))
+        result["controls"] = {c.label: {"obeyed": c.obeyed, "notes_per_second": {f"{d:g}": r for d, r in
+                                                                              c.reached.items()},
+                                        "keys": c.keys} for c in controls}
+    if args.json is not None:
+        from core.midi import atomic_write_bytes
+
+        atomic_write_bytes(args.json, (json.dumps(result, indent=1) + "\n").encode(), what="JSON file")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances: list[Performance],
+                reference: list[Performance]) -> dict:
+    """The continuation and new-pieces tables, printed -> their measurements for the JSON."""
+    from core.generate import use_fast_step
+    from core.modeldir import load_model
+
+    windows: Windows = args.windows
     truth = measure_truth(excerpts, windows)
     continued, written = [], []
     rendered: list[Path] = []
@@ -514,19 +672,11 @@ def run(args: argparse.Namespace) -> int:
           + ", ".join(f"{c.label} new pieces {c.seconds:.0f} s" for c in written))
     for path in rendered:
         print(f"wrote {path}")
-    if args.json is not None:
-        from core.midi import atomic_write_bytes
-
-        result = {"windows": vars(windows), "pieces": [e.name for e in excerpts], "seeds": args.seeds,
-                  "truth": truth.continuations,
-                  "continuations": {c.label: {"stats": c.continuations, "bits_per_second": c.bits_per_second,
-                                              "adapt_seconds": c.adapt_seconds}
-                                    for c in continued},
-                  "new_pieces": {c.label: {"stats": c.pieces, "mgeval_mean_oa": c.mgeval}
-                                 for c in [ceiling, *written]}}
-        atomic_write_bytes(args.json, (json.dumps(result, indent=1) + "\n").encode(), what="JSON file")
-        print(f"wrote {args.json}")
-    return 0
+    return {"truth": truth.continuations,
+            "continuations": {c.label: {"stats": c.continuations, "bits_per_second": c.bits_per_second,
+                                        "adapt_seconds": c.adapt_seconds}
+                              for c in continued},
+            "new_pieces": {c.label: {"stats": c.pieces, "mgeval_mean_oa": c.mgeval} for c in [ceiling, *written]}}
 
 
 if __name__ == "__main__":

@@ -71,3 +71,32 @@ def test_a_folder_without_midi_stops_with_one_line(tmp_path):
     with pytest.raises(SystemExit) as stop:
         continuation.main(["--midi", str(tmp_path)])
     assert "no MIDI data at" in str(stop.value.code)
+
+
+CONTROL_ROWS = ("pitch class in the primer's key (%)", "pitch in C3-C6 (%)", "velocity in 40-90 (%)",
+                "at most 4 sounding at each onset (%)", "notes/s at density 2 (error)",
+                "notes/s at density 6 (error)", "notes/s at density 12 (error)")
+
+
+def test_controls_prints_every_row_on_a_tiny_model(tiny_model_dir, tmp_path, capsys, one_thread):
+    pieces = tmp_path / "pieces"
+    pieces.mkdir()
+    for path in midi_files("piano")[:2]:
+        shutil.copy(path, pieces / path.name)
+    out = tmp_path / "out.json"
+    code = continuation.main(["--controls", "--midi", str(pieces), "--models", str(tiny_model_dir), "--seeds", "2",
+                              "--windows", "4", "3", "5", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    for row in CONTROL_ROWS:
+        assert row in printed, row
+    assert "bits/s of the truth given the primer" not in printed  # --controls: that table alone
+    controls = json.loads(out.read_text())["controls"]["tiny"]
+    assert set(controls["obeyed"]) == {"key", "range", "velocity", "polyphony"}
+    assert len(controls["notes_per_second"]["6"]) == 2 * 2  # pieces x seeds
+
+
+def test_polyphony_at_onsets_counts_the_primer_and_not_a_note_just_ended():
+    before = Performance.from_notes([0.0, 0.5], [2.0, 1.0], [60, 64], [80, 80])
+    new = Performance.from_notes([1.0, 1.5, 3.0], [4.0, 1.8, 3.5], [67, 71, 72], [80, 80, 80])
+    assert continuation.polyphony_at_onsets(before, new).tolist() == [2, 3, 2]

@@ -68,7 +68,7 @@ class TransportBar(QWidget):
         self.time.setMinimumWidth(64)
         for combo in (self.output, self.input, self.clock_input):  # port names can be long: the bar must fit 1366 px
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-            combo.setMinimumContentsLength(8)
+            combo.setMinimumContentsLength(6)
         for widget in (self.play, self.loop):
             layout.addWidget(widget)
         layout.addWidget(self.time)
@@ -83,6 +83,8 @@ class TransportBar(QWidget):
         layout.addSpacing(12)
         layout.addWidget(self.follow)
         layout.addWidget(self.clock_input)
+        self.clock_input.setVisible(False)  # where the clock comes in matters only while following it
+        self.follow.toggled.connect(self.clock_input.setVisible)
         layout.addStretch(1)
 
         self.piece: Performance = Performance.empty()

@@ -46,11 +46,30 @@ def fully_visible(widget, window) -> bool:
             and window.rect().contains(where))
 
 
+@pytest.fixture(params=["plain", "themed"])
+def look(request, qapp):
+    """The window as tests build it, and as the app shows it (studio.theme: Fusion, its font and stylesheet,
+    which make every control wider); the application's look is restored afterwards."""
+    if request.param == "plain":
+        yield request.param
+        return
+    from studio import theme
+
+    style, palette, font, sheet = qapp.style().name(), qapp.palette(), qapp.font(), qapp.styleSheet()
+    theme.apply(qapp)
+    yield request.param
+    qapp.setStyleSheet(sheet)
+    qapp.setFont(font)
+    qapp.setPalette(palette)
+    qapp.setStyle(style)
+
+
 @pytest.mark.parametrize("size", [(1366, 768), (1440, 900)])
 def test_generate_stays_in_view_and_every_setting_is_reachable_on_a_laptop(qtbot, tiny_model_dir, dialogs,  # noqa: F811
-                                                                           size):
+                                                                           size, look):
     w = MainWindow(Settings(model=str(tiny_model_dir)), extra_models=[tiny_model_dir], list_ports=False)
     qtbot.addWidget(w)
+    w.transport.follow.setChecked(True)  # the transport at its widest: the clock input shown
     w.resize(*size)
     w.show()
     qtbot.waitExposed(w)

@@ -330,7 +330,9 @@ def constrained_parts(model, excerpt: Excerpt, constraints, seconds: float, lane
 
 
 def polyphony_at_onsets(before: Performance, new: Performance) -> np.ndarray:
-    """Notes sounding at each new note's onset, itself and the primer's notes still sounding included."""
+    """Notes sounding at each new note's onset, itself and the primer's notes still sounding included. The notes
+    are as decoded, as a composer gets them: a note started and ended on one tick (or struck twice on one tick)
+    lasts that tick, the codec's shortest, and counts."""
     onset = np.concatenate([before.onset, new.onset])
     offset = np.concatenate([before.offset, new.offset])
     at = new.onset[:, None] + 1e-9  # a note ending on the tick another starts is not sounding with it

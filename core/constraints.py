@@ -311,6 +311,10 @@ class ConstraintTracker:
         target = constraints.density or 0.0  # before the primer, as if at the asked rate: a neutral start
         recent += target * DENSITY_WINDOW * math.exp(-clock / DENSITY_WINDOW)
         self.sounding = np.repeat(sounding[None], batch, axis=0)  # (B, 128)
+        # A note begun at this tick and ended (or struck again) before the clock moves lasts one tick in the file
+        # (the codec's shortest note): it still sounds beside the notes struck at this tick.
+        self.struck_now = np.zeros((batch, 128), dtype=bool)  # (B, 128) pitches begun at the current tick
+        self.lingering = np.zeros(batch, dtype=np.int64)  # (B,) such one-tick notes at the current tick
         self.velocity = np.full(batch, velocity)  # (B,) the bin the next NoteOn would get
         self.recent = np.full(batch, recent)  # (B,) NoteOns, each decayed by exp(-age / window)
         self.integral = np.zeros(batch)  # (B,) the density controller's integral term
@@ -337,7 +341,7 @@ class ConstraintTracker:
             mask[:, NOTE_ON:NOTE_OFF] += bias
             mask[:, TIME_SHIFT:VELOCITY] -= bias
         if self.constraints.max_polyphony is not None:
-            full = self.sounding.sum(axis=1) >= self.constraints.max_polyphony
+            full = self.sounding.sum(axis=1) + self.lingering >= self.constraints.max_polyphony
             mask[torch.from_numpy(full), NOTE_ON:NOTE_OFF] = float("-inf")
         unvoiced = ~self.velocity_ok[self.velocity]  # the next NoteOn would get a velocity outside the range
         if unvoiced.any():  # a Velocity id in the range first (or a NoteOff of a sounding note)
@@ -356,12 +360,19 @@ class ConstraintTracker:
         lanes = np.arange(len(ids))
         on = (ids >= NOTE_ON) & (ids < NOTE_OFF)
         off = (ids >= NOTE_OFF) & (ids < TIME_SHIFT)
-        self.sounding[lanes[on], ids[on] - NOTE_ON] = True
-        self.sounding[lanes[off], ids[off] - NOTE_OFF] = False
+        pitch = np.where(on, ids - NOTE_ON, np.where(off, ids - NOTE_OFF, 0))
+        ends_a_new_note = (on | off) & self.sounding[lanes, pitch] & self.struck_now[lanes, pitch]
+        self.lingering += ends_a_new_note
+        self.sounding[lanes[on], pitch[on]] = True
+        self.struck_now[lanes[on], pitch[on]] = True
+        self.sounding[lanes[off], pitch[off]] = False
         velocity = (ids >= VELOCITY) & (ids < VELOCITY + VELOCITY_BINS)
         self.velocity[velocity] = ids[velocity] - VELOCITY
         self.recent += on
         seconds = shift_ticks(ids) * TICK_SECONDS
+        moved = seconds > 0  # the clock moved on: this tick's one-tick notes have ended
+        self.struck_now[moved] = False
+        self.lingering[moved] = 0
         if self.constraints.density is not None:
             self.integral = np.clip(self.integral + DENSITY_INTEGRAL * self._error() * seconds,
                                     -DENSITY_MAX_BIAS, DENSITY_MAX_BIAS)

@@ -83,6 +83,8 @@ def test_a_constrained_model_never_writes_outside_its_limits_and_keeps_the_prime
                 assert len(sounding) <= 2
             elif NOTE_OFF <= token < TIME_SHIFT:
                 sounding.discard(token - NOTE_OFF)
+        for onset in new.onset:  # and as the file sounds: a note begun and ended at one tick lasts that tick
+            assert int(((piece.onset <= onset + 1e-9) & (piece.offset > onset + 1e-9)).sum()) <= 2
 
 
 def test_pitch_classes_lock_with_temperature_top_p_and_a_budget(models):

@@ -19,8 +19,8 @@ import torch
 
 from core.constraints import Constraints
 from core.errors import ModelError
-from core.generate import HeldNotes, SamplingConfig
-from core.tokenizer import EOS, PAD, TICK_SECONDS, shift_ticks
+from core.generate import HeldNotes, LaneLimits, SamplingConfig, seeded_generator
+from core.tokenizer import EOS
 
 MARGIN = 1.25  # ids masked per id the training music's density predicts: most windows reach the seconds asked
 EXTRA_IDS = 8  # and a few more: a short request still gets a phrase
@@ -38,31 +38,23 @@ def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig 
     id and are for left-to-right models."""
     if max_tokens is None and max_seconds is None:
         raise ModelError(f"a {model.arch} model writes a region of a chosen length: give seconds or max tokens")
-    if max_tokens is not None and max_tokens < 0:
-        raise ModelError(f"max_tokens must be >= 0, got {max_tokens}")
+    limits = LaneLimits(state.batch, max_tokens, max_seconds, stop_at_eos)
     batch, window = state.batch, state.window
     model.eval()
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device)
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
+    generator = seeded_generator(device, seed)
     limit = constraints.token_mask(model.config.vocab_size, device=device) if constraints is not None else None
     constrain = _constrain(limit, None if stop_at_eos else EOS)
     history = primer.to(device)[None].expand(batch, -1)  # (B, T): what a window's context is cut from
     notes = HeldNotes(batch, max_note_seconds, primer.numpy())
-    done = np.zeros(batch, dtype=bool)
-    seconds = np.zeros(batch)
-    produced = 0
-    while max_tokens is None or produced < max_tokens:
+    while limits.more():
         context = min(history.shape[1], window // 2)  # the rest of the window is masked
         new = window - context
         if max_seconds is not None:
-            left = float((max_seconds - seconds[~done]).max())
+            left = float((max_seconds - limits.seconds[~limits.done]).max())
             new = min(new, math.ceil(left * model.config.tokens_per_second * MARGIN) + EXTRA_IDS)
         if max_tokens is not None:
-            new = min(new, max_tokens - produced)
+            new = min(new, max_tokens - limits.produced)
         ids = torch.cat([history[:, history.shape[1] - context:],
                          torch.full((batch, new), model.mask_id, dtype=history.dtype, device=device)], dim=1)
         keep = torch.arange(context + new, device=device)[None].expand(batch, -1) < context
@@ -72,16 +64,8 @@ def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig 
         for column in range(new):
             tokens = written[:, column]
             notes.release(tokens)  # in place: a lane's over-long note ends here instead
-            out = tokens.copy()
-            out[done] = PAD
-            if stop_at_eos:
-                done |= tokens == EOS
-            if max_seconds is not None:
-                seconds += shift_ticks(tokens) * TICK_SECONDS
-                done |= seconds >= max_seconds - 1e-9
-            produced += 1
-            yield out
-            if done.all() or produced == max_tokens:
+            yield limits.close(tokens.copy())  # PAD where a lane has finished; the window keeps what was drawn
+            if limits.over():
                 return
         history = torch.cat([history, torch.from_numpy(written).to(device)], dim=1)
         history = history[:, -window:]  # no window reads further back

@@ -177,6 +177,48 @@ def _follow(tokens: np.ndarray, clock: float, started: np.ndarray) -> float:
     return float(clocks[-1])
 
 
+def seeded_generator(device: torch.device, seed: int | None) -> torch.Generator:
+    """The random stream of one generation: `seed` makes it reproducible, None draws a fresh one."""
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    return generator
+
+
+class LaneLimits:
+    """Which lanes have finished and whether the stream is over, shared by every engine (this one, core/denoising.py):
+    a lane ends at its EOS (when `stop_at_eos`) or its `max_seconds` of music (counted by the codec, the id that
+    reaches it is its last); the stream ends when every lane has, or after `max_tokens` ids (0: none)."""
+
+    def __init__(self, batch: int, max_tokens: int | None, max_seconds: float | None, stop_at_eos: bool):
+        if max_tokens is not None and max_tokens < 0:
+            raise ModelError(f"max_tokens must be >= 0, got {max_tokens}")
+        self.max_tokens, self.max_seconds, self.stop_at_eos = max_tokens, max_seconds, stop_at_eos
+        self.done = np.zeros(batch, dtype=bool)  # (B,)
+        self.seconds = np.zeros(batch)  # (B,) music written
+        self.produced = 0
+
+    def more(self) -> bool:
+        """Whether another id may be written."""
+        return self.max_tokens is None or self.produced < self.max_tokens
+
+    def close(self, tokens: np.ndarray) -> np.ndarray:
+        """Count one written id per lane (B,): in place, PAD where the lane had already finished; returns them."""
+        tokens[self.done] = PAD
+        if self.stop_at_eos:
+            self.done |= tokens == EOS
+        if self.max_seconds is not None:
+            self.seconds += shift_ticks(tokens) * TICK_SECONDS
+            self.done |= self.seconds >= self.max_seconds - 1e-9
+        self.produced += 1
+        return tokens
+
+    def over(self) -> bool:
+        return bool(self.done.all()) or self.produced == self.max_tokens
+
+
 def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
              max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = True,
              seed: int | None = None, max_note_seconds: float | None = MAX_NOTE_SECONDS,
@@ -200,17 +242,12 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     `constraints` (core/constraints.py, resolved against the primer) add their mask to the logits before
     temperature and the filters, per lane; they read the primer but never change it.
     """
-    if max_tokens is not None and max_tokens < 0:
-        raise ModelError(f"max_tokens must be >= 0, got {max_tokens}")
+    limits = LaneLimits(state.batch, max_tokens, max_seconds, stop_at_eos)
     sampling = sampling or SamplingConfig()
     batch = state.batch
     model.eval()
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device)
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
+    generator = seeded_generator(device, seed)
 
     # Grad mode is thread-local: set it around each call, never across a yield.
     with torch.no_grad():
@@ -220,10 +257,7 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     forbidden = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=device)
     forbidden[never] = float("-inf")  # (V,)
     tracker = constraints.tracker(batch, primer.numpy(), logits.shape[-1]) if constraints is not None else None
-    done = np.zeros(batch, dtype=bool)
-    seconds = np.zeros(batch)
-    produced = 0
-    while max_tokens is None or produced < max_tokens:  # max_tokens 0: nothing
+    while limits.more():
         allowed = logits + forbidden
         if tracker is not None:
             allowed = allowed + tracker.mask(device, allowed.dtype)
@@ -233,15 +267,8 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
             ids = torch.from_numpy(tokens).to(ids.device)
         if tracker is not None:
             tracker.read(tokens)
-        tokens[done] = PAD
-        if stop_at_eos:
-            done |= tokens == EOS
-        if max_seconds is not None:
-            seconds += shift_ticks(tokens) * TICK_SECONDS
-            done |= seconds >= max_seconds - 1e-9
-        produced += 1
-        yield tokens
-        if done.all() or produced == max_tokens:
+        yield limits.close(tokens)  # PAD where a lane has finished
+        if limits.over():
             return
         with torch.no_grad():
             logits = model.step(ids, state)

@@ -153,15 +153,40 @@ def read_performance(path: str | Path, strict: bool = False) -> Performance:
     data = _read_bytes(path)
     score = _parse_score(path, data, strict)
     _check_tempos(path, score)
-    unended = _unended_notes(data) if _may_have_unended(data, score, strict) else None
-    if unended is not None and len(unended):
+    score_end, grid = score.end(), read_grid(score)
+    tracks = _piano_tracks(score.to("second"))
+    del score  # the probe parses the file again: never both at once (a long file's peak memory)
+    unended = _unended_notes(data) if _may_have_unended(data, score_end, strict) else None
+    if unended is not None and len(unended):  # rare: read it again, the unended notes a track of their own
+        score = _parse_score(path, data, strict)
         track = symusic.Track("unended notes", 0, False)
         track.notes = symusic.Note.from_numpy(time=unended[:, 0], duration=unended[:, 1] - unended[:, 0],
                                               pitch=unended[:, 2].astype(np.int8),
                                               velocity=unended[:, 3].astype(np.int8))
         score.tracks.append(track)
-    score_ticks, score = score, score.to("second")
-    onsets, offsets, pitches, velocities = [], [], [], []
+        tracks = _piano_tracks(score.to("second"))
+        del score
+    if not tracks:
+        raise MidiError(path, "the file has no notes (drum-only or empty)")
+    onsets, offsets, pitches, velocities = zip(*tracks, strict=True)
+    pitch = np.concatenate(pitches)
+    velocity = np.concatenate(velocities)
+    keep = (velocity > 0) & (pitch >= 0) & (pitch <= 127)
+    if not keep.any():
+        raise MidiError(path, "the file has no playable notes")
+    onset = np.concatenate(onsets)[keep]
+    offset = np.concatenate(offsets)[keep]
+    if not (np.isfinite(onset).all() and np.isfinite(offset).all()):
+        raise MidiError(path, "note times are not finite (corrupt tempo map)")
+    if offset.max() > MAX_PIECE_SECONDS:
+        raise MidiError(path, f"the tempo map stretches the piece to {offset.max() / 3600:.0f} hours")
+    perf = canonical(onset, offset, pitch[keep], np.minimum(velocity[keep], 127))
+    return replace(perf, unended=0 if unended is None else len(unended), grid=grid)
+
+
+def _piano_tracks(score: symusic.Score) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(onset, offset, pitch, velocity) of each pitched track of a score in seconds, the sustain pedal folded in."""
+    tracks = []
     for track in score.tracks:
         if track.is_drum or track.note_num() == 0:
             continue
@@ -175,25 +200,8 @@ def read_performance(path: str | Path, strict: bool = False) -> Performance:
             order = np.argsort(pedal_time, kind="stable")
             offset = fold_sustain(onset, offset, pedal_time[order], controls["value"][sustain][order],
                                   end_time=float(max(offset.max(), pedal_time.max())))
-        onsets.append(onset)
-        offsets.append(offset)
-        pitches.append(notes["pitch"].astype(np.int16))
-        velocities.append(notes["velocity"].astype(np.int16))
-    if not onsets:
-        raise MidiError(path, "the file has no notes (drum-only or empty)")
-    pitch = np.concatenate(pitches)
-    velocity = np.concatenate(velocities)
-    keep = (velocity > 0) & (pitch >= 0) & (pitch <= 127)
-    if not keep.any():
-        raise MidiError(path, "the file has no playable notes")
-    onset = np.concatenate(onsets)[keep]
-    offset = np.concatenate(offsets)[keep]
-    if not (np.isfinite(onset).all() and np.isfinite(offset).all()):
-        raise MidiError(path, "note times are not finite (corrupt tempo map)")
-    if offset.max() > MAX_PIECE_SECONDS:
-        raise MidiError(path, f"the tempo map stretches the piece to {offset.max() / 3600:.0f} hours")
-    perf = canonical(onset, offset, pitch[keep], np.minimum(velocity[keep], 127))
-    return replace(perf, unended=0 if unended is None else len(unended), grid=read_grid(score_ticks))
+        tracks.append((onset, offset, notes["pitch"].astype(np.int16), notes["velocity"].astype(np.int16)))
+    return tracks
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -255,10 +263,11 @@ def _track_chunks(data: bytes) -> list[tuple[int, int]] | None:
     return chunks
 
 
-def _may_have_unended(data: bytes, score: symusic.Score, strict: bool) -> bool:
-    """False when no note of the file is left unended (the probe proves it); True when it cannot tell."""
+def _may_have_unended(data: bytes, score_end: int, strict: bool) -> bool:
+    """False when no note of the file is left unended (the probe proves it); True when it cannot tell.
+    `score_end`: the last tick of the file as parsed (a file that long leaves the probe no room)."""
     chunks = _track_chunks(data)
-    if chunks is None or score.end() >= _PROBE_TICKS // 2:
+    if chunks is None or score_end >= _PROBE_TICKS // 2:
         return True
     late = _varlen(_PROBE_TICKS)
     probe = [data[:chunks[0][0] - 8] if chunks else data]

@@ -396,7 +396,43 @@ def performance_from_messages(messages: list[tuple[float, list[int]]], end_time:
     return canonical(onset_a - start, offset_a - start, pitch, velocity)
 
 
-class MidiRecorder:
+class _InputPort:
+    """An rtmidi input, a named port or a virtual one others connect to, whose messages go to `callback`; closed
+    by `close` or at the end of a with-block. The recorder and the clock input share it."""
+
+    def _open(self, port: str | None, virtual_name: str, callback, client_name: str, purpose: str = "",
+              configure=None) -> None:
+        rtmidi = _rtmidi()
+        self._in, api = _client("in", client_name)
+        self.api = _api_label(api)
+        try:
+            if configure is not None:
+                configure(self._in)
+            self.name = _open_port(self._in, api, port, virtual_name, "input")
+            self._in.set_callback(callback)
+        except rtmidi.RtMidiError as error:
+            self._in.delete()
+            raise DeviceError(f"cannot open {self.api} MIDI input {port or virtual_name!r}{purpose} ({error})") \
+                from None
+        except DeviceError:
+            self._in.delete()
+            raise
+
+    def close(self) -> None:
+        if self._in is not None:
+            self._in.cancel_callback()
+            self._in.close_port()
+            self._in.delete()
+            self._in = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class MidiRecorder(_InputPort):
     """Records an input port (or a virtual "Recital In" port a keyboard or DAW connects to) until stopped.
 
     Use: `rec = MidiRecorder("Keystation"); rec.start(); ...; perf = rec.stop()`. Times come from rtmidi's
@@ -404,24 +440,12 @@ class MidiRecorder:
     """
 
     def __init__(self, port: str | None = None, client_name: str = CLIENT_NAME):
-        rtmidi = _rtmidi()
-        self._in, api = _client("in", client_name)
-        self.api = _api_label(api)
         self._lock = threading.Lock()
         self._messages: list[tuple[float, list[int]]] = []
         self._clock = 0.0  # seconds, summed from rtmidi's deltas
         self._last_wall = time.perf_counter()  # when the last message arrived, to place `stop` on that clock
         self._recording = False
-        try:
-            self.name = _open_port(self._in, api, port, VIRTUAL_INPUT_NAME, "input")
-            self._in.set_callback(self._receive)
-        except rtmidi.RtMidiError as error:
-            self._in.delete()
-            raise DeviceError(f"cannot open {self.api} MIDI input {port or VIRTUAL_INPUT_NAME!r} ({error})") \
-                from None
-        except DeviceError:
-            self._in.delete()
-            raise
+        self._open(port, VIRTUAL_INPUT_NAME, self._receive, client_name)
 
     def _receive(self, event: tuple[list[int], float], _data=None) -> None:
         message, delta = event
@@ -450,21 +474,8 @@ class MidiRecorder:
         self.close()
         return performance_from_messages(messages, end_time=end)
 
-    def close(self) -> None:
-        if self._in is not None:
-            self._in.cancel_callback()
-            self._in.close_port()
-            self._in.delete()
-            self._in = None
 
-    def __enter__(self) -> MidiRecorder:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class MidiClockInput:
+class MidiClockInput(_InputPort):
     """An input port whose MIDI clock and transport messages (Clock, Start, Continue, Stop, Song Position
     Pointer) go to `receive(time, message)` as they arrive, `time` read from `clock` (the player's) at once:
     for a `core.clock.ClockFollower` through `LivePlayer.clock_message`. Other messages are ignored.
@@ -474,37 +485,12 @@ class MidiClockInput:
     """
 
     def __init__(self, port: str | None, receive, clock=time.perf_counter, client_name: str = CLIENT_NAME):
-        rtmidi = _rtmidi()
         self._receive, self._clock = receive, clock
-        self._in, api = _client("in", client_name)
-        self.api = _api_label(api)
-        try:
-            self._in.ignore_types(sysex=True, timing=False, active_sense=True)
-            self.name = _open_port(self._in, api, port, f"{VIRTUAL_NAME} Clock", "input")
-            self._in.set_callback(self._arrived)
-        except rtmidi.RtMidiError as error:
-            self._in.delete()
-            raise DeviceError(f"cannot open {self.api} MIDI input {port or VIRTUAL_NAME + ' Clock'!r} for its "
-                              f"clock ({error})") from None
-        except DeviceError:
-            self._in.delete()
-            raise
+        self._open(port, f"{VIRTUAL_NAME} Clock", self._arrived, client_name, " for its clock",
+                   configure=lambda midi_in: midi_in.ignore_types(sysex=True, timing=False, active_sense=True))
 
     def _arrived(self, event: tuple[list[int], float], _data=None) -> None:
         message = event[0]
         if message and message[0] in _CLOCK_STATUSES:
             self._receive(self._clock(), message)
-
-    def close(self) -> None:
-        if self._in is not None:
-            self._in.cancel_callback()
-            self._in.close_port()
-            self._in.delete()
-            self._in = None
-
-    def __enter__(self) -> MidiClockInput:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 

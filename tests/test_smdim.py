@@ -53,7 +53,7 @@ def scan_inputs(batch: int, channels: int, length: int, state: int, dtype=torch.
 
 # ---- the selective scan ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("inner", ["doubling", "loop"])
+@pytest.mark.parametrize("inner", ["doubling", "loop", "stepwise"])
 @pytest.mark.parametrize("length,chunk", [(1, 4), (37, 8), (64, 64), (100, 16), (130, 128)])
 def test_the_chunked_scans_equal_the_recurrence(length, chunk, inner):
     inputs = scan_inputs(2, 5, length, 3)
@@ -64,21 +64,48 @@ def test_the_chunked_scans_equal_the_recurrence(length, chunk, inner):
 def test_the_scan_agrees_in_float32_over_a_long_sequence_with_strong_decay():
     u, delta, A, B, C, D = scan_inputs(1, 4, 600, 4, torch.float32)
     delta = delta * 5  # decays of exp(-20) per position: no inverse of a decay ever appears, nothing overflows
-    y = scan_chunked(u, delta, A, B, C, D)
-    assert torch.isfinite(y).all() and torch.allclose(y, scan_recurrent(u, delta, A, B, C, D), atol=1e-4)
+    reference = scan_recurrent(u, delta, A, B, C, D)
+    for inner in ("doubling", "stepwise"):
+        y = scan_chunked(u, delta, A, B, C, D, inner=inner)
+        assert torch.isfinite(y).all() and torch.allclose(y, reference, atol=1e-4)
 
 
 def test_the_scans_gradients_agree_though_the_chunked_ones_recompute_each_chunk():
     inputs = [t.requires_grad_() for t in scan_inputs(1, 3, 20, 2)]
     grads = []
     for scan in (lambda *a: scan_chunked(*a, chunk=8), lambda *a: scan_chunked(*a, chunk=8, inner="loop"),
-                 scan_recurrent):
+                 lambda *a: scan_chunked(*a, chunk=8, inner="stepwise"), scan_recurrent):
         for t in inputs:
             t.grad = None
         scan(*inputs).square().sum().backward()
         grads.append([t.grad.clone() for t in inputs])
-    for other in grads[:2]:
-        assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(other, grads[2], strict=True))
+    for other in grads[:3]:
+        assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(other, grads[3], strict=True))
+
+
+def test_the_stepwise_scans_written_out_backward_is_the_true_gradient_over_uneven_chunks():
+    inputs = [t.requires_grad_() for t in scan_inputs(2, 3, 11, 2)]  # chunks of 4, 4 and 3; two rows
+    assert torch.autograd.gradcheck(lambda *a: scan_chunked(*a, chunk=4, inner="stepwise"), inputs)
+
+
+def test_a_cpu_model_runs_the_stepwise_scan_and_the_old_loop_still_agrees(monkeypatch):
+    from core.models.smdim import scan
+
+    model = tiny().eval()
+    ids = torch.randint(3, VOCAB_SIZE, (2, 64))
+    with torch.no_grad():
+        stepwise = model(ids)
+        model.use_scan("loop")
+        assert torch.allclose(model(ids), stepwise, atol=1e-5)
+        calls = []
+        monkeypatch.setattr(scan, "_stepwise", lambda *inputs: calls.append(inputs) or (inputs[0], []))
+        model(ids)
+        assert not calls  # "loop" is the old form
+        model.use_scan("auto")
+        model(ids)
+        assert len(calls) == 2 * model.config.n_blocks  # both directions of every block, stepwise
+    with pytest.raises(ModelError, match="auto, torch, cuda, loop"):
+        model.use_scan("fast")
 
 
 def test_the_cuda_kernel_is_refused_with_a_reason_where_it_cannot_run():
@@ -338,9 +365,10 @@ def test_the_shipped_recipe_has_an_smdim_run():
 
 
 @pytest.mark.usefixtures("isolated_dirs")
-def test_recital_eval_says_in_one_line_that_a_denoiser_is_not_scored_left_to_right(smdim_dir, capsys):
-    assert main(["eval", str(PIANO_PIECE.parent), "--model", str(smdim_dir)]) != 0
-    assert "not scored left to right" in capsys.readouterr().err
+def test_recital_eval_scores_a_denoiser_by_its_elbo_not_left_to_right(smdim_dir, capsys):
+    assert main(["eval", str(PIANO_PIECE.parent), "--model", str(smdim_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "diffusion ELBO:" in out and "bits/s" in out and "upper bound" in out and "perplexity:" not in out
 
 
 def test_a_session_keeps_the_scale_range_and_velocity_limits_and_refuses_density(smdim_dir):

@@ -44,7 +44,7 @@ from core.models.config import (
 from core.models.interface import DENOISE, check_ids
 from core.models.layers import MLP, RMSNorm, apply_rotary, rotary
 from core.models.packed import matrix_kind
-from core.models.smdim.scan import selective_scan
+from core.models.smdim.scan import KERNELS, selective_scan
 from core.models.smdim.state import SMDIMPlan, SMDIMState, dt_rank, plan_window
 from core.state import TOKENS_PER_SECOND
 from core.tokenizer import PAD, VOCAB_SIZE
@@ -243,9 +243,9 @@ class SMDIM(nn.Module):
         return self.config.vocab_size
 
     def use_scan(self, kernel: str) -> None:
-        """Which selective scan every layer runs: "auto", "torch" or "cuda" (see scan.selective_scan)."""
-        if kernel not in ("auto", "torch", "cuda"):
-            raise ModelError(f"scan kernel must be auto, torch or cuda, got {kernel!r}")
+        """Which selective scan every layer runs: "auto", "torch", "cuda" or "loop" (see scan.selective_scan)."""
+        if kernel not in KERNELS:
+            raise ModelError(f"scan kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         for block in self.blocks:
             block.mamba.kernel = kernel
 

@@ -9,19 +9,25 @@ the decay A (E, N) (negative), input and output projections B, C (B, N, L) and t
 - `scan_recurrent` runs that recurrence one position at a time (`scan_step`): the reference, and the form a
   left-to-right reader would use.
 - `scan_chunked` is the training form: chunks of `chunk` positions one after another, the state carried between
-  them, each scanned in parallel by doubling (log2(chunk) elementwise passes) or position by position. Only
-  products of decays in (0, 1] appear, never their inverses, so it is exact in float32 at any length. With
-  gradients it keeps only each chunk's starting state and recomputes the chunk in the backward pass.
+  them, each scanned in parallel by doubling (log2(chunk) elementwise passes, a GPU's form), position by position
+  under autograd ("loop", the CPU's form until the stepwise one), or "stepwise": each chunk's decays and inputs
+  computed at once into buffers every chunk reuses, then one fused multiply-add per position in place, with a
+  backward pass written out (the adjoint recurrence run the same way) instead of autograd's graph of thousands of
+  small steps. Only products of decays in (0, 1] appear, never their inverses, so every form is exact in float32
+  at any length. With gradients each keeps only each chunk's starting state and recomputes the chunk backwards.
 - `selective_scan` picks the path: mamba-ssm's CUDA kernel when that package is installed and the tensors live on
-  a GPU (the optional extra `recital[cuda]`); else the chunked PyTorch form, in parallel on a GPU and position by
-  position within each chunk on a CPU (measured 5-10x faster there: bench numbers in the commit).
+  a GPU (the optional extra `recital[cuda]`); else the chunked PyTorch form, by doubling on a GPU and stepwise on
+  a CPU. Why not a matrix form on a CPU (decays between every s <= t of a chunk, exp(cum_t - cum_s)): A is per
+  channel and state here, not a scalar per head as in Mamba-2, so that form is K/2 times the exponentials of the
+  stepwise one over a (B, K, K, E, N) tensor, not a matrix product; the exponentials already cost a third of it.
 """
 
 from __future__ import annotations
 
 import torch
 
-DEFAULT_CHUNK = 16  # positions scanned at once: 64 does 1.5x the doubling work and its backward is ~6x slower on a CPU
+DEFAULT_CHUNK = 16  # positions scanned at once: 64 does 1.5x the doubling work; stepwise, 16 keeps a chunk in cache
+KERNELS = ("auto", "torch", "cuda", "loop")  # "loop": the CPU's previous form, kept to measure against
 
 
 def cuda_kernel():
@@ -55,15 +61,18 @@ def scan_recurrent(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
 def scan_chunked(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: torch.Tensor, chunk: int = DEFAULT_CHUNK, inner: str = "doubling") -> torch.Tensor:
     """y (B, E, L): chunks in order from the state the last one left, each scanned in parallel by doubling
-    (inner "doubling": log2(chunk) passes, what a GPU wants) or position by position (inner "loop": less work,
-    5-10x faster on a CPU, where parallel passes buy nothing).
+    (inner "doubling": log2(chunk) passes, what a GPU wants) or position by position (inner "loop" under
+    autograd, or "stepwise" in place with its backward written out: less work, what a CPU wants).
 
     With gradients, only the state at each chunk's start is kept (B, E, N per chunk); the backward pass scans
     the chunks again, last first, one chunk's graph at a time (as mamba-ssm's kernel recomputes): training
     memory is the inputs plus one chunk, not a (B, E, L, N) state per doubling pass."""
     inputs = (u, delta, A, B, C, D)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    if inner == "stepwise":
+        return _StepwiseScan.apply(*inputs, chunk) if grad else _stepwise(*inputs, chunk)[0]
     scan_chunk = _INNER[inner]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+    if grad:
         return _RecomputedScan.apply(*inputs, chunk, scan_chunk)
     return _scan(*inputs, chunk, scan_chunk)[0]
 
@@ -138,6 +147,105 @@ class _RecomputedScan(torch.autograd.Function):
         return (*grads, None, None)
 
 
+def _position_major(u, delta, B, C) -> tuple[torch.Tensor, ...]:
+    """u, delta, delta u (B, L, E) and B, C (B, L, N), contiguous: a chunk's rows are one block of memory
+    (a copy only where the caller's tensor is not already a transposed (B, L, .) one, as the model's delta is)."""
+    d = delta.transpose(1, 2).contiguous()
+    u = u.transpose(1, 2).contiguous()
+    return u, d, d * u, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+
+
+def _prepare(decay: torch.Tensor, x: torch.Tensor, d: torch.Tensor, du: torch.Tensor, A: torch.Tensor,
+             b: torch.Tensor) -> None:
+    """A chunk's decays exp(delta A) and inputs delta u B written into `decay` and `x` (B, K, E, N) from its rows
+    of d, du (B, K, E) and b (B, K, N)."""
+    torch.mul(d[..., None], A, out=decay).exp_()
+    torch.mul(du[..., None], b[:, :, None, :], out=x)
+
+
+def _step(decay: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The chunk's states h_t = decay_t h_(t-1) + x_t written over `x`, one fused multiply-add per position into
+    memory already there; -> the last state (a view of `x`)."""
+    for t in range(x.shape[1]):
+        h = torch.addcmul(x[:, t], decay[:, t], h, out=x[:, t])
+    return h
+
+
+def _stepwise(u, delta, A, B, C, D, chunk: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """y (B, E, L) and the state at the start of every chunk: each chunk prepared at once into two buffers that
+    every chunk reuses, then stepped position by position in place."""
+    batch, channels, length = u.shape
+    u, d, du, b, c = _position_major(u, delta, B, C)
+    size = min(chunk, length)
+    decay = u.new_empty(batch, size, channels, A.shape[1])
+    states = torch.empty_like(decay)
+    y = torch.empty_like(u)  # (B, L, E)
+    h = u.new_zeros(batch, channels, A.shape[1])
+    starts = []
+    for begin in range(0, length, chunk):
+        part, k = slice(begin, begin + chunk), min(chunk, length - begin)
+        starts.append(h)
+        _prepare(decay[:, :k], states[:, :k], d[:, part], du[:, part], A, b[:, part])
+        h = _step(decay[:, :k], states[:, :k], h).clone()
+        y[:, part] = torch.matmul(states[:, :k], c[:, part, :, None])[..., 0]  # C_t . h_t
+    return y.addcmul_(u, D).transpose(1, 2), starts
+
+
+class _StepwiseScan(torch.autograd.Function):
+    """The CPU's scan with gradients: forward as `_stepwise`, keeping each chunk's starting state; the backward
+    pass recomputes a chunk's states from it and runs the adjoint recurrence g_t = C_t dy_t + decay_(t+1) g_(t+1)
+    (g: the loss's gradient with respect to h_t) position by position in place, last chunk first, then takes the
+    inputs' gradients of the chunk at once. The same products as `scan_recurrent`, summed in another order."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, chunk):
+        y, starts = _stepwise(u, delta, A, B, C, D, chunk)
+        ctx.save_for_backward(u, delta, A, B, C, D, torch.stack(starts))
+        ctx.chunk = chunk
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        u, delta, A, B, C, D, starts = ctx.saved_tensors
+        chunk = ctx.chunk
+        batch, channels, length = u.shape
+        u, d, du, b, c = _position_major(u, delta, B, C)
+        dy = grad_y.transpose(1, 2).contiguous()  # (B, L, E)
+        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(u)
+        grad_B, grad_C = torch.empty_like(b), torch.empty_like(c)
+        grad_A = torch.zeros_like(A)
+        size = min(chunk, length)
+        decay = u.new_empty(batch, size, channels, A.shape[1])
+        states, g, work = torch.empty_like(decay), torch.empty_like(decay), torch.empty_like(decay)
+        grad_h = torch.zeros_like(starts[0])  # the gradient of the state the chunk leaves to the next
+        for index in reversed(range(len(starts))):
+            begin = index * chunk
+            part, k = slice(begin, begin + chunk), min(chunk, length - begin)
+            a, s, gk, wk = decay[:, :k], states[:, :k], g[:, :k], work[:, :k]
+            h0 = starts[index]
+            _prepare(a, s, d[:, part], du[:, part], A, b[:, part])
+            _step(a, s, h0)
+            torch.mul(dy[:, part, :, None], c[:, part, None, :], out=gk)  # from y_t = C_t . h_t
+            gk[:, -1] += grad_h
+            for t in range(k - 2, -1, -1):
+                gk[:, t].addcmul_(a[:, t + 1], gk[:, t + 1])
+            grad_C[:, part] = torch.matmul(dy[:, part, None, :], s)[:, :, 0]
+            grad_h = a[:, 0] * gk[:, 0]
+            # the decay's gradient g_t h_(t-1) decay_t: the states shifted one position, h0 first
+            wk[:, 1:] = s[:, :-1]
+            wk[:, 0] = h0
+            g_log = wk.mul_(a).mul_(gk)  # the gradient of delta_t A
+            g_x = torch.matmul(gk, b[:, part, :, None])[..., 0]  # (B, K, E): sum over N of g_t B_t
+            grad_delta[:, part] = torch.mul(g_log, A, out=s).sum(-1).addcmul_(g_x, u[:, part])
+            grad_u[:, part] = g_x * d[:, part]
+            grad_B[:, part] = torch.matmul(du[:, part, None, :], gk)[:, :, 0]
+            grad_A += g_log.mul_(d[:, part, :, None]).sum((0, 1))
+        grad_u.addcmul_(dy, D)
+        grad_D = (dy * u).sum((0, 1))
+        return (grad_u.transpose(1, 2), grad_delta.transpose(1, 2), grad_A, grad_B.transpose(1, 2),
+                grad_C.transpose(1, 2), grad_D, None)
+
+
 def _doubling(decay: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inclusive scan of h_t = decay_t h_{t-1} + x_t along dim 2 (Hillis-Steele): after the pass at distance d
     each position holds the combination of the 2d positions ending there."""
@@ -153,12 +261,13 @@ def _doubling(decay: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                    D: torch.Tensor, kernel: str = "auto", chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """y (B, E, L) of the selective scan. kernel: "auto" (mamba-ssm's CUDA kernel where it runs, else PyTorch),
-    "torch" (the chunked PyTorch form) or "cuda" (mamba-ssm's; ModelError when it cannot run here)."""
-    if kernel not in ("auto", "torch", "cuda"):
+    "torch" (the chunked PyTorch form), "cuda" (mamba-ssm's; ModelError when it cannot run here) or "loop" (the
+    chunked form stepped under autograd, what a CPU ran before the stepwise form: for benchmarks)."""
+    if kernel not in KERNELS:
         from core.errors import ModelError
 
-        raise ModelError(f"scan kernel must be auto, torch or cuda, got {kernel!r}")
-    fused = cuda_kernel() if kernel != "torch" and u.is_cuda else None
+        raise ModelError(f"scan kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    fused = cuda_kernel() if kernel in ("auto", "cuda") and u.is_cuda else None
     if kernel == "cuda" and fused is None:
         from core.errors import ModelError
 
@@ -168,4 +277,6 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         y = fused(u.contiguous(), delta.contiguous(), A.float().contiguous(), B.contiguous(), C.contiguous(),
                   D.float().contiguous(), z=None, delta_bias=None, delta_softplus=False)
         return y.to(dtype)
-    return scan_chunked(u, delta, A, B, C, D, chunk, "doubling" if u.is_cuda else "loop")
+    if kernel == "loop":
+        return scan_chunked(u, delta, A, B, C, D, chunk, "loop")
+    return scan_chunked(u, delta, A, B, C, D, chunk, "doubling" if u.is_cuda else "stepwise")

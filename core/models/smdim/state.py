@@ -31,9 +31,10 @@ def pass_bytes(config, window: int, batch: int) -> int:
     positions = -(-window // c.stride)
     keys = 3 * c.attn_window if c.attn_window else positions  # keys each query scores
     per_position = (5 * c.d_model + 2 * inner + 2 * (4 * inner + rank + 2 * c.d_state) + 9 * c.d_model
-                    + 2 * c.n_heads * min(keys, positions))
+                    + 2 * c.n_heads * min(keys, positions)
+                    + 4 * inner + 2 * c.d_state)  # the stepwise scan's position-major u, delta, delta u, y, B, C
     per_token = 3 * c.d_embed + 4 * c.vocab_size
-    chunk = 4 * min(DEFAULT_CHUNK, positions) * inner * c.d_state  # a chunk's decays, inputs and copies of them
+    chunk = 4 * min(DEFAULT_CHUNK, positions) * inner * c.d_state  # a chunk's decays and states, and temporaries
     return batch * FLOAT_BYTES * (positions * per_position + window * per_token + chunk)
 
 

@@ -477,3 +477,98 @@ def perplexity_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], b
         bucket_ppl = np.where(bucket_tokens > 0, np.exp(bucket_nll / np.maximum(bucket_tokens, 1)), np.nan)
     return PerplexityReport(float(math.exp(total_nll / total_tokens)), total_tokens, len(pieces),
                             tuple(int(e) for e in edges), bucket_tokens, bucket_ppl)
+
+
+# --- the diffusion ELBO (denoisers) ----------------------------------------------------------------------------
+
+ELBO_DRAWS = 8  # masked copies of each window, one at the midpoint of each of this many equal strata of the rate
+ELBO_MEANING = ("diffusion ELBO: an upper bound on the negative log-likelihood (the model's true bits are at most "
+                "this), each window the budget buys scored on its own, averaged over seeded masks at stratified "
+                "masking rates")
+
+
+@dataclass
+class ElboReport:
+    """A denoiser's ELBO over whole pieces, in bits per token and per second of music: an upper bound on the
+    negative log-likelihood, so it sits beside (never below) what a left-to-right model's -log2 p would be."""
+
+    nats: float  # the bound summed over every scored id
+    tokens: int  # ids scored (every non-PAD id of the pieces)
+    seconds: float  # of music the ids cover (core.tokenizer.ids_seconds)
+    pieces: int
+    draws: int  # masked copies per window
+    window: int  # tokens per scored window
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.nats / math.log(2) / self.tokens
+
+    @property
+    def bits_per_second(self) -> float | None:
+        return self.nats / math.log(2) / self.seconds if self.seconds > 0 else None
+
+    @property
+    def perplexity(self) -> float:
+        """The bound as a perplexity (e to the nats per token): the number `recital train` reports."""
+        return math.exp(self.nats / self.tokens)
+
+    @classmethod
+    def total(cls, reports: Sequence[ElboReport]) -> ElboReport:
+        """Several sets' reports as one (their sums): the bound of all their pieces together."""
+        if not reports:
+            raise RecitalError("no ELBO reports to add up")
+        return cls(sum(r.nats for r in reports), sum(r.tokens for r in reports), sum(r.seconds for r in reports),
+                   sum(r.pieces for r in reports), reports[0].draws, reports[0].window)
+
+    def to_json(self) -> dict:
+        return {"elbo_bits_per_token": self.bits_per_token, "elbo_bits_per_second": self.bits_per_second,
+                "perplexity": self.perplexity, "tokens": self.tokens, "seconds": self.seconds,
+                "pieces": self.pieces, "draws": self.draws, "window": self.window, "meaning": ELBO_MEANING}
+
+
+def elbo_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], budget: int | None = None,
+                draws: int = ELBO_DRAWS, seed: int = 0,
+                progress: Callable[[int, int], None] | None = None) -> ElboReport:
+    """The diffusion ELBO of a denoiser (core.models.interface.Denoiser) on whole pieces.
+
+    Each piece is cut into windows of the length the budget buys one lane (`plan(budget, 1)`; None: the model's
+    default), as the model reads them when it generates. Each window is masked `draws` times, at the midpoints of
+    `draws` equal strata of the masking rate, with masks from a generator seeded `seed` at every piece (the same
+    number for the same model and pieces, whatever the order); the 1/t-weighted cross-entropy of the masked ids
+    (core.models.smdim.training.elbo_sum, what training minimises) is averaged over the draws. With
+    `draws=HELD_OUT_RATES` it is the trainer's validation number. `progress(done, total)` after each piece.
+    """
+    import torch
+
+    from core.models.interface import DENOISE
+    from core.models.smdim.training import elbo_sum
+    from core.tokenizer import ids_seconds
+
+    if getattr(model, "family", "left_to_right") != DENOISE:
+        raise RecitalError(f"a {getattr(model, 'arch', 'left-to-right')} model reads left to right: its held-out "
+                           "number is its perplexity (perplexity_report), not a diffusion ELBO")
+    if draws < 1:
+        raise RecitalError(f"ELBO draws per window must be at least 1, got {draws}")
+    pieces = [encode(x) if isinstance(x, Performance) else np.asarray(x) for x in perfs_or_ids]
+    pieces = [ids.astype(np.int64).ravel() for ids in pieces]
+    pieces = [ids[ids != PAD] for ids in pieces]
+    pieces = [ids for ids in pieces if len(ids)]
+    if not pieces:
+        raise RecitalError("no piece has an id to score")
+    window = model.plan(budget, batch=1).window
+    device = next(model.parameters()).device
+    rates = (torch.arange(draws, device=device) + 0.5) / draws  # (draws,)
+    nats, tokens, seconds = 0.0, 0, 0.0
+    with torch.inference_mode():
+        for done, ids in enumerate(pieces, start=1):
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed)
+            for begin in range(0, len(ids), window):
+                part = torch.from_numpy(ids[begin:begin + window]).to(device)[None].expand(draws, -1)  # (draws, w)
+                bound, _ = elbo_sum(model, part.contiguous(), model.mask_id, generator, rates)
+                nats += float(bound) / draws
+            tokens += len(ids)
+            seconds += ids_seconds(ids)
+            if progress is not None:
+                progress(done, len(pieces))
+    return ElboReport(nats, tokens, seconds, len(pieces), draws, window)

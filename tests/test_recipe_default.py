@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
+from core.cli import main as recital
 from core.errors import MidiError, ModelError
-from core.midi import Performance, write_performance
+from core.metrics import elbo_report
+from core.midi import Performance, read_performance, write_performance
 from core.modeldir import build_model, load_model, save_model
+from core.tokenizer import encode
 from tests.test_train_data import random_performance
 from trainer.config import TrainConfig
 from trainer.recipes import default_models as recipe_module
@@ -46,6 +49,10 @@ log_every = 1
 [dsmr]
 name = "tiny-default"
 model = {{d_model = 16, n_layers = 2, n_heads = 2, segment_len = 32, max_horizon = 64, n_long = 1, default_budget = "64KB"}}
+
+[smdim]
+name = "tiny-smdim"
+model = {{d_embed = 16, d_model = 32, n_blocks = 1, n_heads = 2, d_state = 4, window = 64, attn_window = 8, steps = 2}}
 """
 
 
@@ -74,8 +81,8 @@ def setup(tmp_path) -> dict:
     return {"data": data, "config": config, "run": tmp_path / "run", "dest": tmp_path / "models" / "tiny-default"}
 
 
-def args(setup: dict, *extra: str) -> list[str]:
-    return ["--arch", "dsmr", "--config", str(setup["config"]), "--data", str(setup["data"]), "--run",
+def args(setup: dict, *extra: str, arch: str = "dsmr") -> list[str]:
+    return ["--arch", arch, "--config", str(setup["config"]), "--data", str(setup["data"]), "--run",
             str(setup["run"]), "--dest", str(setup["dest"]), "--workers", "1", *extra]
 
 
@@ -199,3 +206,79 @@ def test_init_starts_a_new_run_from_a_model_and_the_card_tells_both_trainings(se
     assert main(args(third, "--steps", "1", "--init", str(wider))) == 1
     assert "d_model is 32, not 16" in capsys.readouterr().err
     assert not third["dest"].exists()
+
+
+def test_an_smdim_run_resumes_scores_its_elbo_and_exports_a_model_generate_and_infill_read(setup, monkeypatch,
+                                                                                          capsys, tmp_path):
+    import torch
+
+    from core.models.smdim.training import HELD_OUT_RATES, SMDIMTraining
+
+    setup = {**setup, "dest": setup["dest"].parent / "tiny-smdim"}
+    calls = []
+
+    def stop_after_one(self) -> bool:
+        calls.append(1)
+        return len(calls) > 1
+
+    with monkeypatch.context() as patch:
+        patch.setattr(recipe_module.StopFlag, "__call__", stop_after_one)
+        assert main(args(setup, "--steps", "2", "--resume", arch="smdim")) == 130
+    assert not setup["dest"].exists()
+    assert main(args(setup, "--steps", "2", "--resume", arch="smdim")) == 0, capsys.readouterr().err
+    events = [json.loads(line) for line in (setup["run"] / "train" / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2]  # the second session went on from step 1
+    err = capsys.readouterr().err
+    assert "held-out ELBO, maestro:" in err and "bits/s" in err
+
+    model = load_model(setup["dest"])
+    assert model.arch == "smdim" and model.config.d_model == 32 and model.config.window == 64
+    card = (setup["dest"] / "card.md").read_text()
+    assert card.startswith("# tiny-smdim: smdim trained from scratch") and "held-out ELBO" in card.splitlines()[0]
+    assert "## Held-out ELBO" in card and "upper bound on the negative log-likelihood" in card
+    assert "## Held-out perplexity" not in card
+    for row in ("| corpus |", "| corpus, polyphonic |", "| corpus, monophonic |", "| maestro | 1 |", "2 steps"):
+        assert row in card, row
+    scores = json.loads((setup["run"] / "scores.json").read_text())["scores"]
+    maestro = scores["maestro"]
+    assert "upper bound" in maestro["meaning"] and maestro["window"] == 64 and maestro["draws"] >= 8
+    assert maestro["elbo_bits_per_second"] == pytest.approx(maestro["elbo_bits_per_token"] * maestro["tokens"]
+                                                            / maestro["seconds"])
+    parts = [scores["corpus, polyphonic"], scores["corpus, monophonic"]]
+    assert scores["corpus"]["tokens"] == sum(p["tokens"] for p in parts)  # the corpus row is its parts' pieces
+
+    # the same number as `recital eval`, and with the trainer's rates the trainer's validation number
+    performance = read_performance(next((tmp_path / "maestro").glob("*.mid")))
+    report = elbo_report(model, [performance], draws=HELD_OUT_RATES)
+    bound, ids = SMDIMTraining(model).piece_bound(encode(performance).astype(np.int64),
+                                                    torch.device("cpu"))
+    assert report.nats == pytest.approx(bound) and report.tokens == ids
+    assert recital(["eval", str(tmp_path / "maestro"), "--model", str(setup["dest"]), "--json",
+                    str(tmp_path / "eval.json")]) == 0
+    assert "diffusion ELBO:" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval.json").read_text())["elbo_bits_per_token"] == pytest.approx(
+        maestro["elbo_bits_per_token"], rel=1e-5)  # the recipe scored the fp16 weights as shipped
+
+    # `recital generate` and `recital infill` read the exported directory
+    out = tmp_path / "out"
+    assert recital(["generate", "--model", str(setup["dest"]), "--seconds", "2", "--out", str(out / "g.mid"),
+                    "--seed", "1"]) == 0, capsys.readouterr().err
+    assert (out / "g.mid").is_file()
+    assert recital(["infill", str(tmp_path / "maestro" / "m.mid"), "--start", "1", "--end", "2", "--model",
+                    str(setup["dest"]), "--out", str(out / "i.mid"), "--seed", "1"]) == 0, capsys.readouterr().err
+    assert len(read_performance(out / "i.mid")) > 0
+
+
+def test_the_elbo_is_refused_to_a_left_to_right_model_and_needs_a_draw(tiny_model_dir):
+    from core.errors import RecitalError
+
+    model = load_model(tiny_model_dir)
+    with pytest.raises(RecitalError, match="reads left to right: its held-out number is its perplexity"):
+        elbo_report(model, [np.array([1, 40, 300, 2])])
+    from core.models.smdim import SMDIM, SMDIMConfig
+
+    denoiser = SMDIM(SMDIMConfig(d_embed=16, d_model=32, n_blocks=1, n_heads=2, d_state=4, window=64, attn_window=8))
+    with pytest.raises(RecitalError, match="draws per window must be at least 1, got 0"):
+        elbo_report(denoiser, [np.array([1, 40, 300, 2])], draws=0)
+    with pytest.raises(RecitalError, match="no piece has an id to score"):
+        elbo_report(denoiser, [np.zeros(0, dtype=np.int64)])

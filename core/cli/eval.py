@@ -5,7 +5,9 @@
 
 The first form prints, per feature, the overlap area (OA) and KL divergence of the generated-to-reference
 distances against the reference set's own, then the mean OA and the repetition measures of both sets. The second
-prints the model's token-weighted perplexity on the pieces of FOLDER and its perplexity by position in the piece.
+prints the model's token-weighted perplexity on the pieces of FOLDER and its perplexity by position in the piece;
+for a denoiser (SMDIM), which does not read left to right, its diffusion ELBO in bits per token and per second of
+music instead (an upper bound on the negative log-likelihood, core.metrics.elbo_report).
 The HTML report is one self-contained file (inline SVG, no scripts) with the same numbers drawn.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import MidiError, RecitalError
+from core.models.interface import DENOISE
 
 HELP = "perplexity and MGEval comparison of generated and reference pieces"
 
@@ -98,6 +101,9 @@ def _run_perplexity(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\rscoring piece {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
+    if getattr(model, "family", None) == DENOISE:  # no left-to-right reading: its number is the diffusion ELBO
+        return _print_elbo(metrics.elbo_report(model, pieces, budget, progress=progress), args, folder,
+                           budget_text, budget)
     report = metrics.perplexity_report(model, pieces, budget, progress=progress)
     print(f"model: {args.model}, state budget {budget_text}")
     print(f"perplexity: {report.perplexity:.3f} over {report.tokens} tokens in {report.pieces} pieces of {folder}")
@@ -109,6 +115,29 @@ def _run_perplexity(args: argparse.Namespace) -> int:
         _write_text(args.json, json.dumps(result, indent=2) + "\n", "JSON file")
     if args.report is not None:
         _write_text(args.report, _perplexity_html(report, str(args.model), folder, budget_text), "HTML report")
+    return 0
+
+
+def _print_elbo(report, args: argparse.Namespace, folder: Path, budget_text: str, budget: int) -> int:
+    """A denoiser's numbers: its ELBO in bits per token and per second of music (an upper bound on the NLL)."""
+    per_second = "-" if report.bits_per_second is None else f"{report.bits_per_second:.2f}"
+    print(f"model: {args.model}, state budget {budget_text} ({report.window}-token windows)")
+    print(f"diffusion ELBO: {report.bits_per_token:.4f} bits/token, {per_second} bits/s over {report.tokens} "
+          f"tokens ({report.seconds:.1f} s) in {report.pieces} pieces of {folder}")
+    print(f"(an upper bound on the negative log-likelihood, {report.draws} seeded masks per window; "
+          f"as a perplexity bound {report.perplexity:.3f})")
+    if args.json is not None:
+        result = report.to_json()
+        result["model"], result["folder"], result["budget_bytes"] = str(args.model), str(folder), budget
+        _write_text(args.json, json.dumps(result, indent=2) + "\n", "JSON file")
+    if args.report is not None:
+        body = (f"<p>Model <code>{html.escape(str(args.model))}</code>, state budget {html.escape(budget_text)} "
+                f"({report.window}-token windows), {report.pieces} pieces in "
+                f"<code>{html.escape(str(folder))}</code>.</p>"
+                f"<p><b>Diffusion ELBO {report.bits_per_token:.4f} bits/token, {per_second} bits/s</b> over "
+                f"{report.tokens} tokens ({report.seconds:.1f} s of music).</p>"
+                f"<p>{html.escape(report.to_json()['meaning'])}.</p>")
+        _write_text(args.report, _page("Recital ELBO", body), "HTML report")
     return 0
 
 

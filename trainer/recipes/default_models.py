@@ -47,6 +47,7 @@ from trainer.recipes.recipe import (
 
 MAX_MODEL_BYTES = 25 * 1024 * 1024
 RECIPE_STATE = "recipe.json"  # in the run folder: the data and weights the run started with
+SCORES = "scores.json"  # in the run folder: the held-out scores of the exported model, with their meaning
 TRAIN_DIR = "train"  # in the run folder: the training loop's output (checkpoints, events, best model)
 SAMPLE_PIECES = 20  # generated for the card's sample check (python -m trainer.recipes.samples)
 
@@ -148,27 +149,36 @@ class StopFlag:
 # ---- evaluation and the card ------------------------------------------------------------------------------------
 
 def evaluate(model, corpus, val: list[int], recipe: Recipe, log) -> dict:
-    """Held-out perplexity (all, polyphonic, monophonic) on corpus pieces and on MAESTRO, under the model's
-    default budget, as `recital eval` measures it."""
+    """Held-out scores (all, polyphonic, monophonic) on corpus pieces and on MAESTRO, under the model's default
+    budget, as `recital eval` measures them: perplexity for a left-to-right model; for a denoiser, which reads no
+    left-to-right order, its diffusion ELBO in bits per token and per second of music (an upper bound on the NLL)."""
     from core.budget import parse_budget
-    from core.metrics import perplexity_report
+    from core.metrics import ElboReport, elbo_report, perplexity_report
     from core.midi import read_performance
+    from core.models.interface import DENOISE
     from trainer.weights import collections
 
     budget = parse_budget(model.config.default_budget)
+    denoises = getattr(model, "family", None) == DENOISE
+
+    def score(pieces: list):
+        return elbo_report(model, pieces, budget) if denoises else perplexity_report(model, pieces, budget)
+
     rng = np.random.default_rng([recipe.train.get("seed", 0), 11])
     chosen = sorted(rng.permutation(val)[:recipe.eval_pieces].tolist())
     names = collections(corpus, chosen)
-    results: dict[str, dict] = {}
+    reports: dict = {}
     groups = {"polyphonic": [i for i, n in zip(chosen, names, strict=True) if n not in recipe.monophonic],
               "monophonic": [i for i, n in zip(chosen, names, strict=True) if n in recipe.monophonic]}
     for label, pieces in groups.items():
         if pieces:
             log(f"scoring {len(pieces)} held-out {label} pieces")
-            results[f"corpus, {label}"] = perplexity_report(model, [corpus.piece(i) for i in pieces],
-                                                            budget).to_json()
+            reports[f"corpus, {label}"] = score([corpus.piece(i) for i in pieces])
+    results = {label: report.to_json() for label, report in reports.items()}
     parts = list(results.values())
-    if parts:  # all held-out pieces: the token-weighted mean of the parts' log-perplexities
+    if denoises and reports:  # all held-out pieces: the bound of the parts' pieces together
+        results = {"corpus": ElboReport.total(list(reports.values())).to_json(), **results}
+    elif parts:  # all held-out pieces: the token-weighted mean of the parts' log-perplexities
         tokens = sum(p["tokens"] for p in parts)
         nll = sum(math.log(p["perplexity"]) * p["tokens"] for p in parts)
         results = {"corpus": {"perplexity": math.exp(nll / tokens), "tokens": tokens,
@@ -176,7 +186,7 @@ def evaluate(model, corpus, val: list[int], recipe: Recipe, log) -> dict:
     maestro = sorted(recipe.maestro.glob("*.mid")) if recipe.maestro.is_dir() else []
     if maestro:
         log(f"scoring {len(maestro)} MAESTRO performances")
-        results["maestro"] = perplexity_report(model, [read_performance(p) for p in maestro], budget).to_json()
+        results["maestro"] = score([read_performance(p) for p in maestro]).to_json()
     else:
         log(f"no MAESTRO files in {recipe.maestro}: not scored")
     for row in results.values():
@@ -184,16 +194,61 @@ def evaluate(model, corpus, val: list[int], recipe: Recipe, log) -> dict:
     return results
 
 
+def score_line(label: str, row: dict) -> str:
+    """One set's held-out number, as the log says it."""
+    if "elbo_bits_per_token" in row:
+        per_second = row["elbo_bits_per_second"]
+        return (f"held-out ELBO, {label}: {row['elbo_bits_per_token']:.3f} bits/token"
+                + (f", {per_second:.1f} bits/s" if per_second is not None else "")
+                + f" ({row['pieces']} pieces, {row['tokens']:,} tokens)")
+    return f"held-out perplexity, {label}: {row['perplexity']:.3f} ({row['pieces']} pieces, {row['tokens']:,} tokens)"
+
+
+def perplexity_table(scores: dict, model_config: dict) -> list[str]:
+    """The card's section of a left-to-right model's held-out scores: its perplexity."""
+    return ["## Held-out perplexity", "",
+            "Whole pieces read left to right under the model's default budget "
+            f"({model_config.get('default_budget')}), from the fp16 weights as shipped.", "",
+            "| set | pieces | tokens | perplexity |", "| --- | ---: | ---: | ---: |"] + [
+        f"| {label} | {row['pieces']:,} | {row['tokens']:,} | {row['perplexity']:.3f} |"
+        for label, row in scores.items()]
+
+
+def elbo_table(scores: dict, model_config: dict) -> list[str]:
+    """The card's section of a denoiser's held-out scores: its ELBO, and what the number means."""
+    first = next(iter(scores.values()), {})
+    lines = ["## Held-out ELBO", "",
+             "A denoiser reads no left-to-right order, so it has no perplexity to measure; its number is the "
+             "diffusion ELBO (`recital eval --model`): an upper bound on the negative log-likelihood, the bits the "
+             "model would need at most, in bits per token and per second of music (the codec's seconds), so it "
+             "sits beside the left-to-right models' -log2 p per second. Whole pieces, cut into the "
+             f"{first.get('window', '?')}-token windows the default budget ({model_config.get('default_budget')}) "
+             f"buys, each window scored on its own under {first.get('draws', '?')} seeded masks at stratified "
+             "masking rates, from the fp16 weights as shipped.", "",
+             "| set | pieces | tokens | seconds | bits/token | bits/s |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for label, row in scores.items():
+        per_second = row["elbo_bits_per_second"]
+        lines.append(f"| {label} | {row['pieces']:,} | {row['tokens']:,} | {row['seconds']:,.0f} | "
+                     f"{row['elbo_bits_per_token']:.3f} | {'-' if per_second is None else f'{per_second:.1f}'} |")
+    return lines
+
+
 def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, shares: dict, lengths: dict,
               run: dict, scores: dict, model_config: dict, parameters: int, weights_bytes: int,
               init: dict | None = None) -> str:
     """card.md of a default model: what it is, how to make it again, what it was trained on, how good it is."""
-    ppl = scores.get("corpus", {}).get("perplexity")
-    maestro = scores.get("maestro", {}).get("perplexity")
+    elbo = any("elbo_bits_per_token" in row for row in scores.values())  # a denoiser's scores
     how = "trained further" if init else "trained from scratch"
-    title = (f"# {recipe.name}: {recipe.arch} {how} on music21's corpus ({totals['pieces']:,} pieces)"
-             + (f", held-out perplexity {ppl:.2f}" if ppl is not None else "")
-             + (f", MAESTRO {maestro:.1f}" if maestro is not None else ""))
+    title = f"# {recipe.name}: {recipe.arch} {how} on music21's corpus ({totals['pieces']:,} pieces)"
+    if elbo:
+        corpus, maestro = scores.get("corpus", {}), scores.get("maestro", {}).get("elbo_bits_per_second")
+        title += ((f", held-out ELBO {corpus['elbo_bits_per_token']:.2f} bits/token" if corpus else "")
+                  + (f", MAESTRO {maestro:.1f} bits/s" if maestro is not None else ""))
+    else:
+        ppl = scores.get("corpus", {}).get("perplexity")
+        maestro = scores.get("maestro", {}).get("perplexity")
+        title += ((f", held-out perplexity {ppl:.2f}" if ppl is not None else "")
+                  + (f", MAESTRO {maestro:.1f}" if maestro is not None else ""))
     lines = [title, "", f"Recipe: `{command}` (settings: `trainer/recipes/default_models.toml`, [{recipe.arch}], "
              "quoted below).", "",
              "## Data", "",
@@ -226,13 +281,8 @@ def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, s
         lines += ["- then, in this run:"] + [f"  {line}" for line in this_run]
     else:
         lines += this_run
-    lines += [f"- {parameters / 1e6:.2f} M parameters, stored in fp16 ({weights_bytes / 2**20:.1f} MB)", "",
-              "## Held-out perplexity", "",
-              "Whole pieces read left to right under the model's default budget "
-              f"({model_config.get('default_budget')}), from the fp16 weights as shipped.", "",
-              "| set | pieces | tokens | perplexity |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {label} | {row['pieces']:,} | {row['tokens']:,} | {row['perplexity']:.3f} |"
-              for label, row in scores.items()]
+    lines += [f"- {parameters / 1e6:.2f} M parameters, stored in fp16 ({weights_bytes / 2**20:.1f} MB)", ""]
+    lines += (elbo_table if elbo else perplexity_table)(scores, model_config)
     lines += ["", "MAESTRO: expressive piano performances, never trained on (a different licence; the "
               "fine-tuning demo).", "", f"Date: {datetime.now().strftime('%Y-%m-%d')}", "",
               "## Model config", "", "```json", json.dumps(model_config, indent=1), "```", "",
@@ -374,9 +424,11 @@ def run(args: argparse.Namespace, command: str) -> int:
         save_model(model.half().cpu(), dest, text)
         size = (dest / WEIGHTS).stat().st_size
         load_model(dest)  # the shipped directory loads
+        atomic_write_bytes(run_dir / SCORES, json.dumps({"model": str(dest), "scores": scores}, indent=1).encode(),
+                           what="held-out scores")
         for label, row in scores.items():
-            log(f"held-out perplexity, {label}: {row['perplexity']:.3f} ({row['pieces']} pieces, {row['tokens']:,} "
-                "tokens)")
+            log(score_line(label, row))
+        log(f"scores: {run_dir / SCORES}")
         log(f"model: {dest} ({size / 2**20:.1f} MB)")
         count = min(SAMPLE_PIECES, len(plan["val"]) // 2)  # generated pieces, and as many held-out ones
         if count >= 2:

@@ -130,6 +130,25 @@ def test_mamba_ssms_cuda_kernel_agrees_with_the_pytorch_scan():
         assert torch.allclose(a, model(ids), atol=1e-3)
 
 
+def test_reduced_pass_weights_stay_close_follow_training_and_never_touch_forward():
+    model = tiny().eval()
+    ids = torch.randint(3, VOCAB_SIZE, (2, 64))
+    with torch.no_grad():
+        exact = model(ids)
+        assert torch.equal(model.score(ids), exact)  # fp32 by default: the pass is forward
+        model.use_step_weights("int8")
+        reduced = model.score(ids)
+        assert not torch.equal(reduced, exact)
+        assert (reduced.softmax(-1) - exact.softmax(-1)).abs().max() < 1e-3
+        assert torch.equal(model(ids), exact)  # forward (training's) keeps the float weights
+        model.head.weight.mul_(2)  # the weights change (a training step): the reduced copy follows
+        assert (model.score(ids).softmax(-1) - model(ids).softmax(-1)).abs().max() < 1e-3
+        model.use_step_weights("fp32")
+        assert torch.equal(model.score(ids), model(ids))
+    with pytest.raises(ModelError, match="fp32, int8"):
+        model.use_step_weights("fp8")
+
+
 # ---- the layers --------------------------------------------------------------------------------------------------
 
 def test_windowed_attention_is_banded_attention_and_never_reads_padding():

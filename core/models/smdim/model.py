@@ -18,7 +18,8 @@ which is what infilling and continuation need. Training and sampling live in tra
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -43,7 +44,7 @@ from core.models.config import (
 )
 from core.models.interface import DENOISE, check_ids
 from core.models.layers import MLP, RMSNorm, apply_rotary, rotary
-from core.models.packed import matrix_kind
+from core.models.packed import Int8, PackedWeights
 from core.models.smdim.scan import KERNELS, selective_scan
 from core.models.smdim.state import SMDIMPlan, SMDIMState, dt_rank, plan_window
 from core.state import TOKENS_PER_SECOND
@@ -217,7 +218,23 @@ class MFABlock(nn.Module):
 Constrain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits (B, T, V), ids (B, T)) -> logits
 
 
-class SMDIM(nn.Module):
+class ReducedLinear:
+    """An nn.Linear's product in reduced precision, for denoising passes on a CPU: the weight on packed.Int8's
+    grid (int8, one scale per output channel), held as bfloat16 integers (exact) for one bfloat16 GEMM, the scale
+    and bias applied after in float32. A CPU with AVX-512 BF16 runs the GEMM ~4x faster than float32."""
+
+    def __init__(self, linear: nn.Linear):
+        grid = Int8(linear.weight.detach())
+        self.w = grid.w.to(torch.bfloat16)
+        self.scale = grid.row_scale
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x.to(torch.bfloat16), self.w) * self.scale  # float32
+        return out if self.bias is None else out + self.bias
+
+
+class SMDIM(PackedWeights, nn.Module):
     """The SMDIM model (core.models.interface.Denoiser): `forward` scores a window, `denoise` fills one."""
 
     arch = "smdim"
@@ -278,11 +295,37 @@ class SMDIM(nn.Module):
     def new_state(self, plan: SMDIMPlan, batch: int | None = None) -> SMDIMState:
         if plan.trained_window != self.config.window:
             raise BudgetError("this plan was made for a different SMDIM model")
+        self._watch_parameters()  # the weights the reduced passes check for changes (after loading or moving)
         return SMDIMState(plan, plan.batch if batch is None else batch)
 
     def use_step_weights(self, kind: str) -> None:
-        """One path: a pass reads the whole window with the float weights whatever the kind (checked)."""
-        matrix_kind(kind)
+        """How denoising passes (`predict`, `denoise`) multiply by the weights: "fp32" (exact, the default) or
+        "int8" (every linear layer as ReducedLinear: probabilities within ~1e-4 of fp32, a pass ~1.3x faster on a
+        CPU with AVX-512 BF16). Training and `forward` never use them."""
+        super().use_step_weights(kind)
+
+    def _pack(self, kind: str) -> dict[nn.Linear, ReducedLinear]:
+        if kind == "fp32":
+            return {}
+        return {module: ReducedLinear(module) for module in self.modules() if isinstance(module, nn.Linear)}
+
+    @contextmanager
+    def _pass_weights(self) -> Iterator[None]:
+        """The weights `use_step_weights` chose, for the passes inside: each linear layer's forward replaced by
+        its reduced product for the while (nothing changes with "fp32")."""
+        reduced = self._packed()
+        for module, product in reduced.items():
+            module.forward = product
+        try:
+            yield
+        finally:
+            for module in reduced:
+                del module.forward
+
+    def score(self, ids: torch.Tensor) -> torch.Tensor:
+        """One denoising pass: `forward` with the weights `use_step_weights` chose -> float32 logits (B, T, V)."""
+        with self._pass_weights():
+            return self(ids).float()
 
     def describe(self) -> str:
         c = self.config
@@ -293,7 +336,7 @@ class SMDIM(nn.Module):
     def predict(self, ids: torch.Tensor, state: SMDIMState) -> torch.Tensor:
         """One pass: ids (B, T <= window) with MASK where unknown -> logits (B, T, V)."""
         self._check(ids, state)
-        return self(ids.to(self.embed.weight.device)).float()
+        return self.score(ids.to(self.embed.weight.device))
 
     @torch.no_grad()
     def denoise(self, ids: torch.Tensor, keep: torch.Tensor, state: SMDIMState, steps: int | None = None,

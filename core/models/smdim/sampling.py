@@ -31,21 +31,22 @@ def still_masked(total: torch.Tensor, step: int, steps: int) -> torch.Tensor:
 
 def unmask(model, ids: torch.Tensor, keep: torch.Tensor, steps: int, sampling: SamplingConfig | None = None,
            generator: torch.Generator | None = None, constrain=None, order: str = "confidence") -> torch.Tensor:
-    """ids (B, T) with every position where `keep` is False filled in `steps` passes of `model` (its forward:
-    ids -> logits (B, T, V))."""
+    """ids (B, T) with every position where `keep` is False filled in `steps` passes of `model` (its `score`
+    where it has one, else its forward: ids -> logits (B, T, V))."""
     if order not in ORDERS:
         raise ModelError(f"unmasking order must be one of {', '.join(ORDERS)}, got {order!r}")
     if steps < 1:
         raise ModelError(f"unmasking steps must be at least 1, got {steps}")
     sampling = sampling or SamplingConfig()
     mask_id = model.mask_id
+    one_pass = getattr(model, "score", model)
     x = ids.masked_fill(~keep, mask_id)
     masked = ~keep
     total = masked.sum(1)  # (B,)
     for step in range(1, steps + 1):
         if not masked.any():
             break
-        logits = model(x).float()  # (B, T, V)
+        logits = one_pass(x).float()  # (B, T, V)
         logits[..., PAD] = float("-inf")
         logits[..., BOS] = float("-inf")
         if constrain is not None:

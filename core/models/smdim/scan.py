@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 DEFAULT_CHUNK = 16  # positions scanned at once: 64 does 1.5x the doubling work; stepwise, 16 keeps a chunk in cache
+LOG2_E = 1.4426950408889634  # exp(x) = exp2(x log2 e)
 KERNELS = ("auto", "torch", "cuda", "loop")  # "loop": the CPU's previous form, kept to measure against
 
 
@@ -155,19 +156,20 @@ def _position_major(u, delta, B, C) -> tuple[torch.Tensor, ...]:
     return u, d, d * u, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
 
 
-def _prepare(decay: torch.Tensor, x: torch.Tensor, d: torch.Tensor, du: torch.Tensor, A: torch.Tensor,
+def _prepare(decay: torch.Tensor, x: torch.Tensor, d: torch.Tensor, du: torch.Tensor, A2: torch.Tensor,
              b: torch.Tensor) -> None:
     """A chunk's decays exp(delta A) and inputs delta u B written into `decay` and `x` (B, K, E, N) from its rows
-    of d, du (B, K, E) and b (B, K, N)."""
-    torch.mul(d[..., None], A, out=decay).exp_()
+    of d, du (B, K, E) and b (B, K, N). A2 is A log2(e): PyTorch's exp2 is ~4x faster than its exp on a CPU,
+    and the decays were a third of a pass."""
+    torch.mul(d[..., None], A2, out=decay).exp2_()
     torch.mul(du[..., None], b[:, :, None, :], out=x)
 
 
 def _step(decay: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """The chunk's states h_t = decay_t h_(t-1) + x_t written over `x`, one fused multiply-add per position into
     memory already there; -> the last state (a view of `x`)."""
-    for t in range(x.shape[1]):
-        h = torch.addcmul(x[:, t], decay[:, t], h, out=x[:, t])
+    for x_t, decay_t in zip(x.unbind(1), decay.unbind(1), strict=True):
+        h = x_t.addcmul_(decay_t, h)
     return h
 
 
@@ -182,12 +184,13 @@ def _stepwise(u, delta, A, B, C, D, chunk: int) -> tuple[torch.Tensor, list[torc
     y = torch.empty_like(u)  # (B, L, E)
     h = u.new_zeros(batch, channels, A.shape[1])
     starts = []
+    A2 = A * LOG2_E
     for begin in range(0, length, chunk):
         part, k = slice(begin, begin + chunk), min(chunk, length - begin)
         starts.append(h)
-        _prepare(decay[:, :k], states[:, :k], d[:, part], du[:, part], A, b[:, part])
+        _prepare(decay[:, :k], states[:, :k], d[:, part], du[:, part], A2, b[:, part])
         h = _step(decay[:, :k], states[:, :k], h).clone()
-        y[:, part] = torch.matmul(states[:, :k], c[:, part, :, None])[..., 0]  # C_t . h_t
+        y[:, part] = torch.einsum("bken,bkn->bke", states[:, :k], c[:, part])  # C_t . h_t
     return y.addcmul_(u, D).transpose(1, 2), starts
 
 
@@ -218,12 +221,13 @@ class _StepwiseScan(torch.autograd.Function):
         decay = u.new_empty(batch, size, channels, A.shape[1])
         states, g, work = torch.empty_like(decay), torch.empty_like(decay), torch.empty_like(decay)
         grad_h = torch.zeros_like(starts[0])  # the gradient of the state the chunk leaves to the next
+        A2 = A * LOG2_E
         for index in reversed(range(len(starts))):
             begin = index * chunk
             part, k = slice(begin, begin + chunk), min(chunk, length - begin)
             a, s, gk, wk = decay[:, :k], states[:, :k], g[:, :k], work[:, :k]
             h0 = starts[index]
-            _prepare(a, s, d[:, part], du[:, part], A, b[:, part])
+            _prepare(a, s, d[:, part], du[:, part], A2, b[:, part])
             _step(a, s, h0)
             torch.mul(dy[:, part, :, None], c[:, part, None, :], out=gk)  # from y_t = C_t . h_t
             gk[:, -1] += grad_h

@@ -88,13 +88,22 @@ def args(setup: dict, *extra: str, arch: str = "dsmr") -> list[str]:
 
 # ---- the recipe file ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ["dsmr", "perceivers"])
+@pytest.mark.parametrize("arch", ["dsmr", "perceivers", "smdim"])
 def test_the_shipped_recipe_reads_and_makes_a_valid_training_config(arch):
     recipe = load_recipe(CONFIG_FILE, arch)
     assert recipe.train["expressive"] is True and recipe.train["checkpoint_minutes"] <= 5
     assert recipe.maestro.name == "maestro" and "essenFolksong" in recipe.monophonic
     config = TrainConfig(folder=".", base=None, arch=arch, weights=recipe.weights, **recipe.train)
     assert config.minutes > 0 and not config.fine_tuning
+
+
+def test_the_shipped_smdim_recipe_trains_a_model_small_enough_to_ship():
+    from trainer.config import scratch_config
+
+    recipe = load_recipe(CONFIG_FILE, "smdim")
+    model = build_model("smdim", scratch_config("smdim", recipe.train["size"], recipe.model))
+    assert sum(p.numel() for p in model.parameters()) * 2 <= recipe_module.MAX_MODEL_BYTES  # fp16
+    assert model.plan().window == model.config.window  # its default budget buys the whole trained window
 
 
 def test_a_bad_recipe_or_override_is_refused(tmp_path):

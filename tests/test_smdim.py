@@ -378,7 +378,7 @@ def test_the_shipped_recipe_has_an_smdim_run():
     from trainer.recipes.recipe import CONFIG_FILE, load_recipe
 
     recipe = load_recipe(CONFIG_FILE, "smdim")
-    assert recipe.name == "default-smdim" and recipe.train["size"] == "default"
+    assert recipe.name == "default-smdim" and recipe.train["size"] in SMDIMTraining.presets
     config = TrainConfig(folder=".", base=None, arch="smdim", weights=recipe.weights, **recipe.train)
     assert config.minutes > 0 and not config.fine_tuning
 

@@ -395,12 +395,15 @@ def write_performance(perf: Performance, path: str | Path, ticks_per_quarter: in
         score.time_signatures.append(symusic.TimeSignature(round(meter.quarter * resolution), meter.numerator,
                                                            meter.denominator))
     track = symusic.Track("Piano", program, False)
-    start = np.round(np.atleast_1d(grid.quarters(perf.onset)) * resolution)
-    end = np.maximum(np.round(np.atleast_1d(grid.quarters(perf.offset)) * resolution), start + 1)
-    if len(perf) and (start.min() < 0 or end.max() >= 2**31):
-        raise MidiError(path, "the notes lie outside what a MIDI file can time (before 0 or too late)")
-    start, end = start.astype(np.int32), end.astype(np.int32)
-    track.notes = symusic.Note.from_numpy(time=start, duration=(end - start).astype(np.int32),
+    start, duration = np.empty(len(perf), dtype=np.int32), np.empty(len(perf), dtype=np.int32)
+    for begin in range(0, len(perf), _WRITE_CHUNK):  # ticks a chunk at a time: a long piece's temporaries stay small
+        notes = slice(begin, begin + _WRITE_CHUNK)
+        first = np.round(np.atleast_1d(grid.quarters(perf.onset[notes])) * resolution)
+        last = np.maximum(np.round(np.atleast_1d(grid.quarters(perf.offset[notes])) * resolution), first + 1)
+        if first.min() < 0 or last.max() >= 2**31:
+            raise MidiError(path, "the notes lie outside what a MIDI file can time (before 0 or too late)")
+        start[notes], duration[notes] = first, last.astype(np.int32) - first.astype(np.int32)
+    track.notes = symusic.Note.from_numpy(time=start, duration=duration,
                                           pitch=perf.pitch.astype(np.int8),
                                           velocity=np.clip(perf.velocity, 1, 127).astype(np.int8))
     score.tracks.append(track)
@@ -409,6 +412,9 @@ def write_performance(perf: Performance, path: str | Path, ticks_per_quarter: in
     except Exception as error:
         raise MidiError(path, f"cannot encode the notes as MIDI ({error})") from None
     atomic_write_bytes(path, data, what="MIDI file")
+
+
+_WRITE_CHUNK = 1 << 16  # notes timed at once when writing
 
 
 _UMASK = os.umask(0)

@@ -30,9 +30,10 @@ from core.denoising import denoise_stream
 from core.errors import ModelError
 from core.generate import MAX_NOTE_SECONDS, SamplingConfig, generate, prepare_primer
 from core.grid import Grid
-from core.midi import Performance, canonical
+from core.midi import MIN_RESTRIKE_SECONDS, Performance, canonical
 from core.models.interface import DENOISE, LEFT_TO_RIGHT
 from core.tokenizer import (
+    TICK_SECONDS,
     VELOCITY,
     VOCAB_SIZE,
     Decoder,
@@ -40,11 +41,12 @@ from core.tokenizer import (
     bin_velocity,
     decode_continuations,
     encode,
-    ids_seconds,
+    shift_ticks,
     silence_ids,
 )
 
 TOKENS_PER_SECOND_LIMIT = 150  # token cap per second of music asked (dense piano is ~40): a runaway stops
+CHUNK = 1 << 16  # ids or notes looked at at once: a long primer's temporaries stay small
 
 Primer = str | Path | Performance | np.ndarray | torch.Tensor | list[int] | None
 
@@ -81,6 +83,17 @@ def read_primer(primer: Primer) -> np.ndarray:
     if isinstance(primer, Performance):
         return encode(primer, eos=False)
     return np.asarray(primer, dtype=np.int64)
+
+
+def _held(ids: np.ndarray) -> np.ndarray:
+    """Prepared ids as the session holds them: uint16 when every id fits (any codec's vocabulary), else int64."""
+    return ids.astype(np.uint16) if not len(ids) or int(ids.max()) < 1 << 16 else ids.astype(np.int64)
+
+
+def _seconds(ids: np.ndarray) -> float:
+    """`ids_seconds`, summed a chunk at a time (the same integer sum of ticks): no int64 copy of a long primer."""
+    ticks = sum(int(shift_ticks(ids[begin:begin + CHUNK]).sum()) for begin in range(0, len(ids), CHUNK))
+    return float(ticks) * TICK_SECONDS
 
 
 class GenerationSession:
@@ -128,10 +141,11 @@ class GenerationSession:
             primer = read_performance(primer)
         self.primer_notes = primer if isinstance(primer, Performance) else None  # as given, for exact_pieces
         self.grid = (self.primer_notes.grid if self.primer_notes is not None else None) or grid or Grid.constant()
-        self.primer = prepare_primer(read_primer(primer), model.config.vocab_size).numpy()  # once, for every lane
-        if start is not None and start > ids_seconds(self.primer):
-            self.primer = np.concatenate([self.primer, silence_ids(start - ids_seconds(self.primer))])
-        self.start_time = ids_seconds(self.primer)  # where new music begins
+        self.primer = _held(prepare_primer(read_primer(primer), model.config.vocab_size).numpy())  # once, for
+        # every lane: uint16, 2 bytes an id (a 1.5M-id primer is 3 MB, not 12); int64 only while generating
+        if start is not None and start > _seconds(self.primer):
+            self.primer = _held(np.concatenate([self.primer, silence_ids(start - _seconds(self.primer))]))
+        self.start_time = _seconds(self.primer)  # where new music begins
         self.seconds = seconds if bars is None else self.grid.bars_seconds(self.start_time, bars)
         self.max_tokens = max_tokens if max_tokens is not None else (
             None if self.seconds is None else int(self.seconds * TOKENS_PER_SECOND_LIMIT) + 64)
@@ -192,18 +206,20 @@ class GenerationSession:
         return self.adapt_seconds
 
     def __iter__(self) -> Iterator[Event]:
-        if self.finished is not None or self.steps:
-            raise ModelError("a generation session runs once")
+        if self.finished is not None or self.steps or self.model is None:
+            raise ModelError("a generation session runs once (and not after it was released)")
         self.adapt_to_primer()
+        primer = torch.from_numpy(self.primer.astype(np.int64))  # the engines' ids; freed when the stream ends
         if self.denoises:
-            stream = denoise_stream(self._writer, torch.from_numpy(self.primer), self.state, self.sampling,
+            stream = denoise_stream(self._writer, primer, self.state, self.sampling,
                                     max_tokens=self.max_tokens, max_seconds=self.seconds,
                                     stop_at_eos=self.allow_end, seed=self.seed, max_note_seconds=self.max_note,
                                     constraints=self.constraints)
         else:
-            stream = generate(self._writer, torch.from_numpy(self.primer), self.state, self.sampling,
+            stream = generate(self._writer, primer, self.state, self.sampling,
                               max_tokens=self.max_tokens, max_seconds=self.seconds, stop_at_eos=self.allow_end,
                               seed=self.seed, max_note_seconds=self.max_note, constraints=self.constraints)
+        del primer
         began = time.perf_counter()
         first = None
         reason = "done"
@@ -239,6 +255,12 @@ class GenerationSession:
             pass
         return self.finished
 
+    def release(self) -> None:
+        """Let go of the model (and an adapted copy) and the state once the session has run or was stopped: what
+        it still answers (pieces, new_parts, lanes, times) needs only the ids. Writing a long piece then reuses
+        their memory. A released session does not run again."""
+        self.model = self._writer = self.state = None
+
     def primer_piece(self) -> Performance:
         return self._decoded()[0]
 
@@ -262,13 +284,20 @@ class GenerationSession:
         re-encoding) followed by `parts` (default: `new_parts()`), on the session's grid: what `continue` writes.
 
         A new note that strikes a key the primer still holds (its release rounded up by the codec, by 5 ms at most)
-        ends that note, as a piano would; no other primer note changes.
+        ends that note, as a piano would; no other primer note changes. A primer read from a file is canonical
+        already: then only its notes still sounding where the new ones begin are resolved with them (`_joined`), and
+        a piece costs its own notes, not a re-sort of the primer's.
         """
         base = self.primer_notes if self.primer_notes is not None else self.primer_piece()
+        lean = is_canonical(base)
         pieces = []
         for part in self.new_parts() if parts is None else parts:
-            both = Performance.concat(base, part)
-            pieces.append(replace(canonical(both.onset, both.offset, both.pitch, both.velocity), grid=self.grid))
+            if lean and np.isfinite(part.onset).all():
+                piece = _joined(base, part)
+            else:
+                both = Performance.concat(base, part)
+                piece = canonical(both.onset, both.offset, both.pitch, both.velocity)
+            pieces.append(replace(piece, grid=self.grid))
         return pieces
 
     def _decoded(self) -> list[Performance]:
@@ -276,3 +305,67 @@ class GenerationSession:
             self._pieces = [replace(piece, grid=self.grid)
                             for piece in decode_continuations(self.primer, [[], *self.lanes])]
         return self._pieces
+
+
+def is_canonical(perf: Performance) -> bool:
+    """Whether `canonical` would give `perf` back note for note, bit for bit (what `read_performance` returns is):
+    float64 times and int16 pitches and velocities, sorted by (onset, pitch) with no key twice, no offset before
+    its onset, and of each pitch no two strikes closer than 10 ms nor a note sounding past the next strike.
+    Checked a chunk or a pitch at a time, in memory of a chunk; NaN fails every test."""
+    onset, offset, pitch = perf.onset, perf.offset, perf.pitch
+    if (onset.dtype, offset.dtype, pitch.dtype, perf.velocity.dtype) != (np.float64, np.float64, np.int16, np.int16):
+        return False
+    for begin in range(0, len(perf), CHUNK):
+        on, end, key = onset[begin:begin + CHUNK + 1], offset[begin:begin + CHUNK], pitch[begin:begin + CHUNK + 1]
+        if not ((end >= on[:len(end)]).all() and (key >= 0).all() and (key <= 127).all()):
+            return False
+        if not ((on[1:] > on[:-1]) | ((on[1:] == on[:-1]) & (key[1:] > key[:-1]))).all():
+            return False
+    for value in np.flatnonzero(np.bincount(pitch, minlength=128) > 1).tolist() if len(perf) else []:
+        notes = np.flatnonzero(pitch == value)
+        on = onset[notes]
+        if not ((on[1:] - on[:-1] >= MIN_RESTRIKE_SECONDS).all() and (offset[notes[:-1]] <= on[1:]).all()):
+            return False
+    return True
+
+
+def _joined(base: Performance, part: Performance) -> Performance:
+    """`canonical` of `base` (canonical: `is_canonical`) and `part` (finite onsets) together, touching only the
+    primer notes the new ones can reach: those still sounding 20 ms before the first new onset.
+
+    Why that is exact: `canonical` works pitch by pitch. A base note that ended before then is more than 10 ms
+    before every new note (no merge) and ends before it (no clip); the notes after it of its pitch all sound then
+    (a canonical note ends by the next strike), so they are resolved together with the new notes. The rest keep
+    their places and their bits: the result is the base's untouched notes and the resolved ones, merged by
+    (onset, pitch), which no two notes share.
+    """
+    if not len(part):
+        return Performance(base.onset, base.offset, base.pitch, base.velocity)
+    near = np.flatnonzero(base.offset >= part.onset.min() - 2 * MIN_RESTRIKE_SECONDS)
+    both = Performance.concat(Performance(base.onset[near], base.offset[near], base.pitch[near],
+                                          base.velocity[near]), part)
+    resolved = canonical(both.onset, both.offset, both.pitch, both.velocity)
+    # where each resolved note goes among the base's notes: before the first with a larger (onset, pitch)
+    low = np.searchsorted(base.onset, resolved.onset, side="left")
+    high = np.searchsorted(base.onset, resolved.onset, side="right")
+    place = low.copy()
+    for i in np.flatnonzero(high > low).tolist():
+        place[i] += int(np.count_nonzero(base.pitch[low[i]:high[i]] < resolved.pitch[i]))
+    # the base's runs between the notes taken out, with the resolved notes spliced in (runs of one place at once)
+    pieces: list[tuple[Performance, int, int]] = []
+    cursor, taken = 0, near.tolist()
+    starts = np.flatnonzero(np.diff(place, prepend=-1)).tolist() + [len(place)]
+    groups = [(int(place[a]), a, b) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    g = t = 0
+    while g < len(groups) or t < len(taken):
+        if t == len(taken) or (g < len(groups) and groups[g][0] <= taken[t]):
+            at, a, b = groups[g]
+            pieces += [(base, cursor, at), (resolved, a, b)]
+            cursor, g = at, g + 1
+        else:
+            pieces.append((base, cursor, taken[t]))
+            cursor, t = taken[t] + 1, t + 1
+    pieces.append((base, cursor, len(base)))
+    pieces = [(source, a, b) for source, a, b in pieces if b > a]
+    return Performance(*(np.concatenate([getattr(source, name)[a:b] for source, a, b in pieces])
+                         for name in ("onset", "offset", "pitch", "velocity")))

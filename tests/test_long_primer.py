@@ -217,3 +217,133 @@ def test_scoring_holds_one_chunk_at_a_time(monkeypatch):
     report = metrics.perplexity_report(model, [ids], 64 * 1024, bucket_edges=(0, 100, 400))
     assert report.tokens == 332 and list(report.bucket_tokens) == [99, 233]
     assert report.perplexity == pytest.approx(float(np.exp(-whole.mean())), rel=1e-9)
+
+
+# ---- `recital continue` on a long primer: the output built and written without the primer's notes twice ---------
+
+def random_canonical(rng: np.random.Generator, count: int, span: float, pitches: int):
+    """A primer as read from a file (canonical): restrikes of one key closer than 10 ms and overlaps resolved."""
+    from core.midi import canonical
+
+    onset = rng.uniform(0, span, count)
+    if rng.random() < 0.5:  # on a 5 ms grid: ties and strikes exactly 10 ms apart
+        onset = np.round(onset / 0.005) * 0.005
+    return canonical(onset, onset + rng.uniform(0, 2, count), rng.integers(60, 60 + pitches, count),
+                     rng.integers(1, 128, count))
+
+
+def random_part(rng: np.random.Generator, base, count: int, pitches: int):
+    """New notes from about where `base` ends (a few ms before or after it, some at one time, some overlapping)."""
+    from core.midi import Performance
+
+    start = float(base.offset.max()) - float(rng.uniform(0, 0.05)) if len(base) else 0.0
+    onset = start + (np.round(rng.uniform(0, 0.1, count) / 0.005) * 0.005 if rng.random() < 0.5
+                     else rng.uniform(0, 1, count))
+    return Performance.from_notes(onset, onset + rng.uniform(0, 1, count), rng.integers(60, 60 + pitches, count),
+                                  rng.integers(1, 128, count))
+
+
+def assert_same_notes(got, expected) -> None:
+    for name in ("onset", "offset", "pitch", "velocity"):
+        a, b = getattr(got, name), getattr(expected, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+
+
+def test_joining_new_notes_to_a_canonical_primer_is_canonical_of_both():
+    """exact_pieces' join resolves only the primer's last notes with the new ones; it gives what resolving all the
+    notes together gives, bit for bit: merges within 10 ms, a held key ended by a new strike, ties, empty sides."""
+    from core.midi import Performance, canonical
+    from core.session import _joined, is_canonical
+
+    rng = np.random.default_rng(0)
+    touched = 0
+    for _ in range(600):
+        pitches = int(rng.integers(1, 6))
+        base = random_canonical(rng, int(rng.integers(0, 50)), float(rng.choice([0.05, 0.5, 3.0])), pitches)
+        part = random_part(rng, base, int(rng.integers(0, 10)), pitches)
+        assert is_canonical(base)
+        both = Performance.concat(base, part)
+        expected = canonical(both.onset, both.offset, both.pitch, both.velocity)
+        assert_same_notes(_joined(base, part), expected)
+        touched += len(expected) < len(both) or not np.array_equal(expected.offset[:len(base)], base.offset)
+    assert touched > 50  # merges and clipped primer notes happened: the cases that matter were met
+
+
+def test_is_canonical_accepts_what_canonical_returns_and_nothing_it_would_change():
+    from core.midi import Performance, canonical, read_performance
+    from core.session import is_canonical
+    from tests.conftest import PIANO_PIECE
+
+    assert is_canonical(read_performance(PIANO_PIECE)) and is_canonical(Performance.empty())
+    notes = Performance.from_notes([0.0, 0.5], [0.5, 1.0], [60, 60], [5, 5])
+    assert is_canonical(notes)
+    for onset, offset, pitch in (([0.0, 0.005], [1.0, 1.0], [60, 60]),  # a restrike within 10 ms
+                                 ([0.0, 0.5], [1.0, 1.0], [60, 60]),  # a note sounding past its key's next strike
+                                 ([0.5, 0.0], [1.0, 1.0], [60, 61]),  # not sorted by onset
+                                 ([0.0, 0.0], [1.0, 1.0], [62, 61]),  # nor by pitch at one onset
+                                 ([0.0, np.nan], [1.0, 1.0], [60, 61]),  # a time that is no number
+                                 ([0.0, 0.5], [1.0, 0.4], [60, 61])):  # an offset before its onset
+        odd = Performance(np.array(onset), np.array(offset), np.array(pitch, np.int16), np.array([5, 5], np.int16))
+        assert not is_canonical(odd), (onset, offset, pitch)
+    assert not is_canonical(Performance(notes.onset, notes.offset, notes.pitch.astype(np.int64), notes.velocity))
+    rng = np.random.default_rng(1)
+    for _ in range(100):  # and on random notes it says exactly whether canonical changes them
+        onset = np.round(rng.uniform(0, 0.3, 20) / 0.005) * 0.005
+        notes = Performance.from_notes(onset, onset + rng.uniform(0, 0.2, 20), rng.integers(60, 63, 20),
+                                       rng.integers(1, 128, 20))
+        again = canonical(notes.onset, notes.offset, notes.pitch, notes.velocity)
+        same = len(again) == len(notes) and all(np.array_equal(getattr(again, name), getattr(notes, name))
+                                               for name in ("onset", "offset", "pitch", "velocity"))
+        assert is_canonical(notes) == same
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir):
+    from core.modeldir import load_model
+
+    return load_model(tiny_model_dir)
+
+
+def test_a_session_holds_the_primer_as_uint16_and_writes_what_resolving_everything_gives(tiny_model):
+    from core.midi import Performance, canonical, read_performance
+    from core.session import GenerationSession
+    from core.tokenizer import encode, ids_seconds
+    from tests.conftest import PIANO_PIECE
+
+    primer = read_performance(PIANO_PIECE)
+    session = GenerationSession(tiny_model, primer, seconds=3, variations=2, seed=4)
+    assert session.primer.dtype == np.uint16 and session.primer[0] == BOS
+    assert np.array_equal(session.primer[1:], encode(primer, eos=False)[1:])
+    assert session.start_time == ids_seconds(session.primer.astype(np.int64))
+    session.run()
+    parts = session.new_parts()
+    assert all(len(part) for part in parts)
+    for piece, part in zip(session.exact_pieces(), parts, strict=True):
+        both = Performance.concat(primer, part)
+        assert_same_notes(piece, canonical(both.onset, both.offset, both.pitch, both.velocity))
+        assert piece.grid == primer.grid
+    session.release()
+    assert session.model is None and session.state is None
+    assert len(session.exact_pieces()) == 2  # what is written needs only the ids and the primer's notes
+
+
+def test_a_released_session_does_not_run(tiny_model):
+    from core.errors import ModelError
+    from core.session import GenerationSession
+
+    session = GenerationSession(tiny_model, seconds=1)
+    session.release()
+    with pytest.raises(ModelError, match="released"):
+        session.run()
+
+
+def test_writing_a_piece_a_chunk_at_a_time_gives_the_same_bytes(tmp_path, monkeypatch):
+    from core import midi
+    from core.midi import read_performance, write_performance
+    from tests.conftest import PIANO_PIECE
+
+    piece = read_performance(PIANO_PIECE)
+    write_performance(piece, tmp_path / "whole.mid")
+    monkeypatch.setattr(midi, "_WRITE_CHUNK", 7)
+    write_performance(piece, tmp_path / "chunks.mid")
+    assert len(piece) > 7 and (tmp_path / "chunks.mid").read_bytes() == (tmp_path / "whole.mid").read_bytes()

@@ -46,7 +46,7 @@ def test_a_primer_is_the_same_read_from_a_file_a_performance_or_ids(model, scale
     for primer in (path, str(path), scale, ids, ids.tolist()):
         assert np.array_equal(read_primer(primer), ids)
     session = GenerationSession(model, scale, seconds=1)
-    assert session.primer[0] == BOS and EOS not in session.primer and session.primer.dtype == np.int64
+    assert session.primer[0] == BOS and EOS not in session.primer and session.primer.dtype == np.uint16
     assert session.start_time == pytest.approx(scale.duration, abs=0.011)
     with pytest.raises(ModelError, match="one piece"):
         GenerationSession(model, [BOS, 5, EOS, 6])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import math
 import signal
 import sys
@@ -364,6 +365,17 @@ def _terminated(_signum, _frame) -> None:
     raise Terminated()
 
 
+def _return_free_memory() -> None:
+    """Hand the C allocator's free pages back to the system (glibc's malloc_trim; elsewhere nothing): what the
+    model, its state and reading a long primer freed stays counted in the process otherwise, and writing the piece
+    would come on top of it."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            pass
+
+
 def write_continuation(args: argparse.Namespace, primer, inputs: list[str] | None = None) -> int:
     """Generate after `primer` (a Performance or ids; None: from nothing), write the MIDI file(s), say what was done.
 
@@ -442,6 +454,10 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
             player.stop()
         raise
 
+    state_bytes = session.state.nbytes
+    del model
+    session.release()  # done with: a long piece's notes and its MIDI encoding reuse the model's and state's memory
+    _return_free_memory()
     before = session.primer_notes if session.primer_notes is not None else session.primer_piece()
     # the primer exactly as read (its notes and grid), then each variation's new notes, quantized if asked
     pieces = session.exact_pieces([quantized(part, session, args) for part in session.new_parts()])
@@ -461,7 +477,7 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
     rate = (count - 1) * batch / elapsed if count > 1 and elapsed > 0 else 0.0
     print(f"read the primer ({len(session.primer)} tokens) in {session.read_seconds:.1f} s; generated {total} "
           f"tokens in {elapsed:.1f} s ({rate:.0f} tokens/s at batch {batch}); state memory "
-          f"{format_bytes(session.state.nbytes)} of {format_bytes(session.budget)} budget")
+          f"{format_bytes(state_bytes)} of {format_bytes(session.budget)} budget")
     if interrupted is not None:
         how = "SIGTERM" if isinstance(interrupted, Terminated) else "Ctrl-C"
         print(f"stopped by {how}: the files hold what was written until then")

@@ -15,7 +15,13 @@ eleven hours of music, a ~10 MB MIDI file). Then, per model and size, two fresh 
   writing the output (which holds the whole primer again); its seconds are its wall time.
 
 Peak RSS is each child's own high-water mark (os.wait4's ru_maxrss), so runs never mix. Ratios are to the 20k
-row (or the second size given). No asserts: this prints a table for the README and the issue.
+row (or the second size given). No asserts: this prints a table for the README and the issue, with the machine's
+load when it was measured (the seconds columns are as noisy as the load; the RSS columns are not).
+
+What a long primer still adds to `continue`, measured on the 1.5M-token primer (~21 MB over the 20k row, both
+models): while the model reads it, its ids as the engines take them (int64, 12 MB), as the session keeps them
+(uint16, 3 MB) and its notes as read (6 MB, for writing the primer exactly as it was). Writing the piece (its
+notes again and symusic's MIDI encoding, ~30 MB) comes after the model and its state are let go, below that peak.
 """
 
 from __future__ import annotations
@@ -114,6 +120,7 @@ def main() -> None:
                   f"(made in {time.perf_counter() - start:.0f} s)", flush=True)
             primers.append((midi, ids, count))
         reference = 1 if len(primers) > 1 else 0
+        print("load average while measuring: " + " ".join(f"{load:.2f}" for load in os.getloadavg()), flush=True)
         for model in args.models:
             rows = []
             for midi, ids, count in primers:

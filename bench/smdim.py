@@ -2,6 +2,7 @@
 
     python -m bench.smdim                       # default-size SMDIM, 1k, 4k and 16k tokens, one thread
     python -m bench.smdim --lengths 1024 4096 --threads 2 --repeats 3
+    python -m bench.smdim --speed               # issue #18: infill seconds and training tokens/s, before/after
 
 Both models share everything but the blocks: the embedding, the strided convolution that shortens the sequence,
 its transpose and the head. SMDIM's blocks are bidirectional Mamba + feed-forward + windowed attention; the
@@ -10,6 +11,14 @@ the same shortened sequence, the "Transformer diffusion model" the paper compare
 unmasking step costs. Each (model, length) runs in a fresh process: its peak resident memory during the pass,
 above what it held before it (model, ids, a warm-up at 256 tokens), is its own. No asserts: CPU numbers are
 noisy when other jobs share the machine; the claim is about growth (near-linear against quadratic).
+
+--speed (issue #18) measures, in one process with the forms taking turns so they share the machine's load (printed
+by `uptime`): the seconds to infill an 8 s region (20-28 s of the first MAESTRO piece, 32 unmasking steps, one
+variation) with an untrained default-size SMDIM, at --speed-threads threads (2: the issue's laptop), by the scan
+before this change ("loop": the chunked scan stepped under autograd) and now (stepwise), each with fp32 weights,
+and now with the reduced "int8" pass weights; and training tokens/s (masked-window loss, backward, AdamW step,
+batch --train-batch of full windows) of the default and "small" presets, loop against stepwise. Weights do not
+change speed, so untrained models stand in for trained ones.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import argparse
 import multiprocessing
 import resource
 import statistics
+import subprocess
 import time
 
 import torch
@@ -84,6 +94,82 @@ def run(kind: str, length: int, args: argparse.Namespace) -> tuple[float, int]:
     return result
 
 
+def infill_seconds(model: SMDIM, piece, kernel: str, weights: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of one `infill` of 20-28 s (32 steps, one variation) with this scan and these pass
+    weights. CPU seconds are what a machine to itself would take at one thread; with more, they include the
+    threads' waits for each other."""
+    from core.infill import infill
+
+    model.use_scan(kernel)
+    model.use_step_weights(weights)
+    began, cpu = time.perf_counter(), time.process_time()
+    infill(model, piece, 20.0, 28.0, steps=32, seed=0)
+    return time.perf_counter() - began, time.process_time() - cpu
+
+
+def train_rate(model: SMDIM, kernel: str, batch: int, optimizer) -> float:
+    """Tokens/s of one training step (loss, backward, optimizer step) on `batch` random full windows."""
+    from core.models.smdim.training import elbo_sum
+
+    model.use_scan(kernel)
+    ids = torch.randint(3, VOCAB_SIZE, (batch, model.config.window))
+    began = time.perf_counter()
+    loss = elbo_sum(model, ids, model.mask_id)[0] / ids.numel()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return ids.numel() / (time.perf_counter() - began)
+
+
+def speed(args: argparse.Namespace) -> None:
+    """The --speed tables: rounds in which every form runs once, medians over the rounds."""
+    from bench.data import SHARED_MIDI, require_midi
+    from core.midi import read_performance
+    from core.models.smdim.training import SMDIMTraining
+
+    print("load before:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    piece = next(p for p in (read_performance(path) for path in sorted(require_midi(SHARED_MIDI / "maestro")
+                                                                       .glob("*.mid"))) if p.duration > 30)
+    torch.manual_seed(0)
+    model = SMDIM(SMDIMConfig()).eval()
+    forms = {"before: loop scan, fp32": ("loop", "fp32"), "now: stepwise scan, fp32": ("auto", "fp32"),
+             "now: stepwise scan, int8 pass weights": ("auto", "int8")}
+    print(f"\ninfill an 8 s region, 32 steps, 1 variation, default size ({model.config.window}-token window); "
+          f"wall (CPU) seconds, median of {args.rounds}; aim < 3 s wall at 2 threads")
+    print("| form | " + " | ".join(f"{n} thread(s)" for n in args.speed_threads) + " |\n|---|"
+          + "---|" * len(args.speed_threads))
+    seconds: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for threads in args.speed_threads:
+        torch.set_num_threads(threads)
+        for _ in range(args.rounds):
+            for name, (kernel, weights) in forms.items():
+                seconds.setdefault((name, threads), []).append(infill_seconds(model, piece, kernel, weights))
+    for name in forms:
+        cells = []
+        for threads in args.speed_threads:
+            found = seconds[name, threads]
+            cells.append(f"{statistics.median(w for w, _ in found):.2f} ({statistics.median(c for _, c in found):.2f})")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+    torch.set_num_threads(args.train_threads)
+    print(f"\ntraining tokens/s, batch {args.train_batch} full windows, {args.train_threads} threads, median of "
+          f"{args.rounds} steps (max)")
+    print(f"| {'preset':<8} | {'window':>6} | {'before: loop':>18} | {'now: stepwise':>18} | {'x':>5} |\n"
+          "|---|---|---|---|---|")
+    for preset in ("default", "small"):
+        torch.manual_seed(0)
+        model = SMDIM(SMDIMConfig(**SMDIMTraining.presets[preset])).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        rates: dict[str, list[float]] = {"loop": [], "auto": []}
+        for _ in range(args.rounds):
+            for kernel, found in rates.items():
+                found.append(train_rate(model, kernel, args.train_batch, optimizer))
+        old, new = statistics.median(rates["loop"]), statistics.median(rates["auto"])
+        print(f"| {preset:<8} | {model.config.window:>6} | {old:>8.0f} ({max(rates['loop']):>7.0f}) | "
+              f"{new:>8.0f} ({max(rates['auto']):>7.0f}) | {new / old:>5.2f} |", flush=True)
+    print("load after:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
@@ -92,7 +178,15 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=SMDIMConfig.stride)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--speed", action="store_true", help="infill seconds and training tokens/s, before/after")
+    parser.add_argument("--speed-threads", type=int, nargs="+", default=[2, 1], help="threads for the infill")
+    parser.add_argument("--train-threads", type=int, default=2, help="threads for the training timing")
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.speed:
+        speed(args)
+        return
     print(f"one denoising pass, batch 1, d_model {args.d_model}, {args.blocks} blocks, stride {args.stride}, "
           f"{args.threads} thread(s), median of {args.repeats}")
     print(f"{'tokens':>7} | {'MFA s':>8} | {'attn s':>8} | {'attn/MFA':>8} | {'MFA MB':>8} | {'attn MB':>8} | "

@@ -120,6 +120,20 @@ def test_the_same_seed_writes_the_same_notes(model, piece):
     assert notes(first) == notes(again)
 
 
+def test_the_stepwise_scan_writes_the_notes_the_old_loop_wrote_and_reduced_weights_still_keep_the_rules(piece):
+    model = tiny()  # its own: the scan and weights are switched here
+    start, end = 3.0, 6.0
+    now = infill(model, piece, start, end, variations=2, seed=11)
+    model.use_scan("loop")  # the CPU's scan before the stepwise form: same numbers to rounding, same draws
+    before = infill(model, piece, start, end, variations=2, seed=11)
+    assert [notes(r) for r in now] == [notes(r) for r in before]
+    model.use_scan("auto")
+    model.use_step_weights("int8")
+    for result in infill(model, piece, start, end, variations=2, seed=11):
+        assert notes(result, ~region(result, start, end)) == notes(piece, ~region(piece, start, end))
+        assert region(result, start, end).any()
+
+
 @pytest.mark.parametrize("start,end,words", [
     (6.0, 6.0, "must come after its start"),
     (6.0, 3.0, "must come after its start"),

@@ -257,6 +257,7 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     forbidden = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=device)
     forbidden[never] = float("-inf")  # (V,)
     tracker = constraints.tracker(batch, primer.numpy(), logits.shape[-1]) if constraints is not None else None
+    del primer  # read: the steps never look back at it, and a long primer's ids are freed before they run
     while limits.more():
         allowed = logits + forbidden
         if tracker is not None:

@@ -14,7 +14,10 @@ eleven hours of music, a ~10 MB MIDI file). Then, per model and size, two fresh 
 - continue: `recital continue PRIMER.mid --seconds 2` end to end: MIDI reading and encoding, generation, and
   writing the output (which holds the whole primer again); its seconds are its wall time.
 
-Peak RSS is each child's own high-water mark (os.wait4's ru_maxrss), so runs never mix. Ratios are to the 20k
+Peak RSS is each child's own high-water mark (os.wait4's ru_maxrss), so runs never mix. A child's peak is not
+the same twice: PerceiverS' prefill alone peaks at one of two levels ~16 MB apart from run to run, whatever the
+primer (and the hash seed), so each child runs --repeat times (default 3) and the table gives the medians, with
+each column's spread (largest - smallest) beside it. Ratios are of the medians, to the 20k
 row (or the second size given). No asserts: this prints a table for the README and the issue, with the machine's
 load when it was measured (the seconds columns are as noisy as the load; the RSS columns are not).
 
@@ -104,6 +107,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="primer lengths in tokens")
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="model names or directories")
     parser.add_argument("--skip-continue", action="store_true", help="measure the model side only")
+    parser.add_argument("--repeat", type=int, default=3, help="fresh processes per measurement (medians shown)")
     parser.add_argument("--prefill-child", nargs=2, metavar=("MODEL", "IDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.prefill_child:
@@ -124,32 +128,39 @@ def main() -> None:
         for model in args.models:
             rows = []
             for midi, ids, count in primers:
-                output, _, prefill_rss = run_child([sys.executable, "-m", "bench.memory", "--prefill-child",
-                                                    model, str(ids)])
-                read_s = float(output.split("read_s")[-1])
-                row = [count, read_s, prefill_rss, None, None]
+                prefills = [run_child([sys.executable, "-m", "bench.memory", "--prefill-child", model, str(ids)])
+                            for _ in range(max(1, args.repeat))]
+                read_s = [float(output.split("read_s")[-1]) for output, _, _ in prefills]
+                row = [count, read_s, [rss for _, _, rss in prefills], None, None]
                 if not args.skip_continue:
                     out = folder / f"out-{model.replace('/', '_')}-{count}.mid"
-                    _, wall, continue_rss = run_child([sys.executable, "-m", "core", "continue", str(midi),
-                                                       "--model", model, "--seconds", "2", "--seed", "0",
-                                                       "--out", str(out)])
-                    out.unlink(missing_ok=True)
-                    row[3:] = [wall, continue_rss]
+                    continues = []
+                    for _ in range(max(1, args.repeat)):
+                        continues.append(run_child([sys.executable, "-m", "core", "continue", str(midi), "--model",
+                                                    model, "--seconds", "2", "--seed", "0", "--out", str(out)]))
+                        out.unlink(missing_ok=True)
+                    row[3:] = [[wall for _, wall, _ in continues], [rss for _, _, rss in continues]]
                 rows.append(row)
                 print(f"  {model} {count:,} tokens done", flush=True)
             print_table(model, rows, reference)
 
 
 def print_table(model: str, rows: list[list], reference: int) -> None:
-    base = rows[reference]
-    print(f"\n{model}: peak RSS of a fresh process (one thread) against primer length; ratios to the "
-          f"{base[0]:,}-token row")
-    head = f"{'primer tokens':>14} {'read s':>8} {'prefill RSS':>12} {'ratio':>6}"
-    print(head if base[3] is None else f"{head} {'continue s':>11} {'continue RSS':>13} {'ratio':>6}")
+    """Medians of each row's runs, the RSS spread (largest - smallest, MB) beside them; ratios of the medians."""
+    base = [None if runs is None else float(np.median(runs)) for runs in rows[reference][1:]]
+    runs = len(rows[reference][2])
+    print(f"\n{model}: peak RSS of a fresh process (one thread) against primer length, median of {runs} "
+          f"run{'s' * (runs > 1)}; ratios to the {rows[reference][0]:,}-token row")
+    head = f"{'primer tokens':>14} {'read s':>8} {'prefill RSS':>12} {'spread':>7} {'ratio':>6}"
+    print(head if base[2] is None else f"{head} {'continue s':>11} {'continue RSS':>13} {'spread':>7} {'ratio':>6}")
     for count, read_s, prefill_rss, wall, continue_rss in rows:
-        line = f"{count:>14,} {read_s:>8.2f} {prefill_rss / 2**20:>9.0f} MB {prefill_rss / base[2]:>6.2f}"
+        prefill = float(np.median(prefill_rss))
+        line = (f"{count:>14,} {np.median(read_s):>8.2f} {prefill / 2**20:>9.0f} MB "
+                f"{(max(prefill_rss) - min(prefill_rss)) / 2**20:>4.0f} MB {prefill / base[1]:>6.2f}")
         if wall is not None:
-            line += f" {wall:>11.1f} {continue_rss / 2**20:>10.0f} MB {continue_rss / base[4]:>6.2f}"
+            peak = float(np.median(continue_rss))
+            line += (f" {np.median(wall):>11.1f} {peak / 2**20:>10.0f} MB "
+                     f"{(max(continue_rss) - min(continue_rss)) / 2**20:>4.0f} MB {peak / base[3]:>6.2f}")
         print(line)
 
 

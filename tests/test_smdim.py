@@ -130,6 +130,19 @@ def test_mamba_ssms_cuda_kernel_agrees_with_the_pytorch_scan():
         assert torch.allclose(a, model(ids), atol=1e-3)
 
 
+def test_the_position_major_causal_convolution_is_the_conv1d_it_replaces():
+    from core.models.smdim.model import ScanDirection
+
+    torch.manual_seed(2)
+    direction = ScanDirection(6, 3, 4, 2).double()
+    u = torch.randn(2, 9, 6, dtype=torch.float64)  # (B, L, E)
+    reference = direction.conv(u.transpose(1, 2))[..., :9].transpose(1, 2)
+    assert torch.allclose(direction.causal_conv(u), reference, atol=1e-12)
+    changed = u.clone()
+    changed[:, 5] += 1.0  # causal: a change reaches only its own and later positions
+    assert torch.equal(direction.causal_conv(changed)[:, :5], direction.causal_conv(u)[:, :5])
+
+
 def test_reduced_pass_weights_stay_close_follow_training_and_never_touch_forward():
     model = tiny().eval()
     ids = torch.randint(3, VOCAB_SIZE, (2, 64))

@@ -19,7 +19,8 @@ the decay A (E, N) (negative), input and output projections B, C (B, N, L) and t
   a GPU (the optional extra `recital[cuda]`); else the chunked PyTorch form, by doubling on a GPU and stepwise on
   a CPU. Why not a matrix form on a CPU (decays between every s <= t of a chunk, exp(cum_t - cum_s)): A is per
   channel and state here, not a scalar per head as in Mamba-2, so that form is K/2 times the exponentials of the
-  stepwise one over a (B, K, K, E, N) tensor, not a matrix product; the exponentials already cost a third of it.
+  stepwise one over a (B, K, K, E, N) tensor, not a matrix product (the decays' exponentials were a third of a
+  default-size pass before they were taken by exp2).
 """
 
 from __future__ import annotations

@@ -90,6 +90,30 @@ def _held(ids: np.ndarray) -> np.ndarray:
     return ids.astype(np.uint16) if not len(ids) or int(ids.max()) < 1 << 16 else ids.astype(np.int64)
 
 
+class _Counted:
+    """A denoiser as `denoise_stream` calls it, counting the windows it fills and the unmasking passes (forward
+    calls) they take: what a front end reports for it, since a window's ids all arrive after its last pass."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.windows = self.passes = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def denoise(self, *args, **kwargs) -> torch.Tensor:
+        def count(_module, _inputs) -> None:
+            self.passes += 1
+
+        hook = self.model.register_forward_pre_hook(count)
+        try:
+            filled = self.model.denoise(*args, **kwargs)
+        finally:
+            hook.remove()
+        self.windows += 1
+        return filled
+
+
 def _seconds(ids: np.ndarray) -> float:
     """`ids_seconds`, summed a chunk at a time (the same integer sum of ticks): no int64 copy of a long primer."""
     ticks = sum(int(shift_ticks(ids[begin:begin + CHUNK]).sum()) for begin in range(0, len(ids), CHUNK))
@@ -108,9 +132,9 @@ class GenerationSession:
     max_note: seconds a note may be held before it is released (None or 0: never). allow_end: the model may end
     the piece before `seconds`. constraints: limits on what is written (core/constraints.py); a key 'from the
     primer' is read from the primer here. adapt: adapt a copy of the model to a primer of at least
-    `adapt.min_seconds` first (core/adapt.py; None: never), in `adapt_to_primer()` or on the first step, which
-    sets `adapt_seconds`. Every setting is checked here, and the state allocated (after the memory
-    check), before the first step; reading the primer happens on the first step.
+    `adapt.min_seconds` first (core/adapt.py; None: never; a denoiser refuses it), in `adapt_to_primer()` or
+    on the first step, which sets `adapt_seconds`. Every setting is checked here, and the state allocated (after
+    the memory check), before the first step; reading the primer happens on the first step.
     """
 
     def __init__(self, model, primer: Primer = None, *, budget: int | str | None = None,
@@ -126,7 +150,9 @@ class GenerationSession:
                 None, None):  # those follow the music id by id
             raise ModelError(f"a {model.arch} model takes the scale, range and velocity limits, not density or "
                              "polyphony")
-        adapt = None if self.denoises else adapt  # adapting to a primer (core/adapt.py) is left to right
+        if self.denoises and adapt is not None:  # asked for, never silently skipped
+            raise ModelError(f"adapting to the primer is for left-to-right models; a {model.arch} model fills "
+                             "whole windows by unmasking and is never adapted: continue without it")
         if bars is not None and (seconds is not None or bars < 1):
             raise ModelError("give the music's length in seconds or in bars (at least 1), not both")
         self.model = model
@@ -161,6 +187,7 @@ class GenerationSession:
         self.steps = 0
         self.read_seconds = 0.0  # wall time to read the primer (until the first new id)
         self.write_seconds = 0.0  # wall time from the first new id to the last
+        self.windows = self.passes = 0  # a denoiser's: windows filled, unmasking passes they took (_Counted)
         self.finished: Finished | None = None
         self.adapt = adapt
         self.adapt_seconds: float | None = None  # wall time adapting to the primer took (None: not adapted)
@@ -211,7 +238,8 @@ class GenerationSession:
         self.adapt_to_primer()
         primer = torch.from_numpy(self.primer.astype(np.int64))  # the engines' ids; freed when the stream ends
         if self.denoises:
-            stream = denoise_stream(self._writer, primer, self.state, self.sampling,
+            counted = _Counted(self._writer)
+            stream = denoise_stream(counted, primer, self.state, self.sampling,
                                     max_tokens=self.max_tokens, max_seconds=self.seconds,
                                     stop_at_eos=self.allow_end, seed=self.seed, max_note_seconds=self.max_note,
                                     constraints=self.constraints)
@@ -246,6 +274,8 @@ class GenerationSession:
             now = time.perf_counter()
             self.read_seconds = (first or now) - began
             self.write_seconds = now - first if first else 0.0
+            if self.denoises:
+                self.windows, self.passes = counted.windows, counted.passes
         self.finished = Finished(reason, self.steps, tuple(tuple(d.finish()) for d in self._decoders))
         yield self.finished
 

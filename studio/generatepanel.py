@@ -43,6 +43,7 @@ from core.constraints import FROM_PRIMER, KEY_NAMES, ConstraintError, note_name,
 from core.errors import RecitalError
 from core.modelcard import scrub_paths, summarize
 from core.modeldir import CARD, ModelInfo, read_card
+from core.models.interface import DENOISE
 from studio.budget import BudgetPanel
 from studio.document import Piece, WriteControls
 from studio.generation import GenerateRequest
@@ -51,6 +52,8 @@ NO_MODEL_HINT = "No model yet: fine-tune one or pass a model folder"
 NO_MODEL_SUMMARY = "Fine-tune one on your MIDI folder (Model ▸ Fine-tune…), or choose a model folder."
 MAX_SEED = 2**31 - 1
 DEFAULT_MODEL = "default"  # the shipped model picked when the composer has chosen none
+ADAPT_TIP = ("Before continuing, tune a copy of the model to your piece for a second or two: it follows the "
+             "piece's texture more closely. Never saved; the model stays as it is.")
 
 
 def summary_text(path: Path) -> str:
@@ -207,8 +210,8 @@ class GeneratePanel(QWidget):
         grid.addLayout(seed_row, 5, 1, 1, 3)
         self.adapt = QCheckBox("Adapt to the primer")
         self.adapt.setChecked(False)  # measured: likelier continuations, denser notes (core/cli/generate.py)
-        self.adapt.setToolTip("Before continuing, tune a copy of the model to your piece for a second or two: it "
-                              "follows the piece's texture more closely. Never saved; the model stays as it is.")
+        self.adapt.setToolTip(ADAPT_TIP)
+        self.adapt_ok = True  # False for a denoiser: it fills whole windows and is never adapted (core/session.py)
         grid.addWidget(self.adapt, 6, 0, 1, 4)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
@@ -350,6 +353,11 @@ class GeneratePanel(QWidget):
         """The picked model has loaded (None: it failed): the budget can plan with it."""
         self.model_ready = model is not None
         self.budget.set_model(model, self.variations.value())
+        self.adapt_ok = getattr(model, "family", None) != DENOISE  # the box keeps its tick for the next model
+        self.adapt.setEnabled(self.adapt_ok)
+        self.adapt.setToolTip(ADAPT_TIP if self.adapt_ok else
+                              f"Adapting to the primer is for left-to-right models; {model.arch} fills whole "
+                              "windows and is never adapted.")
         self.refresh()
 
     # -- state ---------------------------------------------------------------------------------------------
@@ -427,7 +435,7 @@ class GeneratePanel(QWidget):
                                seconds=self.seconds.value(), temperature=self.temperature.value(),
                                top_p=self.top_p.value(), seed=None if self.seed.value() < 0 else self.seed.value(),
                                variations=self.variations.value(), budget=self.budget.budget,
-                               plan=self.budget.plan, adapt=self.adapt.isChecked(),
+                               plan=self.budget.plan, adapt=self.adapt.isChecked() and self.adapt_ok,
                                controls=self.limits.controls())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import core.modeldir as modeldir
 from core.cli import main
 from core.midi import read_performance, write_performance
-from tests.conftest import midi_files
+from tests.conftest import PIANO_PIECE, midi_files
 
 pytest_plugins = ("tests.jack",)  # the JACK server fixtures: jack, no_jack, jack_server
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +40,8 @@ def test_generate_writes_a_piece_and_says_what_it_did(tiny_model_dir, tmp_path, 
     text = capsys.readouterr().out
     assert f"wrote {out}: " in text and len(read_performance(out)) > 0
     assert "tokens/s" in text and "of 128.0 KB budget" in text and "two_scale" in text
+    assert re.search(r"^read the primer \(1 tokens\) in [\d.]+ s; generated \d+ tokens in [\d.]+ s \(\d+ tokens/s "
+                     r"at batch 1\); state memory [\d.]+ KB of 128.0 KB budget$", text, re.M), text
     first = out.read_bytes()
     assert main([*args, "--force"]) == 0 and out.read_bytes() == first  # the seed makes it reproducible
 
@@ -289,3 +292,40 @@ def test_a_stopped_generation_keeps_what_it_wrote(tiny_model_dir, tmp_path, sig,
     name = "SIGTERM" if sig == signal.SIGTERM else "Ctrl-C"
     assert f"wrote {out}" in rest and f"stopped by {name}: the files hold what was written" in rest
     assert out.read_bytes().startswith(b"MThd")
+
+
+@pytest.fixture
+def smdim_dir(tmp_path, one_thread):
+    from tests.test_smdim import tiny
+
+    return modeldir.save_model(tiny(), tmp_path / "smdim", "# Tiny SMDIM\n\nRandom weights, for tests only.\n")
+
+
+def test_continue_with_a_denoiser_refuses_to_adapt_in_one_line(smdim_dir, tmp_path, capsys):
+    out = tmp_path / "x.mid"
+    for flags in (["--adapt"], ["--adapt-steps", "3"]):
+        assert main(["continue", str(PIANO_PIECE), "--model", str(smdim_dir), *flags, "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err == ("error: adapting to the primer is for left-to-right models; a smdim model fills whole "
+                       "windows by unmasking and is never adapted: continue without it\n"), err
+    assert not out.exists()
+
+
+LINE = (r"^filled (\d+) windows? of up to 64 tokens (from nothing|after the primer's \d+ tokens) in (\d+) unmasking "
+        r"passes: (\d+) tokens, ([\d.]+) s of music in [\d.]+ s \([\d.]+ s of music per second, batch (\d)\); "
+        r"working memory [\d.]+ [KM]B per pass of [\d.]+ MB budget$")
+
+
+def test_a_denoiser_says_what_it_did_windows_unmasking_passes_and_seconds_of_music(smdim_dir, tmp_path, capsys):
+    """A denoiser fills windows by unmasking, not a token a step: no tokens/s at batch, no state memory."""
+    out = tmp_path / "new.mid"
+    assert main(["generate", "--model", str(smdim_dir), "--seconds", "4", "--variations", "2", "--seed", "1",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    windows, primer, passes, tokens, music, batch = re.search(LINE, text, re.M).groups()
+    assert "tokens/s" not in text and "state memory" not in text
+    assert primer == "from nothing" and batch == "2" and int(windows) <= int(passes) <= 4 * int(windows)
+    assert int(tokens) > 0 and float(music) >= 2 * 4.0 - 0.05  # both lanes' seconds, reached
+    assert main(["continue", str(PIANO_PIECE), "--model", str(smdim_dir), "--seconds", "2", "--seed", "1",
+                 "--out", str(tmp_path / "more.mid")]) == 0
+    assert re.search(LINE, capsys.readouterr().out, re.M).group(2).startswith("after the primer's ")

@@ -108,3 +108,28 @@ def test_a_state_the_machine_cannot_hold_is_refused_before_it_is_made(model, mon
         GenerationSession(model, variations=4)
     with pytest.raises(ModelError, match="variations"):
         GenerationSession(model, variations=0)
+
+
+def test_a_denoiser_refuses_adapting_and_counts_the_windows_and_passes_it_fills(one_thread, monkeypatch):
+    """Adapting to a primer is left to right: asked of a denoiser, it is refused, never skipped. What the denoiser
+    did is counted as it is: the windows `denoise` filled and the passes (forward calls) they took."""
+    from core.adapt import AdaptSettings
+    from tests.test_smdim import tiny
+
+    model = tiny(window=32)  # a short window: several windows for a few seconds
+    with pytest.raises(ModelError, match="^adapting to the primer is for left-to-right models; a smdim model fills"):
+        GenerationSession(model, np.array([BOS, 300, 100, 200]), seconds=2.0, adapt=AdaptSettings(min_seconds=0))
+    calls = {"denoise": 0, "forward": 0}
+    for name in calls:
+        original = getattr(type(model), name)
+
+        def spy(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(type(model), name, spy)
+    session = GenerationSession(model, None, seconds=6.0, variations=2, seed=1)
+    assert (session.windows, session.passes) == (0, 0)
+    session.run()
+    assert session.windows == calls["denoise"] >= 2 and session.passes == calls["forward"]
+    assert session.windows <= session.passes <= model.config.steps * session.windows

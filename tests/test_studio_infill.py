@@ -361,3 +361,30 @@ def test_the_picker_lists_an_smdim_with_a_summary_that_says_it_fills_from_both_s
     assert lines[1].startswith("Remembers ~") and "at once, before and after what it writes" in lines[1]
     assert lines[3].startswith("How it works: SMDIM, a diffusion model that fills masked music from both sides")
     assert window.panel.regenerate.toolTip().startswith("Select a stretch")  # loaded, ready once a region is
+
+
+def test_an_smdim_is_never_asked_to_adapt_and_the_core_would_refuse_it(qtbot, window, dialogs, tmp_path,
+                                                                     tiny_model_dir):
+    """Adapting to the primer is for left-to-right models: for a denoiser the box is off (its tick kept for the
+    next model), the request never asks, a continuation runs without a dialog, and the core refuses it."""
+    from dataclasses import replace
+
+    from core.errors import ModelError
+    from studio.generation import session_for
+
+    w = window
+    w.panel.adapt.setChecked(True)
+    assert not w.panel.adapt.isEnabled() and "left-to-right models; smdim" in w.panel.adapt.toolTip()
+    original = open_piece(w, tmp_path, chords())
+    request = w.panel.request(w.document.piece, 0.0)
+    assert request.adapt is False and not request.new_piece
+    with pytest.raises(ModelError, match="adapting to the primer is for left-to-right models; a smdim model"):
+        session_for(replace(request, adapt=True), w.model)
+    w.generate()
+    wait_done(qtbot, w)
+    assert dialogs == [] and len(w.document.piece.generated) > 0 and w.document.piece.primer == original.primer
+    other = open_window(qtbot, tiny_model_dir)  # a left-to-right model: the box is on again
+    try:
+        assert other.panel.adapt.isEnabled() and not other.panel.adapt.toolTip().startswith("Adapting")
+    finally:
+        other.jobs.shutdown()

@@ -376,6 +376,36 @@ def _return_free_memory() -> None:
             pass
 
 
+def read_and_written_line(session, state_bytes: int) -> str:
+    """What a left-to-right model did: read the primer id by id, then wrote one id per lane a step."""
+    from core.budget import format_bytes
+
+    total = sum(len(new) for new in session.lanes)
+    elapsed, count, batch = session.write_seconds, session.steps, session.batch
+    rate = (count - 1) * batch / elapsed if count > 1 and elapsed > 0 else 0.0
+    return (f"read the primer ({len(session.primer)} tokens) in {session.read_seconds:.1f} s; generated {total} "
+            f"tokens in {elapsed:.1f} s ({rate:.0f} tokens/s at batch {batch}); state memory "
+            f"{format_bytes(state_bytes)} of {format_bytes(session.budget)} budget")
+
+
+def denoised_line(session, state_bytes: int, window: int) -> str:
+    """What a denoiser did: it fills windows by unmasking them in passes, so a window's ids all arrive at its end
+    and a tokens/s at batch says nothing; its time is all of it (the first window is part of `read_seconds`) and
+    its memory is one pass's working memory, not a state."""
+    from core.budget import format_bytes
+
+    total = sum(len(new) for new in session.lanes)
+    elapsed = session.read_seconds + session.write_seconds
+    music = sum(max(0.0, session.time(lane) - session.start_time) for lane in range(session.batch))
+    rate = music / elapsed if elapsed > 0 else 0.0
+    windows = f"{session.windows} window" + ("" if session.windows == 1 else "s")
+    after = f"after the primer's {len(session.primer)} tokens" if len(session.primer) > 1 else "from nothing"
+    return (f"filled {windows} of up to {window} tokens {after} in {session.passes} unmasking passes: {total} "
+            f"tokens, {music:.1f} s of music in {elapsed:.1f} s ({rate:.1f} s of music per second, batch "
+            f"{session.batch}); working memory {format_bytes(state_bytes)} per pass of "
+            f"{format_bytes(session.budget)} budget")
+
+
 def write_continuation(args: argparse.Namespace, primer, inputs: list[str] | None = None) -> int:
     """Generate after `primer` (a Performance or ids; None: from nothing), write the MIDI file(s), say what was done.
 
@@ -398,7 +428,6 @@ def write_continuation(args: argparse.Namespace, primer, inputs: list[str] | Non
 
 
 def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
-    from core.budget import format_bytes
     from core.constraints import Constraints
     from core.generate import SamplingConfig, use_fast_step
     from core.midi import write_performance
@@ -454,7 +483,7 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
             player.stop()
         raise
 
-    state_bytes = session.state.nbytes
+    state_bytes, window = session.state.nbytes, getattr(session.state, "window", None)
     del model
     session.release()  # done with: a long piece's notes and its MIDI encoding reuse the model's and state's memory
     _return_free_memory()
@@ -472,12 +501,8 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
             line += (f" (new: {len(piece) - len(before)} notes, {piece.duration - before.duration:.1f} s "
                      f"after the primer's {before.duration:.1f} s)")
         print(line)
-    total = sum(len(new) for new in session.lanes)
-    elapsed, count = session.write_seconds, session.steps
-    rate = (count - 1) * batch / elapsed if count > 1 and elapsed > 0 else 0.0
-    print(f"read the primer ({len(session.primer)} tokens) in {session.read_seconds:.1f} s; generated {total} "
-          f"tokens in {elapsed:.1f} s ({rate:.0f} tokens/s at batch {batch}); state memory "
-          f"{format_bytes(state_bytes)} of {format_bytes(session.budget)} budget")
+    print(denoised_line(session, state_bytes, window) if session.denoises else
+          read_and_written_line(session, state_bytes))
     if interrupted is not None:
         how = "SIGTERM" if isinstance(interrupted, Terminated) else "Ctrl-C"
         print(f"stopped by {how}: the files hold what was written until then")

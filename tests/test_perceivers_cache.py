@@ -1,11 +1,15 @@
-"""PerceiverS cached generation: incremental == full forward, the M/2 re-encode policy, lanes, the budget."""
+"""PerceiverS cached generation: incremental == full forward, the M/2 re-encode policy, lanes, the budget; each
+with and without the sounding-notes input (issue #17)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
 
 from core.errors import BudgetError, ModelError
+from core.models.layers import sounding_after
 from core.models.perceivers import PerceiverS, PerceiverSConfig
 from core.models.perceivers.state import state_bytes
 from core.tokenizer import VOCAB_SIZE
@@ -17,26 +21,42 @@ KEEP = CONFIG.latents // 2
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def model() -> PerceiverS:
+def make(sounding: bool = False, config: PerceiverSConfig = CONFIG) -> PerceiverS:
+    """A tiny model; with the sounding-notes input, its projection random (not the zero it starts at), so that the
+    sets change the logits."""
     torch.manual_seed(0)
-    return PerceiverS(CONFIG).eval()
+    model = PerceiverS(replace(config, sounding_input=sounding)).eval()
+    if sounding:
+        with torch.no_grad():
+            model.sounding.weight.normal_(0.0, 0.5)
+    return model
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "sounding"])
+def model(request) -> PerceiverS:
+    return make(request.param)
 
 
 def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(3, VOCAB_SIZE, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def budget_for(context: int, batch: int = 1) -> int:
-    c = CONFIG
-    return state_bytes(batch, context, c.latents, c.scale, c.n_layers, c.d_model, 4)
+def budget_for(model: PerceiverS, context: int, batch: int = 1) -> int:
+    c = model.config
+    return state_bytes(batch, context, c.latents, c.scale, c.n_layers, c.d_model, 4, c.sounding_input)
+
+
+def crop_forward(model: PerceiverS, ids: torch.Tensor, first: int, end: int) -> torch.Tensor:
+    """The training forward's logits on the crop ids[:, first:end], given the notes sounding before it."""
+    before = sounding_after(ids[:, :first]) if first > 0 else None
+    return model(ids[:, first:end], sounding=before)[0]
 
 
 @pytest.mark.parametrize("context", [24, 16, 8], ids=["N", "shorter", "M"])
 def test_incremental_logits_equal_the_full_forward(model, context):
     """Step by step, through several re-encodes and a sliding context: each step's logits are those of the
     training forward on the crop the current latent window reads (inputs from context_start to start + M)."""
-    plan = model.plan(budget_for(context, 2), batch=2)
+    plan = model.plan(budget_for(model, context, 2), batch=2)
     assert plan.context == context
     state = model.new_state(plan)
     ids = random_ids(2, 70 + CONFIG.latents)
@@ -44,12 +64,12 @@ def test_incremental_logits_equal_the_full_forward(model, context):
         logits = model.step(ids[:, t], state)
         start, context_start = int(state.start[0]), int(state.context_start[0])
         assert t - start < CONFIG.latents and start + CONFIG.latents - context_start <= context
-        full, _ = model(ids[:, context_start:start + CONFIG.latents])
+        full = crop_forward(model, ids, context_start, start + CONFIG.latents)
         assert torch.allclose(logits, full[:, t - start], atol=1e-5), f"step {t}"
 
 
 def test_window_fills_then_keeps_the_most_recent_half(model):
-    state = model.new_state(model.plan(budget_for(16)))
+    state = model.new_state(model.plan(budget_for(model, 16)))
     ids = random_ids(1, 40)
     starts = []
     for t in range(40):
@@ -66,9 +86,11 @@ def test_window_fills_then_keeps_the_most_recent_half(model):
     assert int(state.length[0]) == 40
 
 
-def test_tokens_outside_the_window_are_forgotten(model):
-    """No latent depends on more than a training crop showed: inputs before context_start never matter."""
-    plan = model.plan(budget_for(12))
+def test_tokens_outside_the_window_are_forgotten():
+    """No latent depends on more than a training crop showed: inputs before context_start never matter (without
+    the sounding-notes input: with it, they do, through the notes they leave sounding)."""
+    model = make()
+    plan = model.plan(budget_for(model, 12))
     ids = random_ids(1, 60)
     changed = ids.clone()
     changed[0, :20] = random_ids(1, 20, seed=9)
@@ -82,7 +104,7 @@ def test_tokens_outside_the_window_are_forgotten(model):
 
 
 def test_prefill_equals_stepping(model):
-    plan = model.plan(budget_for(16, 2), batch=2)
+    plan = model.plan(budget_for(model, 16, 2), batch=2)
     ids = random_ids(2, 53)
     stepped, filled = model.new_state(plan), model.new_state(plan)
     for t in range(53):
@@ -97,7 +119,7 @@ def test_prefill_equals_stepping(model):
 def test_read_gives_the_logits_of_every_step(model):
     """`read` (what scoring uses) returns each step's logits, in chunks that start and end anywhere in a window,
     and with lanes out of phase (one reset mid-piece)."""
-    plan = model.plan(budget_for(16, 2), batch=2)
+    plan = model.plan(budget_for(model, 16, 2), batch=2)
     ids = random_ids(2, 53)
     stepped, read = model.new_state(plan), model.new_state(plan)
     expected = torch.stack([model.step(ids[:, t], stepped) for t in range(53)], dim=1)  # (2, 53, V)
@@ -116,7 +138,7 @@ def test_read_gives_the_logits_of_every_step(model):
 def test_the_one_token_path_equals_the_general_path(model, batch):
     """`step` (lanes in step: the lean path) and `prefill` of one token (the general path) give the same logits
     and leave the same state, through re-encodes and a sliding context."""
-    plan = model.plan(budget_for(12, batch), batch=batch)
+    plan = model.plan(budget_for(model, 12, batch), batch=batch)
     lean, general = model.new_state(plan), model.new_state(plan)
     ids = random_ids(batch, 45)
     for t in range(45):
@@ -131,7 +153,7 @@ def test_int8_prefill_reads_many_rows_as_steps_do(model):
     """Prefill and re-encodes multiply many rows at once (one bfloat16 GEMM on the int8 weights), steps a few
     (the int8 kernel): the same arithmetic, so both stay within rounding of each other."""
     model.use_step_weights("int8")
-    plan = model.plan(budget_for(16))
+    plan = model.plan(budget_for(model, 16))
     ids = random_ids(1, 30)
     stepped, filled = model.new_state(plan), model.new_state(plan)
     for t in range(30):
@@ -157,13 +179,13 @@ def test_int8_step_weights_for_any_width():
 
 
 def test_a_reset_lane_starts_over_while_the_other_goes_on(model):
-    plan = model.plan(budget_for(16, 2), batch=2)
+    plan = model.plan(budget_for(model, 16, 2), batch=2)
     ids = random_ids(2, 40)
     state = model.new_state(plan)
     model.prefill(ids[:, :13], state)
     state.reset(1)
-    alone = model.new_state(model.plan(budget_for(16), batch=1))
-    solo = model.new_state(model.plan(budget_for(16), batch=1))
+    alone = model.new_state(model.plan(budget_for(model, 16), batch=1))
+    solo = model.new_state(model.plan(budget_for(model, 16), batch=1))
     model.prefill(ids[:1, :13], solo)
     for t in range(13, 40):
         both = model.step(torch.stack([ids[0, t], ids[1, t - 13]]), state)
@@ -174,13 +196,14 @@ def test_a_reset_lane_starts_over_while_the_other_goes_on(model):
 
 
 def test_allocated_bytes_never_exceed_the_budget(model):
-    minimum = budget_for(CONFIG.latents, batch=3)
+    minimum = budget_for(model, CONFIG.latents, batch=3)
     for budget in [minimum, minimum + 1, *range(minimum, 4 * minimum, 997), 10**9]:
         plan = model.plan(budget, batch=3)
         state = model.new_state(plan)
         assert state.nbytes == plan.nbytes <= budget
         assert CONFIG.latents <= plan.context <= CONFIG.context
-        assert plan.context == CONFIG.context or budget_for(plan.context + 1, 3) > budget  # the longest that fits
+        # the longest that fits
+        assert plan.context == CONFIG.context or budget_for(model, plan.context + 1, 3) > budget
         assert f"context {plan.context} tokens" in plan.describe()
     with pytest.raises(BudgetError, match=f"at least .* \\({minimum} bytes\\)"):
         model.plan(minimum - 1, batch=3)
@@ -192,13 +215,13 @@ def test_allocated_bytes_never_exceed_the_budget(model):
 
 def test_the_plan_is_the_longest_context_that_fits(model):
     for context in range(CONFIG.latents, CONFIG.context + 1):
-        budget = budget_for(context)
+        budget = budget_for(model, context)
         assert model.plan(budget).context == context
         assert context == CONFIG.latents or model.plan(budget - 1).context == context - 1
 
 
 def test_bad_generation_inputs_are_refused(model):
-    state = model.new_state(model.plan(budget_for(16, 2), batch=2))
+    state = model.new_state(model.plan(budget_for(model, 16, 2), batch=2))
     with pytest.raises(ModelError):
         model.step(torch.tensor([[3, 4]]), state)
     with pytest.raises(ModelError):
@@ -206,21 +229,22 @@ def test_bad_generation_inputs_are_refused(model):
     with pytest.raises(ModelError):
         model.step(torch.tensor([3, VOCAB_SIZE]), state)
     with pytest.raises(BudgetError):
-        model.new_state(model.plan(budget_for(16, 2), batch=2), batch=3)
+        model.new_state(model.plan(budget_for(model, 16, 2), batch=2), batch=3)
     with pytest.raises(BudgetError, match="plan again"):  # as DSMR: a state has exactly its plan's lanes
-        model.new_state(model.plan(budget_for(16, 2), batch=2), batch=1)
+        model.new_state(model.plan(budget_for(model, 16, 2), batch=2), batch=1)
 
 
 def test_plans_say_what_the_context_remembers(model):
-    (memory,) = model.plan(budget_for(16)).memories()
+    (memory,) = model.plan(budget_for(model, 16)).memories()
     assert (memory.label, memory.tokens, memory.limit) == ("context", 16, CONFIG.context)
-    assert model.memory_limit_note(budget_for(CONFIG.context) * 4) == ""  # never more than it was trained with
+    # never more than it was trained with
+    assert model.memory_limit_note(budget_for(model, CONFIG.context) * 4) == ""
 
 
 def test_shared_generate_streams_from_a_perceivers_model(model):
     generate = pytest.importorskip("core.generate")
     def stream():
-        state = model.new_state(model.plan(budget_for(16, 2), batch=2))
+        state = model.new_state(model.plan(budget_for(model, 16, 2), batch=2))
         return generate.generate(model, generate.prepare_primer([1, 60, 300], model.config.vocab_size), state,
                                  max_tokens=40, seed=3, stop_at_eos=False)
 
@@ -237,12 +261,13 @@ def test_cli_generates_with_a_perceivers_model_directory(model, tmp_path, capsys
 
     path = modeldir.save_model(model, tmp_path / "tiny-perceivers", "# tiny PerceiverS\nrandom weights\n")
     loaded = modeldir.load_model(path)
-    assert loaded.arch == "perceivers" and loaded.config == CONFIG
+    assert loaded.arch == "perceivers" and loaded.config == model.config
     out = tmp_path / "piece.mid"
     assert main(["generate", "--model", str(path), "--out", str(out), "--seconds", "3", "--max-tokens", "120",
                  "--seed", "1", "--budget", "6000"]) == 0
     printed = capsys.readouterr().out
-    assert out.is_file() and "(perceivers)" in printed and "context 16 tokens" in printed
+    assert out.is_file() and "(perceivers)" in printed
+    assert f"context {model.plan(6000).context} tokens" in printed
     assert main(["generate", "--model", str(path), "--out", str(tmp_path / "other.mid"), "--budget", "1KB"]) == 1
     assert "too small for this PerceiverS model" in capsys.readouterr().err
 
@@ -250,29 +275,29 @@ def test_cli_generates_with_a_perceivers_model_directory(model, tmp_path, capsys
 def test_generation_follows_weight_updates(model):
     """The packed generation weights are rebuilt when a parameter changes (e.g. after a training step)."""
     ids = random_ids(1, 6)
-    state = model.new_state(model.plan(budget_for(16)))
+    state = model.new_state(model.plan(budget_for(model, 16)))
     model.prefill(ids[:, :3], state)
     with torch.no_grad():
         model.blocks[0].mlp.up.weight.mul_(3.0)
         model.cross.kv_norm.weight.add_(0.5)
-    fresh = model.new_state(model.plan(budget_for(16)))
+    fresh = model.new_state(model.plan(budget_for(model, 16)))
     logits = model.prefill(ids, fresh)
     full, _ = model(ids)
     assert torch.allclose(logits, full[:, -1], atol=1e-5)
 
 
+@pytest.mark.parametrize("sounding", [False, True], ids=["plain", "sounding"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_generation_in_other_precisions(dtype):
-    torch.manual_seed(0)
-    model = PerceiverS(CONFIG).to(dtype).eval()
+def test_generation_in_other_precisions(dtype, sounding):
+    model = make(sounding).to(dtype)
     element = torch.empty((), dtype=dtype).element_size()
-    budget = state_bytes(1, 16, CONFIG.latents, CONFIG.scale, CONFIG.n_layers, CONFIG.d_model, element)
+    budget = state_bytes(1, 16, CONFIG.latents, CONFIG.scale, CONFIG.n_layers, CONFIG.d_model, element, sounding)
     plan = model.plan(budget)
     state = model.new_state(plan)
     assert plan.context == 16 and state.nbytes == plan.nbytes <= budget
     ids = random_ids(1, 30 + CONFIG.latents)  # the crop of the latent window reaches past the 30 read
     logits = model.prefill(ids[:, :30], state)
-    full, _ = model(ids[:, int(state.context_start[0]):int(state.start[0]) + CONFIG.latents])
+    full = crop_forward(model, ids, int(state.context_start[0]), int(state.start[0]) + CONFIG.latents)
     expected = full[:, 29 - int(state.start[0])]
     assert logits.dtype == dtype and torch.isfinite(logits).all()
     tolerance = 1e-10 if dtype == torch.float64 else 0.02
@@ -290,7 +315,7 @@ def test_int8_step_weights_stay_close_to_exact(model):
     ids = random_ids(2, 40)
 
     def run() -> torch.Tensor:
-        state = model.new_state(model.plan(budget_for(16, 2), batch=2))
+        state = model.new_state(model.plan(budget_for(model, 16, 2), batch=2))
         out = []
         for t in range(40):
             if t == 13:

@@ -43,9 +43,23 @@ from core.models.config import (
     range_problems,
 )
 from core.models.interface import LEFT_TO_RIGHT, check_ids
-from core.models.layers import Block, CrossAttentionBlock, RMSNorm, rotary
+from core.models.layers import (
+    PITCHES,
+    Block,
+    CrossAttentionBlock,
+    RMSNorm,
+    rotary,
+    sounding_after,
+    sounding_notes,
+)
 from core.models.packed import PackedWeights, inv_rms
-from core.models.perceivers.state import PerceiverSPlan, PerceiverSState, plan_state
+from core.models.perceivers.state import (
+    PerceiverSPlan,
+    PerceiverSState,
+    plan_state,
+    reencode_keep,
+    window_stride,
+)
 from core.models.perceivers.step import (
     Packed,
     _additive,
@@ -76,6 +90,12 @@ class PerceiverSConfig:
     dropout: float = 0.0
     rope_base: float = 10000.0
     default_budget: str = "32MB"  # generation state budget per lane when the user names none
+    # Issue #17: the pitches sounding after each id (a 128-wide multi-hot, core.models.layers.sounding_notes, from
+    # the piece's start, not the crop's), projected by a Linear(128, d_model) initialised to zero and added to the
+    # embedding of every id: the inputs the cross-attentions read and the latents alike; the state carries each
+    # lane's set. Off (the default, and what a model directory from before it reads as) keeps the model as it
+    # was; turned on over such a model's weights, it starts from exactly that model's numbers.
+    sounding_input: bool = False
 
     def __post_init__(self) -> None:
         problems = field_problems(self)  # types first: the ranges and relations below assume them
@@ -138,7 +158,10 @@ class PerceiverS(PackedWeights, nn.Module):
         self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.mlp_ratio, c.dropout) for _ in range(c.n_layers))
         self.norm = RMSNorm(c.d_model)
         self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.sounding = nn.Linear(PITCHES, c.d_model, bias=False) if c.sounding_input else None
         self.apply(self._init)
+        if self.sounding is not None:  # zero: the input starts by changing nothing
+            nn.init.zeros_(self.sounding.weight)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -147,10 +170,13 @@ class PerceiverS(PackedWeights, nn.Module):
 
     # ---- training -------------------------------------------------------------------------------------------
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, sounding: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """ids (B, T <= N), left-padded with PAD -> logits (B, M', V) at the last M' = min(M, T) positions, and
-        the mean cross-entropy against targets (B, M') over non-PAD targets (0 when there are none)."""
+        the mean cross-entropy against targets (B, M') over non-PAD targets (0 when there are none).
+
+        sounding (B, 128) bool: the pitches sounding before the crop's first id (a crop from inside a piece: its
+        notes still held from before); None: nothing. Read only by a model with `sounding_input`."""
         c = self.config
         batch, length = ids.shape
         if length > c.context:
@@ -160,6 +186,8 @@ class PerceiverS(PackedWeights, nn.Module):
         positions = torch.arange(length, device=ids.device)
         cos, sin = rotary(positions, self.head_dim, c.rope_base)  # (T, hs/2)
         x = self.embed(ids)  # (B, T, C)
+        if self.sounding is not None:  # the pitches sounding after each id, the piece's notes before the crop on
+            x = x + self.sounding(sounding_notes(ids, sounding).to(x.dtype))
         query_pos = positions[-n_latents:]
         q_cos, q_sin = cos[-n_latents:], sin[-n_latents:]
 
@@ -192,7 +220,7 @@ class PerceiverS(PackedWeights, nn.Module):
         c = self.config
         budget = parse_budget(c.default_budget) * batch if budget_bytes is None else parse_budget(budget_bytes)
         return plan_state(budget, batch, c.context, c.latents, c.scale, c.n_layers, c.n_heads, c.d_model,
-                          self.embed.weight.dtype)
+                          self.embed.weight.dtype, sounding=c.sounding_input)
 
     def memory_limit_note(self, budget_bytes: int | str | None = None, batch: int = 1) -> str:
         """'': a plan never reads more context than the model was trained with, whatever the budget."""
@@ -207,6 +235,9 @@ class PerceiverS(PackedWeights, nn.Module):
         c = self.config
         if (plan.latents, plan.scale, plan.n_layers, plan.d_model) != (c.latents, c.scale, c.n_layers, c.d_model):
             raise BudgetError("this plan was made for a different PerceiverS model")
+        if plan.sounding != c.sounding_input:
+            raise BudgetError("the plan was made for a model " + ("without" if c.sounding_input else "with")
+                              + " the sounding-notes input: plan again with this model")
         batch = plan.batch if batch is None else batch
         if batch != plan.batch:
             raise BudgetError(f"the plan was made for batch {plan.batch}, not {batch}: plan again")
@@ -254,7 +285,7 @@ class PerceiverS(PackedWeights, nn.Module):
         """Lanes sharing one phase read ids (b, T), a latent window at a time -> logits (b, V) of the last id, or
         (b, T, V) of every id."""
         m = self.config.latents
-        keep = max(1, m // 2)
+        keep = reencode_keep(m)
         done, total, outputs = 0 if every else self._skip(packed, ids, state, lanes), ids.shape[1], []
         while done < total:
             length = _rows(state.length, lanes).clone()  # (b,)
@@ -271,13 +302,37 @@ class PerceiverS(PackedWeights, nn.Module):
             # Lanes at the same position write their rings with one slice (not an index per lane and token).
             lockstep = positions.shape[0] == 1 or bool((positions[:, 0] == positions[0, 0]).all())
             first_position = int(positions[0, 0]) if lockstep and lanes is None else None
-            self._write_inputs(packed, ids[:, done:done + count], positions[:, -count:], rotations[:, -count:],
-                               None if first_position is None else int(length[0]), state, lanes)
+            chunk = ids[:, done:done + count]
+            sets = None if packed.sounding is None else self._sounding_sets(chunk, positions, state, lanes)
+            self._write_inputs(packed, chunk, positions[:, -count:], rotations[:, -count:],
+                               None if first_position is None else int(length[0]), state, lanes,
+                               None if sets is None else sets[:, -count:])
             _set_rows(state.length, lanes, length + count)
-            logits = self._latents(packed, positions, rotations, first_position, state, lanes, count if every else 1)
+            logits = self._latents(packed, positions, rotations, first_position, state, lanes, count if every else 1,
+                                   sets)
             outputs = [*outputs, logits] if every else [logits]  # prefill keeps only the last: bounded memory
             done += count
         return torch.cat(outputs, dim=1) if every else outputs[-1][:, -1]
+
+    def _sounding_sets(self, chunk: torch.Tensor, positions: torch.Tensor, state: PerceiverSState,
+                       lanes: torch.Tensor | None) -> torch.Tensor:
+        """The pitches sounding after each latent position (b, n, 128) of `positions` (b, n), whose last ids are the
+        new `chunk` (b, count) and the first (a re-encode) ids read before, still in the ring; moves the lanes'
+        sets on past the chunk (and takes the next window's anchor when its id is read)."""
+        count = chunk.shape[1]
+        length = _rows(state.length, lanes)[:1]  # lanes of one phase: offsets below are the same in every lane
+        new = sounding_notes(chunk, _rows(state.sounding, lanes))  # (b, count, 128)
+        old = positions[:, :positions.shape[1] - count]  # a re-encode's positions read before (b, n - count)
+        sets = new
+        if old.shape[1]:  # they go on from the set before the window's start, the anchor
+            rows = _lane_index(state, lanes)[:, None].expand_as(old)
+            sets = torch.cat([sounding_notes(state.ids[rows, old % self.config.latents],
+                                             _rows(state.anchor, lanes)), new], dim=1)
+        _set_rows(state.sounding, lanes, new[:, -1])
+        at = int(_rows(state.start, lanes)[0] - length[0]) + window_stride(self.config.latents) - 1
+        if 0 <= at < count:  # the id before the next window's start
+            _set_rows(state.anchor, lanes, new[:, at])
+        return sets
 
     def _skip(self, packed: Packed, ids: torch.Tensor, state: PerceiverSState, lanes: torch.Tensor | None) -> int:
         """How many leading ids of `ids` (b, T) a prefill need not compute latents for, once their inputs that
@@ -291,8 +346,7 @@ class PerceiverS(PackedWeights, nn.Module):
         Time and memory are bounded by the context, whatever the primer's length.
         """
         m, context = self.config.latents, state.plan.context
-        keep = max(1, m // 2)
-        stride = m - keep + 1  # a re-encode keeps M/2 - 1 positions: each window starts this much later
+        keep, stride = reencode_keep(m), window_stride(m)  # each window starts `stride` later than the one before
         length = _rows(state.length, lanes).clone()  # (b,): lanes of one phase, maybe at different lengths
         start = int(_rows(state.start, lanes)[0] - length[0])  # relative to each lane's length, as all below
         windows = max(0, -(-(ids.shape[1] - start - m) // stride))  # re-encodes on the way
@@ -303,23 +357,40 @@ class PerceiverS(PackedWeights, nn.Module):
             return 0
         begin = first_end + (needed - first_end) // stride * stride  # the last chunk end at or before it
         last = final + keep - 1  # the length at which the final re-encode happens: inputs up to there
+        sounding = None
+        if packed.sounding is not None:  # what the skipped ids left sounding is not skipped
+            sounding = sounding_after(ids[:, :begin], _rows(state.sounding, lanes))
+            if final == begin:  # the final window's anchor: the set before its start
+                _set_rows(state.anchor, lanes, sounding)
         for chunk in range(begin, last, stride):
             positions = length[:, None] + torch.arange(chunk, chunk + stride, device=ids.device)  # (b, n)
             rotations = _rotations(positions, self.head_dim, self.config.rope_base, state.keys1.dtype)
             lockstep = positions.shape[0] == 1 or bool((positions[:, 0] == positions[0, 0]).all())
             first_position = int(positions[0, 0]) if lockstep and lanes is None else None
+            sets = None
+            if sounding is not None:
+                sets = sounding_notes(ids[:, chunk:chunk + stride], sounding)  # (b, stride, 128)
+                sounding = sets[:, -1]
+                if chunk < final <= chunk + stride:
+                    _set_rows(state.anchor, lanes, sets[:, final - 1 - chunk])
             self._write_inputs(packed, ids[:, chunk:chunk + stride], positions, rotations, first_position, state,
-                               lanes)
+                               lanes, sets)
+        if sounding is not None:
+            _set_rows(state.sounding, lanes, sounding)
         _set_rows(state.length, lanes, length + last)
         _set_rows(state.start, lanes, length + final - stride)  # the window before: full, so the loop re-encodes
         return last
 
     def _write_inputs(self, packed: Packed, ids: torch.Tensor, positions: torch.Tensor, rotations: torch.Tensor,
-                      first_position: int | None, state: PerceiverSState, lanes: torch.Tensor | None) -> None:
-        """Project ids (b, n) at `positions` (b, n) into both cross-attention rings (once per token)."""
+                      first_position: int | None, state: PerceiverSState, lanes: torch.Tensor | None,
+                      sets: torch.Tensor | None = None) -> None:
+        """Project ids (b, n) at `positions` (b, n), with the pitches sounding after each (b, n, 128) for a model
+        with the input, into both cross-attention rings (once per token)."""
         c = self.config
         batch, count = ids.shape
         x = F.embedding(ids, packed.embed)  # (b, n, C)
+        if sets is not None:
+            x = x + packed.sounding(sets.to(x.dtype))
         kv = (packed.inputs_kv(x) * inv_rms(x, packed.eps)).view(batch * count, 2, 2, c.n_heads, self.head_dim)
         k = _rotate(kv[:, :, 0], rotations).view(batch, count, 2, c.n_heads, self.head_dim)  # 2 layers' keys
         v = kv[:, :, 1].view(batch, count, 2, c.n_heads, self.head_dim)
@@ -332,14 +403,17 @@ class PerceiverS(PackedWeights, nn.Module):
         _put(state.ids, rows, positions, ids, first_position)
 
     def _latents(self, packed: Packed, positions: torch.Tensor, rotations: torch.Tensor, first_position: int | None,
-                 state: PerceiverSState, lanes: torch.Tensor | None, outputs: int = 1) -> torch.Tensor:
-        """Latents at `positions` (b, n) from the rings -> logits (b, outputs, V) of the last `outputs` of them;
-        fills the latent rings."""
+                 state: PerceiverSState, lanes: torch.Tensor | None, outputs: int = 1,
+                 sets: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents at `positions` (b, n) (the pitches sounding after each, sets (b, n, 128), for a model with the
+        input) from the rings -> logits (b, outputs, V) of the last `outputs` of them; fills the latent rings."""
         c = self.config
         batch, count = positions.shape
         heads, head_dim = c.n_heads, self.head_dim
         rows = _lane_index(state, lanes)[:, None].expand_as(positions)
         h = F.embedding(state.ids[rows, positions % c.latents].flatten(), packed.embed)  # (b n, C)
+        if sets is not None:
+            h = packed.sounding.add_to(h, sets.flatten(0, 1).to(h.dtype))
         start = _rows(state.start, lanes)[:, None, None]  # (b, 1, 1)
         context_start = (start + c.latents - state.plan.context).clamp(min=0)
         query = positions[:, :, None]  # (b, n, 1)

@@ -6,7 +6,10 @@ The state holds, per lane of the batch:
   mask hides everything older than S positions from every latent, and a re-encode of up to M latents reaches
   M - 1 positions further back;
 - the latent self-attention keys/values, M per layer (a ring);
-- the ids of the last M inputs (re-encoding needs them) and the absolute position held by every ring slot.
+- the ids of the last M inputs (re-encoding needs them) and the absolute position held by every ring slot;
+- with the sounding-notes input (issue #17), two sets of 128 pitches: those sounding after the last id read, and
+  those sounding before the next latent window's first position (a re-encode recomputes the sets of the window's
+  first latents from it and the ids it keeps: the sets cannot be run backwards from the latest one).
 
 Nothing grows after `PerceiverSState.__init__`; `nbytes` is counted from the tensors themselves, and the plan's
 formula is tested against it, so `state.nbytes == plan.nbytes <= budget` holds for any budget.
@@ -21,6 +24,7 @@ import torch
 from core.budget import format_bytes
 from core.errors import BudgetError
 from core.models.interface import Memory
+from core.models.layers import PITCHES
 from core.state import TOKENS_PER_SECOND
 
 INDEX_BYTES = 8  # int64 positions and ids
@@ -31,14 +35,24 @@ def local_ring(context: int, latents: int, scale: int) -> int:
     return min(context, scale + latents - 1)
 
 
+def reencode_keep(latents: int) -> int:
+    """Latent positions a re-encode computes again from the window it leaves: the most recent M/2 (at least 1)."""
+    return max(1, latents // 2)
+
+
+def window_stride(latents: int) -> int:
+    """How much later each latent window starts than the one before (a re-encode keeps M/2 - 1 old positions)."""
+    return latents - reencode_keep(latents) + 1
+
+
 def state_bytes(batch: int, context: int, latents: int, scale: int, n_layers: int, d_model: int,
-                element_size: int) -> int:
+                element_size: int, sounding: bool = False) -> int:
     """Bytes of a PerceiverSState; mirrors the buffers allocated in PerceiverSState.__init__ one for one."""
     local = local_ring(context, latents, scale)
     kv = 2 * (context + local + n_layers * latents) * d_model * element_size  # keys and values
     index = (context + local + latents) * INDEX_BYTES  # slot positions of the three rings
     index += latents * INDEX_BYTES + 2 * INDEX_BYTES  # ids of the last M inputs; length and window start
-    return batch * (kv + index)
+    return batch * (kv + index + 2 * PITCHES * sounding)  # the two sounding sets (bool), with the input
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,7 @@ class PerceiverSPlan:
     dtype: torch.dtype
     budget: int
     trained_context: int  # N: the context the model was trained with
+    sounding: bool = False  # the state carries the lanes' sounding pitches (a model with `sounding_input`)
 
     @property
     def local(self) -> int:
@@ -63,7 +78,7 @@ class PerceiverSPlan:
     @property
     def nbytes(self) -> int:
         return state_bytes(self.batch, self.context, self.latents, self.scale, self.n_layers, self.d_model,
-                           _element_size(self.dtype))
+                           _element_size(self.dtype), self.sounding)
 
     def memories(self) -> tuple[Memory, ...]:
         """One part: the context the first cross-attention reads, at most the trained context."""
@@ -81,14 +96,15 @@ def _element_size(dtype: torch.dtype) -> int:
 
 
 def plan_state(budget: int, batch: int, max_context: int, latents: int, scale: int, n_layers: int, n_heads: int,
-               d_model: int, dtype: torch.dtype) -> PerceiverSPlan:
-    """The longest generation context N_gen in [M, N] whose state fits `budget` bytes (bytes grow with N_gen)."""
+               d_model: int, dtype: torch.dtype, sounding: bool = False) -> PerceiverSPlan:
+    """The longest generation context N_gen in [M, N] whose state fits `budget` bytes (bytes grow with N_gen);
+    `sounding`: the state also carries the lanes' sounding pitches (a model with `sounding_input`)."""
     if batch < 1:
         raise BudgetError(f"batch must be at least 1, got {batch}")
     element = _element_size(dtype)
 
     def cost(context: int) -> int:
-        return state_bytes(batch, context, latents, scale, n_layers, d_model, element)
+        return state_bytes(batch, context, latents, scale, n_layers, d_model, element, sounding)
 
     minimum = cost(latents)
     if budget < minimum:
@@ -101,7 +117,8 @@ def plan_state(budget: int, batch: int, max_context: int, latents: int, scale: i
             low = middle
         else:
             high = middle - 1
-    return PerceiverSPlan(batch, low, latents, scale, n_layers, n_heads, d_model, dtype, budget, max_context)
+    return PerceiverSPlan(batch, low, latents, scale, n_layers, n_heads, d_model, dtype, budget, max_context,
+                          sounding)
 
 
 class PerceiverSState:
@@ -130,11 +147,18 @@ class PerceiverSState:
         self.ids = torch.zeros(batch, plan.latents, **index)  # ids of the last M inputs, slot = position % M
         self.length = torch.zeros(batch, **index)  # inputs consumed so far
         self.start = torch.zeros(batch, **index)  # first position of the current latent window
+        # The pitches sounding after the last id read (core.models.layers.sounding_notes), and those sounding
+        # before the next window's start (start + window_stride), taken when the id before it is read. None: the
+        # model has no sounding-notes input.
+        bits = dict(dtype=torch.bool, device=device)
+        self.sounding = torch.zeros(batch, PITCHES, **bits) if plan.sounding else None
+        self.anchor = torch.zeros(batch, PITCHES, **bits) if plan.sounding else None
         self.lean = None  # scratch of the model's one-token path (rotations, views), made on its first step
 
     def tensors(self) -> list[torch.Tensor]:
+        sets = [self.sounding, self.anchor] if self.sounding is not None else []
         return [self.kv1, self.kv2, self.latent_kv, self.positions1, self.positions2, self.latent_positions, self.ids,
-                self.length, self.start]
+                self.length, self.start, *sets]
 
     @property
     def nbytes(self) -> int:
@@ -153,3 +177,6 @@ class PerceiverSState:
             positions[lane] = -1
         self.length[lane] = 0
         self.start[lane] = 0
+        if self.sounding is not None:
+            self.sounding[lane] = False
+            self.anchor[lane] = False

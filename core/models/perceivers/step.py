@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from core.models.layers import RMSNorm, rotary, rotary_frequencies
-from core.models.packed import Matrix, folded, inv_rms, matrix_kind, rms_eps
-from core.models.perceivers.state import PerceiverSState
+from core.models.layers import RMSNorm, rotary, rotary_frequencies, sounding_step
+from core.models.packed import Dense, Matrix, folded, inv_rms, matrix_kind, rms_eps
+from core.models.perceivers.state import PerceiverSState, window_stride
 
 if TYPE_CHECKING:
     from core.models.perceivers.model import PerceiverS
@@ -40,6 +40,7 @@ class Packed:
     blocks: tuple[PackedBlock, ...]
     head: Matrix  # C -> V, the final norm folded in
     eps: torch.Tensor  # (1, 1, 1): C * eps (see packed.inv_rms)
+    sounding: Dense | None = None  # 128 -> C, the sounding-notes input (model weights' dtype, both kinds)
 
 
 @torch.no_grad()
@@ -60,8 +61,10 @@ def pack(model: PerceiverS, kind: str = "fp32") -> Packed:
     blocks = tuple(block(b.attn_norm, b.attn, (b.attn.q_proj, b.attn.kv_proj), b.mlp_norm, b.mlp)
                    for b in model.blocks)
     weight = model.embed.weight.detach()
+    sounding = Dense(model.sounding.weight.detach()) if model.sounding is not None else None
     return Packed(weight, matrix(torch.cat([kv1, kv2])), matrix(step_in), cross, blocks,
-                  matrix(folded(model.norm.weight, model.head.weight)), rms_eps(width, model.norm.eps, weight))
+                  matrix(folded(model.norm.weight, model.head.weight)), rms_eps(width, model.norm.eps, weight),
+                  sounding)
 
 
 def _rotations(positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype) -> torch.Tensor:
@@ -200,6 +203,11 @@ def lean_step(packed: Packed, ids: torch.Tensor, state: PerceiverSState, base: f
     heads, eps = plan.n_heads, packed.eps
 
     x = F.embedding(ids, packed.embed)  # (B, C): the new input, and the latent at its position
+    if packed.sounding is not None:  # the pitches sounding after this id, as `_advance` adds them
+        sounding_step(state.sounding, ids)
+        x = packed.sounding.add_to(x, state.sounding.to(x.dtype))
+        if position == start + window_stride(plan.latents) - 1:  # the set the next window starts from
+            state.anchor.copy_(state.sounding)
     y = torch.bmm(_heads_first(packed.step_in(x) * inv_rms(x, eps), 5 * heads), lean.rotation)  # (5 nh, B, hs)
     state.kv1.select(2, position % plan.context).copy_(y.narrow(0, 0, 2 * heads))  # v1 k1 (k1 rotated)
     state.kv2.select(2, position % plan.local).copy_(y.narrow(0, 3 * heads, 2 * heads))  # k2 v2

@@ -56,9 +56,10 @@ class PieceSource:
         """Whole pieces read back to back in segments (a left-to-right model with a recurrent state)."""
         return LaneStream(self, lanes, total_lanes, segment_len, position)
 
-    def crop_batches(self, items: list[int], context: int, latents: int) -> CropBatches:
-        """Effective-segmentation crops (a model that reads a bounded context, like PerceiverS)."""
-        return CropBatches(self, items, context, latents)
+    def crop_batches(self, items: list[int], context: int, latents: int, sounding: bool = False) -> CropBatches:
+        """Effective-segmentation crops (a model that reads a bounded context, like PerceiverS); `sounding`: each
+        with the pitches sounding before it (crops.collate)."""
+        return CropBatches(self, items, context, latents, sounding)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if self.weights is None:
@@ -157,8 +158,9 @@ class LaneStream:
 class CropBatches:
     """PerceiverS micro-batches: crop `item` of micro-batch (step, micro) depends on those numbers only."""
 
-    def __init__(self, source: PieceSource, items: list[int], context: int, latents: int):
+    def __init__(self, source: PieceSource, items: list[int], context: int, latents: int, sounding: bool = False):
         self.source, self.items, self.context, self.latents = source, list(items), context, latents
+        self.sounding = sounding  # the crops carry the pitches sounding before them (a model with that input)
         lengths = source.lengths if source.weights is None else source.lengths * source.weights
         self.weights = lengths / lengths.sum()
 
@@ -169,5 +171,5 @@ class CropBatches:
             rng = np.random.default_rng([self.source.seed, _CROP, step, micro, item])
             j = int(rng.choice(len(self.weights), p=self.weights))
             piece = self.source.piece(j, int(rng.integers(2**62)))
-            crops.append(effective(piece, rng, self.context, self.latents))
+            crops.append(effective(piece, rng, self.context, self.latents, self.sounding))
         return collate(crops)

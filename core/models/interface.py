@@ -185,8 +185,9 @@ class PieceData(Protocol):
         """Whole pieces back to back, one segment of each lane per `next_batch()` (a recurrent model)."""
         ...
 
-    def crop_batches(self, items: list[int], context: int, latents: int):
-        """Effective-segmentation crops, `batch(step, micro)` (a model that reads a bounded context)."""
+    def crop_batches(self, items: list[int], context: int, latents: int, sounding: bool = False):
+        """Effective-segmentation crops, `batch(step, micro)` (a model that reads a bounded context); `sounding`:
+        each with the pitches sounding before it (core.models.perceivers.crops.collate)."""
         ...
 
     seed: int  # the run's seed: batches drawn from (seed, step, micro, item) alone need nothing saved to resume

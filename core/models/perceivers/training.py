@@ -2,7 +2,8 @@
 
 A micro-batch is a batch of crops (trainer.data.CropBatches) whose loss is taken on the latent positions; the
 batches depend only on (seed, step, micro, item), so nothing about the data needs saving to resume. Held-out
-pieces are scored in the sequential crops, whose targets tile each piece once.
+pieces are scored in the sequential crops, whose targets tile each piece once. A model with the sounding-notes
+input gets, with each crop, the pitches sounding before it (crops.split_sounding).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from core.models.interface import PieceData
-from core.models.perceivers.crops import sequential, sequential_count
+from core.models.layers import sounding_after
+from core.models.perceivers.crops import collate, sequential, sequential_count, split_sounding
 from core.models.perceivers.model import PerceiverS
 from core.tokenizer import PAD
 
@@ -39,7 +41,7 @@ class PerceiverSTraining:
 
     def start(self, source: PieceData, lanes: list[list[int]], total_lanes: int, budget: int, saved: dict) -> None:
         config = self.model.config
-        self.crops = source.crop_batches(lanes[0], config.context, config.latents)
+        self.crops = source.crop_batches(lanes[0], config.context, config.latents, sounding=config.sounding_input)
 
     def batch(self, step: int, micro: int) -> tuple[np.ndarray, np.ndarray]:
         return self.crops.batch(step, micro)
@@ -48,7 +50,10 @@ class PerceiverSTraining:
         return {}
 
     def loss(self, module: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, micro: int) -> torch.Tensor:
-        logits, _ = module(inputs)  # (b, M, V)
+        before = None
+        if self.model.config.sounding_input:  # the crops' sets ride after their ids
+            inputs, before = split_sounding(inputs)
+        logits, _ = module(inputs, sounding=before)  # (b, M, V)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                                ignore_index=PAD, reduction="sum")
 
@@ -70,9 +75,10 @@ class PerceiverSTraining:
         for piece in pieces:
             piece = np.asarray(piece, dtype=np.int64)
             for i in range(sequential_count(len(piece), config.latents)):
-                crop = sequential(piece, i, config.context, config.latents)
+                crop = sequential(piece, i, config.context, config.latents, config.sounding_input)
                 fresh = crop.positions > i * config.latents  # the last crop overlaps the one before it
-                yield crop.inputs, np.where(fresh, crop.targets, PAD)
+                (inputs,), _ = collate([crop])  # with the crop's sounding set, as `loss` reads it
+                yield inputs, np.where(fresh, crop.targets, PAD)
 
     def piece_losses(self, ids: torch.Tensor, budget: int | str | None):
         """A piece (T,) read in its sequential crops, each cut to the context the plan for `budget` (one lane)
@@ -81,8 +87,10 @@ class PerceiverSTraining:
         latents, context = self.model.config.latents, self.model.plan(budget, 1).context
         for i in range(sequential_count(len(ids), latents)):
             end = min((i + 1) * latents + 1, len(ids))
-            window = ids[max(0, end - context - 1):end]
-            logits, _ = self.model(window[None, :-1])  # (1, M', V): the latents on the last M' inputs
+            first = max(0, end - context - 1)
+            window = ids[first:end]
+            before = sounding_after(ids[None, :first]) if self.model.config.sounding_input and first else None
+            logits, _ = self.model(window[None, :-1], sounding=before)  # (1, M', V): latents on the last inputs
             count = logits.shape[1]
             positions = torch.arange(end - count, end)
             fresh = positions > i * latents  # the last crop overlaps the one before it

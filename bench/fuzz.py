@@ -3,18 +3,20 @@
     python bench/fuzz.py [--cases 10000] [--workers 2] [--seed 0] [--timeout 10] [--keep DIR]
 
 Sources are the real MIDI files of ../shared/midi (RECITAL_SHARED_MIDI) and the fixtures of tests/data; with
-neither, it says so and exits 2. Case i is reproducible from (--seed, i): a source file and 1-4 mutations
-(bit flips, byte sets, insertions, deletions, truncation, chunk-length and header corruption, tempo, status and
-meta-length bytes, long delta times, spans spliced in from another file or duplicated). Each mutated file is
-read by `read_performance` then `encode` in a worker process: a signal (a native crash) or a case that runs past
---timeout kills only that worker, which is counted and replaced.
+neither, it says so and exits 2. Case i is reproducible from (--seed, i): a source file and 1-4 mutations (bit
+flips, byte sets, insertions, deletions, truncation, chunk-length and header corruption, tempo, status,
+meta-length and controller bytes, long delta times, spans spliced in from another file or duplicated). Each
+mutated file is read by `read_performance` then `encode` in a worker process: a signal (a native crash) or a
+case that runs past --timeout kills only that worker, which is counted and replaced.
 
-Outcomes: ok (a valid Performance and tokens in range), typed (a MidiError or other RecitalError: the one-line
-message a user sees), untyped (any other exception: a bug), invalid (returned, but breaks an invariant: a bug),
-hang, crash. The table gives them per source folder; the first tracebacks of each distinct untyped error and the
-inputs of every bug (under --keep) follow. Exit status 1 when any bug was found.
+Outcomes: ok (a valid Performance and tokens in range), typed (a MidiError or other RecitalError from the
+reader: the one-line message a user sees), untyped (any other exception: a bug), invalid (returned, but breaks
+an invariant of `problems`, or encode failed on it: a bug), hang, crash. The table gives them per source
+folder; the first tracebacks of each distinct untyped error and the inputs of every bug (under --keep) follow.
+Exit status 1 when any bug was found.
 
-The test suite keeps a fast sample of the same idea (tests/test_fuzz.py); this is the long campaign.
+The test suite keeps a fast sample of the same idea (tests/test_fuzz.py: the same worker, checks and
+mutations); this is the long campaign.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import os
 import sys
 
 # Run as a script, this file's folder comes first on sys.path, where bench/tokenize.py would hide the standard
-# library's `tokenize` module from everything imported after it: put the project root there instead.
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# library's `tokenize` module from everything imported after it: put the project root there instead
+# (imported as bench.fuzz, by the workers and the tests, the path is left as it is).
+if __name__ == "__main__":
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -36,44 +40,77 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 from collections import Counter  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 from bench.data import SHARED_MIDI  # noqa: E402
+from core.errors import RecitalError  # noqa: E402
+from core.midi import Performance, read_performance  # noqa: E402
+from core.tokenizer import VOCAB_SIZE, encode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_DATA = ROOT / "tests" / "data"
 OUTCOMES = ("ok", "typed", "untyped", "invalid", "hang", "crash")
 BUGS = ("untyped", "invalid", "hang", "crash")
 
-# Reads one path per line, answers one JSON line: how read_performance and encode handled the file.
-WORKER = r"""
-import json, sys, traceback
-import numpy as np
-from core.errors import RecitalError
-from core.midi import read_performance
-from core.tokenizer import VOCAB_SIZE, encode
 
-def check(path):
+# -- what a read must give --------------------------------------------------------------------------------
+
+def problems(perf: Performance) -> list[str]:
+    """What is wrong with a Performance `read_performance` returned (empty: nothing): it must hold notes (a
+    file without any is a MidiError), finite, sorted, non-negative times, no offset before its onset, pitches
+    0-127, velocities 1-127, and (these holding) encode to ids of the codec. tests/test_fuzz.py uses it."""
+    found = []
+    if len(perf) == 0:
+        return ["no notes"]
+    if not (np.isfinite(perf.onset).all() and np.isfinite(perf.offset).all()):
+        found.append("not finite")
+    if (np.diff(perf.onset) < 0).any():
+        found.append("not sorted")
+    if (perf.onset < 0).any():
+        found.append("negative onset")
+    if (perf.offset < perf.onset).any():
+        found.append("offset before onset")
+    if perf.pitch.min() < 0 or perf.pitch.max() > 127:
+        found.append("pitch out of range")
+    if perf.velocity.min() < 1 or perf.velocity.max() > 127:
+        found.append("velocity out of range")
+    if found:  # encoding notes that break these means nothing
+        return found
+    try:
+        ids = encode(perf)
+    except BaseException as error:  # noqa: BLE001 - a valid read that cannot be encoded is what is reported
+        found.append(f"encode raised {type(error).__name__}: {error}"[:200])
+    else:
+        if len(ids) and (ids.min() < 0 or ids.max() >= VOCAB_SIZE):
+            found.append("token out of range")
+    return found
+
+
+def check(path: str | Path) -> dict:
+    """How `read_performance` handled one file, as the JSON a worker answers: outcome ok, invalid (detail: the
+    problems), typed (error: the class, path and reason of a RecitalError) or untyped (with its traceback)."""
     try:
         perf = read_performance(path)
-        ids = encode(perf)
     except RecitalError as error:
-        return {"outcome": "typed", "detail": f"{type(error).__name__}: {getattr(error, 'reason', error)}"[:300]}
-    except BaseException as error:
+        return {"outcome": "typed", "error": type(error).__name__, "path": getattr(error, "path", None),
+                "reason": getattr(error, "reason", str(error)),
+                "detail": f"{type(error).__name__}: {getattr(error, 'reason', error)}"[:300]}
+    except BaseException as error:  # noqa: BLE001 - an untyped error is a finding, with its traceback
         return {"outcome": "untyped", "detail": f"{type(error).__name__}: {error}"[:300],
                 "traceback": traceback.format_exc()[-3000:]}
-    problems = []
-    if len(perf) == 0: problems.append("no notes")
-    if not (np.isfinite(perf.onset).all() and np.isfinite(perf.offset).all()): problems.append("not finite")
-    if (np.diff(perf.onset) < 0).any(): problems.append("not sorted")
-    if (perf.onset < 0).any(): problems.append("negative onset")
-    if (perf.offset < perf.onset).any(): problems.append("offset before onset")
-    if perf.pitch.min() < 0 or perf.pitch.max() > 127: problems.append("pitch out of range")
-    if perf.velocity.min() < 1 or perf.velocity.max() > 127: problems.append("velocity out of range")
-    if len(ids) and (ids.min() < 0 or ids.max() >= VOCAB_SIZE): problems.append("token out of range")
-    return {"outcome": "invalid", "detail": ", ".join(problems)} if problems else {"outcome": "ok"}
+    found = problems(perf)
+    return {"outcome": "invalid" if found else "ok", "detail": ", ".join(found), "notes": len(perf)}
+
+
+# Reads one path per line, answers one JSON line: `check` of the file.
+WORKER = r"""
+import json, sys
+from bench.fuzz import check
 
 print("ready", flush=True)
 for line in sys.stdin:
@@ -84,14 +121,16 @@ for line in sys.stdin:
 # -- the worker processes ---------------------------------------------------------------------------------------
 
 class Worker:
-    """A Python process that reads files on request; replaced after a crash or a hang."""
+    """A Python process that reads files on request (`script`: the one it runs, WORKER unless a test gives
+    another); replaced after a crash or a hang."""
 
-    def __init__(self) -> None:
+    def __init__(self, script: str = WORKER) -> None:
+        self.script = script
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-        self.process = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE,
+        self.process = subprocess.Popen([sys.executable, "-c", self.script], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         ready, _, _ = select.select([self.process.stdout], [], [], 120.0)
         if not ready or self.process.stdout.readline() != "ready\n":
@@ -128,11 +167,12 @@ class Worker:
 CHUNK = re.compile(rb"MThd|MTrk")
 TEMPO = re.compile(rb"\xff\x51\x03")
 META = re.compile(rb"\xff[\x00-\x7f]")
+CONTROLLER = re.compile(rb"[\xb0-\xbf]")
 STATUS = re.compile(rb"[\x80-\xff]")
 STATUS_BYTES = [0x80, 0x90, 0xA0, 0xB0, 0xC0, 0xD0, 0xE0, 0xF0, 0xF7, 0xFF, 0xF1, 0xF8, 0xFE]
 LENGTHS = [0, 1, 6, 0x7F, 0x80, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
 OPS = ("flip", "set", "insert", "delete", "truncate", "chunk_length", "header", "tempo", "status", "meta_length",
-       "long_delta", "splice", "duplicate")
+       "long_delta", "splice", "duplicate", "controller")
 
 
 def _find(pattern: re.Pattern, data: bytearray, rng: random.Random) -> re.Match | None:
@@ -180,6 +220,9 @@ def mutate(data: bytes, other: bytes, rng: random.Random) -> tuple[bytes, list[s
         elif op == "duplicate" and data:
             begin = rng.randrange(len(data))
             data[at:at] = data[begin:begin + rng.randint(1, 256)]
+        elif op == "controller" and (match := _find(CONTROLLER, data, rng)):  # number and value (pedals too)
+            data[match.end():match.end() + 2] = bytes([rng.choice([64, 66, 67, 121, rng.randrange(256)]),
+                                                       rng.choice([0, 63, 64, 127, rng.randrange(256)])])
     return bytes(data), ops
 
 

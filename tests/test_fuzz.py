@@ -2,109 +2,34 @@
 
 Each case runs in a separate, long-lived worker process with a time bound, so a hang or a crash of the native
 parser (a segfault would kill the worker, not the test run) is caught and reported with the bytes that caused
-it. Mutations are written to a temporary folder; the real files are only read. Set RECITAL_FUZZ_EXAMPLES for a
-longer campaign.
+it. The worker, its check of what a read gave (`bench.fuzz.problems`) and the mutations are bench/fuzz.py's,
+the long campaign's; this is its fast sample. Mutations are written to a temporary folder; the real files are
+only read. Set RECITAL_FUZZ_EXAMPLES for a longer campaign.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
-import select
+import random
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from core.errors import MidiError
-from core.midi import MIN_RESTRIKE_SECONDS, canonical, read_performance
+from bench import fuzz
+from bench.fuzz import Worker, mutate
+from core.errors import MidiError, ModelError
+from core.midi import MIN_RESTRIKE_SECONDS, Performance, canonical, read_performance
+from core.tokenizer import VOCAB_SIZE
 from tests.conftest import midi_files
 
 CASE_SECONDS = 5.0
 EXAMPLES = int(os.environ.get("RECITAL_FUZZ_EXAMPLES", "500"))
-ROOT = Path(__file__).resolve().parents[1]
 SOURCES = midi_files("piano", "pop", "multitrack", "broken")
-
-# Reads one path per line, answers one JSON line: how read_performance (and encode) handled the file.
-WORKER = r"""
-import json, sys
-import numpy as np
-from core.errors import MidiError
-from core.midi import read_performance
-from core.tokenizer import VOCAB_SIZE, encode
-
-def check(path):
-    try:
-        perf = read_performance(path)
-    except MidiError as error:
-        return {"kind": "midi_error", "path": error.path, "reason": error.reason}
-    except BaseException as error:
-        return {"kind": "other", "error": f"{type(error).__name__}: {error}"}
-    problems = []
-    if len(perf) == 0: problems.append("no notes")
-    if not (np.isfinite(perf.onset).all() and np.isfinite(perf.offset).all()): problems.append("not finite")
-    if (np.diff(perf.onset) < 0).any(): problems.append("not sorted")
-    if (perf.onset < 0).any(): problems.append("negative onset")
-    if (perf.offset < perf.onset).any(): problems.append("offset before onset")
-    if perf.pitch.min() < 0 or perf.pitch.max() > 127: problems.append("pitch out of range")
-    if perf.velocity.min() < 1 or perf.velocity.max() > 127: problems.append("velocity out of range")
-    try:
-        ids = encode(perf)
-        if ids.max() >= VOCAB_SIZE: problems.append("token out of range")
-    except BaseException as error:
-        problems.append(f"encode raised {type(error).__name__}: {error}")
-    return {"kind": "ok" if not problems else "invalid", "problems": problems, "notes": len(perf)}
-
-print("ready", flush=True)
-for line in sys.stdin:
-    print(json.dumps(check(line.rstrip("\n"))), flush=True)
-"""
-
-
-class Worker:
-    """A Python process that reads files on request; restarted after a crash or a hang."""
-
-    def __init__(self, script: str = WORKER) -> None:
-        self.script = script
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.process = subprocess.Popen([sys.executable, "-c", self.script], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-        ready, _, _ = select.select([self.process.stdout], [], [], 60.0)  # imports take a moment
-        if not ready or self.process.stdout.readline() != "ready\n":
-            self.stop()
-            raise RuntimeError("the fuzz worker did not start")
-
-    def read(self, path: Path, timeout: float = CASE_SECONDS) -> dict:
-        if self.process is None or self.process.poll() is not None:
-            self.start()
-        process = self.process
-        process.stdin.write(f"{path}\n")
-        process.stdin.flush()
-        ready, _, _ = select.select([process.stdout], [], [], timeout)
-        if not ready:
-            self.stop()
-            return {"kind": "hang"}
-        line = process.stdout.readline()
-        if not line:
-            code = process.wait()
-            self.process = None
-            return {"kind": "crash", "returncode": code}
-        return json.loads(line)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
 
 
 @pytest.fixture(scope="module")
@@ -133,83 +58,99 @@ def test_worker_reports_crashes_and_hangs(tmp_path):
     script = ("import os, signal, sys, time\nprint('ready', flush=True)\nfor line in sys.stdin:\n"
               "    if line.endswith('crash.mid\\n'): os.kill(os.getpid(), signal.SIGSEGV)\n"
               "    if line.endswith('hang.mid\\n'): time.sleep(60)\n"
-              "    print('{\"kind\": \"ok\"}', flush=True)\n")
+              "    print('{\"outcome\": \"ok\"}', flush=True)\n")
     worker = Worker(script)
     try:
-        assert worker.read(tmp_path / "crash.mid")["kind"] == "crash"
-        assert worker.read(tmp_path / "hang.mid", timeout=0.5)["kind"] == "hang"
-        assert worker.read(tmp_path / "fine.mid")["kind"] == "ok"
+        assert worker.read(tmp_path / "crash.mid", CASE_SECONDS)["outcome"] == "crash"
+        assert worker.read(tmp_path / "hang.mid", timeout=0.5)["outcome"] == "hang"
+        assert worker.read(tmp_path / "fine.mid", CASE_SECONDS)["outcome"] == "ok"
     finally:
         worker.stop()
 
 
-# ---- mutations ---------------------------------------------------------------------------------------
-
-CHUNK = re.compile(rb"MThd|MTrk")
-TEMPO = re.compile(rb"\xff\x51\x03")
-CONTROLLER = re.compile(rb"[\xb0-\xbf]")
-STATUS = re.compile(rb"[\x80-\xff]")
-STATUS_BYTES = [0x80, 0x90, 0xA0, 0xB0, 0xC0, 0xD0, 0xE0, 0xF0, 0xF7, 0xFF, 0xF1, 0xF8, 0xFE]
-
-
-def _next(pattern: re.Pattern, data: bytearray, position: int) -> re.Match | None:
-    """The first match at or after `position`, wrapping around to the start."""
-    return pattern.search(data, position % max(len(data), 1)) or pattern.search(data)
-
-
-def mutate(data: bytes, ops: list[tuple]) -> bytes:
-    data = bytearray(data)
-    for op, position, value in ops:
-        at = position % max(len(data), 1)
-        if op == "flip" and data:
-            data[at] ^= 1 << (value % 8)
-        elif op == "set" and data:
-            data[at] = value % 256
-        elif op == "insert":
-            data[at:at] = bytes([value % 256]) * (1 + value // 256 % 4)
-        elif op == "delete":
-            del data[at:at + 1 + value % 16]
-        elif op == "truncate":
-            del data[at:]
-        elif op == "length" and (match := _next(CHUNK, data, position)) and match.end() + 4 <= len(data):
-            special = [0, 1, 6, 0x7FFFFFFF, 0xFFFFFFFF, value]
-            struct.pack_into(">I", data, match.end(), special[value % 6])
-        elif op == "tempo" and (match := _next(TEMPO, data, position)):
-            special = [b"\0\0\0", b"\0\0\1", b"\xff\xff\xff", (value % 2**24).to_bytes(3, "big")]
-            data[match.end():match.end() + 3] = special[value % 4]
-        elif op == "controller" and (match := _next(CONTROLLER, data, position)):
-            data[match.end():match.end() + 2] = bytes([value % 256, value // 256 % 256])
-        elif op == "status" and (match := _next(STATUS, data, position)):
-            data[match.start()] = STATUS_BYTES[value % len(STATUS_BYTES)]
-        elif op == "header" and len(data) >= 14:  # format, track count, division
-            struct.pack_into(">H", data, 8 + 2 * (position % 3), value % 2**16)
-    return bytes(data)
-
-
-OPS = st.lists(st.tuples(
-    st.sampled_from(["flip", "set", "insert", "delete", "truncate", "length", "tempo", "controller", "status",
-                     "header"]),
-    st.integers(0, 2**20), st.integers(0, 2**32 - 1)), min_size=1, max_size=6)
+def assert_clean(result: dict, path: Path) -> str:
+    """A read is clean when it gave a valid Performance (`bench.fuzz.problems`) or a MidiError naming the
+    file."""
+    assert result["outcome"] in ("ok", "typed"), result
+    if result["outcome"] == "typed":
+        assert result["error"] == "MidiError" and result["path"] == str(path) and result["reason"], result
+    return result["outcome"]
 
 
 def assert_read_is_clean(worker: Worker, path: Path, data: bytes) -> str:
     path.write_bytes(data)
-    result = worker.read(path)
-    if result["kind"] in ("crash", "hang"):
-        kept = path.with_name(f"{result['kind']}-{hashlib.sha256(data).hexdigest()[:12]}.mid")
+    result = worker.read(path, CASE_SECONDS)
+    if result["outcome"] not in ("ok", "typed"):
+        kept = path.with_name(f"{result['outcome']}-{hashlib.sha256(data).hexdigest()[:12]}.mid")
         kept.write_bytes(data)
-        pytest.fail(f"read_performance {result['kind']}ed ({result}); input kept at {kept}")
-    assert result["kind"] in ("ok", "midi_error"), result
-    if result["kind"] == "midi_error":
-        assert result["path"] == str(path) and result["reason"]
+        pytest.fail(f"read_performance: {result['outcome']} ({result}); input kept at {kept}")
     assert path.read_bytes() == data  # reading never writes
-    return result["kind"]
+    return assert_clean(result, path)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(source=st.sampled_from(SOURCES), ops=OPS)
-def test_mutated_real_midi(worker, scratch, sources_unchanged, source, ops):
-    event(assert_read_is_clean(worker, scratch / "case.mid", mutate(source.read_bytes(), ops)))
+@given(source=st.sampled_from(SOURCES), other=st.sampled_from(SOURCES), seed=st.integers(0, 2**64 - 1))
+def test_mutated_real_midi(worker, scratch, sources_unchanged, source, other, seed):
+    """bench/fuzz.py's mutations (1-4 of them, drawn from `seed`), `other` the file spans are spliced from."""
+    data, _ops = mutate(source.read_bytes(), other.read_bytes(), random.Random(seed))
+    event(assert_read_is_clean(worker, scratch / "case.mid", data))
+
+
+# ---- the check itself: an invalid read fails it --------------------------------------------------------
+
+def notes(**changed) -> Performance:
+    """Two valid notes (0-0.5 s C4, 1-1.5 s D4), with the arrays named in `changed` replaced."""
+    arrays = {"onset": [0.0, 1.0], "offset": [0.5, 1.5], "pitch": [60, 62], "velocity": [64, 80], **changed}
+    times = [np.asarray(arrays[name], dtype=np.float64) for name in ("onset", "offset")]
+    return Performance(*times, *(np.asarray(arrays[name], dtype=np.int16) for name in ("pitch", "velocity")))
+
+
+INVALID = {
+    "no notes": notes(onset=[], offset=[], pitch=[], velocity=[]),
+    "not finite": notes(offset=[0.5, np.inf]),
+    "not sorted": notes(onset=[1.0, 0.0], offset=[1.5, 0.5]),
+    "negative onset": notes(onset=[-0.5, 1.0]),
+    "offset before onset": notes(offset=[0.5, 0.9]),
+    "pitch out of range": notes(pitch=[60, 128]),
+    "velocity out of range": notes(velocity=[0, 80]),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(INVALID))
+def test_a_reader_returning_an_invalid_performance_fails_the_fuzz_check(problem, monkeypatch, tmp_path):
+    path = tmp_path / "case.mid"
+    monkeypatch.setattr(fuzz, "read_performance", lambda _path: notes())
+    assert fuzz.check(path) == {"outcome": "ok", "detail": "", "notes": 2}  # the valid notes pass
+    monkeypatch.setattr(fuzz, "read_performance", lambda _path: INVALID[problem])
+    result = fuzz.check(path)
+    assert result["outcome"] == "invalid" and problem in result["detail"].split(", ")
+    with pytest.raises(AssertionError):
+        assert_clean(result, path)
+
+
+@pytest.mark.parametrize("encoded, problem", [(lambda perf: np.array([3, VOCAB_SIZE]), "token out of range"),
+                                               (lambda perf: 1 / 0, "encode raised ZeroDivisionError")])
+def test_a_read_that_does_not_encode_fails_the_fuzz_check(encoded, problem, monkeypatch, tmp_path):
+    monkeypatch.setattr(fuzz, "read_performance", lambda _path: notes())
+    monkeypatch.setattr(fuzz, "encode", encoded)
+    result = fuzz.check(tmp_path / "case.mid")
+    assert result["outcome"] == "invalid" and result["detail"].startswith(problem)
+
+
+def test_only_a_midi_error_naming_the_file_is_a_clean_refusal(monkeypatch, tmp_path):
+    path = tmp_path / "case.mid"
+    for error, clean in ((MidiError(path, "no notes"), True), (MidiError(tmp_path / "b.mid", "bad"), False),
+                         (ModelError("not a reader's error"), False), (KeyError("x"), False)):
+        def read(_path, _error=error):
+            raise _error
+
+        monkeypatch.setattr(fuzz, "read_performance", read)
+        result = fuzz.check(path)
+        if clean:
+            assert assert_clean(result, path) == "typed"
+        else:
+            with pytest.raises(AssertionError):
+                assert_clean(result, path)
 
 
 # ---- hand-made cases found while fuzzing, and the ones a parser is most likely to get wrong ----------------

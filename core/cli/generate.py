@@ -36,68 +36,33 @@ def _whole(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
-def positive_float(text: str) -> float:
-    value = _number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def bounded(parse, ok, need: str, name: str):
+    """An argparse type: `parse` the text, then refuse a value that is not `ok` in one line, saying what it must
+    be (`need`) and what was given. `name` is the one argparse would show for a parse error."""
+    def check(text: str):
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{need}, got {text}")
+        return value
+    check.__name__ = name
+    return check
 
 
-def positive_int(text: str) -> int:
-    value = _whole(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def seconds_of_music(text: str) -> float:
-    value = positive_float(text)
-    if value > MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:.0f} (one day), got {text}")
-    return value
-
-
-def temperature(text: str) -> float:
-    """0 (greedy) or 0.01..100: below 0.01 the scaled logits overflow to inf, above 100 all ids are alike."""
-    value = _number(text)
-    if value != 0 and not 0.01 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or between 0.01 and 100, got {text}")
-    return value
-
-
-def note_seconds(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (0: never release), got {text}")
-    return value
-
-
-def top_k(text: str) -> int:
-    value = _whole(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (0: off), got {text}")
-    return value
-
-
-def top_p(text: str) -> float:
-    value = _number(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1 (1: off), got {text}")
-    return value
-
-
-def min_p(text: str) -> float:
-    value = _number(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1 (0: off), got {text}")
-    return value
-
-
-def seed(text: str) -> int:
-    value = _whole(text)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 2^63-1, got {text}")
-    return value
+positive_float = bounded(_number, lambda value: value > 0, "must be > 0", "positive_float")
+positive_int = bounded(_whole, lambda value: value >= 1, "must be >= 1", "positive_int")
+seconds_of_music = bounded(positive_float, lambda value: value <= MAX_SECONDS,
+                           f"must be at most {MAX_SECONDS:.0f} (one day)", "seconds_of_music")
+# 0 is greedy; below 0.01 the scaled logits overflow to inf, above 100 all ids are alike
+temperature = bounded(_number, lambda value: value == 0 or 0.01 <= value <= 100,
+                      "must be 0 (greedy) or between 0.01 and 100", "temperature")
+note_seconds = bounded(_number, lambda value: value >= 0, "must be >= 0 (0: never release)", "note_seconds")
+top_k = bounded(_whole, lambda value: value >= 0, "must be >= 0 (0: off)", "top_k")
+top_p = bounded(_number, lambda value: 0 < value <= 1, "must be more than 0 and at most 1 (1: off)", "top_p")
+min_p = bounded(_number, lambda value: 0 <= value < 1, "must be at least 0 and below 1 (0: off)", "min_p")
+seed = bounded(_whole, lambda value: 0 <= value <= MAX_SEED, "must be between 0 and 2^63-1", "seed")
+strength = bounded(_number, lambda value: 0 <= value <= 1, "must be between 0 and 1", "strength")
+swing = bounded(_number, lambda value: 0 <= value <= 0.5, "must be between 0 and 0.5", "swing")
+adapt_steps = bounded(positive_int, lambda value: value <= 100, "must be at most 100", "adapt_steps")
 
 
 def budget(text: str) -> int:
@@ -179,21 +144,6 @@ def _grid_value(parse):
             raise argparse.ArgumentTypeError(str(error)) from None
     check.__name__ = parse.__name__
     return check
-
-
-def _fraction(text: str, high: float) -> float:
-    value = _number(text)
-    if not 0 <= value <= high:
-        raise argparse.ArgumentTypeError(f"must be between 0 and {high:g}, got {text}")
-    return value
-
-
-def strength(text: str) -> float:
-    return _fraction(text, 1.0)
-
-
-def swing(text: str) -> float:
-    return _fraction(text, 0.5)
 
 
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
@@ -295,13 +245,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_generation_arguments(parser)
     add_new_piece_arguments(parser)
     parser.set_defaults(adapt=False, adapt_steps=None)  # a new piece has no primer to adapt to
-
-
-def adapt_steps(text: str) -> int:
-    value = positive_int(text)
-    if value > 100:
-        raise argparse.ArgumentTypeError(f"must be at most 100, got {text}")
-    return value
 
 
 def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:

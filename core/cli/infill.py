@@ -13,6 +13,7 @@ import time
 
 from core.cli.generate import (
     _number,
+    bounded,
     budget,
     density,
     output_paths,
@@ -26,11 +27,7 @@ HELP = "write one region of a MIDI file anew (bars 9-12, or an accompaniment und
 DEFAULT_MODEL = "default-smdim"
 
 
-def seconds(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
-    return value
+seconds = bounded(_number, lambda value: value >= 0, "must be >= 0 seconds", "seconds")
 
 
 def bar_range(text: str) -> tuple[int, int]:

@@ -21,7 +21,9 @@ a new note starts inside the region, ends by the region's end and before the nex
 strikes a key a kept note holds, and lies in the pitch range left to it. When context + region exceed the plan's
 window, the masks are filled window by window: each window sees a quarter of a window of what comes before (the
 previous windows' fill included) and commits its masks up to a quarter of a window before its end, so the next
-window overlaps it; the last one sees the right context itself.
+window overlaps it; the last one sees the right context itself. `context` (seconds) bounds the music read each side
+of the region: the model reads only the ids within it, fewer than a window when the region and both sides fit (a
+pass costs about its length); None reads as much as the window holds.
 
 Left-to-right models (DSMR, PerceiverS) cannot see what follows a region: infill refuses them in one line that
 names a denoiser (the benchmark's "continue and cut" baseline is theirs, bench/infill.py).
@@ -82,7 +84,8 @@ class Layout:
 def infill(model, piece: Performance, start: float, end: float, *, keep_above: int | None = None,
            keep_below: int | None = None, variations: int = 1, steps: int | None = None,
            density: float | None = None, seed: int | None = None, sampling: SamplingConfig | None = None,
-           constraints: Constraints | None = None, budget: int | str | None = None) -> list[Performance]:
+           constraints: Constraints | None = None, budget: int | str | None = None,
+           context: float | None = None) -> list[Performance]:
     """`variations` versions of `piece` with the notes that start in [start, end) written anew by `model` (a
     denoiser), each a whole piece on the input's grid.
 
@@ -91,7 +94,8 @@ def infill(model, piece: Performance, start: float, end: float, *, keep_above: i
     per second at most (default: the constraints' density, else as many as the region's own music allows for).
     steps: unmasking passes per window (the model's default if None). constraints: limits on the new notes
     (core/constraints.py; their token mask is applied to every slot). budget: bytes for all variations together
-    (None: the model's default for each); it buys the window.
+    (None: the model's default for each); it buys the window. context: seconds of music each side of the region
+    the model reads at most (None: as much as the window holds around it).
     """
     check_region(piece, start, end)
     if getattr(model, "family", None) != DENOISE:
@@ -101,6 +105,8 @@ def infill(model, piece: Performance, start: float, end: float, *, keep_above: i
         raise InfillError(f"variations must be at least 1, got {variations}")
     if steps is not None and steps < 1:
         raise InfillError(f"steps must be at least 1, got {steps}")
+    if context is not None and not (math.isfinite(context) and context >= 0):
+        raise InfillError(f"context must be a number of seconds >= 0 each side of the region, got {context}")
     replaced, kept_voice = region_notes(piece, start, end, keep_above, keep_below)
     allowed = new_note_constraints(piece, replaced, constraints, keep_above, keep_below)
     density = density if density is not None else allowed.density
@@ -123,7 +129,7 @@ def infill(model, piece: Performance, start: float, end: float, *, keep_above: i
         generator.seed()
     model.eval()
     filled = fill(model, layout, state, steps, sampling, generator,
-                  token_constrain(allowed, model.config.vocab_size))
+                  token_constrain(allowed, model.config.vocab_size), reach(layout, context))
     cap = None if density is None else max(1, math.ceil(density * seconds))
     pieces = []
     for lane in range(variations):
@@ -271,25 +277,39 @@ def token_constrain(allowed: Constraints, vocab_size: int) -> Constrain:
     return constrain
 
 
-def windows(layout: Layout, window: int) -> list[tuple[int, int, int, int]]:
-    """(lo, hi, commit_from, commit_to) of each pass: the ids[lo:hi] a window reads and the positions whose
-    masks it commits. One window when the region and a quarter window of context each side fit."""
-    length = len(layout.ids)
+def reach(layout: Layout, context: float | None) -> tuple[int, int]:
+    """(lo, hi): the ids[lo:hi] the model may read, those the clock reaches within `context` seconds before the
+    region's start or after its end (the region always; every id when context is None)."""
+    if context is None:
+        return 0, len(layout.ids)
+    shift = shift_ticks(layout.ids)  # MASK moves no clock: the skeleton keeps the region's real time
+    before = np.cumsum(shift) - shift  # the clock before each id, non-decreasing
+    ticks = min(_tick(context), int(shift.sum()))  # beyond the whole piece is the whole piece
+    lo = int(np.searchsorted(before, layout.start_tick - ticks, side="left"))
+    hi = int(np.searchsorted(before, layout.end_tick + ticks, side="right"))
+    return min(lo, layout.first), max(hi, layout.after)
+
+
+def windows(layout: Layout, window: int, bounds: tuple[int, int] | None = None) -> list[tuple[int, int, int, int]]:
+    """(lo, hi, commit_from, commit_to) of each pass: the ids[lo:hi] a window reads (inside `bounds`, all ids
+    by default) and the positions whose masks it commits. One window when the region and a quarter window of
+    context each side fit, or everything within bounds does."""
+    base, limit = bounds if bounds is not None else (0, len(layout.ids))
     positions = np.flatnonzero(layout.masked)
     if not len(positions):
         return []
     first, last = int(positions[0]), int(positions[-1]) + 1
     quarter = max(window // 4, 1)
-    if last - first + 2 * quarter <= window or length <= window:
+    if last - first + 2 * quarter <= window or limit - base <= window:
         spare = window - (last - first)
-        lo = max(0, min(first - spare // 2, length - window))
-        return [(lo, min(length, lo + window), first, last)]
+        lo = max(base, min(first - spare // 2, limit - window))
+        return [(lo, min(limit, lo + window), first, last)]
     out = []
     current = first
     while current < last:
-        lo = max(0, current - quarter)
-        hi = min(length, lo + window)
-        to = last if hi >= min(length, last + quarter) else hi - quarter
+        lo = max(base, current - quarter)
+        hi = min(limit, lo + window)
+        to = last if hi >= min(limit, last + quarter) else hi - quarter
         out.append((lo, hi, current, to))
         later = positions[positions >= to]
         current = int(later[0]) if len(later) else last
@@ -297,13 +317,14 @@ def windows(layout: Layout, window: int) -> list[tuple[int, int, int, int]]:
 
 
 def fill(model, layout: Layout, state, steps: int | None, sampling: SamplingConfig | None,
-         generator: torch.Generator, constrain: Constrain) -> np.ndarray:
-    """The layout's masks filled in every lane of `state`, window by window -> ids (B, L)."""
+         generator: torch.Generator, constrain: Constrain, bounds: tuple[int, int] | None = None) -> np.ndarray:
+    """The layout's masks filled in every lane of `state`, window by window, reading only ids[bounds] -> ids
+    (B, L)."""
     device = next(model.parameters()).device
     batch = state.batch
     ids = torch.from_numpy(layout.ids)[None].repeat(batch, 1).to(device)
     masked = torch.from_numpy(layout.masked).to(device)
-    for lo, hi, begin, stop in windows(layout, state.window):
+    for lo, hi, begin, stop in windows(layout, state.window, bounds):
         view = ids[:, lo:hi]
         keep = (view != model.mask_id)
         with torch.no_grad():

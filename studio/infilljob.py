@@ -5,6 +5,10 @@ only through signals: one `Piece` per take at the end. Each take is the original
 covers (onsets inside its seconds, and inside its pitches when it has some) replaced by the model's: every other
 note stays exactly as it was, in its own part (the composer's blue, the model's amber), so switching takes changes
 the region only, and undo gives back the original piece object itself.
+
+The model comes from the studio's LoadModel job, which already chose its fast int8 pass weights (use_fast_step).
+Its passes read a whole window at once, like `recital infill` and `recital eval`: they run on the "read" threads
+of core/threads.py (the cores the load average leaves idle, at least one), not generation's single thread.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 from core.generate import SamplingConfig
 from core.midi import Performance
 from core.models.interface import DENOISE
+from core.threads import use_threads
 from studio.document import Piece, WriteControls
 from studio.jobs import Job
 from studio.pianoroll import Region
@@ -99,10 +104,11 @@ class Regenerate(Job):
 
     def work(self) -> list[Piece]:
         request, region = self.request, self.request.region
-        results = core_infill(
-            self.model, request.base.whole, region.start, request.end, keep_above=request.keep_above,
-            keep_below=request.keep_below, variations=request.variations, seed=request.seed,
-            sampling=SamplingConfig(temperature=request.temperature, top_p=request.top_p),
-            constraints=request.controls.constraints(), budget=request.budget)
+        with use_threads("read"):  # in this job's thread, inside the job's own "generate" setting
+            results = core_infill(
+                self.model, request.base.whole, region.start, request.end, keep_above=request.keep_above,
+                keep_below=request.keep_below, variations=request.variations, seed=request.seed,
+                sampling=SamplingConfig(temperature=request.temperature, top_p=request.top_p),
+                constraints=request.controls.constraints(), budget=request.budget)
         self.check()  # stopped while the model worked: the piece stays as it was
         return [take_from(request.base, region, result) for result in results]

@@ -1,6 +1,7 @@
 """Infilling (core/infill.py, `recital infill`): nothing outside the region changes, new notes start inside it,
 crossing notes stay, a kept voice stays and the new notes keep out of its range, density bounds the count, a long
-region is filled window by window, bad regions are one line; on a tiny random SMDIM."""
+region is filled window by window, `context` bounds what the model reads each side, bad regions are one line,
+`recital infill` runs the fast int8 passes unless --exact; on a tiny random SMDIM."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import torch
 
 from core.cli import main
 from core.constraints import Constraints
-from core.infill import InfillError, infill, lay_out, windows
+from core.generate import SamplingConfig
+from core.infill import InfillError, _select, infill, lay_out, reach, windows
 from core.midi import Performance, read_performance, write_performance
 from core.modeldir import save_model
 from core.models.smdim import SMDIM, SMDIMConfig
+from core.tokenizer import TICK_SECONDS, shift_ticks
 from tests.conftest import PIANO_PIECE, tiny_model_dir  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,6 +137,61 @@ def test_the_stepwise_scan_writes_the_notes_the_old_loop_wrote_and_reduced_weigh
         assert region(result, start, end).any()
 
 
+def test_context_bounds_the_music_the_model_reads_each_side(piece, monkeypatch):
+    model = tiny(window=256)  # the whole 12 s layout fits one window: without context it reads all of it
+    start, end = 5.0, 7.0
+    seen: list[torch.Tensor] = []
+    denoise = model.denoise
+
+    def spy(ids, keep, *args, **kwargs):
+        seen.append(ids[0].clone())
+        return denoise(ids, keep, *args, **kwargs)
+
+    monkeypatch.setattr(model, "denoise", spy)
+    spans = {}
+    for context in (None, 2.0, 0.5, 0.0):
+        seen.clear()
+        result = infill(model, piece, start, end, context=context, seed=3)[0]
+        assert notes(result, ~region(result, start, end)) == notes(piece, ~region(piece, start, end))
+        assert len(seen) == 1
+        view = seen[0].numpy()
+        assert int((view == model.mask_id).sum()) > 0  # the region's masks are all in the window
+        spans[context] = (len(view), float(shift_ticks(view).sum()) * TICK_SECONDS)
+    assert spans[None][1] >= piece.duration - 1.0  # today's default: as much as the window holds
+    for context in (2.0, 0.5, 0.0):
+        length, seconds = spans[context]
+        assert seconds <= end - start + 2 * context + 1.0  # (a last TimeShift may reach on, at most a second)
+    assert spans[None][0] > spans[2.0][0] > spans[0.5][0] >= spans[0.0][0]
+
+
+def test_a_context_past_the_piece_writes_what_the_default_writes(model, piece):
+    default = infill(model, piece, 3.0, 6.0, variations=2, seed=9)
+    whole = infill(model, piece, 3.0, 6.0, variations=2, seed=9, context=1e300)
+    assert [notes(r) for r in default] == [notes(r) for r in whole]
+
+
+def test_a_long_region_with_context_is_filled_window_by_window_inside_the_bounds(piece):
+    start, end = 3.0, 9.0
+    replaced = region(piece, start, end)
+    layout = lay_out(_select(piece, ~replaced), start, end, 120, 999)
+    bounds = reach(layout, 1.0)
+    assert 0 < bounds[0] <= layout.first and layout.after <= bounds[1] < len(layout.ids)
+    passes = windows(layout, 64, bounds)
+    assert len(passes) > 1
+    assert all(bounds[0] <= lo < hi <= bounds[1] and hi - lo <= 64 for lo, hi, _, _ in passes)
+    assert passes[0][2] == layout.first and passes[-1][3] == int(np.flatnonzero(layout.masked)[-1]) + 1
+    assert windows(layout, 64, reach(layout, None)) == windows(layout, 64)
+    result = infill(tiny(), piece, start, end, context=1.0, seed=2)[0]
+    assert notes(result, ~region(result, start, end)) == notes(piece, ~replaced)
+
+
+@pytest.mark.parametrize("context", [-1.0, float("nan"), float("inf")])
+def test_a_bad_context_is_one_line(model, piece, context):
+    with pytest.raises(InfillError, match="context must be a number of seconds >= 0") as error:
+        infill(model, piece, 3.0, 6.0, context=context)
+    assert "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("start,end,words", [
     (6.0, 6.0, "must come after its start"),
     (6.0, 3.0, "must come after its start"),
@@ -223,3 +281,63 @@ def test_recital_infill_errors_are_one_line(smdim_dir, tmp_path, capsys, extra, 
     assert words in err and err.startswith("error: ") and err.count("\n") == 1
     assert not (tmp_path / "x.mid").exists()
 
+
+
+@pytest.mark.usefixtures("isolated_dirs")
+def test_recital_infill_exact_writes_what_the_fp32_path_writes(smdim_dir, tmp_path, capsys, monkeypatch):
+    import core.cli.infill as command
+    from core.modeldir import load_model
+
+    used = []
+    load = command.load_denoiser
+    monkeypatch.setattr(command, "load_denoiser", lambda name: used.append(load(name)) or used[-1])
+    source = tmp_path / "piece.mid"
+    write_performance(read_performance(PIANO_PIECE).slice_time(0.0, 12.0), source)
+    out = tmp_path / "exact.mid"
+    assert main(["infill", str(source), "--start", "3", "--end", "6", "--model", str(smdim_dir), "--out", str(out),
+                 "--seed", "4", "--steps", "2", "--context", "2", "--exact"]) == 0, capsys.readouterr().err
+    fp32 = infill(load_model(smdim_dir), read_performance(source), 3.0, 6.0, steps=2, seed=4,
+                  sampling=SamplingConfig(1.0, 0, 0.95), context=2.0)[0]
+    write_performance(fp32, tmp_path / "fp32.mid")
+    assert out.read_bytes() == (tmp_path / "fp32.mid").read_bytes()
+    ids = torch.tensor([[1, 60, 300, 190, 62, used[0].mask_id, 320]])
+    with torch.no_grad():  # the passes' weights were fp32 bit for bit (int8 draws often agree on a tiny model)
+        assert torch.equal(used[0].score(ids), load_model(smdim_dir).score(ids))
+
+
+@pytest.mark.skipif(not hasattr(torch, "_weight_int8pack_mm"), reason="this torch has no int8 pass weights")
+@pytest.mark.usefixtures("isolated_dirs")
+def test_recital_infill_runs_the_int8_passes_by_default_and_keeps_the_rules(smdim_dir, tmp_path, capsys,
+                                                                            monkeypatch):
+    import core.cli.infill as command
+    from core.modeldir import load_model
+
+    used = []
+    load = command.load_denoiser
+    monkeypatch.setattr(command, "load_denoiser", lambda name: used.append(load(name)) or used[-1])
+    source = tmp_path / "piece.mid"
+    write_performance(read_performance(PIANO_PIECE).slice_time(0.0, 12.0), source)
+    out = tmp_path / "fast.mid"
+    assert main(["infill", str(source), "--start", "3", "--end", "6", "--model", str(smdim_dir), "--out", str(out),
+                 "--seed", "4", "--steps", "2"]) == 0, capsys.readouterr().err
+    original, written = read_performance(source), read_performance(out)
+    assert np.allclose(sorted(notes(original, ~region(original, 3.0, 6.0))),
+                       sorted(notes(written, ~region(written, 3.0, 6.0))), atol=2e-3)
+    assert region(written, 3.0, 6.0).any()
+    ids = torch.tensor([[1, 60, 300, 190, 62, used[0].mask_id, 320]])
+    with torch.no_grad():
+        fast, exact = used[0].score(ids), load_model(smdim_dir).score(ids)
+    assert not torch.equal(fast, exact)  # the int8 pass weights really are in use
+    torch.testing.assert_close(fast.softmax(-1), exact.softmax(-1), atol=5e-3, rtol=0)
+
+
+@pytest.mark.usefixtures("isolated_dirs")
+def test_recital_infill_refuses_a_negative_context(smdim_dir, tmp_path, capsys):
+    source = tmp_path / "piece.mid"
+    write_performance(read_performance(PIANO_PIECE).slice_time(0.0, 12.0), source)
+    with pytest.raises(SystemExit) as stop:
+        main(["infill", str(source), "--start", "3", "--end", "6", "--model", str(smdim_dir), "--context", "-1",
+              "--out", str(tmp_path / "x.mid")])
+    assert stop.value.code != 0
+    err = capsys.readouterr().err
+    assert "--context: must be >= 0 seconds, got -1" in err and not (tmp_path / "x.mid").exists()

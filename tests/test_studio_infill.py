@@ -272,6 +272,37 @@ def test_regenerate_runs_off_the_gui_thread_takes_change_the_region_only_and_und
     assert w.document.piece is original and notes(w.document.piece.whole) == notes(original.whole)
 
 
+def test_regenerate_reads_on_the_read_threads_with_the_int8_pass_weights(qtbot, window, smdim_dir, tmp_path,
+                                                                         monkeypatch):
+    """As `recital infill`: whole-window passes on core/threads.py's "read" threads (not generation's one), with
+    the fast pass weights LoadModel chose."""
+    import torch
+
+    from core import threads
+    from core.modeldir import load_model
+
+    w = window
+    monkeypatch.setattr(threads, "threads_for", lambda job: {"read": 2, "generate": 1, "train": 3}[job])
+    fake, counts = FakeInfill(), []
+
+    def counting(*args, **kwargs):
+        counts.append(torch.get_num_threads())  # in the job's thread, where its setting holds
+        return fake(*args, **kwargs)
+
+    monkeypatch.setattr("studio.infilljob.core_infill", counting)
+    open_piece(w, tmp_path, chords())
+    w.roll.set_region(2.0, 4.0)
+    w.regenerate()
+    wait_done(qtbot, w)
+    assert counts == [2] and len(w.takes) == 1
+    if hasattr(torch, "_weight_int8pack_mm"):  # where torch has them, use_fast_step turns them on
+        ids = torch.tensor([[1, 60, 300, 190, 62, w.model.mask_id, 320]])
+        with torch.no_grad():
+            fast, exact = w.model.score(ids), load_model(smdim_dir).score(ids)
+        assert not torch.equal(fast, exact)
+        torch.testing.assert_close(fast.softmax(-1), exact.softmax(-1), atol=5e-3, rtol=0)
+
+
 def test_a_pitch_range_keeps_the_notes_above_and_below_it(qtbot, window, tmp_path, monkeypatch):
     w = window
     fake = FakeInfill()

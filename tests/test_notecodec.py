@@ -1,0 +1,136 @@
+"""The note-level codec of issue #17's benchmark (bench/notecodec.py): round trip, grid, chords, long notes,
+empty pieces, any id sequence, and the continuation grammar."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import notecodec as nc
+from core.midi import Performance
+from core.tokenizer import BOS, EOS, PAD, TICK_SECONDS, bin_velocity, velocity_bin
+
+
+def grid(seconds: np.ndarray) -> np.ndarray:
+    return np.floor(np.asarray(seconds) / TICK_SECONDS + 0.5) * TICK_SECONDS
+
+
+def random_piece(seed: int, count: int = 300) -> Performance:
+    """Notes at random times and lengths (10 ms to 7.9 s), no two of one pitch overlapping."""
+    rng = np.random.default_rng(seed)
+    onset = np.sort(rng.uniform(0, 120, count))
+    length = np.exp(rng.uniform(np.log(0.01), np.log(7.9), count))
+    pitch = rng.integers(21, 109, count)
+    for p in np.unique(pitch):  # a note of a pitch ends before the next one of it starts
+        where = np.flatnonzero(pitch == p)
+        room = np.diff(onset[where]) - 0.05
+        length[where[:-1]] = np.minimum(length[where[:-1]], np.maximum(room, 0.01))
+    keep = np.ones(count, dtype=bool)
+    for p in np.unique(pitch):  # two of a pitch closer than the room to end one are thinned out
+        where = np.flatnonzero(pitch == p)
+        keep[where[1:][np.diff(onset[where]) < 0.07]] = False
+    return Performance.from_notes(onset[keep], onset[keep] + length[keep], pitch[keep],
+                                  rng.integers(1, 128, count)[keep])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_round_trip_within_the_duration_bins(seed: int) -> None:
+    piece = random_piece(seed)
+    back = nc.decode(nc.encode(piece))
+    assert len(back) == len(piece)
+    order = np.lexsort((piece.pitch, grid(piece.onset)))
+    np.testing.assert_allclose(back.onset, grid(piece.onset)[order], atol=1e-9)  # onsets exact on the grid
+    np.testing.assert_array_equal(back.pitch, piece.pitch[order])
+    np.testing.assert_array_equal(back.velocity, [bin_velocity(b) for b in velocity_bin(piece.velocity[order])])
+    ticks = np.maximum(np.round((grid(piece.offset) - grid(piece.onset)) / TICK_SECONDS), 1)[order]
+    got = np.round((back.offset - back.onset) / TICK_SECONDS)
+    short = ticks <= nc.EXACT_TICKS
+    np.testing.assert_array_equal(got[short], ticks[short])  # exact up to 160 ms
+    assert np.all(np.abs(got - ticks) / ticks <= nc.MAX_DURATION_ERROR + 1e-12)
+    assert nc.MAX_DURATION_ERROR < 0.06
+
+
+def test_bins_are_distinct_and_end_at_eight_seconds() -> None:
+    assert len(nc.BIN_TICKS) == nc.DURATION_BINS == len(set(nc.BIN_TICKS.tolist()))
+    assert np.all(np.diff(nc.BIN_TICKS) > 0)
+    assert nc.BIN_TICKS[0] == 1 and nc.BIN_TICKS[-1] == nc.LONGEST_TICKS == 800
+    assert nc.token_name(nc.DURATION + nc.DURATION_BINS - 1) == "Duration_8000ms"
+
+
+def test_a_chord_is_its_pitches_in_order_at_one_onset() -> None:
+    chord = Performance.from_notes([1.0, 1.0, 1.0], [2.0, 1.5, 3.0], [67, 60, 64], [80, 80, 80])
+    ids = nc.encode(chord)
+    names = [nc.token_name(i) for i in ids]
+    assert names == ["BOS", "TimeShift_1000ms", "Velocity_20", "Pitch_60", "Duration_500ms", "Pitch_64",
+                     "Duration_2000ms", "Pitch_67", "Duration_1040ms", "EOS"]  # 1 s: the bin of 1.04 s
+    back = nc.decode(ids)
+    np.testing.assert_array_equal(back.onset, [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(back.offset, [1.5, 3.0, 2.04])
+
+
+def test_a_note_longer_than_the_last_bin_lasts_eight_seconds() -> None:
+    piece = Performance.from_notes([0.5, 1.0], [30.5, 1.2], [40, 72], [64, 64])
+    back = nc.decode(nc.encode(piece))
+    np.testing.assert_allclose(back.offset - back.onset, [8.0, 0.2])
+
+
+def test_long_gaps_are_several_shifts_and_seconds_add_up() -> None:
+    piece = Performance.from_notes([0.0, 3.57], [0.1, 3.6], [60, 62], [64, 64])
+    ids = nc.encode(piece)
+    assert [nc.token_name(i) for i in ids[4:9]] == ["TimeShift_1000ms"] * 3 + ["TimeShift_570ms", "Pitch_62"]
+    assert nc.ids_seconds(ids) == pytest.approx(3.57)
+    assert nc.shift_ticks(ids).sum() == 357
+
+
+def test_velocity_is_stated_only_when_it_changes() -> None:
+    piece = Performance.from_notes([0.0, 0.1, 0.2], [0.1, 0.2, 0.3], [60, 61, 62], [64, 65, 100])
+    names = [nc.token_name(i) for i in nc.encode(piece)]
+    assert [n for n in names if n.startswith("Velocity")] == ["Velocity_16", "Velocity_25"]
+
+
+def test_an_empty_piece() -> None:
+    ids = nc.encode(Performance.empty())
+    assert ids.tolist() == [BOS, EOS]
+    assert len(nc.decode(ids)) == 0
+    assert nc.encode(Performance.empty(), bos=False, eos=False).tolist() == []
+    assert len(nc.decode([])) == 0
+
+
+def test_any_ids_decode_without_raising() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        ids = rng.integers(-5, nc.VOCAB_SIZE + 50, rng.integers(0, 400))
+        piece = nc.decode(ids)
+        assert np.all(piece.offset > piece.onset) and np.all((piece.pitch >= 0) & (piece.pitch < 128))
+    # A Pitch whose Duration does not follow at once is dropped; a Duration alone is ignored; EOS ends the piece.
+    ids = [BOS, nc.PITCH + 60, nc.TIME_SHIFT, nc.DURATION + 3, nc.PITCH + 62, nc.DURATION + 4, PAD,
+           nc.PITCH + 64, EOS, nc.DURATION + 5, nc.PITCH + 65, nc.DURATION + 5]
+    back = nc.decode(ids)
+    assert back.pitch.tolist() == [62]
+    np.testing.assert_allclose([back.onset[0], back.offset[0]], [0.01, 0.06])
+
+
+def test_a_key_struck_again_ends_its_sounding_note() -> None:
+    ids = [BOS, nc.PITCH + 60, nc.DURATION + nc.DURATION_BINS - 1, nc.TIME_SHIFT + 49, nc.PITCH + 60,
+           nc.DURATION + 9]
+    back = nc.decode(ids)
+    np.testing.assert_allclose(back.onset, [0.0, 0.5])
+    np.testing.assert_allclose(back.offset, [0.5, 0.6])
+
+
+def test_decode_after_keeps_only_the_continuation_with_the_primer_clock() -> None:
+    primer = nc.encode(Performance.from_notes([0.0, 2.0], [1.0, 2.5], [60, 64], [100, 100]), eos=False)
+    continuation = [nc.TIME_SHIFT + 9, nc.PITCH + 67, nc.DURATION + 9]
+    new = nc.decode_after(primer, continuation)
+    assert new.pitch.tolist() == [67]
+    np.testing.assert_allclose([new.onset[0], new.offset[0]], [2.1, 2.2])
+    assert new.velocity.tolist() == [bin_velocity(velocity_bin(100))]
+
+
+def test_the_grammar_asks_a_duration_after_a_pitch_and_nowhere_else() -> None:
+    allowed = nc.grammar()
+    durations = np.arange(nc.DURATION, nc.TIME_SHIFT)
+    assert allowed[nc.PITCH + 60].sum() == nc.DURATION_BINS and allowed[nc.PITCH + 60, durations].all()
+    for after in (BOS, nc.DURATION + 3, nc.TIME_SHIFT + 5, nc.VELOCITY + 2):
+        assert not allowed[after, durations].any() and not allowed[after, [PAD, BOS, EOS]].any()
+        assert allowed[after, nc.PITCH:nc.DURATION].all() and allowed[after, nc.TIME_SHIFT:].all()

@@ -9,8 +9,8 @@ And does one that reads whole notes (each with its duration at its onset) do bet
 
 Two DSMR models of the `small` preset are trained from scratch with the same seed, data and wall-clock minutes,
 one with the sounding-notes input (`sounding_input`: a multi-hot of the pitches sounding after each id, projected
-and added to the embedding) and one without; `all` trains them at the same time in two processes of one thread
-each, so that both see the same load of a shared machine. Training: MAESTRO performances 1-8 of
+and added to the embedding) and one without; `all` trains them (and the third arm below) at the same time, one
+process of one thread each, so that all see the same load of a shared machine. Training: MAESTRO performances 1-8 of
 ../shared/midi/maestro, every piece trained on (no validation split); held out: 9 and 10, never trained on.
 
 Compared on the held-out pieces: perplexity and bits per second of each whole piece (read under the model's

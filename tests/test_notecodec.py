@@ -134,3 +134,28 @@ def test_the_grammar_asks_a_duration_after_a_pitch_and_nowhere_else() -> None:
     for after in (BOS, nc.DURATION + 3, nc.TIME_SHIFT + 5, nc.VELOCITY + 2):
         assert not allowed[after, durations].any() and not allowed[after, [PAD, BOS, EOS]].any()
         assert allowed[after, nc.PITCH:nc.DURATION].all() and allowed[after, nc.TIME_SHIFT:].all()
+
+
+def test_the_benchmark_continues_a_primer_in_the_codec(one_thread) -> None:
+    """bench/sounding.py's notes arm: a tiny random DSMR over the codec writes lanes that follow the grammar, end
+    once their shifts reach the seconds asked, and decode to notes after the primer."""
+    import torch
+
+    from bench.sounding import continue_notes
+    from core.models.dsmr import DSMR, DSMRConfig
+
+    torch.manual_seed(0)
+    model = DSMR(DSMRConfig(vocab_size=nc.VOCAB_SIZE, d_model=32, n_layers=2, n_heads=2, segment_len=16,
+                            max_horizon=64, default_budget="64KB")).eval()
+    primer = nc.encode(Performance.from_notes([0.0, 0.5, 0.5], [1.0, 0.7, 2.0], [60, 64, 67], [70, 70, 90]),
+                       eos=False).astype(np.int64)
+    lanes = continue_notes(model, primer, 2.0, lanes=3, seed=1)
+    allowed = nc.grammar()
+    for lane in lanes:
+        assert len(lane) and all(allowed[a, b] for a, b in zip(np.concatenate([primer[-1:], lane[:-1]]), lane,
+                                                                strict=True))
+        ticks = nc.shift_ticks(lane)
+        assert ticks.sum() >= 200 and ticks[:-1].sum() < 200  # stopped at the shift that reached 2 s
+        new = nc.decode_after(primer, lane)
+        assert np.all(new.onset >= nc.ids_seconds(primer)) and np.all(new.onset < 0.5 + 2.0)
+    assert continue_notes(model, primer, 2.0, lanes=3, seed=1)[0].tolist() == lanes[0].tolist()  # seeded

@@ -8,7 +8,8 @@ Regions: in each performance of ../shared/midi/maestro, five regions of 4, 5, 6,
 60, 80 and 100 s (a piece too short for one is skipped there). The truth is the notes the pianist started inside
 the region, ended at its end at the latest. Three columns write it anew:
 - infill: `core.infill.infill` with the model given (a denoiser), its default 32 steps, top-p 0.95, one lane per
-  seed in one batch;
+  seed in one batch, with the int8 pass weights as `recital infill` (--exact: fp32) and --context seconds each side
+  (default: as much as the window holds);
 - continue: the shipped DSMR `default` continuing the notes before the region (a composer's file cut there) for the
   region's seconds, cut at its end (what a left-to-right model can do);
 - random: notes drawn from the piece's own statistics outside the region (its notes per second; its pitches,
@@ -113,12 +114,12 @@ def measure(region: Region, written: Performance) -> dict:
 
 # -- the three columns ------------------------------------------------------------------------------------------
 
-def by_infill(model, region: Region, seeds: int) -> list[Performance]:
+def by_infill(model, region: Region, seeds: int, context: float | None = None) -> list[Performance]:
     from core.generate import SamplingConfig
     from core.infill import infill
 
     return infill(model, region.piece, region.start, region.end, variations=seeds, seed=0,
-                  sampling=SamplingConfig(top_p=TOP_P))
+                  sampling=SamplingConfig(top_p=TOP_P), context=context)
 
 
 def by_continuing(model, region: Region, seeds: int) -> list[Performance]:
@@ -148,14 +149,14 @@ def by_chance(region: Region, seeds: int) -> list[Performance]:
     return out
 
 
-def speed(model, piece: Performance, repeats: int = 3) -> float:
+def speed(model, piece: Performance, repeats: int = 3, context: float | None = None) -> float:
     """Median seconds to infill 8 s (32 steps, one variation)."""
     from core.infill import infill
 
     times = []
     for seed in range(repeats):
         began = time.perf_counter()
-        infill(model, piece, 20.0, 28.0, steps=32, seed=seed)
+        infill(model, piece, 20.0, 28.0, steps=32, seed=seed, context=context)
         times.append(time.perf_counter() - began)
     return statistics.median(times)
 
@@ -191,6 +192,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--regions", type=int, default=5, help="regions per piece (at most 5)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--context", type=float, metavar="SECONDS",
+                        help="music the infill reads each side of a region (default: as much as the window holds)")
+    parser.add_argument("--exact", action="store_true", help="infill with fp32 pass weights (default: int8)")
     parser.add_argument("--json", help="write every measurement here")
     parser.add_argument("--no-default-speed", dest="default_speed", action="store_false",
                         help="skip timing the untrained default-size SMDIM")
@@ -208,12 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     chosen = regions(require_midi(MAESTRO), args.pieces, args.regions)
     model = load_model(args.model).eval()
+    use_fast_step(model, exact=args.exact)
     baseline = load_model(args.baseline)
     use_fast_step(baseline)
     results: dict[str, list[dict]] = {c: [] for c in ("truth", *COLUMNS)}
     spent = {c: 0.0 for c in COLUMNS}
     for index, region in enumerate(chosen):
-        for column, write in (("infill", lambda r: by_infill(model, r, args.seeds)),
+        for column, write in (("infill", lambda r: by_infill(model, r, args.seeds, args.context)),
                               ("continue", lambda r: by_continuing(baseline, r, args.seeds)),
                               ("random", lambda r: by_chance(r, args.seeds))):
             began = time.perf_counter()
@@ -224,11 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {index + 1}/{len(chosen)} {region.name} {region.start:g}-{region.end:g} s", file=sys.stderr,
               flush=True)
     piece = chosen[0].piece
-    fast = speed(model, piece)
+    fast = speed(model, piece, context=args.context)
     big = SMDIM(SMDIMConfig()).eval()
-    fast_big = speed(big, piece, repeats=1) if args.default_speed else float("nan")
+    use_fast_step(big, exact=args.exact)
+    fast_big = speed(big, piece, repeats=1, context=args.context) if args.default_speed else float("nan")
     print(f"{len(chosen)} regions of {args.pieces} MAESTRO pieces x {args.seeds} seeds; model {args.model}, "
-          f"baseline {args.baseline}; {args.threads} threads")
+          f"baseline {args.baseline}; {args.threads} threads; {'fp32' if args.exact else 'int8'} pass weights; "
+          f"context {'the window' if args.context is None else f'{args.context:g} s'} each side")
     print(table(results, list(COLUMNS)))
     print()
     print("| truth's own edges | left | right |\n|---|---|---|")

@@ -3,6 +3,7 @@
     python -m bench.smdim                       # default-size SMDIM, 1k, 4k and 16k tokens, one thread
     python -m bench.smdim --lengths 1024 4096 --threads 2 --repeats 3
     python -m bench.smdim --speed               # issue #18: infill seconds and training tokens/s, before/after
+    python -m bench.smdim --context             # issue #18: infill seconds by the music read each side
 
 Both models share everything but the blocks: the embedding, the strided convolution that shortens the sequence,
 its transpose and the head. SMDIM's blocks are bidirectional Mamba + feed-forward + windowed attention; the
@@ -19,6 +20,10 @@ before this change ("loop": the chunked scan stepped under autograd) and now (st
 and now with the reduced "int8" pass weights; and training tokens/s (masked-window loss, backward, AdamW step,
 batch --train-batch of full windows) of the default and "small" presets, loop against stepwise. Weights do not
 change speed, so untrained models stand in for trained ones.
+
+--context measures the same infill (8 s region, 32 steps, 2 threads by --speed-threads' first, default size) by how
+much music the model reads each side of the region (core.infill's `context`: the full window, 8 s, 4 s), with the
+int8 and the fp32 pass weights taking turns, and the ids each pass reads: a pass costs about its length.
 """
 
 from __future__ import annotations
@@ -94,16 +99,17 @@ def run(kind: str, length: int, args: argparse.Namespace) -> tuple[float, int]:
     return result
 
 
-def infill_seconds(model: SMDIM, piece, kernel: str, weights: str) -> tuple[float, float]:
+def infill_seconds(model: SMDIM, piece, kernel: str, weights: str,
+                   context: float | None = None) -> tuple[float, float]:
     """(wall, CPU) seconds of one `infill` of 20-28 s (32 steps, one variation) with this scan and these pass
-    weights. CPU seconds are what a machine to itself would take at one thread; with more, they include the
-    threads' waits for each other."""
+    weights, reading `context` seconds each side (None: the window). CPU seconds are what a machine to itself
+    would take at one thread; with more, they include the threads' waits for each other."""
     from core.infill import infill
 
     model.use_scan(kernel)
     model.use_step_weights(weights)
     began, cpu = time.perf_counter(), time.process_time()
-    infill(model, piece, 20.0, 28.0, steps=32, seed=0)
+    infill(model, piece, 20.0, 28.0, steps=32, seed=0, context=context)
     return time.perf_counter() - began, time.process_time() - cpu
 
 
@@ -121,15 +127,61 @@ def train_rate(model: SMDIM, kernel: str, batch: int, optimizer) -> float:
     return ids.numel() / (time.perf_counter() - began)
 
 
-def speed(args: argparse.Namespace) -> None:
-    """The --speed tables: rounds in which every form runs once, medians over the rounds."""
+def first_piece():
+    """The first MAESTRO performance longer than 30 s: the region 20-28 s has music on both sides."""
     from bench.data import SHARED_MIDI, require_midi
     from core.midi import read_performance
+
+    return next(p for p in (read_performance(path) for path in sorted(require_midi(SHARED_MIDI / "maestro")
+                                                                      .glob("*.mid"))) if p.duration > 30)
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def context_speed(args: argparse.Namespace) -> None:
+    """The --context table: rounds in which every (context, weights) runs once, medians over the rounds."""
+    print("load before:", uptime())
+    piece = first_piece()
+    torch.manual_seed(0)
+    model = SMDIM(SMDIMConfig()).eval()
+    threads = args.speed_threads[0]
+    torch.set_num_threads(threads)
+    contexts = {"full window": None, "8 s": 8.0, "4 s": 4.0}
+    lengths: dict[str, set[int]] = {name: set() for name in contexts}
+    denoise = model.denoise
+    reading = [""]
+
+    def counted(ids, keep, *rest, **named):
+        lengths[reading[0]].add(ids.shape[1])
+        return denoise(ids, keep, *rest, **named)
+
+    model.denoise = counted  # an instance attribute: the class's method stays as it is
+    seconds: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for _ in range(args.rounds):
+        for name, context in contexts.items():
+            reading[0] = name
+            for weights in ("int8", "fp32"):
+                found = infill_seconds(model, piece, "auto", weights, context)
+                seconds.setdefault((name, weights), []).append(found)
+    print(f"\ninfill an 8 s region, 32 steps, 1 variation, default size ({model.config.window}-token window), "
+          f"{threads} threads, by the music read each side; wall (CPU) seconds, median of {args.rounds}")
+    print("| context each side | ids a pass reads | int8 pass weights | fp32 |\n|---|---|---|---|")
+    for name in contexts:
+        cells = [f"{statistics.median(w for w, _ in found):.2f} ({statistics.median(c for _, c in found):.2f})"
+                 for found in (seconds[name, "int8"], seconds[name, "fp32"])]
+        read = "/".join(str(n) for n in sorted(lengths[name]))
+        print(f"| {name} | {read} | " + " | ".join(cells) + " |", flush=True)
+    print("load after:", uptime())
+
+
+def speed(args: argparse.Namespace) -> None:
+    """The --speed tables: rounds in which every form runs once, medians over the rounds."""
     from core.models.smdim.training import SMDIMTraining
 
-    print("load before:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
-    piece = next(p for p in (read_performance(path) for path in sorted(require_midi(SHARED_MIDI / "maestro")
-                                                                       .glob("*.mid"))) if p.duration > 30)
+    print("load before:", uptime())
+    piece = first_piece()
     torch.manual_seed(0)
     model = SMDIM(SMDIMConfig()).eval()
     forms = {"before: loop scan, fp32": ("loop", "fp32"), "now: stepwise scan, fp32": ("auto", "fp32"),
@@ -167,7 +219,7 @@ def speed(args: argparse.Namespace) -> None:
         old, new = statistics.median(rates["loop"]), statistics.median(rates["auto"])
         print(f"| {preset:<8} | {model.config.window:>6} | {old:>8.0f} ({max(rates['loop']):>7.0f}) | "
               f"{new:>8.0f} ({max(rates['auto']):>7.0f}) | {new / old:>5.2f} |", flush=True)
-    print("load after:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    print("load after:", uptime())
 
 
 def main() -> None:
@@ -179,13 +231,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--speed", action="store_true", help="infill seconds and training tokens/s, before/after")
-    parser.add_argument("--speed-threads", type=int, nargs="+", default=[2, 1], help="threads for the infill")
+    parser.add_argument("--context", action="store_true",
+                        help="infill seconds by the music read each side (full window, 8 s, 4 s), int8 and fp32")
+    parser.add_argument("--speed-threads", type=int, nargs="+", default=[2, 1],
+                        help="threads for the infill (--context: the first)")
     parser.add_argument("--train-threads", type=int, default=2, help="threads for the training timing")
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.speed:
         speed(args)
+        return
+    if args.context:
+        context_speed(args)
         return
     print(f"one denoising pass, batch 1, d_model {args.d_model}, {args.blocks} blocks, stride {args.stride}, "
           f"{args.threads} thread(s), median of {args.repeats}")

@@ -267,7 +267,6 @@ def test_recital_infill_by_bars(smdim_dir, tmp_path, capsys):
     (["--start", "2"], "give the region"),
     (["--bars", "2-3", "--start", "1"], "not both"),
     (["--bars", "2-300"], "the piece has 6 bars"),
-    (["--start", "1", "--end", "2", "--model", "default-smdim"], "no default-smdim model is installed"),
     (["--start", "1", "--end", "2", "--out-is-input"], "is the input"),
 ])
 def test_recital_infill_errors_are_one_line(smdim_dir, tmp_path, capsys, extra, words):
@@ -280,6 +279,35 @@ def test_recital_infill_errors_are_one_line(smdim_dir, tmp_path, capsys, extra, 
     err = capsys.readouterr().err
     assert words in err and err.startswith("error: ") and err.count("\n") == 1
     assert not (tmp_path / "x.mid").exists()
+
+
+@pytest.mark.usefixtures("isolated_dirs")
+def test_without_its_default_model_infill_says_what_to_pass(tmp_path, capsys, monkeypatch):
+    import core.cli.infill as infill_cli
+
+    missing = "default-smdim-not-installed"  # the shipped default-smdim stands in for a clone without it
+    monkeypatch.setattr(infill_cli, "DEFAULT_MODEL", missing)
+    source = tmp_path / "piece.mid"
+    write_performance(read_performance(PIANO_PIECE).slice_time(0.0, 12.0), source)
+    argv = ["infill", str(source), "--start", "1", "--end", "2", "--model", missing, "--out", str(tmp_path / "x.mid")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"no {missing} model is installed" in err and err.startswith("error: ") and err.count("\n") == 1
+    assert not (tmp_path / "x.mid").exists()
+
+
+@pytest.mark.usefixtures("isolated_dirs")
+def test_the_shipped_smdim_fills_a_region_by_default(tmp_path, capsys):
+    source = tmp_path / "piece.mid"
+    piece = read_performance(PIANO_PIECE).slice_time(0.0, 12.0)
+    write_performance(piece, source)
+    out = tmp_path / "filled.mid"
+    assert main(["infill", str(source), "--start", "4", "--end", "6", "--steps", "4", "--seed", "0",
+                 "--out", str(out)]) == 0
+    filled = read_performance(out)
+    outside = (filled.onset < 4.0 - 1e-6) | (filled.onset >= 6.0 + 1e-6)
+    kept = (piece.onset < 4.0 - 1e-6) | (piece.onset >= 6.0 + 1e-6)
+    assert np.array_equal(np.sort(filled.pitch[outside]), np.sort(piece.pitch[kept]))
 
 
 

@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "core", "trainer", "studio", "assets")
 CODE = ("core", "trainer", "studio")
-SHIPPED = ("default", "default-perceivers")
+SHIPPED = ("default", "default-perceivers", "default-smdim")
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:

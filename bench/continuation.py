@@ -163,6 +163,13 @@ def write_lanes(model, primer_ids: np.ndarray | None, seconds: float, lanes: int
     from core.budget import default_budget
     from core.generate import SamplingConfig, generate, prepare_primer
 
+    if denoises(model):  # it fills windows after the primer (core/denoising.py), as `recital continue` does
+        from core.session import GenerationSession
+
+        session = GenerationSession(model, primer_ids, sampling=SamplingConfig(top_p=TOP_P), seconds=seconds,
+                                    variations=lanes, seed=seed, max_note=MAX_NOTE)
+        session.run()
+        return [np.asarray(ids, dtype=np.int64) for ids in session.lanes]
     state = model.new_state(model.plan(default_budget(model, lanes), lanes), lanes)
     primer = prepare_primer(primer_ids, model.config.vocab_size)
     written: list[list[int]] = [[] for _ in range(lanes)]
@@ -173,6 +180,13 @@ def write_lanes(model, primer_ids: np.ndarray | None, seconds: float, lanes: int
             if token:  # PAD: the lane has finished
                 written[lane].append(token)
     return [np.asarray(ids, dtype=np.int64) for ids in written]
+
+
+def denoises(model) -> bool:
+    """A denoiser (SMDIM) writes by unmasking windows: it has no left-to-right probability of the truth."""
+    from core.models.interface import DENOISE
+
+    return getattr(model, "family", None) == DENOISE
 
 
 def new_notes(primer_ids: np.ndarray, lanes: list[np.ndarray], start: float) -> list[Performance]:
@@ -247,7 +261,8 @@ def measure_continuations(model, config: Configuration, excerpts: list[Excerpt],
         lanes = write_lanes(used, excerpt.primer_ids, windows.truth, seeds, seed=index)
         for notes in new_notes(excerpt.primer_ids, lanes, excerpt.start):
             column.continuations.append(continuation_stats(notes, excerpt.start, windows.truth, period, key))
-        column.bits_per_second.append(truth_bits_per_second(used, excerpt, windows.truth))
+        if not denoises(used):  # a denoiser's bound (its ELBO) is in its card, not comparable id by id
+            column.bits_per_second.append(truth_bits_per_second(used, excerpt, windows.truth))
         print(f"  {config.label}: {excerpt.name} continued ({seeds} lanes) and scored, "
               f"{time.perf_counter() - started:.0f} s so far", file=sys.stderr, flush=True)
     column.seconds = time.perf_counter() - started
@@ -450,7 +465,7 @@ def continuation_table(truth: Column, columns: list[Column], windows: Windows) -
     rows.append(("seconds adapting before the first note",
                  ["-"] + [fmt(float(np.mean(c.adapt_seconds))) if c.adapt_seconds else "-" for c in columns], "-"))
     rows.append(("bits/s of the truth given the primer",
-                 ["-"] + [fmt(float(np.mean(c.bits_per_second))) for c in columns],
+                 ["-"] + [fmt(float(np.mean(c.bits_per_second))) if c.bits_per_second else "-" for c in columns],
                  "-" if baseline is None else f"<= {0.7 * baseline:.2f}"))
     return _table(["", "truth", *(c.label for c in columns), "aim"], rows)
 
@@ -653,6 +668,9 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
     rendered: list[Path] = []
     for config in configurations(args.models, args.adapt):
         model = load_model(config.model)
+        if config.adapt and denoises(model):  # `recital continue --adapt` refuses a denoiser: nothing to measure
+            print(f"  {config.label}: a denoiser is never adapted to a primer; skipped", file=sys.stderr)
+            continue
         use_fast_step(model)
         continued.append(measure_continuations(model, config, excerpts, windows, args.seeds))
         if not config.adapt:  # a new piece has no primer to adapt to

@@ -100,3 +100,21 @@ def test_polyphony_at_onsets_counts_the_primer_and_not_a_note_just_ended():
     before = Performance.from_notes([0.0, 0.5], [2.0, 1.0], [60, 64], [80, 80])
     new = Performance.from_notes([1.0, 1.5, 3.0], [4.0, 1.8, 3.5], [67, 71, 72], [80, 80, 80])
     assert continuation.polyphony_at_onsets(before, new).tolist() == [2, 3, 2]
+
+
+def test_a_denoiser_continues_through_the_session_and_has_no_bits_per_second():
+    from tests.test_smdim import tiny
+
+    model = tiny().eval()
+    assert continuation.denoises(model)
+    primer = encode(Performance.from_notes([0.0, 0.5], [0.4, 0.9], [60, 64], [80, 80]), eos=False)
+    lanes = continuation.write_lanes(model, primer, 2.0, 2, seed=0)
+    assert len(lanes) == 2 and all(lane.dtype == np.int64 for lane in lanes)
+    notes = continuation.new_notes(primer, lanes, 1.0)
+    assert all(len(part) == 0 or part.onset.min() >= 1.0 - 1e-9 for part in notes)
+    again = continuation.write_lanes(model, primer, 2.0, 2, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(lanes, again, strict=True))  # seeded
+    column = continuation.Column("smdim")
+    table = continuation.continuation_table(continuation.Column("truth"), [column], continuation.Windows())
+    line = next(row for row in table.splitlines() if row.startswith("bits/s of the truth given the primer"))
+    assert line.split("primer", 1)[1].split()[:2] == ["-", "-"]  # the truth's cell, then the denoiser's

@@ -53,6 +53,19 @@ def test_the_sounding_set_is_the_decoders(one_thread):
     assert found.any(1).float().mean() > 0.5  # a piano piece: something sounds most of the time
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64, 299])
+def test_a_long_run_of_ids_is_read_a_chunk_at_a_time_with_the_same_final_set(chunk, monkeypatch):
+    from core.models import layers
+
+    ids = notes_ids(3, 300, seed=2)
+    ids[0, 5], ids[2, 200] = EOS, BOS  # an end inside the first chunk, a new piece inside a later one
+    start = torch.rand(3, PITCHES, generator=torch.Generator().manual_seed(1)) < 0.3
+    whole = sounding_after(ids, start)
+    monkeypatch.setattr(layers, "SOUNDING_CHUNK", chunk)
+    assert torch.equal(sounding_after(ids, start), whole)
+    assert torch.equal(sounding_after(ids), sounding_notes(ids)[:, -1])
+
+
 def test_vectorised_final_and_stepwise_sets_agree():
     ids = notes_ids(3, 300)
     ids[1, 100], ids[2, 150] = BOS, EOS  # a new piece, an end: nothing sounds after either

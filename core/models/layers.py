@@ -180,9 +180,21 @@ def sounding_notes(ids: torch.Tensor, start: torch.Tensor | None = None) -> torc
     return last_on > torch.maximum(last_off, last_end)
 
 
+SOUNDING_CHUNK = 1 << 16  # ids `sounding_after` reads at a time: its temporaries stay ~3 MB whatever the primer
+
+
 def sounding_after(ids: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
     """(B, PITCHES) bool: the pitches sounding after all of `ids` (B, T): `sounding_notes(ids, start)[:, -1]` in
-    memory that grows with T, not T x PITCHES (a primer of a million ids skipped by a prefill)."""
+    bounded memory (a primer of a million ids skipped by a prefill): a chunk at a time, each read from the set the
+    last one left (what sounds after a + b is what b leaves from what a left)."""
+    if ids.shape[1] <= SOUNDING_CHUNK:
+        return _sounding_after(ids, start)
+    for begin in range(0, ids.shape[1], SOUNDING_CHUNK):
+        start = _sounding_after(ids[:, begin:begin + SOUNDING_CHUNK], start)
+    return start
+
+
+def _sounding_after(ids: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
     batch, length = ids.shape
     steps = torch.arange(length, device=ids.device).expand(batch, length)
     on, off, ends = _note_columns(ids)

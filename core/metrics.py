@@ -541,7 +541,7 @@ def elbo_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], budget:
     import torch
 
     from core.models.interface import DENOISE
-    from core.models.smdim.training import elbo_sum
+    from core.models.smdim.training import piece_elbo
     from core.tokenizer import ids_seconds
 
     if getattr(model, "family", "left_to_right") != DENOISE:
@@ -557,16 +557,10 @@ def elbo_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], budget:
         raise RecitalError("no piece has an id to score")
     window = model.plan(budget, batch=1).window
     device = next(model.parameters()).device
-    rates = (torch.arange(draws, device=device) + 0.5) / draws  # (draws,)
     nats, tokens, seconds = 0.0, 0, 0.0
     with torch.inference_mode():
         for done, ids in enumerate(pieces, start=1):
-            generator = torch.Generator(device=device)
-            generator.manual_seed(seed)
-            for begin in range(0, len(ids), window):
-                part = torch.from_numpy(ids[begin:begin + window]).to(device)[None].expand(draws, -1)  # (draws, w)
-                bound, _ = elbo_sum(model, part.contiguous(), model.mask_id, generator, rates)
-                nats += float(bound) / draws
+            nats += piece_elbo(model, ids, window, draws, seed, device)
             tokens += len(ids)
             seconds += ids_seconds(ids)
             if progress is not None:

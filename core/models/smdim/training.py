@@ -50,6 +50,23 @@ def elbo_sum(module: torch.nn.Module, ids: torch.Tensor, mask_id: int, generator
     return (losses * weights).sum(), masked.sum()
 
 
+def piece_elbo(module: torch.nn.Module, piece: np.ndarray, window: int, draws: int = HELD_OUT_RATES,
+               seed: int = 0, device: torch.device | str = "cpu") -> float:
+    """ELBO bound in nats of one piece's ids (int64), cut into windows of `window` ids: each window masked `draws`
+    times, at the midpoints of `draws` equal strata of the masking rate, with masks from a generator seeded `seed`
+    for the piece, the bounds averaged over the draws. The same number for the same model, piece and settings."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    rates = (torch.arange(draws, device=device) + 0.5) / draws  # (draws,)
+    total = 0.0
+    for begin in range(0, len(piece), window):
+        part = torch.from_numpy(piece[begin:begin + window]).to(device)[None].expand(draws, -1)  # (draws, w)
+        with torch.no_grad():
+            bound, _ = elbo_sum(module, part.contiguous(), module.mask_id, generator, rates)
+        total += float(bound) / draws
+    return total
+
+
 class SMDIMTraining:
     """The SMDIM training adapter (core.models.interface.Training)."""
 
@@ -104,17 +121,7 @@ class SMDIMTraining:
 
     def piece_bound(self, piece: np.ndarray, device: torch.device) -> tuple[float, int]:
         """(ELBO bound of one piece in nats, its ids): each window's bound averaged over the fixed rates."""
-        window = self.model.config.window
-        generator = torch.Generator(device=device)
-        generator.manual_seed(0)
-        rates = (torch.arange(HELD_OUT_RATES, device=device) + 0.5) / HELD_OUT_RATES
-        total = 0.0
-        for begin in range(0, len(piece), window):
-            part = torch.from_numpy(piece[begin:begin + window]).to(device)[None].expand(HELD_OUT_RATES, -1)
-            with torch.no_grad():
-                bound, _ = elbo_sum(self.model, part.contiguous(), self.model.mask_id, generator, rates)
-            total += float(bound) / HELD_OUT_RATES
-        return total, int((piece != PAD).sum())
+        return piece_elbo(self.model, piece, self.model.config.window, device=device), int((piece != PAD).sum())
 
     def record(self) -> None:
         """Nothing: a plan never reads a longer window than the config's, which is what training used."""

@@ -85,11 +85,13 @@ class PerceiverSTraining:
         reads and never padded: (nats (n,), target positions (n,)) per crop, each crop its own graph
         (core/adapt.py)."""
         latents, context = self.model.config.latents, self.model.plan(budget, 1).context
+        before, read = None, 0  # the pitches sounding after ids[:read]: crops start later and later
         for i in range(sequential_count(len(ids), latents)):
             end = min((i + 1) * latents + 1, len(ids))
             first = max(0, end - context - 1)
             window = ids[first:end]
-            before = sounding_after(ids[None, :first]) if self.model.config.sounding_input and first else None
+            if self.model.config.sounding_input and first > read:  # only the ids since the last crop's start
+                before, read = sounding_after(ids[None, read:first], before), first
             logits, _ = self.model(window[None, :-1], sounding=before)  # (1, M', V): latents on the last inputs
             count = logits.shape[1]
             positions = torch.arange(end - count, end)

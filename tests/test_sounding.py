@@ -169,16 +169,14 @@ def test_model_directories_record_the_input(tmp_path):
     assert torch.equal(loaded.sounding.weight, model.sounding.weight)
 
 
-def test_fine_tuning_adds_the_input_to_a_base_without_it(tmp_path, isolated_dirs):
-    """A run over an old model may turn the input on: it starts exactly where the base was (same held-out
-    perplexity before the first step), trains the new projection, and records the input in the new directory."""
+def fine_tune_with_and_without_the_input(base, tmp_path):
+    """Fine-tune `base` (a model directory without the input) 4 steps as it is and with the input added: both
+    start at the same held-out perplexity, the added run trains the projection and records the input. -> the
+    folder trained on."""
     from tests.test_train_data import write_folder
     from trainer.config import TrainConfig
     from trainer.loop import fine_tune, with_added_inputs
 
-    torch.manual_seed(0)
-    base = save_model(DSMR(DSMRConfig(d_model=16, n_layers=2, n_heads=2, segment_len=32, max_horizon=64, n_long=1,
-                                      default_budget="64KB")), tmp_path / "base", "# base\n")
     folder = write_folder(tmp_path / "midi", 6, notes=30)
     runs = {}
     for name, model in (("plain", {}), ("added", {"sounding_input": True})):
@@ -191,6 +189,19 @@ def test_fine_tuning_adds_the_input_to_a_base_without_it(tmp_path, isolated_dirs
     assert tuned.config.sounding_input and tuned.sounding.weight.any()
     assert load_model(tmp_path / "plain").config.sounding_input is False
     assert with_added_inputs(tuned, {"sounding_input": True}) is tuned  # already there: the same model
+    return folder
+
+
+def test_fine_tuning_adds_the_input_to_a_base_without_it(tmp_path, isolated_dirs):
+    """A run over an old model may turn the input on: it starts exactly where the base was (same held-out
+    perplexity before the first step), trains the new projection, and records the input in the new directory."""
+    from trainer.config import TrainConfig
+    from trainer.loop import fine_tune
+
+    torch.manual_seed(0)
+    base = save_model(DSMR(DSMRConfig(d_model=16, n_layers=2, n_heads=2, segment_len=32, max_horizon=64, n_long=1,
+                                      default_budget="64KB")), tmp_path / "base", "# base\n")
+    folder = fine_tune_with_and_without_the_input(base, tmp_path)
     with pytest.raises(ModelError, match="from scratch"):
         fine_tune(TrainConfig(folder=str(folder), out=str(tmp_path / "wider"), base=str(base), steps=1,
                               model={"d_model": 32}, workers=1))
@@ -334,9 +345,7 @@ def test_perceivers_training_crops_carry_the_sets_before_them(one_thread):
 def test_perceivers_fine_tuning_adds_the_input_to_a_base_without_it(tmp_path, isolated_dirs):
     """A run over a PerceiverS without the input may turn it on: at step 0 the grown model gives the base's logits
     and held-out perplexity; the run trains the projection and records the input."""
-    from tests.test_train_data import write_folder
-    from trainer.config import TrainConfig
-    from trainer.loop import fine_tune, with_added_inputs
+    from trainer.loop import with_added_inputs
 
     torch.manual_seed(0)
     base_model = PerceiverS(PerceiverSConfig(context=48, latents=16, scale=24, d_model=16, n_heads=2, n_layers=2,
@@ -347,15 +356,4 @@ def test_perceivers_fine_tuning_adds_the_input_to_a_base_without_it(tmp_path, is
     ids = notes_ids(2, 48)
     before = sounding_after(notes_ids(2, 20, seed=3))
     assert torch.equal(grown(ids, sounding=before)[0], base_model.eval()(ids)[0])
-    folder = write_folder(tmp_path / "midi", 6, notes=30)
-    runs = {}
-    for name, model in (("plain", {}), ("added", {"sounding_input": True})):
-        runs[name] = fine_tune(TrainConfig(folder=str(folder), out=str(tmp_path / name), base=str(base), steps=4,
-                                           batch=2, lr=2e-2, val_every=4, workers=1, val_fraction=0.2,
-                                           model=model, seed=0))
-    assert runs["added"].initial_perplexity == runs["plain"].initial_perplexity, runs
-    assert runs["added"].best_perplexity < runs["added"].initial_perplexity, runs
-    tuned = load_model(tmp_path / "added")
-    assert tuned.config.sounding_input and tuned.sounding.weight.any()
-    assert load_model(tmp_path / "plain").config.sounding_input is False
-    assert with_added_inputs(tuned, {"sounding_input": True}) is tuned
+    fine_tune_with_and_without_the_input(base, tmp_path)

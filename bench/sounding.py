@@ -126,7 +126,7 @@ def train_notes(out: Path, minutes: float, steps: int | None, lr: float, batch: 
 
     import torch
 
-    from bench import notecodec
+    from core import notecodec
     from core.budget import parse_budget
     from core.midi import read_performance
     from core.modeldir import build_model
@@ -143,7 +143,7 @@ def train_notes(out: Path, minutes: float, steps: int | None, lr: float, batch: 
     pieces = [notecodec.encode(read_performance(piece_path(n))).astype(np.int64) for n in TRAIN_PIECES]
     source = PieceSource(_NotePieces(pieces), list(range(len(pieces))), seed, config.augmenting)
     torch.manual_seed(seed)
-    model = build_model("dsmr", scratch_config("dsmr", "small", {"vocab_size": notecodec.VOCAB_SIZE}))
+    model = build_model("dsmr", scratch_config("dsmr", "small", {"codec": "notes"}))
     training = DSMRTraining(model)
     training.start(source, [list(range(batch))], batch, parse_budget(model.config.default_budget), {})
     training.record()
@@ -271,7 +271,7 @@ def measure_events_arm(path: Path, performances: list, excerpts: list, windows) 
 def measure_notes_arm(path: Path, performances: list, excerpts: list, windows) -> tuple[float, float, object]:
     """The notes arm: the same pieces and primers in the note-level codec; continued by `continue_notes`."""
     from bench import continuation as cont
-    from bench import notecodec
+    from core import notecodec
     from core.midi import Performance
 
     model = load_notes_model(path)
@@ -300,8 +300,8 @@ def continue_notes(model, primer_ids: np.ndarray, seconds: float, lanes: int, se
     the model's default budget per lane, a lane done once its time shifts reach `seconds`."""
     import torch
 
-    from bench import notecodec
     from bench.continuation import TOKENS_PER_SECOND_LIMIT, TOP_P
+    from core import notecodec
     from core.budget import default_budget
     from core.generate import SamplingConfig, sample, seeded_generator
 

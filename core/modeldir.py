@@ -1,7 +1,7 @@
 """Model directories: config.json + model.safetensors + card.md, saved atomically, found by name or path.
 
     config.json        {"format": 1, "arch": "dsmr", "config": {...model config, schedule included...},
-                        "tokenizer": {"name": "performance", "vocab_size": 391}}
+                        "tokenizer": {"name": "notes", "vocab_size": 327}}  (the codec: core/codecs.py)
     model.safetensors  weights only (loading never unpickles code)
     card.md            what it was trained on, how long, held-out perplexity
 
@@ -26,12 +26,11 @@ from pathlib import Path
 import platformdirs
 import torch
 
+from core.codecs import CODECS, DEFAULT, codec_of
 from core.errors import ModelError
 from core.models.config import show, show_key
-from core.tokenizer import VOCAB_SIZE
 
 FORMAT = 1
-TOKENIZER = "performance"
 CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "card.md"
 
 
@@ -81,7 +80,7 @@ def save_model(model: torch.nn.Module, path: str | Path, card_text: str) -> Path
 
     path = Path(path).expanduser()
     meta = {"format": FORMAT, "arch": model.arch, "config": model.config.to_dict(),
-            "tokenizer": {"name": TOKENIZER, "vocab_size": VOCAB_SIZE}}
+            "tokenizer": {"name": codec_of(model).NAME, "vocab_size": model.config.vocab_size}}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -153,13 +152,17 @@ def read_config(path: Path) -> dict:
     if not isinstance(tokenizer, dict):
         raise ModelError(f"{file}: \"tokenizer\" must be an object with a name and a vocab_size, got "
                          f"{show(tokenizer)}")
-    name, vocab = tokenizer.get("name", TOKENIZER), tokenizer.get("vocab_size")
-    if name != TOKENIZER or type(vocab) is not int or vocab != VOCAB_SIZE:
-        raise ModelError(f"{file}: made for tokenizer {show(name)} with {show(vocab)} ids; this build "
-                         f"reads {TOKENIZER!r} with {VOCAB_SIZE}")
-    if meta["config"].get("vocab_size", VOCAB_SIZE) != VOCAB_SIZE:
+    name, vocab = tokenizer.get("name", DEFAULT), tokenizer.get("vocab_size")
+    codec = CODECS.get(name) if isinstance(name, str) else None
+    if codec is None or type(vocab) is not int or vocab != codec.VOCAB_SIZE:
+        known = ", ".join(f"{n!r} with {c.VOCAB_SIZE}" for n, c in CODECS.items())
+        raise ModelError(f"{file}: made for tokenizer {show(name)} with {show(vocab)} ids; this build reads {known}")
+    config_codec = meta["config"].get("codec", DEFAULT)  # a config from before the field: the event codec
+    if config_codec != name:
+        raise ModelError(f"{file}: the model config says codec {show(config_codec)} but \"tokenizer\" says {show(name)}")
+    if meta["config"].get("vocab_size", codec.VOCAB_SIZE) != codec.VOCAB_SIZE:
         raise ModelError(f"{file}: model vocab_size {show(meta['config']['vocab_size'])} does not match the "
-                         f"tokenizer's {VOCAB_SIZE}")
+                         f"tokenizer's {codec.VOCAB_SIZE}")
     try:
         architecture(meta["arch"])[1].from_dict(meta["config"])  # every field typed and in range
     except ModelError as error:

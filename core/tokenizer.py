@@ -25,6 +25,7 @@ import numpy as np
 
 from core.midi import Performance
 
+NAME = "performance"  # what a model directory records (config.json "tokenizer"); see core/codecs.py
 PAD, BOS, EOS = 0, 1, 2
 NOTE_ON = 3
 NOTE_OFF = NOTE_ON + 128
@@ -263,3 +264,10 @@ def silence_ids(seconds: float) -> np.ndarray:
     out = np.empty(int(shift_count(ticks)[0]), dtype=np.int64)
     write_shifts(out, np.array([0]), ticks)
     return out
+
+
+def last_velocity(ids) -> int | None:
+    """The MIDI velocity the last Velocity id of `ids` sets (None: no Velocity id)."""
+    ids = np.asarray(ids).ravel()
+    where = np.flatnonzero((ids >= VELOCITY) & (ids < VOCAB_SIZE))
+    return bin_velocity(int(ids[where[-1]]) - VELOCITY) if len(where) else None

@@ -41,6 +41,30 @@ def test_round_trip_keeps_config_weights_and_card(tiny_model_dir, tmp_path):
     assert meta["config"]["schedule"] == "two_scale"
 
 
+def test_a_model_of_the_notes_codec_records_it_and_reads_back(tmp_path):
+    """config.json names each model's codec; a directory from before the field (no "codec") reads as the event
+    codec's, as the shipped models of earlier builds do."""
+    from core.codecs import codec_of
+
+    model = DSMR(DSMRConfig(codec="notes", d_model=16, n_layers=2, n_heads=2, segment_len=8, max_horizon=16))
+    assert model.config.vocab_size == 327 and model.embed.weight.shape[0] == 327
+    meta = json.loads((save_model(model, tmp_path / "notes", "n") / "config.json").read_text())
+    assert meta["tokenizer"] == {"name": "notes", "vocab_size": 327} and meta["config"]["codec"] == "notes"
+    assert codec_of(load_model(tmp_path / "notes")).NAME == "notes"
+    old = save_model(DSMR(DSMRConfig(d_model=16, n_layers=2, n_heads=2, segment_len=8, max_horizon=16)),
+                     tmp_path / "old", "o")
+    meta = json.loads((old / "config.json").read_text())
+    del meta["config"]["codec"]
+    (old / "config.json").write_text(json.dumps(meta))
+    assert codec_of(load_model(old)).NAME == "performance"
+    with pytest.raises(ModelError, match="vocab_size 391 is not the 'notes' codec's 327"):
+        DSMRConfig(codec="notes", vocab_size=391)
+    with pytest.raises(ModelError, match="codec must be one of 'performance', 'notes', got 'midi'"):
+        DSMRConfig(codec="midi")
+    with pytest.raises(ModelError, match="sounding_input follows the 'performance' codec"):
+        DSMRConfig(codec="notes", sounding_input=True)
+
+
 def test_save_replaces_atomically_and_leaves_nothing_behind(tiny_model_dir, tmp_path):
     model = load_model(tiny_model_dir)
     target = tmp_path / "models" / "mine"
@@ -104,6 +128,8 @@ def _set(keys, value):
     (_set(["arch"], "transformer9"), "unknown model architecture 'transformer9'"),
     (_set(["tokenizer", "vocab_size"], 512), "512 ids"),
     (_set(["config", "vocab_size"], 500), "vocab_size 500"),
+    (_set(["tokenizer", "name"], "remi"), "made for tokenizer 'remi'.*'notes' with 327"),
+    (_set(["config", "codec"], "notes"), "config says codec 'notes' but \"tokenizer\" says 'performance'"),
     (_set(["config", "d_model"], 64), "weights do not fit"),
     (_set(["config", "wings"], 2), "unknown fields wings"),
     (_set(["config", "n_heads"], 3), "divisible"),

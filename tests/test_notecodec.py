@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import notecodec as nc
+from core import notecodec as nc
 from core.midi import Performance
 from core.tokenizer import BOS, EOS, PAD, TICK_SECONDS, bin_velocity, velocity_bin
 
@@ -145,7 +145,7 @@ def test_the_benchmark_continues_a_primer_in_the_codec(one_thread) -> None:
     from core.models.dsmr import DSMR, DSMRConfig
 
     torch.manual_seed(0)
-    model = DSMR(DSMRConfig(vocab_size=nc.VOCAB_SIZE, d_model=32, n_layers=2, n_heads=2, segment_len=16,
+    model = DSMR(DSMRConfig(codec="notes", d_model=32, n_layers=2, n_heads=2, segment_len=16,
                             max_horizon=64, default_budget="64KB")).eval()
     primer = nc.encode(Performance.from_notes([0.0, 0.5, 0.5], [1.0, 0.7, 2.0], [60, 64, 67], [70, 70, 90]),
                        eos=False).astype(np.int64)
@@ -159,3 +159,76 @@ def test_the_benchmark_continues_a_primer_in_the_codec(one_thread) -> None:
         new = nc.decode_after(primer, lane)
         assert np.all(new.onset >= nc.ids_seconds(primer)) and np.all(new.onset < 0.5 + 2.0)
     assert continue_notes(model, primer, 2.0, lanes=3, seed=1)[0].tolist() == lanes[0].tolist()  # seeded
+
+
+def _streamed(ids) -> list[tuple[float, float, int, int]]:
+    """The notes the incremental Decoder tells for `ids`: each "off" is a whole note."""
+    decoder = nc.Decoder()
+    events = [e for token in ids for e in decoder.feed(int(token))] + decoder.finish()
+    ons = [(e.time, e.pitch) for e in events if e.kind == "on"]
+    offs = sorted((e.onset, e.time, e.pitch, e.velocity) for e in events if e.kind == "off")
+    assert sorted(ons) == sorted((onset, pitch) for onset, _, pitch, _ in offs)  # every note told once each way
+    told = [e.time for e in events if e.kind == "on"]
+    assert told == sorted(told)  # strikes are told in time order
+    return offs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_incremental_decoder_tells_exactly_the_decoded_notes(seed: int) -> None:
+    """Random ids, biased toward well-formed notes with re-strikes and same-tick duplicates, and real pieces."""
+    rng = np.random.default_rng(seed)
+    if seed < 3:
+        ids = nc.encode(random_piece(seed, 120))
+    else:
+        kinds = rng.choice(4, 600, p=[0.35, 0.35, 0.2, 0.1])
+        ids = np.where(kinds == 0, nc.PITCH + rng.integers(58, 64, 600),
+                       np.where(kinds == 1, nc.DURATION + rng.integers(0, nc.DURATION_BINS, 600),
+                                np.where(kinds == 2, nc.TIME_SHIFT + rng.integers(0, 30, 600),
+                                         rng.integers(0, nc.VOCAB_SIZE, 600))))
+    piece = nc.decode(ids)
+    want = sorted(zip(piece.onset.tolist(), piece.offset.tolist(), piece.pitch.tolist(), piece.velocity.tolist(),
+                      strict=True))
+    got = _streamed(ids)
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a[2:] == b[2:] and a[0] == pytest.approx(b[0]) and a[1] == pytest.approx(b[1])
+
+
+def test_decoding_in_chunks_and_after_a_primer_reads_as_one_sequence(monkeypatch) -> None:
+    ids = nc.encode(random_piece(4, 200), eos=False)
+    whole = nc.decode(ids)
+    monkeypatch.setattr(nc, "_CHUNK", 7)  # a Pitch and its Duration fall on two sides of a chunk's edge
+    chunked = nc.decode(ids)
+    np.testing.assert_array_equal(chunked.onset, whole.onset)
+    np.testing.assert_array_equal(chunked.offset, whole.offset)
+    for cut in (1, 2, 3, 50, 51):
+        first, rest = nc.decode_continuations(ids[:cut], [ids[cut:]])[0], nc.decode(ids)
+        np.testing.assert_array_equal(first.offset, rest.offset)
+        after = nc.decode_continuations(ids[:cut], [ids[cut:]], with_primer=False)[0]
+        starts = {(round(o, 6), p) for o, p in zip(whole.onset, whole.pitch, strict=True)}
+        assert {(round(o, 6), p) for o, p in zip(after.onset, after.pitch, strict=True)} <= starts
+
+
+def test_the_generator_grammar_caps_durations_and_follows_each_lane() -> None:
+    import torch
+
+    rule = nc.Grammar(batch=2, last_id=BOS, longest_seconds=0.5)
+    first = rule.mask(torch.device("cpu"), torch.float32)
+    assert first.shape == (2, nc.VOCAB_SIZE)
+    assert torch.isinf(first[:, nc.DURATION:nc.TIME_SHIFT]).all() and first[:, EOS].eq(0).all()
+    rule.read(np.array([nc.PITCH + 60, nc.TIME_SHIFT]))
+    after = rule.mask(torch.device("cpu"), torch.float32)
+    lengths = nc.BIN_TICKS * TICK_SECONDS
+    open_durations = after[0, nc.DURATION:nc.TIME_SHIFT].isfinite().numpy()
+    assert open_durations.any() and np.all(lengths[open_durations] <= 0.5 + 1e-9)
+    assert torch.isinf(after[0, :nc.DURATION]).all() and torch.isinf(after[0, nc.TIME_SHIFT:]).all()
+    assert torch.isinf(after[1, nc.DURATION:nc.TIME_SHIFT]).all() and after[1, nc.PITCH].item() == 0
+    tiny = nc.grammar(longest_seconds=0.0)[nc.PITCH + 60, nc.DURATION:nc.TIME_SHIFT]
+    assert tiny.tolist() == [True] + [False] * (nc.DURATION_BINS - 1)  # the shortest note always stays
+
+
+def test_silence_and_last_velocity() -> None:
+    assert nc.ids_seconds(nc.silence_ids(2.345)) == pytest.approx(2.35)
+    assert nc.last_velocity([nc.VELOCITY + 3, nc.PITCH, nc.VELOCITY + 20]) == bin_velocity(20)
+    assert nc.last_velocity([nc.PITCH]) is None
+    assert nc.token_id("Duration_8000ms") == nc.DURATION + nc.DURATION_BINS - 1

@@ -45,6 +45,21 @@ def config_from_dict(cls: type[Config], data: dict, label: str) -> Config:
         raise ModelError(f"bad {label} config: {error}") from None
 
 
+def codec_problems(config: object) -> list[str]:
+    """Check a config's `codec` (core/codecs.py) and give it the codec's vocab_size where it has none (None): a
+    model's vocabulary is its codec's ids. One line per problem: an unknown codec, another vocab_size."""
+    from core.codecs import CODECS
+
+    codec = CODECS.get(config.codec)
+    if codec is None:
+        return [f"codec must be one of {', '.join(repr(n) for n in CODECS)}, got {show(config.codec)}"]
+    if config.vocab_size is None:
+        object.__setattr__(config, "vocab_size", codec.VOCAB_SIZE)  # frozen configs too
+    elif config.vocab_size != codec.VOCAB_SIZE:
+        return [f"vocab_size {show(config.vocab_size)} is not the {config.codec!r} codec's {codec.VOCAB_SIZE}"]
+    return []
+
+
 def field_problems(config: object) -> list[str]:
     """One line per field of a dataclass config whose value is not of its declared type."""
     hints = typing.get_type_hints(type(config))

@@ -37,6 +37,7 @@ from core.models.config import (
     MAX_VOCAB,
     MAX_WIDTH,
     budget_problems,
+    codec_problems,
     config_from_dict,
     field_problems,
     range_problems,
@@ -47,14 +48,15 @@ from core.models.dsmr.step import Packed, lean_step, pack
 from core.models.interface import LEFT_TO_RIGHT, check_ids
 from core.models.layers import PITCHES, Block, RMSNorm, rotary, sounding_after, sounding_notes
 from core.models.packed import PackedWeights
-from core.tokenizer import BOS, PAD, VOCAB_SIZE
+from core.tokenizer import BOS, PAD
 
 
 @dataclass
 class DSMRConfig:
     """Model size plus the default memory schedule (a user's budget picks the horizons at run time)."""
 
-    vocab_size: int = VOCAB_SIZE
+    vocab_size: int | None = None  # the codec's ids (None: filled from the codec)
+    codec: str = "performance"  # core/codecs.py; a config from before the field was trained on this one
     d_model: int = 256
     n_layers: int = 6
     n_heads: int = 4
@@ -84,6 +86,8 @@ class DSMRConfig:
     def __post_init__(self):
         problems = field_problems(self)  # types first: the ranges and relations below assume them
         if not problems:
+            problems = codec_problems(self)
+        if not problems:
             problems = range_problems(self, {
                 "vocab_size": (1, MAX_VOCAB), "d_model": (2, MAX_WIDTH), "n_layers": (1, MAX_LAYERS),
                 "n_heads": (1, MAX_HEADS), "mlp_ratio": (1, MAX_MLP_RATIO), "segment_len": (1, MAX_SEGMENT),
@@ -108,6 +112,8 @@ class DSMRConfig:
             if value is not None and (len(value) != self.n_layers or any(not 0 <= m <= MAX_TOKENS for m in value)):
                 problems.append(f"{name} must be {self.n_layers} whole numbers from 0 to {MAX_TOKENS:,}, got "
                                 f"{show(value)}")
+        if self.sounding_input and self.codec != "performance":  # the "notes" codec states each note's end itself
+            problems.append(f"sounding_input follows the 'performance' codec's NoteOn/NoteOff ids, not {self.codec!r}'s")
         problems += budget_problems(self.default_budget)
         if problems:
             raise ModelError("bad DSMR config: " + "; ".join(problems))

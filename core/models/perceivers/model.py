@@ -38,6 +38,7 @@ from core.models.config import (
     MAX_VOCAB,
     MAX_WIDTH,
     budget_problems,
+    codec_problems,
     config_from_dict,
     field_problems,
     range_problems,
@@ -74,12 +75,13 @@ from core.models.perceivers.step import (
     lean_step,
     pack,
 )
-from core.tokenizer import PAD, VOCAB_SIZE
+from core.tokenizer import PAD
 
 
 @dataclass(frozen=True)
 class PerceiverSConfig:
-    vocab_size: int = VOCAB_SIZE
+    vocab_size: int | None = None  # the codec's ids (None: filled from the codec)
+    codec: str = "performance"  # core/codecs.py; a config from before the field was trained on this one
     context: int = 4096  # N: inputs a crop holds
     latents: int = 256  # M: latent queries, on the last M positions
     scale: int = 512  # S: inputs the second cross-attention sees back from each latent
@@ -100,6 +102,8 @@ class PerceiverSConfig:
     def __post_init__(self) -> None:
         problems = field_problems(self)  # types first: the ranges and relations below assume them
         if not problems:
+            problems = codec_problems(self)
+        if not problems:
             problems = range_problems(self, {
                 "vocab_size": (1, MAX_VOCAB), "context": (1, MAX_TOKENS), "latents": (1, MAX_SEGMENT),
                 "scale": (1, MAX_TOKENS), "d_model": (2, MAX_WIDTH), "n_heads": (1, MAX_HEADS),
@@ -114,6 +118,8 @@ class PerceiverSConfig:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.rope_base <= 1:
             problems.append(f"rope_base must be greater than 1, got {self.rope_base!r}")
+        if self.sounding_input and self.codec != "performance":  # the "notes" codec states each note's end itself
+            problems.append(f"sounding_input follows the 'performance' codec's NoteOn/NoteOff ids, not {self.codec!r}'s")
         problems += budget_problems(self.default_budget)
         if problems:
             raise ModelError("bad PerceiverS config: " + "; ".join(problems))

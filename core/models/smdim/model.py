@@ -38,6 +38,7 @@ from core.models.config import (
     MAX_VOCAB,
     MAX_WIDTH,
     budget_problems,
+    codec_problems,
     config_from_dict,
     field_problems,
     range_problems,
@@ -48,7 +49,7 @@ from core.models.packed import Int8, PackedWeights
 from core.models.smdim.scan import KERNELS, selective_scan
 from core.models.smdim.state import SMDIMPlan, SMDIMState, dt_rank, plan_window
 from core.state import TOKENS_PER_SECOND
-from core.tokenizer import PAD, VOCAB_SIZE
+from core.tokenizer import PAD
 
 MAX_STATE = 256  # d_state: a Mamba layer's state per channel
 MAX_STRIDE = 64
@@ -56,7 +57,8 @@ MAX_STRIDE = 64
 
 @dataclass(frozen=True)
 class SMDIMConfig:
-    vocab_size: int = VOCAB_SIZE  # the codec's ids; MASK is vocab_size (an embedding row, never an output)
+    vocab_size: int | None = None  # the codec's ids (None: filled from the codec); MASK is vocab_size (an embedding row, never an output)
+    codec: str = "performance"  # core/codecs.py; a config from before the field was trained on this one
     window: int = 1024  # tokens a training window holds: the longest window a plan buys
     d_embed: int = 192  # numbers per token
     d_model: int = 384  # channels of the MFA stack, on the sequence shortened by `stride`
@@ -76,6 +78,8 @@ class SMDIMConfig:
 
     def __post_init__(self) -> None:
         problems = field_problems(self)
+        if not problems:
+            problems = codec_problems(self)
         if not problems:
             problems = range_problems(self, {
                 "vocab_size": (4, MAX_VOCAB), "window": (16, MAX_TOKENS), "d_embed": (1, MAX_WIDTH),

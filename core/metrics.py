@@ -1,6 +1,6 @@
 """How good is a model? Perplexity, MGEval-style feature distributions, and repetition.
 
-Three families of measures, all on `core.midi.Performance` or on `core.tokenizer` ids:
+Three families of measures, all on `core.midi.Performance` or on a codec's ids (core/codecs.py):
 
 1. Per-piece features (Yang & Lerch 2020, "mgeval", with the segment variants of PerceiverS). Performances have
    no bars, so note lengths are classed in seconds and the segment features cut each piece into 64 segments of
@@ -51,7 +51,10 @@ Three families of measures, all on `core.midi.Performance` or on `core.tokenizer
    sequence and the density of repeated note n-grams per minute (definitions at the functions).
 
 And perplexity: `perplexity_report` runs any model with the common interface (`plan`, `new_state`, `step`) over
-whole pieces, token by token, and reports the token-weighted perplexity and the perplexity by position.
+whole pieces, token by token, and reports the token-weighted perplexity and the perplexity by position. A piece
+is encoded with the model's own codec (core.codecs.codec_of), so perplexity is per id of that codec and compares
+only models of one codec; the report's bits per second of music (-sum log2 p over the piece's seconds,
+`piece_seconds`: the same seconds whatever the codec) compare a "notes" model with a "performance" one.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ import numpy as np
 from scipy import integrate, stats
 from scipy.spatial.distance import cdist
 
+from core import tokenizer
 from core.errors import RecitalError
 from core.midi import Performance
 from core.tokenizer import BOS, EOS, PAD, encode
@@ -367,7 +371,8 @@ def repetition_stats(perfs: Sequence[Performance], max_lag: int = AUTOCORRELATIO
 
 @dataclass
 class PerplexityReport:
-    """Token-weighted perplexity over whole pieces, and by position (tokens of context read) in the piece."""
+    """Token-weighted perplexity over whole pieces, and by position (tokens of context read) in the piece; and the
+    same loss per second of music, which compares models of different codecs (perplexity is per id of one)."""
 
     perplexity: float
     tokens: int  # predicted tokens (every id after BOS)
@@ -375,6 +380,18 @@ class PerplexityReport:
     bucket_edges: tuple[int, ...]  # positions [edges[i], edges[i+1])
     bucket_tokens: np.ndarray = field(repr=False)  # (buckets,)
     bucket_perplexity: np.ndarray = field(repr=False)  # (buckets,) nan where a bucket has no tokens
+    nats: float = 0.0  # -sum log p over the predicted tokens
+    seconds: float = 0.0  # of music the pieces span (`piece_seconds`)
+    codec: str = tokenizer.NAME  # the codec the pieces were encoded with (the model's)
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.nats / math.log(2) / self.tokens
+
+    @property
+    def bits_per_second(self) -> float | None:
+        """-sum log2 p / seconds of music; None when the pieces span no time."""
+        return self.nats / math.log(2) / self.seconds if self.seconds > 0 else None
 
     def buckets(self) -> list[dict]:
         return [{"start": int(self.bucket_edges[i]), "end": int(self.bucket_edges[i + 1]),
@@ -383,8 +400,50 @@ class PerplexityReport:
                 for i in range(len(self.bucket_tokens))]
 
     def to_json(self) -> dict:
-        return {"perplexity": self.perplexity, "tokens": self.tokens, "pieces": self.pieces,
-                "by_position": self.buckets()}
+        return {"perplexity": self.perplexity, "tokens": self.tokens, "pieces": self.pieces, "codec": self.codec,
+                "bits_per_token": self.bits_per_token, "bits_per_second": self.bits_per_second,
+                "seconds": self.seconds, "by_position": self.buckets()}
+
+
+def piece_seconds(perf: Performance) -> float:
+    """Seconds of music a piece spans: from 0 to its last release on the 10 ms grid (the event codec's clock
+    after its last NoteOff, a note lasting at least one tick). A property of the notes, not of a codec: bits per
+    second of two models on one piece divide by the same number, whatever codec each reads."""
+    from core import tokenizer
+
+    return tokenizer.ids_seconds(tokenizer.encode(perf, bos=False, eos=False)) if len(perf) else 0.0
+
+
+def ids_music_seconds(codec, ids: np.ndarray) -> float:
+    """Seconds of music a piece given as `codec`'s ids spans: its clock, or its last note's end where a note
+    outlasts the clock (the "notes" codec states a note's length at its onset, so its clock stops at the last
+    onset). For the event codec the clock always reaches every release: its `ids_seconds`, as before."""
+    from core import notecodec
+
+    seconds = codec.ids_seconds(ids)
+    if codec.NAME == notecodec.NAME:
+        decoded = notecodec.decode(ids)
+        if len(decoded):
+            seconds = max(seconds, float(decoded.offset.max()))
+    return seconds
+
+
+def encode_pieces(model, perfs_or_ids: Sequence[Performance | np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
+    """Each piece as the model's codec's ids (a Performance is encoded with it; ids are taken as that codec's)
+    and the seconds of music it spans, in order."""
+    from core.codecs import codec_of
+
+    codec = codec_of(model)
+    pieces, seconds = [], []
+    for piece in perfs_or_ids:
+        if isinstance(piece, Performance):
+            pieces.append(codec.encode(piece).astype(np.int64).ravel())
+            seconds.append(piece_seconds(piece))
+        else:
+            ids = np.asarray(piece).astype(np.int64).ravel()
+            pieces.append(ids)
+            seconds.append(ids_music_seconds(codec, ids))
+    return pieces, seconds
 
 
 def position_edges(longest: int, first: int = 256) -> tuple[int, ...]:
@@ -433,7 +492,8 @@ def perplexity_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], b
 
     Works with any left-to-right model (core.models.interface.LeftToRight): `plan(budget_bytes, batch=1)`,
     `new_state(plan, batch)`, `read(ids (B, T), state) -> logits (B, T, V)` and `step`, so DSMR runs under its budget schedule and PerceiverS with the
-    context the budget allows, exactly as they generate. Each piece gets a fresh state; the token at position
+    context the budget allows, exactly as they generate. A Performance is encoded with the model's own codec
+    (`encode_pieces`; ids are taken as that codec's). Each piece gets a fresh state; the token at position
     t (t >= 1, BOS is position 0) is predicted from the t tokens before it. `progress(done, total)` is called
     after each piece. A chunk is read per call (same numbers, much faster than stepping) unless `stepwise` asks
     for the id-by-id path.
@@ -443,11 +503,11 @@ def perplexity_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], b
     if getattr(model, "family", "left_to_right") != "left_to_right":  # a denoiser has no left-to-right reading
         raise RecitalError(f"a {model.arch} model is not scored left to right: its held-out number is its "
                            "diffusion ELBO (the validation perplexity `recital train` reports)")
-    pieces = [encode(x) if isinstance(x, Performance) else np.asarray(x) for x in perfs_or_ids]
-    pieces = [ids.astype(np.int64).ravel() for ids in pieces]
-    pieces = [ids for ids in pieces if len(ids) >= 2]
-    if not pieces:
+    encoded, spans = encode_pieces(model, perfs_or_ids)
+    kept = [i for i, ids in enumerate(encoded) if len(ids) >= 2]
+    if not kept:
         raise RecitalError("no piece has a token to predict")
+    pieces, seconds = [encoded[i] for i in kept], sum(spans[i] for i in kept)
     longest = max(len(ids) for ids in pieces)
     edges = np.asarray(bucket_edges if bucket_edges is not None else position_edges(longest), dtype=np.int64)
     if len(edges) < 2 or np.any(np.diff(edges) <= 0):
@@ -475,8 +535,11 @@ def perplexity_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], b
                 progress(done, len(pieces))
     with np.errstate(invalid="ignore", divide="ignore"):
         bucket_ppl = np.where(bucket_tokens > 0, np.exp(bucket_nll / np.maximum(bucket_tokens, 1)), np.nan)
+    from core.codecs import codec_of
+
     return PerplexityReport(float(math.exp(total_nll / total_tokens)), total_tokens, len(pieces),
-                            tuple(int(e) for e in edges), bucket_tokens, bucket_ppl)
+                            tuple(int(e) for e in edges), bucket_tokens, bucket_ppl, total_nll, seconds,
+                            codec_of(model).NAME)
 
 
 # --- the diffusion ELBO (denoisers) ----------------------------------------------------------------------------
@@ -494,7 +557,7 @@ class ElboReport:
 
     nats: float  # the bound summed over every scored id
     tokens: int  # ids scored (every non-PAD id of the pieces)
-    seconds: float  # of music the ids cover (core.tokenizer.ids_seconds)
+    seconds: float  # of music the pieces span (`piece_seconds`, whatever the model's codec)
     pieces: int
     draws: int  # masked copies per window
     window: int  # tokens per scored window
@@ -542,27 +605,26 @@ def elbo_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], budget:
 
     from core.models.interface import DENOISE
     from core.models.smdim.training import piece_elbo
-    from core.tokenizer import ids_seconds
 
     if getattr(model, "family", "left_to_right") != DENOISE:
         raise RecitalError(f"a {getattr(model, 'arch', 'left-to-right')} model reads left to right: its held-out "
                            "number is its perplexity (perplexity_report), not a diffusion ELBO")
     if draws < 1:
         raise RecitalError(f"ELBO draws per window must be at least 1, got {draws}")
-    pieces = [encode(x) if isinstance(x, Performance) else np.asarray(x) for x in perfs_or_ids]
-    pieces = [ids.astype(np.int64).ravel() for ids in pieces]
-    pieces = [ids[ids != PAD] for ids in pieces]
-    pieces = [ids for ids in pieces if len(ids)]
-    if not pieces:
+    encoded, spans = encode_pieces(model, perfs_or_ids)
+    encoded = [ids[ids != PAD] for ids in encoded]
+    kept = [i for i, ids in enumerate(encoded) if len(ids)]
+    if not kept:
         raise RecitalError("no piece has an id to score")
+    pieces, spans = [encoded[i] for i in kept], [spans[i] for i in kept]
     window = model.plan(budget, batch=1).window
     device = next(model.parameters()).device
     nats, tokens, seconds = 0.0, 0, 0.0
     with torch.inference_mode():
-        for done, ids in enumerate(pieces, start=1):
+        for done, (ids, span) in enumerate(zip(pieces, spans, strict=True), start=1):
             nats += piece_elbo(model, ids, window, draws, seed, device)
             tokens += len(ids)
-            seconds += ids_seconds(ids)
+            seconds += span
             if progress is not None:
                 progress(done, len(pieces))
     return ElboReport(nats, tokens, seconds, len(pieces), draws, window)

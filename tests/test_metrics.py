@@ -290,6 +290,75 @@ def test_perplexity_of_performances_is_token_weighted(scale, chord):
         metrics.perplexity_report(uniform, [np.array([BOS])], budget=1000)
 
 
+class UniformModel(BigramModel):
+    """Uniform over a codec's ids (every id costs ln V nats), its config naming that codec."""
+
+    def __init__(self, codec: str):
+        from core.codecs import codec_named
+
+        super().__init__(vocab=codec_named(codec).VOCAB_SIZE, warmup=10**9)
+        self.config = type("Config", (), {"codec": codec})()
+
+
+@pytest.mark.parametrize("codec, predicted", [
+    # BOS, Velocity, 4 onsets x 3 notes of NoteOn and NoteOff, shifts 0.4 s / 0.1 s between them (7), EOS
+    ("performance", 1 + 24 + 7 + 1),
+    # BOS, Velocity, 4 onsets x 3 notes of Pitch and Duration, a 0.5 s shift between onsets (3), EOS
+    ("notes", 1 + 24 + 3 + 1)])
+def test_bits_per_second_of_a_uniform_model_by_hand(chord, codec, predicted):
+    from core.codecs import codec_named
+
+    vocab = codec_named(codec).VOCAB_SIZE
+    report = metrics.perplexity_report(UniformModel(codec), [chord], budget=1000)
+    assert report.codec == codec and report.tokens == predicted
+    assert report.seconds == pytest.approx(1.9)  # the last triad ends at 1.5 + 0.4 s, whatever the codec
+    assert report.perplexity == pytest.approx(vocab, rel=1e-5)
+    assert report.bits_per_token == pytest.approx(math.log2(vocab), rel=1e-5)
+    assert report.bits_per_second == pytest.approx(predicted * math.log2(vocab) / 1.9, rel=1e-5)
+    assert report.to_json()["bits_per_second"] == report.bits_per_second
+
+
+def test_piece_seconds_are_the_same_for_either_codec_and_ids(chord, scale):
+    from core import notecodec, tokenizer
+
+    for piece in (chord, scale):
+        seconds = metrics.piece_seconds(piece)
+        assert seconds == pytest.approx(float(piece.offset.max()))
+        assert metrics.ids_music_seconds(tokenizer, tokenizer.encode(piece)) == pytest.approx(seconds)
+        # the notes codec's clock stops at the last onset: the last note's length (binned) carries it to the end
+        assert notecodec.ids_seconds(notecodec.encode(piece)) < seconds - 0.1
+        last = float((piece.offset - piece.onset)[np.argmax(piece.offset)])
+        assert metrics.ids_music_seconds(notecodec, notecodec.encode(piece)) == pytest.approx(
+            seconds, abs=last * notecodec.MAX_DURATION_ERROR + 1e-9)
+    assert metrics.piece_seconds(Performance.from_notes([], [], [], [])) == 0.0
+
+
+def tiny_dsmr_of(codec: str):
+    from core.models.dsmr import DSMR, DSMRConfig
+
+    torch.manual_seed(0)
+    return DSMR(DSMRConfig(d_model=32, n_layers=2, n_heads=4, segment_len=8, max_horizon=32, n_long=1,
+                           codec=codec)).eval()
+
+
+def test_a_notes_model_and_a_performance_model_score_the_same_pieces_in_bits_per_second(scale, chord):
+    from core.codecs import codec_named
+
+    seconds = scale.offset.max() + chord.offset.max()
+    for codec in ("performance", "notes"):
+        model = tiny_dsmr_of(codec)
+        report = metrics.perplexity_report(model, [scale, chord], budget=64 * 1024)
+        ids = [codec_named(codec).encode(piece).astype(np.int64) for piece in (scale, chord)]  # its own codec
+        with torch.inference_mode():
+            nats = -sum(float(metrics.piece_log_probs(model, piece, model.new_state(model.plan(64 * 1024, 1), 1),
+                                                      torch.device("cpu")).sum()) for piece in ids)
+        assert report.codec == codec and report.tokens == sum(len(piece) - 1 for piece in ids)
+        assert report.seconds == pytest.approx(seconds)
+        assert report.nats == pytest.approx(nats, rel=1e-6)
+        assert math.isfinite(report.bits_per_second)
+        assert report.bits_per_second == pytest.approx(nats / math.log(2) / seconds, rel=1e-6)
+
+
 # --- recital eval ---------------------------------------------------------------------------------------------
 
 
@@ -386,7 +455,28 @@ def test_eval_model_prints_perplexity_and_writes_json(tmp_path, capsys, scale, c
     assert sum(b["tokens"] for b in result["by_position"]) == result["tokens"]
     page = (tmp_path / "ppl.html").read_text()
     ET.fromstring(re.search(r"<svg.*?</svg>", page, flags=re.DOTALL).group(0))
+    assert result["codec"] == "performance" and result["bits_per_second"] == pytest.approx(
+        expected.bits_per_second, rel=1e-5)
+    assert "bits per second of music" in out
     assert main(["eval", "--model", str(model_dir), str(tmp_path / "pieces"), "--budget", "lots"]) == 1
     assert "16MB" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path / "no_model"), str(tmp_path / "pieces")]) == 1
     assert "no_model" in capsys.readouterr().err
+
+
+def test_eval_scores_a_notes_model_with_its_own_codec(tmp_path, capsys, scale, chord):
+    from core.modeldir import save_model
+
+    model_dir = save_model(tiny_dsmr_of("notes"), tmp_path / "notes", "A tiny untrained notes DSMR for tests.")
+    write_set(tmp_path / "pieces", [scale, chord])
+    assert main(["eval", "--model", str(model_dir), str(tmp_path / "pieces"), "--budget", "64KB",
+                 "--json", str(tmp_path / "notes.json"), "--report", str(tmp_path / "notes.html")]) == 0
+    out = capsys.readouterr().out
+    assert "codec 'notes'" in out and "bits per second of music" in out
+    result = json.loads((tmp_path / "notes.json").read_text())
+    expected = metrics.perplexity_report(tiny_dsmr_of("notes"), [read_performance(p) for p in
+                                                                 sorted((tmp_path / "pieces").glob("*.mid"))],
+                                         64 * 1024)
+    assert result["codec"] == "notes" and result["tokens"] == expected.tokens
+    assert result["bits_per_second"] == pytest.approx(expected.bits_per_second, rel=1e-5)
+    assert "bits per second" in (tmp_path / "notes.html").read_text()

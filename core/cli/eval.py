@@ -5,8 +5,9 @@
 
 The first form prints, per feature, the overlap area (OA) and KL divergence of the generated-to-reference
 distances against the reference set's own, then the mean OA and the repetition measures of both sets. The second
-prints the model's token-weighted perplexity on the pieces of FOLDER and its perplexity by position in the piece;
-for a denoiser (SMDIM), which does not read left to right, its diffusion ELBO in bits per token and per second of
+encodes the pieces of FOLDER with the model's own codec and prints its token-weighted perplexity per id of that
+codec, its bits per second of music (-sum log2 p over the pieces' seconds: comparable between a "notes" model and
+a "performance" one, which perplexity is not) and its perplexity by position in the piece; for a denoiser (SMDIM), which does not read left to right, its diffusion ELBO in bits per token and per second of
 music instead (an upper bound on the negative log-likelihood, core.metrics.elbo_report).
 The HTML report is one self-contained file (inline SVG, no scripts) with the same numbers drawn.
 """
@@ -105,8 +106,11 @@ def _run_perplexity(args: argparse.Namespace) -> int:
         return _print_elbo(metrics.elbo_report(model, pieces, budget, progress=progress), args, folder,
                            budget_text, budget)
     report = metrics.perplexity_report(model, pieces, budget, progress=progress)
-    print(f"model: {args.model}, state budget {budget_text}")
-    print(f"perplexity: {report.perplexity:.3f} over {report.tokens} tokens in {report.pieces} pieces of {folder}")
+    print(f"model: {args.model}, state budget {budget_text}, codec {report.codec!r}")
+    print(f"perplexity: {report.perplexity:.3f} per id of its codec over {report.tokens} tokens in "
+          f"{report.pieces} pieces of {folder}")
+    print(f"bits per second of music: {_per_second(report.bits_per_second)} ({report.bits_per_token:.4f} "
+          f"bits/token over {report.seconds:.1f} s; comparable across codecs)")
     print()
     print(_perplexity_table(report))
     if args.json is not None:
@@ -120,7 +124,7 @@ def _run_perplexity(args: argparse.Namespace) -> int:
 
 def _print_elbo(report, args: argparse.Namespace, folder: Path, budget_text: str, budget: int) -> int:
     """A denoiser's numbers: its ELBO in bits per token and per second of music (an upper bound on the NLL)."""
-    per_second = "-" if report.bits_per_second is None else f"{report.bits_per_second:.2f}"
+    per_second = _per_second(report.bits_per_second)
     print(f"model: {args.model}, state budget {budget_text} ({report.window}-token windows)")
     print(f"diffusion ELBO: {report.bits_per_token:.4f} bits/token, {per_second} bits/s over {report.tokens} "
           f"tokens ({report.seconds:.1f} s) in {report.pieces} pieces of {folder}")
@@ -139,6 +143,11 @@ def _print_elbo(report, args: argparse.Namespace, folder: Path, budget_text: str
                 f"<p>{html.escape(report.to_json()['meaning'])}.</p>")
         _write_text(args.report, _page("Recital ELBO", body), "HTML report")
     return 0
+
+
+def _per_second(bits: float | None) -> str:
+    """Bits per second as printed: '-' for pieces that span no time."""
+    return "-" if bits is None else f"{bits:.2f}"
 
 
 def _read_folder(folder: Path) -> list:
@@ -330,7 +339,9 @@ def _perplexity_html(report, model: str, folder: Path, budget: str) -> str:
                    for b in buckets)
     body = (f"<p>Model <code>{html.escape(model)}</code>, state budget {html.escape(budget)}, "
             f"{report.pieces} pieces in <code>{html.escape(str(folder))}</code>.</p>"
-            f"<p><b>Perplexity {report.perplexity:.3f}</b> over {report.tokens} tokens (token-weighted).</p>"
+            f"<p><b>Perplexity {report.perplexity:.3f}</b> per id of the {html.escape(report.codec)} codec over "
+            f"{report.tokens} tokens (token-weighted); <b>{_per_second(report.bits_per_second)} bits per second "
+            f"of music</b> over {report.seconds:.1f} s (comparable across codecs).</p>"
             "<h2>Perplexity by position in the piece</h2>"
             "<p>Lower later in the piece means the model uses the long context it has read.</p>"
             + _svg_bars([_bucket_label(b) for b in buckets], [b["perplexity"] for b in buckets])

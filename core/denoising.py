@@ -17,10 +17,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from core import notecodec
+from core.codecs import codec_of
 from core.constraints import Constraints
 from core.errors import ModelError
 from core.generate import HeldNotes, LaneLimits, SamplingConfig, seeded_generator
-from core.tokenizer import EOS
+from core.tokenizer import EOS, TICK_SECONDS
 
 MARGIN = 1.25  # ids masked per id the training music's density predicts: most windows reach the seconds asked
 EXTRA_IDS = 8  # and a few more: a short request still gets a phrase
@@ -32,21 +34,29 @@ def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig 
                    constraints: Constraints | None = None) -> Iterator[np.ndarray]:
     """Yield the ids (B,) that continue `primer` (prepared: BOS first, no EOS), one per step, one per lane of
     `state`, written a window at a time by `model.denoise`, until max_tokens or max_seconds (one is needed: a
-    denoiser writes a region of a chosen length). Notes held longer than `max_note_seconds` are released (their
-    NoteOff replaces the id, and later windows read it so). `constraints`: their position-independent part (scale,
+    denoiser writes a region of a chosen length), both counted in the model's codec. Notes never sound longer than
+    `max_note_seconds`: with the event codec a note held that long is released (its NoteOff replaces the id, and
+    later windows read it so); with the notes codec no longer Duration is ever drawn (and the unmasking follows
+    the codec's order: core/models/smdim/sampling.py). `constraints`: their position-independent part (scale,
     range, velocity: `Constraints.token_mask`) limits every id drawn; density and polyphony follow the music id by
     id and are for left-to-right models."""
     if max_tokens is None and max_seconds is None:
         raise ModelError(f"a {model.arch} model writes a region of a chosen length: give seconds or max tokens")
-    limits = LaneLimits(state.batch, max_tokens, max_seconds, stop_at_eos)
+    codec = codec_of(model)
+    limits = LaneLimits(state.batch, max_tokens, max_seconds, stop_at_eos, codec)
     batch, window = state.batch, state.window
     model.eval()
     device = next(model.parameters()).device
     generator = seeded_generator(device, seed)
-    limit = constraints.token_mask(model.config.vocab_size, device=device) if constraints is not None else None
+    vocab_size = model.config.vocab_size
+    limit = (constraints.token_mask(vocab_size, device=device, codec=codec) if constraints is not None
+             else None)
+    if codec.NAME == notecodec.NAME and max_note_seconds is not None:
+        longest = duration_limit(vocab_size, max_note_seconds).to(device)
+        limit = longest if limit is None else limit + longest
     constrain = _constrain(limit, None if stop_at_eos else EOS)
     history = primer.to(device)[None].expand(batch, -1)  # (B, T): what a window's context is cut from
-    notes = HeldNotes(batch, max_note_seconds, primer.numpy())
+    notes = HeldNotes(batch, max_note_seconds, primer.numpy()) if codec.NAME != notecodec.NAME else None
     while limits.more():
         context = min(history.shape[1], window // 2)  # the rest of the window is masked
         new = window - context
@@ -63,12 +73,23 @@ def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig 
         written = filled[:, context:].cpu().numpy().copy()  # (B, new)
         for column in range(new):
             tokens = written[:, column]
-            notes.release(tokens)  # in place: a lane's over-long note ends here instead
+            if notes is not None:
+                notes.release(tokens)  # in place: a lane's over-long note ends here instead
             yield limits.close(tokens.copy())  # PAD where a lane has finished; the window keeps what was drawn
             if limits.over():
                 return
         history = torch.cat([history, torch.from_numpy(written).to(device)], dim=1)
         history = history[:, -window:]  # no window reads further back
+
+
+def duration_limit(vocab_size: int, longest_seconds: float) -> torch.Tensor:
+    """(V,) additive: -inf on the notes codec's Durations longer than `longest_seconds` (never the shortest), as
+    its generator grammar (`notecodec.grammar`) caps them."""
+    too_long = notecodec.BIN_TICKS * TICK_SECONDS > longest_seconds + 1e-9
+    too_long[0] = False
+    mask = torch.zeros(vocab_size)
+    mask[notecodec.DURATION + np.flatnonzero(too_long)] = float("-inf")
+    return mask
 
 
 def _constrain(limit: torch.Tensor | None, forbidden: int | None):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core import notecodec, tokenizer
+from core.codecs import Codec, codec_of
 from core.constraints import Constraints
 from core.errors import ModelError
 from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, PAD, TICK_SECONDS, TIME_SHIFT, shift_ticks
@@ -115,14 +117,15 @@ def use_fast_step(model, exact: bool = False) -> None:
         model.use_step_weights("fp32" if exact else "int8")
 
 
-MAX_NOTE_SECONDS = 8.0  # longer-held notes are released (see `generate`)
+MAX_NOTE_SECONDS = 8.0  # longer-held notes are released, or no longer chosen (see `generate`)
 
 
 PRIMER_CHUNK = 1 << 16  # ids HeldNotes reads at once: its temporaries stay small however long the primer
 
 
 class HeldNotes:
-    """When each lane's sounding pitches started, to release those held too long (per lane, in seconds)."""
+    """The event codec's note rule: when each lane's sounding pitches started, to release those held too long
+    (per lane, in seconds). It never masks a draw; it replaces one (`follow`)."""
 
     def __init__(self, batch: int, limit: float | None, primer: Sequence[int] | np.ndarray):
         self.limit = limit
@@ -134,6 +137,10 @@ class HeldNotes:
             clock = _follow(primer[begin:begin + PRIMER_CHUNK].astype(np.int64), clock, started)
         self.clock[:] = clock
         self.started[:] = started
+
+    def mask(self, device: torch.device, dtype: torch.dtype) -> None:
+        """No mask: the event codec's notes are ended after the fact, by `follow`."""
+        return None
 
     def read(self, tokens: np.ndarray) -> None:
         """Follow one id per lane (B,)."""
@@ -158,6 +165,36 @@ class HeldNotes:
                 replaced = True
         self.read(tokens)
         return replaced
+
+    follow = release  # the note rule's name for it (`note_rule`)
+
+
+class ChosenDurations:
+    """The notes codec's note rule: each lane's next id must follow its last one (`notecodec.Grammar`): a Duration
+    after every Pitch and only there, none longer than `limit` seconds (the length of a note is chosen where it
+    starts, so nothing is released later), and EOS only where `eos` and never after a Pitch."""
+
+    def __init__(self, batch: int, limit: float | None, primer: Sequence[int] | np.ndarray, eos: bool):
+        last = int(primer[-1]) if len(primer) else BOS  # a primer ending with a Pitch gets its Duration first
+        self.grammar = notecodec.Grammar(batch, last, limit, eos=eos)
+
+    def mask(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(B, V) additive: 0 where the lane's next id may be, -inf elsewhere."""
+        return self.grammar.mask(device, dtype)
+
+    def follow(self, tokens: np.ndarray) -> bool:
+        """Follow one id per lane (B,); nothing is ever replaced (False)."""
+        self.grammar.read(tokens)
+        return False
+
+
+def note_rule(codec: Codec, batch: int, limit: float | None, primer: Sequence[int] | np.ndarray,
+              stop_at_eos: bool) -> HeldNotes | ChosenDurations:
+    """How `codec` keeps notes from hanging past `limit` seconds: the event codec releases them (`HeldNotes`), the
+    notes codec never chooses a longer duration (`ChosenDurations`)."""
+    if codec.NAME == notecodec.NAME:
+        return ChosenDurations(batch, limit, primer, stop_at_eos)
+    return HeldNotes(batch, limit, primer)
 
 
 def _follow(tokens: np.ndarray, clock: float, started: np.ndarray) -> float:
@@ -189,13 +226,15 @@ def seeded_generator(device: torch.device, seed: int | None) -> torch.Generator:
 
 class LaneLimits:
     """Which lanes have finished and whether the stream is over, shared by every engine (this one, core/denoising.py):
-    a lane ends at its EOS (when `stop_at_eos`) or its `max_seconds` of music (counted by the codec, the id that
-    reaches it is its last); the stream ends when every lane has, or after `max_tokens` ids (0: none)."""
+    a lane ends at its EOS (when `stop_at_eos`) or its `max_seconds` of music (counted in `codec`'s TimeShifts, the
+    id that reaches it is its last); the stream ends when every lane has, or after `max_tokens` ids (0: none)."""
 
-    def __init__(self, batch: int, max_tokens: int | None, max_seconds: float | None, stop_at_eos: bool):
+    def __init__(self, batch: int, max_tokens: int | None, max_seconds: float | None, stop_at_eos: bool,
+                 codec: Codec = tokenizer):
         if max_tokens is not None and max_tokens < 0:
             raise ModelError(f"max_tokens must be >= 0, got {max_tokens}")
         self.max_tokens, self.max_seconds, self.stop_at_eos = max_tokens, max_seconds, stop_at_eos
+        self.shift_ticks = codec.shift_ticks
         self.done = np.zeros(batch, dtype=bool)  # (B,)
         self.seconds = np.zeros(batch)  # (B,) music written
         self.produced = 0
@@ -210,7 +249,7 @@ class LaneLimits:
         if self.stop_at_eos:
             self.done |= tokens == EOS
         if self.max_seconds is not None:
-            self.seconds += shift_ticks(tokens) * TICK_SECONDS
+            self.seconds += self.shift_ticks(tokens) * TICK_SECONDS
             self.done |= self.seconds >= self.max_seconds - 1e-9
         self.produced += 1
         return tokens
@@ -234,15 +273,18 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     stop_at_eos the model may not end the piece: EOS is never drawn, so the piece runs to the other limits (what a
     composer asking for 30 s expects). PAD and BOS are never drawn.
 
-    A note held longer than `max_note_seconds` is released: its NoteOff is the lane's next id instead of a drawn
-    one (and the model reads it). A model with bounded memory forgets notes it started beyond its horizon and
-    would never end them; they would hang to the end of the piece. None: never. `seed` makes the stream
-    reproducible. The model is put in eval mode.
+    Notes never hang longer than `max_note_seconds` (None: no limit), by the model's codec (`note_rule`). The
+    event codec's: a note held that long is released, its NoteOff is the lane's next id instead of a drawn one (and
+    the model reads it); a model with bounded memory forgets notes it started beyond its horizon and would never
+    end them. The notes codec's: its grammar is added to the logits, so every Pitch gets a Duration, none longer
+    than the limit, and EOS never follows a Pitch. `seed` makes the stream reproducible. The model is put in eval
+    mode.
 
     `constraints` (core/constraints.py, resolved against the primer) add their mask to the logits before
     temperature and the filters, per lane; they read the primer but never change it.
     """
-    limits = LaneLimits(state.batch, max_tokens, max_seconds, stop_at_eos)
+    codec = codec_of(model)
+    limits = LaneLimits(state.batch, max_tokens, max_seconds, stop_at_eos, codec)
     sampling = sampling or SamplingConfig()
     batch = state.batch
     model.eval()
@@ -252,19 +294,26 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     # Grad mode is thread-local: set it around each call, never across a yield.
     with torch.no_grad():
         logits = model.prefill(primer.to(device)[None].expand(batch, -1), state)  # every lane, not copied
-    notes = HeldNotes(batch, max_note_seconds, primer.numpy())
+    notes = note_rule(codec, batch, max_note_seconds, primer.numpy(), stop_at_eos)
     never = [PAD, BOS] + ([] if stop_at_eos else [EOS])
     forbidden = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=device)
     forbidden[never] = float("-inf")  # (V,)
-    tracker = constraints.tracker(batch, primer.numpy(), logits.shape[-1]) if constraints is not None else None
+    tracker = (constraints.tracker(batch, primer.numpy(), logits.shape[-1], codec=codec)
+               if constraints is not None else None)
     del primer  # read: the steps never look back at it, and a long primer's ids are freed before they run
     while limits.more():
         allowed = logits + forbidden
+        rule = notes.mask(device, allowed.dtype)
+        if rule is not None:
+            allowed = allowed + rule
         if tracker is not None:
-            allowed = allowed + tracker.mask(device, allowed.dtype)
+            constrained = allowed + tracker.mask(device, allowed.dtype)
+            if rule is not None:  # the grammar first: a lane the constraints would leave no id keeps its rule's
+                constrained = torch.where(torch.isinf(constrained).all(-1, keepdim=True), allowed, constrained)
+            allowed = constrained
         ids = sample(allowed, sampling, generator)  # (B,)
         tokens = ids.cpu().numpy()
-        if notes.release(tokens):  # some lanes end a note instead
+        if notes.follow(tokens):  # some lanes end a note instead
             ids = torch.from_numpy(tokens).to(ids.device)
         if tracker is not None:
             tracker.read(tokens)

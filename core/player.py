@@ -31,14 +31,18 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from core import tokenizer
 from core.clock import STOP, ClockFollower, ClockMaster
 from core.grid import Grid
 from core.midi import Performance
-from core.tokenizer import Decoder, NoteEvent
+from core.tokenizer import NoteEvent
+
+if TYPE_CHECKING:  # core.codecs brings the notes codec and torch: `recital play` never needs them
+    from core.codecs import Codec
 
 DEFAULT_LOOKAHEAD = 1.0  # seconds of music buffered before playing (and after a stall)
 SPIN_SECONDS = 0.002  # the last stretch before a message is busy-waited: OS timers overshoot by ~0.1-1 ms
@@ -478,13 +482,17 @@ class LivePlayer:
                     pass
 
 
-def play_along(tokens: Iterable[int], player: LivePlayer, start_time: float = 0.0) -> Iterator[int]:
-    """Yield each token id unchanged while its note events go to `player` (the decoder lives here).
+def play_along(tokens: Iterable[int], player: LivePlayer, start_time: float = 0.0,
+               codec: Codec = tokenizer) -> Iterator[int]:
+    """Yield each token id unchanged while its note events go to `player` (the decoder, `codec`'s: the model's,
+    lives here).
 
     `start_time` is the music time of the first generated token (the primer's length for a continuation).
-    When the tokens run out, the player is told the stream is finished.
+    When the tokens run out, the player is told the stream is finished. The horizon is the decoder's clock; an
+    event may come later than it (the notes codec tells a note's end when it is struck): the player keeps it
+    until its own time.
     """
-    decoder = Decoder(start_time)
+    decoder = codec.Decoder(start_time)
     for token in tokens:
         player.feed(decoder.feed(token), horizon=decoder.time)
         yield token

@@ -3,8 +3,8 @@
 Every front end consumes this one object: `recital generate` / `continue` (and the live player behind them), the
 studio's worker and the sample recipe. It owns, once each, what they used to repeat: the budget (the model's
 default unless one is given, core/budget.py), the plan and the memory check, primer preparation (a MIDI file, a
-Performance or ids; `prepare_primer` runs once), the token cap, the release of held notes (core/generate.py) and the
-time arithmetic (the codec's: core/tokenizer.py). Lanes are always arrays (B,), one per variation, at any batch.
+Performance or ids; `prepare_primer` runs once), the token cap, the rule that keeps notes from hanging (core/generate.py)
+and the time arithmetic, all in the model's codec (core/codecs.py: `codec_of(model)`). Lanes are always arrays (B,), one per variation, at any batch.
 
     session = GenerationSession(model, primer="a.mid", seconds=30, variations=2, seed=1)
     for event in session:           # Token(step, ids (B,), notes per lane) ..., then Finished(reason, steps, ...)
@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core import notecodec, tokenizer
 from core.adapt import AdaptSettings, adapt
 from core.budget import check_state_fits, resolve_budget
+from core.codecs import Codec, codec_of
 from core.constraints import Constraints
 from core.denoising import denoise_stream
 from core.errors import ModelError
@@ -32,18 +34,7 @@ from core.generate import MAX_NOTE_SECONDS, SamplingConfig, generate, prepare_pr
 from core.grid import Grid
 from core.midi import MIN_RESTRIKE_SECONDS, Performance, canonical
 from core.models.interface import DENOISE, LEFT_TO_RIGHT
-from core.tokenizer import (
-    TICK_SECONDS,
-    VELOCITY,
-    VOCAB_SIZE,
-    Decoder,
-    NoteEvent,
-    bin_velocity,
-    decode_continuations,
-    encode,
-    shift_ticks,
-    silence_ids,
-)
+from core.tokenizer import TICK_SECONDS, NoteEvent
 
 TOKENS_PER_SECOND_LIMIT = 150  # token cap per second of music asked (dense piano is ~40): a runaway stops
 CHUNK = 1 << 16  # ids or notes looked at at once: a long primer's temporaries stay small
@@ -72,8 +63,9 @@ class Finished:
 Event = Token | Finished
 
 
-def read_primer(primer: Primer) -> np.ndarray:
-    """Token ids of a primer given as a MIDI file, a Performance or ids (None: nothing), not yet prepared."""
+def read_primer(primer: Primer, codec: Codec = tokenizer) -> np.ndarray:
+    """Token ids of a primer given as a MIDI file, a Performance (encoded by `codec`, the model's) or ids (None:
+    nothing), not yet prepared."""
     if primer is None:
         return np.zeros(0, dtype=np.int64)
     if isinstance(primer, str | Path):
@@ -81,7 +73,7 @@ def read_primer(primer: Primer) -> np.ndarray:
 
         primer = read_performance(primer)
     if isinstance(primer, Performance):
-        return encode(primer, eos=False)
+        return codec.encode(primer, eos=False)
     return np.asarray(primer, dtype=np.int64)
 
 
@@ -114,9 +106,10 @@ class _Counted:
         return filled
 
 
-def _seconds(ids: np.ndarray) -> float:
-    """`ids_seconds`, summed a chunk at a time (the same integer sum of ticks): no int64 copy of a long primer."""
-    ticks = sum(int(shift_ticks(ids[begin:begin + CHUNK]).sum()) for begin in range(0, len(ids), CHUNK))
+def _seconds(ids: np.ndarray, codec: Codec = tokenizer) -> float:
+    """`codec.ids_seconds`, summed a chunk at a time (the same integer sum of ticks): no int64 copy of a long
+    primer."""
+    ticks = sum(int(codec.shift_ticks(ids[begin:begin + CHUNK]).sum()) for begin in range(0, len(ids), CHUNK))
     return float(ticks) * TICK_SECONDS
 
 
@@ -129,7 +122,8 @@ class GenerationSession:
     grid: the pieces' tempo map and time signatures (a primer read from a file brings its own, which wins; else
     120 BPM 4/4); bars: instead of `seconds`, write up to the bars-th bar line after the primer (`bars_seconds`).
     max_tokens: new ids per lane at most (default: 150 per second asked, so a runaway stops).
-    max_note: seconds a note may be held before it is released (None or 0: never). allow_end: the model may end
+    max_note: seconds a note may sound (None or 0: no limit): the event codec releases a note held longer, the
+    notes codec never chooses a longer duration (core/generate.py `note_rule`). allow_end: the model may end
     the piece before `seconds`. constraints: limits on what is written (core/constraints.py); a key 'from the
     primer' is read from the primer here. adapt: adapt a copy of the model to a primer of at least
     `adapt.min_seconds` first (core/adapt.py; None: never; a denoiser refuses it), in `adapt_to_primer()` or
@@ -156,6 +150,7 @@ class GenerationSession:
         if bars is not None and (seconds is not None or bars < 1):
             raise ModelError("give the music's length in seconds or in bars (at least 1), not both")
         self.model = model
+        self.codec = codec_of(model)  # every id here is the model's codec's: the primer's, the lanes', the pieces'
         self.batch = variations
         self.sampling = sampling or SamplingConfig()
         self.seed = seed
@@ -167,16 +162,17 @@ class GenerationSession:
             primer = read_performance(primer)
         self.primer_notes = primer if isinstance(primer, Performance) else None  # as given, for exact_pieces
         self.grid = (self.primer_notes.grid if self.primer_notes is not None else None) or grid or Grid.constant()
-        self.primer = _held(prepare_primer(read_primer(primer), model.config.vocab_size).numpy())  # once, for
-        # every lane: uint16, 2 bytes an id (a 1.5M-id primer is 3 MB, not 12); int64 only while generating
-        if start is not None and start > _seconds(self.primer):
-            self.primer = _held(np.concatenate([self.primer, silence_ids(start - _seconds(self.primer))]))
-        self.start_time = _seconds(self.primer)  # where new music begins
+        self.primer = _held(prepare_primer(read_primer(primer, self.codec), model.config.vocab_size).numpy())  # once,
+        # for every lane: uint16, 2 bytes an id (a 1.5M-id primer is 3 MB, not 12); int64 only while generating
+        if start is not None and start > _seconds(self.primer, self.codec):
+            silence = self.codec.silence_ids(start - _seconds(self.primer, self.codec))
+            self.primer = _held(np.concatenate([self.primer, silence]))
+        self.start_time = _seconds(self.primer, self.codec)  # where new music begins
         self.seconds = seconds if bars is None else self.grid.bars_seconds(self.start_time, bars)
         self.max_tokens = max_tokens if max_tokens is not None else (
             None if self.seconds is None else int(self.seconds * TOKENS_PER_SECOND_LIMIT) + 64)
         if constraints is not None and constraints.from_primer:
-            constraints = constraints.resolve(decode_continuations(self.primer, [[]])[0])
+            constraints = constraints.resolve(self.codec.decode_continuations(self.primer, [[]])[0])
         self.constraints = constraints if constraints is not None and constraints.active else None
         self.budget = resolve_budget(model, budget, variations)
         self.plan = plan if plan is not None else model.plan(self.budget, variations)
@@ -196,12 +192,16 @@ class GenerationSession:
         self._stop = threading.Event()
         self._pieces: list[Performance] | None = None
 
-    def _decoder(self) -> Decoder:
-        """A decoder of one lane's new ids, starting where the primer ends, at the primer's last velocity."""
-        decoder = Decoder(self.start_time)
-        velocities = self.primer[(self.primer >= VELOCITY) & (self.primer < VOCAB_SIZE)]
-        if len(velocities):
-            decoder.velocity = bin_velocity(int(velocities[-1]) - VELOCITY)
+    def _decoder(self) -> tokenizer.Decoder | notecodec.Decoder:
+        """A decoder of one lane's new ids (the codec's), starting where the primer ends, at the primer's last
+        velocity; with the notes codec, a primer's last Pitch still waits there for its Duration."""
+        decoder = self.codec.Decoder(self.start_time)
+        velocity = self.codec.last_velocity(self.primer)
+        if velocity is not None:
+            decoder.velocity = velocity
+        if self.codec.NAME == notecodec.NAME and len(self.primer) and notecodec.PITCH <= int(self.primer[-1]) < \
+                notecodec.DURATION:
+            decoder.pending = int(self.primer[-1]) - notecodec.PITCH
         return decoder
 
     def limit_note(self) -> str:
@@ -302,7 +302,7 @@ class GenerationSession:
         """One Performance per variation: only the notes that start where the primer ends or later (the primer's
         notes are never collected here: a long primer costs no memory beyond its ids)."""
         parts = []
-        for piece in decode_continuations(self.primer, self.lanes, with_primer=False):
+        for piece in self.codec.decode_continuations(self.primer, self.lanes, with_primer=False):
             new = piece.onset >= self.start_time - 1e-9
             parts.append(replace(Performance.from_notes(piece.onset[new], piece.offset[new], piece.pitch[new],
                                                         piece.velocity[new]) if new.any() else Performance.empty(),
@@ -333,7 +333,7 @@ class GenerationSession:
     def _decoded(self) -> list[Performance]:
         if self._pieces is None:
             self._pieces = [replace(piece, grid=self.grid)
-                            for piece in decode_continuations(self.primer, [[], *self.lanes])]
+                            for piece in self.codec.decode_continuations(self.primer, [[], *self.lanes])]
         return self._pieces
 
 

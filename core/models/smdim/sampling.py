@@ -9,16 +9,28 @@ first passes commit few ids (the ones the model is surest of) and the last commi
 - "random": a random order (the schedule of absorbing diffusion's reverse process).
 Kept positions are never drawn and never change. PAD and BOS are never drawn: a filled position is music.
 `constrain(logits (B, T, V), ids (B, T)) -> logits` runs before each draw (composer constraints plug in there).
+
+With the note-level codec (core/notecodec.py) a note is a Pitch followed at once by its Duration, which a parallel
+draw does not know by itself. So each pass also follows the codec's order where a neighbour is known (`note_order`):
+a Duration only right after a known Pitch, a slot after a Pitch only a Duration, a slot before a known Duration only
+a Pitch, a slot before any other known id no Pitch (and so EOS never follows a Pitch); and a Pitch committed in a
+pass takes its Duration in the same pass (`pair_notes`: the slot after it, committed now or still masked, is drawn
+again among the Durations). Every Pitch of a filled window is then followed by its Duration, but one in its very
+last slot, whose Duration the next window (reading it as context) writes.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
+from core import notecodec
+from core.codecs import codec_of
 from core.errors import ModelError
 from core.generate import SamplingConfig, sample
+from core.notecodec import DURATION, PITCH, TIME_SHIFT
 from core.tokenizer import BOS, PAD
 
 ORDERS = ("confidence", "random")
@@ -39,6 +51,7 @@ def unmask(model, ids: torch.Tensor, keep: torch.Tensor, steps: int, sampling: S
         raise ModelError(f"unmasking steps must be at least 1, got {steps}")
     sampling = sampling or SamplingConfig()
     mask_id = model.mask_id
+    notes = codec_of(model).NAME == notecodec.NAME
     one_pass = getattr(model, "score", model)
     x = ids.masked_fill(~keep, mask_id)
     masked = ~keep
@@ -51,6 +64,9 @@ def unmask(model, ids: torch.Tensor, keep: torch.Tensor, steps: int, sampling: S
         logits[..., BOS] = float("-inf")
         if constrain is not None:
             logits = constrain(logits, x)
+        constrained = logits  # before the codec's order: what a Duration drawn again for a pair reads
+        if notes:
+            logits = logits.masked_fill(note_order(x, mask_id, logits.shape[-1]), float("-inf"))
         rows, cols = masked.nonzero(as_tuple=True)
         chosen = logits[rows, cols]  # (n, V)
         drawn = sample(chosen, sampling, generator)  # (n,)
@@ -70,5 +86,52 @@ def unmask(model, ids: torch.Tensor, keep: torch.Tensor, steps: int, sampling: S
         proposal = torch.full_like(x, mask_id)
         proposal[rows, cols] = drawn
         x = torch.where(chosen_now, proposal, x)
+        if notes:
+            x, chosen_now = pair_notes(x, chosen_now, masked, constrained, sampling, generator)
         masked = masked & ~chosen_now
     return x
+
+
+def note_order(x: torch.Tensor, mask_id: int, vocab_size: int) -> torch.Tensor:
+    """(B, T, V) bool, True where an id may not go because of a known neighbour (MASK: not known yet), by the
+    note-level codec: after a Pitch only a Duration; a Duration only after a Pitch; before a known Duration only
+    a Pitch; before any other known id no Pitch (it would have no Duration). A slot with nothing after it (the
+    window's end) is free on that side."""
+    before = torch.nn.functional.pad(x, (1, 0), value=BOS)[:, :-1]
+    after = torch.nn.functional.pad(x, (0, 1), value=mask_id)[:, 1:]
+    vocab = torch.arange(vocab_size, device=x.device)
+    is_pitch = (vocab >= PITCH) & (vocab < DURATION)  # (V,)
+    is_duration = (vocab >= DURATION) & (vocab < TIME_SHIFT)
+    after_pitch = ((before >= PITCH) & (before < DURATION))[..., None]  # (B, T, 1)
+    before_duration = ((after >= DURATION) & (after < TIME_SHIFT))[..., None]
+    before_other = ((after != mask_id)[..., None] & ~before_duration)
+    return ((after_pitch & ~is_duration) | (~after_pitch & is_duration)
+            | (~after_pitch & before_duration & ~is_pitch) | (before_other & is_pitch))
+
+
+def pair_notes(x: torch.Tensor, chosen_now: torch.Tensor, masked: torch.Tensor, logits: torch.Tensor,
+               sampling: SamplingConfig, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give every Pitch committed in this pass its Duration now: the slot after it, if it was masked before the
+    pass (committed now to something else, or still masked), becomes a Duration drawn from its `logits` (B, T, V)
+    among the Durations, and is committed. Left to right, so of two Pitches committed side by side the second
+    becomes the first's Duration. -> (x, chosen_now) updated."""
+    ids, was_masked, now = x.cpu().numpy(), masked.cpu().numpy(), chosen_now.cpu().numpy()
+    is_pitch = (ids >= PITCH) & (ids < DURATION)
+    lacking = np.zeros_like(was_masked)
+    lacking[:, 1:] = is_pitch[:, :-1] & now[:, :-1] & was_masked[:, 1:] & ~((ids[:, 1:] >= DURATION)
+                                                                           & (ids[:, 1:] < TIME_SHIFT))
+    fixed = []
+    for row, col in zip(*np.nonzero(lacking), strict=True):  # few, in order: a fix only ever removes the next one
+        if not fixed or fixed[-1] != (row, col - 1):
+            fixed.append((row, col))
+    if not fixed:
+        return x, chosen_now
+    rows = torch.tensor([r for r, _ in fixed], device=x.device)
+    cols = torch.tensor([c for _, c in fixed], device=x.device)
+    only = torch.full((logits.shape[-1],), float("-inf"), device=logits.device)
+    only[DURATION:TIME_SHIFT] = 0.0
+    x = x.clone()
+    x[rows, cols] = sample(logits[rows, cols] + only, sampling, generator)
+    chosen_now = chosen_now.clone()
+    chosen_now[rows, cols] = True
+    return x, chosen_now

@@ -350,3 +350,31 @@ def test_the_cli_repairs_a_truncated_cache_and_says_so(tmp_path, capsys):
     assert "cache repaired  1 damaged cache files rebuilt from the MIDI files" in capsys.readouterr().out
     assert main(["corpus", str(folder), "--workers", "1"]) == 0
     assert "cache repaired" not in capsys.readouterr().out
+
+
+def test_each_codec_has_its_own_cache_and_a_corpus_refuses_a_model_of_the_other(tmp_path, counting):
+    from core import notecodec
+    from core.errors import ModelError
+    from core.models.dsmr.model import DSMRConfig
+
+    folder = tmp_path / "music"
+    paths = make_folder(folder, 3)
+    events = Corpus.build(folder, workers=1)
+    notes = Corpus.build(folder, workers=1, codec="notes")
+    assert (events.codec, notes.codec) == ("performance", "notes")
+    assert corpus_module.codec_version("notes") != corpus_module.codec_version()
+    for i, path in enumerate(sorted(paths)):
+        assert np.array_equal(notes.piece(i), notecodec.encode(read_performance(path)))
+        assert np.array_equal(events.piece(i), encode(read_performance(path)))
+    assert len(counting) == 6  # each codec read the files once
+    assert Corpus.build(folder, workers=1, codec="notes").summary.encoded == 0
+    assert Corpus.build(folder, workers=1).summary.encoded == 0  # the notes scan left the event cache alone
+    assert Corpus.open(folder, "notes").codec == "notes" and Corpus.open(folder).codec == "performance"
+    notes.check_codec(DSMRConfig(codec="notes"))
+    with pytest.raises(ModelError, match="encoded with the 'notes' codec, the model reads 'performance'"):
+        notes.check_codec(DSMRConfig())
+    with pytest.raises(ModelError, match="unknown codec 'midi'"):
+        Corpus.build(folder, workers=1, codec="midi")
+    shutil.rmtree(corpus_module._folder_home(folder.resolve(), "notes"))
+    with pytest.raises(MidiError, match="not been scanned yet with the 'notes' codec"):
+        Corpus.open(folder, "notes")

@@ -204,7 +204,7 @@ def card_text(*, name: str, arch: str, base: str | None, data: dict, steps: int,
         f"- base model: {base or 'none (from scratch)'}",
         f"- data: {shown_name(data['folder'])}: {data['files']} files, {data['pieces']} pieces "
         f"({data['train_pieces']} train, {data['val_pieces']} held out), {data['tokens']:,} tokens, "
-        f"{data['hours']:.2f} hours of music",
+        f"{data['hours']:.2f} hours of music, encoded with the {data.get('codec', 'performance')!r} codec",
         f"- augmentation: {'transposition and tempo stretch' if augmenting else 'none'}",
         f"- steps: {steps:,} ({tokens:,} training tokens)",
         f"- wall time: {wall_seconds / 60:.1f} min",

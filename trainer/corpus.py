@@ -6,7 +6,7 @@ Three layers, each cheap to redo:
    saw, so an unchanged file is not even read again.
 2. Per content hash and codec, the token ids (`pieces/<codec>/<hh>/<hash>.npy`) and a small record (duration,
    note count, or why the file cannot be read). Shared by every folder; a codec change starts a fresh directory.
-3. Per folder, one flat uint16 array (`tokens-<id>.npy`, opened with `np.load(mmap_mode="r")`) and
+3. Per folder and codec, one flat uint16 array (`tokens-<id>.npy`, opened with `np.load(mmap_mode="r")`) and
    `index.json`: piece boundaries, source paths, durations, token counts, hashes, and the last scan's summary.
 
 Everything lives under `platformdirs.user_cache_dir("recital")/corpus`, or `$RECITAL_CACHE_DIR/corpus`.
@@ -16,6 +16,10 @@ Files that cannot be read are skipped and reported (with `MidiError`'s reason), 
 The cache repairs itself: a damaged entry (a truncated, empty or garbled token array, a record or index that
 does not match it) is dropped and rebuilt from the MIDI file when a scan meets it, and the scan's summary says
 so (`repaired`). `use_cache=False` reads nothing from the cache; it writes every entry afresh.
+
+A corpus is encoded with one codec (core.codecs: "performance", the default, or "notes"): the codec's name and
+source enter the cache's keys, so the two codecs' ids never mix, and a corpus refuses to feed a model of another
+codec (`check_codec`).
 """
 
 from __future__ import annotations
@@ -38,10 +42,10 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
-from core.errors import MidiError
+from core.codecs import DEFAULT, codec_named, codec_of
+from core.errors import MidiError, ModelError
 from core.midi import MAX_FILE_BYTES, atomic_write_bytes, find_midi_files, read_performance
 from core.threads import data_workers
-from core.tokenizer import encode
 
 CACHE_ENV = "RECITAL_CACHE_DIR"
 INDEX_VERSION = 1
@@ -58,21 +62,26 @@ def cache_root() -> Path:
     return base / "corpus"
 
 
-@lru_cache(maxsize=1)
-def codec_version() -> str:
+@lru_cache(maxsize=4)
+def codec_version(codec: str = DEFAULT) -> str:
     """Fingerprint of everything that decides a file's tokens: the reader, the codec and the MIDI parser.
 
-    Derived from the source itself, so no one has to remember to bump a number when the encoding changes.
+    Derived from the source itself, so no one has to remember to bump a number when the encoding changes. The
+    codec's name and module enter it for any codec but the event codec, whose fingerprint stays what it was before
+    there were two (its caches stay valid); the notes codec reads the event codec's grid, so both modules count.
     """
     import symusic
 
     import core.midi
     import core.tokenizer
 
+    module = codec_named(codec)
     digest = hashlib.sha256()
-    for module in (core.midi, core.tokenizer):
-        digest.update(Path(module.__file__).read_bytes())
+    for source in dict.fromkeys((core.midi, core.tokenizer, module)):
+        digest.update(Path(source.__file__).read_bytes())
     digest.update(symusic.__version__.encode())
+    if codec != DEFAULT:
+        digest.update(f"codec:{codec}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -161,6 +170,7 @@ class _Store:
     """Token arrays and records keyed by content hash, for one codec version."""
 
     root: Path
+    codec: str = DEFAULT  # the codec's name
 
     def _stem(self, digest: str) -> Path:
         return self.root / digest[:2] / digest
@@ -219,15 +229,16 @@ class _Damaged(Exception):
         self.digest, self.path = digest, path
 
 
-def _encode_file(path: str, digest: str, store_root: str) -> dict:
-    """Read, encode and cache one file (runs in a worker process). Returns its record."""
+def _encode_file(path: str, digest: str, store_root: str, codec: str = DEFAULT) -> dict:
+    """Read, encode (with the codec named `codec`) and cache one file (runs in a worker process). Returns its
+    record."""
     try:
         perf = read_performance(path)
     except MidiError as error:
         record = {"ok": False, "reason": error.reason}
         _Store(Path(store_root)).save(digest, record, None)
         return record
-    ids = encode(perf)
+    ids = codec_named(codec).encode(perf)
     record = {"ok": True, "seconds": perf.duration, "notes": len(perf), "tokens": int(ids.shape[0]),
               "token_hash": hashlib.sha256(ids.tobytes()).hexdigest(), "unended": perf.unended}
     _Store(Path(store_root)).save(digest, record, ids)
@@ -254,7 +265,8 @@ class Corpus:
     tokens: np.ndarray  # uint16 (total,), memory-mapped read-only
     index: tuple[Piece, ...]
     summary: ScanSummary
-    codec: str
+    codec: str  # the codec's name (core.codecs): "performance" or "notes"
+    version: str  # codec_version(codec) when it was scanned
     starts: np.ndarray = field(init=False, repr=False)  # int64 (pieces,)
     ends: np.ndarray = field(init=False, repr=False)  # int64 (pieces,)
 
@@ -292,6 +304,14 @@ class Corpus:
                 "hours": round(self.hours, 3), "files_skipped": len(self.summary.skipped),
                 "duplicates_dropped": len(self.summary.duplicates), "codec": self.codec}
 
+    def check_codec(self, model) -> None:
+        """ModelError unless `model` (or its config) reads this corpus's codec: ids of one codec mean other
+        things in the other."""
+        wanted = codec_of(model).NAME
+        if wanted != self.codec:
+            raise ModelError(f"{self.folder}: the corpus was encoded with the {self.codec!r} codec, the model "
+                             f"reads {wanted!r}: open it with codec={wanted!r}")
+
     def split(self, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
         """(train, validation) piece indices, chosen by a seeded hash of each piece's content.
 
@@ -312,16 +332,19 @@ class Corpus:
     # ---- opening and building --------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, folder: str | Path) -> Corpus:
-        """The corpus of `folder` as its last scan left it (no re-scan)."""
+    def open(cls, folder: str | Path, codec: str = DEFAULT) -> Corpus:
+        """The corpus of `folder` encoded with `codec` as its last scan left it (no re-scan)."""
         folder = Path(folder).resolve()
-        home = _folder_home(folder)
+        codec_named(codec)
+        home = _folder_home(folder, codec)
         again = "run `recital corpus` on it again (a scan rebuilds what is damaged)"
         index = _read_index(home)
         if index is None:
             if (home / "index.json").exists():
                 raise MidiError(folder, f"the corpus cache index is damaged or from another version; {again}")
-            raise MidiError(folder, "this folder has not been scanned yet; run `recital corpus` on it first")
+            raise MidiError(folder, "this folder has not been scanned yet"
+                                    + ("" if codec == DEFAULT else f" with the {codec!r} codec")
+                                    + "; run `recital corpus` on it first")
         try:
             pieces = tuple(Piece(**p) for p in index["pieces"])
             summary = ScanSummary.from_json(index["summary"])
@@ -330,12 +353,16 @@ class Corpus:
             raise MidiError(folder, f"the corpus cache is damaged ({str(error)[:200]}); {again}") from None
         if not _matches(pieces, tokens):
             raise MidiError(folder, f"the corpus cache is damaged (its index does not match its token array); {again}")
-        return cls(folder, tokens, pieces, summary, index["codec"])
+        if index.get("codec_name", DEFAULT) != codec:
+            raise MidiError(folder, f"the corpus cache holds the {index.get('codec_name')!r} codec's ids, not "
+                                    f"{codec!r}'s; {again}")
+        return cls(folder, tokens, pieces, summary, codec, index["codec"])
 
     @classmethod
     def build(cls, folder: str | Path, workers: int | None = None, use_cache: bool = True,
-              progress: Progress | None = None) -> Corpus:
-        """Scan `folder` recursively, encode what is new or changed (in `workers` processes), and assemble.
+              progress: Progress | None = None, codec: str = DEFAULT) -> Corpus:
+        """Scan `folder` recursively, encode what is new or changed (in `workers` processes) with `codec`, and
+        assemble. Each codec has its own cache: scanning with one never touches the other's.
 
         `use_cache=False` reads nothing from the cache: every file is read and encoded again and its entries
         rewritten. A damaged cache entry is dropped and rebuilt (the summary's `repaired` lists them).
@@ -347,9 +374,9 @@ class Corpus:
         files = find_midi_files(folder)
         if not files:
             raise MidiError(folder, "no MIDI files (.mid, .midi, .kar) in this folder")
-        home = _folder_home(folder)
-        codec = codec_version()
-        store = _Store(cache_root() / "pieces" / codec)
+        version = codec_version(codec)  # ModelError for an unknown codec, before anything is written
+        home = _folder_home(folder, codec)
+        store = _Store(cache_root() / "pieces" / version, codec)
         previous = _read_index(home) if use_cache else None
         seen = previous.get("files", {}) if previous else {}
         repaired: list[str] = []  # damaged cache files met on the way, dropped and rebuilt
@@ -433,11 +460,12 @@ class Corpus:
             seconds=float(sum(p.seconds for p in pieces)), encoded=encoded, hashed=hashed,
             elapsed=time.monotonic() - started, repaired=tuple(repaired),
             unended=sum(r["unended"] for _, _, r in kept if isinstance(r.get("unended"), int)))
-        index = {"version": INDEX_VERSION, "folder": str(folder), "codec": codec, "tokens_file": tokens_file,
+        index = {"version": INDEX_VERSION, "folder": str(folder), "codec": version, "codec_name": codec,
+                 "tokens_file": tokens_file,
                  "pieces": [asdict(p) for p in pieces], "files": stats, "summary": summary.to_json()}
         atomic_write_bytes(home / "index.json", json.dumps(index).encode(), what="corpus index")
         _remove_stale_arrays(home, keep=tokens_file)
-        return cls.open(folder)
+        return cls.open(folder, codec)
 
 
 def _encode_all(todo: dict[str, Path], store: _Store, workers: int | None):
@@ -452,8 +480,9 @@ def _encode_all(todo: dict[str, Path], store: _Store, workers: int | None):
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
     try:
-        pending: dict[Future, str] = {pool.submit(_encode_file, str(path), digest, str(store.root)): digest
-                                      for digest, path in todo.items()}
+        pending: dict[Future, str] = {
+            pool.submit(_encode_file, str(path), digest, str(store.root), store.codec): digest
+            for digest, path in todo.items()}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -471,7 +500,7 @@ def _encode_all(todo: dict[str, Path], store: _Store, workers: int | None):
 
 def _safe_encode(path: Path, digest: str, store: _Store) -> dict:
     try:
-        return _encode_file(str(path), digest, str(store.root))
+        return _encode_file(str(path), digest, str(store.root), store.codec)
     except MidiError:
         raise
     except Exception as error:
@@ -564,10 +593,12 @@ def _matches(pieces: tuple[Piece, ...], tokens: np.ndarray) -> bool:
     return end == tokens.shape[0]
 
 
-def _folder_home(folder: Path) -> Path:
-    """The cache directory of one folder: readable name plus a hash of its absolute path."""
+def _folder_home(folder: Path, codec: str = DEFAULT) -> Path:
+    """The cache directory of one folder and codec: readable name plus a hash of its absolute path (and the
+    codec's name, but for the event codec, whose directories predate the others)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", folder.name)[:40] or "root"
-    return cache_root() / "folders" / f"{slug}-{hashlib.sha256(str(folder).encode()).hexdigest()[:16]}"
+    suffix = "" if codec == DEFAULT else f"-{codec}"
+    return cache_root() / "folders" / f"{slug}-{hashlib.sha256(str(folder).encode()).hexdigest()[:16]}{suffix}"
 
 
 def _read_index(home: Path) -> dict | None:

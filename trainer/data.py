@@ -5,7 +5,7 @@ depends only on where the run is, not on how many processes share it or whether 
 
 - `PieceSource`: the training pieces in a seeded order, one epoch after another, forming one endless sequence
   S = perm_0 ++ perm_1 ++ ...; item n is augmented by its own draw (expressive performance first, when on,
-  then transposition and stretch). With per-piece weights (trainer.weights), epoch e holds piece j
+  then transposition and stretch), in the corpus's codec. With per-piece weights (trainer.weights), epoch e holds piece j
   floor(w_j) times plus once more with probability frac(w_j), drawn from (seed, e), so its length varies.
 - `LaneStream` (DSMR): global lane g of G reads S[g], S[g + G], S[g + 2G], ... back to back, from each piece's
   BOS to its EOS, `segment_len` tokens per batch. A piece that ends inside a segment is followed at once by the
@@ -88,11 +88,12 @@ class PieceSource:
         """Training piece j, performed and augmented by draw number `draw` (when those are on)."""
         ids = np.asarray(self.corpus.piece(self.indices[j]), dtype=np.int64)
         if self.expression is not None:
-            ids = express_ids(ids, np.random.default_rng([self.seed, _EXPRESS, draw]), self.expression)
+            ids = express_ids(ids, np.random.default_rng([self.seed, _EXPRESS, draw]), self.expression,
+                              self.corpus.codec)
         if not self.augmenting:
             return ids
         rng = np.random.default_rng([self.seed, _AUGMENT, draw])
-        return augment(ids, rng, self.semitones, self.max_stretch)
+        return augment(ids, rng, self.semitones, self.max_stretch, self.corpus.codec)
 
 
 class LaneStream:

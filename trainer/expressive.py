@@ -14,8 +14,9 @@ played on a keyboard has all three. Each training draw of a score piece can be "
   spread, so the velocities cover the whole range over many draws.
 
 It works on token ids in and out (`express_ids`): a vectorised decode (`notes_from_ids`, equal to
-`core.tokenizer.decode`), the note-level changes on numpy arrays, and `core.tokenizer.encode`. Every random
-number comes from the generator passed in, so a draw is reproducible from its seed.
+`core.tokenizer.decode`), the note-level changes on numpy arrays, and `core.tokenizer.encode`; ids of the note
+codec are read with `core.notecodec.decode` (vectorised too) and written with its `encode`. Every random number
+comes from the generator passed in, so a draw is reproducible from its seed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from core import notecodec
+from core.codecs import DEFAULT
 from core.midi import Performance, canonical, fold_sustain
 from core.tokenizer import (
     DEFAULT_VELOCITY_BIN,
@@ -235,13 +238,15 @@ def perform(perf: Performance, rng: np.random.Generator, expression: Expression 
     return canonical(onset, offset, pitch, velocity)
 
 
-def express_ids(ids: np.ndarray, rng: np.random.Generator, expression: Expression = Expression()) -> np.ndarray:
-    """A random performance of a tokenised piece (BOS ... EOS in, BOS ... EOS out, same dtype); with
-    probability 1 - `expression.probability` the piece is returned as it is."""
+def express_ids(ids: np.ndarray, rng: np.random.Generator, expression: Expression = Expression(),
+                codec: str = DEFAULT) -> np.ndarray:
+    """A random performance of a tokenised piece (BOS ... EOS in, BOS ... EOS out, same dtype) in the codec named
+    `codec`; with probability 1 - `expression.probability` the piece is returned as it is."""
     ids = np.asarray(ids)
     if rng.random() >= expression.probability:
         return ids
-    perf = notes_from_ids(ids)
+    notes = codec == notecodec.NAME
+    perf = notecodec.decode(ids) if notes else notes_from_ids(ids)
     if len(perf) == 0:
         return ids
-    return encode(perform(perf, rng, expression)).astype(ids.dtype)
+    return (notecodec.encode if notes else encode)(perform(perf, rng, expression)).astype(ids.dtype)

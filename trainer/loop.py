@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from core.budget import parse_budget
+from core.codecs import codec_of
 from core.errors import MidiError, ModelError, RecitalError
 from core.modeldir import _looks_like_path, build_model, read_config, resolve, user_models_dir
 from core.models import registry
@@ -273,7 +274,8 @@ class _Run:
             c = saved
         return c.with_checkpoint_defaults(), note
 
-    def _corpus(self) -> Corpus:
+    def _corpus(self, codec: str) -> Corpus:
+        """The training folder encoded with the trained model's codec (scanned by rank 0, opened by the rest)."""
         c, world = self.config, self.world
         corpus = None
         if world.main:
@@ -282,14 +284,14 @@ class _Run:
             def scanned(done: int, total: int) -> None:
                 self.emit(Progress("message", "scan", fraction=done / max(total, 1),
                                    message=f"read {done} of {total} files"))
-            corpus = Corpus.build(c.folder, workers=c.workers, progress=scanned)
+            corpus = Corpus.build(c.folder, workers=c.workers, progress=scanned, codec=codec)
             if corpus.summary.repaired:
                 self.emit(Progress("message", "prepare", message=(
                     f"the corpus cache had {len(corpus.summary.repaired)} damaged files: rebuilt from the MIDI "
                     "files")))
         world.barrier()
         if corpus is None:
-            corpus = Corpus.open(c.folder)
+            corpus = Corpus.open(c.folder, codec)
         if len(corpus) == 0:
             raise MidiError(corpus.folder, f"none of the {corpus.summary.files} MIDI files could be read")
         return corpus
@@ -403,11 +405,12 @@ class _Run:
             if message:
                 self.emit(Progress("message", "prepare", message=message))
         self.training = registry.get(model.arch).training(model)
-        corpus = self.corpus = self._corpus()
+        corpus = self.corpus = self._corpus(codec_of(model).NAME)
+        corpus.check_codec(model)
         train, self.val = self._split(corpus, self.training.shortest_piece())
         self.data = {"folder": str(corpus.folder), "files": corpus.summary.files, "pieces": len(corpus),
                      "train_pieces": len(train), "val_pieces": len(self.val), "tokens": corpus.total_tokens,
-                     "hours": corpus.hours}
+                     "hours": corpus.hours, "codec": corpus.codec}
         self.emit(Progress("phase", "prepare", message=(
             f"{model.arch}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {len(train)} "
             f"training and {len(self.val)} held-out pieces, {corpus.total_tokens:,} tokens, {corpus.hours:.2f} h")))

@@ -12,9 +12,17 @@ what those kept notes say happens inside it (their events and the TimeShifts bet
 most SLICE_TICKS) with a group of MASK slots before each slice's TimeShift, as many as its share of the region's
 time. The slots are counted from `density` x seconds, or from the region's own tokens x MARGIN, bounded.
 
+The codec is the model's (core.codecs.codec_of). With the event codec ("performance") a kept note crossing into
+the region has its NoteOff inside the skeleton; with the note-level codec ("notes") a kept note is whole at its
+onset (Velocity, Pitch, Duration), so the skeleton holds only the kept voice's notes and the TimeShifts, and a new
+note is a masked Pitch followed at once by a Duration (a Pitch without one is dropped, as notecodec.decode does;
+the unmasking follows the codec's order, core.models.smdim.sampling). A group of masks holds whole notes
+(GROUP_UNIT slots at a time).
+
 The model's fill keeps its own clock; it is mapped back onto the real one by a piecewise-linear warp through the
-kept events of the region (the region's start and end, each kept NoteOn/NoteOff/Velocity), so a new note always
-starts inside [start, end) and a kept voice stays in time with what is written around it.
+kept events of the region (the region's start and end, each kept id that is not a TimeShift), so a new note
+always starts inside [start, end) and a kept voice stays in time with what is written around it (a new note's
+end, its NoteOff or its onset + Duration on the fill's clock, is mapped the same way).
 
 The result is assembled at the note level so the rules hold exactly: every kept note is the input's own values;
 a new note starts inside the region, ends by the region's end and before the next kept strike of its pitch, never
@@ -38,31 +46,26 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from core import notecodec, tokenizer
 from core.budget import check_state_fits, resolve_budget
+from core.codecs import Codec, codec_of
 from core.constraints import DENSITY_RANGE, Constraints, note_name
 from core.errors import RecitalError
 from core.generate import SamplingConfig
 from core.midi import Performance, canonical
 from core.models.interface import DENOISE
-from core.tokenizer import (
-    DEFAULT_VELOCITY_BIN,
-    EOS,
-    NOTE_OFF,
-    NOTE_ON,
-    TICK_SECONDS,
-    TIME_SHIFT,
-    VELOCITY,
-    VOCAB_SIZE,
-    bin_velocity,
-    encode,
-    shift_ticks,
-)
+from core.tokenizer import DEFAULT_VELOCITY_BIN, EOS, NOTE_OFF, NOTE_ON, TICK_SECONDS, bin_velocity
 
 MARGIN = 1.25  # slots per token of the region's own music: room for a little more than was there
 MIN_SLOTS = 8  # a short region still gets a figure
 MAX_SLOTS_PER_SECOND = 120  # the most slots a second of region gets (MAESTRO's dense passages use ~60 ids/s)
 TOKENS_PER_NOTE = 3  # a note takes its NoteOn, its NoteOff and about one TimeShift or Velocity
 SLICE_TICKS = 25  # the region's time is cut into TimeShifts of at most 250 ms, a group of masks before each
+# The slots a group of masks holds come in multiples of this (the rest in the last group): a new note of the
+# note-level codec takes [Velocity] Pitch Duration, which a group of one or two slots between kept TimeShifts
+# could not hold (every slot would be a lone Pitch or a Velocity). The event codec's NoteOn and NoteOff are one
+# id each: any group size writes something.
+GROUP_UNIT = {tokenizer.NAME: 1, notecodec.NAME: 3}
 
 
 class InfillError(RecitalError):
@@ -79,6 +82,7 @@ class Layout:
     after: int  # index of the right context's first id (the region is ids[first:after])
     start_tick: int  # the region's start and end on the codec's grid
     end_tick: int
+    codec: Codec = tokenizer  # what the ids are (the model's codec)
 
 
 def infill(model, piece: Performance, start: float, end: float, *, keep_above: int | None = None,
@@ -114,9 +118,10 @@ def infill(model, piece: Performance, start: float, end: float, *, keep_above: i
         raise InfillError(f"density must be {DENSITY_RANGE[0]:g} to {DENSITY_RANGE[1]:g} notes per second, "
                           f"got {density:g}")
     seconds = end - start
-    slots = slot_count(piece, start, end, replaced, density)
+    codec = codec_of(model)
+    slots = slot_count(piece, start, end, replaced, density, codec)
     kept = _select(piece, ~replaced)
-    layout = lay_out(kept, start, end, slots, model.mask_id)
+    layout = lay_out(kept, start, end, slots, model.mask_id, codec)
 
     total = resolve_budget(model, budget, variations)
     plan = model.plan(total, variations)
@@ -129,7 +134,7 @@ def infill(model, piece: Performance, start: float, end: float, *, keep_above: i
         generator.seed()
     model.eval()
     filled = fill(model, layout, state, steps, sampling, generator,
-                  token_constrain(allowed, model.config.vocab_size), reach(layout, context))
+                  token_constrain(allowed, model.config.vocab_size, codec), reach(layout, context))
     cap = None if density is None else max(1, math.ceil(density * seconds))
     pieces = []
     for lane in range(variations):
@@ -190,32 +195,39 @@ def new_note_constraints(piece: Performance, replaced: np.ndarray, constraints: 
     return replace(allowed, low=low, high=high)
 
 
-def slot_count(piece: Performance, start: float, end: float, replaced: np.ndarray, density: float | None) -> int:
-    """MASK slots of the region: TOKENS_PER_NOTE per note `density` allows, else the replaced notes' own ids x
-    MARGIN; at least MIN_SLOTS, at most MAX_SLOTS_PER_SECOND per second."""
+def slot_count(piece: Performance, start: float, end: float, replaced: np.ndarray, density: float | None,
+               codec: Codec = tokenizer) -> int:
+    """MASK slots of the region: TOKENS_PER_NOTE per note `density` allows, else the replaced notes' own ids in
+    `codec` x MARGIN; at least MIN_SLOTS, at most MAX_SLOTS_PER_SECOND per second."""
     seconds = end - start
     if density is not None:
         wanted = density * seconds * TOKENS_PER_NOTE
     else:
-        own = encode(_select(piece, replaced), bos=False, eos=False)
-        wanted = int(np.sum(shift_ticks(own) == 0)) * MARGIN  # its notes' ids; the skeleton brings the time
+        own = codec.encode(_select(piece, replaced), bos=False, eos=False)
+        wanted = int(np.sum(codec.shift_ticks(own) == 0)) * MARGIN  # its notes' ids; the skeleton brings the time
     return int(min(max(math.ceil(wanted), MIN_SLOTS), math.ceil(MAX_SLOTS_PER_SECOND * seconds)))
 
 
 # -- token layout -----------------------------------------------------------------------------------------------
 
-def lay_out(kept: Performance, start: float, end: float, slots: int, mask_id: int) -> Layout:
-    """The kept notes' ids with the region's skeleton and `slots` MASKs spread over its time (see the module)."""
-    ids = encode(kept).astype(np.int64)
+def lay_out(kept: Performance, start: float, end: float, slots: int, mask_id: int,
+            codec: Codec = tokenizer) -> Layout:
+    """The kept notes' ids in `codec` with the region's skeleton and `slots` MASKs spread over its time (see the
+    module)."""
+    ids = codec.encode(kept).astype(np.int64)
     start_tick, end_tick = _tick(start), _tick(end)
-    ids, first = _cut(ids, start_tick)
-    ids, after = _cut(ids, end_tick)
+    ids, first = _cut(ids, start_tick, codec)
+    ids, after = _cut(ids, end_tick, codec)
     region = ids[first:after]
     # slices: every TimeShift of the region cut to at most SLICE_TICKS, a group of masks before each
     pieces: list[np.ndarray] = []
-    ticks = shift_ticks(region)
+    ticks = codec.shift_ticks(region)
     slice_ticks = [t for tick in ticks[ticks > 0].tolist() for t in _split(tick)]
-    bounds = np.floor(slots * np.cumsum(slice_ticks) / max(sum(slice_ticks), 1) + 0.5).astype(np.int64)
+    unit = GROUP_UNIT.get(codec.NAME, 1)  # groups hold whole multiples of it, the last group the rest
+    bounds = unit * np.floor(slots / unit * np.cumsum(slice_ticks) / max(sum(slice_ticks), 1) + 0.5)
+    bounds = np.minimum(bounds.astype(np.int64), slots)
+    if len(bounds):
+        bounds[-1] = slots
     groups = np.diff(bounds, prepend=0).tolist()
     slice_index = 0
     for token, tick in zip(region.tolist(), ticks.tolist(), strict=True):
@@ -224,11 +236,11 @@ def lay_out(kept: Performance, start: float, end: float, slots: int, mask_id: in
             continue
         for part in _split(tick):
             pieces.append(np.full(groups[slice_index], mask_id))
-            pieces.append(np.array([TIME_SHIFT + part - 1]))
+            pieces.append(np.array([codec.TIME_SHIFT + part - 1]))
             slice_index += 1
     body = np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, dtype=np.int64)
     out = np.concatenate([ids[:first], body, ids[after:]])
-    return Layout(out, out == mask_id, first, first + len(body), start_tick, end_tick)
+    return Layout(out, out == mask_id, first, first + len(body), start_tick, end_tick, codec)
 
 
 def _tick(seconds: float) -> int:
@@ -241,21 +253,22 @@ def _split(ticks: int) -> list[int]:
     return [ticks // count + (1 if i < ticks % count else 0) for i in range(count)]
 
 
-def _cut(ids: np.ndarray, tick: int) -> tuple[np.ndarray, int]:
+def _cut(ids: np.ndarray, tick: int, codec: Codec = tokenizer) -> tuple[np.ndarray, int]:
     """(ids, index): a TimeShift across `tick` split there, and the index of the first id at `tick` or later
     (the events at `tick` come after it; BOS before it; silence added before EOS when the music ends earlier)."""
-    shift = shift_ticks(ids)
+    shift = codec.shift_ticks(ids)
+    time_shift, longest = codec.TIME_SHIFT, codec.MAX_SHIFT_TICKS
     after = np.cumsum(shift)
     before = after - shift
     across = np.flatnonzero((before < tick) & (after > tick))
     if len(across):
         j = int(across[0])
-        parts = [TIME_SHIFT + tick - int(before[j]) - 1, TIME_SHIFT + int(after[j]) - tick - 1]
+        parts = [time_shift + tick - int(before[j]) - 1, time_shift + int(after[j]) - tick - 1]
         return np.concatenate([ids[:j], parts, ids[j + 1:]]), j + 1
     total = int(after[-1]) if len(after) else 0
     if tick > total:  # the region reaches past the last event: silence up to it, before EOS
-        pad = [t for full in [tick - total] for t in [TIME_SHIFT + 99] * (full // 100)
-               + ([TIME_SHIFT + full % 100 - 1] if full % 100 else [])]
+        pad = [t for full in [tick - total] for t in [time_shift + longest - 1] * (full // longest)
+               + ([time_shift + full % longest - 1] if full % longest else [])]
         end = len(ids) - 1 if len(ids) and ids[-1] == EOS else len(ids)
         return np.concatenate([ids[:end], pad, ids[end:]]), end + len(pad)
     return ids, max(1, int(np.argmax(before >= tick)))
@@ -266,9 +279,11 @@ def _cut(ids: np.ndarray, tick: int) -> tuple[np.ndarray, int]:
 Constrain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def token_constrain(allowed: Constraints, vocab_size: int) -> Constrain:
-    """The hook a denoiser calls before each draw: the constraints' token mask, and no EOS inside a piece."""
-    mask = allowed.token_mask(vocab_size)
+def token_constrain(allowed: Constraints, vocab_size: int, codec: Codec = tokenizer) -> Constrain:
+    """The hook a denoiser calls before each draw: the constraints' token mask in `codec`, and no EOS inside a
+    piece (the note-level codec's order, a Duration right after each Pitch, is the unmasking's own:
+    core.models.smdim.sampling.note_order)."""
+    mask = allowed.token_mask(vocab_size, codec=codec)
     mask[EOS] = float("-inf")
 
     def constrain(logits: torch.Tensor, _ids: torch.Tensor) -> torch.Tensor:
@@ -282,7 +297,7 @@ def reach(layout: Layout, context: float | None) -> tuple[int, int]:
     region's start or after its end (the region always; every id when context is None)."""
     if context is None:
         return 0, len(layout.ids)
-    shift = shift_ticks(layout.ids)  # MASK moves no clock: the skeleton keeps the region's real time
+    shift = layout.codec.shift_ticks(layout.ids)  # MASK moves no clock: the skeleton keeps the region's real time
     before = np.cumsum(shift) - shift  # the clock before each id, non-decreasing
     ticks = min(_tick(context), int(shift.sum()))  # beyond the whole piece is the whole piece
     lo = int(np.searchsorted(before, layout.start_tick - ticks, side="left"))
@@ -341,42 +356,68 @@ def fill(model, layout: Layout, state, steps: int | None, sampling: SamplingConf
 def new_notes(ids: np.ndarray, layout: Layout, kept: Performance, start: float, end: float,
               pitches: np.ndarray, cap: int | None) -> Performance:
     """The notes one lane's fill starts in the region, on the real clock, clipped so every rule holds."""
-    first, after = layout.first, layout.after
-    own = np.cumsum(shift_ticks(ids))
+    first, after, codec = layout.first, layout.after, layout.codec
+    own = np.cumsum(codec.shift_ticks(ids))
     own_before = np.concatenate([[0], own[:-1]])  # the fill's clock before each id
-    skeleton = shift_ticks(np.where(layout.masked, 0, layout.ids))
+    skeleton = codec.shift_ticks(np.where(layout.masked, 0, layout.ids))
     real_before = np.cumsum(skeleton) - skeleton  # the real clock before each kept id
     anchors = [first] + [p for p in range(first, after) if not layout.masked[p] and skeleton[p] == 0]
     clock_x = np.array([own_before[p] for p in anchors] + [own_before[after]], dtype=np.float64)
     clock_y = np.array([real_before[p] for p in anchors] + [layout.end_tick], dtype=np.float64)
     clock_y[0] = layout.start_tick
 
-    velocity = bin_velocity(DEFAULT_VELOCITY_BIN)
-    earlier = ids[:first][(ids[:first] >= VELOCITY) & (ids[:first] < VOCAB_SIZE)]
-    if len(earlier):
-        velocity = bin_velocity(int(earlier[-1]) - VELOCITY)
-    sounding: dict[int, tuple[int, int]] = {}
-    notes: list[tuple[int, int, int, int]] = []  # (onset, offset) on the fill's clock, pitch, velocity
-    for position in range(first, after):
-        token, now = int(ids[position]), int(own_before[position])
-        if VELOCITY <= token < VOCAB_SIZE:
-            velocity = bin_velocity(token - VELOCITY)
-        elif not layout.masked[position]:
-            continue  # a kept note's event: the kept note is the input's own
-        elif NOTE_ON <= token < NOTE_OFF or NOTE_OFF <= token < TIME_SHIFT:
-            pitch = (token - NOTE_ON) % 128
-            if pitch in sounding:
-                onset, vel = sounding.pop(pitch)
-                notes.append((onset, now, pitch, vel))
-            if token < NOTE_OFF:
-                sounding[pitch] = (now, velocity)
-    notes += [(onset, int(own_before[after]), pitch, vel) for pitch, (onset, vel) in sounding.items()]
+    played = codec.last_velocity(ids[:first])
+    velocity = bin_velocity(DEFAULT_VELOCITY_BIN) if played is None else played
+    read = _notes_written if codec is notecodec else _events_written
+    notes = read(ids, layout, own_before, velocity)  # (onset, offset) on the fill's clock, pitch, velocity
     if not notes:
         return Performance.empty()
     onset_own, offset_own, pitch, vel = (np.array(column) for column in zip(*notes, strict=True))
     onset = np.interp(onset_own, clock_x, clock_y) * TICK_SECONDS
     offset = np.interp(offset_own, clock_x, clock_y) * TICK_SECONDS
     return clip_new(onset, offset, pitch, vel, kept, start, end, pitches, cap)
+
+
+def _events_written(ids: np.ndarray, layout: Layout, own_before: np.ndarray,
+                    velocity: int) -> list[tuple[int, int, int, int]]:
+    """The event codec's new notes in the region: a masked NoteOn starts one, a masked NoteOn or NoteOff of its
+    pitch ends it, the region's end ends what still sounds; Velocity ids (kept or new) set the velocity."""
+    sounding: dict[int, tuple[int, int]] = {}
+    notes: list[tuple[int, int, int, int]] = []
+    for position in range(layout.first, layout.after):
+        token, now = int(ids[position]), int(own_before[position])
+        if tokenizer.VELOCITY <= token < tokenizer.VOCAB_SIZE:
+            velocity = bin_velocity(token - tokenizer.VELOCITY)
+        elif not layout.masked[position]:
+            continue  # a kept note's event: the kept note is the input's own
+        elif NOTE_ON <= token < NOTE_OFF or NOTE_OFF <= token < tokenizer.TIME_SHIFT:
+            pitch = (token - NOTE_ON) % 128
+            if pitch in sounding:
+                onset, vel = sounding.pop(pitch)
+                notes.append((onset, now, pitch, vel))
+            if token < NOTE_OFF:
+                sounding[pitch] = (now, velocity)
+    end = int(own_before[layout.after])
+    return notes + [(onset, end, pitch, vel) for pitch, (onset, vel) in sounding.items()]
+
+
+def _notes_written(ids: np.ndarray, layout: Layout, own_before: np.ndarray,
+                   velocity: int) -> list[tuple[int, int, int, int]]:
+    """The note-level codec's new notes in the region: a masked Pitch followed at once by a Duration is a note
+    from its onset for the Duration's ticks, on the fill's clock (a Pitch without its Duration is dropped, as
+    notecodec.decode does); Velocity ids (kept or new) set the velocity."""
+    notes: list[tuple[int, int, int, int]] = []
+    for position in range(layout.first, layout.after):
+        token = int(ids[position])
+        if notecodec.VELOCITY <= token < notecodec.VOCAB_SIZE:
+            velocity = bin_velocity(token - notecodec.VELOCITY)
+        elif layout.masked[position] and notecodec.PITCH <= token < notecodec.DURATION:
+            following = int(ids[position + 1])  # the right context (or EOS) follows the region: never out of range
+            if notecodec.DURATION <= following < notecodec.TIME_SHIFT:
+                onset = int(own_before[position])
+                length = int(notecodec.BIN_TICKS[following - notecodec.DURATION])
+                notes.append((onset, onset + length, token - notecodec.PITCH, velocity))
+    return notes
 
 
 def clip_new(onset: np.ndarray, offset: np.ndarray, pitch: np.ndarray, velocity: np.ndarray, kept: Performance,

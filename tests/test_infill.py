@@ -1,7 +1,8 @@
 """Infilling (core/infill.py, `recital infill`): nothing outside the region changes, new notes start inside it,
 crossing notes stay, a kept voice stays and the new notes keep out of its range, density bounds the count, a long
 region is filled window by window, `context` bounds what the model reads each side, bad regions are one line,
-`recital infill` runs the fast int8 passes unless --exact; on a tiny random SMDIM."""
+`recital infill` runs the fast int8 passes unless --exact; on a tiny random SMDIM of each codec ("performance" and
+"notes": the same rules hold for both)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import pytest
 import torch
 
 from core.cli import main
+from core.codecs import CODECS, codec_of
 from core.constraints import Constraints
 from core.generate import SamplingConfig
 from core.infill import InfillError, _select, infill, lay_out, reach, windows
 from core.midi import Performance, read_performance, write_performance
 from core.modeldir import save_model
 from core.models.smdim import SMDIM, SMDIMConfig
-from core.tokenizer import TICK_SECONDS, shift_ticks
+from core.tokenizer import TICK_SECONDS
 from tests.conftest import PIANO_PIECE, tiny_model_dir  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,9 +32,14 @@ def tiny(**fields) -> SMDIM:
     return SMDIM(SMDIMConfig(**{**TINY, **fields})).eval()
 
 
+@pytest.fixture(scope="module", params=list(CODECS))
+def codec(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def model() -> SMDIM:
-    return tiny()
+def model(codec) -> SMDIM:
+    return tiny(codec=codec)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +112,7 @@ def test_density_bounds_the_number_of_new_notes(model, piece):
 
 def test_a_region_longer_than_the_window_is_filled_window_by_window_with_overlap(model, piece):
     start, end = 1.0, 11.0
-    layout = lay_out(piece.slice_time(0, 0), start, end, 200, model.mask_id)  # (the layout alone)
+    layout = lay_out(piece.slice_time(0, 0), start, end, 200, model.mask_id, codec_of(model))  # (the layout alone)
     passes = windows(layout, 64)
     assert len(passes) > 3
     for (lo, hi, begin, stop), (next_lo, _, next_begin, _) in zip(passes, passes[1:], strict=False):
@@ -123,8 +130,9 @@ def test_the_same_seed_writes_the_same_notes(model, piece):
     assert notes(first) == notes(again)
 
 
-def test_the_stepwise_scan_writes_the_notes_the_old_loop_wrote_and_reduced_weights_still_keep_the_rules(piece):
-    model = tiny()  # its own: the scan and weights are switched here
+def test_the_stepwise_scan_writes_the_notes_the_old_loop_wrote_and_reduced_weights_still_keep_the_rules(piece,
+                                                                                                         codec):
+    model = tiny(codec=codec)  # its own: the scan and weights are switched here
     start, end = 3.0, 6.0
     now = infill(model, piece, start, end, variations=2, seed=11)
     model.use_scan("loop")  # the CPU's scan before the stepwise form: same numbers to rounding, same draws
@@ -137,8 +145,8 @@ def test_the_stepwise_scan_writes_the_notes_the_old_loop_wrote_and_reduced_weigh
         assert region(result, start, end).any()
 
 
-def test_context_bounds_the_music_the_model_reads_each_side(piece, monkeypatch):
-    model = tiny(window=256)  # the whole 12 s layout fits one window: without context it reads all of it
+def test_context_bounds_the_music_the_model_reads_each_side(piece, codec, monkeypatch):
+    model = tiny(window=256, codec=codec)  # the whole 12 s layout fits one window: without context it reads all
     start, end = 5.0, 7.0
     seen: list[torch.Tensor] = []
     denoise = model.denoise
@@ -156,7 +164,7 @@ def test_context_bounds_the_music_the_model_reads_each_side(piece, monkeypatch):
         assert len(seen) == 1
         view = seen[0].numpy()
         assert int((view == model.mask_id).sum()) > 0  # the region's masks are all in the window
-        spans[context] = (len(view), float(shift_ticks(view).sum()) * TICK_SECONDS)
+        spans[context] = (len(view), float(codec_of(model).shift_ticks(view).sum()) * TICK_SECONDS)
     assert spans[None][1] >= piece.duration - 1.0  # today's default: as much as the window holds
     for context in (2.0, 0.5, 0.0):
         length, seconds = spans[context]
@@ -170,10 +178,10 @@ def test_a_context_past_the_piece_writes_what_the_default_writes(model, piece):
     assert [notes(r) for r in default] == [notes(r) for r in whole]
 
 
-def test_a_long_region_with_context_is_filled_window_by_window_inside_the_bounds(piece):
+def test_a_long_region_with_context_is_filled_window_by_window_inside_the_bounds(piece, codec):
     start, end = 3.0, 9.0
     replaced = region(piece, start, end)
-    layout = lay_out(_select(piece, ~replaced), start, end, 120, 999)
+    layout = lay_out(_select(piece, ~replaced), start, end, 120, 999, CODECS[codec])
     bounds = reach(layout, 1.0)
     assert 0 < bounds[0] <= layout.first and layout.after <= bounds[1] < len(layout.ids)
     passes = windows(layout, 64, bounds)
@@ -181,7 +189,7 @@ def test_a_long_region_with_context_is_filled_window_by_window_inside_the_bounds
     assert all(bounds[0] <= lo < hi <= bounds[1] and hi - lo <= 64 for lo, hi, _, _ in passes)
     assert passes[0][2] == layout.first and passes[-1][3] == int(np.flatnonzero(layout.masked)[-1]) + 1
     assert windows(layout, 64, reach(layout, None)) == windows(layout, 64)
-    result = infill(tiny(), piece, start, end, context=1.0, seed=2)[0]
+    result = infill(tiny(codec=codec), piece, start, end, context=1.0, seed=2)[0]
     assert notes(result, ~region(result, start, end)) == notes(piece, ~replaced)
 
 
@@ -228,8 +236,8 @@ def test_a_left_to_right_model_is_refused_naming_smdim(piece, tiny_model_dir):  
 # ---- the command -------------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def smdim_dir(tmp_path):
-    return save_model(tiny(), tmp_path / "smdim", "# Tiny SMDIM\n\nRandom weights, for tests only.\n")
+def smdim_dir(tmp_path, codec):
+    return save_model(tiny(codec=codec), tmp_path / "smdim", "# Tiny SMDIM\n\nRandom weights, for tests only.\n")
 
 
 @pytest.mark.usefixtures("isolated_dirs")

@@ -7,6 +7,13 @@ cross-entropy of the masked ids weighted 1/t: the continuous-time ELBO of absorb
 schedule alpha_t = 1 - t (MDLM, Sahoo et al. 2024; SEDD). Summed, it is in expectation the negative log-likelihood
 bound of the whole window, so the trainer's division by the window's ids makes it nats per token, comparable with
 the left-to-right models' (an upper bound). Held-out pieces are scored at fixed rates and masks (reproducible).
+
+The ids are the model's codec's (core.codecs.codec_of: the trainer serves the pieces encoded with it); PAD is the
+same id in both codecs, and the seconds of music that bits per second divide by are the piece's in the model's
+codec (core.metrics.ids_music_seconds: the clock, or the last note's end where the notes codec's clock stops at
+the last onset), as `recital eval` counts them. A window is cut anywhere in a piece with either codec (with the note-level one it may begin on a
+Duration whose Pitch is just before it): the windows a denoising pass reads (core/infill.py, core/denoising.py)
+begin anywhere too, so training sees what filling sees.
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.codecs import codec_of
 from core.models.interface import PieceData
 from core.models.smdim.model import SMDIM
-from core.tokenizer import PAD, ids_seconds
+from core.tokenizer import PAD
 
 SHORTEST_T = 1e-3  # the masking rate's floor: weights 1/t stay finite
 HELD_OUT_RATES = 8  # masking rates per held-out window (midpoints of equal strata of (0, 1])
@@ -129,11 +137,15 @@ class SMDIMTraining:
 
 def bits_per_second(training: SMDIMTraining, pieces: Iterable[np.ndarray], device: torch.device | str = "cpu"
                     ) -> float:
-    """The held-out ELBO in bits per second of music (the codec's seconds): comparable across codecs and models."""
+    """The held-out ELBO in bits per second of music (the piece's seconds in the model's codec, as core.metrics
+    counts them): comparable across codecs and models."""
+    from core.metrics import ids_music_seconds  # scipy and the metrics: only when a report is made
+
+    codec = codec_of(training.model)
     bits, seconds = 0.0, 0.0
     for piece in pieces:
         piece = np.asarray(piece, dtype=np.int64)
         bound, _ = training.piece_bound(piece, torch.device(device))
         bits += bound / math.log(2)
-        seconds += ids_seconds(piece)
+        seconds += ids_music_seconds(codec, piece)
     return bits / max(seconds, 1e-9)

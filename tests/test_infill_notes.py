@@ -1,0 +1,182 @@
+"""SMDIM on the note-level codec (issues #17 and #18): the region's layout holds every kept note whole at its onset
+and masks in groups that can hold a note, a masked Pitch becomes a note only with the Duration right after it, a
+tiny notes SMDIM trains (its bound falls, its bits per second count the notes codec's seconds), infills a region
+of a piece keeping everything outside bit for bit, and `recital infill` runs on it saved."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from core import notecodec, tokenizer
+from core.cli import main
+from core.infill import GROUP_UNIT, _select, infill, lay_out, new_notes
+from core.midi import Performance, read_performance, write_performance
+from core.modeldir import load_model, save_model
+from core.models.smdim import SMDIM, SMDIMConfig
+from core.models.smdim.training import SMDIMTraining, bits_per_second
+from core.tokenizer import TICK_SECONDS
+from tests.conftest import PIANO_PIECE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dict(d_embed=16, d_model=32, n_blocks=1, n_heads=2, d_state=4, window=64, attn_window=4, stride=2,
+            mlp_ratio=2, steps=4, default_budget="2MB", codec="notes")
+MASK = notecodec.VOCAB_SIZE  # SMDIM's MASK: one past the codec's ids
+
+
+def notes(perf: Performance, which: np.ndarray | None = None) -> set[tuple]:
+    """The notes as exact tuples (float64 times compared bit for bit)."""
+    which = np.ones(len(perf), dtype=bool) if which is None else which
+    return set(zip(perf.onset[which].tolist(), perf.offset[which].tolist(), perf.pitch[which].tolist(),
+                   perf.velocity[which].tolist(), strict=True))
+
+
+def region(perf: Performance, start: float, end: float) -> np.ndarray:
+    return (perf.onset >= start) & (perf.onset < end)
+
+
+@pytest.fixture(scope="module")
+def piece() -> Performance:
+    return read_performance(PIANO_PIECE).slice_time(0.0, 12.0)
+
+
+# ---- the layout and the assembly ---------------------------------------------------------------------------------
+
+def test_the_context_is_every_kept_note_whole_at_its_onset_and_the_masks_come_in_notes(piece):
+    start, end, split = 3.0, 6.0, 67
+    inside = region(piece, start, end)
+    kept = _select(piece, ~inside | (piece.pitch >= split))
+    layout = lay_out(kept, start, end, 40, MASK, notecodec)
+    ids = layout.ids
+    assert layout.codec is notecodec and ids[0] == notecodec.BOS and ids[-1] == notecodec.EOS
+    # without the masks the ids are the kept notes' own encoding (a TimeShift split at the edges at most)
+    assert notes(notecodec.decode(ids[~layout.masked])) == notes(notecodec.decode(notecodec.encode(kept)))
+    crossing = (piece.onset < start) & (piece.offset > start)
+    assert crossing.any()
+    before = notecodec.decode(ids[:layout.first])  # a note crossing into the region is whole before it
+    for index in np.flatnonzero(crossing):
+        assert int(piece.pitch[index]) in before.pitch[np.isclose(before.onset, piece.onset[index], atol=6e-3)]
+    body = ids[layout.first:layout.after]
+    is_mask = body == MASK
+    assert is_mask.sum() == 40
+    kept_inside = body[~is_mask]
+    assert not np.isin(kept_inside, np.arange(notecodec.PITCH, notecodec.PITCH + split)).any()  # the voice only
+    # the skeleton's time is the region's, and each group of masks is whole notes' room (the last the rest)
+    assert notecodec.shift_ticks(body).sum() == round((end - start) / TICK_SECONDS)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], is_mask.astype(np.int64), [0]])))
+    groups = (edges[1::2] - edges[::2]).tolist()
+    assert all(size % GROUP_UNIT["notes"] == 0 for size in groups[:-1]) and sum(groups) == 40
+
+
+def test_a_masked_pitch_is_a_note_only_with_its_duration_and_the_velocity_carries():
+    onset = np.array([0.0, 2.0, 4.0])
+    kept = Performance.from_notes(onset, onset + 0.5, np.array([60, 62, 64]), np.array([80, 80, 80]))
+    start, end = 1.0, 2.0
+    layout = lay_out(kept, start, end, 6, MASK, notecodec)
+    slots = np.flatnonzero(layout.masked)
+    assert len(slots) == 6
+    fill = layout.ids.copy()
+    fill[slots] = [notecodec.VELOCITY + 10, notecodec.PITCH + 70, notecodec.DURATION + 20,  # a note, velocity bin 10
+                   notecodec.PITCH + 72, notecodec.TIME_SHIFT + 9, notecodec.PITCH + 74]  # two lone Pitches
+    new = new_notes(fill, layout, kept, start, end, np.ones(128, dtype=bool), None)
+    assert new.pitch.tolist() == [70] and new.velocity.tolist() == [tokenizer.bin_velocity(10)]
+    # the groups are [3, 0, 3, 0] slots before the region's four 250 ms slices: the fill's clock runs 1.1 s (its
+    # own 100 ms shift) over the region's 1 s, and the note's end is mapped back as its onset is
+    length = int(notecodec.BIN_TICKS[20]) * TICK_SECONDS
+    assert new.onset[0] == pytest.approx(start) and new.offset[0] == pytest.approx(start + length / 1.1)
+
+
+# ---- training, infilling, the command ----------------------------------------------------------------------------
+
+class Pieces:
+    """The trainer's PieceData as SMDIMTraining reads it: pieces already encoded with the model's codec."""
+
+    seed = 0
+
+    def __init__(self, pieces: list[np.ndarray]):
+        self.pieces = pieces
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def piece(self, j: int, draw: int) -> np.ndarray:
+        return self.pieces[j]
+
+
+@pytest.fixture(scope="module")
+def trained(piece) -> tuple[SMDIM, list[float]]:
+    """A tiny notes SMDIM trained 60 steps on windows of one piece's notes encoding, and its bound before/after."""
+    torch.manual_seed(0)
+    model = SMDIM(SMDIMConfig(**TINY))
+    ids = notecodec.encode(piece).astype(np.int64)
+    training = SMDIMTraining(model)
+    training.start(Pieces([ids]), [list(range(8))], 8, 0, {})
+    bounds = [training.piece_bound(ids, torch.device("cpu"))[0]]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(60):
+        inputs, targets = training.batch(step, 0)
+        assert inputs.shape == (8, TINY["window"]) and np.isin(inputs, ids).all()  # windows of the served ids
+        batch = torch.from_numpy(targets)
+        loss = training.loss(model, torch.from_numpy(inputs), batch, 0) / int((batch != notecodec.PAD).sum())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    bounds.append(training.piece_bound(ids, torch.device("cpu"))[0])
+    return model, bounds
+
+
+def test_a_tiny_notes_smdim_trains_and_counts_its_bits_per_second_in_the_notes_codec(trained, piece):
+    model, (before, after) = trained
+    assert after < 0.8 * before
+    ids = notecodec.encode(piece).astype(np.int64)
+    training = SMDIMTraining(model)
+    bound, count = training.piece_bound(ids, torch.device("cpu"))
+    assert count == len(ids)
+    seconds = float(notecodec.decode(ids).offset.max())  # the last note's end: the clock stops at the last onset
+    assert notecodec.ids_seconds(ids) < seconds == pytest.approx(piece.offset.max(), abs=0.1)
+    assert bits_per_second(training, [ids]) == pytest.approx(bound / math.log(2) / seconds)
+
+
+@pytest.mark.parametrize("start,end,keep_above", [(3.0, 6.0, None), (0.0, 2.5, None), (9.5, 12.0, None),
+                                                  (2.0, 8.0, 67)])
+def test_a_trained_notes_smdim_infills_keeping_everything_outside_bit_for_bit(trained, piece, start, end,
+                                                                               keep_above):
+    model, _ = trained
+    results = infill(model, piece, start, end, keep_above=keep_above, variations=3, seed=7)
+    kept = ~region(piece, start, end) | (piece.pitch >= (keep_above if keep_above is not None else 128))
+    for result in results:
+        assert notes(piece, kept) <= notes(result)
+        new = notes(result) - notes(piece, kept)
+        assert len(new) == len(result) - int(kept.sum())
+        for onset, offset, pitch, _ in new:
+            assert start <= onset < end and onset < offset <= end
+            assert keep_above is None or pitch < keep_above
+            held = [(a, b) for a, b, p, _ in notes(piece, kept) if p == pitch]
+            assert not any(a <= onset + 1e-9 < b for a, b in held)  # never on a key a kept note holds
+    assert sum(len(r) - int(kept.sum()) for r in results) > 0  # the trained model writes notes
+
+
+@pytest.mark.usefixtures("isolated_dirs")
+def test_recital_infill_runs_a_saved_notes_smdim(trained, piece, tmp_path, capsys):
+    model, _ = trained
+    folder = save_model(model, tmp_path / "notes-smdim", "# Tiny notes SMDIM\n\nTrained on one piece, for tests.\n")
+    assert json.loads((folder / "config.json").read_text())["tokenizer"]["name"] == "notes"
+    assert load_model(folder).config.codec == "notes"
+    source = tmp_path / "piece.mid"
+    write_performance(piece, source)
+    before = source.read_bytes()
+    out = tmp_path / "new.mid"
+    assert main(["infill", str(source), "--start", "3", "--end", "6", "--model", str(folder), "--out", str(out),
+                 "--seed", "1", "--steps", "4"]) == 0, capsys.readouterr().err
+    assert "the region holds" in capsys.readouterr().out
+    original, written = read_performance(source), read_performance(out)
+    assert np.allclose(sorted(notes(original, ~region(original, 3.0, 6.0))),
+                       sorted(notes(written, ~region(written, 3.0, 6.0))), atol=2e-3)
+    assert source.read_bytes() == before  # the input is never written

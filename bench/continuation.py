@@ -14,6 +14,12 @@ batch, with `recital generate`'s defaults (top-p 0.95, --max-note 8 s, int8 step
 lane). Bits per second: the model reads primer + truth in one pass and the truth's ids are scored,
 -sum log2 p / 30 s (the primer's ids are context only; bits per second compare two codecs, perplexity cannot).
 
+Each model reads and writes its own codec (core/codecs.py): its primer and truth are encoded with it, and its
+continuations decoded with it, so `--models default,PATH_TO_A_NOTES_MODEL` sets a "performance" model beside a
+"notes" one in one table. A notes model chooses each note's length where it starts, so --max-note never cuts one
+afterwards: its "cut" cell is "-", and the row "notes at the longest duration bin" counts its notes that took the
+longest length --max-note allows (8 s) instead (shown only when a notes model is in the table).
+
 New pieces. `recital generate --seconds 60 --variations 8`: 8 lanes from nothing, measured beside seconds 60-120
 of the same MAESTRO pieces, with MGEval's mean overlap (core.metrics, as `recital eval`) against the pieces'
 first 60 s (lengths matched: note counts depend on length); seconds 60-120 against the first 60 s is the ceiling.
@@ -90,7 +96,7 @@ class Configuration:
 
 @dataclass
 class Excerpt:
-    """A primer and what the pianist played next, as notes and as the codec's ids."""
+    """A primer and what the pianist played next, as notes and as one codec's ids."""
 
     name: str
     primer: Performance
@@ -98,6 +104,13 @@ class Excerpt:
     primer_ids: np.ndarray  # BOS first, no EOS
     truth_ids: np.ndarray  # the ids after the primer's in the encoding of primer + truth
     start: float  # seconds where the primer's ids end (the truth window starts at windows.primer)
+    codec: str = "performance"  # whose ids these are (core.codecs)
+
+    def coded(self, codec) -> Excerpt:
+        """The same excerpt in `codec`'s ids (itself when they are already), as a model of that codec reads it."""
+        if codec.NAME == self.codec:
+            return self
+        return encoded(self.name, self.primer, self.truth, codec)
 
 
 @dataclass
@@ -105,6 +118,7 @@ class Column:
     """What one configuration (or the truth) measured: one dict of statistics per continuation or piece."""
 
     label: str
+    codec: str | None = None  # the model's codec (None: the truth or the ceiling)
     continuations: list[dict] = field(default_factory=list)
     bits_per_second: list[float] = field(default_factory=list)
     pieces: list[dict] = field(default_factory=list)
@@ -115,11 +129,12 @@ class Column:
 
 # --- excerpts -------------------------------------------------------------------------------------------------
 
-def cut(name: str, perf: Performance, windows: Windows) -> Excerpt:
+def cut(name: str, perf: Performance, windows: Windows, codec=None) -> Excerpt:
     """Primer = notes starting before `windows.primer` on the 10 ms grid, ended there at the latest; truth =
     notes starting from there to the window's end, ended at its end. Cutting on the grid keeps the primer's ids
-    a prefix of the ids of primer + truth, so the truth is scored exactly as the model would continue it."""
-    from core.tokenizer import TICK_SECONDS, encode, shift_ticks
+    a prefix of the ids of primer + truth (in either codec), so the truth is scored exactly as the model would
+    continue it. The ids are `codec`'s (None: the event codec's)."""
+    from core.tokenizer import TICK_SECONDS
 
     boundary, end = windows.primer, windows.primer + windows.truth
     early = perf.onset < boundary - TICK_SECONDS / 2  # rounds to a tick before the boundary's
@@ -128,12 +143,22 @@ def cut(name: str, perf: Performance, windows: Windows) -> Excerpt:
                                     perf.pitch[early], perf.velocity[early])
     truth = Performance.from_notes(perf.onset[late], np.minimum(perf.offset[late], end),
                                    perf.pitch[late], perf.velocity[late])
-    primer_ids = encode(primer, eos=False).astype(np.int64)
-    both = encode(Performance.concat(primer, truth), eos=False).astype(np.int64)
+    return encoded(name, primer, truth, codec)
+
+
+def encoded(name: str, primer: Performance, truth: Performance, codec=None) -> Excerpt:
+    """The excerpt of `primer` then `truth` in `codec`'s ids (None: the event codec's). Its start is where the
+    primer's clock ends: the last release for the event codec, the last onset for the notes codec (a note's
+    length is stated at its onset), which is where a model of that codec continues from."""
+    from core import tokenizer
+
+    codec = codec or tokenizer
+    primer_ids = codec.encode(primer, eos=False).astype(np.int64)
+    both = codec.encode(Performance.concat(primer, truth), eos=False).astype(np.int64)
     if not np.array_equal(both[:len(primer_ids)], primer_ids):
-        raise RecitalError(f"{name}: the primer's ids are not a prefix of primer + truth's")
-    return Excerpt(name, primer, truth, primer_ids, both[len(primer_ids):],
-                   float(shift_ticks(primer_ids).sum()) * TICK_SECONDS)
+        raise RecitalError(f"{name}: the primer's {codec.NAME} ids are not a prefix of primer + truth's")
+    return Excerpt(name, primer, truth, primer_ids, both[len(primer_ids):], codec.ids_seconds(primer_ids),
+                   codec.NAME)
 
 
 def read_excerpts(folder: Path, count: int, windows: Windows) -> tuple[list[Excerpt], list[Performance]]:
@@ -189,22 +214,30 @@ def denoises(model) -> bool:
     return getattr(model, "family", None) == DENOISE
 
 
-def new_notes(primer_ids: np.ndarray, lanes: list[np.ndarray], start: float) -> list[Performance]:
-    """Each lane's notes after the primer (onset at `start` or later), times kept absolute."""
-    from core.tokenizer import decode_continuations
+def new_notes(primer_ids: np.ndarray, lanes: list[np.ndarray], start: float, codec=None) -> list[Performance]:
+    """Each lane's notes after the primer, times kept absolute, decoded by `codec` (None: the event codec):
+    the event codec's with an onset at `start` or later; the notes codec's those its ids start after the primer
+    (a new note may start at the primer's last onset, `start`, beside the primer's own notes there)."""
+    from core import notecodec, tokenizer
 
-    pieces = decode_continuations(primer_ids, lanes)
+    codec = codec or tokenizer
+    if codec.NAME == notecodec.NAME:
+        return codec.decode_continuations(primer_ids, lanes, with_primer=False)
+    pieces = codec.decode_continuations(primer_ids, lanes)
     return [piece.slice_time(start, np.inf) for piece in pieces]
 
 
 def truth_bits_per_second(model, excerpt: Excerpt, seconds: float) -> float:
     """-sum log2 p(truth id | primer and the truth before it) / seconds: the model reads primer + truth in one
-    pass (core.metrics' chunked scoring, under the model's own budget); the primer's ids are context only."""
+    pass (core.metrics' chunked scoring, under the model's own budget), in its own codec's ids; the primer's
+    ids are context only."""
     import torch
 
     from core.budget import default_budget
+    from core.codecs import codec_of
     from core.metrics import chunk_log_probs
 
+    excerpt = excerpt.coded(codec_of(model))
     ids = np.concatenate([excerpt.primer_ids, excerpt.truth_ids])
     first = len(excerpt.primer_ids) - 1  # chunk position t predicts id t + 1: the truth's first id at t = first
     state = model.new_state(model.plan(default_budget(model, 1), 1), 1)
@@ -217,11 +250,20 @@ def truth_bits_per_second(model, excerpt: Excerpt, seconds: float) -> float:
 
 # --- statistics -----------------------------------------------------------------------------------------------
 
+def longest_bin_seconds(limit: float = MAX_NOTE) -> float:
+    """The longest note length the notes codec can choose under `--max-note limit` (its last bin within it)."""
+    from core import notecodec
+
+    lengths = notecodec.BIN_TICKS * notecodec.TICK_SECONDS
+    return float(lengths[lengths <= limit + 1e-9].max(initial=lengths[0]))
+
+
 def continuation_stats(notes: Performance, start: float, seconds: float, period: float | None,
                        key: ms.Key | None) -> dict:
     """The continuation table's statistics of one stretch [start, start + seconds)."""
     found = ms.estimate_key(notes)
     return {"held_long": ms.held_long(notes), "cut_at_limit": ms.cut_at_limit(notes, MAX_NOTE),
+            "at_longest_bin": ms.lasting_at_least(notes, longest_bin_seconds()),
             "restrikes": ms.restrikes(notes), "polyphony": ms.polyphony(notes, start, start + seconds),
             "notes_per_second": ms.notes_per_second(notes, seconds), "pitch_range": ms.pitch_range(notes),
             "regularity": ms.onset_regularity(notes, period, start, start + seconds),
@@ -253,13 +295,18 @@ def measure_truth(excerpts: list[Excerpt], windows: Windows) -> Column:
 
 def measure_continuations(model, config: Configuration, excerpts: list[Excerpt], windows: Windows,
                           seeds: int) -> Column:
-    column = Column(config.label)
+    """Each primer continued `seeds` times and the truth scored, in the model's own codec."""
+    from core.codecs import codec_of
+
+    codec = codec_of(model)
+    column = Column(config.label, codec.NAME)
     started = time.perf_counter()
     for index, excerpt in enumerate(excerpts):
         period, key = primer_context(excerpt, windows)
+        excerpt = excerpt.coded(codec)
         used = adapted(model, config, excerpt, column)
         lanes = write_lanes(used, excerpt.primer_ids, windows.truth, seeds, seed=index)
-        for notes in new_notes(excerpt.primer_ids, lanes, excerpt.start):
+        for notes in new_notes(excerpt.primer_ids, lanes, excerpt.start, codec):
             column.continuations.append(continuation_stats(notes, excerpt.start, windows.truth, period, key))
         if not denoises(used):  # a denoiser's bound (its ELBO) is in its card, not comparable id by id
             column.bits_per_second.append(truth_bits_per_second(used, excerpt, windows.truth))
@@ -275,9 +322,10 @@ def adapted(model, config: Configuration, excerpt: Excerpt, column: Column | Non
     if not config.adapt:
         return model
     from core.adapt import AdaptSettings, adapt
+    from core.codecs import codec_of
 
     settings = AdaptSettings()
-    done = adapt(model, excerpt.primer_ids, steps=settings.steps, lr=settings.lr, parameters=settings.parameters,
+    done = adapt(model, excerpt.coded(codec_of(model)).primer_ids, steps=settings.steps, lr=settings.lr, parameters=settings.parameters,
                  held_out=settings.held_out)
     if column is not None:
         column.adapt_seconds.append(done.seconds)
@@ -285,13 +333,15 @@ def adapted(model, config: Configuration, excerpt: Excerpt, column: Column | Non
 
 
 def measure_new_pieces(model, label: str, reference: list[Performance], windows: Windows) -> Column:
+    from core.codecs import codec_of
     from core.metrics import compare_sets
     from core.tokenizer import BOS
 
-    column = Column(label)
+    codec = codec_of(model)
+    column = Column(label, codec.NAME)
     started = time.perf_counter()
     lanes = write_lanes(model, None, windows.new, windows.variations, seed=0)
-    pieces = new_notes(np.array([BOS]), lanes, 0.0)
+    pieces = new_notes(np.array([BOS]), lanes, 0.0, codec)
     column.pieces = [piece_stats(piece, windows.new) for piece in pieces]
     column.mgeval = compare_sets(pieces, reference).mean_oa
     column.seconds = time.perf_counter() - started
@@ -335,10 +385,11 @@ class Controls:
 def constrained_parts(model, excerpt: Excerpt, constraints, seconds: float, lanes: int, seed: int):
     """`lanes` continuations of the excerpt's primer under `constraints`, as `recital continue` writes them (its
     sampling, --max-note, the model's budget) -> (the session, each lane's new notes)."""
+    from core.codecs import codec_of
     from core.generate import SamplingConfig
     from core.session import GenerationSession
 
-    session = GenerationSession(model, excerpt.primer_ids, sampling=SamplingConfig(top_p=TOP_P), seconds=seconds,
+    session = GenerationSession(model, excerpt.coded(codec_of(model)).primer_ids, sampling=SamplingConfig(top_p=TOP_P), seconds=seconds,
                                 variations=lanes, seed=seed, max_note=MAX_NOTE, constraints=constraints)
     session.run()
     return session, session.new_parts()
@@ -442,20 +493,32 @@ def continuation_table(truth: Column, columns: list[Column], windows: Windows) -
     per = f"per {windows.truth:g} s"
     restrike_aim = f"< {windows.truth / 30:.2g}"  # issue #17: fewer than 1 per 30 s
 
+    from core import notecodec, tokenizer
+
     def fmt(value: float, digits: int = 2) -> str:
         return f"{value:.{digits}f}"
 
-    rows: list[tuple[str, list[str], str]] = []
+    def cells(key: str, digits: int, codec: str | None = None) -> list[str]:
+        """The truth's and each column's mean; '-' for a model column of another codec than `codec`."""
+        return [fmt(_mean(c.continuations, key), digits) if codec is None or c.codec in (None, codec) else "-"
+                for c in [truth, *columns]]
+
+    notes_models = any(c.codec == notecodec.NAME for c in columns)
+    rows: list[tuple[str, list[str], str]] = [
+        (f"notes held > 4 s ({per})", cells("held_long", 2), f"<= {2 * _mean(truth.continuations, 'held_long'):.2f}"),
+        (f"notes cut at the {MAX_NOTE:g} s --max-note ({per})",
+         cells("cut_at_limit", 2, tokenizer.NAME if notes_models else None), "0")]
+    if notes_models:  # a notes model's length is chosen at the onset: never cut, but it may choose the longest
+        rows.append((f"notes at the longest duration bin, {longest_bin_seconds():g} s ({per})",
+                     cells("at_longest_bin", 2, notecodec.NAME), "-"))
     for label, key, digits, aim in (
-            (f"notes held > 4 s ({per})", "held_long", 2, f"<= {2 * _mean(truth.continuations, 'held_long'):.2f}"),
-            (f"notes cut at the {MAX_NOTE:g} s --max-note ({per})", "cut_at_limit", 2, "0"),
             (f"re-strikes within 120 ms ({per})", "restrikes", 2, restrike_aim),
             ("mean polyphony (notes sounding)", "polyphony", 2,
              _aim_within(_mean(truth.continuations, "polyphony"), 0.25)),
             ("notes/s", "notes_per_second", 2, _aim_within(_mean(truth.continuations, "notes_per_second"), 0.25)),
             ("pitch range (semitones)", "pitch_range", 1, f">= {0.8 * _mean(truth.continuations, 'pitch_range'):.1f}"),
             ("onset regularity at the primer's beat", "regularity", 3, ">= 0.15")):
-        rows.append((label, [fmt(_mean(c.continuations, key), digits) for c in [truth, *columns]], aim))
+        rows.append((label, cells(key, digits), aim))
     rows.append(("key = primer's or closely related",
                  [f"{sum(r['key_related'] for r in c.continuations)}/{len(c.continuations)}"
                   for c in [truth, *columns]], ">= 90%"))
@@ -537,10 +600,13 @@ def piano_roll_png(rolls: list[tuple[Performance, Performance, str]], boundary: 
 def render(model, config: Configuration, excerpt: Excerpt, windows: Windows, out: Path) -> list[Path]:
     """The first excerpt continued once more (seed 0, lane 1 of `recital generate`): a WAV of primer +
     continuation and a PNG of primer + truth above primer + continuation."""
+    from core.codecs import codec_of
     from core.synth import render_wav
 
+    codec = codec_of(model)
+    excerpt = excerpt.coded(codec)
     lanes = write_lanes(adapted(model, config, excerpt), excerpt.primer_ids, windows.truth, 1, seed=0)
-    continuation = new_notes(excerpt.primer_ids, lanes, excerpt.start)[0]
+    continuation = new_notes(excerpt.primer_ids, lanes, excerpt.start, codec)[0]
     stem = f"{excerpt.name}-{config.label}"
     wav = render_wav(Performance.concat(excerpt.primer, continuation), out / f"{stem}.wav",
                      soundfont=SOUNDFONT if SOUNDFONT.exists() else None)
@@ -693,8 +759,8 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
     for path in rendered:
         print(f"wrote {path}")
     return {"truth": truth.continuations,
-            "continuations": {c.label: {"stats": c.continuations, "bits_per_second": c.bits_per_second,
-                                        "adapt_seconds": c.adapt_seconds}
+            "continuations": {c.label: {"codec": c.codec, "stats": c.continuations,
+                                        "bits_per_second": c.bits_per_second, "adapt_seconds": c.adapt_seconds}
                               for c in continued},
             "new_pieces": {c.label: {"stats": c.pieces, "mgeval_mean_oa": c.mgeval} for c in [ceiling, *written]}}
 

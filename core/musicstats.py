@@ -8,7 +8,8 @@ Every function reads one stretch of music (a window of `seconds`, or the notes' 
 empty one: counts are 0, means are 0 (a silent window has no polyphony, no range, no regularity).
 
 - held long: notes sounding longer than 4 s (a model that forgets to end notes holds them).
-- cut at the limit: notes whose length says `--max-note` released them (see `cut_at_limit`).
+- cut at the limit: notes whose length says `--max-note` released them (see `cut_at_limit`); a "notes" codec
+  model is never cut (it chooses a length at the onset): `lasting_at_least` counts its notes at the longest.
 - re-strikes: one pitch struck again within 120 ms (a stutter a pianist rarely plays).
 - polyphony: notes sounding, sampled every 50 ms.
 - onset regularity: autocorrelation of the onset train at a beat period (see `onset_regularity`).
@@ -54,6 +55,12 @@ def cut_at_limit(perf: Performance, limit: float, reach: float = LONGEST_SHIFT) 
     """
     length = perf.offset - perf.onset
     return int(np.sum((length >= limit - TICK / 2) & (length <= limit + reach + TICK / 2)))
+
+
+def lasting_at_least(perf: Performance, seconds: float) -> int:
+    """Notes lasting `seconds` or longer (to half a tick): with the notes codec's longest length under
+    --max-note, the notes that chose it (the event codec's `cut_at_limit` has no meaning there)."""
+    return int(np.sum(perf.offset - perf.onset >= seconds - TICK / 2))
 
 
 def restrikes(perf: Performance, within: float = RESTRIKE_SECONDS) -> int:

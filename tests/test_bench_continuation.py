@@ -118,3 +118,89 @@ def test_a_denoiser_continues_through_the_session_and_has_no_bits_per_second():
     table = continuation.continuation_table(continuation.Column("truth"), [column], continuation.Windows())
     line = next(row for row in table.splitlines() if row.startswith("bits/s of the truth given the primer"))
     assert line.split("primer", 1)[1].split()[:2] == ["-", "-"]  # the truth's cell, then the denoiser's
+
+
+def test_cut_in_the_notes_codec_keeps_the_primer_a_prefix_and_starts_at_its_last_onset():
+    from core import notecodec
+    from core.codecs import codec_named
+
+    perf = Performance.from_notes([0.0, 1.5, 1.996, 2.0, 3.5], [1.0, 2.5, 2.1, 2.2, 5.0],
+                                  [60, 64, 65, 67, 72], [80, 70, 60, 90, 100])
+    events = continuation.cut("piece", perf, continuation.Windows(primer=2.0, truth=2.0))
+    notes = events.coded(notecodec)
+    assert notes.codec == "notes" and notes.coded(notecodec) is notes
+    assert events.coded(codec_named("performance")) is events
+    assert notes.start == pytest.approx(1.5)  # the primer's last onset: its clock, not its last release
+    ids = np.concatenate([notes.primer_ids, notes.truth_ids])
+    assert np.array_equal(ids, notecodec.encode(Performance.concat(notes.primer, notes.truth), eos=False))
+    after = notecodec.decode_after(notes.primer_ids, notes.truth_ids)
+    assert after.pitch.tolist() == [65, 67, 72] and after.onset[0] == pytest.approx(2.0)
+
+
+def test_new_notes_of_a_notes_lane_keep_a_new_note_at_the_primers_last_onset():
+    from core import notecodec
+
+    primer = notecodec.encode(Performance.from_notes([0.0, 1.0], [0.5, 1.5], [60, 64], [80, 80]), eos=False)
+    start = notecodec.ids_seconds(primer)
+    lane = np.array([notecodec.PITCH + 67, notecodec.DURATION + 20, notecodec.TIME_SHIFT + 49,
+                     notecodec.PITCH + 72, notecodec.DURATION + 20])  # one note at 1.0 s, one at 1.5 s
+    (notes,) = continuation.new_notes(primer, [lane], start, notecodec)
+    assert notes.pitch.tolist() == [67, 72] and notes.onset.tolist() == pytest.approx([1.0, 1.5])
+
+
+def test_a_notes_model_and_a_performance_model_in_one_table(tiny_model_dir, tmp_path, capsys, one_thread):
+    import torch
+
+    from core.modeldir import save_model
+    from core.models.dsmr import DSMR, DSMRConfig
+
+    torch.manual_seed(0)
+    notes_dir = save_model(DSMR(DSMRConfig(d_model=32, n_layers=2, n_heads=2, segment_len=16, max_horizon=256,
+                                           n_long=1, default_budget="256KB", codec="notes")),
+                           tmp_path / "tiny-notes", "# Tiny notes model\n\nRandom weights, for tests only.\n")
+    pieces = tmp_path / "pieces"
+    pieces.mkdir()
+    for path in midi_files("piano")[:2]:
+        shutil.copy(path, pieces / path.name)
+    out = tmp_path / "out.json"
+    code = continuation.main(["--midi", str(pieces), "--models", f"{tiny_model_dir},{notes_dir}", "--seeds", "2",
+                              "--adapt", "off", "--windows", "4", "3", "5", "--variations", "2",
+                              "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    for row in ROWS:
+        assert row in printed, row
+    cut = next(line for line in printed.splitlines() if line.startswith("notes cut at the 8 s"))
+    assert cut.split()[-2:] == ["-", "0"]  # the notes model's cell, then the aim
+    longest = next(line for line in printed.splitlines() if line.startswith("notes at the longest duration bin"))
+    assert longest.split()[-3] == "-"  # the performance model's cell
+    result = json.loads(out.read_text())["continuations"]
+    assert result["tiny"]["codec"] == "performance" and result["tiny-notes"]["codec"] == "notes"
+    for label in ("tiny", "tiny-notes"):
+        bits = result[label]["bits_per_second"]
+        assert len(bits) == 2 and all(np.isfinite(b) and b > 0 for b in bits)
+        assert len(result[label]["stats"]) == 2 * 2
+    assert all(row["at_longest_bin"] <= row["held_long"] for row in result["tiny-notes"]["stats"])  # 8 s > 4 s
+
+
+def test_the_truth_is_scored_in_the_models_codec():
+    import torch
+
+    from core import notecodec
+    from core.budget import default_budget
+    from core.models.dsmr import DSMR, DSMRConfig
+
+    torch.manual_seed(0)
+    model = DSMR(DSMRConfig(d_model=32, n_layers=2, n_heads=2, segment_len=16, max_horizon=256, n_long=1,
+                            codec="notes")).eval()
+    perf = Performance.from_notes([0.0, 0.5, 1.0, 2.5, 3.0], [0.4, 0.9, 1.4, 2.9, 3.4], [60, 62, 64, 65, 67],
+                                  [80, 80, 80, 80, 80])
+    excerpt = continuation.cut("piece", perf, continuation.Windows(primer=2.0, truth=2.0))
+    notes = excerpt.coded(notecodec)
+    ids = torch.as_tensor(np.concatenate([notes.primer_ids, notes.truth_ids]))
+    with torch.inference_mode():
+        logits = model.read(ids[None, :-1], model.new_state(model.plan(default_budget(model, 1), 1), 1))[0]
+        log_probs = torch.log_softmax(logits.float(), -1).gather(1, ids[1:, None])[:, 0].double().numpy()
+    truth_nats = -log_probs[len(notes.primer_ids) - 1:].sum()
+    assert continuation.truth_bits_per_second(model, excerpt, 2.0) == pytest.approx(
+        truth_nats / np.log(2) / 2.0, rel=1e-5)

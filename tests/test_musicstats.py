@@ -129,6 +129,9 @@ def test_held_long_and_cut_at_limit():
     assert ms.held_long(piece, seconds=8.0) == 2
     assert ms.cut_at_limit(piece, 8.0) == 2  # 8.0 and 8.3; 7.5 s is under it, 9.5 s too far past
     assert ms.cut_at_limit(piece, 8.0, reach=0.01) == 1
+    assert ms.lasting_at_least(piece, 8.0) == 3  # 8.0, 8.3 and 9.5 s; 7.5 s is under it
+    assert ms.lasting_at_least(piece, 8.004) == 3 and ms.lasting_at_least(piece, 8.01) == 2  # half a tick
+    assert ms.lasting_at_least(Performance.empty(), 8.0) == 0
 
 
 def test_polyphony_samples_every_50_ms():

@@ -304,20 +304,46 @@ def tiny_model(tiny_model_dir):
     return load_model(tiny_model_dir)
 
 
-def test_a_session_holds_the_primer_as_uint16_and_writes_what_resolving_everything_gives(tiny_model):
+@pytest.fixture(params=["performance", "notes"])
+def any_model(request, tiny_model_dir):
+    """The tiny model of each codec (the event codec's directory, a notes DSMR of the same size)."""
+    if request.param == "performance":
+        from core.modeldir import load_model
+
+        return load_model(tiny_model_dir)
+    torch.manual_seed(0)
+    return DSMR(DSMRConfig(codec="notes", d_model=32, n_layers=2, n_heads=2, segment_len=16, max_horizon=64))
+
+
+@pytest.mark.parametrize("chunk", [None, 7], ids=["whole", "chunks-of-7"])
+def test_a_session_holds_the_primer_as_uint16_and_writes_what_resolving_everything_gives(any_model, chunk,
+                                                                                         monkeypatch):
+    """Either codec, the primer read whole or a few ids at a time (how a primer of millions of ids is read)."""
+    from core import notecodec
+    from core import session as sessions
+    from core.codecs import codec_of
     from core.midi import Performance, canonical, read_performance
     from core.session import GenerationSession
-    from core.tokenizer import encode, ids_seconds
     from tests.conftest import PIANO_PIECE
 
+    codec = codec_of(any_model)
     primer = read_performance(PIANO_PIECE)
-    session = GenerationSession(tiny_model, primer, seconds=3, variations=2, seed=4)
+    whole = GenerationSession(any_model, primer, seconds=3, variations=2, seed=4)
+    whole.run()
+    if chunk is not None:
+        monkeypatch.setattr(sessions, "CHUNK", chunk)
+        monkeypatch.setattr(notecodec, "_CHUNK", chunk)
+    session = GenerationSession(any_model, primer, seconds=3, variations=2, seed=4)
     assert session.primer.dtype == np.uint16 and session.primer[0] == BOS
-    assert np.array_equal(session.primer[1:], encode(primer, eos=False)[1:])
-    assert session.start_time == ids_seconds(session.primer.astype(np.int64))
+    assert np.array_equal(session.primer[1:], codec.encode(primer, eos=False)[1:])
+    assert session.start_time == codec.ids_seconds(session.primer.astype(np.int64))
     session.run()
     parts = session.new_parts()
     assert all(len(part) for part in parts)
+    assert session.lanes == whole.lanes
+    for got, expected in zip(session.pieces(), codec.decode_continuations(session.primer, session.lanes),
+                             strict=True):
+        assert_same_notes(got, expected)
     for piece, part in zip(session.exact_pieces(), parts, strict=True):
         both = Performance.concat(primer, part)
         assert_same_notes(piece, canonical(both.onset, both.offset, both.pitch, both.velocity))

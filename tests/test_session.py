@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from core import budget as budgets
+from core.codecs import codec_of
 from core.errors import BudgetError, ModelError
 from core.generate import SamplingConfig
 from core.midi import write_performance
 from core.modeldir import load_model
 from core.session import Finished, GenerationSession, Token, read_primer
-from core.tokenizer import BOS, EOS, PAD, decode, encode, ids_seconds
+from core.tokenizer import BOS, EOS, PAD
 
 
 @pytest.fixture
@@ -22,13 +23,26 @@ def model(tiny_model_dir, one_thread):
     return load_model(tiny_model_dir)
 
 
+@pytest.fixture(params=["performance", "notes"])
+def any_model(request, tiny_model_dir, one_thread):
+    """The tiny model of each codec: the event codec's from its directory, a notes DSMR built here."""
+    if request.param == "performance":
+        return load_model(tiny_model_dir)
+    import torch
+
+    from core.models.dsmr import DSMR, DSMRConfig
+
+    torch.manual_seed(0)
+    return DSMR(DSMRConfig(codec="notes", d_model=32, n_layers=2, n_heads=2, segment_len=16, max_horizon=64))
+
+
 def notes(perf) -> list[tuple]:
     return sorted(zip(np.round(perf.onset, 6), np.round(perf.offset, 6), perf.pitch, perf.velocity, strict=True))
 
 
 @pytest.mark.parametrize("variations", [1, 3])
-def test_every_step_is_an_array_per_lane_and_the_last_event_says_why(model, variations):
-    session = GenerationSession(model, seconds=2, variations=variations, seed=3)
+def test_every_step_is_an_array_per_lane_and_the_last_event_says_why(any_model, variations):
+    session = GenerationSession(any_model, seconds=2, variations=variations, seed=3)
     events = list(session)
     *steps, last = events
     assert steps and all(isinstance(e, Token) for e in steps) and isinstance(last, Finished)
@@ -39,20 +53,29 @@ def test_every_step_is_an_array_per_lane_and_the_last_event_says_why(model, vari
     assert len(session.pieces()) == variations and session.state.batch == variations
 
 
-def test_a_primer_is_the_same_read_from_a_file_a_performance_or_ids(model, scale, tmp_path):
+def test_a_primer_is_the_same_read_from_a_file_a_performance_or_ids(any_model, scale, tmp_path):
+    codec = codec_of(any_model)
     path = tmp_path / "scale.mid"
     write_performance(scale, path)
-    ids = encode(scale, eos=False)
+    ids = codec.encode(scale, eos=False)
     for primer in (path, str(path), scale, ids, ids.tolist()):
-        assert np.array_equal(read_primer(primer), ids)
-    session = GenerationSession(model, scale, seconds=1)
+        assert np.array_equal(read_primer(primer, codec), ids)
+    session = GenerationSession(any_model, scale, seconds=1)
+    assert np.array_equal(session.primer, ids)  # encoded by the model's own codec
     assert session.primer[0] == BOS and EOS not in session.primer and session.primer.dtype == np.uint16
-    assert session.start_time == pytest.approx(scale.duration, abs=0.011)
+    assert session.start_time == pytest.approx(primer_end(codec, scale), abs=0.011)
     with pytest.raises(ModelError, match="one piece"):
-        GenerationSession(model, [BOS, 5, EOS, 6])
+        GenerationSession(any_model, [BOS, 5, EOS, 6])
 
 
-def test_pieces_hold_the_primer_then_what_the_live_notes_showed(model, scale):
+def primer_end(codec, perf) -> float:
+    """Where a continuation begins: the event codec's clock ends at the last release, the notes codec's at the
+    last onset (a note's length is told where it starts, so the next notes may come while it sounds)."""
+    return perf.duration if codec.NAME == "performance" else float(perf.onset.max())
+
+
+def test_pieces_hold_the_primer_then_what_the_live_notes_showed(any_model, scale):
+    model, decode = any_model, codec_of(any_model).decode
     session = GenerationSession(model, scale, seconds=3, variations=2, seed=5, sampling=SamplingConfig(top_p=0.9))
     live = [[], []]
     for event in session:
@@ -87,10 +110,13 @@ def test_a_stop_from_another_thread_ends_it_after_the_step_and_keeps_what_was_wr
         list(session)
 
 
-def test_a_start_past_the_primer_continues_after_silence(model, scale):
+def test_a_start_past_the_primer_continues_after_silence(any_model, scale):
+    model, codec = any_model, codec_of(any_model)
     session = GenerationSession(model, scale, seconds=1, start=5.0)
-    assert session.start_time == pytest.approx(5.0) and ids_seconds(session.primer) == pytest.approx(5.0)
-    assert GenerationSession(model, scale, start=0.5).start_time == pytest.approx(scale.duration, abs=0.011)
+    assert session.start_time == pytest.approx(5.0) and codec.ids_seconds(session.primer) == pytest.approx(5.0)
+    assert notes(codec.decode(session.primer)) == notes(codec.decode(codec.encode(scale)))  # silence, no notes
+    assert GenerationSession(model, scale, start=0.5).start_time == pytest.approx(primer_end(codec, scale),
+                                                                                 abs=0.011)
 
 
 def test_the_budget_is_the_models_default_per_lane_unless_given_and_a_plan_given_is_used(model):

@@ -55,7 +55,7 @@ seconds_of_music = bounded(positive_float, lambda value: value <= MAX_SECONDS,
 # 0 is greedy; below 0.01 the scaled logits overflow to inf, above 100 all ids are alike
 temperature = bounded(_number, lambda value: value == 0 or 0.01 <= value <= 100,
                       "must be 0 (greedy) or between 0.01 and 100", "temperature")
-note_seconds = bounded(_number, lambda value: value >= 0, "must be >= 0 (0: never release)", "note_seconds")
+note_seconds = bounded(_number, lambda value: value >= 0, "must be >= 0 (0: no limit)", "note_seconds")
 top_k = bounded(_whole, lambda value: value >= 0, "must be >= 0 (0: off)", "top_k")
 top_p = bounded(_number, lambda value: 0 < value <= 1, "must be more than 0 and at most 1 (1: off)", "top_p")
 min_p = bounded(_number, lambda value: 0 <= value < 1, "must be at least 0 and below 1 (0: off)", "min_p")
@@ -215,7 +215,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace output files that exist (--out, --wav, each variation's)")
     parser.add_argument("--max-note", type=note_seconds, default=MAX_NOTE_SECONDS, metavar="S",
-                        help=f"release a note held longer than S seconds (0: never; default {MAX_NOTE_SECONDS:g})")
+                        help=f"no note sounds longer than S seconds: released then, or with a model on the notes "
+                             f"codec never given a longer duration (0: no limit; default {MAX_NOTE_SECONDS:g})")
     parser.add_argument("--allow-end", action="store_true",
                         help="let the model end the piece before --seconds (default: it plays all of them)")
     parser.add_argument("--budget", type=budget, metavar="SIZE",

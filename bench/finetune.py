@@ -7,8 +7,10 @@ performances, scored on the 2 held out.
 The run is `recital train ../shared/midi/maestro --base default --minutes 15 --val-fraction 0.2 ...` through
 `trainer.fine_tune` (the same split: seed 0 holds out 2 of the 10 pieces), written to a temporary folder. It
 prints the held-out perplexity at each validation (the curve against wall time, validation included), then the
-base model against the fine-tuned one, per held-out piece and per kind of token: where the perplexity falls tells
-what fine-tuning taught (the base learned score-like music; performances add velocity and timing). Both models
+base model against the fine-tuned one, per held-out piece and per kind of token of the model's codec (NoteOn,
+NoteOff, TimeShift, Velocity for a "performance" model; Pitch, Duration, TimeShift, Velocity for a "notes" one):
+where the perplexity falls tells what fine-tuning taught (the base learned score-like music; performances add
+velocity and timing). The held-out pieces are the corpus's ids in the base model's codec, as the trainer reads them. Both models
 are scored whole, streamed under their default budget, as `recital eval --model` does. No asserts: CPU timings are
 noisy when the machine is shared.
 """
@@ -26,14 +28,25 @@ import numpy as np
 import torch
 
 from bench.data import SHARED_MIDI, require_midi
+from core import notecodec, tokenizer
 from core.budget import parse_budget
+from core.codecs import codec_of
 from core.metrics import piece_log_probs
 from core.modeldir import load_model
-from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, VOCAB_SIZE
+from core.tokenizer import BOS, EOS
 
 MAESTRO = SHARED_MIDI / "maestro"
-KINDS = (("NoteOn", NOTE_ON, NOTE_OFF), ("NoteOff", NOTE_OFF, TIME_SHIFT), ("TimeShift", TIME_SHIFT, VELOCITY),
-         ("Velocity", VELOCITY, VOCAB_SIZE), ("BOS/EOS", BOS, EOS + 1))
+# Each codec's kinds of token: (name, first id, end id).
+KINDS = {
+    tokenizer.NAME: (("NoteOn", tokenizer.NOTE_ON, tokenizer.NOTE_OFF),
+                     ("NoteOff", tokenizer.NOTE_OFF, tokenizer.TIME_SHIFT),
+                     ("TimeShift", tokenizer.TIME_SHIFT, tokenizer.VELOCITY),
+                     ("Velocity", tokenizer.VELOCITY, tokenizer.VOCAB_SIZE), ("BOS/EOS", BOS, EOS + 1)),
+    notecodec.NAME: (("Pitch", notecodec.PITCH, notecodec.DURATION),
+                     ("Duration", notecodec.DURATION, notecodec.TIME_SHIFT),
+                     ("TimeShift", notecodec.TIME_SHIFT, notecodec.VELOCITY),
+                     ("Velocity", notecodec.VELOCITY, notecodec.VOCAB_SIZE), ("BOS/EOS", BOS, EOS + 1)),
+}
 
 
 def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -57,10 +70,11 @@ def perplexity(nll: np.ndarray) -> float:
     return math.exp(float(nll.mean())) if len(nll) else float("nan")
 
 
-def by_kind(targets: np.ndarray, nll: np.ndarray) -> dict[str, tuple[float, float]]:
-    """{kind: (share of the predicted tokens, mean nats)} for each kind of token that occurs among `targets`."""
+def by_kind(targets: np.ndarray, nll: np.ndarray, codec: str = tokenizer.NAME) -> dict[str, tuple[float, float]]:
+    """{kind: (share of the predicted tokens, mean nats)} for each kind of `codec`'s tokens that occurs among
+    `targets` (ids of that codec)."""
     out = {}
-    for kind, low, high in KINDS:
+    for kind, low, high in KINDS[codec]:
         pick = (targets >= low) & (targets < high)
         if pick.any():
             out[kind] = (float(pick.mean()), float(nll[pick].mean()))
@@ -107,11 +121,13 @@ def main() -> None:
     print(f"{result.steps} steps, {result.tokens:,} training tokens in {result.wall_seconds / 60:.1f} min "
           f"({tokens_per_s:,.0f} tokens/s with validation), stopped: {result.stopped}")
 
-    corpus = Corpus.open(MAESTRO)
+    base = load_model(args.base)
+    codec = codec_of(base).NAME  # the fine-tuned model reads its base's codec; so did the trainer's corpus
+    corpus = Corpus.open(MAESTRO, codec=codec)
     _, held_out = corpus.split(0.2, 0)
     pieces = [np.asarray(corpus.piece(i), dtype=np.int64) for i in held_out]
     names = [Path(corpus.index[i].path).name for i in held_out]
-    before = score(load_model(args.base), pieces)
+    before = score(base, pieces)
     after = score(load_model(result.model_dir), pieces)
 
     print(f"\nheld-out perplexity, {args.base} (before) vs fine-tuned (after), read whole at the default budget")
@@ -124,10 +140,11 @@ def main() -> None:
 
     targets = np.concatenate([ids[1:] for ids in pieces])
     b_all, a_all = np.concatenate(before), np.concatenate(after)
-    print("\nby the kind of token predicted (share of tokens; nats per token; perplexity within the kind)")
+    print(f"\nby the kind of token predicted, {codec!r} codec (share of tokens; nats per token; perplexity within "
+          "the kind)")
     print(f"{'kind':<10} {'share':>6} {'nats before':>12} {'nats after':>11} {'ppl before':>11} {'ppl after':>10}")
-    after_kinds = by_kind(targets, a_all)
-    for kind, (share, b_nats) in by_kind(targets, b_all).items():
+    after_kinds = by_kind(targets, a_all, codec)
+    for kind, (share, b_nats) in by_kind(targets, b_all, codec).items():
         a_nats = after_kinds[kind][1]
         print(f"{kind:<10} {share:>6.1%} {b_nats:>12.2f} {a_nats:>11.2f} {math.exp(b_nats):>11.1f} "
               f"{math.exp(a_nats):>10.1f}")

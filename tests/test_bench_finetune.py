@@ -22,6 +22,21 @@ def test_by_kind_splits_the_loss_by_what_was_predicted():
     assert "Velocity" not in by_kind(targets[:3], nll[:3])  # kinds that do not occur are left out
 
 
+def test_by_kind_reads_a_notes_models_ids_by_its_codec():
+    from core import notecodec
+
+    targets = np.array([notecodec.VELOCITY + 20, notecodec.PITCH + 60, notecodec.DURATION + 30,
+                        notecodec.TIME_SHIFT + 9, notecodec.PITCH + 62, notecodec.DURATION + 63, EOS])
+    nll = np.array([4.0, 3.0, 1.0, 2.0, 1.0, 5.0, 6.0])
+    kinds = by_kind(targets, nll, "notes")
+    assert list(kinds) == ["Pitch", "Duration", "TimeShift", "Velocity", "BOS/EOS"]
+    assert kinds["Pitch"] == pytest.approx((2 / 7, 2.0))
+    assert kinds["Duration"] == pytest.approx((2 / 7, 3.0))
+    assert kinds["Velocity"] == pytest.approx((1 / 7, 4.0))
+    assert sum(share for share, _ in kinds.values()) == pytest.approx(1.0)
+    assert by_kind(targets, nll)["NoteOff"][0] == pytest.approx(3 / 7)  # read as event ids: Durations, TimeShift
+
+
 def test_perplexity_and_the_bf16_probe(tmp_path):
     assert perplexity(np.array([math.log(4.0)] * 3)) == pytest.approx(4.0)
     assert math.isnan(perplexity(np.array([])))

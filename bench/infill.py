@@ -22,7 +22,12 @@ the truth's value per region and seed (pitch-class overlap: 1 - overlap with the
 statistics of the first 2 s inside the region against the 2 s before it (left edge), and of the last 2 s against
 the 2 s after it (right edge), as mean absolute differences; the truth's own row is the music's. Speed: seconds to
 infill an 8 s region (32 steps, one variation) with the model given and with an untrained default-size SMDIM on
-the threads given (speed does not depend on weights). The "aim" lines print issue #18's targets. No asserts.
+the threads given (speed does not depend on weights), of the model's codec. The "aim" lines print issue #18's
+targets. No asserts.
+
+Each model reads its own codec (core.codecs.codec_of: infill lays the region out in the denoiser's, the session
+encodes the baseline's primer in its own), and every statistic is of the notes written, so a "notes" SMDIM and a
+"performance" one are measured alike; the header names both models' codecs.
 """
 
 from __future__ import annotations
@@ -204,6 +209,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from core.codecs import codec_of
     from core.generate import use_fast_step
     from core.modeldir import load_model
     from core.models.smdim import SMDIM, SMDIMConfig
@@ -230,11 +236,13 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     piece = chosen[0].piece
     fast = speed(model, piece, context=args.context)
-    big = SMDIM(SMDIMConfig()).eval()
+    codec = codec_of(model)
+    big = SMDIM(SMDIMConfig(codec=codec.NAME)).eval()  # the same codec as the model: its vocabulary, its layout
     use_fast_step(big, exact=args.exact)
     fast_big = speed(big, piece, repeats=1, context=args.context) if args.default_speed else float("nan")
-    print(f"{len(chosen)} regions of {args.pieces} MAESTRO pieces x {args.seeds} seeds; model {args.model}, "
-          f"baseline {args.baseline}; {args.threads} threads; {'fp32' if args.exact else 'int8'} pass weights; "
+    print(f"{len(chosen)} regions of {args.pieces} MAESTRO pieces x {args.seeds} seeds; model {args.model} "
+          f"(codec {codec.NAME}), baseline {args.baseline} (codec {codec_of(baseline).NAME}); {args.threads} "
+          f"threads; {'fp32' if args.exact else 'int8'} pass weights; "
           f"context {'the window' if args.context is None else f'{args.context:g} s'} each side")
     print(table(results, list(COLUMNS)))
     print()
@@ -246,11 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"| speed: infill 8 s, 32 steps, 1 variation, {args.threads} threads | seconds | aim |\n|---|---|---|")
     print(f"| {args.model} ({model.config.window}-token window) | {fast:.2f} | < 3 |")
-    print(f"| untrained default-size SMDIM ({big.config.window}-token window) | {fast_big:.2f} | < 3 |")
+    print(f"| untrained default-size SMDIM ({big.config.window}-token window, codec {codec.NAME}) | "
+          f"{fast_big:.2f} | < 3 |")
     print("wall time per column: " + ", ".join(f"{c} {spent[c]:.0f} s" for c in COLUMNS))
     if args.json:
         with open(args.json, "w") as file:
-            json.dump({"results": results, "speed": {"model": fast, "default_size": fast_big}}, file)
+            json.dump({"results": results, "speed": {"model": fast, "default_size": fast_big},
+                       "codecs": {"model": codec.NAME, "baseline": codec_of(baseline).NAME}}, file)
     return 0
 
 

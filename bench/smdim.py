@@ -4,6 +4,7 @@
     python -m bench.smdim --lengths 1024 4096 --threads 2 --repeats 3
     python -m bench.smdim --speed               # issue #18: infill seconds and training tokens/s, before/after
     python -m bench.smdim --context             # issue #18: infill seconds by the music read each side
+    python -m bench.smdim --codec notes         # any of the above with models of the note-level codec
 
 Both models share everything but the blocks: the embedding, the strided convolution that shortens the sequence,
 its transpose and the head. SMDIM's blocks are bidirectional Mamba + feed-forward + windowed attention; the
@@ -24,6 +25,10 @@ change speed, so untrained models stand in for trained ones.
 --context measures the same infill (8 s region, 32 steps, 2 threads by --speed-threads' first, default size) by how
 much music the model reads each side of the region (core.infill's `context`: the full window, 8 s, 4 s), with the
 int8 and the fp32 pass weights taking turns, and the ids each pass reads: a pass costs about its length.
+
+--codec names the codec of every model built (core/codecs.py; default "performance", what the timings in the README
+were taken with): its vocabulary sizes the embedding and the head, random ids are drawn from its ids, and the
+infills lay the region out in it (core.infill reads the model's codec).
 """
 
 from __future__ import annotations
@@ -38,9 +43,9 @@ import time
 import torch
 from torch import nn
 
+from core.codecs import CODECS, DEFAULT, codec_of
 from core.models.layers import Block, rotary
 from core.models.smdim import SMDIM, SMDIMConfig
-from core.tokenizer import VOCAB_SIZE
 
 
 class AttentionStack(nn.Module):
@@ -74,12 +79,12 @@ def _measure(kind: str, length: int, args: argparse.Namespace, queue) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = SMDIMConfig(window=max(length, 1024), d_model=args.d_model, d_embed=args.d_model // 2,
-                         n_blocks=args.blocks, stride=args.stride)
+                         n_blocks=args.blocks, stride=args.stride, codec=args.codec)
     model = SMDIM(config) if kind == "mfa" else AttentionStack(SMDIM(config))
     model.eval()
-    ids = torch.randint(3, VOCAB_SIZE, (1, length))
+    ids = random_ids(config, length)
     with torch.no_grad():
-        model(torch.randint(3, VOCAB_SIZE, (1, 256)))
+        model(random_ids(config, 256))
         before = _rss()
         times = []
         for _ in range(args.repeats):
@@ -87,6 +92,11 @@ def _measure(kind: str, length: int, args: argparse.Namespace, queue) -> None:
             model(ids)
             times.append(time.perf_counter() - began)
     queue.put((statistics.median(times), _rss() - before))
+
+
+def random_ids(model_or_config, length: int, batch: int = 1) -> torch.Tensor:
+    """(batch, length) random music ids of the model's codec (no PAD, BOS or EOS)."""
+    return torch.randint(3, codec_of(model_or_config).VOCAB_SIZE, (batch, length))
 
 
 def run(kind: str, length: int, args: argparse.Namespace) -> tuple[float, int]:
@@ -118,7 +128,7 @@ def train_rate(model: SMDIM, kernel: str, batch: int, optimizer) -> float:
     from core.models.smdim.training import elbo_sum
 
     model.use_scan(kernel)
-    ids = torch.randint(3, VOCAB_SIZE, (batch, model.config.window))
+    ids = random_ids(model, model.config.window, batch)
     began = time.perf_counter()
     loss = elbo_sum(model, ids, model.mask_id)[0] / ids.numel()
     loss.backward()
@@ -145,7 +155,7 @@ def context_speed(args: argparse.Namespace) -> None:
     print("load before:", uptime())
     piece = first_piece()
     torch.manual_seed(0)
-    model = SMDIM(SMDIMConfig()).eval()
+    model = SMDIM(SMDIMConfig(codec=args.codec)).eval()
     threads = args.speed_threads[0]
     torch.set_num_threads(threads)
     contexts = {"full window": None, "8 s": 8.0, "4 s": 4.0}
@@ -165,8 +175,9 @@ def context_speed(args: argparse.Namespace) -> None:
             for weights in ("int8", "fp32"):
                 found = infill_seconds(model, piece, "auto", weights, context)
                 seconds.setdefault((name, weights), []).append(found)
-    print(f"\ninfill an 8 s region, 32 steps, 1 variation, default size ({model.config.window}-token window), "
-          f"{threads} threads, by the music read each side; wall (CPU) seconds, median of {args.rounds}")
+    print(f"\ninfill an 8 s region, 32 steps, 1 variation, default size ({model.config.window}-token window, "
+          f"codec {args.codec}), {threads} threads, by the music read each side; wall (CPU) seconds, median of "
+          f"{args.rounds}")
     print("| context each side | ids a pass reads | int8 pass weights | fp32 |\n|---|---|---|---|")
     for name in contexts:
         cells = [f"{statistics.median(w for w, _ in found):.2f} ({statistics.median(c for _, c in found):.2f})"
@@ -183,10 +194,11 @@ def speed(args: argparse.Namespace) -> None:
     print("load before:", uptime())
     piece = first_piece()
     torch.manual_seed(0)
-    model = SMDIM(SMDIMConfig()).eval()
+    model = SMDIM(SMDIMConfig(codec=args.codec)).eval()
     forms = {"before: loop scan, fp32": ("loop", "fp32"), "now: stepwise scan, fp32": ("auto", "fp32"),
              "now: stepwise scan, int8 pass weights": ("auto", "int8")}
-    print(f"\ninfill an 8 s region, 32 steps, 1 variation, default size ({model.config.window}-token window); "
+    print(f"\ninfill an 8 s region, 32 steps, 1 variation, default size ({model.config.window}-token window, "
+          f"codec {args.codec}); "
           f"wall (CPU) seconds, median of {args.rounds}; aim < 3 s wall at 2 threads")
     print("| form | " + " | ".join(f"{n} thread(s)" for n in args.speed_threads) + " |\n|---|"
           + "---|" * len(args.speed_threads))
@@ -210,7 +222,7 @@ def speed(args: argparse.Namespace) -> None:
           "|---|---|---|---|---|")
     for preset in ("default", "small"):
         torch.manual_seed(0)
-        model = SMDIM(SMDIMConfig(**SMDIMTraining.presets[preset])).train()
+        model = SMDIM(SMDIMConfig(**SMDIMTraining.presets[preset], codec=args.codec)).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         rates: dict[str, list[float]] = {"loop": [], "auto": []}
         for _ in range(args.rounds):
@@ -238,6 +250,8 @@ def main() -> None:
     parser.add_argument("--train-threads", type=int, default=2, help="threads for the training timing")
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--codec", choices=sorted(CODECS), default=DEFAULT,
+                        help=f"the codec of the models built (default: {DEFAULT})")
     args = parser.parse_args()
     if args.speed:
         speed(args)
@@ -246,7 +260,7 @@ def main() -> None:
         context_speed(args)
         return
     print(f"one denoising pass, batch 1, d_model {args.d_model}, {args.blocks} blocks, stride {args.stride}, "
-          f"{args.threads} thread(s), median of {args.repeats}")
+          f"codec {args.codec}, {args.threads} thread(s), median of {args.repeats}")
     print(f"{'tokens':>7} | {'MFA s':>8} | {'attn s':>8} | {'attn/MFA':>8} | {'MFA MB':>8} | {'attn MB':>8} | "
           f"{'attn/MFA':>8}")
     previous = None

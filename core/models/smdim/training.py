@@ -11,9 +11,9 @@ the left-to-right models' (an upper bound). Held-out pieces are scored at fixed 
 The ids are the model's codec's (core.codecs.codec_of: the trainer serves the pieces encoded with it); PAD is the
 same id in both codecs, and the seconds of music that bits per second divide by are the piece's in the model's
 codec (core.metrics.ids_music_seconds: the clock, or the last note's end where the notes codec's clock stops at
-the last onset), as `recital eval` counts them. A window is cut anywhere in a piece with either codec (with the note-level one it may begin on a
-Duration whose Pitch is just before it): the windows a denoising pass reads (core/infill.py, core/denoising.py)
-begin anywhere too, so training sees what filling sees.
+the last onset), as `recital eval` counts them. A window is cut anywhere in a piece with either codec (with the
+note-level one it may begin on a Duration whose Pitch is just before it): the windows a denoising pass reads
+(core/infill.py, core/denoising.py) begin anywhere too, so training sees what filling sees.
 """
 
 from __future__ import annotations

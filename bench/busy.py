@@ -68,12 +68,13 @@ def median_rates(jobs: dict[str, Callable[[], int]], counts: list[int], rounds: 
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def _primer(tokens: int) -> list[int]:
-    """The first `tokens` ids of a MAESTRO performance."""
+def _primer(tokens: int, codec=None) -> list[int]:
+    """The first `tokens` ids of a MAESTRO performance in `codec` (a model's; None: the event codec)."""
+    from core import tokenizer
     from core.midi import read_performance
-    from core.tokenizer import encode
 
-    return encode(read_performance(require_midi(MAESTRO / "maestro_01.mid")), eos=False)[:tokens].tolist()
+    performance = read_performance(require_midi(MAESTRO / "maestro_01.mid"))
+    return (codec or tokenizer).encode(performance, eos=False)[:tokens].tolist()
 
 
 def train_job(model, primer: list[int]) -> Callable[[], int]:
@@ -111,9 +112,10 @@ def train_job(model, primer: list[int]) -> Callable[[], int]:
 def model_jobs(model, primer_tokens: int, seed: int = 0, tokens: int = 250,
                training: bool = True) -> dict[str, Callable[[], int]]:
     """The job kinds of the policy on one model: each a function that does the job once, returning tokens."""
+    from core.codecs import codec_of
     from core.generate import generate, prepare_primer, use_fast_step
 
-    primer = _primer(max(primer_tokens, 1025))
+    primer = _primer(max(primer_tokens, 1025), codec_of(model))
     train = train_job(model, primer) if training else None  # a copy, before the step weights change
     use_fast_step(model)  # as `recital generate` and the studio run it
 

@@ -9,8 +9,10 @@ random pitches, lengths and velocities), as long as it takes to encode to that m
 eleven hours of music, a ~10 MB MIDI file). Then, per model and size, two fresh processes, one thread each
 (RECITAL_THREADS=1):
 
-- prefill: the model side alone. It loads the model and the primer's ids (.npy) and draws one token after them
-  (core.generate.generate: prefill, HeldNotes, one sample); seconds to read are timed inside it.
+- prefill: the model side alone. It loads the model and the primer's ids in the model's codec (.npy, written for
+  each codec) and draws one token after them (core.generate.generate: prefill, the codec's note rule, one sample);
+  seconds to read are timed inside it. Sizes count the event codec's ids: a "notes" model reads the same music
+  in fewer (its row is the same primer, so rows compare models by the music they hold).
 - continue: `recital continue PRIMER.mid --seconds 2` end to end: MIDI reading and encoding, generation, and
   writing the output (which holds the whole primer again); its seconds are its wall time.
 
@@ -57,7 +59,10 @@ def synthetic_notes(count: int, seed: int = 0):
 
 
 def write_primer(tokens: int, folder: Path) -> tuple[Path, Path, int]:
-    """A MIDI file (and its ids as .npy) that encodes to about `tokens` tokens; returns the paths and the count."""
+    """A MIDI file that the event codec encodes to about `tokens` tokens, and its ids in every codec
+    (`ids_file(stem, codec)`, what `recital continue` reads from the file); returns the MIDI, the stem the
+    ids files share, and the event codec's count."""
+    from core.codecs import CODECS
     from core.midi import read_performance, write_performance
     from core.tokenizer import encode
 
@@ -65,10 +70,16 @@ def write_primer(tokens: int, folder: Path) -> tuple[Path, Path, int]:
     notes = max(1, int(tokens / sample))
     midi = folder / f"primer-{tokens}.mid"
     write_performance(synthetic_notes(notes), midi)
-    ids = encode(read_performance(midi), eos=False)  # what `recital continue` will read from the file
-    path = folder / f"primer-{tokens}.npy"
-    np.save(path, ids.astype(np.uint16))
-    return midi, path, len(ids)
+    read = read_performance(midi)
+    stem = folder / f"primer-{tokens}"
+    for name, codec in CODECS.items():
+        np.save(ids_file(stem, name), codec.encode(read, eos=False).astype(np.uint16))
+    return midi, stem, len(encode(read, eos=False))
+
+
+def ids_file(stem: Path, codec: str) -> Path:
+    """Where a primer's ids in `codec` are kept."""
+    return stem.with_name(f"{stem.name}.{codec}.npy")
 
 
 def run_child(command: list[str]) -> tuple[str, float, int]:
@@ -85,17 +96,19 @@ def run_child(command: list[str]) -> tuple[str, float, int]:
     return output, wall, usage.ru_maxrss * 1024
 
 
-def prefill_child(model_name: str, ids_path: str) -> None:
-    """In the child: read the primer with the model and draw one token; print the seconds it took."""
+def prefill_child(model_name: str, stem: str) -> None:
+    """In the child: read the primer (its ids in the model's codec) with the model and draw one token; print the
+    seconds it took."""
     import torch
 
+    from core.codecs import codec_of
     from core.generate import generate, prepare_primer, use_fast_step
     from core.modeldir import load_model
 
     torch.set_num_threads(1)
     model = load_model(model_name)
     use_fast_step(model)
-    ids = np.load(ids_path)
+    ids = np.load(ids_file(Path(stem), codec_of(model).NAME))
     start = time.perf_counter()
     next(generate(model, prepare_primer(ids, model.config.vocab_size), model.new_state(model.plan(None, 1)),
                   max_tokens=1, seed=0))
@@ -108,7 +121,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="model names or directories")
     parser.add_argument("--skip-continue", action="store_true", help="measure the model side only")
     parser.add_argument("--repeat", type=int, default=3, help="fresh processes per measurement (medians shown)")
-    parser.add_argument("--prefill-child", nargs=2, metavar=("MODEL", "IDS"), help=argparse.SUPPRESS)
+    parser.add_argument("--prefill-child", nargs=2, metavar=("MODEL", "STEM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.prefill_child:
         prefill_child(*args.prefill_child)

@@ -272,19 +272,14 @@ def measure_notes_arm(path: Path, performances: list, excerpts: list, windows) -
     """The notes arm: the same pieces and primers in the note-level codec; continued by `continue_notes`."""
     from bench import continuation as cont
     from core import notecodec
-    from core.midi import Performance
 
     model = load_notes_model(path)
     nats = [whole_piece_scores(model, notecodec.encode(perf).astype(np.int64)) for perf in performances]
     model.use_step_weights("int8")
     column = cont.Column(path.name)
     for index, excerpt in enumerate(excerpts):
-        primer_ids = notecodec.encode(excerpt.primer, eos=False).astype(np.int64)
-        both = notecodec.encode(Performance.concat(excerpt.primer, excerpt.truth), eos=False).astype(np.int64)
-        if not np.array_equal(both[:len(primer_ids)], primer_ids):
-            raise SystemExit(f"error: {excerpt.name}: the primer's note-level ids are not a prefix of primer + truth's")
-        start = notecodec.ids_seconds(primer_ids)  # the primer's last onset: where the continuation's clock starts
-        recoded = cont.Excerpt(excerpt.name, excerpt.primer, excerpt.truth, primer_ids, both[len(primer_ids):], start)
+        recoded = excerpt.coded(notecodec)  # its clock starts at the primer's last onset
+        primer_ids, start = recoded.primer_ids, recoded.start
         period, key = cont.primer_context(excerpt, windows)
         for lane in continue_notes(model, primer_ids, windows.truth, SEEDS, seed=index):
             notes = notecodec.decode_after(primer_ids, lane)

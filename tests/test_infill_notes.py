@@ -175,7 +175,8 @@ def test_recital_infill_runs_a_saved_notes_smdim(trained, piece, tmp_path, capsy
     out = tmp_path / "new.mid"
     assert main(["infill", str(source), "--start", "3", "--end", "6", "--model", str(folder), "--out", str(out),
                  "--seed", "1", "--steps", "4"]) == 0, capsys.readouterr().err
-    assert "the region holds" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "(smdim, notes codec)" in printed and "the region holds" in printed
     original, written = read_performance(source), read_performance(out)
     assert np.allclose(sorted(notes(original, ~region(original, 3.0, 6.0))),
                        sorted(notes(written, ~region(written, 3.0, 6.0))), atol=2e-3)

@@ -2,7 +2,7 @@
 
 The region is --start/--end in seconds or --bars A-B on the file's tempo map (bar A's line to bar B's end).
 --keep-above / --keep-below keep a melody or a bass inside it and write the rest (an accompaniment). The model
-is a denoiser that sees both sides of the region (SMDIM; core/infill.py says what holds).
+is a denoiser that sees both sides of the region (SMDIM, of either codec; core/infill.py says what holds).
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def load_denoiser(name: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from core.codecs import codec_of
     from core.generate import SamplingConfig, use_fast_step
     from core.infill import check_region, infill
     from core.midi import read_performance, write_performance
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_denoiser(args.model)
     use_fast_step(model, exact=args.exact)
     print(f"piece {args.piece}: {len(piece)} notes, {piece.duration:.1f} s; region {start:.2f}-{end:.2f} s; "
-          f"model {args.model} ({model.arch})")
+          f"model {args.model} ({model.arch}, {codec_of(model).NAME} codec)")
     began = time.perf_counter()
     pieces = infill(model, piece, start, end, keep_above=args.keep_above, keep_below=args.keep_below,
                     variations=args.variations, steps=args.steps, density=args.density, seed=args.seed,

@@ -6,10 +6,10 @@ Sources are the real MIDI files of ../shared/midi (RECITAL_SHARED_MIDI) and the 
 neither, it says so and exits 2. Case i is reproducible from (--seed, i): a source file and 1-4 mutations (bit
 flips, byte sets, insertions, deletions, truncation, chunk-length and header corruption, tempo, status,
 meta-length and controller bytes, long delta times, spans spliced in from another file or duplicated). Each
-mutated file is read by `read_performance` then `encode` in a worker process: a signal (a native crash) or a
+mutated file is read by `read_performance` then encoded by every codec (core/codecs.py) in a worker process: a signal (a native crash) or a
 case that runs past --timeout kills only that worker, which is counted and replaced.
 
-Outcomes: ok (a valid Performance and tokens in range), typed (a MidiError or other RecitalError from the
+Outcomes: ok (a valid Performance and tokens in range of each codec), typed (a MidiError or other RecitalError from the
 reader: the one-line message a user sees), untyped (any other exception: a bug), invalid (returned, but breaks
 an invariant of `problems`, or encode failed on it: a bug), hang, crash. The table gives them per source
 folder; the first tracebacks of each distinct untyped error and the inputs of every bug (under --keep) follow.
@@ -48,10 +48,12 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.data import SHARED_MIDI  # noqa: E402
+from core.codecs import CODECS  # noqa: E402
 from core.errors import RecitalError  # noqa: E402
 from core.midi import Performance, read_performance  # noqa: E402
-from core.tokenizer import VOCAB_SIZE, encode  # noqa: E402
 
+# Each codec a model may read: its encoder and its vocabulary (a read must encode in all of them).
+ENCODERS = {name: (codec.encode, codec.VOCAB_SIZE) for name, codec in CODECS.items()}
 ROOT = Path(__file__).resolve().parents[1]
 TEST_DATA = ROOT / "tests" / "data"
 OUTCOMES = ("ok", "typed", "untyped", "invalid", "hang", "crash")
@@ -63,7 +65,8 @@ BUGS = ("untyped", "invalid", "hang", "crash")
 def problems(perf: Performance) -> list[str]:
     """What is wrong with a Performance `read_performance` returned (empty: nothing): it must hold notes (a
     file without any is a MidiError), finite, sorted, non-negative times, no offset before its onset, pitches
-    0-127, velocities 1-127, and (these holding) encode to ids of the codec. tests/test_fuzz.py uses it."""
+    0-127, velocities 1-127, and (these holding) encode to ids of every codec (`ENCODERS`), each problem then
+    named by its codec. tests/test_fuzz.py uses it."""
     found = []
     if len(perf) == 0:
         return ["no notes"]
@@ -81,13 +84,14 @@ def problems(perf: Performance) -> list[str]:
         found.append("velocity out of range")
     if found:  # encoding notes that break these means nothing
         return found
-    try:
-        ids = encode(perf)
-    except BaseException as error:  # noqa: BLE001 - a valid read that cannot be encoded is what is reported
-        found.append(f"encode raised {type(error).__name__}: {error}"[:200])
-    else:
-        if len(ids) and (ids.min() < 0 or ids.max() >= VOCAB_SIZE):
-            found.append("token out of range")
+    for name, (encode, vocab_size) in ENCODERS.items():
+        try:
+            ids = encode(perf)
+        except BaseException as error:  # noqa: BLE001 - a valid read that cannot be encoded is what is reported
+            found.append(f"{name}: encode raised {type(error).__name__}: {error}"[:200])
+        else:
+            if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
+                found.append(f"{name}: token out of range")
     return found
 
 

@@ -128,13 +128,17 @@ def test_a_reader_returning_an_invalid_performance_fails_the_fuzz_check(problem,
         assert_clean(result, path)
 
 
+@pytest.mark.parametrize("codec", ["performance", "notes"])
 @pytest.mark.parametrize("encoded, problem", [(lambda perf: np.array([3, VOCAB_SIZE]), "token out of range"),
                                                (lambda perf: 1 / 0, "encode raised ZeroDivisionError")])
-def test_a_read_that_does_not_encode_fails_the_fuzz_check(encoded, problem, monkeypatch, tmp_path):
+def test_a_read_that_does_not_encode_fails_the_fuzz_check(codec, encoded, problem, monkeypatch, tmp_path):
+    from core.codecs import codec_named
+
     monkeypatch.setattr(fuzz, "read_performance", lambda _path: notes())
-    monkeypatch.setattr(fuzz, "encode", encoded)
+    assert set(fuzz.ENCODERS) == {"performance", "notes"}  # a read must encode in every codec
+    monkeypatch.setitem(fuzz.ENCODERS, codec, (encoded, codec_named(codec).VOCAB_SIZE))
     result = fuzz.check(tmp_path / "case.mid")
-    assert result["outcome"] == "invalid" and result["detail"].startswith(problem)
+    assert result["outcome"] == "invalid" and result["detail"].startswith(f"{codec}: {problem}")
 
 
 def test_only_a_midi_error_naming_the_file_is_a_clean_refusal(monkeypatch, tmp_path):

@@ -1,7 +1,8 @@
 """SMDIM on the note-level codec (issues #17 and #18): the region's layout holds every kept note whole at its onset
 and masks in groups that can hold a note, a masked Pitch becomes a note only with the Duration right after it, a
 tiny notes SMDIM trains (its bound falls, its bits per second count the notes codec's seconds), infills a region
-of a piece keeping everything outside bit for bit, and `recital infill` runs on it saved."""
+of a piece keeping everything outside bit for bit, `recital infill` runs on it saved, and the trainer trains one
+from scratch on windows of the notes codec's ids."""
 
 from __future__ import annotations
 
@@ -181,3 +182,34 @@ def test_recital_infill_runs_a_saved_notes_smdim(trained, piece, tmp_path, capsy
     assert np.allclose(sorted(notes(original, ~region(original, 3.0, 6.0))),
                        sorted(notes(written, ~region(written, 3.0, 6.0))), atol=2e-3)
     assert source.read_bytes() == before  # the input is never written
+
+
+@pytest.mark.usefixtures("isolated_dirs")
+def test_the_trainer_trains_a_notes_smdim_from_scratch_on_notes_windows_and_it_infills(tmp_path, piece, monkeypatch):
+    from tests.test_train_data import write_folder
+    from trainer.config import TrainConfig
+    from trainer.loop import fine_tune
+
+    seen: list[np.ndarray] = []
+    batch = SMDIMTraining.batch
+
+    def spy(self, step, micro):
+        inputs, targets = batch(self, step, micro)
+        seen.append(inputs)
+        return inputs, targets
+
+    monkeypatch.setattr(SMDIMTraining, "batch", spy)
+    folder = write_folder(tmp_path / "midi", 6, notes=30)
+    result = fine_tune(TrainConfig(folder=str(folder), out=str(tmp_path / "trained"), base=None, arch="smdim",
+                                   size="tiny", model={"codec": "notes"}, steps=2, batch=2, workers=1,
+                                   val_fraction=0.2))
+    assert result.steps == 2 and result.best_perplexity is not None
+    model = load_model(tmp_path / "trained")
+    assert model.config.codec == "notes" and model.config.vocab_size == notecodec.VOCAB_SIZE
+    ids = np.concatenate(seen).ravel()
+    pitches = (ids >= notecodec.PITCH) & (ids < notecodec.DURATION)
+    follows = ids[1:][pitches[:-1]]
+    assert pitches.any() and np.mean((follows >= notecodec.DURATION) & (follows < notecodec.TIME_SHIFT)) > 0.9
+    start, end = 3.0, 6.0
+    for result in infill(model, piece, start, end, variations=2, seed=3):
+        assert notes(result, ~region(result, start, end)) == notes(piece, ~region(piece, start, end))

@@ -2,17 +2,22 @@
 limit, shared by every model.
 
 `Constraints` is what the composer asked (parsed and checked here, one-line `ConstraintError`s). It gives two
-masks over the codec's ids (core/tokenizer.py), added to the logits before temperature and top-p:
+masks over the ids of the model's codec (core/codecs.py: `codec=` the module, "performance" by default), added to
+the logits before temperature and top-p:
 
-- `token_mask()` (V,): position-independent, -inf on the NoteOn of a pitch outside the scale or the range and on
-  the Velocity bins outside the range. A denoiser applies it to every masked position it unmasks.
-- `tracker(batch, primer)` -> `ConstraintTracker`: follows each lane's ids (the primer's, then the new ones) and
-  gives the mask for the next id (B, V): the static mask, plus NoteOn -inf while a lane sounds `max_polyphony`
-  notes, a Velocity id forced before the first note when the lane's velocity is outside the range, and a soft
-  bias between NoteOn and TimeShift that steers the recent notes/s toward `density` (steered, not forced).
+- `token_mask()` (V,): position-independent, -inf on the onset id (NoteOn / Pitch) of a pitch outside the scale or
+  the range and on the Velocity bins outside the range. A denoiser applies it to every masked position it unmasks.
+- `tracker(batch, primer)`: follows each lane's ids (the primer's, then the new ones) and gives the mask for the
+  next id (B, V): the static mask, plus the onset ids -inf while a lane sounds `max_polyphony` notes, a Velocity
+  id forced before the first note when the lane's velocity is outside the range, and a soft bias between the onset
+  ids and TimeShift that steers the recent notes/s toward `density` (steered, not forced).
 
-NoteOffs are never masked (a held note can always end, except that a forced Velocity id comes first, and then the
-NoteOffs of sounding notes stay allowed); the primer is only read, never changed.
+The event codec's tracker (`ConstraintTracker`) knows the sounding notes from NoteOn and NoteOff; NoteOffs are
+never masked (a held note can always end, except that a forced Velocity id comes first, and then the NoteOffs of
+sounding notes stay allowed). The note codec's (`NoteTracker`) knows them from each note's Duration id: a note
+sounds from its onset tick to onset + BIN_TICKS[bin]. Durations are never masked: which may follow a Pitch is the
+generator's grammar (notecodec.Grammar), and a constraint never leaves a Pitch without one. The primer is only
+read, never changed.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from core import notecodec, tokenizer
+from core.codecs import ONSET, Codec, codec_named
 from core.errors import RecitalError
 from core.midi import Performance
 from core.tokenizer import (
@@ -265,21 +272,33 @@ class Constraints:
         velocity = np.array([bin_velocity(b) for b in range(VELOCITY_BINS)])
         return (velocity >= self.velocity_low) & (velocity <= self.velocity_high)
 
-    def token_mask(self, vocab_size: int = VOCAB_SIZE, dtype: torch.dtype = torch.float32,
-                   device: torch.device | str | None = None) -> torch.Tensor:
-        """(V,) additive mask, the same at every position: -inf on NoteOns of forbidden pitches and Velocity ids
-        outside the range, 0 elsewhere. What a denoiser adds to the logits of every position it unmasks."""
+    def token_mask(self, vocab_size: int | None = None, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str | None = None, codec: Codec | str = tokenizer) -> torch.Tensor:
+        """(V,) additive mask, the same at every position: -inf on the onset ids (NoteOn / Pitch) of forbidden
+        pitches and the codec's Velocity ids outside the range, 0 elsewhere. What a denoiser adds to the logits of
+        every position it unmasks. vocab_size: the model's (the codec's by default)."""
         if self.from_primer:
             raise ConstraintError("the key 'from the primer' must be resolved against the primer first")
+        codec = _codec(codec)
+        vocab_size = codec.VOCAB_SIZE if vocab_size is None else vocab_size
         mask = torch.zeros(vocab_size, dtype=dtype, device=device)
-        forbidden = np.concatenate([NOTE_ON + np.nonzero(~self.pitches())[0],
-                                    VELOCITY + np.nonzero(~self.velocity_bins())[0]])
+        forbidden = np.concatenate([ONSET + np.nonzero(~self.pitches())[0],
+                                    codec.VELOCITY + np.nonzero(~self.velocity_bins())[0]])
         mask[torch.from_numpy(forbidden[forbidden < vocab_size]).to(mask.device)] = float("-inf")
         return mask
 
-    def tracker(self, batch: int, primer: np.ndarray, vocab_size: int = VOCAB_SIZE) -> ConstraintTracker:
-        """A per-lane tracker that has read `primer` (the same ids in every lane)."""
-        return ConstraintTracker(self, batch, primer, vocab_size)
+    def tracker(self, batch: int, primer: np.ndarray, vocab_size: int | None = None,
+                codec: Codec | str = tokenizer) -> ConstraintTracker | NoteTracker:
+        """A per-lane tracker of the codec's ids that has read `primer` (the same ids in every lane)."""
+        codec = _codec(codec)
+        if codec.NAME == notecodec.NAME:
+            return NoteTracker(self, batch, primer, vocab_size)
+        return ConstraintTracker(self, batch, primer, VOCAB_SIZE if vocab_size is None else vocab_size)
+
+
+def _codec(codec: Codec | str) -> Codec:
+    """A codec module from itself or its name (ModelError for an unknown name)."""
+    return codec_named(codec) if isinstance(codec, str) else codec
 
 
 # -- following the lanes ----------------------------------------------------------------------------------------
@@ -292,8 +311,44 @@ DENSITY_MAX_BIAS = 8.0  # the bias never exceeds this (steered, not forced)
 PRIMER_CHUNK = 1 << 16  # primer ids read at once
 
 
-class ConstraintTracker:
-    """Each lane's sounding notes, velocity and recent notes/s; `mask()` for the next id, `read(ids)` after it.
+class _Steering:
+    """The density controller both trackers share: each lane's recent notes/s (an exponential window over the
+    music's seconds) and the integral term, turned into a logit bias between notes and time."""
+
+    constraints: Constraints
+    recent: np.ndarray  # (B,) notes, each decayed by exp(-age / window)
+    integral: np.ndarray  # (B,) the controller's integral term
+
+    def rate(self) -> np.ndarray:
+        """(B,) recent notes per second."""
+        return self.recent / DENSITY_WINDOW
+
+    def _error(self) -> np.ndarray:
+        return np.log((self.constraints.density + DENSITY_FLOOR) / (self.rate() + DENSITY_FLOOR))
+
+    def density_bias(self) -> np.ndarray:
+        """(B,) logit bias toward a note (> 0) or TimeShift (< 0); zeros without a density."""
+        if self.constraints.density is None:
+            return np.zeros(len(self.recent))
+        return np.clip(DENSITY_GAIN * self._error() + self.integral, -DENSITY_MAX_BIAS, DENSITY_MAX_BIAS)
+
+    def _advance(self, seconds: np.ndarray) -> None:
+        """The clock of each lane moved by `seconds` (B,): gather the integral, decay the recent notes."""
+        if self.constraints.density is not None:
+            self.integral = np.clip(self.integral + DENSITY_INTEGRAL * self._error() * seconds,
+                                    -DENSITY_MAX_BIAS, DENSITY_MAX_BIAS)
+        self.recent *= np.exp(-seconds / DENSITY_WINDOW)
+
+
+def _neutral_start(constraints: Constraints, recent: float, seconds: float) -> float:
+    """The recent notes after a primer of `seconds`, as if the music before it had been at the asked rate."""
+    target = constraints.density or 0.0
+    return recent + target * DENSITY_WINDOW * math.exp(-seconds / DENSITY_WINDOW)
+
+
+class ConstraintTracker(_Steering):
+    """The event codec's tracker: each lane's sounding notes, velocity and recent notes/s; `mask()` for the next
+    id, `read(ids)` after it.
 
     Vectorised over lanes (numpy for the bookkeeping, one (B, V) tensor per step)."""
 
@@ -308,8 +363,7 @@ class ConstraintTracker:
         for begin in range(0, len(primer), PRIMER_CHUNK):
             velocity, clock, recent = _follow(primer[begin:begin + PRIMER_CHUNK], sounding, velocity, clock,
                                               recent)
-        target = constraints.density or 0.0  # before the primer, as if at the asked rate: a neutral start
-        recent += target * DENSITY_WINDOW * math.exp(-clock / DENSITY_WINDOW)
+        recent = _neutral_start(constraints, recent, clock)
         self.sounding = np.repeat(sounding[None], batch, axis=0)  # (B, 128)
         # A note begun at this tick and ended (or struck again) before the clock moves lasts one tick in the file
         # (the codec's shortest note): it still sounds beside the notes struck at this tick.
@@ -318,19 +372,6 @@ class ConstraintTracker:
         self.velocity = np.full(batch, velocity)  # (B,) the bin the next NoteOn would get
         self.recent = np.full(batch, recent)  # (B,) NoteOns, each decayed by exp(-age / window)
         self.integral = np.zeros(batch)  # (B,) the density controller's integral term
-
-    def rate(self) -> np.ndarray:
-        """(B,) recent notes per second."""
-        return self.recent / DENSITY_WINDOW
-
-    def _error(self) -> np.ndarray:
-        return np.log((self.constraints.density + DENSITY_FLOOR) / (self.rate() + DENSITY_FLOOR))
-
-    def density_bias(self) -> np.ndarray:
-        """(B,) logit bias toward NoteOn (> 0) or TimeShift (< 0); zeros without a density."""
-        if self.constraints.density is None:
-            return np.zeros(len(self.recent))
-        return np.clip(DENSITY_GAIN * self._error() + self.integral, -DENSITY_MAX_BIAS, DENSITY_MAX_BIAS)
 
     def mask(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(B, V) additive mask for the next id of each lane."""
@@ -373,10 +414,7 @@ class ConstraintTracker:
         moved = seconds > 0  # the clock moved on: this tick's one-tick notes have ended
         self.struck_now[moved] = False
         self.lingering[moved] = 0
-        if self.constraints.density is not None:
-            self.integral = np.clip(self.integral + DENSITY_INTEGRAL * self._error() * seconds,
-                                    -DENSITY_MAX_BIAS, DENSITY_MAX_BIAS)
-        self.recent *= np.exp(-seconds / DENSITY_WINDOW)
+        self._advance(seconds)
 
 
 def _follow(ids: np.ndarray, sounding: np.ndarray, velocity: int, clock: float, recent: float
@@ -400,3 +438,95 @@ def _follow(ids: np.ndarray, sounding: np.ndarray, velocity: int, clock: float, 
     recent = recent * math.exp(-(end - clock) / DENSITY_WINDOW) + float(
         np.exp(-(end - clocks[on]) / DENSITY_WINDOW).sum())
     return velocity, end, recent
+
+
+class NoteTracker(_Steering):
+    """The note codec's tracker: a note's length is told at its onset (its Duration id), so each lane's sounding
+    notes are the pitches whose last note ends past the lane's clock, the notes struck at this tick among them.
+    `mask()` for the next id, `read(ids)` after it, as `ConstraintTracker`."""
+
+    def __init__(self, constraints: Constraints, batch: int, primer: np.ndarray, vocab_size: int | None = None):
+        self.constraints = constraints
+        self.vocab_size = notecodec.VOCAB_SIZE if vocab_size is None else vocab_size
+        self.static = constraints.token_mask(self.vocab_size, codec=notecodec)  # (V,)
+        self.velocity_ok = constraints.velocity_bins()  # (32,)
+        last_onset, last_end = np.full(128, -1, dtype=np.int64), np.zeros(128, dtype=np.int64)
+        at, recent = notecodec.Reading(), 0.0
+        primer = np.asarray(primer, dtype=np.int64).ravel()
+        for begin in range(0, len(primer), PRIMER_CHUNK):
+            (onset, end, pitch, _), after, ended = notecodec.read_notes(primer[begin:begin + PRIMER_CHUNK], at)
+            recent = recent * math.exp(-(after.tick - at.tick) * TICK_SECONDS / DENSITY_WINDOW) + float(
+                np.exp(-(after.tick - onset) * TICK_SECONDS / DENSITY_WINDOW).sum())
+            _last_notes(onset, end, pitch, last_onset, last_end)
+            at = after
+            if ended:
+                break
+        recent = _neutral_start(constraints, recent, at.tick * TICK_SECONDS)
+        self.tick = np.full(batch, at.tick, dtype=np.int64)  # (B,) each lane's clock in ticks
+        self.ends = np.repeat(last_end[None], batch, axis=0)  # (B, 128) end tick of each pitch's last note
+        self.struck_now = np.repeat((last_onset == at.tick)[None], batch, axis=0)  # (B, 128) struck at this tick
+        self.pending = np.full(batch, at.pending, dtype=np.int64)  # (B,) a Pitch waiting for its Duration, or -1
+        self.velocity = np.full(batch, at.velocity_bin)  # (B,) the bin the next note would get
+        self.recent = np.full(batch, recent)  # (B,) notes, each decayed by exp(-age / window)
+        self.integral = np.zeros(batch)  # (B,) the density controller's integral term
+
+    def polyphony(self) -> np.ndarray:
+        """(B,) notes sounding at each lane's clock (those struck at it included)."""
+        return (self.ends > self.tick[:, None]).sum(axis=1)
+
+    def mask(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(B, V) additive mask for the next id of each lane; never -inf on a Duration."""
+        pitch, time, velocity = slice(ONSET, notecodec.DURATION), slice(notecodec.TIME_SHIFT, notecodec.VELOCITY), \
+            slice(notecodec.VELOCITY, notecodec.VELOCITY + VELOCITY_BINS)
+        batch = len(self.velocity)
+        mask = self.static.expand(batch, -1).clone()
+        if self.constraints.density is not None:
+            bias = torch.from_numpy(self.density_bias()).to(mask.dtype)[:, None] / 2
+            mask[:, pitch] += bias
+            mask[:, time] -= bias
+        if self.constraints.max_polyphony is not None:
+            full = self.polyphony() >= self.constraints.max_polyphony
+            mask[torch.from_numpy(full), pitch] = float("-inf")
+        unvoiced = ~self.velocity_ok[self.velocity]  # the next note would get a velocity outside the range
+        if unvoiced.any():  # a Velocity id in the range first (a Pitch already written still gets its Duration)
+            lanes = torch.from_numpy(np.nonzero(unvoiced)[0])
+            forced = torch.full((len(lanes), self.vocab_size), float("-inf"), dtype=mask.dtype)
+            forced[:, velocity] = self.static[velocity]
+            forced[:, notecodec.DURATION:notecodec.TIME_SHIFT] = 0.0
+            forced[:, :ONSET] = 0.0  # PAD, BOS, EOS: left to the engine's own rules
+            mask[lanes] = forced
+        return mask.to(device=device, dtype=dtype)
+
+    def read(self, ids: np.ndarray) -> None:
+        """Follow one id per lane (B,), the id that was written."""
+        ids = np.asarray(ids, dtype=np.int64)
+        lanes = np.arange(len(ids))
+        completes = (ids >= notecodec.DURATION) & (ids < notecodec.TIME_SHIFT) & (self.pending >= 0)
+        lane, pitch = lanes[completes], self.pending[completes]
+        end = self.tick[completes] + notecodec.BIN_TICKS[ids[completes] - notecodec.DURATION]
+        # A pitch struck twice at one tick is one note, the longer; struck again later, the new note replaces it.
+        self.ends[lane, pitch] = np.where(self.struck_now[lane, pitch], np.maximum(self.ends[lane, pitch], end), end)
+        self.struck_now[lane, pitch] = True
+        self.recent += completes
+        self.pending = np.where((ids >= ONSET) & (ids < notecodec.DURATION), ids - ONSET, -1)
+        velocity = (ids >= notecodec.VELOCITY) & (ids < notecodec.VELOCITY + VELOCITY_BINS)
+        self.velocity[velocity] = ids[velocity] - notecodec.VELOCITY
+        ticks = notecodec.shift_ticks(ids)
+        self.tick += ticks
+        self.struck_now[ticks > 0] = False
+        self._advance(ticks * TICK_SECONDS)
+
+
+def _last_notes(onset: np.ndarray, end: np.ndarray, pitch: np.ndarray, last_onset: np.ndarray,
+                last_end: np.ndarray) -> None:
+    """Fold notes read in order (onset ticks never decrease) into each pitch's last onset and end (128,), in
+    place: a later strike replaces a pitch's note, a strike at the same tick merges into it (the longer)."""
+    if not len(onset):
+        return
+    order = np.lexsort((end, onset, pitch))  # by pitch, then onset, then end: each pitch's last is its latest
+    pitch, onset, end = pitch[order], onset[order], end[order]
+    last = np.append(pitch[1:] != pitch[:-1], True)
+    pitch, onset, end = pitch[last], onset[last], end[last]
+    same_tick = onset == last_onset[pitch]
+    last_end[pitch] = np.where(same_tick, np.maximum(end, last_end[pitch]), end)
+    last_onset[pitch] = onset

@@ -14,7 +14,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core import notecodec, tokenizer
 from core.cli import main
+from core.codecs import ONSET, codec_named
 from core.constraints import ConstraintError, Constraints, key_of, parse_key, parse_note, parse_range
 from core.midi import Performance, read_performance
 from core.modeldir import load_model
@@ -145,6 +147,20 @@ def test_the_token_mask_forbids_exactly_the_notes_and_velocities_outside_and_nev
     assert torch.isinf(mask[NOTE_ON + 60]) and torch.isinf(mask[VELOCITY + 9])
 
 
+@pytest.mark.parametrize("codec", [tokenizer, notecodec, "notes"])
+def test_the_token_mask_is_over_the_codecs_ids(codec):
+    """The same pitches and velocity bins in either codec: its onset ids and its Velocity ids, nothing else."""
+    module = codec_named(codec) if isinstance(codec, str) else codec
+    constraints = Constraints.parse(key="F# major", range_="C4-B4", velocity="40-90")
+    mask = constraints.token_mask(codec=codec)
+    assert mask.shape == (module.VOCAB_SIZE,)
+    forbidden = set(torch.nonzero(torch.isinf(mask))[:, 0].tolist())
+    onsets = {ONSET + p for p in range(128) if p not in (61, 63, 65, 66, 68, 70, 71)}
+    velocities = {module.VELOCITY + b for b in range(32) if not 10 <= b < 23}
+    assert forbidden == onsets | velocities
+    assert torch.equal(constraints.token_mask(module.VOCAB_SIZE + 5, codec=codec)[:module.VOCAB_SIZE], mask)
+
+
 def test_the_tracker_forces_a_velocity_holds_polyphony_and_reads_the_primer():
     constraints = Constraints(velocity_low=100, max_polyphony=2)
     ids = np.array([BOS, VELOCITY + 12, NOTE_ON + 60, TIME_SHIFT + 9, NOTE_ON + 64])  # velocity 50, 2 sounding
@@ -164,18 +180,21 @@ def test_the_tracker_forces_a_velocity_holds_polyphony_and_reads_the_primer():
     assert (mask[:, NOTE_ON:NOTE_OFF] == 0).all()  # lane 0: one note sounds; lane 1: loud, one note sounds
 
 
-def test_without_a_density_the_tracker_adds_no_bias_and_with_one_it_pulls_toward_it():
+@pytest.mark.parametrize("codec", [tokenizer, notecodec])
+def test_without_a_density_the_tracker_adds_no_bias_and_with_one_it_pulls_toward_it(codec):
     ids = np.array([1], dtype=np.int64)
-    assert (Constraints(max_polyphony=3).tracker(1, ids).mask() == 0).all()
-    tracker = Constraints(density=8).tracker(1, ids)
+    assert (Constraints(max_polyphony=3).tracker(1, ids, codec=codec).mask() == 0).all()
+    tracker = Constraints(density=8).tracker(1, ids, codec=codec)
     assert tracker.density_bias()[0] == 0  # a neutral start
-    tracker.read(np.array([TIME_SHIFT + 99]))  # a silent second
+    tracker.read(np.array([codec.TIME_SHIFT + 99]))  # a silent second
     assert tracker.density_bias()[0] > 0
+    note = [ONSET + 60] if codec is tokenizer else [ONSET + 60, notecodec.DURATION]
     for _ in range(30):  # thirty notes at once
-        tracker.read(np.array([NOTE_ON + 60]))
+        for token in note:
+            tracker.read(np.array([token]))
     assert tracker.density_bias()[0] < 0
     mask = tracker.mask()
-    assert mask[0, NOTE_ON] < 0 < mask[0, TIME_SHIFT]
+    assert mask[0, ONSET] < 0 < mask[0, codec.TIME_SHIFT]
 
 
 # -- words --------------------------------------------------------------------------------------------------------

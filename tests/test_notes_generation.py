@@ -1,0 +1,319 @@
+"""Generation on the note-level codec (issue #17): the engine follows the codec's grammar (a Duration after every
+Pitch, none longer than --max-note, EOS never after a Pitch) and counts its seconds; a denoiser's unmasking keeps
+each Pitch with its Duration; the player sends each note at its own times; the studio draws whole notes; `recital
+generate` / `continue` run a notes model directory end to end; adapting reads the notes primer."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the studio's piano roll, without a screen
+
+from types import SimpleNamespace  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from core import notecodec as nc  # noqa: E402
+from core.adapt import AdaptSettings, adapt  # noqa: E402
+from core.cli import main  # noqa: E402
+from core.constraints import Constraints  # noqa: E402
+from core.generate import SamplingConfig, generate, prepare_primer  # noqa: E402
+from core.midi import Performance, read_performance  # noqa: E402
+from core.modeldir import load_model, save_model  # noqa: E402
+from core.models.dsmr import DSMR, DSMRConfig  # noqa: E402
+from core.models.smdim import SMDIM, SMDIMConfig  # noqa: E402
+from core.models.smdim.sampling import note_order, pair_notes  # noqa: E402
+from core.player import LivePlayer, Schedule, performance_events, play_along  # noqa: E402
+from core.session import GenerationSession  # noqa: E402
+from tests.conftest import PIANO_PIECE  # noqa: E402
+from tests.test_player import FakeSink  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NOTES_DSMR = dict(codec="notes", d_model=32, n_layers=2, n_heads=2, segment_len=16, max_horizon=64)
+NOTES_SMDIM = dict(codec="notes", d_embed=16, d_model=32, n_blocks=1, n_heads=2, d_state=4, window=64,
+                   attn_window=4, stride=2, mlp_ratio=2, steps=4, default_budget="2MB")
+LONGEST = nc.DURATION + nc.DURATION_BINS - 1  # the 8 s bin
+
+
+def notes_dsmr(**fields) -> DSMR:
+    torch.manual_seed(0)
+    return DSMR(DSMRConfig(**{**NOTES_DSMR, **fields}))
+
+
+def is_pitch(ids) -> np.ndarray:
+    ids = np.asarray(ids)
+    return (ids >= nc.PITCH) & (ids < nc.DURATION)
+
+
+def is_duration(ids) -> np.ndarray:
+    ids = np.asarray(ids)
+    return (ids >= nc.DURATION) & (ids < nc.TIME_SHIFT)
+
+
+def assert_paired(ids, longest: float | None = None) -> None:
+    """Every Pitch is followed at once by a Duration and every Duration follows a Pitch (no longer than
+    `longest` seconds)."""
+    ids = np.asarray(ids)
+    pitch, duration = is_pitch(ids), is_duration(ids)
+    assert not (pitch[:-1] & ~duration[1:]).any() and not pitch[-1:].any(), ids
+    assert not (duration[1:] & ~pitch[:-1]).any() and not duration[:1].any(), ids
+    if longest is not None:
+        assert (nc.BIN_TICKS[ids[duration] - nc.DURATION] * nc.TICK_SECONDS <= longest + 1e-9).all()
+
+
+class Ranked(torch.nn.Module):
+    """A notes model that ranks the ids the same fixed way after anything: with greedy sampling it writes the
+    first of `ranking` the generator lets it write (to test the grammar on its own)."""
+
+    arch = "ranked"
+
+    def __init__(self, ranking: list[int]):
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=nc.VOCAB_SIZE, default_budget=1024, codec="notes")
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.logits = torch.full((nc.VOCAB_SIZE,), -100.0)
+        self.logits[torch.tensor(ranking)] = torch.arange(len(ranking), 0, -1, dtype=torch.float)
+
+    def plan(self, budget_bytes, batch=1):
+        return SimpleNamespace(nbytes=0, batch=batch, describe=lambda: "ranked")
+
+    def new_state(self, plan, batch=None):
+        return SimpleNamespace(batch=plan.batch, nbytes=0, reset=lambda lane: None)
+
+    def prefill(self, ids, state):
+        return self.logits.expand(ids.shape[0], -1).clone()
+
+    def step(self, ids, state):
+        return self.logits.expand(len(ids), -1).clone()
+
+
+def greedy(model, primer=None, batch: int = 1, **limits) -> np.ndarray:
+    """(B, T) ids the engine writes greedily after `primer`."""
+    state = model.new_state(model.plan(1, batch), batch)
+    out = list(generate(model, prepare_primer(primer, nc.VOCAB_SIZE), state, SamplingConfig(temperature=0),
+                        **limits))
+    return np.stack(out, axis=1)
+
+
+# ---- the engine ----------------------------------------------------------------------------------------------
+
+def test_every_pitch_gets_its_duration_chosen_no_longer_than_max_note():
+    """The model always wants a note of 8 s: each Pitch gets the longest Duration within --max-note (nothing is
+    released afterwards: no id is replaced), and the longest of all without a limit."""
+    ranking = [nc.PITCH + 60, *range(LONGEST, nc.DURATION - 1, -1), nc.TIME_SHIFT + 49]
+    capped = greedy(Ranked(ranking), max_tokens=6, max_note_seconds=0.5)[0]
+    within = nc.DURATION + int(np.flatnonzero(nc.BIN_TICKS <= 50).max())
+    assert capped.tolist() == [nc.PITCH + 60, within] * 3
+    assert nc.BIN_TICKS[within - nc.DURATION] == 50
+    assert greedy(Ranked(ranking), max_tokens=4, max_note_seconds=None)[0].tolist() == [nc.PITCH + 60, LONGEST] * 2
+    shortest = greedy(Ranked(ranking), max_tokens=2, max_note_seconds=0.001)[0]  # below the grid: the shortest bin
+    assert shortest.tolist() == [nc.PITCH + 60, nc.DURATION]
+
+
+def test_eos_never_follows_a_pitch_and_a_primers_last_pitch_gets_its_duration():
+    ranking = [nc.EOS, nc.DURATION + 5, nc.PITCH + 60]
+    primer = [nc.BOS, nc.PITCH + 64]
+    ended = greedy(Ranked(ranking), primer, max_tokens=10, stop_at_eos=True)[0]
+    assert ended.tolist() == [nc.DURATION + 5, nc.EOS]
+    piece = nc.decode(np.concatenate([primer, ended]))
+    assert piece.pitch.tolist() == [64] and piece.offset.tolist() == [pytest.approx(0.06)]
+    kept_going = greedy(Ranked(ranking), primer, max_tokens=5, stop_at_eos=False)[0]
+    assert kept_going.tolist() == [nc.DURATION + 5, nc.PITCH + 60, nc.DURATION + 5, nc.PITCH + 60,
+                                   nc.DURATION + 5]
+
+
+def test_max_seconds_counts_the_notes_codecs_time_shifts_per_lane():
+    """Id 294 is 1 s in the notes codec (0.36 s in the event codec): a lane stops after three of them."""
+    second = nc.TIME_SHIFT + nc.MAX_SHIFT_TICKS - 1
+    out = greedy(Ranked([second]), batch=2, max_seconds=3)
+    assert out.shape == (2, 3) and (out == second).all()
+
+
+def test_a_notes_session_follows_the_grammar_its_constraints_and_max_note():
+    """A tiny random notes DSMR, sampled: every note paired and no longer than max_note, the pieces what the live
+    notes showed; with a key and a range every new Pitch is in them."""
+    model = notes_dsmr()
+    constraints = Constraints.parse("C major", None, "C4-C5", None, None, None)
+    for given in (None, constraints):
+        session = GenerationSession(model, seconds=4, variations=2, seed=2, max_note=0.3, constraints=given)
+        live = [[], []]
+        for event in session:
+            for lane, events in enumerate(event.notes):
+                live[lane] += [(e.onset, e.time, e.pitch) for e in events if e.kind == "off"]
+        for lane, part in zip(session.lanes, session.new_parts(), strict=True):
+            assert_paired(lane, longest=0.3)
+            assert (part.offset - part.onset <= 0.3 + 1e-9).all()
+        assert sum(len(part) for part in session.new_parts())
+        for lane, part in enumerate(session.new_parts()):
+            assert sorted(live[lane]) == sorted(zip(part.onset, part.offset, part.pitch, strict=True))
+        if given is not None:
+            pitches = np.concatenate([np.asarray(lane)[is_pitch(lane)] - nc.PITCH for lane in session.lanes])
+            assert len(pitches) and ((pitches >= 60) & (pitches <= 72)).all()
+            assert np.isin(pitches % 12, [0, 2, 4, 5, 7, 9, 11]).all()
+
+
+# ---- the denoiser ---------------------------------------------------------------------------------------------
+
+def test_note_order_masks_by_the_known_neighbours():
+    mask_id = nc.VOCAB_SIZE
+    x = torch.tensor([[nc.BOS, nc.PITCH + 60, mask_id, mask_id, mask_id, nc.DURATION + 3, mask_id, nc.TIME_SHIFT,
+                       mask_id]])
+    forbidden = note_order(x, mask_id, nc.VOCAB_SIZE)[0]  # (T, V)
+    allowed = [set(np.flatnonzero(~row.numpy()).tolist()) for row in forbidden]
+    durations, pitches = set(range(nc.DURATION, nc.TIME_SHIFT)), set(range(nc.PITCH, nc.DURATION))
+    assert allowed[2] == durations  # after a Pitch
+    assert allowed[3] == set(range(nc.VOCAB_SIZE)) - durations  # after a masked slot: anything but a Duration
+    assert allowed[4] == pitches  # before a known Duration
+    assert allowed[6] == set(range(nc.VOCAB_SIZE)) - durations - pitches  # before a TimeShift: no Pitch
+    assert allowed[8] == set(range(nc.VOCAB_SIZE)) - durations  # the window's end: free on that side
+
+
+def test_a_pitch_committed_in_a_pass_takes_its_duration_in_that_pass():
+    """Pitches drawn side by side in one pass: the second becomes the first's Duration, the third keeps its Pitch
+    and the still-masked slot after it becomes its Duration; a Pitch whose next slot was known is left alone."""
+    mask_id = nc.VOCAB_SIZE
+    p = nc.PITCH + 60
+    before = torch.tensor([[nc.BOS, mask_id, mask_id, mask_id, mask_id, mask_id, nc.TIME_SHIFT]])
+    masked = before == mask_id
+    x = torch.tensor([[nc.BOS, p, p + 1, p + 2, mask_id, nc.TIME_SHIFT + 3, nc.TIME_SHIFT]])
+    chosen = torch.tensor([[False, True, True, True, False, True, False]])
+    logits = torch.zeros(1, 7, nc.VOCAB_SIZE)
+    logits[0, :, nc.DURATION + 7] = 50.0  # the model's favourite Duration everywhere
+    logits[0, :, nc.PITCH + 70] = 60.0  # a Pitch it likes more: never chosen for a pair
+    fixed, committed = pair_notes(x, chosen, masked, logits, SamplingConfig(temperature=0), None)
+    assert fixed[0].tolist() == [nc.BOS, p, nc.DURATION + 7, p + 2, nc.DURATION + 7, nc.TIME_SHIFT + 3,
+                                 nc.TIME_SHIFT]
+    assert committed[0].tolist() == [False, True, True, True, True, True, False]
+    assert_paired(fixed[0, 1:6].numpy())
+
+
+def test_a_notes_denoiser_writes_whole_notes_within_max_note():
+    torch.manual_seed(0)
+    model = SMDIM(SMDIMConfig(**{**NOTES_SMDIM, "window": 32}))  # a short window: several for a few seconds
+    for seed in range(3):
+        session = GenerationSession(model, None, seconds=20.0, variations=2, seed=seed, max_note=0.3)
+        session.run()
+        assert session.windows >= 2
+        for lane, piece in zip(session.lanes, session.pieces(), strict=True):
+            assert_paired(lane, longest=0.3)
+            assert nc.ids_seconds(lane) >= 20.0 and 0 < len(piece) <= int(is_pitch(lane).sum())  # one key twice at a tick: one note
+
+
+# ---- playing and drawing --------------------------------------------------------------------------------------
+
+def told(ids) -> list[tuple[list, float]]:
+    """The notes Decoder's events id by id, each batch with the horizon it was told at (then `finish`)."""
+    decoder, out = nc.Decoder(0.0), []
+    for token in ids:
+        out.append((decoder.feed(token), decoder.time))
+    out.append((decoder.finish(), decoder.time))
+    return out
+
+
+def test_the_player_sends_every_note_at_its_own_times_however_late_its_end_is_told():
+    """A note's end is told when the clock reaches it, or at the end (past the last id's time): the schedule keeps
+    each event until its own time, whether the generator runs ahead or falls behind (stalls shift the clock)."""
+    piece = Performance.from_notes(np.array([0.0, 0.5, 1.0, 1.0]), np.array([2.5, 0.7, 1.2, 3.0]),
+                                   np.array([60, 64, 67, 48]), np.full(4, 80))
+    ids = nc.encode(piece)
+    batches = told(ids)
+    assert any(e.time > horizon for events, horizon in batches for e in events)  # ends told ahead of the clock
+    expected = [(e.kind, e.pitch, e.time) for e in performance_events(nc.decode(ids))]
+    for seconds_per_id in (0.0, 0.2):  # all at once, or slower than the music (stalls)
+        schedule, sent, now, fed = Schedule(lookahead=0.3, start=0.0), [], 0.0, 0
+        while not schedule.done and now < 30:
+            while fed < len(batches) and fed * seconds_per_id <= now:
+                events, horizon = batches[fed]
+                schedule.add(events, now, horizon=horizon)
+                fed += 1
+                if fed == len(batches):
+                    schedule.finish(now)
+            sent += [(at, event) for at, event in schedule.pop_due(now)]
+            now = round(now + 0.01, 9)
+        assert [(e.kind, e.pitch, e.time) for _, e in sent] == expected
+        origins = [round(at - e.time, 6) for at, e in sent]  # clock minus music time: moves only on a stall
+        assert origins == sorted(origins)
+        if seconds_per_id == 0.0:
+            assert len(set(origins)) == 1
+        else:
+            assert schedule.stalls >= 1
+
+
+def test_play_along_decodes_with_the_models_codec(scale):
+    ids = nc.encode(scale.shifted(0.1)).tolist()
+    sink = FakeSink()
+    with LivePlayer(sink, lookahead=0.2) as player:
+        passed = list(play_along(iter(ids), player, codec=nc))
+    assert passed == ids
+    assert sink.sent == [(e.kind, e.pitch) for e in performance_events(nc.decode(ids))]
+
+
+def test_the_studio_draws_the_whole_notes_a_notes_model_writes(qtbot, scale):
+    from studio.document import Piece
+    from studio.generation import Generate, GenerateRequest
+    from studio.pianoroll import PianoRoll
+
+    job = Generate(GenerateRequest(Piece(scale, Performance.empty()), None, False, seconds=3.0, seed=1), notes_dsmr())
+    batches = []
+    job.progress.connect(lambda live: batches.append(live))
+    parts = job.work()
+    roll = PianoRoll()
+    qtbot.addWidget(roll)
+    for live in batches:
+        roll.add_live(live.notes.get(0, []))
+    drawn = sorted((round(on, 6), round(off, 6), pitch, velocity)
+                   for on, off, pitch, velocity in (item.note for item in roll.notes("live")))
+    part = parts[0]
+    assert len(part) and drawn == sorted(zip(np.round(part.onset, 6).tolist(), np.round(part.offset, 6).tolist(),
+                                             part.pitch.tolist(), part.velocity.tolist(), strict=True))
+
+
+# ---- the commands -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def notes_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny-notes"
+    return save_model(notes_dsmr(default_budget="256KB"), path, "# Tiny notes model\n\nRandom weights, for tests "
+                                                                "only.\n")
+
+
+def test_generate_and_continue_run_a_notes_model_and_max_note_caps_its_durations(notes_model_dir, tmp_path,
+                                                                                   capsys):
+    assert load_model(notes_model_dir).config.codec == "notes"
+    out = tmp_path / "piece.mid"
+    base = ["generate", "--model", str(notes_model_dir), "--seconds", "6", "--seed", "3"]
+    assert main([*base, "--out", str(out)]) == 0
+    free = read_performance(out)
+    assert len(free) and (free.offset - free.onset).max() > 0.5  # a random model picks long notes too
+    assert main([*base, "--out", str(out), "--force", "--max-note", "0.3"]) == 0
+    capped = read_performance(out)
+    assert len(capped) and (capped.offset - capped.onset).max() <= 0.3 + 0.002  # the file's tick rounding
+    assert f"wrote {out}" in capsys.readouterr().out
+
+    cont = tmp_path / "cont.mid"
+    assert main(["continue", str(PIANO_PIECE), "--model", str(notes_model_dir), "--seconds", "3", "--seed", "1",
+                 "--max-note", "0.3", "--out", str(cont)]) == 0
+    primer, written = read_performance(PIANO_PIECE), read_performance(cont)
+    old = {(round(on, 3), p) for on, p in zip(primer.onset.tolist(), primer.pitch.tolist(), strict=True)}
+    new = np.array([(on, p) not in old for on, p in zip(np.round(written.onset, 3).tolist(),
+                                                         written.pitch.tolist(), strict=True)])
+    assert new.any() and len(written) - new.sum() == len(primer)  # every primer note kept, new ones after
+    assert (written.offset[new] - written.onset[new]).max() <= 0.3 + 0.002
+    assert "new:" in capsys.readouterr().out
+
+
+# ---- adapting ----------------------------------------------------------------------------------------------------
+
+def test_adapting_a_notes_model_reads_the_primer_in_its_codec():
+    from tests.test_adapt import primer_nats, riff
+
+    model = notes_dsmr()
+    ids = nc.encode(riff(8.0), eos=False).astype(np.int64)
+    adapted = adapt(model, ids, steps=5, lr=1e-2)
+    assert primer_nats(adapted.model, ids) < 0.9 * primer_nats(model, ids)
+    session = GenerationSession(model, riff(8.0), seconds=1, seed=1, adapt=AdaptSettings(min_seconds=0))
+    session.run()
+    assert session.adapt_seconds is not None and session.pieces()[0].pitch[:4].tolist() == [60, 64, 67, 72]

@@ -291,3 +291,43 @@ def test_the_elbo_is_refused_to_a_left_to_right_model_and_needs_a_draw(tiny_mode
         elbo_report(denoiser, [np.array([1, 40, 300, 2])], draws=0)
     with pytest.raises(RecitalError, match="no piece has an id to score"):
         elbo_report(denoiser, [np.zeros(0, dtype=np.int64)])
+
+
+def test_a_notes_run_warm_starts_from_a_performance_model_resumes_and_exports_a_notes_model(setup, monkeypatch,
+                                                                                            capsys):
+    from trainer.corpus import Corpus
+
+    assert main(args(setup, "--steps", "2", "--resume")) == 0  # a "performance" model to start from
+    source = load_model(setup["dest"])
+    notes = {**setup, "run": setup["run"].parent / "notes-run", "dest": setup["dest"].parent / "notes"}
+    calls = []
+
+    def stop_after_two(self) -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with monkeypatch.context() as patch:
+        patch.setattr(recipe_module.StopFlag, "__call__", stop_after_two)
+        assert main(args(notes, "--steps", "4", "--codec", "notes", "--init", str(setup["dest"]))) == 130
+    assert "warm start: transferred by meaning from the 'performance' codec to 'notes'" in capsys.readouterr().err
+    assert main(args(notes, "--steps", "4", "--resume", "--codec", "performance")) == 1  # the run's codec stays
+    assert "cannot go on with the 'performance' codec" in capsys.readouterr().err
+    assert main(args(notes, "--steps", "4", "--resume")) == 0  # the run's codec, without saying it again
+    model = load_model(notes["dest"])
+    meta = json.loads((notes["dest"] / "config.json").read_text())
+    assert meta["tokenizer"]["name"] == "notes" and model.config.codec == "notes"
+    assert model.config.d_model == source.config.d_model
+    card = (notes["dest"] / "card.md").read_text()
+    assert "'notes' codec" in card.splitlines()[0] and "warm-started from the weights of `tiny-default`" in card
+    assert "Pitch_p <- NoteOn_p" in card and "| perplexity | bits/s |" in card
+    err = capsys.readouterr().err
+    assert "held-out perplexity, maestro:" in err and "bits/s" in err
+    Corpus.open(setup["data"], "notes")  # the run read the corpus with the notes codec
+
+
+def test_a_notes_run_from_scratch_via_set_and_the_plan(setup, capsys):
+    assert main(args(setup, "--plan", "--set", 'model.codec="notes"')) == 0
+    assert "'notes' codec" in capsys.readouterr().err
+    assert main(args(setup, "--steps", "2", "--set", 'model.codec="notes"')) == 0
+    assert load_model(setup["dest"]).config.codec == "notes"
+    assert (setup["dest"] / "card.md").read_text().startswith("# tiny-default: dsmr trained from scratch")

@@ -52,6 +52,8 @@ def test_the_section_goes_before_the_config_and_is_replaced_later():
 class FolderCorpus:
     """A corpus of real MIDI files read whole: piece(i) -> ids, as trainer.corpus.Corpus gives them."""
 
+    codec = "performance"
+
     def __init__(self, files):
         self.ids = [encode(read_performance(path)) for path in files]
 

@@ -13,6 +13,11 @@ yet, so the same command can be repeated in the background session after session
 minutes or steps are used up, or it stops improving) is the best model scored on held-out corpus pieces and on
 the MAESTRO performances (never trained on), stored in fp16 and written to `assets/models/<name>/` with a card
 that says how to make it again. Ctrl-C or SIGTERM stops after the current step and keeps a checkpoint.
+
+The codec (core.codecs) is the model's: the recipe's, or `--codec notes` (or `--set model.codec="notes"`); a run
+keeps the codec it started with. An input only the event codec can feed (the sounding notes) is left out of a
+"notes" model. `--init` may name a model of the other codec: the new model is warm-started from it by meaning
+(trainer.transfer), and the card says so.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.codecs import CODECS
 from core.errors import MidiError, ModelError, RecitalError
 from core.modelcard import scrub_paths, shown_name
 from core.models import registry
@@ -66,7 +72,9 @@ def check_data(folder: Path, is_default: bool) -> None:
 def init_origin(path: Path, recipe: Recipe) -> dict:
     """What a run started with `--init` begins from: the model directory, the repository revision it was read at
     and the training lines of its card (quoted in the new card, so that the whole history stays told). The model
-    must be the one the recipe would train: same architecture, same config (the memory it was trained with aside)."""
+    must be the one the recipe would train: same architecture, same config (the memory it was trained with aside),
+    but it may read the other codec: then "transfer" names the codecs, and the run starts from a model
+    transferred by meaning (`transfer_init`)."""
     import subprocess
 
     from core.modeldir import architecture, read_card, read_config
@@ -81,9 +89,15 @@ def init_origin(path: Path, recipe: Recipe) -> dict:
     size = recipe.train.get("size", "default")
     wanted = config_class.from_dict(scratch_config(recipe.arch, size, recipe.model)).to_dict()
     found = config_class.from_dict(meta["config"]).to_dict()
+    transfer = None
+    ignored = {"trained_horizons"}
+    if found.get("codec") != wanted.get("codec"):  # a warm start by meaning: the codec's own fields follow it
+        transfer = {"from": found.get("codec"), "to": wanted.get("codec"),
+                    "changes": {k: wanted[k] for k in ADDABLE_INPUTS if k in wanted}}
+        ignored |= {"codec", "vocab_size", *ADDABLE_INPUTS}
     # An input the model lacks may be added (its weights start at zero: the run begins where the model was).
-    added = {k: True for k in ADDABLE_INPUTS if wanted.get(k) is True and found.get(k) is False}
-    differ = sorted(k for k in wanted if k != "trained_horizons" and k not in added and wanted[k] != found.get(k))
+    added = {} if transfer else {k: True for k in ADDABLE_INPUTS if wanted.get(k) is True and found.get(k) is False}
+    differ = sorted(k for k in wanted if k not in ignored and k not in added and wanted[k] != found.get(k))
     if differ:
         raise ModelError(f"{path}: --init needs the model the recipe trains; its "
                          + ", ".join(f"{k} is {found.get(k)!r}, not {wanted[k]!r}" for k in differ))
@@ -94,8 +108,46 @@ def init_origin(path: Path, recipe: Recipe) -> dict:
                                   text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         revision = None
-    return {"path": str(path), "revision": revision, "added": added,
+    return {"path": str(path), "revision": revision, "added": added, "transfer": transfer,
             "training": [line for line in training.splitlines() if line.lstrip().startswith("- ")]}
+
+
+INIT_DIR = "init"  # in the run folder: the --init model transferred to the run's codec (the run's base)
+
+
+def transfer_init(init: dict, run_dir: Path, log) -> Path:
+    """The --init model transferred by meaning to the run's codec, written into the run folder as the run's base;
+    `init["transfer"]` gets the card's description of what was copied and how."""
+    from core.modeldir import load_model, save_model
+    from trainer.transfer import transferred
+
+    source = load_model(Path(init["path"]))
+    model, how = transferred(source, init["transfer"]["to"], init["transfer"]["changes"])
+    init["transfer"]["how"] = how.describe()
+    log(f"warm start: {how.describe()}")
+    return save_model(model, run_dir / INIT_DIR, f"# {Path(init['path']).name}, {how.describe()}\n")
+
+
+def choose_codec(args: argparse.Namespace, model: dict, saved: dict | None, log) -> dict:
+    """The model settings with the run's codec: --codec, else --set model.codec or the recipe's, else (resuming)
+    the codec the run started with. An input the codec cannot feed is left out, said once."""
+    from core.codecs import DEFAULT, codec_named
+    from trainer.loop import ADDABLE_INPUTS
+
+    model = dict(model)
+    if args.codec:
+        model["codec"] = args.codec
+    started = (saved or {}).get("model", {}).get("codec", DEFAULT) if saved else None
+    if started is not None and model.get("codec", started) != started:
+        raise ModelError(f"this run trains a {started!r} model: it cannot go on with the {model['codec']!r} codec "
+                         "(use another --run for a new one)")
+    codec = codec_named(model.get("codec", started or DEFAULT)).NAME
+    model["codec"] = codec
+    if codec != DEFAULT:
+        for name in ADDABLE_INPUTS:
+            if model.pop(name, False):
+                log(f"{name} follows the event codec's NoteOn/NoteOff ids: a {codec!r} model is trained without it")
+    return model
 
 
 def fingerprint(corpus) -> str:
@@ -181,8 +233,11 @@ def evaluate(model, corpus, val: list[int], recipe: Recipe, log) -> dict:
     elif parts:  # all held-out pieces: the token-weighted mean of the parts' log-perplexities
         tokens = sum(p["tokens"] for p in parts)
         nll = sum(math.log(p["perplexity"]) * p["tokens"] for p in parts)
+        seconds = sum(p.get("seconds") or 0.0 for p in parts)
         results = {"corpus": {"perplexity": math.exp(nll / tokens), "tokens": tokens,
-                              "pieces": sum(p["pieces"] for p in parts)}, **results}
+                              "pieces": sum(p["pieces"] for p in parts), "seconds": seconds,
+                              "bits_per_second": nll / math.log(2) / seconds if seconds > 0 else None},
+                   **results}
     maestro = sorted(recipe.maestro.glob("*.mid")) if recipe.maestro.is_dir() else []
     if maestro:
         log(f"scoring {len(maestro)} MAESTRO performances")
@@ -201,16 +256,27 @@ def score_line(label: str, row: dict) -> str:
         return (f"held-out ELBO, {label}: {row['elbo_bits_per_token']:.3f} bits/token"
                 + (f", {per_second:.1f} bits/s" if per_second is not None else "")
                 + f" ({row['pieces']} pieces, {row['tokens']:,} tokens)")
-    return f"held-out perplexity, {label}: {row['perplexity']:.3f} ({row['pieces']} pieces, {row['tokens']:,} tokens)"
+    per_second = row.get("bits_per_second")
+    return (f"held-out perplexity, {label}: {row['perplexity']:.3f}"
+            + (f", {per_second:.1f} bits/s" if per_second is not None else "")
+            + f" ({row['pieces']} pieces, {row['tokens']:,} tokens)")
 
 
 def perplexity_table(scores: dict, model_config: dict) -> list[str]:
-    """The card's section of a left-to-right model's held-out scores: its perplexity."""
+    """The card's section of a left-to-right model's held-out scores: its perplexity (per id of its codec, so
+    comparable only between models of one codec) and bits per second of music (comparable across codecs)."""
+    def per_second(row: dict) -> str:
+        value = row.get("bits_per_second")
+        return "-" if value is None else f"{value:.1f}"
+
     return ["## Held-out perplexity", "",
             "Whole pieces read left to right under the model's default budget "
-            f"({model_config.get('default_budget')}), from the fp16 weights as shipped.", "",
-            "| set | pieces | tokens | perplexity |", "| --- | ---: | ---: | ---: |"] + [
-        f"| {label} | {row['pieces']:,} | {row['tokens']:,} | {row['perplexity']:.3f} |"
+            f"({model_config.get('default_budget')}), from the fp16 weights as shipped, encoded with the model's "
+            f"codec ({model_config.get('codec', 'performance')!r}). Perplexity is per id of that codec: it compares "
+            "models of one codec only; bits per second of music (-log2 p over the pieces' seconds) compare across "
+            "codecs.", "",
+            "| set | pieces | tokens | perplexity | bits/s |", "| --- | ---: | ---: | ---: | ---: |"] + [
+        f"| {label} | {row['pieces']:,} | {row['tokens']:,} | {row['perplexity']:.3f} | {per_second(row)} |"
         for label, row in scores.items()]
 
 
@@ -247,8 +313,12 @@ def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, s
     else:
         ppl = scores.get("corpus", {}).get("perplexity")
         maestro = scores.get("maestro", {}).get("perplexity")
+        maestro_bits = scores.get("maestro", {}).get("bits_per_second")
         title += ((f", held-out perplexity {ppl:.2f}" if ppl is not None else "")
-                  + (f", MAESTRO {maestro:.1f}" if maestro is not None else ""))
+                  + (f", MAESTRO {maestro:.1f}" if maestro is not None else "")
+                  + (f" ({maestro_bits:.1f} bits/s)" if maestro_bits is not None else ""))
+    if model_config.get("codec", "performance") != "performance":
+        title += f"; {model_config['codec']!r} codec"
     lines = [title, "", f"Recipe: `{command}` (settings: `trainer/recipes/default_models.toml`, [{recipe.arch}], "
              "quoted below).", "",
              "## Data", "",
@@ -277,6 +347,9 @@ def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, s
         shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path.name  # no machine path in a card
         lines += [f"- started from the weights of `{shown}`{at}, with a fresh optimizer, warm-up and learning-"
                   "rate schedule; that model's card said of its training:"]
+        if (init.get("transfer") or {}).get("how"):
+            lines[-1] = (f"- warm-started from the weights of `{shown}`{at} ({init['transfer']['how']}), with a "
+                         "fresh optimizer, warm-up and learning-rate schedule; that model's card said of its training:")
         lines += [f"  {line}" for line in init["training"]] or ["  - (no card)"]
         lines += ["- then, in this run:"] + [f"  {line}" for line in this_run]
     else:
@@ -307,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", type=Path, metavar="MODEL_DIR",
                         help="start a new run from this model's weights (same architecture and config) instead "
                              "of random ones, e.g. to train the shipped default further")
+    parser.add_argument("--codec", choices=sorted(CODECS),
+                        help="the model's codec (default: the recipe's; resuming: the run's); --init may name a "
+                             "model of the other codec: it is transferred by meaning")
     parser.add_argument("--data", type=Path, help="MIDI folder (default: the music21_corpus cache)")
     parser.add_argument("--run", type=Path, help="run folder: checkpoints and events (default: user data dir)")
     parser.add_argument("--dest", type=Path, help="model directory written at the end (default: assets/models/NAME)")
@@ -341,17 +417,23 @@ def run(args: argparse.Namespace, command: str) -> int:
     for name, value in (("minutes", args.minutes), ("steps", args.steps), ("size", args.size)):
         if value is not None:
             train_settings[name] = value
-    train_settings.update(parse_overrides(args.set))
+    model_settings = dict(recipe.model)
+    train_settings.update(parse_overrides(args.set, model_settings))
     if args.no_expressive:
         train_settings["expressive"] = False
-    recipe = Recipe(**{**recipe.__dict__, "train": train_settings})
     data = (args.data or default_out_dir()).expanduser().resolve()
     check_data(data, args.data is None)
     run_dir = (args.run or default_run_dir(recipe.name)).expanduser().resolve()
     dest = (args.dest or REPO / "assets" / "models" / recipe.name).expanduser().resolve()
+    state_file = run_dir / RECIPE_STATE
+    resumable = args.resume and state_file.is_file() and ckpt.latest_checkpoint(run_dir / TRAIN_DIR) is not None
+    saved_state = _read_state(state_file) if resumable else None
+    model_settings = choose_codec(args, model_settings, saved_state, log)
+    recipe = Recipe(**{**recipe.__dict__, "train": train_settings, "model": model_settings})
+    codec = model_settings["codec"]
 
-    log(f"reading {data}")
-    corpus = Corpus.build(data, workers=args.workers)
+    log(f"reading {data} ({codec!r} codec)")
+    corpus = Corpus.build(data, workers=args.workers, codec=codec)
     if len(corpus) < 4:
         raise MidiError(data, f"only {len(corpus)} readable pieces: too few to train a default model")
     plan = data_plan(corpus, recipe)
@@ -385,14 +467,19 @@ def run(args: argparse.Namespace, command: str) -> int:
                                  "resume it without --init, or use another --run")
             log(f"resuming the run in {run_dir}")
         else:
-            others = [p.name for p in run_dir.iterdir() if p.name not in (".lock", RECIPE_STATE, TRAIN_DIR)]
+            others = [p.name for p in run_dir.iterdir()
+                      if p.name not in (".lock", RECIPE_STATE, TRAIN_DIR, INIT_DIR)]
             if others or (train_dir.exists() and not state_file.is_file()):
                 raise ModelError(f"{run_dir} is not empty and is not a recipe run: choose another --run")
             shutil.rmtree(train_dir, ignore_errors=True)  # a run stopped before its first checkpoint: start again
+            shutil.rmtree(run_dir / INIT_DIR, ignore_errors=True)
             init = started["init"] = init_origin(args.init, recipe) if args.init else None
+            if init and init["transfer"]:
+                transfer_init(init, run_dir, log)
             atomic_write_bytes(state_file, json.dumps(started, indent=1).encode(), what="recipe state")
             log(f"starting a new run in {run_dir}")
-        config = TrainConfig(folder=str(data), out=str(train_dir), base=init["path"] if init else None,
+        base = (str(run_dir / INIT_DIR) if init.get("transfer") else init["path"]) if init else None
+        config = TrainConfig(folder=str(data), out=str(train_dir), base=base,
                              arch=recipe.arch, model=init.get("added", {}) if init else recipe.model,
                              weights=plan["weights"], resume=have_checkpoint, device=args.device,
                              workers=args.workers, command=first_command, **recipe.train)
@@ -439,6 +526,14 @@ def run(args: argparse.Namespace, command: str) -> int:
         if size > MAX_MODEL_BYTES:
             log(f"warning: the weights are over {MAX_MODEL_BYTES // 2**20} MB: too large to ship in the repository")
         return 0
+
+
+def _read_state(path: Path) -> dict:
+    """The run folder's recipe state; ModelError when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: cannot read the run's recipe state ({error})") from None
 
 
 def _duration(seconds: float) -> str:

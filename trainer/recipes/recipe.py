@@ -76,8 +76,10 @@ def balance(weights: dict[str, float], tokens: dict[str, int], monophonic: tuple
     return used
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """`KEY=VALUE` pairs with TOML values (1e-3, true, "text") as a dict; ModelError on a malformed one."""
+def parse_overrides(items: list[str], model: dict | None = None) -> dict:
+    """`KEY=VALUE` pairs with TOML values (1e-3, true, "text") as a dict; ModelError on a malformed one.
+
+    `model.KEY=VALUE` sets a field of the model's config (e.g. model.codec="notes") in `model`, when given."""
     from trainer.config import TrainConfig
 
     known = {f.name for f in fields(TrainConfig)}
@@ -85,10 +87,13 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         key, _, value = item.partition("=")
         key = key.strip()
-        if key not in known:
+        target = settings
+        if key.startswith("model.") and model is not None:
+            key, target = key.removeprefix("model."), model
+        elif key not in known:
             raise ModelError(f"--set {item}: {key!r} is not a training setting")
         try:
-            settings[key] = tomllib.loads(f"value = {value.strip()}")["value"]
+            target[key] = tomllib.loads(f"value = {value.strip()}")["value"]
         except tomllib.TOMLDecodeError:
             raise ModelError(f"--set {item}: {value!r} is not a TOML value (quote text: key=\"text\")") from None
     return settings

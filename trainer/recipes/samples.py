@@ -74,13 +74,14 @@ def sample_report(model, corpus, held_out: list[int], out: Path, count: int = 20
                   seed: int = 0, log=print) -> dict:
     """Generate, write, compare; returns the numbers the card shows (see the module docstring)."""
     from core import metrics
+    from core.codecs import codec_named
     from core.midi import write_performance
-    from core.tokenizer import decode
 
     if len(held_out) < 2 * count:
         raise RecitalError(f"the comparison needs {2 * count} held-out pieces, the split has {len(held_out)}")
     rng = np.random.default_rng([seed, 29])
     chosen = rng.permutation(held_out)[:2 * count].tolist()
+    decode = codec_named(corpus.codec).decode  # the corpus holds the model's codec's ids
     pieces = [crop(decode(np.asarray(corpus.piece(i))), seconds) for i in chosen]
     reference, ceiling = pieces[:count], pieces[count:]
 
@@ -177,8 +178,10 @@ def run(args: argparse.Namespace, command: str) -> int:
 
     recipe = load_recipe(CONFIG_FILE, args.arch)
     model_dir = (args.model or REPO / "assets" / "models" / recipe.name).resolve()
-    load_model(model_dir)  # a missing or broken model fails here, before the corpus is read
-    corpus = Corpus.build(default_out_dir())
+    from core.codecs import codec_of
+
+    model = load_model(model_dir)  # a missing or broken model fails here, before the corpus is read
+    corpus = Corpus.build(default_out_dir(), codec=codec_of(model).NAME)
     held_out = data_plan(corpus, recipe)["val"]
     out = (args.out or default_run_dir(recipe.name) / "samples").resolve()
     section = write_samples(model_dir, corpus, held_out, out, command, args.count, args.seconds, args.seed,

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from core import notecodec as nc
 from core.constraints import Constraints, NoteTracker
 from core.midi import Performance
+from core.models.dsmr import DSMR, DSMRConfig
+from core.session import GenerationSession
 
 D_MINOR = {2, 4, 5, 7, 9, 10, 0}
 DURATIONS = slice(nc.DURATION, nc.TIME_SHIFT)
@@ -100,6 +102,42 @@ def test_density_steers_notes_per_second_the_asked_way():
     assert dense > 2 * sparse
     assert abs(np.log(dense / 12.0)) < abs(np.log(free / 12.0))  # nearer the asked rate than without it
     assert abs(np.log(sparse / 2.0)) < abs(np.log(free / 2.0))
+
+
+@pytest.fixture(scope="module")
+def notes_model(one_thread) -> DSMR:
+    """A tiny random DSMR on the note codec."""
+    torch.manual_seed(0)
+    return DSMR(DSMRConfig(codec="notes", d_model=32, n_layers=2, n_heads=2, segment_len=16, max_horizon=64)).eval()
+
+
+@pytest.mark.parametrize("seed, from_nothing, polyphony", [(1, True, 1), (2, False, 2), (3, False, 3)])
+def test_a_constrained_notes_model_never_writes_outside_its_limits(notes_model, seed, from_nothing, polyphony):
+    """Through the generator and the session, as `recital generate` / `continue` run a notes model."""
+    constraints = Constraints.parse(key="D minor", range_="C3-C6", velocity="90-127", max_polyphony=polyphony,
+                                    density=6)
+    given_primer = None if from_nothing else primer()
+    session = GenerationSession(notes_model, given_primer, seconds=6, variations=3, seed=seed,
+                                constraints=constraints)
+    session.run()
+    for piece, new in zip(session.pieces(), session.new_parts(), strict=True):
+        assert len(new) > 0
+        assert set((new.pitch % 12).tolist()) <= D_MINOR and new.pitch.min() >= 48 and new.pitch.max() <= 84
+        assert new.velocity.min() >= 90
+        assert most_at_once(piece, new.onset) <= polyphony
+        if given_primer is not None:
+            old = piece.onset < session.start_time - 1e-9
+            assert np.array_equal(piece.pitch[old], given_primer.pitch[given_primer.onset < session.start_time - 1e-9])
+
+
+def test_density_steers_a_notes_model(notes_model):
+    rates = {}
+    for density in (None, 2.0, 12.0):
+        session = GenerationSession(notes_model, None, seconds=10, variations=4, seed=1,
+                                    constraints=Constraints(density=density))
+        session.run()
+        rates[density] = np.mean([len(new) / 10 for new in session.new_parts()])
+    assert rates[2.0] < rates[None] < rates[12.0]
 
 
 # -- the tracker ----------------------------------------------------------------------------------------------------

@@ -440,6 +440,12 @@ def _follow(ids: np.ndarray, sounding: np.ndarray, velocity: int, clock: float, 
     return velocity, end, recent
 
 
+# The note codec's id ranges the tracker touches (a Duration is never one of them).
+_PITCHES = slice(ONSET, notecodec.DURATION)
+_TIME_SHIFTS = slice(notecodec.TIME_SHIFT, notecodec.VELOCITY)
+_VELOCITIES = slice(notecodec.VELOCITY, notecodec.VELOCITY + VELOCITY_BINS)
+
+
 class NoteTracker(_Steering):
     """The note codec's tracker: a note's length is told at its onset (its Duration id), so each lane's sounding
     notes are the pitches whose last note ends past the lane's clock, the notes struck at this tick among them.
@@ -476,8 +482,7 @@ class NoteTracker(_Steering):
 
     def mask(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(B, V) additive mask for the next id of each lane; never -inf on a Duration."""
-        pitch, time, velocity = slice(ONSET, notecodec.DURATION), slice(notecodec.TIME_SHIFT, notecodec.VELOCITY), \
-            slice(notecodec.VELOCITY, notecodec.VELOCITY + VELOCITY_BINS)
+        pitch, time, velocity = _PITCHES, _TIME_SHIFTS, _VELOCITIES
         batch = len(self.velocity)
         mask = self.static.expand(batch, -1).clone()
         if self.constraints.density is not None:

@@ -72,8 +72,9 @@ def adapt(model, primer_ids, *, steps: int = AdaptSettings.steps, lr: float = Ad
           parameters: str = AdaptSettings.parameters, held_out: float = AdaptSettings.held_out,
           budget: int | str | None = None, should_stop: Callable[[], bool] | None = None) -> Adapted:
     """A copy of `model` after `steps` Adam steps on the next-token loss of `primer_ids` (a BOS-first id
-    sequence), read under `budget` bytes for one lane (None: the model's default). `should_stop()` is asked
-    between steps (a cancelled generation stops adapting). ModelError when the model cannot be adapted."""
+    sequence in the model's codec, as the session encodes it), read under `budget` bytes for one lane (None: the
+    model's default). `should_stop()` is asked between steps (a cancelled generation stops adapting). ModelError
+    when the model cannot be adapted or the ids are not its codec's."""
     began = time.perf_counter()
     settings = AdaptSettings(steps=steps, lr=lr, parameters=parameters, held_out=held_out)
     if getattr(model, "family", None) != LEFT_TO_RIGHT:
@@ -82,6 +83,10 @@ def adapt(model, primer_ids, *, steps: int = AdaptSettings.steps, lr: float = Ad
     ids = torch.as_tensor(np.asarray(primer_ids, dtype=np.int64)).flatten()
     if ids.numel() < 3:
         raise ModelError(f"a primer of {ids.numel()} ids is too short to adapt to (at least 3)")
+    vocab_size = model.config.vocab_size
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:  # ids of another codec (core.codecs.codec_of(model))
+        raise ModelError(f"the primer's ids must lie in [0, {vocab_size}) of the model's "
+                         f"{getattr(model.config, 'codec', 'performance')!r} codec, got {int(ids.max())}")
     from core.models import registry
 
     training_class = registry.get(model.arch).training

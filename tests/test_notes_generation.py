@@ -19,6 +19,7 @@ from core import notecodec as nc  # noqa: E402
 from core.adapt import AdaptSettings, adapt  # noqa: E402
 from core.cli import main  # noqa: E402
 from core.constraints import Constraints  # noqa: E402
+from core.errors import ModelError  # noqa: E402
 from core.generate import SamplingConfig, generate, prepare_primer  # noqa: E402
 from core.midi import Performance, read_performance  # noqa: E402
 from core.modeldir import load_model, save_model  # noqa: E402
@@ -314,6 +315,8 @@ def test_adapting_a_notes_model_reads_the_primer_in_its_codec():
     ids = nc.encode(riff(8.0), eos=False).astype(np.int64)
     adapted = adapt(model, ids, steps=5, lr=1e-2)
     assert primer_nats(adapted.model, ids) < 0.9 * primer_nats(model, ids)
+    with pytest.raises(ModelError, match=r"^the primer's ids must lie in \[0, 327\) of the model's 'notes' codec"):
+        adapt(model, [nc.BOS, 60, 390], steps=1)  # the event codec's NoteOff of pitch 127
     session = GenerationSession(model, riff(8.0), seconds=1, seed=1, adapt=AdaptSettings(min_seconds=0))
     session.run()
     assert session.adapt_seconds is not None and session.pieces()[0].pitch[:4].tolist() == [60, 64, 67, 72]

@@ -149,7 +149,8 @@ class Schedule:
             # Offs before ons at one instant, so a re-struck key sounds again.
             heapq.heappush(self._heap, (event.time, event.kind == "on", next(self._order), event))
             latest = max(latest, event.time)
-        # An event may lie past the horizon (a note-off one tick after its onset): it waits for the horizon.
+        # An event may lie past the horizon (a note-off one tick after its onset; with the notes codec a note's
+        # end told when the stream finishes, seconds ahead): it waits in the heap for its own time.
         self.horizon = max(self.horizon, horizon if horizon is not None else latest)
         if self.position is None and self._heap:
             self.position = self._heap[0][0]

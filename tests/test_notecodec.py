@@ -232,3 +232,14 @@ def test_silence_and_last_velocity() -> None:
     assert nc.last_velocity([nc.VELOCITY + 3, nc.PITCH, nc.VELOCITY + 20]) == bin_velocity(20)
     assert nc.last_velocity([nc.PITCH]) is None
     assert nc.token_id("Duration_8000ms") == nc.DURATION + nc.DURATION_BINS - 1
+
+
+def test_strikes_one_tick_apart_stay_two_notes_despite_float_rounding() -> None:
+    """0.29 - 0.28 < 0.01 in floats: decode must not merge strikes a whole tick apart (the Decoder does not)."""
+    ids = [BOS, nc.TIME_SHIFT + 27, nc.PITCH + 60, nc.DURATION + nc.DURATION_BINS - 1, nc.TIME_SHIFT,
+           nc.PITCH + 60, nc.DURATION + 3]
+    back = nc.decode(ids)
+    np.testing.assert_allclose(back.onset, [0.28, 0.29])
+    np.testing.assert_allclose(back.offset, [0.29, 0.33])
+    assert _streamed(ids) == sorted(zip(back.onset.tolist(), back.offset.tolist(), back.pitch.tolist(),
+                                        back.velocity.tolist(), strict=True))

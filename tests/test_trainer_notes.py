@@ -80,3 +80,26 @@ def test_a_transferred_model_starts_from_the_rows_of_the_same_meaning():
     assert torch.equal(back.state_dict()["embed.weight"][3:131], new["embed.weight"][3:131])
     assert [len(ids) for ids in row_sources("notes", "performance")][131:259] == [64] * 128
     assert np.all([ids == [i] for i, ids in enumerate(row_sources("notes", "notes"))])
+
+
+def test_recital_train_on_a_notes_model_end_to_end(folder, tmp_path, capsys):
+    from core.cli import main as recital
+
+    torch.manual_seed(0)
+    base = save_model(DSMR(DSMRConfig(**TINY, codec="notes")), tmp_path / "tiny-notes", "# tiny notes model\n")
+    common = ["--workers", "1", "--steps", "2", "--batch", "2", "--val-every", "1"]
+    assert recital(["train", str(folder), "--base", str(base), "--out", str(tmp_path / "tuned"), *common]) == 0
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["tokenizer"]["name"] == "notes"
+    assert "held-out perplexity" in capsys.readouterr().out
+    assert recital(["train", str(folder), "--base", str(base), "--out", str(tmp_path / "again"), "--resume",
+                    "--codec", "notes", *common]) == 0  # naming the base's own codec is allowed
+    assert recital(["train", str(folder), "--base", "none", "--arch", "dsmr", "--size", "tiny", "--codec", "notes",
+                    "--out", str(tmp_path / "scratch"), *common]) == 0
+    assert load_model(tmp_path / "scratch").config.codec == "notes"
+    assert recital(["train", str(folder), "--base", str(base), "--codec", "performance", "--out",
+                    str(tmp_path / "other"), *common]) == 1
+    err = capsys.readouterr().err
+    assert "error: " in err and "reads the 'notes' codec, not 'performance'" in err and "Traceback" not in err
+    assert not (tmp_path / "other").exists()
+    assert recital(["corpus", str(folder), "--codec", "notes", "--workers", "1"]) == 0
+    assert "('notes' codec)" in capsys.readouterr().out

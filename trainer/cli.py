@@ -34,6 +34,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="architecture (needed with --base none; checked against the base otherwise)")
     parser.add_argument("--size", choices=("tiny", "small", "default"), default="default",
                         help="model size preset when training from scratch (default: default)")
+    parser.add_argument("--codec", choices=_codecs(),
+                        help="the codec of a model trained from scratch (default: performance); a fine-tune "
+                             "keeps its base's codec")
     parser.add_argument("--out", metavar="NAME|PATH",
                         help="where the model goes: a name (in your models folder) or a path "
                              "(default: <folder name>-<arch>)")
@@ -74,12 +77,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=_positive(int), metavar="N", help="processes that scan the folder")
 
 
+def _codecs() -> list[str]:
+    from core.codecs import CODECS
+
+    return sorted(CODECS)
+
+
 def config_from_args(args: argparse.Namespace, command: str):
     from trainer.config import TrainConfig
 
     base = None if args.base.lower() == "none" else args.base
+    codec = getattr(args, "codec", None)
     return TrainConfig(
-        folder=args.folder, out=args.out, base=base, arch=args.arch, size=args.size, steps=args.steps,
+        folder=args.folder, out=args.out, base=base, arch=args.arch, size=args.size,
+        model={"codec": codec} if codec else {}, steps=args.steps,
         minutes=args.minutes, budget=args.budget, batch=args.batch, accum=args.accum, lr=args.lr,
         warmup=args.warmup, seed=args.seed, augment=args.augment, expressive=args.expressive,
         weights=None if args.weights is None else str(Path(args.weights).expanduser().resolve()),
@@ -238,6 +249,8 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes that read files in parallel (default: one per CPU core)")
     parser.add_argument("--no-cache", action="store_true",
                         help="read and encode every file again instead of reusing cached results")
+    parser.add_argument("--codec", choices=_codecs(), default="performance",
+                        help="the codec to encode with: the one of the model to train (default: performance)")
 
 
 def run_corpus(args: argparse.Namespace) -> int:
@@ -246,12 +259,12 @@ def run_corpus(args: argparse.Namespace) -> int:
     bar = ProgressBar(sys.stderr, "reading") if sys.stderr.isatty() else None
     try:
         corpus = Corpus.build(args.folder, workers=args.workers, use_cache=not args.no_cache,
-                              progress=bar.update if bar else None)
+                              progress=bar.update if bar else None, codec=args.codec)
     finally:
         if bar:
             bar.close()
     summary = corpus.summary
-    print(f"corpus of {summary.folder}")
+    print(f"corpus of {summary.folder}" + ("" if corpus.codec == "performance" else f" ({corpus.codec!r} codec)"))
     rows = summary.rows()
     if summary.unended:  # notes a NoteOn started and no NoteOff ended: kept, ended at their track's end
         rows.append(("notes never ended", f"{summary.unended:,} (kept, ended where their track ends)"))

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from core.budget import parse_budget
+from core.codecs import DEFAULT as DEFAULT_CODEC
 from core.codecs import codec_of
 from core.errors import MidiError, ModelError, RecitalError
 from core.modeldir import _looks_like_path, build_model, read_config, resolve, user_models_dir
@@ -183,6 +184,12 @@ class _Run:
         meta = read_config(path)
         if c.arch is not None and meta["arch"] != c.arch:
             raise ModelError(f"{path}: the base model is a {meta['arch']} model, not {c.arch}")
+        if "codec" in c.model:  # a fine-tune keeps its base's codec: saying so is allowed, another one is not
+            found = meta["config"].get("codec", DEFAULT_CODEC)
+            if c.model["codec"] != found:
+                raise ModelError(f"{path}: the base model reads the {found!r} codec, not {c.model['codec']!r}: a "
+                                 "model of another codec is trained from scratch (--base none)")
+            c.model = {k: v for k, v in c.model.items() if k != "codec"}
         if c.model and (set(c.model) - set(ADDABLE_INPUTS) or any(v is not True for v in c.model.values())):
             raise ModelError("model settings can only be chosen when training from scratch (--base none); over a "
                              f"base, only an added input ({', '.join(f'{k}: true' for k in ADDABLE_INPUTS)})")

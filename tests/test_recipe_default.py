@@ -325,9 +325,12 @@ def test_a_notes_run_warm_starts_from_a_performance_model_resumes_and_exports_a_
     Corpus.open(setup["data"], "notes")  # the run read the corpus with the notes codec
 
 
-def test_a_notes_run_from_scratch_via_set_and_the_plan(setup, capsys):
-    assert main(args(setup, "--plan", "--set", 'model.codec="notes"')) == 0
+@pytest.mark.parametrize("arch", ["dsmr", "smdim"])
+def test_a_notes_run_from_scratch_via_set_and_the_plan(setup, capsys, arch):
+    assert main(args(setup, "--plan", "--set", 'model.codec="notes"', arch=arch)) == 0
     assert "'notes' codec" in capsys.readouterr().err
-    assert main(args(setup, "--steps", "2", "--set", 'model.codec="notes"')) == 0
+    assert main(args(setup, "--steps", "2", "--set", 'model.codec="notes"', arch=arch)) == 0
     assert load_model(setup["dest"]).config.codec == "notes"
-    assert (setup["dest"] / "card.md").read_text().startswith("# tiny-default: dsmr trained from scratch")
+    name = {"dsmr": "tiny-default", "smdim": "tiny-smdim"}[arch]
+    card = (setup["dest"] / "card.md").read_text()
+    assert card.startswith(f"# {name}: {arch} trained from scratch") and "'notes' codec" in card

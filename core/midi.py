@@ -81,7 +81,9 @@ class Performance:
         return replace(both, grid=first.grid or second.grid)
 
 
-_ROUNDING = 1e-9  # seconds: one 10 ms tick apart on the grid reads as 0.00999... in floats (0.29 - 0.28)
+# Two strikes of a pitch closer than this are one note: 10 ms, less a rounding margin (strikes one 10 ms tick
+# apart on the grid read as 0.00999... seconds in floats: 0.29 - 0.28).
+MERGE_SECONDS = MIN_RESTRIKE_SECONDS - 1e-9
 
 
 def canonical(onset, offset, pitch, velocity) -> Performance:
@@ -97,7 +99,7 @@ def canonical(onset, offset, pitch, velocity) -> Performance:
     order = np.lexsort((onset, pitch))
     onset, offset, pitch, velocity = onset[order], offset[order], pitch[order], velocity[order]
     same_pitch = pitch[1:] == pitch[:-1]
-    too_close = same_pitch & (onset[1:] - onset[:-1] < MIN_RESTRIKE_SECONDS - _ROUNDING)
+    too_close = same_pitch & (onset[1:] - onset[:-1] < MERGE_SECONDS)
     if too_close.any():
         # Only a note within 10 ms of its same-pitch predecessor can merge, so visit just those: the note it
         # merges into is that predecessor, or (when the predecessor merged too) the predecessor's target.
@@ -106,7 +108,7 @@ def canonical(onset, offset, pitch, velocity) -> Performance:
         for i in (np.flatnonzero(too_close) + 1).tolist():
             if keep[i - 1]:
                 last_kept = i - 1
-            if pitch[i] == pitch[last_kept] and onset[i] - onset[last_kept] < MIN_RESTRIKE_SECONDS - _ROUNDING:
+            if pitch[i] == pitch[last_kept] and onset[i] - onset[last_kept] < MERGE_SECONDS:
                 keep[i] = False
                 offset[last_kept] = max(offset[last_kept], offset[i])
                 velocity[last_kept] = max(velocity[last_kept], velocity[i])

@@ -32,7 +32,7 @@ from core.denoising import denoise_stream
 from core.errors import ModelError
 from core.generate import MAX_NOTE_SECONDS, SamplingConfig, generate, prepare_primer
 from core.grid import Grid
-from core.midi import MIN_RESTRIKE_SECONDS, Performance, canonical
+from core.midi import MERGE_SECONDS, MIN_RESTRIKE_SECONDS, Performance, canonical
 from core.models.interface import DENOISE, LEFT_TO_RIGHT
 from core.tokenizer import TICK_SECONDS, NoteEvent
 
@@ -354,7 +354,7 @@ def is_canonical(perf: Performance) -> bool:
     for value in np.flatnonzero(np.bincount(pitch, minlength=128) > 1).tolist() if len(perf) else []:
         notes = np.flatnonzero(pitch == value)
         on = onset[notes]
-        if not ((on[1:] - on[:-1] >= MIN_RESTRIKE_SECONDS).all() and (offset[notes[:-1]] <= on[1:]).all()):
+        if not ((on[1:] - on[:-1] >= MERGE_SECONDS).all() and (offset[notes[:-1]] <= on[1:]).all()):
             return False
     return True
 

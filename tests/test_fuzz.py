@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from bench import fuzz
 from bench.fuzz import Worker, mutate
 from core.errors import MidiError, ModelError
-from core.midi import MIN_RESTRIKE_SECONDS, Performance, canonical, read_performance
+from core.midi import MERGE_SECONDS, Performance, canonical, read_performance
 from core.tokenizer import VOCAB_SIZE
 from tests.conftest import midi_files
 
@@ -214,7 +214,7 @@ def canonical_by_definition(onset, offset, pitch, velocity):
     notes = sorted(zip(pitch, onset, offset, velocity, strict=True))
     kept: list[list] = []
     for p, on, off, vel in notes:
-        if kept and kept[-1][0] == p and on - kept[-1][1] < MIN_RESTRIKE_SECONDS:
+        if kept and kept[-1][0] == p and on - kept[-1][1] < MERGE_SECONDS:
             kept[-1][2], kept[-1][3] = max(kept[-1][2], off), max(kept[-1][3], vel)
         else:
             kept.append([p, on, max(off, on), vel])

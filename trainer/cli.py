@@ -35,8 +35,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=("tiny", "small", "default"), default="default",
                         help="model size preset when training from scratch (default: default)")
     parser.add_argument("--codec", choices=_codecs(),
-                        help="the codec of a model trained from scratch (default: performance); a fine-tune "
-                             "keeps its base's codec")
+                        help="the codec of a model trained from scratch (default: notes, the one the shipped "
+                             "models move to); a fine-tune keeps its base's codec")
     parser.add_argument("--out", metavar="NAME|PATH",
                         help="where the model goes: a name (in your models folder) or a path "
                              "(default: <folder name>-<arch>)")
@@ -88,6 +88,8 @@ def config_from_args(args: argparse.Namespace, command: str):
 
     base = None if args.base.lower() == "none" else args.base
     codec = getattr(args, "codec", None)
+    if base is None and codec is None:  # from scratch: the codec new models are trained on
+        codec = "notes"
     return TrainConfig(
         folder=args.folder, out=args.out, base=base, arch=args.arch, size=args.size,
         model={"codec": codec} if codec else {}, steps=args.steps,

@@ -2,8 +2,10 @@
 write, and the takes.
 
 It only gathers settings and shows state; the main window runs the job. `request(base, playhead)` turns the
-controls into a `GenerateRequest`. The settings scroll when the screen is short (a 1366x768 laptop); the
-Generate button, its progress and the takes stay pinned below them, always in view.
+controls into a `GenerateRequest`, `infill_request(base, region)` into Regenerate selection's `InfillRequest`
+(with the context each side and the refinement steps set beside its button, on for a denoiser only). The
+settings scroll when the screen is short (a 1366x768 laptop); the Generate and Regenerate buttons, the
+latter's two settings, the progress and the takes stay pinned below them, always in view.
 """
 
 from __future__ import annotations
@@ -47,11 +49,25 @@ from core.models.interface import DENOISE
 from studio.budget import BudgetPanel
 from studio.document import Piece, WriteControls
 from studio.generation import GenerateRequest
+from studio.infilljob import InfillRequest, can_infill
+from studio.pianoroll import Region
 
 NO_MODEL_HINT = "No model yet: fine-tune one or pass a model folder"
 NO_MODEL_SUMMARY = "Fine-tune one on your MIDI folder (Model ▸ Fine-tune…), or choose a model folder."
 MAX_SEED = 2**31 - 1
 DEFAULT_MODEL = "default"  # the shipped model picked when the composer has chosen none
+# Regenerate selection: seconds of music read each side of the region (None: as much as the window holds).
+# Less is faster: README's bench (a region of a MAESTRO piece, CPU) takes 5.94 s with the whole window,
+# 3.58 s at 8 s, 2.37 s at 4 s.
+CONTEXTS: tuple[float | None, ...] = (None, 16.0, 8.0, 4.0)
+MAX_STEPS = 4096  # the most unmasking passes a model's config may name (core/models/smdim/model.py)
+CONTEXT_TIP = ("How much of the music on each side of the selection the model listens to while it writes. "
+               "The whole window fits the new notes best to what surrounds them; less is faster (8 s takes "
+               "about 60% of the time, 4 s about 40%) and follows the surroundings less closely.")
+STEPS_TIP = ("How many passes the model makes over the selection, settling more of its notes each time. "
+             "More passes: more careful and slower (the time grows with them); fewer: quicker sketches. The "
+             "model's own number is a good start.")
+ONLY_DENOISERS = "\nFor a model that fills gaps from both sides (SMDIM); this one only writes onward."
 ADAPT_TIP = ("Before continuing, tune a copy of the model to your piece for a second or two: it follows the "
              "piece's texture more closely. Never saved; the model stays as it is.")
 
@@ -233,6 +249,24 @@ class GeneratePanel(QWidget):
         self.regenerate = QPushButton("Regenerate selection")
         self.regenerate.setEnabled(False)
         self.infill_ok, self.infill_tip = False, ""  # set by the window: a region and a model that can fill it
+        self.infill_model = False  # the loaded model fills gaps (a denoiser): the settings below apply
+        self.context = QComboBox()
+        for seconds in CONTEXTS:
+            self.context.addItem("Whole window" if seconds is None else f"{seconds:g} s")
+        self.steps = QSpinBox()
+        self.steps.setRange(0, MAX_STEPS)  # 0: the model's own, shown by name
+        self.steps.setSpecialValueText("model's")
+        infill_settings = QGridLayout()
+        infill_settings.setContentsMargins(0, 0, 0, 0)
+        infill_settings.setVerticalSpacing(2)
+        for row, (text, widget, tip) in enumerate((("Context each side", self.context, CONTEXT_TIP),
+                                                   ("Refinement steps", self.steps, STEPS_TIP))):
+            label = QLabel(text)
+            label.setBuddy(widget)
+            label.setToolTip(tip)
+            infill_settings.addWidget(label, row, 0, Qt.AlignRight)
+            infill_settings.addWidget(widget, row, 1)
+        infill_settings.setColumnStretch(1, 1)
         self.hint = QLabel()
         self.hint.setObjectName("hint")
         self.hint.setWordWrap(True)
@@ -261,7 +295,10 @@ class GeneratePanel(QWidget):
         footer_layout = QVBoxLayout(footer)
         footer_layout.setContentsMargins(8, 6, 8, 6)
         footer_layout.setSpacing(4)
-        for widget in (self.go, self.regenerate, self.progress, self.hint, self.takes_box):
+        footer_layout.addWidget(self.go)
+        footer_layout.addWidget(self.regenerate)
+        footer_layout.addLayout(infill_settings)
+        for widget in (self.progress, self.hint, self.takes_box):
             footer_layout.addWidget(widget)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -321,6 +358,7 @@ class GeneratePanel(QWidget):
         path = self.model_path
         self._show_summary()
         self.model_ready = False
+        self.infill_model = False
         self.budget.set_model(None)
         self.refresh()
         self.model_picked.emit(path)
@@ -358,6 +396,9 @@ class GeneratePanel(QWidget):
         self.adapt.setToolTip(ADAPT_TIP if self.adapt_ok else
                               f"Adapting to the primer is for left-to-right models; {model.arch} fills whole "
                               "windows and is never adapted.")
+        self.infill_model = can_infill(model)
+        own = getattr(getattr(model, "config", None), "steps", None) if self.infill_model else None
+        self.steps.setSpecialValueText(f"model's ({own})" if own else "model's")
         self.refresh()
 
     # -- state ---------------------------------------------------------------------------------------------
@@ -371,6 +412,9 @@ class GeneratePanel(QWidget):
         budget_ok = self.budget.view is not None and not self.budget.view.error
         self.regenerate.setEnabled(self.infill_ok and not self.generating)
         self.regenerate.setToolTip(self.infill_tip)
+        for widget, tip in ((self.context, CONTEXT_TIP), (self.steps, STEPS_TIP)):
+            widget.setEnabled(self.infill_model and not self.generating)
+            widget.setToolTip(tip if self.infill_model or not self.model_ready else tip + ONLY_DENOISERS)
         name = "stop" if self.generating else "primary"
         if self.go.objectName() != name:  # red while it stops, blue while it starts
             self.go.setObjectName(name)
@@ -438,6 +482,29 @@ class GeneratePanel(QWidget):
                                plan=self.budget.plan, adapt=self.adapt.isChecked() and self.adapt_ok,
                                controls=self.limits.controls())
 
+    # -- regenerate selection --------------------------------------------------------------------------------
+
+    @property
+    def context_seconds(self) -> float | None:
+        """Seconds of music Regenerate selection reads each side of the region; None: the whole window."""
+        return CONTEXTS[self.context.currentIndex()]
+
+    def set_context(self, seconds: float | None) -> None:
+        """Pick `seconds` (one of CONTEXTS); anything else (a stale settings file's) picks the whole
+        window."""
+        self.context.setCurrentIndex(CONTEXTS.index(seconds) if seconds in CONTEXTS else 0)
+
+    def infill_request(self, piece: Piece, region: Region) -> InfillRequest:
+        """Regenerate selection's settings as one request: the Write box's sampling, seed and takes, the
+        Limits (their density bounds the region's new notes), the budget where the composer chose one (else
+        the model's), and the context and steps beside its button."""
+        seed = None if self.seed.value() < 0 else self.seed.value()
+        return InfillRequest(base=piece, region=region, temperature=self.temperature.value(),
+                             top_p=self.top_p.value(), seed=seed,
+                             variations=self.variations.value(), controls=self.limits.controls(),
+                             budget=self.budget.budget if self.budget.chosen else None,
+                             context=self.context_seconds, steps=self.steps.value() or None)
+
 
 class NoteSpinBox(QSpinBox):
     """A MIDI pitch shown and typed as a note name (C4 = 60 = middle C)."""
@@ -485,7 +552,8 @@ class LimitsBox(QGroupBox):
         self.high.setToolTip("The highest note the model may write")
         self.density = QSlider(Qt.Horizontal)
         self.density.setRange(0, 16)
-        self.density.setToolTip("Steer toward this many notes per second (a pull, not a rule); left: off")
+        self.density.setToolTip("Steer toward this many notes per second (a pull, not a rule; Regenerate "
+                                "selection writes at most this many); left: off")
         self.density_label = QLabel()
         self.density_label.setMinimumWidth(64)
         self.soft, self.loud = QSpinBox(), QSpinBox()

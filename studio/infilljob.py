@@ -6,6 +6,10 @@ covers (onsets inside its seconds, and inside its pitches when it has some) repl
 note stays exactly as it was, in its own part (the composer's blue, the model's amber), so switching takes changes
 the region only, and undo gives back the original piece object itself.
 
+The composer's Write panel sets how much music each side of the region the model reads (`context`: less is
+faster) and its unmasking passes (`steps`); how many new notes a second the region gets comes from the panel's
+Density limit (WriteControls -> the constraints' density, which core infill reads as its `density`).
+
 The model comes from the studio's LoadModel job, which already chose its fast int8 pass weights (use_fast_step).
 Its passes read a whole window at once, like `recital infill` and `recital eval`: they run on the "read" threads
 of core/threads.py (the cores the load average leaves idle, at least one), not generation's single thread.
@@ -61,6 +65,8 @@ class InfillRequest:
     variations: int = 1
     controls: WriteControls = WriteControls()  # key, range, density, dynamics (core/constraints.py)
     budget: int | None = None  # bytes for all takes together (it buys the window); None: the model's default
+    context: float | None = None  # seconds of music read each side of the region; None: all the window holds
+    steps: int | None = None  # unmasking passes per window; None: the model's own (its config's `steps`)
 
     @property
     def keep_above(self) -> int | None:
@@ -109,6 +115,7 @@ class Regenerate(Job):
                 self.model, request.base.whole, region.start, request.end, keep_above=request.keep_above,
                 keep_below=request.keep_below, variations=request.variations, seed=request.seed,
                 sampling=SamplingConfig(temperature=request.temperature, top_p=request.top_p),
-                constraints=request.controls.constraints(), budget=request.budget)
+                constraints=request.controls.constraints(), budget=request.budget, steps=request.steps,
+                context=request.context)
         self.check()  # stopped while the model worked: the piece stays as it was
         return [take_from(request.base, region, result) for result in results]

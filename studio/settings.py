@@ -33,6 +33,8 @@ class Settings:
     top_p: float = 0.95
     adapt: bool = False  # the Write panel's "Adapt to the primer" (off: see core/cli/generate.py's measurement)
     variations: int = 1
+    infill_context: float = 0.0  # Regenerate selection's seconds read each side; 0: the whole window
+    infill_steps: int = 0  # Regenerate selection's unmasking passes; 0: the model's own
     output: str = "synth"  # "synth", "virtual", or "port:<name>"
     midi_input: str = ""  # "" = the virtual "Recital In" port
     last_folder: str = ""  # where the last file dialog was

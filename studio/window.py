@@ -32,7 +32,7 @@ from studio.dragout import DragButton
 from studio.errors import show_error
 from studio.generatepanel import GeneratePanel
 from studio.generation import Generate, LiveNotes
-from studio.infilljob import InfillRequest, Regenerate, cannot_infill_reason
+from studio.infilljob import Regenerate, cannot_infill_reason
 from studio.jobs import JobKeeper, LoadModel, RenderWav
 from studio.pianoroll import PianoRoll
 from studio.settings import Settings
@@ -127,6 +127,8 @@ class MainWindow(QMainWindow):
         self.panel.top_p.setValue(self.settings.top_p)
         self.panel.adapt.setChecked(self.settings.adapt)
         self.panel.variations.setValue(self.settings.variations)
+        self.panel.set_context(self.settings.infill_context or None)
+        self.panel.steps.setValue(self.settings.infill_steps)  # out of range: clamped to it
         if self.settings.budget_mb > 0:  # 0: never chosen, the model's default for each take
             self.panel.budget.set_budget(int(self.settings.budget_mb * MB))
             self.panel.budget.chosen = True
@@ -482,11 +484,7 @@ class MainWindow(QMainWindow):
             return None
         self.transport.stop()
         panel = self.panel
-        request = InfillRequest(base=self.document.piece, region=region, temperature=panel.temperature.value(),
-                                top_p=panel.top_p.value(), seed=None if panel.seed.value() < 0 else panel.seed.value(),
-                                variations=panel.variations.value(), controls=self.document.controls,
-                                budget=panel.budget.budget if panel.budget.chosen else None)
-        job = Regenerate(request, self.model)
+        job = Regenerate(panel.infill_request(self.document.piece, region), self.model)
         self.generation = job
         panel.set_generating(True)
         panel.progress.setRange(0, 0)  # one call into the model: busy, not a percentage
@@ -568,6 +566,7 @@ class MainWindow(QMainWindow):
         s.seconds, s.temperature = self.panel.seconds.value(), self.panel.temperature.value()
         s.top_p, s.variations = self.panel.top_p.value(), self.panel.variations.value()
         s.adapt = self.panel.adapt.isChecked()
+        s.infill_context, s.infill_steps = self.panel.context_seconds or 0.0, self.panel.steps.value()
         s.budget_mb = self.panel.budget.budget / MB if self.panel.budget.chosen else 0.0
         s.output = self.transport.output.currentData() or "synth"
         s.save()

@@ -104,10 +104,11 @@ class FakeInfill:
         self.error = error
 
     def __call__(self, model, piece, start, end, *, keep_above=None, keep_below=None, variations=1, seed=None,
-                 sampling=None, constraints=None, **_rest):
+                 sampling=None, constraints=None, **rest):
         self.threads.append(threading.current_thread())
         self.calls.append(dict(model=model, piece=piece, start=start, end=end, keep_above=keep_above,
-                               keep_below=keep_below, variations=variations, seed=seed, sampling=sampling))
+                               keep_below=keep_below, variations=variations, seed=seed, sampling=sampling,
+                               constraints=constraints, **rest))
         if self.error is not None:
             raise self.error
         replaced = (piece.onset >= start) & (piece.onset < end)
@@ -419,3 +420,153 @@ def test_an_smdim_is_never_asked_to_adapt_and_the_core_would_refuse_it(qtbot, wi
         assert other.panel.adapt.isEnabled() and not other.panel.adapt.toolTip().startswith("Adapting")
     finally:
         other.jobs.shutdown()
+
+
+# -- Regenerate selection's own settings: context each side, refinement steps (issue #18) ----------------------
+
+
+def test_the_infill_request_from_the_panel_carries_each_setting(window, tmp_path):
+    """Context, steps, sampling, takes, the Limits' density (core infill reads its `density` from the
+    constraints, so the panel has no second density control) and a chosen budget all reach the request."""
+    from studio.generatepanel import CONTEXTS, MAX_STEPS
+
+    w = window
+    panel = w.panel
+    piece = open_piece(w, tmp_path, chords())
+    region = Region(2.0, 4.0)
+    default = panel.infill_request(piece, region)
+    assert (default.context, default.steps, default.budget) == (None, None, None)  # the core's defaults
+    assert default.base is piece and default.region == region
+    assert panel.context.currentText() == "Whole window" and panel.steps.text() == "model's (4)"  # SMDIM_TINY
+
+    assert [panel.context.itemText(i) for i in range(panel.context.count())] == ["Whole window", "16 s", "8 s",
+                                                                                 "4 s"]
+    for index, seconds in enumerate(CONTEXTS):
+        panel.context.setCurrentIndex(index)
+        assert panel.infill_request(piece, region).context == seconds
+    panel.steps.setValue(12)
+    panel.temperature.setValue(0.7)
+    panel.top_p.setValue(0.9)
+    panel.variations.setValue(2)
+    panel.limits.density.setValue(6)
+    panel.budget.set_budget(3 * 1024 * 1024)
+    panel.budget.chosen = True
+    request = panel.infill_request(piece, region)
+    assert (request.context, request.steps, request.seed, request.variations) == (4.0, 12, 7, 2)
+    assert (request.temperature, request.top_p) == pytest.approx((0.7, 0.9))
+    assert request.budget == 3 * 1024 * 1024 and request.controls.constraints().density == 6.0
+    panel.steps.setValue(MAX_STEPS)
+    assert panel.infill_request(piece, region).steps == MAX_STEPS
+
+
+def test_the_job_calls_core_infill_with_context_steps_and_density(qtbot, window, tmp_path, monkeypatch):
+    w = window
+    fake = FakeInfill()
+    monkeypatch.setattr("studio.infilljob.core_infill", fake)
+    open_piece(w, tmp_path, chords())
+    w.roll.set_region(2.0, 4.0)
+    w.regenerate()
+    wait_done(qtbot, w)
+    assert (fake.calls[0]["context"], fake.calls[0]["steps"], fake.calls[0]["constraints"]) == (None, None, None)
+    w.panel.context.setCurrentIndex(3)  # 4 s
+    w.panel.steps.setValue(3)
+    w.panel.limits.density.setValue(5)
+    w.regenerate()
+    wait_done(qtbot, w)
+    call = fake.calls[1]
+    assert (call["context"], call["steps"], call["constraints"].density) == (4.0, 3, 5.0)
+    assert "density" not in call  # one density only: the constraints', which core infill reads
+
+
+def test_the_settings_are_only_on_for_a_model_that_fills_gaps_and_while_nothing_runs(qtbot, window, tiny_model_dir,
+                                                                                     tmp_path, monkeypatch):
+    w = window
+    panel = w.panel
+    assert panel.context.isEnabled() and panel.steps.isEnabled()  # before any selection: set them first
+    assert "listens to" in panel.context.toolTip() and "passes" in panel.steps.toolTip()
+    monkeypatch.setattr("studio.infilljob.core_infill", FakeInfill())
+    open_piece(w, tmp_path, chords())
+    w.roll.set_region(2.0, 4.0)
+    panel.set_generating(True)
+    assert not panel.context.isEnabled() and not panel.steps.isEnabled()
+    panel.set_generating(False)
+    assert panel.context.isEnabled()
+    other = open_window(qtbot, tiny_model_dir)  # a left-to-right model: nothing to regenerate with
+    try:
+        assert not other.panel.context.isEnabled() and not other.panel.steps.isEnabled()
+        assert "SMDIM" in other.panel.context.toolTip() and "SMDIM" in other.panel.steps.toolTip()
+        assert other.panel.steps.text() == "model's"  # no number of passes: it has none
+    finally:
+        other.jobs.shutdown()
+
+
+def test_bad_values_cannot_be_entered_and_a_bad_settings_file_gives_usable_ones(qtbot, smdim_dir, dialogs):
+    """The steps box stays in 0 (the model's) .. MAX_STEPS whatever is typed; the context box offers only its
+    choices; a settings file with values the panel does not offer falls back to the defaults or the bounds."""
+    from studio.generatepanel import MAX_STEPS
+
+    w = MainWindow(Settings(model=str(smdim_dir), infill_context=3.3, infill_steps=-5), extra_models=[smdim_dir],
+                   list_ports=False)
+    qtbot.addWidget(w)
+    try:
+        panel = w.panel
+        assert panel.context_seconds is None and panel.steps.value() == 0  # whole window, the model's steps
+        assert not panel.context.isEditable()
+        panel.steps.lineEdit().selectAll()
+        QTest.keyClicks(panel.steps, "-3")
+        panel.steps.interpretText()
+        assert panel.steps.value() == 0
+        panel.steps.lineEdit().selectAll()
+        QTest.keyClicks(panel.steps, "99999")
+        panel.steps.interpretText()
+        assert 0 <= panel.steps.value() <= MAX_STEPS
+        panel.steps.setValue(10**9)
+        assert panel.steps.value() == MAX_STEPS
+    finally:
+        w.jobs.shutdown()
+    big = MainWindow(Settings(model=str(smdim_dir), infill_steps=10**9), extra_models=[smdim_dir], list_ports=False)
+    qtbot.addWidget(big)
+    try:
+        assert big.panel.steps.value() == MAX_STEPS
+    finally:
+        big.jobs.shutdown()
+
+
+def test_context_and_steps_are_remembered_on_close(qtbot, window, dialogs):
+    w = window
+    w.panel.context.setCurrentIndex(2)  # 8 s
+    w.panel.steps.setValue(6)
+    w.close()
+    settings = Settings.load()
+    assert (settings.infill_context, settings.infill_steps) == (8.0, 6)
+    again = MainWindow(settings, list_ports=False)
+    qtbot.addWidget(again)
+    try:
+        assert again.panel.context_seconds == 8.0 and again.panel.steps.value() == 6
+    finally:
+        again.jobs.shutdown()
+
+
+def test_the_real_infill_reads_the_context_asked_in_the_steps_asked(qtbot, window, dialogs, tmp_path, monkeypatch):
+    """The tiny SMDIM really runs with 4 s each side and 2 passes: the calls reach core infill and the model's
+    denoise, and the region is the only thing rewritten."""
+    from core.infill import infill
+
+    w = window
+    seen, passes = [], []
+    monkeypatch.setattr("studio.infilljob.core_infill",
+                        lambda *args, **kwargs: seen.append(kwargs) or infill(*args, **kwargs))
+    denoise = type(w.model).denoise
+    monkeypatch.setattr(type(w.model), "denoise",
+                        lambda self, ids, keep, state, steps=None, *rest: passes.append(steps)
+                        or denoise(self, ids, keep, state, steps, *rest))
+    original = open_piece(w, tmp_path, chords(16))
+    w.roll.set_region(8.0, 10.0)
+    w.panel.context.setCurrentIndex(3)
+    w.panel.steps.setValue(2)
+    w.regenerate()
+    wait_done(qtbot, w)
+    assert dialogs == [] and (seen[0]["context"], seen[0]["steps"]) == (4.0, 2) and passes and set(passes) == {2}
+    outside, _inside = split(original, w.roll.region)
+    take_outside, take_inside = split(w.document.piece, w.roll.region)
+    assert take_outside == outside and all(8.0 <= n[0] < 10.0 for n in take_inside)

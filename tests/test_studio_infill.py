@@ -570,3 +570,39 @@ def test_the_real_infill_reads_the_context_asked_in_the_steps_asked(qtbot, windo
     outside, _inside = split(original, w.roll.region)
     take_outside, take_inside = split(w.document.piece, w.roll.region)
     assert take_outside == outside and all(8.0 <= n[0] < 10.0 for n in take_inside)
+
+
+@pytest.mark.parametrize("themed", [False, True])
+def test_on_a_laptop_the_settings_sit_beside_regenerate_and_generate_stays_in_view(qtbot, smdim_dir, dialogs,
+                                                                                   tmp_path, qapp, themed):
+    """1366x768 with a selection, three takes and the progress bar: Generate, Regenerate selection, its two
+    settings and the takes are all whole on screen (pinned below the settings, which scroll)."""
+    from studio import theme
+    from tests.test_studio_layout import fully_visible
+
+    before = qapp.style().name(), qapp.palette(), qapp.font(), qapp.styleSheet()
+    if themed:
+        theme.apply(qapp)
+    w = MainWindow(Settings(model=str(smdim_dir)), extra_models=[smdim_dir], list_ports=False)
+    qtbot.addWidget(w)
+    try:
+        w.resize(1366, 768)
+        w.show()
+        qtbot.waitExposed(w)
+        qtbot.waitUntil(lambda: w.model is not None, timeout=20000)
+        open_piece(w, tmp_path, chords())
+        w.roll.set_region(2.0, 4.0)
+        panel = w.panel
+        panel.set_takes(0, 3)
+        panel.progress.setVisible(True)
+        footer = (panel.go, panel.regenerate, panel.context, panel.steps, panel.keep)
+        qtbot.waitUntil(lambda: all(fully_visible(widget, w) for widget in footer))
+        assert panel.regenerate.isEnabled() and panel.context.isEnabled() and panel.steps.isEnabled()
+        assert panel.scroll.viewport().height() > 300  # the settings keep a usable height above them
+    finally:
+        w.jobs.shutdown()
+        style, palette, font, sheet = before
+        qapp.setStyleSheet(sheet)
+        qapp.setFont(font)
+        qapp.setPalette(palette)
+        qapp.setStyle(style)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core import tokenizer
 from core.midi import Performance, canonical
 from core.tokenizer import (  # the grid, the velocity bins and the special ids are the event codec's
     BOS,
@@ -42,7 +43,9 @@ from core.tokenizer import (  # the grid, the velocity bins and the special ids 
     VELOCITY_BINS,
     NoteEvent,
     bin_velocity,
+    shift_count,
     velocity_bin,
+    write_shifts,
 )
 
 NAME = "notes"  # what a model directory records (config.json "tokenizer")
@@ -108,7 +111,7 @@ def encode(perf: Performance, bos: bool = True, eos: bool = True) -> np.ndarray:
     dbin = duration_bin(np.maximum(off_tick[order] - on_tick, 1))
     vbin = velocity_bin(perf.velocity[order].astype(np.int64))
     delta = np.diff(on_tick, prepend=0)
-    n_shift = delta // MAX_SHIFT_TICKS + (delta % MAX_SHIFT_TICKS > 0)
+    n_shift = shift_count(delta)
     needs_velocity = vbin != np.concatenate([[-1], vbin[:-1]])  # the first note states its velocity
     per_note = n_shift + needs_velocity + 2
     start = np.cumsum(per_note) - per_note + int(bos)
@@ -117,22 +120,11 @@ def encode(perf: Performance, bos: bool = True, eos: bool = True) -> np.ndarray:
         out[0] = BOS
     if eos:
         out[-1] = EOS
-    _write_shifts(out, start, delta)
+    write_shifts(out, start, delta, TIME_SHIFT)
     out[(start + n_shift)[needs_velocity]] = VELOCITY + vbin[needs_velocity]
     out[start + per_note - 2] = PITCH + pitch
     out[start + per_note - 1] = DURATION + dbin
     return out
-
-
-def _write_shifts(out: np.ndarray, start: np.ndarray, delta: np.ndarray) -> None:
-    """The TimeShift ids of gap delta[i] ticks from out[start[i]]: whole seconds, then the rest."""
-    n_full = delta // MAX_SHIFT_TICKS
-    remainder = delta % MAX_SHIFT_TICKS
-    if n_full.any():
-        within = np.arange(int(n_full.sum())) - np.repeat(np.cumsum(n_full) - n_full, n_full)
-        out[np.repeat(start, n_full) + within] = TIME_SHIFT + MAX_SHIFT_TICKS - 1
-    has_rest = remainder > 0
-    out[(start + n_full)[has_rest]] = TIME_SHIFT + remainder[has_rest] - 1
 
 
 _CHUNK = 1 << 16  # ids read at once: a long primer's temporaries stay small
@@ -310,23 +302,17 @@ def ids_seconds(ids) -> float:
 
 def shift_ticks(ids) -> np.ndarray:
     """Ticks each id moves the clock by (0 for every id but a TimeShift)."""
-    ids = np.asarray(ids)
-    return np.where((ids >= TIME_SHIFT) & (ids < VELOCITY), ids.astype(np.int64) - TIME_SHIFT + 1, 0)
+    return tokenizer.shift_ticks(ids, TIME_SHIFT)
 
 
 def silence_ids(seconds: float) -> np.ndarray:
     """TimeShift ids that move the clock forward by `seconds` (rounded to the grid): whole seconds, then the rest."""
-    ticks = np.array([int(round(seconds / TICK_SECONDS))])
-    out = np.empty(int(ticks[0] // MAX_SHIFT_TICKS + (ticks[0] % MAX_SHIFT_TICKS > 0)), dtype=np.int64)
-    _write_shifts(out, np.array([0]), ticks)
-    return out
+    return tokenizer.silence_ids(seconds, TIME_SHIFT)
 
 
 def last_velocity(ids) -> int | None:
     """The MIDI velocity the last Velocity id of `ids` sets (None: no Velocity id)."""
-    ids = np.asarray(ids).ravel()
-    where = np.flatnonzero((ids >= VELOCITY) & (ids < VOCAB_SIZE))
-    return bin_velocity(int(ids[where[-1]]) - VELOCITY) if len(where) else None
+    return tokenizer.last_velocity(ids, VELOCITY)
 
 
 def grammar(eos: bool = False, longest_seconds: float | None = None) -> np.ndarray:

@@ -125,16 +125,17 @@ def shift_count(delta: np.ndarray) -> np.ndarray:
     return delta // MAX_SHIFT_TICKS + (delta % MAX_SHIFT_TICKS > 0)
 
 
-def write_shifts(out: np.ndarray, start: np.ndarray, delta: np.ndarray) -> None:
-    """Write the TimeShift tokens of gap delta[i] into out[start[i]:start[i] + shift_count(delta)[i]]."""
+def write_shifts(out: np.ndarray, start: np.ndarray, delta: np.ndarray, first: int = TIME_SHIFT) -> None:
+    """Write the TimeShift tokens of gap delta[i] into out[start[i]:start[i] + shift_count(delta)[i]] (`first`: the
+    codec's TimeShift_10ms id; both codecs write time this way)."""
     n_full = delta // MAX_SHIFT_TICKS
     remainder = delta % MAX_SHIFT_TICKS
     if n_full.any():  # full-second shifts: n_full[i] tokens from start[i]
         group_start = np.repeat(start, n_full)
         within = np.arange(int(n_full.sum())) - np.repeat(np.cumsum(n_full) - n_full, n_full)
-        out[group_start + within] = TIME_SHIFT + MAX_SHIFT_TICKS - 1
+        out[group_start + within] = first + MAX_SHIFT_TICKS - 1
     has_rem = remainder > 0
-    out[(start + n_full)[has_rem]] = TIME_SHIFT + remainder[has_rem] - 1
+    out[(start + n_full)[has_rem]] = first + remainder[has_rem] - 1
 
 
 @dataclass(frozen=True)
@@ -247,10 +248,11 @@ def _read(decoder: Decoder, ids, notes: list | None) -> None:
                 notes += [(e.onset, e.time, e.pitch, e.velocity) for e in events if e.kind == "off"]
 
 
-def shift_ticks(ids) -> np.ndarray:
-    """Ticks each id moves the clock by (0 for every id but a TimeShift): the codec's one time arithmetic."""
+def shift_ticks(ids, first: int = TIME_SHIFT) -> np.ndarray:
+    """Ticks each id moves the clock by (0 for every id but a TimeShift): the codec's one time arithmetic
+    (`first`: the codec's TimeShift_10ms id)."""
     ids = np.asarray(ids)
-    return np.where((ids >= TIME_SHIFT) & (ids < VELOCITY), ids.astype(np.int64) - TIME_SHIFT + 1, 0)
+    return np.where((ids >= first) & (ids < first + MAX_SHIFT_TICKS), ids.astype(np.int64) - first + 1, 0)
 
 
 def ids_seconds(ids) -> float:
@@ -258,16 +260,17 @@ def ids_seconds(ids) -> float:
     return float(shift_ticks(ids).sum()) * TICK_SECONDS
 
 
-def silence_ids(seconds: float) -> np.ndarray:
+def silence_ids(seconds: float, first: int = TIME_SHIFT) -> np.ndarray:
     """TimeShift ids that move the clock forward by `seconds` (rounded to the grid): whole seconds, then the rest."""
     ticks = np.array([int(round(seconds / TICK_SECONDS))])
     out = np.empty(int(shift_count(ticks)[0]), dtype=np.int64)
-    write_shifts(out, np.array([0]), ticks)
+    write_shifts(out, np.array([0]), ticks, first)
     return out
 
 
-def last_velocity(ids) -> int | None:
-    """The MIDI velocity the last Velocity id of `ids` sets (None: no Velocity id)."""
+def last_velocity(ids, first: int = VELOCITY) -> int | None:
+    """The MIDI velocity the last Velocity id of `ids` sets (None: no Velocity id; `first`: the codec's
+    Velocity_0 id)."""
     ids = np.asarray(ids).ravel()
-    where = np.flatnonzero((ids >= VELOCITY) & (ids < VOCAB_SIZE))
-    return bin_velocity(int(ids[where[-1]]) - VELOCITY) if len(where) else None
+    where = np.flatnonzero((ids >= first) & (ids < first + VELOCITY_BINS))
+    return bin_velocity(int(ids[where[-1]]) - first) if len(where) else None

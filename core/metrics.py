@@ -598,19 +598,25 @@ def elbo_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], budget:
     default), as the model reads them when it generates. Each window is masked `draws` times, at the midpoints of
     `draws` equal strata of the masking rate, with masks from a generator seeded `seed` at every piece (the same
     number for the same model and pieces, whatever the order); the 1/t-weighted cross-entropy of the masked ids
-    (core.models.smdim.training.elbo_sum, what training minimises) is averaged over the draws. With
-    `draws=HELD_OUT_RATES` it is the trainer's validation number. `progress(done, total)` after each piece.
+    (for SMDIM core.models.smdim.training.elbo_sum, what training minimises) is averaged over the draws. With
+    the trainer's draws (SMDIM: `draws=HELD_OUT_RATES`) it is the trainer's validation number. The bound of a
+    piece is the architecture's own (its training adapter's `elbo`, core.models.interface.Training, found in the
+    registry by the model's arch), so any denoiser is scored here. `progress(done, total)` after each piece.
     """
     import torch
 
+    from core.models import registry
     from core.models.interface import DENOISE
-    from core.models.smdim.training import piece_elbo
 
     if getattr(model, "family", "left_to_right") != DENOISE:
         raise RecitalError(f"a {getattr(model, 'arch', 'left-to-right')} model reads left to right: its held-out "
                            "number is its perplexity (perplexity_report), not a diffusion ELBO")
     if draws < 1:
         raise RecitalError(f"ELBO draws per window must be at least 1, got {draws}")
+    piece_elbo = getattr(registry.get(model.arch).training(model), "elbo", None)
+    if not callable(piece_elbo):
+        raise RecitalError(f"the {model.arch} architecture gives no diffusion ELBO: its training adapter has no "
+                           "`elbo` (core.models.interface.Training)")
     encoded, spans = encode_pieces(model, perfs_or_ids)
     encoded = [ids[ids != PAD] for ids in encoded]
     kept = [i for i, ids in enumerate(encoded) if len(ids)]
@@ -622,7 +628,7 @@ def elbo_report(model, perfs_or_ids: Sequence[Performance | np.ndarray], budget:
     nats, tokens, seconds = 0.0, 0, 0.0
     with torch.inference_mode():
         for done, (ids, span) in enumerate(zip(pieces, spans, strict=True), start=1):
-            nats += piece_elbo(model, ids, window, draws, seed, device)
+            nats += piece_elbo(ids, window, draws, seed, device)
             tokens += len(ids)
             seconds += span
             if progress is not None:

@@ -480,3 +480,77 @@ def test_eval_scores_a_notes_model_with_its_own_codec(tmp_path, capsys, scale, c
     assert result["codec"] == "notes" and result["tokens"] == expected.tokens
     assert result["bits_per_second"] == pytest.approx(expected.bits_per_second, rel=1e-5)
     assert "bits per second" in (tmp_path / "notes.html").read_text()
+
+
+# --- the diffusion ELBO, through the registry -------------------------------------------------------------------
+
+
+def tiny_smdim(codec: str = "performance"):
+    from core.models.smdim import SMDIM, SMDIMConfig
+
+    torch.manual_seed(0)
+    return SMDIM(SMDIMConfig(d_embed=16, d_model=32, n_blocks=1, n_heads=2, d_state=4, window=64, attn_window=8,
+                             codec=codec)).eval()
+
+
+@pytest.mark.parametrize("codec", ["performance", "notes"])
+def test_the_elbo_report_is_smdims_piece_elbo_reached_by_its_arch(scale, chord, codec):
+    """The held-out bound comes from the architecture's training adapter (Training.elbo): for SMDIM the very
+    numbers of piece_elbo on each piece, in the windows the budget buys, and the trainer's own with its draws."""
+    from core.codecs import codec_named
+    from core.models.smdim.training import HELD_OUT_RATES, SMDIMTraining, piece_elbo
+
+    model = tiny_smdim(codec)
+    window = model.plan(None, batch=1).window
+    ids = [codec_named(codec).encode(piece).astype(np.int64) for piece in (scale, chord)]
+    report = metrics.elbo_report(model, [scale, chord], draws=3, seed=5)
+    with torch.inference_mode():
+        expected = sum(piece_elbo(model, piece, window, 3, 5, "cpu") for piece in ids)
+    assert report.nats == pytest.approx(expected, rel=1e-6) and report.nats > 0
+    assert (report.tokens, report.window, report.draws) == (sum(len(piece) for piece in ids), window, 3)
+    assert window == model.config.window  # the default budget reads the window the trainer scores
+    held = metrics.elbo_report(model, ids, draws=HELD_OUT_RATES)
+    trainer = SMDIMTraining(model)
+    bounds = [trainer.piece_bound(piece, torch.device("cpu")) for piece in ids]
+    assert held.nats == pytest.approx(sum(nats for nats, _ in bounds), rel=1e-6)
+    assert held.tokens == sum(count for _, count in bounds)
+
+
+def test_a_second_denoiser_is_scored_by_its_own_training_adapter(scale):
+    """elbo_report names no architecture: a denoiser registered at run time is scored by its adapter's `elbo`,
+    called with each piece's ids and the window, draws, seed and device asked; one whose adapter has none is
+    refused in one line."""
+    from core.models import registry
+    from core.models.smdim import SMDIM, SMDIMConfig
+    from core.models.smdim.training import SMDIMTraining
+
+    calls = []
+
+    class Twin(SMDIM):
+        arch = "twin"
+
+    class TwinTraining(SMDIMTraining):
+        def elbo(self, piece, window, draws, seed, device) -> float:
+            calls.append((len(piece), window, draws, seed, str(device)))
+            return 2.0 * len(piece)
+
+    class Bare:  # a training adapter without the bound
+        def __init__(self, model):
+            self.model = model
+
+    torch.manual_seed(0)
+    model = Twin(SMDIMConfig(d_embed=16, d_model=32, n_blocks=1, n_heads=2, d_state=4, window=64, attn_window=8))
+    ids = encode(scale).astype(np.int64)
+    try:
+        registry.register("twin", Twin, SMDIMConfig, TwinTraining)
+        report = metrics.elbo_report(model.eval(), [ids, ids[:10]], draws=4, seed=9)
+        assert calls == [(len(ids), 64, 4, 9, "cpu"), (10, 64, 4, 9, "cpu")]
+        assert report.nats == 2.0 * (len(ids) + 10) and report.tokens == len(ids) + 10
+        registry.register("twin", Twin, SMDIMConfig, Bare)
+        with pytest.raises(RecitalError, match=r"^the twin architecture gives no diffusion ELBO"):
+            metrics.elbo_report(model, [ids])
+        registry.register("twin", Twin, SMDIMConfig, None)
+        with pytest.raises(RecitalError, match="cannot be trained in this build"):
+            metrics.elbo_report(model, [ids])
+    finally:
+        registry.unregister("twin")

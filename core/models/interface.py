@@ -251,3 +251,11 @@ class Training(Protocol):
     def record(self) -> None:
         """Write into the model's config what this run trains it to use (e.g. its memory horizons)."""
         ...
+
+    def elbo(self, piece: np.ndarray, window: int, draws: int, seed: int, device: torch.device | str) -> float:
+        """A denoiser's held-out number: the diffusion ELBO (an upper bound on the negative log-likelihood) in
+        nats of one piece's ids (int64), cut into windows of `window` ids, each masked `draws` times from a
+        generator seeded `seed` for the piece: the same number for the same model, piece and settings.
+        core.metrics.elbo_report reaches it by the model's arch; a left-to-right model's adapter leaves it out
+        (its held-out number is its log-likelihood, core.metrics.perplexity_report)."""
+        ...

@@ -129,7 +129,11 @@ class SMDIMTraining:
 
     def piece_bound(self, piece: np.ndarray, device: torch.device) -> tuple[float, int]:
         """(ELBO bound of one piece in nats, its ids): each window's bound averaged over the fixed rates."""
-        return piece_elbo(self.model, piece, self.model.config.window, device=device), int((piece != PAD).sum())
+        return self.elbo(piece, self.model.config.window, HELD_OUT_RATES, 0, device), int((piece != PAD).sum())
+
+    def elbo(self, piece: np.ndarray, window: int, draws: int, seed: int, device: torch.device | str) -> float:
+        """The held-out bound of one piece in nats (core.models.interface.Training.elbo): `piece_elbo`."""
+        return piece_elbo(self.model, piece, window, draws, seed, device)
 
     def record(self) -> None:
         """Nothing: a plan never reads a longer window than the config's, which is what training used."""

@@ -1,5 +1,5 @@
 """PerceiverS cached generation: incremental == full forward, the M/2 re-encode policy, lanes, the budget; each
-with and without the sounding-notes input (issue #17)."""
+with and without the sounding-notes input, and on the note codec (issue #17)."""
 
 from __future__ import annotations
 
@@ -21,24 +21,28 @@ KEEP = CONFIG.latents // 2
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make(sounding: bool = False, config: PerceiverSConfig = CONFIG) -> PerceiverS:
-    """A tiny model; with the sounding-notes input, its projection random (not the zero it starts at), so that the
-    sets change the logits."""
+VARIANTS = {"plain": {}, "sounding": {"sounding_input": True}, "notes": {"codec": "notes", "vocab_size": None}}
+
+
+def make(variant: str = "plain", config: PerceiverSConfig = CONFIG) -> PerceiverS:
+    """A tiny model of a VARIANTS entry (the event codec, with the sounding-notes input, the note codec); with the
+    sounding-notes input, its projection random (not the zero it starts at), so that the sets change the logits."""
     torch.manual_seed(0)
-    model = PerceiverS(replace(config, sounding_input=sounding)).eval()
-    if sounding:
+    model = PerceiverS(replace(config, **VARIANTS[variant])).eval()
+    if model.config.sounding_input:
         with torch.no_grad():
             model.sounding.weight.normal_(0.0, 0.5)
     return model
 
 
-@pytest.fixture(params=[False, True], ids=["plain", "sounding"])
+@pytest.fixture(params=list(VARIANTS))
 def model(request) -> PerceiverS:
     return make(request.param)
 
 
-def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(3, VOCAB_SIZE, (batch, length), generator=torch.Generator().manual_seed(seed))
+def random_ids(batch: int, length: int, seed: int = 1, vocab: int = VOCAB_SIZE) -> torch.Tensor:
+    """Random ids past PAD, BOS, EOS of a codec of `vocab` ids (a model's: model.config.vocab_size)."""
+    return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def budget_for(model: PerceiverS, context: int, batch: int = 1) -> int:
@@ -59,7 +63,7 @@ def test_incremental_logits_equal_the_full_forward(model, context):
     plan = model.plan(budget_for(model, context, 2), batch=2)
     assert plan.context == context
     state = model.new_state(plan)
-    ids = random_ids(2, 70 + CONFIG.latents)
+    ids = random_ids(2, 70 + CONFIG.latents, vocab=model.config.vocab_size)
     for t in range(70):
         logits = model.step(ids[:, t], state)
         start, context_start = int(state.start[0]), int(state.context_start[0])
@@ -70,7 +74,7 @@ def test_incremental_logits_equal_the_full_forward(model, context):
 
 def test_window_fills_then_keeps_the_most_recent_half(model):
     state = model.new_state(model.plan(budget_for(model, 16)))
-    ids = random_ids(1, 40)
+    ids = random_ids(1, 40, vocab=model.config.vocab_size)
     starts = []
     for t in range(40):
         model.step(ids[:, t], state)
@@ -86,14 +90,16 @@ def test_window_fills_then_keeps_the_most_recent_half(model):
     assert int(state.length[0]) == 40
 
 
-def test_tokens_outside_the_window_are_forgotten():
+@pytest.mark.parametrize("variant", ["plain", "notes"])
+def test_tokens_outside_the_window_are_forgotten(variant):
     """No latent depends on more than a training crop showed: inputs before context_start never matter (without
     the sounding-notes input: with it, they do, through the notes they leave sounding)."""
-    model = make()
+    model = make(variant)
     plan = model.plan(budget_for(model, 12))
-    ids = random_ids(1, 60)
+    vocab = model.config.vocab_size
+    ids = random_ids(1, 60, vocab=vocab)
     changed = ids.clone()
-    changed[0, :20] = random_ids(1, 20, seed=9)
+    changed[0, :20] = random_ids(1, 20, seed=9, vocab=vocab)
     first, second = model.new_state(plan), model.new_state(plan)
     for t in range(60):
         a, b = model.step(ids[:, t], first), model.step(changed[:, t], second)
@@ -105,7 +111,7 @@ def test_tokens_outside_the_window_are_forgotten():
 
 def test_prefill_equals_stepping(model):
     plan = model.plan(budget_for(model, 16, 2), batch=2)
-    ids = random_ids(2, 53)
+    ids = random_ids(2, 53, vocab=model.config.vocab_size)
     stepped, filled = model.new_state(plan), model.new_state(plan)
     for t in range(53):
         expected = model.step(ids[:, t], stepped)
@@ -120,7 +126,7 @@ def test_read_gives_the_logits_of_every_step(model):
     """`read` (what scoring uses) returns each step's logits, in chunks that start and end anywhere in a window,
     and with lanes out of phase (one reset mid-piece)."""
     plan = model.plan(budget_for(model, 16, 2), batch=2)
-    ids = random_ids(2, 53)
+    ids = random_ids(2, 53, vocab=model.config.vocab_size)
     stepped, read = model.new_state(plan), model.new_state(plan)
     expected = torch.stack([model.step(ids[:, t], stepped) for t in range(53)], dim=1)  # (2, 53, V)
     got = torch.cat([model.read(ids[:, :5], read), model.read(ids[:, 5:22], read), model.read(ids[:, 22:], read)],
@@ -140,7 +146,7 @@ def test_the_one_token_path_equals_the_general_path(model, batch):
     and leave the same state, through re-encodes and a sliding context."""
     plan = model.plan(budget_for(model, 12, batch), batch=batch)
     lean, general = model.new_state(plan), model.new_state(plan)
-    ids = random_ids(batch, 45)
+    ids = random_ids(batch, 45, vocab=model.config.vocab_size)
     for t in range(45):
         stepped, read = model.step(ids[:, t], lean), model.prefill(ids[:, t:t + 1], general)
         assert torch.allclose(stepped, read, atol=1e-5), f"step {t}"
@@ -154,7 +160,7 @@ def test_int8_prefill_reads_many_rows_as_steps_do(model):
     (the int8 kernel): the same arithmetic, so both stay within rounding of each other."""
     model.use_step_weights("int8")
     plan = model.plan(budget_for(model, 16))
-    ids = random_ids(1, 30)
+    ids = random_ids(1, 30, vocab=model.config.vocab_size)
     stepped, filled = model.new_state(plan), model.new_state(plan)
     for t in range(30):
         expected = model.step(ids[:, t], stepped)
@@ -180,7 +186,7 @@ def test_int8_step_weights_for_any_width():
 
 def test_a_reset_lane_starts_over_while_the_other_goes_on(model):
     plan = model.plan(budget_for(model, 16, 2), batch=2)
-    ids = random_ids(2, 40)
+    ids = random_ids(2, 40, vocab=model.config.vocab_size)
     state = model.new_state(plan)
     model.prefill(ids[:, :13], state)
     state.reset(1)
@@ -227,7 +233,7 @@ def test_bad_generation_inputs_are_refused(model):
     with pytest.raises(ModelError):
         model.prefill(torch.zeros(1, 4, dtype=torch.long), state)
     with pytest.raises(ModelError):
-        model.step(torch.tensor([3, VOCAB_SIZE]), state)
+        model.step(torch.tensor([3, model.config.vocab_size]), state)
     with pytest.raises(BudgetError):
         model.new_state(model.plan(budget_for(model, 16, 2), batch=2), batch=3)
     with pytest.raises(BudgetError, match="plan again"):  # as DSMR: a state has exactly its plan's lanes
@@ -274,7 +280,7 @@ def test_cli_generates_with_a_perceivers_model_directory(model, tmp_path, capsys
 
 def test_generation_follows_weight_updates(model):
     """The packed generation weights are rebuilt when a parameter changes (e.g. after a training step)."""
-    ids = random_ids(1, 6)
+    ids = random_ids(1, 6, vocab=model.config.vocab_size)
     state = model.new_state(model.plan(budget_for(model, 16)))
     model.prefill(ids[:, :3], state)
     with torch.no_grad():
@@ -286,16 +292,18 @@ def test_generation_follows_weight_updates(model):
     assert torch.allclose(logits, full[:, -1], atol=1e-5)
 
 
-@pytest.mark.parametrize("sounding", [False, True], ids=["plain", "sounding"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_generation_in_other_precisions(dtype, sounding):
-    model = make(sounding).to(dtype)
+def test_generation_in_other_precisions(dtype, variant):
+    model = make(variant).to(dtype)
     element = torch.empty((), dtype=dtype).element_size()
-    budget = state_bytes(1, 16, CONFIG.latents, CONFIG.scale, CONFIG.n_layers, CONFIG.d_model, element, sounding)
+    budget = state_bytes(1, 16, CONFIG.latents, CONFIG.scale, CONFIG.n_layers, CONFIG.d_model, element,
+                         model.config.sounding_input)
     plan = model.plan(budget)
     state = model.new_state(plan)
     assert plan.context == 16 and state.nbytes == plan.nbytes <= budget
-    ids = random_ids(1, 30 + CONFIG.latents)  # the crop of the latent window reaches past the 30 read
+    # the crop of the latent window reaches past the 30 read
+    ids = random_ids(1, 30 + CONFIG.latents, vocab=model.config.vocab_size)
     logits = model.prefill(ids[:, :30], state)
     full = crop_forward(model, ids, int(state.context_start[0]), int(state.start[0]) + CONFIG.latents)
     expected = full[:, 29 - int(state.start[0])]
@@ -312,7 +320,7 @@ def test_generation_in_other_precisions(dtype, sounding):
 def test_int8_step_weights_stay_close_to_exact(model):
     """The fast form `recital generate` uses on a CPU: probabilities within ~1e-3 of the exact step, through
     re-encodes and lanes at different positions (one lane reset midway)."""
-    ids = random_ids(2, 40)
+    ids = random_ids(2, 40, vocab=model.config.vocab_size)
 
     def run() -> torch.Tensor:
         state = model.new_state(model.plan(budget_for(model, 16, 2), batch=2))

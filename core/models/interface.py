@@ -9,8 +9,9 @@ itself, say what a plan remembers and what it was trained to use):
   such as SMDIM. Generation and scoring choose the path by `model.family`, never by probing methods.
 
 What a run needs from a model to train it (how batches are cut, the loss, the shortest trainable piece, what the
-model records about the run) is its `Training` adapter, registered with the architecture (core/models/registry.py).
-The trainer calls only that adapter; it never names an architecture.
+model records about the run, a denoiser's held-out bound) is its `Training` adapter, registered with the
+architecture (core/models/registry.py). The trainer, adapting (core/adapt.py) and a denoiser's ELBO
+(core.metrics.elbo_report) call only that adapter; they never name an architecture.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ A micro-batch is a batch of crops (trainer.data.CropBatches) whose loss is taken
 batches depend only on (seed, step, micro, item), so nothing about the data needs saving to resume. Held-out
 pieces are scored in the sequential crops, whose targets tile each piece once. A model with the sounding-notes
 input gets, with each crop, the pitches sounding before it (crops.split_sounding).
+
+The ids are the model's codec's (core.codecs.codec_of: the trainer serves the pieces encoded with it, PAD the same
+id in both codecs); nothing here reads what an id means, except the sounding-notes input, which follows the event
+codec's NoteOn/NoteOff ids and which a "notes" config refuses.
 """
 
 from __future__ import annotations

@@ -50,6 +50,10 @@ log_every = 1
 name = "tiny-default"
 model = {{d_model = 16, n_layers = 2, n_heads = 2, segment_len = 32, max_horizon = 64, n_long = 1, default_budget = "64KB"}}
 
+[perceivers]
+name = "tiny-perceivers"
+model = {{d_model = 16, n_layers = 1, n_heads = 2, context = 64, latents = 16, scale = 32, default_budget = "64KB"}}
+
 [smdim]
 name = "tiny-smdim"
 model = {{d_embed = 16, d_model = 32, n_blocks = 1, n_heads = 2, d_state = 4, window = 64, attn_window = 8, steps = 2}}
@@ -325,12 +329,12 @@ def test_a_notes_run_warm_starts_from_a_performance_model_resumes_and_exports_a_
     Corpus.open(setup["data"], "notes")  # the run read the corpus with the notes codec
 
 
-@pytest.mark.parametrize("arch", ["dsmr", "smdim"])
+@pytest.mark.parametrize("arch", ["dsmr", "perceivers", "smdim"])
 def test_a_notes_run_from_scratch_via_set_and_the_plan(setup, capsys, arch):
     assert main(args(setup, "--plan", "--set", 'model.codec="notes"', arch=arch)) == 0
     assert "'notes' codec" in capsys.readouterr().err
     assert main(args(setup, "--steps", "2", "--set", 'model.codec="notes"', arch=arch)) == 0
     assert load_model(setup["dest"]).config.codec == "notes"
-    name = {"dsmr": "tiny-default", "smdim": "tiny-smdim"}[arch]
+    name = {"dsmr": "tiny-default", "perceivers": "tiny-perceivers", "smdim": "tiny-smdim"}[arch]
     card = (setup["dest"] / "card.md").read_text()
     assert card.startswith(f"# {name}: {arch} trained from scratch") and "'notes' codec" in card

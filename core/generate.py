@@ -172,11 +172,17 @@ class HeldNotes:
 class ChosenDurations:
     """The notes codec's note rule: each lane's next id must follow its last one (`notecodec.Grammar`): a Duration
     after every Pitch and only there, none longer than `limit` seconds (the length of a note is chosen where it
-    starts, so nothing is released later), and EOS only where `eos` and never after a Pitch."""
+    starts, so nothing is released later), EOS only where `eos` and never after a Pitch, and no pitch struck again
+    sooner than `min_repeat` seconds after its last strike, the primer's included (None or 0: any time; see
+    `notecodec.MIN_REPEAT_SECONDS`)."""
 
-    def __init__(self, batch: int, limit: float | None, primer: Sequence[int] | np.ndarray, eos: bool):
+    def __init__(self, batch: int, limit: float | None, primer: Sequence[int] | np.ndarray, eos: bool,
+                 min_repeat: float | None = notecodec.MIN_REPEAT_SECONDS):
+        if min_repeat is not None and not min_repeat >= 0:
+            raise ModelError(f"the shortest re-strike of a pitch must be >= 0 seconds (0: any), got {min_repeat}")
         last = int(primer[-1]) if len(primer) else BOS  # a primer ending with a Pitch gets its Duration first
-        self.grammar = notecodec.Grammar(batch, last, limit, eos=eos)
+        self.grammar = notecodec.Grammar(batch, last, limit, eos=eos, min_repeat_seconds=min_repeat or 0.0,
+                                         primer=primer)
 
     def mask(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """(B, V) additive: 0 where the lane's next id may be, -inf elsewhere."""
@@ -189,11 +195,13 @@ class ChosenDurations:
 
 
 def note_rule(codec: Codec, batch: int, limit: float | None, primer: Sequence[int] | np.ndarray,
-              stop_at_eos: bool) -> HeldNotes | ChosenDurations:
+              stop_at_eos: bool, min_repeat: float | None = notecodec.MIN_REPEAT_SECONDS
+              ) -> HeldNotes | ChosenDurations:
     """How `codec` keeps notes from hanging past `limit` seconds: the event codec releases them (`HeldNotes`), the
-    notes codec never chooses a longer duration (`ChosenDurations`)."""
+    notes codec never chooses a longer duration (`ChosenDurations`), nor a re-strike of a pitch within
+    `min_repeat` seconds (the event codec's rule has no such guard: `min_repeat` is the notes codec's alone)."""
     if codec.NAME == notecodec.NAME:
-        return ChosenDurations(batch, limit, primer, stop_at_eos)
+        return ChosenDurations(batch, limit, primer, stop_at_eos, min_repeat)
     return HeldNotes(batch, limit, primer)
 
 
@@ -261,6 +269,7 @@ class LaneLimits:
 def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
              max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = True,
              seed: int | None = None, max_note_seconds: float | None = MAX_NOTE_SECONDS,
+             min_repeat_seconds: float | None = notecodec.MIN_REPEAT_SECONDS,
              constraints: Constraints | None = None) -> Iterator[np.ndarray]:
     """The engine of a generation session (core/session.py): yield the ids that continue `primer`, one array (B,)
     of int64 per step, one id per lane of `state`, until a limit is reached.
@@ -277,7 +286,9 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     event codec's: a note held that long is released, its NoteOff is the lane's next id instead of a drawn one (and
     the model reads it); a model with bounded memory forgets notes it started beyond its horizon and would never
     end them. The notes codec's: its grammar is added to the logits, so every Pitch gets a Duration, none longer
-    than the limit, and EOS never follows a Pitch. `seed` makes the stream reproducible. The model is put in eval
+    than the limit, and EOS never follows a Pitch; nor does a lane strike a pitch again sooner than
+    `min_repeat_seconds` after its last strike (the primer's count; None or 0: any time), the stutter a notes model
+    falls into (`notecodec.MIN_REPEAT_SECONDS`). `seed` makes the stream reproducible. The model is put in eval
     mode.
 
     `constraints` (core/constraints.py, resolved against the primer) add their mask to the logits before
@@ -294,7 +305,7 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     # Grad mode is thread-local: set it around each call, never across a yield.
     with torch.no_grad():
         logits = model.prefill(primer.to(device)[None].expand(batch, -1), state)  # every lane, not copied
-    notes = note_rule(codec, batch, max_note_seconds, primer.numpy(), stop_at_eos)
+    notes = note_rule(codec, batch, max_note_seconds, primer.numpy(), stop_at_eos, min_repeat_seconds)
     never = [PAD, BOS] + ([] if stop_at_eos else [EOS])
     forbidden = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=device)
     forbidden[never] = float("-inf")  # (V,)

@@ -123,7 +123,9 @@ class GenerationSession:
     120 BPM 4/4); bars: instead of `seconds`, write up to the bars-th bar line after the primer (`bars_seconds`).
     max_tokens: new ids per lane at most (default: 150 per second asked, so a runaway stops).
     max_note: seconds a note may sound (None or 0: no limit): the event codec releases a note held longer, the
-    notes codec never chooses a longer duration (core/generate.py `note_rule`). allow_end: the model may end
+    notes codec never chooses a longer duration (core/generate.py `note_rule`). min_repeat: seconds before a
+    left-to-right notes model may strike a pitch again (None or 0: any time; notecodec.MIN_REPEAT_SECONDS says
+    why; the event codec and a denoiser's windows have no such guard). allow_end: the model may end
     the piece before `seconds`. constraints: limits on what is written (core/constraints.py); a key 'from the
     primer' is read from the primer here. adapt: adapt a copy of the model to a primer of at least
     `adapt.min_seconds` first (core/adapt.py; None: never; a denoiser refuses it), in `adapt_to_primer()` or
@@ -134,7 +136,8 @@ class GenerationSession:
     def __init__(self, model, primer: Primer = None, *, budget: int | str | None = None,
                  sampling: SamplingConfig | None = None, seconds: float | None = None, variations: int = 1,
                  seed: int | None = None, max_tokens: int | None = None, max_note: float | None = MAX_NOTE_SECONDS,
-                 allow_end: bool = False, start: float | None = None, plan=None,
+                 min_repeat: float | None = notecodec.MIN_REPEAT_SECONDS, allow_end: bool = False,
+                 start: float | None = None, plan=None,
                  grid: Grid | None = None, bars: int | None = None,
                  constraints: Constraints | None = None, adapt: AdaptSettings | None = None):
         if variations < 1:
@@ -155,6 +158,9 @@ class GenerationSession:
         self.sampling = sampling or SamplingConfig()
         self.seed = seed
         self.max_note = max_note or None
+        if min_repeat is not None and not 0 <= min_repeat <= 1:
+            raise ModelError(f"the shortest re-strike of a pitch must be 0 to 1 second (0: any), got {min_repeat}")
+        self.min_repeat = min_repeat or None
         self.allow_end = allow_end
         if isinstance(primer, str | Path):
             from core.midi import read_performance
@@ -246,7 +252,8 @@ class GenerationSession:
         else:
             stream = generate(self._writer, primer, self.state, self.sampling,
                               max_tokens=self.max_tokens, max_seconds=self.seconds, stop_at_eos=self.allow_end,
-                              seed=self.seed, max_note_seconds=self.max_note, constraints=self.constraints)
+                              seed=self.seed, max_note_seconds=self.max_note, min_repeat_seconds=self.min_repeat,
+                              constraints=self.constraints)
         del primer
         began = time.perf_counter()
         first = None

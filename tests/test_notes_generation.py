@@ -92,7 +92,9 @@ class Ranked(torch.nn.Module):
 
 
 def greedy(model, primer=None, batch: int = 1, **limits) -> np.ndarray:
-    """(B, T) ids the engine writes greedily after `primer`."""
+    """(B, T) ids the engine writes greedily after `primer` (re-strikes allowed unless `min_repeat_seconds` says
+    otherwise: a Ranked model strikes its favourite pitch at every tick)."""
+    limits = {"min_repeat_seconds": 0.0, **limits}
     state = model.new_state(model.plan(1, batch), batch)
     out = list(generate(model, prepare_primer(primer, nc.VOCAB_SIZE), state, SamplingConfig(temperature=0),
                         **limits))

@@ -243,3 +243,90 @@ def test_strikes_one_tick_apart_stay_two_notes_despite_float_rounding() -> None:
     np.testing.assert_allclose(back.offset, [0.29, 0.33])
     assert _streamed(ids) == sorted(zip(back.onset.tolist(), back.offset.tolist(), back.pitch.tolist(),
                                         back.velocity.tolist(), strict=True))
+
+
+# -- the re-strike guard (MIN_REPEAT_SECONDS) ------------------------------------------------------------------------
+
+def refused_pitches(rule: nc.Grammar, lane: int) -> set[int]:
+    """The pitches `rule` refuses a lane now (its mask -inf on their Pitch ids)."""
+    import torch
+
+    mask = rule.mask(torch.device("cpu"), torch.float32)[lane, nc.PITCH:nc.DURATION]
+    return set(np.flatnonzero(torch.isinf(mask).numpy()).tolist())
+
+
+def test_the_generator_grammar_refuses_a_pitch_struck_again_within_min_repeat() -> None:
+    """Each lane on its own clock: a pitch is refused for 0-30 ms after its strike, allowed at 40 ms; 0: never."""
+    rule = nc.Grammar(2, BOS, None, min_repeat_seconds=nc.MIN_REPEAT_SECONDS)
+    assert nc.MIN_REPEAT_SECONDS == 0.04 and refused_pitches(rule, 0) == refused_pitches(rule, 1) == set()
+    for tokens in ([nc.PITCH + 60, nc.PITCH + 61], [nc.DURATION + 3, nc.DURATION + 3],
+                   [nc.PITCH + 62, nc.TIME_SHIFT + 3]):  # lane 0: 60 and 62 at tick 0; lane 1: 61, then 40 ms
+        rule.read(np.array(tokens))
+    assert refused_pitches(rule, 1) == set()  # 61 struck exactly 40 ms ago
+    rule.read(np.array([nc.DURATION, nc.PITCH + 61]))
+    assert refused_pitches(rule, 0) == {60, 62}  # the same tick
+    for lane0, expected in ((nc.TIME_SHIFT + 2, {60, 62}), (nc.TIME_SHIFT, set())):  # 30 ms later, then 40 ms
+        rule.read(np.array([lane0, nc.DURATION]))
+        assert refused_pitches(rule, 0) == expected
+    assert refused_pitches(rule, 1) == {61}
+    off = nc.Grammar(1, BOS, None, min_repeat_seconds=0.0)
+    off.read(np.array([nc.PITCH + 60]))
+    off.read(np.array([nc.DURATION]))
+    assert refused_pitches(off, 0) == set()
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 1 << 16])
+def test_the_primers_last_strikes_are_read_once_in_chunks(monkeypatch, chunk) -> None:
+    """Strikes of the primer count, read a chunk at a time with the same result; a primer's last Pitch still
+    waiting for its Duration is struck where the clock stands; an unpaired Pitch inside it is no strike."""
+    monkeypatch.setattr(nc, "_CHUNK", chunk)
+    primer = [BOS, nc.PITCH + 50, nc.DURATION, nc.TIME_SHIFT + 97, nc.PITCH + 60, nc.DURATION + 9,
+              nc.PITCH + 70, nc.TIME_SHIFT + 1, nc.VELOCITY + 3, nc.PITCH + 61, nc.DURATION + 2, nc.TIME_SHIFT,
+              nc.PITCH + 64]  # 50 at 0 ms, 60 at 980, 61 at 1000, 64 (pending) at 1010; 70 has no Duration
+    rule = nc.Grammar(3, primer[-1], None, min_repeat_seconds=0.04, primer=primer)
+    assert rule.tick.tolist() == [101] * 3
+    assert refused_pitches(rule, 0) == set(range(128))  # the pending Pitch takes its Duration first
+    rule.read(np.array([nc.DURATION + 5] * 3))
+    assert refused_pitches(rule, 0) == refused_pitches(rule, 2) == {60, 61, 64}  # 30, 10 and 0 ms ago
+    rule.read(np.array([nc.TIME_SHIFT, nc.TIME_SHIFT + 3, nc.PITCH + 50]))
+    assert refused_pitches(rule, 0) == {61, 64} and refused_pitches(rule, 1) == set()
+    rule.read(np.array([nc.TIME_SHIFT, nc.TIME_SHIFT, nc.DURATION]))
+    assert refused_pitches(rule, 2) == {50, 60, 61, 64}  # 50 just now, the primer's strikes still 0-30 ms ago
+    ignored = nc.Grammar(1, primer[-1], None, min_repeat_seconds=0.04)  # no primer given: nothing struck yet
+    ignored.read(np.array([nc.DURATION]))
+    assert refused_pitches(ignored, 0) == set()
+
+
+def test_a_lane_always_keeps_an_id_to_write() -> None:
+    """Lanes that strike pitches as often as the rule lets them, among few pitches: every mask row leaves an id
+    open, a TimeShift wherever the last id is not a Pitch, and what they write never re-strikes within 40 ms."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    lanes = 6
+    rule = nc.Grammar(lanes, BOS, 0.5, eos=False, min_repeat_seconds=nc.MIN_REPEAT_SECONDS)
+    written = [[] for _ in range(lanes)]
+    for _ in range(600):
+        open_ = torch.isfinite(rule.mask(torch.device("cpu"), torch.float32)).numpy()
+        assert open_.any(axis=1).all()
+        after_other = ~((rule.last >= nc.PITCH) & (rule.last < nc.DURATION))
+        assert open_[after_other, nc.TIME_SHIFT:nc.VELOCITY].all()
+        pitches = open_[:, nc.PITCH + 60:nc.PITCH + 63]  # the only keys these lanes like
+        tokens = np.empty(lanes, dtype=np.int64)
+        for lane in range(lanes):
+            if not after_other[lane]:
+                tokens[lane] = nc.DURATION + rng.choice(np.flatnonzero(open_[lane, nc.DURATION:nc.TIME_SHIFT]))
+            elif pitches[lane].any() and rng.random() < 0.9:
+                tokens[lane] = nc.PITCH + 60 + rng.choice(np.flatnonzero(pitches[lane]))
+            else:
+                tokens[lane] = nc.TIME_SHIFT + rng.integers(2)
+            assert open_[lane, tokens[lane]]
+            written[lane].append(int(tokens[lane]))
+        rule.read(tokens)
+    for ids in written:
+        ids = np.array(ids)
+        ticks = np.cumsum(nc.shift_ticks(ids)) - nc.shift_ticks(ids)
+        struck = (ids >= nc.PITCH) & (ids < nc.DURATION)
+        assert struck.sum() > 100
+        for pitch in (60, 61, 62):
+            assert np.diff(ticks[struck & (ids == nc.PITCH + pitch)]).min() >= 4

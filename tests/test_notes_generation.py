@@ -158,6 +158,112 @@ def test_a_notes_session_follows_the_grammar_its_constraints_and_max_note():
             assert np.isin(pitches % 12, [0, 2, 4, 5, 7, 9, 11]).all()
 
 
+class Restriker(torch.nn.Module):
+    """A notes model in the stutter's mode: after a TimeShift it wants the pitch it struck last (else Pitch 60)
+    again above all, then a 10 ms TimeShift; after a Duration the 10 ms TimeShift; any other pitch is possible."""
+
+    arch = "restriker"
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=nc.VOCAB_SIZE, default_budget=1024, codec="notes")
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def plan(self, budget_bytes, batch=1):
+        return SimpleNamespace(nbytes=0, batch=batch, describe=lambda: "restriker")
+
+    def new_state(self, plan, batch=None):
+        return SimpleNamespace(batch=plan.batch, nbytes=0, reset=lambda lane: None,
+                               pitch=np.full(plan.batch, 60), last=np.full(plan.batch, nc.BOS))
+
+    def _logits(self, state) -> torch.Tensor:
+        logits = torch.full((state.batch, nc.VOCAB_SIZE), -6.0)
+        logits[:, nc.PITCH:nc.DURATION] = -2.0
+        logits[:, nc.DURATION + 9] = 0.0  # a 100 ms note
+        lanes = torch.arange(state.batch)
+        logits[lanes, torch.from_numpy(nc.PITCH + state.pitch)] = torch.from_numpy(
+            np.where(is_duration(state.last), -6.0, 8.0)).float()
+        logits[:, nc.TIME_SHIFT] = 4.0
+        return logits
+
+    def _read(self, ids: np.ndarray, state) -> None:
+        state.pitch = np.where(is_pitch(ids), ids - nc.PITCH, state.pitch)
+        state.last = ids
+
+    def prefill(self, ids, state):
+        for column in ids.T.numpy():
+            self._read(column, state)
+        return self._logits(state)
+
+    def step(self, ids, state):
+        self._read(ids.numpy(), state)
+        return self._logits(state)
+
+
+def closest_restrike(ids) -> int:
+    """The fewest ticks between two strikes of one pitch in `ids` (a large number if no pitch is struck twice)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    ticks = np.cumsum(nc.shift_ticks(ids)) - nc.shift_ticks(ids)
+    struck = np.flatnonzero(is_pitch(ids))
+    gaps = [np.diff(ticks[struck][ids[struck] == pitch]) for pitch in np.unique(ids[struck])]
+    return int(min((gap.min() for gap in gaps if len(gap)), default=1 << 30))
+
+
+def test_no_pitch_is_struck_again_within_40_ms_and_0_lets_the_stutter_back():
+    """A model that wants to strike its last pitch again 10 ms later, sampled: with the guard (the default) no two
+    strikes of a pitch in what the session writes, the primer's last ones included, are closer than 40 ms; the
+    grammar holds; --min-repeat 0 lets the stutter back (10 ms gaps)."""
+    primer = Performance.from_notes(np.array([0.0, 0.5]), np.array([0.4, 0.6]), np.array([64, 60]),
+                                    np.full(2, 80))
+    assert nc.MIN_REPEAT_SECONDS == 0.04
+    for seed in range(3):
+        guarded = GenerationSession(Restriker(), primer, seconds=3, variations=3, seed=seed, max_tokens=5000)
+        guarded.run()
+        for lane in guarded.lanes:
+            assert_paired(lane)
+            assert is_pitch(lane).sum() >= 10  # it keeps striking, never closer than 4 ticks
+            assert closest_restrike(np.concatenate([guarded.primer, lane])) >= 4
+        free = GenerationSession(Restriker(), primer, seconds=3, variations=3, seed=seed, min_repeat=0)
+        free.run()
+        assert all(closest_restrike(lane) <= 1 for lane in free.lanes)  # 10 ms apart (or one tick: 0)
+    wider = GenerationSession(Restriker(), primer, seconds=3, seed=0, min_repeat=0.1)
+    wider.run()
+    assert closest_restrike(np.concatenate([wider.primer, wider.lanes[0]])) >= 10
+    for wrong in (-0.01, 1.5, float("nan")):
+        with pytest.raises(ModelError, match="^the shortest re-strike of a pitch must be 0 to 1 second"):
+            GenerationSession(Restriker(), primer, seconds=1, min_repeat=wrong)
+
+
+def test_the_primers_last_strikes_count():
+    """Greedy: the primer struck Pitch 60 at its last tick (and its last id is a Pitch waiting for its Duration, or
+    a TimeShift after it): the model's first Pitch 60 comes 40 ms after that strike, then every 40 ms; without the
+    guard at once."""
+    struck = [nc.BOS, nc.PITCH + 64, nc.DURATION + 9, nc.TIME_SHIFT + 20, nc.PITCH + 60]
+    shift = nc.TIME_SHIFT  # 10 ms
+    ended_with_pitch = greedy(Restriker(), struck, max_tokens=12, min_repeat_seconds=0.04)[0]
+    assert ended_with_pitch.tolist() == [nc.DURATION + 9, shift, shift, shift, shift, nc.PITCH + 60,
+                                         nc.DURATION + 9, shift, shift, shift, shift, nc.PITCH + 60]
+    after_a_shift = [*struck, nc.DURATION + 9, shift, shift]  # 20 ms after the strike already
+    assert greedy(Restriker(), after_a_shift, max_tokens=3, min_repeat_seconds=0.04)[0].tolist() == [
+        shift, shift, nc.PITCH + 60]
+    assert greedy(Restriker(), after_a_shift, max_tokens=3)[0].tolist() == [nc.PITCH + 60, nc.DURATION + 9, shift]
+
+
+def test_a_lane_whose_only_pitch_was_just_struck_writes_time():
+    """Constraints allow Pitch 60 alone and the guard refuses it for 40 ms after each strike: the lanes still
+    always have an id to write (a TimeShift), and strike 60 every 40 ms."""
+    only_c4 = Constraints.parse(None, "0", "C4-C4", None, None, None)
+    session = GenerationSession(Restriker(), None, seconds=2, variations=2, seed=1, max_tokens=5000,
+                                constraints=only_c4)
+    session.run()
+    for lane in session.lanes:
+        lane = np.asarray(lane)
+        assert_paired(lane)
+        assert set((lane[is_pitch(lane)] - nc.PITCH).tolist()) == {60}
+        assert closest_restrike(lane) == 4
+        assert nc.ids_seconds(lane) >= 2
+
+
 # ---- the denoiser ---------------------------------------------------------------------------------------------
 
 def test_note_order_masks_by_the_known_neighbours():
@@ -306,6 +412,36 @@ def test_generate_and_continue_run_a_notes_model_and_max_note_caps_its_durations
     assert new.any() and len(written) - new.sum() == len(primer)  # every primer note kept, new ones after
     assert (written.offset[new] - written.onset[new]).max() <= 0.3 + 0.002
     assert "new:" in capsys.readouterr().out
+
+
+def test_min_repeat_reaches_the_engine_from_generate_and_continue(notes_model_dir, tmp_path, capsys, monkeypatch):
+    """--min-repeat (default 0.04 s, 0: off) goes through the session to the engine; a value outside 0-1 s is
+    refused in one line (exit 2) and nothing is written."""
+    import core.session
+
+    seen, real = [], core.session.generate
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["min_repeat_seconds"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.session, "generate", recording)
+    out = tmp_path / "piece.mid"
+    base = ["generate", "--model", str(notes_model_dir), "--seconds", "2", "--seed", "3", "--out", str(out)]
+    assert main(base) == 0
+    assert main([*base, "--force", "--min-repeat", "0"]) == 0
+    cont = tmp_path / "cont.mid"
+    assert main(["continue", str(PIANO_PIECE), "--model", str(notes_model_dir), "--seconds", "1", "--seed", "1",
+                 "--min-repeat", "0.1", "--out", str(cont)]) == 0
+    assert seen == [0.04, None, 0.1]
+    capsys.readouterr()
+    refused = tmp_path / "refused.mid"
+    for wrong in ("-0.01", "1.5", "nan", "often"):
+        with pytest.raises(SystemExit) as exit_:
+            main([*base[:-1], str(refused), "--min-repeat", wrong])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1 and "--min-repeat" in err, err
+    assert not refused.exists()
 
 
 # ---- adapting ----------------------------------------------------------------------------------------------------

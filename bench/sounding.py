@@ -20,7 +20,7 @@ beside what the pianist played (notes held > 4 s, re-strikes within 120 ms, mean
 of the truth given the primer too. No asserts: a shared machine; the trained models are never shipped.
 
 The third arm ("notes", issue #17's candidate (a)): the same `small` DSMR, vocabulary that of the note-level codec
-(bench/notecodec.py), trained by a plain loop here (trainer.loop.fine_tune reads the event codec's corpus) that
+(core/notecodec.py), trained by a plain loop here (written before the trainer read that codec) that
 copies fine_tune's: the same lane streams (trainer.data.PieceSource, DSMR's training adapter), AdamW and its
 groups, warm-up and cosine decay by wall-clock fraction, clipping, bf16 autocast, seed, no augmentation, and the
 same minutes. It continues the same primers (bench.continuation.cut, re-encoded) by its own step/state loop: top-p
@@ -348,7 +348,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train_parser = commands.choices["train"]
     arm = train_parser.add_mutually_exclusive_group(required=True)
     arm.add_argument("--sounding", choices=("on", "off"), help="an event-codec arm, with or without the input")
-    arm.add_argument("--notes", action="store_true", help="the note-level codec's arm (bench/notecodec.py)")
+    arm.add_argument("--notes", action="store_true", help="the note-level codec's arm (core/notecodec.py)")
     train_parser.add_argument("--out", type=Path, required=True)
     commands.choices["all"].add_argument("--arms", default=",".join(ARMS),
                                          help=f"which arms, comma-separated (default {','.join(ARMS)})")

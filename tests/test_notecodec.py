@@ -1,4 +1,4 @@
-"""The note-level codec of issue #17's benchmark (bench/notecodec.py): round trip, grid, chords, long notes,
+"""The note-level codec (core/notecodec.py): round trip, grid, chords, long notes,
 empty pieces, any id sequence, and the continuation grammar."""
 
 from __future__ import annotations

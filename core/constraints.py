@@ -340,6 +340,19 @@ class _Steering:
         self.recent *= np.exp(-seconds / DENSITY_WINDOW)
 
 
+def _velocity_first(mask: torch.Tensor, unvoiced: np.ndarray, static: torch.Tensor, velocities: slice
+                    ) -> torch.Tensor:
+    """In place: the rows of the `unvoiced` lanes (whose next note would get a velocity outside the range) allow
+    only the codec's `velocities` the static mask allows, and PAD, BOS, EOS (left to the engine's own rules).
+    Returns those lanes, for the caller to open what its codec also allows there."""
+    lanes = torch.from_numpy(np.nonzero(unvoiced)[0])
+    forced = torch.full((len(lanes), mask.shape[1]), float("-inf"), dtype=mask.dtype)
+    forced[:, velocities] = static[velocities]
+    forced[:, :ONSET] = 0.0
+    mask[lanes] = forced
+    return lanes
+
+
 def _neutral_start(constraints: Constraints, recent: float, seconds: float) -> float:
     """The recent notes after a primer of `seconds`, as if the music before it had been at the asked rate."""
     target = constraints.density or 0.0
@@ -386,13 +399,9 @@ class ConstraintTracker(_Steering):
             mask[torch.from_numpy(full), NOTE_ON:NOTE_OFF] = float("-inf")
         unvoiced = ~self.velocity_ok[self.velocity]  # the next NoteOn would get a velocity outside the range
         if unvoiced.any():  # a Velocity id in the range first (or a NoteOff of a sounding note)
-            lanes = torch.from_numpy(np.nonzero(unvoiced)[0])
-            forced = torch.full((len(lanes), self.vocab_size), float("-inf"), dtype=mask.dtype)
-            forced[:, VELOCITY:VELOCITY + VELOCITY_BINS] = self.static[VELOCITY:VELOCITY + VELOCITY_BINS]
-            forced[:, NOTE_OFF:TIME_SHIFT] = torch.where(torch.from_numpy(self.sounding[unvoiced]), 0.0,
-                                                         float("-inf"))
-            forced[:, :NOTE_ON] = 0.0  # PAD, BOS, EOS: left to the engine's own rules
-            mask[lanes] = forced
+            lanes = _velocity_first(mask, unvoiced, self.static, slice(VELOCITY, VELOCITY + VELOCITY_BINS))
+            mask[lanes, NOTE_OFF:TIME_SHIFT] = torch.where(torch.from_numpy(self.sounding[unvoiced]), 0.0,
+                                                           float("-inf")).to(mask.dtype)
         return mask.to(device=device, dtype=dtype)
 
     def read(self, ids: np.ndarray) -> None:
@@ -494,12 +503,8 @@ class NoteTracker(_Steering):
             mask[torch.from_numpy(full), pitch] = float("-inf")
         unvoiced = ~self.velocity_ok[self.velocity]  # the next note would get a velocity outside the range
         if unvoiced.any():  # a Velocity id in the range first (a Pitch already written still gets its Duration)
-            lanes = torch.from_numpy(np.nonzero(unvoiced)[0])
-            forced = torch.full((len(lanes), self.vocab_size), float("-inf"), dtype=mask.dtype)
-            forced[:, velocity] = self.static[velocity]
-            forced[:, notecodec.DURATION:notecodec.TIME_SHIFT] = 0.0
-            forced[:, :ONSET] = 0.0  # PAD, BOS, EOS: left to the engine's own rules
-            mask[lanes] = forced
+            lanes = _velocity_first(mask, unvoiced, self.static, velocity)
+            mask[lanes, notecodec.DURATION:notecodec.TIME_SHIFT] = 0.0
         return mask.to(device=device, dtype=dtype)
 
     def read(self, ids: np.ndarray) -> None:

@@ -369,8 +369,26 @@ def repetition_stats(perfs: Sequence[Performance], max_lag: int = AUTOCORRELATIO
 
 # --- perplexity ----------------------------------------------------------------------------------------------
 
+class Bits:
+    """A loss over pieces as bits per token and per second of music (the number that compares codecs), from its
+    `nats`, `tokens` and `seconds`; shared by the perplexity and ELBO reports."""
+
+    nats: float
+    tokens: int
+    seconds: float
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.nats / math.log(2) / self.tokens
+
+    @property
+    def bits_per_second(self) -> float | None:
+        """-sum log2 p / seconds of music; None when the pieces span no time."""
+        return self.nats / math.log(2) / self.seconds if self.seconds > 0 else None
+
+
 @dataclass
-class PerplexityReport:
+class PerplexityReport(Bits):
     """Token-weighted perplexity over whole pieces, and by position (tokens of context read) in the piece; and the
     same loss per second of music, which compares models of different codecs (perplexity is per id of one)."""
 
@@ -383,15 +401,6 @@ class PerplexityReport:
     nats: float = 0.0  # -sum log p over the predicted tokens
     seconds: float = 0.0  # of music the pieces span (`piece_seconds`)
     codec: str = tokenizer.NAME  # the codec the pieces were encoded with (the model's)
-
-    @property
-    def bits_per_token(self) -> float:
-        return self.nats / math.log(2) / self.tokens
-
-    @property
-    def bits_per_second(self) -> float | None:
-        """-sum log2 p / seconds of music; None when the pieces span no time."""
-        return self.nats / math.log(2) / self.seconds if self.seconds > 0 else None
 
     def buckets(self) -> list[dict]:
         return [{"start": int(self.bucket_edges[i]), "end": int(self.bucket_edges[i + 1]),
@@ -551,7 +560,7 @@ ELBO_MEANING = ("diffusion ELBO: an upper bound on the negative log-likelihood (
 
 
 @dataclass
-class ElboReport:
+class ElboReport(Bits):
     """A denoiser's ELBO over whole pieces, in bits per token and per second of music: an upper bound on the
     negative log-likelihood, so it sits beside (never below) what a left-to-right model's -log2 p would be."""
 
@@ -561,14 +570,6 @@ class ElboReport:
     pieces: int
     draws: int  # masked copies per window
     window: int  # tokens per scored window
-
-    @property
-    def bits_per_token(self) -> float:
-        return self.nats / math.log(2) / self.tokens
-
-    @property
-    def bits_per_second(self) -> float | None:
-        return self.nats / math.log(2) / self.seconds if self.seconds > 0 else None
 
     @property
     def perplexity(self) -> float:

@@ -22,23 +22,13 @@ from core.models.smdim import SMDIM, SMDIMConfig
 from core.models.smdim.training import SMDIMTraining, bits_per_second
 from core.tokenizer import TICK_SECONDS
 from tests.conftest import PIANO_PIECE
+from tests.test_infill import notes, region
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(d_embed=16, d_model=32, n_blocks=1, n_heads=2, d_state=4, window=64, attn_window=4, stride=2,
             mlp_ratio=2, steps=4, default_budget="2MB", codec="notes")
 MASK = notecodec.VOCAB_SIZE  # SMDIM's MASK: one past the codec's ids
-
-
-def notes(perf: Performance, which: np.ndarray | None = None) -> set[tuple]:
-    """The notes as exact tuples (float64 times compared bit for bit)."""
-    which = np.ones(len(perf), dtype=bool) if which is None else which
-    return set(zip(perf.onset[which].tolist(), perf.offset[which].tolist(), perf.pitch[which].tolist(),
-                   perf.velocity[which].tolist(), strict=True))
-
-
-def region(perf: Performance, start: float, end: float) -> np.ndarray:
-    return (perf.onset >= start) & (perf.onset < end)
 
 
 @pytest.fixture(scope="module")

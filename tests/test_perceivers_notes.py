@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from core import notecodec as nc
-from core import tokenizer
 from core.adapt import adapt
 from core.cli import main as recital
 from core.codecs import codec_of
@@ -25,6 +24,7 @@ from tests.conftest import PIANO_PIECE
 from tests.test_adapt import primer_nats, riff
 from tests.test_notes_generation import assert_paired, is_pitch
 from tests.test_train_data import write_folder
+from tests.test_trainer_notes import assert_rows_by_meaning
 from trainer.config import TrainConfig
 from trainer.corpus import Corpus
 from trainer.loop import fine_tune
@@ -118,18 +118,7 @@ def test_a_performance_perceivers_transfers_to_notes_by_meaning():
     torch.manual_seed(1)
     source = PerceiverS(PerceiverSConfig(**TINY, sounding_input=True))
     model, how = transferred(source, "notes", {"sounding_input": False})
-    assert model.config.codec == "notes" and model.config.vocab_size == nc.VOCAB_SIZE
-    old, new = source.state_dict(), model.state_dict()
-    for name in ("embed.weight", "head.weight"):
-        assert new[name].shape[0] == nc.VOCAB_SIZE
-        assert torch.equal(new[name][nc.PITCH:nc.PITCH + 128], old[name][tokenizer.NOTE_ON:tokenizer.NOTE_ON + 128])
-        assert torch.equal(new[name][:3], old[name][:3])
-        assert torch.equal(new[name][nc.TIME_SHIFT:nc.VELOCITY], old[name][tokenizer.TIME_SHIFT:tokenizer.VELOCITY])
-        assert torch.equal(new[name][nc.VELOCITY:], old[name][tokenizer.VELOCITY:])
-        mean_off = old[name][tokenizer.NOTE_OFF:tokenizer.TIME_SHIFT].mean(dim=0)
-        assert torch.allclose(new[name][nc.DURATION:nc.TIME_SHIFT], mean_off.expand(nc.DURATION_BINS, -1))
-    rest = [name for name in new if name not in ("embed.weight", "head.weight")]
-    assert rest and all(torch.equal(new[name], old[name]) for name in rest)
+    assert_rows_by_meaning(source, model)
     assert how.by_meaning == ["embed.weight", "head.weight"] and how.dropped == ["sounding"] and not how.fresh
     # the transferred model generates: its packed step weights are the new rows
     session = GenerationSession(model.eval(), riff(2.0), seconds=2, seed=3, max_note=0.5)

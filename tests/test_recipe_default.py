@@ -147,6 +147,17 @@ def test_missing_or_unfinished_data_says_to_convert_first(tmp_path):
     assert main(["--arch", "dsmr", "--data", str(tmp_path / "nothing")]) == 1
 
 
+def stop_after(checks: int):
+    """A stand-in for the recipe's StopFlag.__call__ that asks to stop once it has been asked `checks` times."""
+    calls = []
+
+    def stop(self) -> bool:
+        calls.append(1)
+        return len(calls) > checks
+
+    return stop
+
+
 # ---- runs ----------------------------------------------------------------------------------------------------------
 
 def test_plan_shows_the_shares_and_trains_nothing(setup, capsys):
@@ -158,14 +169,8 @@ def test_plan_shows_the_shares_and_trains_nothing(setup, capsys):
 
 
 def test_a_run_stops_resumes_and_exports_a_shippable_model_with_its_card(setup, monkeypatch, capsys):
-    calls = []
-
-    def stop_after_two(self) -> bool:
-        calls.append(1)
-        return len(calls) > 2
-
     with monkeypatch.context() as patch:
-        patch.setattr(recipe_module.StopFlag, "__call__", stop_after_two)
+        patch.setattr(recipe_module.StopFlag, "__call__", stop_after(2))
         assert main(args(setup, "--steps", "4", "--resume")) == 130  # nothing to resume: it starts, then stops
     assert not setup["dest"].exists()  # exported only at the end
     assert main(args(setup, "--steps", "4")) == 1  # a run is there: continuing it needs --resume
@@ -228,14 +233,8 @@ def test_an_smdim_run_resumes_scores_its_elbo_and_exports_a_model_generate_and_i
     from core.models.smdim.training import HELD_OUT_RATES, SMDIMTraining
 
     setup = {**setup, "dest": setup["dest"].parent / "tiny-smdim"}
-    calls = []
-
-    def stop_after_one(self) -> bool:
-        calls.append(1)
-        return len(calls) > 1
-
     with monkeypatch.context() as patch:
-        patch.setattr(recipe_module.StopFlag, "__call__", stop_after_one)
+        patch.setattr(recipe_module.StopFlag, "__call__", stop_after(1))
         assert main(args(setup, "--steps", "2", "--resume", arch="smdim")) == 130
     assert not setup["dest"].exists()
     assert main(args(setup, "--steps", "2", "--resume", arch="smdim")) == 0, capsys.readouterr().err
@@ -304,14 +303,8 @@ def test_a_notes_run_warm_starts_from_a_performance_model_resumes_and_exports_a_
     assert main(args(setup, "--steps", "2", "--resume")) == 0  # a "performance" model to start from
     source = load_model(setup["dest"])
     notes = {**setup, "run": setup["run"].parent / "notes-run", "dest": setup["dest"].parent / "notes"}
-    calls = []
-
-    def stop_after_two(self) -> bool:
-        calls.append(1)
-        return len(calls) > 2
-
     with monkeypatch.context() as patch:
-        patch.setattr(recipe_module.StopFlag, "__call__", stop_after_two)
+        patch.setattr(recipe_module.StopFlag, "__call__", stop_after(2))
         assert main(args(notes, "--steps", "4", "--codec", "notes", "--init", str(setup["dest"]))) == 130
     assert "warm start: transferred by meaning from the 'performance' codec to 'notes'" in capsys.readouterr().err
     assert main(args(notes, "--steps", "4", "--resume", "--codec", "performance")) == 1  # the run's codec stays

@@ -58,13 +58,14 @@ def test_fine_tuning_a_notes_model_reads_notes_and_a_performance_model_the_event
         assert Corpus.open(folder, codec).codec == codec
 
 
-def test_a_transferred_model_starts_from_the_rows_of_the_same_meaning():
-    torch.manual_seed(1)
-    source = DSMR(DSMRConfig(**TINY, sounding_input=True))
-    model, how = transferred(source, "notes", {"sounding_input": False})
+def assert_rows_by_meaning(source, model) -> None:
+    """`model` (notes) is `source` (performance) transferred by meaning: each id's embedding and output rows from
+    the source's id of the same meaning (PAD/BOS/EOS, Pitch <- NoteOn, TimeShift, Velocity; Duration the mean of
+    the NoteOff rows), every other weight the source's own."""
     assert model.config.codec == "notes" and model.config.vocab_size == notecodec.VOCAB_SIZE
     old, new = source.state_dict(), model.state_dict()
     for name in ("embed.weight", "head.weight"):
+        assert new[name].shape[0] == notecodec.VOCAB_SIZE
         pitch = slice(notecodec.PITCH, notecodec.PITCH + 128)
         assert torch.equal(new[name][pitch], old[name][tokenizer.NOTE_ON:tokenizer.NOTE_ON + 128])
         assert torch.equal(new[name][:3], old[name][:3])  # PAD, BOS, EOS
@@ -72,9 +73,18 @@ def test_a_transferred_model_starts_from_the_rows_of_the_same_meaning():
         assert torch.equal(new[name][shifts], old[name][tokenizer.TIME_SHIFT:tokenizer.TIME_SHIFT + 100])
         assert torch.equal(new[name][notecodec.VELOCITY:], old[name][tokenizer.VELOCITY:])
         mean_off = old[name][tokenizer.NOTE_OFF:tokenizer.TIME_SHIFT].mean(dim=0)
-        assert torch.allclose(new[name][notecodec.DURATION:notecodec.TIME_SHIFT], mean_off.expand(64, -1))
-    blocks = [name for name in new if name not in ("embed.weight", "head.weight")]
-    assert blocks and all(torch.equal(new[name], old[name]) for name in blocks)
+        assert torch.allclose(new[name][notecodec.DURATION:notecodec.TIME_SHIFT],
+                              mean_off.expand(notecodec.DURATION_BINS, -1))
+    rest = [name for name in new if name not in ("embed.weight", "head.weight")]
+    assert rest and all(torch.equal(new[name], old[name]) for name in rest)
+
+
+def test_a_transferred_model_starts_from_the_rows_of_the_same_meaning():
+    torch.manual_seed(1)
+    source = DSMR(DSMRConfig(**TINY, sounding_input=True))
+    model, how = transferred(source, "notes", {"sounding_input": False})
+    assert_rows_by_meaning(source, model)
+    new = model.state_dict()
     assert "embed.weight" in how.by_meaning and how.dropped and "Pitch_p <- NoteOn_p" in how.describe()
     back, _ = transferred(model, "performance")  # and back: NoteOff rows from the mean of the Duration rows
     assert torch.equal(back.state_dict()["embed.weight"][3:131], new["embed.weight"][3:131])

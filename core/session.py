@@ -3,8 +3,9 @@
 Every front end consumes this one object: `recital generate` / `continue` (and the live player behind them), the
 studio's worker and the sample recipe. It owns, once each, what they used to repeat: the budget (the model's
 default unless one is given, core/budget.py), the plan and the memory check, primer preparation (a MIDI file, a
-Performance or ids; `prepare_primer` runs once), the token cap, the rule that keeps notes from hanging (core/generate.py)
-and the time arithmetic, all in the model's codec (core/codecs.py: `codec_of(model)`). Lanes are always arrays (B,), one per variation, at any batch.
+Performance or ids; `prepare_primer` runs once), the token cap, the rule that keeps notes from hanging
+(core/generate.py) and the time arithmetic, all in the model's codec (core/codecs.py: `codec_of(model)`). Lanes are
+always arrays (B,), one per variation, at any batch.
 
     session = GenerationSession(model, primer="a.mid", seconds=30, variations=2, seed=1)
     for event in session:           # Token(step, ids (B,), notes per lane) ..., then Finished(reason, steps, ...)
@@ -170,10 +171,11 @@ class GenerationSession:
         self.grid = (self.primer_notes.grid if self.primer_notes is not None else None) or grid or Grid.constant()
         self.primer = _held(prepare_primer(read_primer(primer, self.codec), model.config.vocab_size).numpy())  # once,
         # for every lane: uint16, 2 bytes an id (a 1.5M-id primer is 3 MB, not 12); int64 only while generating
-        if start is not None and start > _seconds(self.primer, self.codec):
-            silence = self.codec.silence_ids(start - _seconds(self.primer, self.codec))
-            self.primer = _held(np.concatenate([self.primer, silence]))
         self.start_time = _seconds(self.primer, self.codec)  # where new music begins
+        if start is not None and start > self.start_time:
+            silence = self.codec.silence_ids(start - self.start_time)
+            self.primer = _held(np.concatenate([self.primer, silence]))
+            self.start_time = _seconds(self.primer, self.codec)  # on the grid, as the ids count it
         self.seconds = seconds if bars is None else self.grid.bars_seconds(self.start_time, bars)
         self.max_tokens = max_tokens if max_tokens is not None else (
             None if self.seconds is None else int(self.seconds * TOKENS_PER_SECOND_LIMIT) + 64)

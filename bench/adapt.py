@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from core.adapt import adapt
+    from core.codecs import codec_of
     from core.modeldir import load_model
 
     torch.set_num_threads(args.threads)
@@ -70,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         for setting in args.settings:
             label = ":".join(str(v) for v in setting.values())
             bits, seconds, steps = [], [], []
-            for excerpt in excerpts:
-                adapted = adapt(model, excerpt.primer_ids, **setting)
+            for excerpt in excerpts:  # the primer in the model's own codec's ids, as `recital continue` reads it
+                adapted = adapt(model, excerpt.coded(codec_of(model)).primer_ids, **setting)
                 bits.append(truth_bits_per_second(adapted.model, excerpt, windows.truth))
                 seconds.append(adapted.seconds)
                 steps.append(adapted.steps)

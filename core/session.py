@@ -126,7 +126,8 @@ class GenerationSession:
     max_note: seconds a note may sound (None or 0: no limit): the event codec releases a note held longer, the
     notes codec never chooses a longer duration (core/generate.py `note_rule`). min_repeat: seconds before a
     left-to-right notes model may strike a pitch again (None or 0: any time; notecodec.MIN_REPEAT_SECONDS says
-    why; the event codec and a denoiser's windows have no such guard). allow_end: the model may end
+    why), or `notecodec.FROM_PRIMER`: as fast as the primer repeats a key (`primer_min_repeat`; resolved into
+    `self.min_repeat`); the event codec and a denoiser's windows have no such guard. allow_end: the model may end
     the piece before `seconds`. constraints: limits on what is written (core/constraints.py); a key 'from the
     primer' is read from the primer here. adapt: adapt a copy of the model to a primer of at least
     `adapt.min_seconds` first (core/adapt.py; None: never; a denoiser refuses it), in `adapt_to_primer()` or
@@ -137,7 +138,7 @@ class GenerationSession:
     def __init__(self, model, primer: Primer = None, *, budget: int | str | None = None,
                  sampling: SamplingConfig | None = None, seconds: float | None = None, variations: int = 1,
                  seed: int | None = None, max_tokens: int | None = None, max_note: float | None = MAX_NOTE_SECONDS,
-                 min_repeat: float | None = notecodec.MIN_REPEAT_SECONDS, allow_end: bool = False,
+                 min_repeat: float | str | None = notecodec.FROM_PRIMER, allow_end: bool = False,
                  start: float | None = None, plan=None,
                  grid: Grid | None = None, bars: int | None = None,
                  constraints: Constraints | None = None, adapt: AdaptSettings | None = None):
@@ -159,9 +160,11 @@ class GenerationSession:
         self.sampling = sampling or SamplingConfig()
         self.seed = seed
         self.max_note = max_note or None
-        if min_repeat is not None and not 0 <= min_repeat <= 1:
+        if isinstance(min_repeat, str) and min_repeat != notecodec.FROM_PRIMER:
+            raise ModelError(f"the shortest re-strike of a pitch must be 0 to 1 second (0: any) or "
+                             f"'{notecodec.FROM_PRIMER}', got {min_repeat!r}")
+        if isinstance(min_repeat, int | float) and not 0 <= min_repeat <= 1:
             raise ModelError(f"the shortest re-strike of a pitch must be 0 to 1 second (0: any), got {min_repeat}")
-        self.min_repeat = min_repeat or None
         self.allow_end = allow_end
         if isinstance(primer, str | Path):
             from core.midi import read_performance
@@ -172,6 +175,10 @@ class GenerationSession:
         self.primer = _held(prepare_primer(read_primer(primer, self.codec), model.config.vocab_size).numpy())  # once,
         # for every lane: uint16, 2 bytes an id (a 1.5M-id primer is 3 MB, not 12); int64 only while generating
         self.start_time = _seconds(self.primer, self.codec)  # where new music begins
+        if min_repeat == notecodec.FROM_PRIMER:
+            min_repeat = (notecodec.primer_min_repeat(self.primer) if self.codec is notecodec
+                          else notecodec.MIN_REPEAT_SECONDS)
+        self.min_repeat = min_repeat or None  # seconds, resolved
         if start is not None and start > self.start_time:
             silence = self.codec.silence_ids(start - self.start_time)
             self.primer = _held(np.concatenate([self.primer, silence]))

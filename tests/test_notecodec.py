@@ -297,6 +297,40 @@ def test_the_primers_last_strikes_are_read_once_in_chunks(monkeypatch, chunk) ->
     assert refused_pitches(ignored, 0) == set()
 
 
+def repeated(gap: float, count: int, start: float = 0.0, pitch: int = 60) -> Performance:
+    """`count` strikes of one pitch `gap` seconds apart, with a held bass note under them (never repeated)."""
+    onset = np.concatenate([[start], start + gap * np.arange(count)])
+    return Performance.from_notes(onset, onset + np.concatenate([[gap * count], np.full(count, gap / 2)]),
+                                  np.concatenate([[36], np.full(count, pitch)]), np.full(count + 1, 80))
+
+
+@pytest.mark.parametrize(("gap", "guard"), [(0.1, 0.075), (0.2, 0.15), (0.5, nc.MAX_PRIMER_REPEAT_SECONDS),
+                                            (0.04, nc.MIN_REPEAT_SECONDS)])
+def test_the_guard_from_a_primer_keeps_how_fast_it_repeats_a_key(gap: float, guard: float) -> None:
+    """FROM_PRIMER: the primer's 2nd-percentile same-pitch gap x 0.75, within MIN_REPEAT_SECONDS and
+    MAX_PRIMER_REPEAT_SECONDS."""
+    assert nc.primer_min_repeat(nc.encode(repeated(gap, 40))) == pytest.approx(guard, abs=1e-9)
+
+
+def test_a_primer_with_few_repeats_or_none_keeps_the_piano_limit() -> None:
+    assert nc.primer_min_repeat(nc.encode(repeated(0.1, nc.PRIMER_REPEATS))) == nc.MIN_REPEAT_SECONDS  # 19 gaps
+    assert nc.primer_min_repeat(nc.encode(repeated(0.1, nc.PRIMER_REPEATS + 1))) == pytest.approx(0.075)
+    assert nc.primer_min_repeat([BOS]) == nc.primer_min_repeat([]) == nc.MIN_REPEAT_SECONDS
+
+
+def test_the_guard_follows_the_primers_last_ids() -> None:
+    """A trill long ago does not open fast repeats after a primer that has since slowed down: only the last
+    PRIMER_REPEAT_IDS ids count (cut anywhere, a Duration without its Pitch is skipped)."""
+    early, late = repeated(0.08, 3000, pitch=72), repeated(0.3, 1500, start=300.0)
+    ids = nc.encode(Performance.from_notes(*(np.concatenate([getattr(early, a), getattr(late, a)])
+                                             for a in ("onset", "offset", "pitch", "velocity"))))
+    assert len(ids) > 2 * nc.PRIMER_REPEAT_IDS + 600
+    assert nc.primer_min_repeat(ids) == nc.MAX_PRIMER_REPEAT_SECONDS
+    assert nc.primer_min_repeat(ids[:len(ids) // 2]) == pytest.approx(0.06)
+    for cut in range(1, 4):  # the window starting on a Pitch, a Duration or a TimeShift
+        assert nc.primer_min_repeat(ids[:-cut]) == nc.MAX_PRIMER_REPEAT_SECONDS
+
+
 def test_a_lane_always_keeps_an_id_to_write() -> None:
     """Lanes that strike pitches as often as the rule lets them, among few pitches: every mask row leaves an id
     open, a TimeShift wherever the last id is not a Pitch, and what they write never re-strikes within 40 ms."""

@@ -229,9 +229,22 @@ def test_no_pitch_is_struck_again_within_40_ms_and_0_lets_the_stutter_back():
     wider = GenerationSession(Restriker(), primer, seconds=3, seed=0, min_repeat=0.1)
     wider.run()
     assert closest_restrike(np.concatenate([wider.primer, wider.lanes[0]])) >= 10
-    for wrong in (-0.01, 1.5, float("nan")):
+    for wrong in (-0.01, 1.5, float("nan"), "often"):
         with pytest.raises(ModelError, match="^the shortest re-strike of a pitch must be 0 to 1 second"):
             GenerationSession(Restriker(), primer, seconds=1, min_repeat=wrong)
+
+
+def test_by_default_the_guard_keeps_the_primers_repeat_speed():
+    """A primer that repeats a key every 100 ms lets the Restriker repeat its own as fast, less 25% (75 ms: never
+    closer than 8 ticks), not 10 ms; a number given is used as it is."""
+    onset = np.arange(40) * 0.1
+    primer = Performance.from_notes(onset, onset + 0.05, np.full(40, 60), np.full(40, 80))
+    session = GenerationSession(Restriker(), primer, seconds=3, variations=2, seed=0, max_tokens=5000)
+    assert session.min_repeat == pytest.approx(0.075)
+    session.run()
+    for lane in session.lanes:
+        assert is_pitch(lane).sum() >= 10 and closest_restrike(np.concatenate([session.primer, lane])) == 8
+    assert GenerationSession(Restriker(), primer, seconds=1, min_repeat=0.05).min_repeat == 0.05
 
 
 def test_the_primers_last_strikes_count():
@@ -415,8 +428,8 @@ def test_generate_and_continue_run_a_notes_model_and_max_note_caps_its_durations
 
 
 def test_min_repeat_reaches_the_engine_from_generate_and_continue(notes_model_dir, tmp_path, capsys, monkeypatch):
-    """--min-repeat (default 0.04 s, 0: off) goes through the session to the engine; a value outside 0-1 s is
-    refused in one line (exit 2) and nothing is written."""
+    """--min-repeat (default 'primer': the primer's own repeat speed, 0.04 s without one; 0: off) goes through the
+    session to the engine; a value outside 0-1 s is refused in one line (exit 2) and nothing is written."""
     import core.session
 
     seen, real = [], core.session.generate
@@ -433,7 +446,12 @@ def test_min_repeat_reaches_the_engine_from_generate_and_continue(notes_model_di
     cont = tmp_path / "cont.mid"
     assert main(["continue", str(PIANO_PIECE), "--model", str(notes_model_dir), "--seconds", "1", "--seed", "1",
                  "--min-repeat", "0.1", "--out", str(cont)]) == 0
-    assert seen == [0.04, None, 0.1]
+    assert seen == [0.04, None, 0.1]  # a new piece has no primer to follow: the piano's limit
+    for given in ([], ["--min-repeat", "primer"]):  # the default: as fast as the primer repeats its keys
+        assert main(["continue", str(PIANO_PIECE), "--model", str(notes_model_dir), "--seconds", "1", "--seed", "1",
+                     *given, "--out", str(cont), "--force"]) == 0
+    primer_ids = nc.encode(read_performance(PIANO_PIECE))
+    assert seen[3:] == [nc.primer_min_repeat(primer_ids)] * 2 and 0.04 <= seen[3] <= 0.2
     capsys.readouterr()
     refused = tmp_path / "refused.mid"
     for wrong in ("-0.01", "1.5", "nan", "often"):

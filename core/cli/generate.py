@@ -12,7 +12,7 @@ from pathlib import Path
 
 from core.cli.play import add_output_arguments, check_clock_arguments, open_chosen_sink, open_live_player
 from core.generate import MAX_NOTE_SECONDS
-from core.notecodec import MIN_REPEAT_SECONDS
+from core.notecodec import FROM_PRIMER, MAX_PRIMER_REPEAT_SECONDS, MIN_REPEAT_SECONDS
 from core.session import TOKENS_PER_SECOND_LIMIT
 
 HELP = "write a new piece with a model"
@@ -57,7 +57,15 @@ seconds_of_music = bounded(positive_float, lambda value: value <= MAX_SECONDS,
 temperature = bounded(_number, lambda value: value == 0 or 0.01 <= value <= 100,
                       "must be 0 (greedy) or between 0.01 and 100", "temperature")
 note_seconds = bounded(_number, lambda value: value >= 0, "must be >= 0 (0: no limit)", "note_seconds")
-repeat_seconds = bounded(_number, lambda value: 0 <= value <= 1, "must be between 0 (off) and 1", "repeat_seconds")
+_repeat_number = bounded(_number, lambda value: 0 <= value <= 1, f"must be '{FROM_PRIMER}' or between 0 (off) and 1",
+                         "repeat_seconds")
+
+
+def repeat_seconds(text: str) -> float | str:
+    """--min-repeat: 'primer' (as fast as the primer repeats a key) or seconds from 0 (off) to 1."""
+    return FROM_PRIMER if text == FROM_PRIMER else _repeat_number(text)
+
+
 top_k = bounded(_whole, lambda value: value >= 0, "must be >= 0 (0: off)", "top_k")
 top_p = bounded(_number, lambda value: 0 < value <= 1, "must be more than 0 and at most 1 (1: off)", "top_p")
 min_p = bounded(_number, lambda value: 0 <= value < 1, "must be at least 0 and below 1 (0: off)", "min_p")
@@ -219,11 +227,12 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-note", type=note_seconds, default=MAX_NOTE_SECONDS, metavar="S",
                         help=f"no note sounds longer than S seconds: released then, or with a model on the notes "
                              f"codec never given a longer duration (0: no limit; default {MAX_NOTE_SECONDS:g})")
-    parser.add_argument("--min-repeat", type=repeat_seconds, default=MIN_REPEAT_SECONDS, metavar="S",
+    parser.add_argument("--min-repeat", type=repeat_seconds, default=FROM_PRIMER, metavar="S",
                         help=f"a model on the notes codec never strikes a key again sooner than S seconds after "
                              f"it last struck it, the primer's strikes included: no stutter (0: off; default "
-                             f"{MIN_REPEAT_SECONDS:g}; a performance model or a denoiser such as SMDIM is not "
-                             f"affected)")
+                             f"'{FROM_PRIMER}': as fast as the primer repeats its keys, {MIN_REPEAT_SECONDS:g} to "
+                             f"{MAX_PRIMER_REPEAT_SECONDS:g} s, {MIN_REPEAT_SECONDS:g} without one; a performance model or a "
+                             f"denoiser such as SMDIM is not affected)")
     parser.add_argument("--allow-end", action="store_true",
                         help="let the model end the piece before --seconds (default: it plays all of them)")
     parser.add_argument("--budget", type=budget, metavar="SIZE",

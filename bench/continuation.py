@@ -183,10 +183,13 @@ def read_excerpts(folder: Path, count: int, windows: Windows) -> tuple[list[Exce
 
 def write_lanes(model, primer_ids: np.ndarray | None, seconds: float, lanes: int, seed: int) -> list[np.ndarray]:
     """`lanes` variations of `seconds` after the primer (None: from nothing), one batch, as `recital generate`
-    writes them: its sampling, token cap, --max-note, and the model's own budget for each lane. The one place
-    this file generates (core/session.py will take it over)."""
+    writes them: its sampling, token cap, --max-note, --min-repeat, and the model's own budget for each lane. The
+    one place this file generates (core/session.py will take it over)."""
     from core.budget import default_budget
+    from core.codecs import codec_of
     from core.generate import SamplingConfig, generate, prepare_primer
+    from core.notecodec import FROM_PRIMER
+    from core.session import repeat_guard
 
     if denoises(model):  # it fills windows after the primer (core/denoising.py), as `recital continue` does
         from core.session import GenerationSession
@@ -200,7 +203,8 @@ def write_lanes(model, primer_ids: np.ndarray | None, seconds: float, lanes: int
     written: list[list[int]] = [[] for _ in range(lanes)]
     for step in generate(model, primer, state, SamplingConfig(top_p=TOP_P), seed=seed, stop_at_eos=False,
                          max_tokens=int(seconds * TOKENS_PER_SECOND_LIMIT) + 64, max_seconds=seconds,
-                         max_note_seconds=MAX_NOTE):
+                         max_note_seconds=MAX_NOTE,
+                         min_repeat_seconds=repeat_guard(FROM_PRIMER, codec_of(model), primer_ids)):
         for lane, token in enumerate(np.atleast_1d(step).tolist()):
             if token:  # PAD: the lane has finished
                 written[lane].append(token)

@@ -114,6 +114,15 @@ def _seconds(ids: np.ndarray, codec: Codec = tokenizer) -> float:
     return float(ticks) * TICK_SECONDS
 
 
+def repeat_guard(min_repeat: float | str | None, codec, primer_ids) -> float | None:
+    """The re-strike guard in seconds (None: off) that `min_repeat` asks for (see GenerationSession) after
+    `primer_ids` (None: a new piece) of `codec`: FROM_PRIMER reads a notes primer's repeats."""
+    if min_repeat == notecodec.FROM_PRIMER:
+        min_repeat = (notecodec.primer_min_repeat(primer_ids) if codec is notecodec and primer_ids is not None
+                      else notecodec.MIN_REPEAT_SECONDS)
+    return min_repeat or None
+
+
 class GenerationSession:
     """Generate `variations` continuations of `primer` with `model`, `seconds` of new music each.
 
@@ -175,10 +184,7 @@ class GenerationSession:
         self.primer = _held(prepare_primer(read_primer(primer, self.codec), model.config.vocab_size).numpy())  # once,
         # for every lane: uint16, 2 bytes an id (a 1.5M-id primer is 3 MB, not 12); int64 only while generating
         self.start_time = _seconds(self.primer, self.codec)  # where new music begins
-        if min_repeat == notecodec.FROM_PRIMER:
-            min_repeat = (notecodec.primer_min_repeat(self.primer) if self.codec is notecodec
-                          else notecodec.MIN_REPEAT_SECONDS)
-        self.min_repeat = min_repeat or None  # seconds, resolved
+        self.min_repeat = repeat_guard(min_repeat, self.codec, self.primer)  # seconds, resolved
         if start is not None and start > self.start_time:
             silence = self.codec.silence_ids(start - self.start_time)
             self.primer = _held(np.concatenate([self.primer, silence]))

@@ -4,31 +4,19 @@ event codec's, which a notes model refuses), beside a performance model in one r
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 
 from bench import adapt as bench_adapt
 from bench.continuation import Windows, read_excerpts
 from core import notecodec, tokenizer
-from tests.conftest import midi_files
+from tests.test_bench_continuation import tiny_notes_model_dir, two_piano_pieces
 
 
 def test_each_model_adapts_on_the_primer_in_its_own_codec(tiny_model_dir, tmp_path, monkeypatch, one_thread):
-    import torch
-
     import core.adapt
-    from core.modeldir import save_model
-    from core.models.dsmr import DSMR, DSMRConfig
 
-    torch.manual_seed(0)
-    notes_dir = save_model(DSMR(DSMRConfig(d_model=32, n_layers=2, n_heads=2, segment_len=16, max_horizon=256,
-                                           n_long=1, default_budget="256KB", codec="notes")),
-                           tmp_path / "tiny-notes", "# Tiny notes model\n\nRandom weights, for tests only.\n")
-    pieces = tmp_path / "pieces"
-    pieces.mkdir()
-    for path in midi_files("piano")[:2]:
-        shutil.copy(path, pieces / path.name)
+    notes_dir, pieces = tiny_notes_model_dir(tmp_path), two_piano_pieces(tmp_path)
     monkeypatch.setattr(bench_adapt, "MAESTRO", pieces)
     seen: list[tuple[str, np.ndarray]] = []
     real_adapt = core.adapt.adapt

@@ -44,10 +44,7 @@ def test_bad_options_are_refused_in_one_line(capsys):
 
 
 def test_main_prints_every_row_on_a_tiny_model(tiny_model_dir, tmp_path, capsys, one_thread):
-    pieces = tmp_path / "pieces"
-    pieces.mkdir()
-    for path in midi_files("piano")[:2]:
-        shutil.copy(path, pieces / path.name)
+    pieces = two_piano_pieces(tmp_path)
     out = tmp_path / "out.json"
     code = continuation.main(["--midi", str(pieces), "--models", str(tiny_model_dir), "--seeds", "2",
                               "--windows", "4", "3", "5", "--variations", "2", "--json", str(out)])
@@ -79,10 +76,7 @@ CONTROL_ROWS = ("pitch class in the primer's key (%)", "pitch in C3-C6 (%)", "ve
 
 
 def test_controls_prints_every_row_on_a_tiny_model(tiny_model_dir, tmp_path, capsys, one_thread):
-    pieces = tmp_path / "pieces"
-    pieces.mkdir()
-    for path in midi_files("piano")[:2]:
-        shutil.copy(path, pieces / path.name)
+    pieces = two_piano_pieces(tmp_path)
     out = tmp_path / "out.json"
     code = continuation.main(["--controls", "--midi", str(pieces), "--models", str(tiny_model_dir), "--seeds", "2",
                               "--windows", "4", "3", "5", "--json", str(out)])
@@ -148,20 +142,30 @@ def test_new_notes_of_a_notes_lane_keep_a_new_note_at_the_primers_last_onset():
     assert notes.pitch.tolist() == [67, 72] and notes.onset.tolist() == pytest.approx([1.0, 1.5])
 
 
-def test_a_notes_model_and_a_performance_model_in_one_table(tiny_model_dir, tmp_path, capsys, one_thread):
+def tiny_notes_model_dir(tmp_path):
+    """A tiny DSMR on the notes codec, random weights (seeded), saved under `tmp_path`."""
     import torch
 
     from core.modeldir import save_model
     from core.models.dsmr import DSMR, DSMRConfig
 
     torch.manual_seed(0)
-    notes_dir = save_model(DSMR(DSMRConfig(d_model=32, n_layers=2, n_heads=2, segment_len=16, max_horizon=256,
-                                           n_long=1, default_budget="256KB", codec="notes")),
-                           tmp_path / "tiny-notes", "# Tiny notes model\n\nRandom weights, for tests only.\n")
+    return save_model(DSMR(DSMRConfig(d_model=32, n_layers=2, n_heads=2, segment_len=16, max_horizon=256,
+                                      n_long=1, default_budget="256KB", codec="notes")),
+                      tmp_path / "tiny-notes", "# Tiny notes model\n\nRandom weights, for tests only.\n")
+
+
+def two_piano_pieces(tmp_path):
+    """A folder of two of tests/data's piano pieces: a MAESTRO stand-in."""
     pieces = tmp_path / "pieces"
     pieces.mkdir()
     for path in midi_files("piano")[:2]:
         shutil.copy(path, pieces / path.name)
+    return pieces
+
+
+def test_a_notes_model_and_a_performance_model_in_one_table(tiny_model_dir, tmp_path, capsys, one_thread):
+    notes_dir, pieces = tiny_notes_model_dir(tmp_path), two_piano_pieces(tmp_path)
     out = tmp_path / "out.json"
     code = continuation.main(["--midi", str(pieces), "--models", f"{tiny_model_dir},{notes_dir}", "--seeds", "2",
                               "--adapt", "off", "--windows", "4", "3", "5", "--variations", "2",

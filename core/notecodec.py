@@ -371,7 +371,6 @@ def primer_min_repeat(ids) -> float:
     return float(min(max(fastest, MIN_REPEAT_SECONDS), MAX_PRIMER_REPEAT_SECONDS))
 
 
-
 class Grammar:
     """The generator's rule for this codec: each lane's next id must follow its last one (`grammar`), so every
     Pitch gets its Duration and no note is longer than `longest_seconds` — a note's length is chosen where it

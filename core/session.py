@@ -169,11 +169,10 @@ class GenerationSession:
         self.sampling = sampling or SamplingConfig()
         self.seed = seed
         self.max_note = max_note or None
-        if isinstance(min_repeat, str) and min_repeat != notecodec.FROM_PRIMER:
+        if not (min_repeat is None or min_repeat == notecodec.FROM_PRIMER
+                or isinstance(min_repeat, int | float) and 0 <= min_repeat <= 1):
             raise ModelError(f"the shortest re-strike of a pitch must be 0 to 1 second (0: any) or "
                              f"'{notecodec.FROM_PRIMER}', got {min_repeat!r}")
-        if isinstance(min_repeat, int | float) and not 0 <= min_repeat <= 1:
-            raise ModelError(f"the shortest re-strike of a pitch must be 0 to 1 second (0: any), got {min_repeat}")
         self.allow_end = allow_end
         if isinstance(primer, str | Path):
             from core.midi import read_performance

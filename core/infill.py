@@ -8,21 +8,25 @@ the piece becomes
 
 where the context is the codec's encoding of every note that is kept (the notes outside the region, the ones
 crossing its left edge, and with keep_above / keep_below the kept voice inside it), and the region's skeleton is
-what those kept notes say happens inside it (their events and the TimeShifts between them, cut into slices of at
-most SLICE_TICKS) with a group of MASK slots before each slice's TimeShift, as many as its share of the region's
-time. The slots are counted from `density` x seconds, or from the region's own tokens x MARGIN, bounded.
+what those kept notes say happens inside it, with groups of MASK slots among it, each as many as its share of the
+region's time. The slots are counted from `density` x seconds, or from the region's own ids x MARGIN, bounded.
 
-The codec is the model's (core.codecs.codec_of). With the event codec ("performance") a kept note crossing into
-the region has its NoteOff inside the skeleton; with the note-level codec ("notes") a kept note is whole at its
-onset (Velocity, Pitch, Duration), so the skeleton holds only the kept voice's notes and the TimeShifts, and a new
-note is a masked Pitch followed at once by a Duration (a Pitch without one is dropped, as notecodec.decode does;
-the unmasking follows the codec's order, core.models.smdim.sampling). A group of masks holds whole notes
-(GROUP_UNIT slots at a time).
+The codec is the model's (core.codecs.codec_of). With the event codec ("performance") the skeleton is the kept notes'
+events and the TimeShifts between them, cut into slices of at most SLICE_TICKS with a group of masks before each
+(a kept note crossing into the region has its NoteOff there), and its TimeShifts carry the region's time. The fill
+keeps its own clock (a mask may hold a TimeShift too), mapped back onto the real one by a piecewise-linear warp
+through the kept events of the region (its start and end, each kept id that is not a TimeShift), so a new note
+always starts inside [start, end) and a kept voice stays in time with what is written around it.
 
-The model's fill keeps its own clock; it is mapped back onto the real one by a piecewise-linear warp through the
-kept events of the region (the region's start and end, each kept id that is not a TimeShift), so a new note
-always starts inside [start, end) and a kept voice stays in time with what is written around it (a new note's
-end, its NoteOff or its onset + Duration on the fill's clock, is mapped the same way).
+With the note-level codec ("notes") a kept note is whole at its onset (Velocity, Pitch, Duration), and a new note
+is a masked Pitch followed at once by a Duration (a Pitch without one is dropped, as notecodec.decode does; the
+unmasking follows the codec's order, core.models.smdim.sampling). There the masks write the time themselves: the
+region holds only the kept voice's notes, with a group of masks before each of its onsets and one after the last
+(whole notes at a time, GROUP_UNIT slots), and each group's TimeShifts may add up to its gap, the real time to the
+next kept onset or the region's end, and no more (`time_rule`). So a new note starts at its group's start plus the
+time its group wrote before it, on the real clock. (Measured on MAESTRO regions with a skeleton of 250 ms slices,
+the notes SMDIM wrote TimeShifts into the masks as well, 2-15x the region's time, and the warp squeezed its notes
+into staccato clusters.) Its slots are counted with the time: the region's own ids, TimeShifts included.
 
 The result is assembled at the note level so the rules hold exactly: every kept note is the input's own values;
 a new note starts inside the region, ends by the region's end and before the next kept strike of its pitch, never
@@ -59,7 +63,9 @@ from core.tokenizer import DEFAULT_VELOCITY_BIN, EOS, NOTE_OFF, NOTE_ON, TICK_SE
 MARGIN = 1.25  # slots per token of the region's own music: room for a little more than was there
 MIN_SLOTS = 8  # a short region still gets a figure
 MAX_SLOTS_PER_SECOND = 120  # the most slots a second of region gets (MAESTRO's dense passages use ~60 ids/s)
-TOKENS_PER_NOTE = 3  # a note takes its NoteOn, its NoteOff and about one TimeShift or Velocity
+# Ids a note takes, by codec: the event codec's NoteOn and NoteOff and about one TimeShift or Velocity; the
+# note-level codec's Pitch and Duration, and on MAESTRO about 0.9 TimeShift and 0.8 Velocity more.
+TOKENS_PER_NOTE = {tokenizer.NAME: 3, notecodec.NAME: 4}
 SLICE_TICKS = 25  # the region's time is cut into TimeShifts of at most 250 ms, a group of masks before each
 # The slots a group of masks holds come in multiples of this (the rest in the last group): a new note of the
 # note-level codec takes [Velocity] Pitch Duration, which a group of one or two slots between kept TimeShifts
@@ -82,7 +88,12 @@ class Layout:
     after: int  # index of the right context's first id (the region is ids[first:after])
     start_tick: int  # the region's start and end on the codec's grid
     end_tick: int
-    codec: Codec = tokenizer  # what the ids are (the model's codec)
+    codec: Codec  # what the ids are (the model's codec)
+    clock: np.ndarray  # int64 (L,): the real tick before each id (a MASK: its group's start)
+    # The note-level codec's time rule: the mask group of each slot (int64 (L,), -1 where none) and the ticks each
+    # group's TimeShifts may add up to (int64 (G,)). None for the event codec, whose skeleton carries the time.
+    group: np.ndarray | None = None
+    gap: np.ndarray | None = None
 
 
 def infill(model, piece: Performance, start: float, end: float, *, keep_above: int | None = None,
@@ -198,13 +209,15 @@ def new_note_constraints(piece: Performance, replaced: np.ndarray, constraints: 
 def slot_count(piece: Performance, start: float, end: float, replaced: np.ndarray, density: float | None,
                codec: Codec = tokenizer) -> int:
     """MASK slots of the region: TOKENS_PER_NOTE per note `density` allows, else the replaced notes' own ids in
-    `codec` x MARGIN; at least MIN_SLOTS, at most MAX_SLOTS_PER_SECOND per second."""
+    `codec` x MARGIN (the event codec's without its TimeShifts, which the skeleton brings; the note-level codec's
+    all of them, time included, since its masks write the region's time); at least MIN_SLOTS, at most
+    MAX_SLOTS_PER_SECOND per second."""
     seconds = end - start
     if density is not None:
-        wanted = density * seconds * TOKENS_PER_NOTE
+        wanted = density * seconds * TOKENS_PER_NOTE[codec.NAME]
     else:
-        own = codec.encode(_select(piece, replaced), bos=False, eos=False)
-        wanted = int(np.sum(codec.shift_ticks(own) == 0)) * MARGIN  # its notes' ids; the skeleton brings the time
+        own = codec.encode(_select(piece, replaced).shifted(-start), bos=False, eos=False)  # timed from `start`
+        wanted = (len(own) if codec is notecodec else int(np.sum(codec.shift_ticks(own) == 0))) * MARGIN
     return int(min(max(math.ceil(wanted), MIN_SLOTS), math.ceil(MAX_SLOTS_PER_SECOND * seconds)))
 
 
@@ -212,23 +225,20 @@ def slot_count(piece: Performance, start: float, end: float, replaced: np.ndarra
 
 def lay_out(kept: Performance, start: float, end: float, slots: int, mask_id: int,
             codec: Codec = tokenizer) -> Layout:
-    """The kept notes' ids in `codec` with the region's skeleton and `slots` MASKs spread over its time (see the
-    module)."""
+    """The kept notes' ids in `codec` with `slots` MASKs in the region (see the module): between the event
+    codec's skeleton TimeShifts, or between the note-level codec's kept notes with the time left to the masks."""
     ids = codec.encode(kept).astype(np.int64)
     start_tick, end_tick = _tick(start), _tick(end)
     ids, first = _cut(ids, start_tick, codec)
     ids, after = _cut(ids, end_tick, codec)
+    if codec is notecodec:
+        return _lay_out_notes(ids, first, after, start_tick, end_tick, slots, mask_id)
     region = ids[first:after]
     # slices: every TimeShift of the region cut to at most SLICE_TICKS, a group of masks before each
     pieces: list[np.ndarray] = []
     ticks = codec.shift_ticks(region)
     slice_ticks = [t for tick in ticks[ticks > 0].tolist() for t in _split(tick)]
-    unit = GROUP_UNIT.get(codec.NAME, 1)  # groups hold whole multiples of it, the last group the rest
-    bounds = unit * np.floor(slots / unit * np.cumsum(slice_ticks) / max(sum(slice_ticks), 1) + 0.5)
-    bounds = np.minimum(bounds.astype(np.int64), slots)
-    if len(bounds):
-        bounds[-1] = slots
-    groups = np.diff(bounds, prepend=0).tolist()
+    groups = _group_sizes(slots, slice_ticks, GROUP_UNIT.get(codec.NAME, 1))
     slice_index = 0
     for token, tick in zip(region.tolist(), ticks.tolist(), strict=True):
         if not tick:
@@ -240,7 +250,52 @@ def lay_out(kept: Performance, start: float, end: float, slots: int, mask_id: in
             slice_index += 1
     body = np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, dtype=np.int64)
     out = np.concatenate([ids[:first], body, ids[after:]])
-    return Layout(out, out == mask_id, first, first + len(body), start_tick, end_tick, codec)
+    shift = codec.shift_ticks(out)  # MASK moves no clock: the skeleton is the region's real time
+    return Layout(out, out == mask_id, first, first + len(body), start_tick, end_tick, codec,
+                  np.cumsum(shift) - shift)
+
+
+def _lay_out_notes(ids: np.ndarray, first: int, after: int, start_tick: int, end_tick: int, slots: int,
+                   mask_id: int) -> Layout:
+    """The note-level codec's region: the kept voice's notes (their ids without the TimeShifts between them) with
+    a group of masks before each onset and one after the last, as many as its share of the region's time; each
+    group's gap is the time up to that onset (or the region's end), which its TimeShifts may fill (`time_rule`)."""
+    region = ids[first:after]
+    ticks = notecodec.shift_ticks(region)
+    gaps, onsets = [0], [[]]  # the time before each kept onset, and the ids there; the last entry: after them all
+    for token, tick in zip(region.tolist(), ticks.tolist(), strict=True):
+        if tick and onsets[-1]:
+            gaps.append(0)
+            onsets.append([])
+        gaps[-1] += tick
+        if not tick:
+            onsets[-1].append(token)
+    sizes = _group_sizes(slots, gaps, GROUP_UNIT[notecodec.NAME])
+    body, clock, group = [], [], []
+    now = start_tick
+    for index, (gap, kept, size) in enumerate(zip(gaps, onsets, sizes, strict=True)):
+        body += [mask_id] * size + kept
+        clock += [now] * size + [now + gap] * len(kept)
+        group += [index] * size + [-1] * len(kept)
+        now += gap
+    left, right = ids[:first], ids[after:]
+    left_shift, right_shift = notecodec.shift_ticks(left), notecodec.shift_ticks(right)
+    out = np.concatenate([left, np.array(body, dtype=np.int64), right])
+    clock = np.concatenate([np.cumsum(left_shift) - left_shift, np.array(clock, dtype=np.int64),
+                            end_tick + np.cumsum(right_shift) - right_shift])
+    group = np.concatenate([np.full(len(left), -1), np.array(group, dtype=np.int64), np.full(len(right), -1)])
+    return Layout(out, out == mask_id, first, first + len(body), start_tick, end_tick, notecodec, clock,
+                  group, np.array(gaps, dtype=np.int64))
+
+
+def _group_sizes(slots: int, ticks: list[int], unit: int) -> list[int]:
+    """`slots` shared among groups in proportion to their `ticks`, in whole multiples of `unit` (the last group
+    takes the rest)."""
+    bounds = unit * np.floor(slots / unit * np.cumsum(ticks) / max(sum(ticks), 1) + 0.5)
+    bounds = np.minimum(bounds.astype(np.int64), slots)
+    if len(bounds):
+        bounds[-1] = slots
+    return np.diff(bounds, prepend=0).tolist()
 
 
 def _tick(seconds: float) -> int:
@@ -297,9 +352,8 @@ def reach(layout: Layout, context: float | None) -> tuple[int, int]:
     region's start or after its end (the region always; every id when context is None)."""
     if context is None:
         return 0, len(layout.ids)
-    shift = layout.codec.shift_ticks(layout.ids)  # MASK moves no clock: the skeleton keeps the region's real time
-    before = np.cumsum(shift) - shift  # the clock before each id, non-decreasing
-    ticks = min(_tick(context), int(shift.sum()))  # beyond the whole piece is the whole piece
+    before = layout.clock  # the real clock before each id, non-decreasing
+    ticks = min(_tick(context), int(before[-1]))  # beyond the whole piece is the whole piece
     lo = int(np.searchsorted(before, layout.start_tick - ticks, side="left"))
     hi = int(np.searchsorted(before, layout.end_tick + ticks, side="right"))
     return min(lo, layout.first), max(hi, layout.after)
@@ -342,8 +396,9 @@ def fill(model, layout: Layout, state, steps: int | None, sampling: SamplingConf
     for lo, hi, begin, stop in windows(layout, state.window, bounds):
         view = ids[:, lo:hi]
         keep = (view != model.mask_id)
+        rule = constrain if layout.gap is None else time_rule(constrain, layout, ids, lo, hi)
         with torch.no_grad():
-            out = model.denoise(view, keep, state, steps, sampling, generator, constrain)
+            out = model.denoise(view, keep, state, steps, sampling, generator, rule)
         commit = torch.zeros(hi - lo, dtype=torch.bool, device=device)
         commit[begin - lo:stop - lo] = True
         commit &= masked[lo:hi]
@@ -351,40 +406,78 @@ def fill(model, layout: Layout, state, steps: int | None, sampling: SamplingConf
     return ids.cpu().numpy()
 
 
+def time_rule(constrain: Constrain, layout: Layout, ids: torch.Tensor, lo: int, hi: int) -> Constrain:
+    """`constrain` for the window ids[:, lo:hi] (B, L) with the note-level codec's time rule added: the
+    TimeShifts a group of masks holds never add up past its gap, the real time to the next kept onset or the
+    region's end (a denoiser left to itself fills a region with as much time as it likes, and its notes would be
+    squeezed into the real one). A draw that would overrun what its group has left is not offered; the TimeShifts
+    one pass commits together can still overrun, and new_notes scales such a group back into its gap."""
+    group = layout.group[lo:hi]
+    slots = np.flatnonzero(group >= 0)
+    if not len(slots):
+        return constrain
+    count = len(layout.gap)
+    elsewhere = np.flatnonzero(layout.group >= 0)
+    elsewhere = elsewhere[(elsewhere < lo) | (elsewhere >= hi)]  # other windows' slots, committed or still MASK
+    device = ids.device
+    gap = torch.from_numpy(layout.gap).to(device)
+    used_elsewhere = _group_ticks(ids[:, elsewhere], torch.from_numpy(layout.group[elsewhere]).to(device), count)
+    slot_group = torch.from_numpy(group[slots]).to(device)
+    slot_index = torch.from_numpy(slots).to(device)
+    longest = torch.arange(1, notecodec.MAX_SHIFT_TICKS + 1, device=device)
+    shifts = slice(notecodec.TIME_SHIFT, notecodec.TIME_SHIFT + notecodec.MAX_SHIFT_TICKS)
+
+    def rule(logits: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        logits = constrain(logits, view)
+        left = gap - used_elsewhere - _group_ticks(view[:, slot_index], slot_group, count)  # (B, G)
+        over = longest > left[:, slot_group, None]  # (B, slots, MAX_SHIFT_TICKS)
+        part = logits[:, slot_index, shifts]
+        logits = logits.clone()
+        logits[:, slot_index, shifts] = part.masked_fill(over, float("-inf"))
+        return logits
+
+    return rule
+
+
+def _group_ticks(ids: torch.Tensor, group: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, count): the ticks the note-level codec's TimeShifts among `ids` (B, n) add up to in each group."""
+    shift = (ids >= notecodec.TIME_SHIFT) & (ids < notecodec.TIME_SHIFT + notecodec.MAX_SHIFT_TICKS)
+    ticks = torch.where(shift, ids - notecodec.TIME_SHIFT + 1, torch.zeros_like(ids))
+    return torch.zeros(ids.shape[0], count, dtype=ticks.dtype, device=ids.device).index_add_(1, group, ticks)
+
+
 # -- back to notes ----------------------------------------------------------------------------------------------
 
 def new_notes(ids: np.ndarray, layout: Layout, kept: Performance, start: float, end: float,
               pitches: np.ndarray, cap: int | None) -> Performance:
     """The notes one lane's fill starts in the region, on the real clock, clipped so every rule holds."""
-    first, after, codec = layout.first, layout.after, layout.codec
-    own = np.cumsum(codec.shift_ticks(ids))
-    own_before = np.concatenate([[0], own[:-1]])  # the fill's clock before each id
-    skeleton = codec.shift_ticks(np.where(layout.masked, 0, layout.ids))
-    real_before = np.cumsum(skeleton) - skeleton  # the real clock before each kept id
-    anchors = [first] + [p for p in range(first, after) if not layout.masked[p] and skeleton[p] == 0]
-    clock_x = np.array([own_before[p] for p in anchors] + [own_before[after]], dtype=np.float64)
-    clock_y = np.array([real_before[p] for p in anchors] + [layout.end_tick], dtype=np.float64)
-    clock_y[0] = layout.start_tick
-
-    played = codec.last_velocity(ids[:first])
+    played = layout.codec.last_velocity(ids[:layout.first])
     velocity = bin_velocity(DEFAULT_VELOCITY_BIN) if played is None else played
-    read = _notes_written if codec is notecodec else _events_written
-    notes = read(ids, layout, own_before, velocity)  # (onset, offset) on the fill's clock, pitch, velocity
+    if layout.codec is notecodec:
+        notes = _notes_written(ids, layout, velocity)  # (onset, offset) in ticks, pitch, velocity
+    else:
+        notes = _events_written(ids, layout, velocity)
     if not notes:
         return Performance.empty()
-    onset_own, offset_own, pitch, vel = (np.array(column) for column in zip(*notes, strict=True))
-    onset = np.interp(onset_own, clock_x, clock_y) * TICK_SECONDS
-    offset = np.interp(offset_own, clock_x, clock_y) * TICK_SECONDS
-    return clip_new(onset, offset, pitch, vel, kept, start, end, pitches, cap)
+    onset, offset, pitch, vel = (np.array(column) for column in zip(*notes, strict=True))
+    return clip_new(onset * TICK_SECONDS, offset * TICK_SECONDS, pitch, vel, kept, start, end, pitches, cap)
 
 
-def _events_written(ids: np.ndarray, layout: Layout, own_before: np.ndarray,
-                    velocity: int) -> list[tuple[int, int, int, int]]:
+def _events_written(ids: np.ndarray, layout: Layout, velocity: int) -> list[tuple[float, float, int, int]]:
     """The event codec's new notes in the region: a masked NoteOn starts one, a masked NoteOn or NoteOff of its
-    pitch ends it, the region's end ends what still sounds; Velocity ids (kept or new) set the velocity."""
+    pitch ends it, the region's end ends what still sounds; Velocity ids (kept or new) set the velocity. The fill
+    keeps its own clock (the masks may hold TimeShifts too), mapped back onto the real one piecewise-linearly
+    through the kept ids of the region that are not TimeShifts, and its start and end."""
+    first, after = layout.first, layout.after
+    shift = tokenizer.shift_ticks(ids)
+    own_before = np.cumsum(shift) - shift  # the fill's clock before each id
+    anchors = [first] + [p for p in range(first, after) if not layout.masked[p] and not shift[p]]
+    clock_x = np.array([own_before[p] for p in anchors] + [own_before[after]], dtype=np.float64)
+    clock_y = np.array([layout.clock[p] for p in anchors] + [layout.end_tick], dtype=np.float64)
+    clock_y[0] = layout.start_tick
     sounding: dict[int, tuple[int, int]] = {}
     notes: list[tuple[int, int, int, int]] = []
-    for position in range(layout.first, layout.after):
+    for position in range(first, after):
         token, now = int(ids[position]), int(own_before[position])
         if tokenizer.VELOCITY <= token < tokenizer.VOCAB_SIZE:
             velocity = bin_velocity(token - tokenizer.VELOCITY)
@@ -397,26 +490,36 @@ def _events_written(ids: np.ndarray, layout: Layout, own_before: np.ndarray,
                 notes.append((onset, now, pitch, vel))
             if token < NOTE_OFF:
                 sounding[pitch] = (now, velocity)
-    end = int(own_before[layout.after])
-    return notes + [(onset, end, pitch, vel) for pitch, (onset, vel) in sounding.items()]
+    end = int(own_before[after])
+    notes += [(onset, end, pitch, vel) for pitch, (onset, vel) in sounding.items()]
+    return [(float(np.interp(onset, clock_x, clock_y)), float(np.interp(offset, clock_x, clock_y)), pitch, vel)
+            for onset, offset, pitch, vel in notes]
 
 
-def _notes_written(ids: np.ndarray, layout: Layout, own_before: np.ndarray,
-                   velocity: int) -> list[tuple[int, int, int, int]]:
+def _notes_written(ids: np.ndarray, layout: Layout, velocity: int) -> list[tuple[float, float, int, int]]:
     """The note-level codec's new notes in the region: a masked Pitch followed at once by a Duration is a note
-    from its onset for the Duration's ticks, on the fill's clock (a Pitch without its Duration is dropped, as
-    notecodec.decode does); Velocity ids (kept or new) set the velocity."""
-    notes: list[tuple[int, int, int, int]] = []
+    for the Duration's ticks (a Pitch without one is dropped, as notecodec.decode does); Velocity ids (kept or
+    new) set the velocity. A note starts at its group's start plus the TimeShifts of the group before it: the
+    time rule keeps those within the group's gap (a group whose last pass overran it is scaled back into it)."""
+    own = notecodec.shift_ticks(ids)
+    in_group = layout.group >= 0
+    total = np.bincount(layout.group[in_group], weights=own[in_group], minlength=len(layout.gap))
+    scale = np.minimum(1.0, layout.gap / np.maximum(total, 1))
+    notes: list[tuple[float, float, int, int]] = []
+    elapsed, current = 0, -1
     for position in range(layout.first, layout.after):
-        token = int(ids[position])
+        token, group = int(ids[position]), int(layout.group[position])
+        if group != current:
+            elapsed, current = 0, group
         if notecodec.VELOCITY <= token < notecodec.VOCAB_SIZE:
             velocity = bin_velocity(token - notecodec.VELOCITY)
-        elif layout.masked[position] and notecodec.PITCH <= token < notecodec.DURATION:
+        elif group >= 0 and notecodec.PITCH <= token < notecodec.DURATION:
             following = int(ids[position + 1])  # the right context (or EOS) follows the region: never out of range
             if notecodec.DURATION <= following < notecodec.TIME_SHIFT:
-                onset = int(own_before[position])
+                onset = layout.clock[position] + elapsed * scale[group]
                 length = int(notecodec.BIN_TICKS[following - notecodec.DURATION])
-                notes.append((onset, onset + length, token - notecodec.PITCH, velocity))
+                notes.append((float(onset), float(onset + length), token - notecodec.PITCH, velocity))
+        elapsed += int(own[position])
     return notes
 
 

@@ -164,7 +164,8 @@ def test_context_bounds_the_music_the_model_reads_each_side(piece, codec, monkey
         assert len(seen) == 1
         view = seen[0].numpy()
         assert int((view == model.mask_id).sum()) > 0  # the region's masks are all in the window
-        spans[context] = (len(view), float(codec_of(model).shift_ticks(view).sum()) * TICK_SECONDS)
+        written = float(codec_of(model).shift_ticks(view).sum()) * TICK_SECONDS
+        spans[context] = (len(view), written + (end - start if codec == "notes" else 0.0))  # (notes: masks' time)
     assert spans[None][1] >= piece.duration - 1.0  # today's default: as much as the window holds
     for context in (2.0, 0.5, 0.0):
         length, seconds = spans[context]

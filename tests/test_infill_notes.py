@@ -15,7 +15,7 @@ import torch
 
 from core import notecodec, tokenizer
 from core.cli import main
-from core.infill import GROUP_UNIT, _select, infill, lay_out, new_notes
+from core.infill import GROUP_UNIT, _select, infill, lay_out, new_notes, time_rule
 from core.midi import Performance, read_performance, write_performance
 from core.modeldir import load_model, save_model
 from core.models.smdim import SMDIM, SMDIMConfig
@@ -38,15 +38,13 @@ def piece() -> Performance:
 
 # ---- the layout and the assembly ---------------------------------------------------------------------------------
 
-def test_the_context_is_every_kept_note_whole_at_its_onset_and_the_masks_come_in_notes(piece):
+def test_the_context_is_every_kept_note_whole_at_its_onset_and_the_masks_come_in_notes_with_the_time(piece):
     start, end, split = 3.0, 6.0, 67
     inside = region(piece, start, end)
     kept = _select(piece, ~inside | (piece.pitch >= split))
     layout = lay_out(kept, start, end, 40, MASK, notecodec)
     ids = layout.ids
     assert layout.codec is notecodec and ids[0] == notecodec.BOS and ids[-1] == notecodec.EOS
-    # without the masks the ids are the kept notes' own encoding (a TimeShift split at the edges at most)
-    assert notes(notecodec.decode(ids[~layout.masked])) == notes(notecodec.decode(notecodec.encode(kept)))
     crossing = (piece.onset < start) & (piece.offset > start)
     assert crossing.any()
     before = notecodec.decode(ids[:layout.first])  # a note crossing into the region is whole before it
@@ -55,31 +53,76 @@ def test_the_context_is_every_kept_note_whole_at_its_onset_and_the_masks_come_in
     body = ids[layout.first:layout.after]
     is_mask = body == MASK
     assert is_mask.sum() == 40
-    kept_inside = body[~is_mask]
-    assert not np.isin(kept_inside, np.arange(notecodec.PITCH, notecodec.PITCH + split)).any()  # the voice only
-    # the skeleton's time is the region's, and each group of masks is whole notes' room (the last the rest)
-    assert notecodec.shift_ticks(body).sum() == round((end - start) / TICK_SECONDS)
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], is_mask.astype(np.int64), [0]])))
-    groups = (edges[1::2] - edges[::2]).tolist()
-    assert all(size % GROUP_UNIT["notes"] == 0 for size in groups[:-1]) and sum(groups) == 40
+    # the region holds the kept voice's notes and no TimeShift: the masks write the time
+    assert not notecodec.shift_ticks(body).any()
+    voice = inside & (piece.pitch >= split)
+    clock = layout.clock[layout.first:layout.after]
+    pitch = (body >= notecodec.PITCH) & (body < notecodec.DURATION)
+    assert sorted(body[pitch] - notecodec.PITCH) == sorted(piece.pitch[voice].tolist())
+    for onset, key in zip(piece.onset[voice], piece.pitch[voice], strict=True):  # each at its real tick
+        assert round(onset / TICK_SECONDS) in clock[pitch & (body == notecodec.PITCH + key)]
+    # a group of masks before each kept onset and one after the last; its gap is the time up to that onset
+    assert len(layout.gap) == len(np.unique(np.round(piece.onset[voice] / TICK_SECONDS))) + 1
+    assert layout.gap.sum() == layout.end_tick - layout.start_tick == round((end - start) / TICK_SECONDS)
+    group = layout.group[layout.first:layout.after]
+    assert ((group >= 0) == is_mask).all() and (layout.group[:layout.first] == -1).all()
+    starts = layout.start_tick + np.concatenate([[0], np.cumsum(layout.gap)[:-1]])
+    assert (clock[is_mask] == starts[group[is_mask]]).all()
+    sizes = np.bincount(group[is_mask], minlength=len(layout.gap))
+    assert all(size % GROUP_UNIT["notes"] == 0 for size in sizes[:-1]) and sizes.sum() == 40
+    # the clock runs on through the right context from the region's end
+    shift = notecodec.shift_ticks(ids[layout.after:])
+    assert (layout.clock[layout.after:] == layout.end_tick + np.cumsum(shift) - shift).all()
 
 
-def test_a_masked_pitch_is_a_note_only_with_its_duration_and_the_velocity_carries():
+def one_group(slots: int) -> tuple[Performance, float, float, object]:
+    """Notes at 0, 2 and 4 s, and the layout of the region 1-2 s between them: one group of `slots` masks."""
     onset = np.array([0.0, 2.0, 4.0])
     kept = Performance.from_notes(onset, onset + 0.5, np.array([60, 62, 64]), np.array([80, 80, 80]))
-    start, end = 1.0, 2.0
-    layout = lay_out(kept, start, end, 6, MASK, notecodec)
-    slots = np.flatnonzero(layout.masked)
-    assert len(slots) == 6
+    layout = lay_out(kept, 1.0, 2.0, slots, MASK, notecodec)
+    assert layout.gap.tolist() == [100] and int(layout.masked.sum()) == slots
+    return kept, 1.0, 2.0, layout
+
+
+def test_a_masked_pitch_is_a_note_only_with_its_duration_at_the_time_its_group_wrote():
+    kept, start, end, layout = one_group(8)
     fill = layout.ids.copy()
-    fill[slots] = [notecodec.VELOCITY + 10, notecodec.PITCH + 70, notecodec.DURATION + 20,  # a note, velocity bin 10
-                   notecodec.PITCH + 72, notecodec.TIME_SHIFT + 9, notecodec.PITCH + 74]  # two lone Pitches
+    fill[layout.masked] = [notecodec.VELOCITY + 10, notecodec.PITCH + 70, notecodec.DURATION + 20,  # a note
+                           notecodec.PITCH + 72, notecodec.TIME_SHIFT + 9,  # a lone Pitch; 100 ms
+                           notecodec.PITCH + 74, notecodec.DURATION + 5, notecodec.PITCH + 76]  # a note; a lone one
     new = new_notes(fill, layout, kept, start, end, np.ones(128, dtype=bool), None)
-    assert new.pitch.tolist() == [70] and new.velocity.tolist() == [tokenizer.bin_velocity(10)]
-    # the groups are [3, 0, 3, 0] slots before the region's four 250 ms slices: the fill's clock runs 1.1 s (its
-    # own 100 ms shift) over the region's 1 s, and the note's end is mapped back as its onset is
-    length = int(notecodec.BIN_TICKS[20]) * TICK_SECONDS
-    assert new.onset[0] == pytest.approx(start) and new.offset[0] == pytest.approx(start + length / 1.1)
+    assert new.pitch.tolist() == [70, 74] and new.velocity.tolist() == [tokenizer.bin_velocity(10)] * 2
+    assert new.onset.tolist() == pytest.approx([1.0, 1.1])  # the group's start, then after its 100 ms
+    lengths = notecodec.BIN_TICKS[[20, 5]] * TICK_SECONDS  # durations are the model's own, never squeezed
+    assert new.offset.tolist() == pytest.approx((new.onset + lengths).tolist())
+
+
+def test_a_group_that_wrote_more_time_than_its_gap_is_scaled_back_into_it():
+    kept, start, end, layout = one_group(8)
+    fill = layout.ids.copy()
+    fill[layout.masked] = [notecodec.PITCH + 70, notecodec.DURATION + 20, notecodec.TIME_SHIFT + 59,
+                           notecodec.PITCH + 72, notecodec.DURATION + 5, notecodec.TIME_SHIFT + 59,
+                           notecodec.PITCH + 74, notecodec.DURATION + 5]  # 1.2 s of TimeShifts in a 1 s gap
+    new = new_notes(fill, layout, kept, start, end, np.ones(128, dtype=bool), None)
+    assert new.pitch.tolist() == [70, 72]  # the third lands on the region's end: outside it
+    assert new.onset.tolist() == pytest.approx([1.0, 1.0 + 0.6 / 1.2])
+
+
+def test_the_time_rule_offers_a_group_only_the_time_it_has_left():
+    kept, start, end, layout = one_group(6)
+    slots = np.flatnonzero(layout.masked)
+    ids = torch.from_numpy(layout.ids)[None].repeat(2, 1)
+    ids[0, slots[0]] = notecodec.TIME_SHIFT + 59  # lane 0 has written 60 ticks of its 100, lane 1 nothing
+    lo = int(slots[1])  # a window after the first slot: what an earlier window wrote counts too
+    view = ids[:, lo:]
+    rule = time_rule(lambda logits, _ids: logits, layout, ids, lo, len(layout.ids))
+    logits = rule(torch.zeros(2, view.shape[1], notecodec.VOCAB_SIZE), view)
+    shifts = logits[:, slots[1:] - lo, notecodec.TIME_SHIFT:notecodec.TIME_SHIFT + notecodec.MAX_SHIFT_TICKS]
+    allowed = torch.isfinite(shifts).all(1)  # (lanes, TimeShift lengths 1..100)
+    assert allowed[0].nonzero().max().item() + 1 == 40 and allowed[1].all()
+    assert torch.isfinite(logits[:, :, :notecodec.TIME_SHIFT]).all()  # nothing else is touched
+    outside = np.setdiff1d(np.arange(view.shape[1]), slots[1:] - lo)
+    assert torch.isfinite(logits[:, outside]).all()
 
 
 # ---- training, infilling, the command ----------------------------------------------------------------------------

@@ -65,6 +65,7 @@ MIN_SLOTS = 8  # a short region still gets a figure
 MAX_SLOTS_PER_SECOND = 120  # the most slots a second of region gets (MAESTRO's dense passages use ~60 ids/s)
 # Ids a note takes, by codec: the event codec's NoteOn and NoteOff and about one TimeShift or Velocity; the
 # note-level codec's Pitch and Duration, and on MAESTRO about 0.9 TimeShift and 0.8 Velocity more.
+GUARD_CONTEXT = 60.0  # seconds of kept music each side of the region that set its re-strike guard
 TOKENS_PER_NOTE = {tokenizer.NAME: 3, notecodec.NAME: 4}
 SLICE_TICKS = 25  # the region's time is cut into TimeShifts of at most 250 ms, a group of masks before each
 # The slots a group of masks holds come in multiples of this (the rest in the last group): a new note of the
@@ -147,9 +148,10 @@ def infill(model, piece: Performance, start: float, end: float, *, keep_above: i
     filled = fill(model, layout, state, steps, sampling, generator,
                   token_constrain(allowed, model.config.vocab_size, codec), reach(layout, context))
     cap = None if density is None else max(1, math.ceil(density * seconds))
+    min_repeat = restrike_guard(kept, start, end)
     pieces = []
     for lane in range(variations):
-        new = new_notes(filled[lane], layout, kept, start, end, allowed.pitches(), cap)
+        new = new_notes(filled[lane], layout, kept, start, end, allowed.pitches(), cap, min_repeat)
         both = Performance.concat(kept, new)
         pieces.append(replace(both, grid=piece.grid))
     return pieces
@@ -448,8 +450,17 @@ def _group_ticks(ids: torch.Tensor, group: torch.Tensor, count: int) -> torch.Te
 
 # -- back to notes ----------------------------------------------------------------------------------------------
 
+def restrike_guard(kept: Performance, start: float, end: float) -> float:
+    """Seconds within which a new note may not strike its key again: the continuation's default guard
+    (notecodec.FROM_PRIMER), read from the kept music within GUARD_CONTEXT seconds of the region, so a region
+    repeats a key no faster than the piece around it does (SMDIM's fills re-struck keys 3-5 times per region
+    where MAESTRO's pianists did about once)."""
+    around = kept.slice_time(max(start - GUARD_CONTEXT, 0.0), end + GUARD_CONTEXT)
+    return notecodec.primer_min_repeat(notecodec.encode(around, bos=False, eos=False))
+
+
 def new_notes(ids: np.ndarray, layout: Layout, kept: Performance, start: float, end: float,
-              pitches: np.ndarray, cap: int | None) -> Performance:
+              pitches: np.ndarray, cap: int | None, min_repeat: float = 0.0) -> Performance:
     """The notes one lane's fill starts in the region, on the real clock, clipped so every rule holds."""
     played = layout.codec.last_velocity(ids[:layout.first])
     velocity = bin_velocity(DEFAULT_VELOCITY_BIN) if played is None else played
@@ -460,7 +471,8 @@ def new_notes(ids: np.ndarray, layout: Layout, kept: Performance, start: float, 
     if not notes:
         return Performance.empty()
     onset, offset, pitch, vel = (np.array(column) for column in zip(*notes, strict=True))
-    return clip_new(onset * TICK_SECONDS, offset * TICK_SECONDS, pitch, vel, kept, start, end, pitches, cap)
+    return clip_new(onset * TICK_SECONDS, offset * TICK_SECONDS, pitch, vel, kept, start, end, pitches, cap,
+                    min_repeat)
 
 
 def _events_written(ids: np.ndarray, layout: Layout, velocity: int) -> list[tuple[float, float, int, int]]:
@@ -524,19 +536,24 @@ def _notes_written(ids: np.ndarray, layout: Layout, velocity: int) -> list[tuple
 
 
 def clip_new(onset: np.ndarray, offset: np.ndarray, pitch: np.ndarray, velocity: np.ndarray, kept: Performance,
-             start: float, end: float, pitches: np.ndarray, cap: int | None) -> Performance:
+             start: float, end: float, pitches: np.ndarray, cap: int | None, min_repeat: float = 0.0) -> Performance:
     """New notes inside [start, end), ending by `end` and before the next kept strike of their pitch, never on a
-    key a kept note holds, only `pitches`, at most `cap` of them (thinned evenly)."""
+    key a kept note holds, never within `min_repeat` seconds of another strike of their key (kept or new, the
+    earlier new one wins), only `pitches`, at most `cap` of them (thinned evenly)."""
     onset = np.clip(onset, start, None)
     offset = np.minimum(np.maximum(offset, onset + TICK_SECONDS), end)
     good = (onset < end) & pitches[pitch]
-    for index in np.flatnonzero(good).tolist():
-        same = kept.pitch == pitch[index]
-        held = same & (kept.onset <= onset[index] + 1e-9) & (kept.offset > onset[index] + 1e-9)
-        if held.any():
+    struck: dict[int, float] = {}  # each key's latest new strike
+    for index in np.flatnonzero(good)[np.argsort(onset[good], kind="stable")].tolist():
+        key, now = int(pitch[index]), float(onset[index])
+        same = kept.pitch == key
+        held = same & (kept.onset <= now + 1e-9) & (kept.offset > now + 1e-9)
+        near = same & (np.abs(kept.onset - now) < min_repeat)
+        if held.any() or near.any() or now - struck.get(key, -math.inf) < min_repeat:
             good[index] = False
             continue
-        later = kept.onset[same & (kept.onset > onset[index] + 1e-9)]
+        struck[key] = now
+        later = kept.onset[same & (kept.onset > now + 1e-9)]
         if len(later):
             offset[index] = min(offset[index], float(later.min()))
     good &= offset > onset

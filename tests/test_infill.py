@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from core import notecodec
 from core.cli import main
 from core.codecs import CODECS, codec_of
 from core.constraints import Constraints
 from core.generate import SamplingConfig
-from core.infill import InfillError, _select, infill, lay_out, reach, windows
+from core.infill import InfillError, _select, clip_new, infill, lay_out, reach, restrike_guard, windows
 from core.midi import Performance, read_performance, write_performance
 from core.modeldir import save_model
 from core.models.smdim import SMDIM, SMDIMConfig
@@ -378,3 +379,28 @@ def test_recital_infill_refuses_a_negative_context(smdim_dir, tmp_path, capsys):
     assert stop.value.code != 0
     err = capsys.readouterr().err
     assert "--context: must be >= 0 seconds, got -1" in err and not (tmp_path / "x.mid").exists()
+
+
+def test_a_new_note_never_strikes_a_key_again_faster_than_the_guard():
+    kept = Performance.from_notes(np.array([1.0, 3.0]), np.array([1.01, 3.5]), np.array([60, 64]),
+                                  np.array([80, 80]))
+    onset = np.array([1.25, 1.02, 1.2, 1.4, 1.3, 3.2])
+    pitch = np.array([62, 60, 62, 62, 60, 64])
+    everything = np.ones(128, dtype=bool)
+
+    def written(min_repeat: float) -> list[tuple[float, int]]:
+        new = clip_new(onset, onset + 0.01, pitch, np.full(6, 70), kept, 1.0, 4.0, everything, None, min_repeat)
+        return sorted(zip(np.round(new.onset, 3).tolist(), new.pitch.tolist(), strict=True))
+
+    # 64 at 3.2 lies on the kept 64 that sounds until 3.5: never, guard or not
+    assert written(0.0) == [(1.02, 60), (1.2, 62), (1.25, 62), (1.3, 60), (1.4, 62)]
+    # within 0.1 s of the kept 60 at 1.0, and of the earlier new 62 at 1.2: gone; the rest stays
+    assert written(0.1) == [(1.2, 62), (1.3, 60), (1.4, 62)]
+
+
+def test_the_guard_is_the_repeat_speed_of_the_music_around_the_region():
+    onset = np.arange(40) * 0.1  # one key every 100 ms for 4 s, then silence up to the region
+    trill = Performance.from_notes(onset, onset + 0.05, np.full(40, 72), np.full(40, 80))
+    assert restrike_guard(trill, 10.0, 12.0) == pytest.approx(0.1 * notecodec.REPEAT_SHARE, abs=0.011)
+    # further than GUARD_CONTEXT (60 s) before the region: the default guard
+    assert restrike_guard(trill, 70.0, 72.0) == notecodec.MIN_REPEAT_SECONDS

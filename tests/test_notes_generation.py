@@ -25,7 +25,7 @@ from core.midi import Performance, read_performance  # noqa: E402
 from core.modeldir import load_model, save_model  # noqa: E402
 from core.models.dsmr import DSMR, DSMRConfig  # noqa: E402
 from core.models.smdim import SMDIM, SMDIMConfig  # noqa: E402
-from core.models.smdim.sampling import note_order, pair_notes  # noqa: E402
+from core.models.smdim.sampling import note_order, pair_notes, unmask  # noqa: E402
 from core.player import LivePlayer, Schedule, performance_events, play_along  # noqa: E402
 from core.session import GenerationSession  # noqa: E402
 from tests.conftest import PIANO_PIECE  # noqa: E402
@@ -289,8 +289,49 @@ def test_note_order_masks_by_the_known_neighbours():
     assert allowed[2] == durations  # after a Pitch
     assert allowed[3] == set(range(nc.VOCAB_SIZE)) - durations  # after a masked slot: anything but a Duration
     assert allowed[4] == pitches  # before a known Duration
-    assert allowed[6] == set(range(nc.VOCAB_SIZE)) - durations - pitches  # before a TimeShift: no Pitch
+    velocities = set(range(nc.VELOCITY, nc.VOCAB_SIZE))
+    assert allowed[6] == set(range(nc.VOCAB_SIZE)) - durations - pitches - velocities  # before a TimeShift
     assert allowed[8] == set(range(nc.VOCAB_SIZE)) - durations  # the window's end: free on that side
+
+
+def test_note_order_puts_a_velocity_only_before_a_pitch_and_never_leaves_a_slot_nothing():
+    mask_id = nc.VOCAB_SIZE
+    v, p, ts = nc.VELOCITY, nc.PITCH + 60, nc.TIME_SHIFT
+    x = torch.tensor([[nc.BOS, v + 5, mask_id, mask_id, v + 7, mask_id, ts, v + 3, mask_id, p]])
+    forbidden = note_order(x, mask_id, nc.VOCAB_SIZE)[0]
+    allowed = [set(np.flatnonzero(~row.numpy()).tolist()) for row in forbidden]
+    everything = set(range(nc.VOCAB_SIZE))
+    durations, pitches = set(range(nc.DURATION, nc.TIME_SHIFT)), set(range(nc.PITCH, nc.DURATION))
+    velocities = set(range(nc.VELOCITY, nc.VOCAB_SIZE))
+    assert allowed[2] == pitches  # after a Velocity
+    assert allowed[3] == everything - durations - pitches - velocities  # before a known Velocity
+    # after a Velocity where no Pitch may go (it would have no Duration): the Velocity stays a no-op, the slot open
+    assert allowed[5] == everything - durations - pitches - velocities
+    assert allowed[8] == everything - durations - pitches  # before a known Pitch a Velocity may go
+    assert all(allowed[position] for position in (2, 3, 5, 8))
+
+
+def test_where_the_order_and_the_hook_leave_a_slot_nothing_the_hook_decides():
+    """A slot between a Duration and a known TimeShift may only be a TimeShift by the codec's order; a hook that
+    forbids every TimeShift (infill's time rule with the time used up) leaves it nothing, so the hook's own
+    logits decide there, and the draw never fails."""
+    torch.manual_seed(0)
+    model = SMDIM(SMDIMConfig(**NOTES_SMDIM)).eval()
+    mask_id = model.mask_id
+    ids = torch.tensor([[nc.BOS, nc.PITCH + 60, nc.DURATION + 3, mask_id, nc.TIME_SHIFT + 9]])
+    keep = ids != mask_id
+
+    def no_time_left(logits, _ids):
+        logits = logits.clone()
+        logits[..., nc.TIME_SHIFT:nc.VELOCITY] = float("-inf")
+        logits[..., nc.EOS] = float("-inf")
+        return logits
+
+    assert note_order(ids, mask_id, nc.VOCAB_SIZE)[0, 3, nc.TIME_SHIFT:nc.VELOCITY].logical_not().all()
+    for seed in range(5):
+        out = unmask(model, ids, keep, 1, SamplingConfig(), torch.Generator().manual_seed(seed), no_time_left)
+        drawn = int(out[0, 3])
+        assert drawn != mask_id and not nc.TIME_SHIFT <= drawn < nc.VELOCITY and drawn not in (nc.PAD, nc.BOS, nc.EOS)
 
 
 def test_a_pitch_committed_in_a_pass_takes_its_duration_in_that_pass():

@@ -242,6 +242,30 @@ def test_the_constrain_hook_decides_what_is_drawn():
     assert seen == sorted(seen, reverse=True) and seen[0] == 19 and len(seen) == 4
 
 
+def test_the_configs_order_unmasks_when_the_caller_names_none(monkeypatch):
+    import core.models.smdim.sampling as sampling
+
+    orders = []
+    unmask = sampling.unmask
+
+    def spy(*args):
+        orders.append(args[-1])
+        return unmask(*args)
+
+    monkeypatch.setattr(sampling, "unmask", spy)
+    ids = torch.full((1, 20), 0)
+    ids[0, 0] = BOS
+    for order in sampling.ORDERS:
+        model = tiny(order=order).eval()
+        keep = torch.arange(20)[None] == 0
+        state = model.new_state(model.plan())
+        model.denoise(ids.masked_fill(~keep, model.mask_id), keep, state, steps=2)
+        model.denoise(ids.masked_fill(~keep, model.mask_id), keep, state, steps=2, order="confidence")
+    assert orders == ["confidence", "confidence", "random", "confidence"]
+    with pytest.raises(ModelError, match="order must be one of confidence, random, got 'best'"):
+        SMDIMConfig(order="best")
+
+
 def test_the_cosine_schedule_commits_few_first_and_everything_by_the_last_step():
     total = torch.tensor([100, 7, 0])
     left = [still_masked(total, s, 8) for s in range(1, 9)]
@@ -393,6 +417,7 @@ def test_the_shipped_recipe_has_an_smdim_run():
 
     recipe = load_recipe(CONFIG_FILE, "smdim")
     assert recipe.name == "default-smdim" and recipe.train["size"] in SMDIMTraining.presets
+    assert recipe.model["codec"] == load_recipe(CONFIG_FILE, "dsmr").model["codec"] == "notes"  # the same codec
     config = TrainConfig(folder=".", base=None, arch="smdim", weights=recipe.weights, **recipe.train)
     assert config.minutes > 0 and not config.fine_tuning
 

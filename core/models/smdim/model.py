@@ -73,6 +73,10 @@ class SMDIMConfig:
     dropout: float = 0.0
     rope_base: float = 10000.0
     steps: int = 32  # unmasking steps per window when the caller names none
+    # Which masks each step commits when the caller names none (sampling.ORDERS). "confidence" suits the event
+    # codec's SMDIM; the notes SMDIM's surest id in an empty window is a 1 s TimeShift, so under "confidence" it
+    # filled a new piece with silence, and "random" (the reverse process it was trained for) writes music.
+    order: str = "confidence"
     tokens_per_second: float = TOKENS_PER_SECOND  # of the training music: how many tokens to mask per second asked
     default_budget: str = "64MB"  # working memory of one pass per lane when the user names none
 
@@ -96,6 +100,10 @@ class SMDIMConfig:
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
         problems += budget_problems(self.default_budget)
+        from core.models.smdim.sampling import ORDERS  # (it reads the model's codec: imported when needed)
+
+        if self.order not in ORDERS:
+            problems.append(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
         if problems:
             raise ModelError("bad SMDIM config: " + "; ".join(problems))
 
@@ -361,9 +369,9 @@ class SMDIM(PackedWeights, nn.Module):
     @torch.no_grad()
     def denoise(self, ids: torch.Tensor, keep: torch.Tensor, state: SMDIMState, steps: int | None = None,
                 sampling=None, generator: torch.Generator | None = None, constrain: Constrain | None = None,
-                order: str = "confidence") -> torch.Tensor:
-        """Fill every position where `keep` (B, T) is False, in `steps` passes (the config's by default) ->
-        ids (B, T) with no MASK left; kept positions are returned unchanged. See sampling.unmask."""
+                order: str | None = None) -> torch.Tensor:
+        """Fill every position where `keep` (B, T) is False, in `steps` passes in `order` (the config's by
+        default) -> ids (B, T) with no MASK left; kept positions are returned unchanged. See sampling.unmask."""
         from core.models.smdim.sampling import unmask
 
         self._check(ids, state)
@@ -373,7 +381,7 @@ class SMDIM(PackedWeights, nn.Module):
         if bool((ids[keep] == self.mask_id).any()):
             raise ModelError("a kept position holds MASK: keep only known ids")
         return unmask(self, ids.to(self.embed.weight.device), keep.to(self.embed.weight.device),
-                      steps or self.config.steps, sampling, generator, constrain, order)
+                      steps or self.config.steps, sampling, generator, constrain, order or self.config.order)
 
     def _check(self, ids: torch.Tensor, state: SMDIMState) -> None:
         check_ids(ids, 2, state.batch, self.config.vocab_size + 1, "denoise")

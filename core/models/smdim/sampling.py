@@ -13,8 +13,9 @@ Kept positions are never drawn and never change. PAD and BOS are never drawn: a 
 With the note-level codec (core/notecodec.py) a note is a Pitch followed at once by its Duration, which a parallel
 draw does not know by itself. So each pass also follows the codec's order where a neighbour is known (`note_order`):
 a Duration only right after a known Pitch, a slot after a Pitch only a Duration, a slot before a known Duration only
-a Pitch, a slot before any other known id no Pitch (and so EOS never follows a Pitch); and a Pitch committed in a
-pass takes its Duration in the same pass (`pair_notes`: the slot after it, committed now or still masked, is drawn
+a Pitch, a slot before any other known id no Pitch (and so EOS never follows a Pitch), a slot after a Velocity only a
+Pitch where one may go, a slot before a known id other than a Pitch no Velocity; and a Pitch committed in a pass
+takes its Duration in the same pass (`pair_notes`: the slot after it, committed now or still masked, is drawn
 again among the Durations). Every Pitch of a filled window is then followed by its Duration, but one in its very
 last slot, whose Duration the next window (reading it as context) writes.
 """
@@ -30,7 +31,7 @@ from core import notecodec
 from core.codecs import codec_of
 from core.errors import ModelError
 from core.generate import SamplingConfig, sample
-from core.notecodec import DURATION, PITCH, TIME_SHIFT
+from core.notecodec import DURATION, PITCH, TIME_SHIFT, VELOCITY
 from core.tokenizer import BOS, PAD
 
 ORDERS = ("confidence", "random")
@@ -65,8 +66,9 @@ def unmask(model, ids: torch.Tensor, keep: torch.Tensor, steps: int, sampling: S
         if constrain is not None:
             logits = constrain(logits, x)
         constrained = logits  # before the codec's order: what a Duration drawn again for a pair reads
-        if notes:
-            logits = logits.masked_fill(note_order(x, mask_id, logits.shape[-1]), float("-inf"))
+        if notes:  # the codec's order, but where it and the hook leave a slot nothing (its time used up), the hook's
+            ordered = logits.masked_fill(note_order(x, mask_id, logits.shape[-1]), float("-inf"))
+            logits = torch.where(torch.isfinite(ordered).any(-1, keepdim=True), ordered, logits)
         rows, cols = masked.nonzero(as_tuple=True)
         chosen = logits[rows, cols]  # (n, V)
         drawn = sample(chosen, sampling, generator)  # (n,)
@@ -95,18 +97,24 @@ def unmask(model, ids: torch.Tensor, keep: torch.Tensor, steps: int, sampling: S
 def note_order(x: torch.Tensor, mask_id: int, vocab_size: int) -> torch.Tensor:
     """(B, T, V) bool, True where an id may not go because of a known neighbour (MASK: not known yet), by the
     note-level codec: after a Pitch only a Duration; a Duration only after a Pitch; before a known Duration only
-    a Pitch; before any other known id no Pitch (it would have no Duration). A slot with nothing after it (the
-    window's end) is free on that side."""
+    a Pitch; before any other known id no Pitch (it would have no Duration); after a Velocity only a Pitch where
+    one may go; before a known id that is not a Pitch no Velocity (the codec writes one only to change a note's
+    loudness: the notes SMDIM, left free, filled half an infill region's slots with Velocities that set nothing).
+    A slot with nothing after it (the window's end) is free on that side. Some id is always allowed."""
     before = torch.nn.functional.pad(x, (1, 0), value=BOS)[:, :-1]
     after = torch.nn.functional.pad(x, (0, 1), value=mask_id)[:, 1:]
     vocab = torch.arange(vocab_size, device=x.device)
     is_pitch = (vocab >= PITCH) & (vocab < DURATION)  # (V,)
     is_duration = (vocab >= DURATION) & (vocab < TIME_SHIFT)
+    is_velocity = (vocab >= VELOCITY) & (vocab < notecodec.VOCAB_SIZE)
     after_pitch = ((before >= PITCH) & (before < DURATION))[..., None]  # (B, T, 1)
+    after_velocity = ((before >= VELOCITY) & (before < notecodec.VOCAB_SIZE))[..., None]
     before_duration = ((after >= DURATION) & (after < TIME_SHIFT))[..., None]
+    before_pitch = ((after >= PITCH) & (after < DURATION))[..., None]
     before_other = ((after != mask_id)[..., None] & ~before_duration)
     return ((after_pitch & ~is_duration) | (~after_pitch & is_duration)
-            | (~after_pitch & before_duration & ~is_pitch) | (before_other & is_pitch))
+            | (~after_pitch & before_duration & ~is_pitch) | (before_other & is_pitch)
+            | (after_velocity & ~before_other & ~is_pitch) | ((after != mask_id)[..., None] & ~before_pitch & is_velocity))
 
 
 def pair_notes(x: torch.Tensor, chosen_now: torch.Tensor, masked: torch.Tensor, logits: torch.Tensor,

@@ -41,6 +41,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.adapt import adapts_by_default
 from core.constraints import FROM_PRIMER, KEY_NAMES, ConstraintError, note_name, parse_note
 from core.errors import RecitalError
 from core.modelcard import scrub_paths, summarize
@@ -69,7 +70,8 @@ STEPS_TIP = ("How many passes the model makes over the selection, settling more 
              "model's own number is a good start.")
 ONLY_DENOISERS = "\nFor a model that fills gaps from both sides (SMDIM); this one only writes onward."
 ADAPT_TIP = ("Before continuing, tune a copy of the model to your piece for a second or two: it follows the "
-             "piece's texture more closely. Never saved; the model stays as it is.")
+             "piece's texture more closely. Never saved; the model stays as it is. On by default for the "
+             "models where it measured better (the shipped default among them).")
 
 
 def summary_text(path: Path) -> str:
@@ -225,9 +227,11 @@ class GeneratePanel(QWidget):
         grid.addWidget(QLabel("Seed"), 5, 0, Qt.AlignRight)
         grid.addLayout(seed_row, 5, 1, 1, 3)
         self.adapt = QCheckBox("Adapt to the primer")
-        self.adapt.setChecked(False)  # measured: likelier continuations, denser notes (core/cli/generate.py)
+        self.adapt.setChecked(False)  # until a model loads: then its default (core.adapt.adapts_by_default)
         self.adapt.setToolTip(ADAPT_TIP)
         self.adapt_ok = True  # False for a denoiser: it fills whole windows and is never adapted (core/session.py)
+        self.adapt_chosen = False  # the composer ticked or unticked it: kept for every model from then on
+        self.adapt.clicked.connect(self._adapt_chosen)
         grid.addWidget(self.adapt, 6, 0, 1, 4)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
@@ -387,12 +391,17 @@ class GeneratePanel(QWidget):
         self.full_card.show()
         return self.full_card
 
+    def _adapt_chosen(self) -> None:
+        self.adapt_chosen = True
+
     def set_model(self, model) -> None:
         """The picked model has loaded (None: it failed): the budget can plan with it."""
         self.model_ready = model is not None
         self.budget.set_model(model, self.variations.value())
         self.adapt_ok = getattr(model, "family", None) != DENOISE  # the box keeps its tick for the next model
         self.adapt.setEnabled(self.adapt_ok)
+        if model is not None and not self.adapt_chosen:
+            self.adapt.setChecked(adapts_by_default(model))
         self.adapt.setToolTip(ADAPT_TIP if self.adapt_ok else
                               f"Adapting to the primer is for left-to-right models; {model.arch} fills whole "
                               "windows and is never adapted.")

@@ -31,7 +31,8 @@ class Settings:
     seconds: float = 20.0
     temperature: float = 1.0
     top_p: float = 0.95
-    adapt: bool = False  # the Write panel's "Adapt to the primer" (off: see core/cli/generate.py's measurement)
+    adapt: bool = False  # the Write panel's "Adapt to the primer", when the composer set it (adapt_chosen)
+    adapt_chosen: bool = False  # else each model's own default (core.adapt.adapts_by_default)
     variations: int = 1
     infill_context: float = 0.0  # Regenerate selection's seconds read each side; 0: the whole window
     infill_steps: int = 0  # Regenerate selection's unmasking passes; 0: the model's own

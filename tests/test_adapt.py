@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.adapt import AdaptSettings, adapt
+from core.adapt import AdaptSettings, adapt, adapts_by_default
 from core.errors import ModelError
 from core.generate import SamplingConfig, generate, prepare_primer
 from core.midi import Performance, read_performance, write_performance
@@ -162,7 +162,7 @@ def test_a_session_adapts_reports_its_seconds_and_leaves_the_model(tiny_model_di
     assert new.adapt_to_primer() is None
 
 
-def test_continue_adapts_only_when_asked_and_otherwise_writes_as_before(tiny_model_dir, tmp_path, capsys, one_thread):
+def test_continue_adapts_an_event_codec_model_only_when_asked_and_otherwise_writes_as_before(tiny_model_dir, tmp_path, capsys, one_thread):
     from core.cli import main
 
     primer = tmp_path / "riff.mid"
@@ -197,18 +197,52 @@ def test_continue_adapts_only_when_asked_and_otherwise_writes_as_before(tiny_mod
     assert not (tmp_path / "x.mid").exists() and not (tmp_path / "new.mid").exists()
 
 
+def test_a_notes_codec_model_adapts_by_default_and_no_adapt_turns_it_off(tmp_path, capsys, one_thread):
+    from core.cli import main
+    from core.models.smdim import SMDIM, SMDIMConfig
+    from tests.test_bench_continuation import tiny_notes_model_dir
+
+    folder = tiny_notes_model_dir(tmp_path)
+    assert adapts_by_default(load_model(folder))
+    assert not adapts_by_default(registry.build("dsmr", {"d_model": 32, "n_layers": 2, "n_heads": 2}))  # events
+    assert not adapts_by_default(SMDIM(SMDIMConfig(codec="notes", d_model=32, n_heads=2, d_embed=16)))  # a denoiser
+    primer = tmp_path / "riff.mid"
+    write_performance(riff(8.0), primer)
+    common = ["--model", str(folder), "--seconds", "1", "--seed", "3"]
+    assert main(["continue", str(primer), *common, "--out", str(tmp_path / "default.mid")]) == 0
+    printed = capsys.readouterr().out
+    assert "adapting a copy of the model to the primer (--no-adapt skips it)" in printed
+    assert "adapted to the primer in " in printed
+    assert main(["continue", str(primer), *common, "--out", str(tmp_path / "plain.mid"), "--no-adapt"]) == 0
+    assert "adapting a copy" not in capsys.readouterr().out
+    assert main(["continue", str(primer), *common, "--out", str(tmp_path / "x.mid"), "--no-adapt",
+                 "--adapt-steps", "2"]) == 1
+    assert capsys.readouterr().err == "error: --no-adapt and --adapt-steps 2 contradict each other: give one\n"
+    assert not (tmp_path / "x.mid").exists()
+
+
 def test_the_write_panels_checkbox_reaches_the_session_and_is_remembered(qtbot, tiny_model_dir, tmp_path):
     from studio.document import Piece
     from studio.generatepanel import GeneratePanel
     from studio.generation import session_for
     from studio.settings import Settings
 
+    from tests.test_bench_continuation import tiny_notes_model_dir
+
     panel = GeneratePanel()
     qtbot.addWidget(panel)
     model = load_model(tiny_model_dir)
+    notes_model = load_model(tiny_notes_model_dir(tmp_path))
     piece = Piece(riff(8.0), Performance.empty())
-    assert not panel.adapt.isChecked()  # off by default (measured: denser, longer-held notes)
+    panel.set_model(model)
+    assert not panel.adapt.isChecked()  # an event-codec model's default: off (measured: longer-held notes)
     assert not panel.request(piece, 0.0).adapt
+    panel.set_model(notes_model)
+    assert panel.adapt.isChecked() and panel.request(piece, 0.0).adapt  # a notes model's default: on
+    panel.adapt.click()  # the composer's choice outlasts a model change
+    panel.set_model(notes_model)
+    assert panel.adapt_chosen and not panel.adapt.isChecked()
+    panel.set_model(model)
     panel.adapt.setChecked(True)
     request = panel.request(piece, 0.0)
     assert request.adapt and session_for(request, model).adapt == AdaptSettings()
@@ -218,6 +252,7 @@ def test_the_write_panels_checkbox_reaches_the_session_and_is_remembered(qtbot, 
     panel.adapt.setChecked(False)
     assert session_for(panel.request(piece, 0.0), model).adapt is None
 
-    Settings(adapt=False).save(tmp_path / "studio.json")
-    assert Settings.load(tmp_path / "studio.json").adapt is False
-    assert Settings().adapt is False
+    Settings(adapt=False, adapt_chosen=True).save(tmp_path / "studio.json")
+    loaded = Settings.load(tmp_path / "studio.json")
+    assert loaded.adapt is False and loaded.adapt_chosen is True
+    assert Settings().adapt_chosen is False  # never chosen: each model's default

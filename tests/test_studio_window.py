@@ -335,3 +335,18 @@ def test_settings_remembered_on_close(qtbot, window, tmp_path):
     assert settings.temperature == pytest.approx(0.8)
     assert settings.budget_mb * 1024 * 1024 == pytest.approx(budget)
     assert Path(settings.model) == Path(w.panel.model_path)
+    assert not settings.adapt_chosen  # never touched: each model's own default next time
+
+
+def test_a_chosen_adapt_box_is_remembered_and_restored(qtbot, window, tiny_model_dir):
+    w = window
+    assert not w.panel.adapt.isChecked()  # the tiny event-codec model's default
+    w.panel.adapt.click()
+    assert w.close()
+    settings = Settings.load()
+    assert settings.adapt and settings.adapt_chosen
+    again = MainWindow(settings, extra_models=[tiny_model_dir], list_ports=False)
+    qtbot.addWidget(again)
+    qtbot.waitUntil(lambda: again.model is not None, timeout=20000)
+    assert again.panel.adapt.isChecked() and again.panel.adapt_chosen  # the model's default does not override it
+    again.jobs.shutdown()

@@ -265,30 +265,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
-    """`continue`'s primer adaptation (core/adapt.py): off by default, never written to disk.
-
-    Off because it measured worse music: on the ten MAESTRO primers (bench/continuation.py) it made the truth more
-    likely (183.0 -> 173.1 bits/s) while the continuations held more long notes (12.5 -> 21.2 per 30 s) and piled up
-    more of them (polyphony 6.8 -> 9.1, the truth 3.8)."""
+    """`continue`'s primer adaptation (core/adapt.py): never written to disk; on by default where it measured
+    better (`adapts_by_default`: left-to-right models of the note-level codec, the shipped default among them)."""
     from core.adapt import AdaptSettings
 
     switch = parser.add_mutually_exclusive_group()
-    switch.add_argument("--adapt", dest="adapt", action="store_true", default=False,
+    switch.add_argument("--adapt", dest="adapt", action="store_true", default=None,
                         help="first adapt a copy of the model to a primer of at least "
-                             f"{AdaptSettings.min_seconds:g} s (a second or a few; never saved). Off by default: it "
-                             "makes the real continuation likelier but, measured, the notes it writes denser")
-    switch.add_argument("--no-adapt", dest="adapt", action="store_false", help="continue with the model as it is "
-                                                                               "(the default)")
+                             f"{AdaptSettings.min_seconds:g} s (a second or a few; never saved). The default for "
+                             "a notes-codec model such as the shipped default: measured, its continuations keep "
+                             "the primer's range, rhythm and key better")
+    switch.add_argument("--no-adapt", dest="adapt", action="store_false",
+                        help="continue with the model as it is (the default for other models)")
     parser.add_argument("--adapt-steps", type=adapt_steps, metavar="N",
                         help=f"optimizer steps on the primer (1-100, default {AdaptSettings.steps}): more adapt "
                              "further and take longer")
 
 
-def adapt_settings(args: argparse.Namespace):
-    """The session's `adapt` from --adapt / --adapt-steps (None: not adapting; --adapt-steps implies --adapt)."""
-    from core.adapt import AdaptSettings
+def adapt_settings(args: argparse.Namespace, model):
+    """The session's `adapt` from --adapt / --no-adapt / --adapt-steps and `model` (None: not adapting):
+    --adapt-steps implies --adapt; with neither switch, the model's default (core.adapt.adapts_by_default)."""
+    from core.adapt import AdaptSettings, adapts_by_default
+    from core.errors import ModelError
 
-    if not args.adapt and args.adapt_steps is None:
+    if args.adapt is False and args.adapt_steps is not None:
+        raise ModelError(f"--no-adapt and --adapt-steps {args.adapt_steps} contradict each other: give one")
+    wanted = args.adapt if args.adapt is not None else args.adapt_steps is not None or adapts_by_default(model)
+    if not wanted:
         return None
     return AdaptSettings() if args.adapt_steps is None else AdaptSettings(steps=args.adapt_steps)
 
@@ -405,7 +408,7 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
         seconds=None if args.bars else args.seconds, bars=args.bars, grid=new_piece_grid(args), variations=batch,
         seed=args.seed, max_tokens=args.max_tokens,
         max_note=args.max_note, min_repeat=args.min_repeat, allow_end=args.allow_end, constraints=constraints,
-        adapt=adapt_settings(args))
+        adapt=adapt_settings(args, model))
     print(f"model {args.model} ({model.arch}); {session.plan.describe()}")
     if session.seconds is not None and session.seconds > MAX_SECONDS:
         from core.grid import GridError
@@ -426,7 +429,7 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
     finished = None
     try:
         if session.adapt is not None and len(session.primer) > 1:
-            print("adapting a copy of the model to the primer (--adapt)", flush=True)
+            print("adapting a copy of the model to the primer (--no-adapt skips it)", flush=True)
             took = session.adapt_to_primer()
             print(f"adapted to the primer in {took:.1f} s" if took is not None else
                   f"note: not adapted: the primer is shorter than {session.adapt.min_seconds:g} s", flush=True)

@@ -65,6 +65,12 @@ MIN_SLOTS = 8  # a short region still gets a figure
 MAX_SLOTS_PER_SECOND = 120  # the most slots a second of region gets (MAESTRO's dense passages use ~60 ids/s)
 # Ids a note takes, by codec: the event codec's NoteOn and NoteOff and about one TimeShift or Velocity; the
 # note-level codec's Pitch and Duration, and on MAESTRO about 0.9 TimeShift and 0.8 Velocity more.
+# The unmasking order of a region, whatever the model's default for open-ended writing: the surest ids first. A
+# region's time is bounded (the notes codec's time rule, the event codec's skeleton), so the surest ids cannot run
+# away into silence as they do in an open window; measured with the notes SMDIM on MAESTRO regions, closer to the
+# truth than "random" on polyphony (1.85 vs 2.93 from it), pitch range (8.1 vs 16.1), pitch classes and held
+# notes, further on notes/s (2.2 vs 1.1).
+ORDER = "confidence"
 GUARD_CONTEXT = 60.0  # seconds of kept music each side of the region that set its re-strike guard
 TOKENS_PER_NOTE = {tokenizer.NAME: 3, notecodec.NAME: 4}
 SLICE_TICKS = 25  # the region's time is cut into TimeShifts of at most 250 ms, a group of masks before each
@@ -400,7 +406,7 @@ def fill(model, layout: Layout, state, steps: int | None, sampling: SamplingConf
         keep = (view != model.mask_id)
         rule = constrain if layout.gap is None else time_rule(constrain, layout, ids, lo, hi)
         with torch.no_grad():
-            out = model.denoise(view, keep, state, steps, sampling, generator, rule)
+            out = model.denoise(view, keep, state, steps, sampling, generator, rule, order=ORDER)
         commit = torch.zeros(hi - lo, dtype=torch.bool, device=device)
         commit[begin - lo:stop - lo] = True
         commit &= masked[lo:hi]

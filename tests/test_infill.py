@@ -15,7 +15,7 @@ from core.cli import main
 from core.codecs import CODECS, codec_of
 from core.constraints import Constraints
 from core.generate import SamplingConfig
-from core.infill import InfillError, _select, clip_new, infill, lay_out, reach, restrike_guard, windows
+from core.infill import ORDER, InfillError, _select, clip_new, infill, lay_out, reach, restrike_guard, windows
 from core.midi import Performance, read_performance, write_performance
 from core.modeldir import save_model
 from core.models.smdim import SMDIM, SMDIMConfig
@@ -404,3 +404,19 @@ def test_the_guard_is_the_repeat_speed_of_the_music_around_the_region():
     assert restrike_guard(trill, 10.0, 12.0) == pytest.approx(0.1 * notecodec.REPEAT_SHARE, abs=0.011)
     # further than GUARD_CONTEXT (60 s) before the region: the default guard
     assert restrike_guard(trill, 70.0, 72.0) == notecodec.MIN_REPEAT_SECONDS
+
+
+def test_a_region_is_unmasked_surest_first_whatever_the_models_default(piece, monkeypatch):
+    import core.models.smdim.sampling as sampling
+
+    orders = []
+    unmask = sampling.unmask
+
+    def spy(*args):
+        orders.append(args[-1])
+        return unmask(*args)
+
+    monkeypatch.setattr(sampling, "unmask", spy)
+    model = tiny(codec="notes", order="random")  # its default for open-ended writing
+    infill(model, piece, 3.0, 5.0, seed=1)
+    assert orders and set(orders) == {ORDER} == {"confidence"}

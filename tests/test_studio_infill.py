@@ -558,8 +558,8 @@ def test_the_real_infill_reads_the_context_asked_in_the_steps_asked(qtbot, windo
                         lambda *args, **kwargs: seen.append(kwargs) or infill(*args, **kwargs))
     denoise = type(w.model).denoise
     monkeypatch.setattr(type(w.model), "denoise",
-                        lambda self, ids, keep, state, steps=None, *rest: passes.append(steps)
-                        or denoise(self, ids, keep, state, steps, *rest))
+                        lambda self, ids, keep, state, steps=None, *rest, **named: passes.append(steps)
+                        or denoise(self, ids, keep, state, steps, *rest, **named))
     original = open_piece(w, tmp_path, chords(16))
     w.roll.set_region(8.0, 10.0)
     w.panel.context.setCurrentIndex(3)

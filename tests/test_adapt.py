@@ -226,7 +226,6 @@ def test_the_write_panels_checkbox_reaches_the_session_and_is_remembered(qtbot, 
     from studio.generatepanel import GeneratePanel
     from studio.generation import session_for
     from studio.settings import Settings
-
     from tests.test_bench_continuation import tiny_notes_model_dir
 
     panel = GeneratePanel()

@@ -254,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"| speed: infill 8 s, 32 steps, 1 variation, {args.threads} threads | seconds | aim |\n|---|---|---|")
     print(f"| {args.model} ({model.config.window}-token window) | {fast:.2f} | < 3 |")
-    print(f"| untrained default-size SMDIM ({big.config.window}-token window, codec {codec.NAME}) | "
-          f"{fast_big:.2f} | < 3 |")
+    if args.default_speed:
+        print(f"| untrained default-size SMDIM ({big.config.window}-token window, codec {codec.NAME}) | "
+              f"{fast_big:.2f} | < 3 |")
     print("wall time per column: " + ", ".join(f"{c} {spent[c]:.0f} s" for c in COLUMNS))
     if args.json:
         with open(args.json, "w") as file:

@@ -407,16 +407,9 @@ def test_the_guard_is_the_repeat_speed_of_the_music_around_the_region():
 
 
 def test_a_region_is_unmasked_surest_first_whatever_the_models_default(piece, monkeypatch):
-    import core.models.smdim.sampling as sampling
+    from tests.test_smdim import unmask_orders
 
-    orders = []
-    unmask = sampling.unmask
-
-    def spy(*args):
-        orders.append(args[-1])
-        return unmask(*args)
-
-    monkeypatch.setattr(sampling, "unmask", spy)
+    orders = unmask_orders(monkeypatch)
     model = tiny(codec="notes", order="random")  # its default for open-ended writing
     infill(model, piece, 3.0, 5.0, seed=1)
     assert orders and set(orders) == {ORDER} == {"confidence"}

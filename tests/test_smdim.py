@@ -242,7 +242,8 @@ def test_the_constrain_hook_decides_what_is_drawn():
     assert seen == sorted(seen, reverse=True) and seen[0] == 19 and len(seen) == 4
 
 
-def test_the_configs_order_unmasks_when_the_caller_names_none(monkeypatch):
+def unmask_orders(monkeypatch) -> list[str]:
+    """The order of every unmasking call from now on, in the list returned (sampling.unmask watched)."""
     import core.models.smdim.sampling as sampling
 
     orders = []
@@ -253,9 +254,16 @@ def test_the_configs_order_unmasks_when_the_caller_names_none(monkeypatch):
         return unmask(*args)
 
     monkeypatch.setattr(sampling, "unmask", spy)
+    return orders
+
+
+def test_the_configs_order_unmasks_when_the_caller_names_none(monkeypatch):
+    from core.models.smdim.sampling import ORDERS
+
+    orders = unmask_orders(monkeypatch)
     ids = torch.full((1, 20), 0)
     ids[0, 0] = BOS
-    for order in sampling.ORDERS:
+    for order in ORDERS:
         model = tiny(order=order).eval()
         keep = torch.arange(20)[None] == 0
         state = model.new_state(model.plan())

@@ -30,7 +30,8 @@ into staccato clusters.) Its slots are counted with the time: the region's own i
 
 The result is assembled at the note level so the rules hold exactly: every kept note is the input's own values;
 a new note starts inside the region, ends by the region's end and before the next kept strike of its pitch, never
-strikes a key a kept note holds, and lies in the pitch range left to it. When context + region exceed the plan's
+strikes a key a kept note holds, never strikes a key again faster than the music around the region does
+(`restrike_guard`, the continuation's default guard), and lies in the pitch range left to it. When context + region exceed the plan's
 window, the masks are filled window by window: each window sees a quarter of a window of what comes before (the
 previous windows' fill included) and commits its masks up to a quarter of a window before its end, so the next
 window overlaps it; the last one sees the right context itself. `context` (seconds) bounds the music read each side
@@ -65,6 +66,7 @@ MIN_SLOTS = 8  # a short region still gets a figure
 MAX_SLOTS_PER_SECOND = 120  # the most slots a second of region gets (MAESTRO's dense passages use ~60 ids/s)
 # Ids a note takes, by codec: the event codec's NoteOn and NoteOff and about one TimeShift or Velocity; the
 # note-level codec's Pitch and Duration, and on MAESTRO about 0.9 TimeShift and 0.8 Velocity more.
+TOKENS_PER_NOTE = {tokenizer.NAME: 3, notecodec.NAME: 4}
 # The unmasking order of a region, whatever the model's default for open-ended writing: the surest ids first. A
 # region's time is bounded (the notes codec's time rule, the event codec's skeleton), so the surest ids cannot run
 # away into silence as they do in an open window; measured with the notes SMDIM on MAESTRO regions, closer to the
@@ -72,7 +74,6 @@ MAX_SLOTS_PER_SECOND = 120  # the most slots a second of region gets (MAESTRO's 
 # notes, further on notes/s (2.2 vs 1.1).
 ORDER = "confidence"
 GUARD_CONTEXT = 60.0  # seconds of kept music each side of the region that set its re-strike guard
-TOKENS_PER_NOTE = {tokenizer.NAME: 3, notecodec.NAME: 4}
 SLICE_TICKS = 25  # the region's time is cut into TimeShifts of at most 250 ms, a group of masks before each
 # The slots a group of masks holds come in multiples of this (the rest in the last group): a new note of the
 # note-level codec takes [Velocity] Pitch Duration, which a group of one or two slots between kept TimeShifts

@@ -92,20 +92,27 @@ def test_a_masked_pitch_is_a_note_only_with_its_duration_at_the_time_its_group_w
                            notecodec.PITCH + 74, notecodec.DURATION + 5, notecodec.PITCH + 76]  # a note; a lone one
     new = new_notes(fill, layout, kept, start, end, np.ones(128, dtype=bool), None)
     assert new.pitch.tolist() == [70, 74] and new.velocity.tolist() == [tokenizer.bin_velocity(10)] * 2
-    assert new.onset.tolist() == pytest.approx([1.0, 1.1])  # the group's start, then after its 100 ms
-    lengths = notecodec.BIN_TICKS[[20, 5]] * TICK_SECONDS  # durations are the model's own, never squeezed
+    # two onsets 100 ms apart: their span (the last onset plus the mean gap, 200 ms) is spread over the 1 s gap
+    assert new.onset.tolist() == pytest.approx([1.0, 1.5])
+    lengths = notecodec.BIN_TICKS[[20, 5]] * TICK_SECONDS  # durations are the model's own, never scaled
     assert new.offset.tolist() == pytest.approx((new.onset + lengths).tolist())
 
 
-def test_a_group_that_wrote_more_time_than_its_gap_is_scaled_back_into_it():
+def test_a_groups_onsets_fill_its_gap_as_the_model_spaced_them():
     kept, start, end, layout = one_group(8)
     fill = layout.ids.copy()
     fill[layout.masked] = [notecodec.PITCH + 70, notecodec.DURATION + 20, notecodec.TIME_SHIFT + 59,
                            notecodec.PITCH + 72, notecodec.DURATION + 5, notecodec.TIME_SHIFT + 59,
-                           notecodec.PITCH + 74, notecodec.DURATION + 5]  # 1.2 s of TimeShifts in a 1 s gap
+                           notecodec.PITCH + 74, notecodec.DURATION + 5]  # onsets 0.6 s apart: 1.2 s in a 1 s gap
     new = new_notes(fill, layout, kept, start, end, np.ones(128, dtype=bool), None)
-    assert new.pitch.tolist() == [70, 72]  # the third lands on the region's end: outside it
-    assert new.onset.tolist() == pytest.approx([1.0, 1.0 + 0.6 / 1.2])
+    assert new.pitch.tolist() == [70, 72, 74]
+    assert new.onset.tolist() == pytest.approx([1.0, 1.0 + 1 / 3, 1.0 + 2 / 3])  # span 1.8 s onto the 1 s gap
+    # one onset: its time is kept, scaled back only where the group overran its gap (0.6 of 1.2 s written)
+    fill[layout.masked] = [notecodec.TIME_SHIFT + 59, notecodec.PITCH + 70, notecodec.DURATION + 20,
+                           notecodec.TIME_SHIFT + 59, notecodec.VELOCITY + 3, notecodec.VELOCITY + 4,
+                           notecodec.VELOCITY + 5, notecodec.VELOCITY + 6]
+    new = new_notes(fill, layout, kept, start, end, np.ones(128, dtype=bool), None)
+    assert new.pitch.tolist() == [70] and new.onset.tolist() == pytest.approx([1.5])
 
 
 def test_the_time_rule_offers_a_group_only_the_time_it_has_left():

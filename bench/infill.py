@@ -18,7 +18,9 @@ the region, ended at its end at the latest. Three columns write it anew:
 Statistics (core/musicstats.py, as the continuation benchmark): notes per second, polyphony (50 ms samples over
 the region), pitch range, pitch-class overlap (the shared mass of the duration-weighted pitch-class histograms,
 1 = the same), notes held > 4 s, re-strikes within 120 ms. Each column's row is its mean absolute distance from
-the truth's value per region and seed (pitch-class overlap: 1 - overlap with the truth). Edge continuity: the same
+the truth's value per region and seed (pitch-class overlap: 1 - overlap with the truth); a second table gives the
+mean signed difference, written minus truth, so a fill too sparse and one too dense are told apart (the JSON keeps
+every region's own statistics beside the truth's). Edge continuity: the same
 statistics of the first 2 s inside the region against the 2 s before it (left edge), and of the last 2 s against
 the 2 s after it (right edge), as mean absolute differences; the truth's own row is the music's. Speed: seconds to
 infill an 8 s region (32 steps, one variation) with the model given and with an untrained default-size SMDIM on
@@ -112,9 +114,11 @@ def measure(region: Region, written: Performance) -> dict:
     before = inside(region.piece, s - EDGE, s)
     after = inside(region.piece, e, e + EDGE)
     first, last = inside(new, s, s + EDGE), inside(new, e - EDGE, e)
-    return {"truth": distance(stats(new, s, e, truth), stats(truth, s, e, truth)),
+    written, real = stats(new, s, e, truth), stats(truth, s, e, truth)
+    return {"truth": distance(written, real),
             "left": distance(stats(first, s, s + EDGE, before), stats(before, s - EDGE, s, before)),
-            "right": distance(stats(last, e - EDGE, e, after), stats(after, e, e + EDGE, after))}
+            "right": distance(stats(last, e - EDGE, e, after), stats(after, e, e + EDGE, after)),
+            "written": written, "real": real}
 
 
 # -- the three columns ------------------------------------------------------------------------------------------
@@ -186,6 +190,12 @@ def table(results: dict, columns: list[str]) -> str:
         cells = [f"{mean(c, 'left', key):.3f} | {mean(c, 'right', key):.3f}" for c in columns]
         ok = mean(columns[0], "right", key) <= mean(columns[0], "left", key) + 1e-9
         lines.append(f"| {LABELS[key]} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |")
+    # which way each column misses: a distance alone does not say whether a fill is too dense or too sparse
+    lines += ["", "| written minus truth (mean per region and seed) | " + " | ".join(columns) + " |",
+              "|---|" + "---|" * len(columns)]
+    for key in (k for k in STATS if k != "pc_overlap"):
+        signed = [float(np.mean([row["written"][key] - row["real"][key] for row in results[c]])) for c in columns]
+        lines.append(f"| {LABELS[key]} | " + " | ".join(f"{v:+.3f}" for v in signed) + " |")
     return "\n".join(lines)
 
 

@@ -33,7 +33,9 @@ def test_the_infill_column_on_a_notes_smdim_keeps_the_piece_outside_and_measures
         kept = ~((result.onset >= 4.0) & (result.onset < 8.0))
         assert np.array_equal(np.sort(result.onset[kept]), np.sort(piece.onset[outside]))
         row = bench.measure(region, result)
-        assert set(row) == {"truth", "left", "right"}
+        assert set(row) == {"truth", "left", "right", "written", "real"}
+        assert row["truth"]["notes_per_second"] == pytest.approx(
+            abs(row["written"]["notes_per_second"] - row["real"]["notes_per_second"]))
         assert all(np.isfinite(value) for part in row.values() for value in part.values())
     assert sum(len(bench.inside(r, 4.0, 8.0)) for r in written) > 0  # a random notes model still writes notes
 
@@ -42,3 +44,17 @@ def test_the_speed_probe_infills_eight_seconds_of_a_notes_piece(model):
     piece = read_performance(PIANO_PIECE)
     assert piece.duration > 28.0
     assert bench.speed(model, piece, repeats=1, context=2.0) > 0
+
+
+def test_the_table_says_which_way_each_column_misses():
+    def row(written_rate: float) -> dict:
+        real = dict.fromkeys(bench.STATS, 1.0) | {"notes_per_second": 3.0}
+        written = dict(real) | {"notes_per_second": written_rate}
+        zero = dict.fromkeys(bench.STATS, 0.0)
+        return {"truth": bench.distance(written, real), "left": zero, "right": zero, "written": written,
+                "real": real}
+
+    text = bench.table({"infill": [row(5.0)], "continue": [row(1.0)], "random": [row(3.0)]}, list(bench.COLUMNS))
+    assert "| notes/s | 2.000 | 2.000 | 0.000 | infill closest: no |" in text  # the same distance either way
+    assert "| notes/s | +2.000 | -2.000 | +0.000 |" in text  # too dense, too sparse
+    assert "pitch-class overlap (1 - x) | +" not in text  # an overlap has no direction

@@ -76,8 +76,8 @@ ORDER = "confidence"
 GUARD_CONTEXT = 60.0  # seconds of kept music each side of the region that set its re-strike guard
 SLICE_TICKS = 25  # the region's time is cut into TimeShifts of at most 250 ms, a group of masks before each
 # The slots a group of masks holds come in multiples of this (the rest in the last group): a new note of the
-# note-level codec takes [Velocity] Pitch Duration, which a group of one or two slots between kept TimeShifts
-# could not hold (every slot would be a lone Pitch or a Velocity). The event codec's NoteOn and NoteOff are one
+# note-level codec takes [Velocity] Pitch Duration, which a group of one or two slots between kept onsets could
+# not hold (every slot would be a lone Pitch or a Velocity). The event codec's NoteOn and NoteOff are one
 # id each: any group size writes something.
 GROUP_UNIT = {tokenizer.NAME: 1, notecodec.NAME: 3}
 
@@ -430,7 +430,7 @@ def time_rule(constrain: Constrain, layout: Layout, ids: torch.Tensor, lo: int, 
     elsewhere = elsewhere[(elsewhere < lo) | (elsewhere >= hi)]  # other windows' slots, committed or still MASK
     device = ids.device
     gap = torch.from_numpy(layout.gap).to(device)
-    used_elsewhere = _group_ticks(ids[:, elsewhere], torch.from_numpy(layout.group[elsewhere]).to(device), count)
+    used_elsewhere = _group_ticks(ids[:, elsewhere], layout.group[elsewhere], count)
     slot_group = torch.from_numpy(group[slots]).to(device)
     slot_index = torch.from_numpy(slots).to(device)
     longest = torch.arange(1, notecodec.MAX_SHIFT_TICKS + 1, device=device)
@@ -438,7 +438,7 @@ def time_rule(constrain: Constrain, layout: Layout, ids: torch.Tensor, lo: int, 
 
     def rule(logits: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
         logits = constrain(logits, view)
-        left = gap - used_elsewhere - _group_ticks(view[:, slot_index], slot_group, count)  # (B, G)
+        left = gap - used_elsewhere - _group_ticks(view[:, slot_index], group[slots], count)  # (B, G)
         over = longest > left[:, slot_group, None]  # (B, slots, MAX_SHIFT_TICKS)
         part = logits[:, slot_index, shifts]
         logits = logits.clone()
@@ -448,11 +448,12 @@ def time_rule(constrain: Constrain, layout: Layout, ids: torch.Tensor, lo: int, 
     return rule
 
 
-def _group_ticks(ids: torch.Tensor, group: torch.Tensor, count: int) -> torch.Tensor:
-    """(B, count): the ticks the note-level codec's TimeShifts among `ids` (B, n) add up to in each group."""
-    shift = (ids >= notecodec.TIME_SHIFT) & (ids < notecodec.TIME_SHIFT + notecodec.MAX_SHIFT_TICKS)
-    ticks = torch.where(shift, ids - notecodec.TIME_SHIFT + 1, torch.zeros_like(ids))
-    return torch.zeros(ids.shape[0], count, dtype=ticks.dtype, device=ids.device).index_add_(1, group, ticks)
+def _group_ticks(ids: torch.Tensor, group: np.ndarray, count: int) -> torch.Tensor:
+    """(B, count) on ids' device: the ticks the note-level codec's TimeShifts among `ids` (B, n) add up to in each
+    group (`group` (n,): each id's)."""
+    ticks = torch.from_numpy(notecodec.shift_ticks(ids.cpu().numpy()))
+    used = torch.zeros(ids.shape[0], count, dtype=torch.int64).index_add_(1, torch.from_numpy(group), ticks)
+    return used.to(ids.device)
 
 
 # -- back to notes ----------------------------------------------------------------------------------------------

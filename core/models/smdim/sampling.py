@@ -111,10 +111,11 @@ def note_order(x: torch.Tensor, mask_id: int, vocab_size: int) -> torch.Tensor:
     after_velocity = ((before >= VELOCITY) & (before < notecodec.VOCAB_SIZE))[..., None]
     before_duration = ((after >= DURATION) & (after < TIME_SHIFT))[..., None]
     before_pitch = ((after >= PITCH) & (after < DURATION))[..., None]
-    before_other = ((after != mask_id)[..., None] & ~before_duration)
+    known_after = (after != mask_id)[..., None]
+    before_other = known_after & ~before_duration
     return ((after_pitch & ~is_duration) | (~after_pitch & is_duration)
             | (~after_pitch & before_duration & ~is_pitch) | (before_other & is_pitch)
-            | (after_velocity & ~before_other & ~is_pitch) | ((after != mask_id)[..., None] & ~before_pitch & is_velocity))
+            | (after_velocity & ~before_other & ~is_pitch) | (known_after & ~before_pitch & is_velocity))
 
 
 def pair_notes(x: torch.Tensor, chosen_now: torch.Tensor, masked: torch.Tensor, logits: torch.Tensor,

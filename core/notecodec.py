@@ -305,6 +305,27 @@ def shift_ticks(ids) -> np.ndarray:
     return tokenizer.shift_ticks(ids, TIME_SHIFT)
 
 
+def onset_starts(ids) -> np.ndarray:
+    """int64 positions where an onset's notes begin (its first Velocity or Pitch after BOS or a TimeShift): the
+    places a piece may be cut and read as if it began there (`restart`)."""
+    ids = np.asarray(ids).ravel().astype(np.int64)
+    note = (ids >= PITCH) & (ids < DURATION) | (ids >= VELOCITY) & (ids < VOCAB_SIZE)
+    before = np.concatenate([[BOS], ids[:-1]])
+    return np.flatnonzero(note & ((before == BOS) | (before >= TIME_SHIFT) & (before < VELOCITY)))
+
+
+def restart(ids, start: int, length: int) -> np.ndarray:
+    """int64 BOS and up to `length` ids of `ids` from position `start` (an onset start), the velocity in force
+    there stated first: the passage as a piece that begins with it (no EOS)."""
+    ids = np.asarray(ids).ravel().astype(np.int64)
+    head = [BOS]
+    if not VELOCITY <= ids[start] < VOCAB_SIZE:
+        stated = np.flatnonzero((ids[:start] >= VELOCITY) & (ids[:start] < VOCAB_SIZE))
+        head.append(int(ids[stated[-1]]) if len(stated) else VELOCITY + DEFAULT_VELOCITY_BIN)
+    body = ids[start:start + length]
+    return np.concatenate([head, body[body != EOS]]).astype(np.int64)
+
+
 def silence_ids(seconds: float) -> np.ndarray:
     """TimeShift ids that move the clock forward by `seconds` (rounded to the grid): whole seconds, then the rest."""
     return tokenizer.silence_ids(seconds, TIME_SHIFT)

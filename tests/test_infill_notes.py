@@ -145,8 +145,8 @@ class Pieces:
     def __len__(self) -> int:
         return len(self.pieces)
 
-    def piece(self, j: int, draw: int) -> np.ndarray:
-        return self.pieces[j]
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        return self.pieces[int(rng.integers(len(self.pieces)))]
 
 
 @pytest.fixture(scope="module")

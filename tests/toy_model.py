@@ -148,7 +148,7 @@ class ToyTraining:
         targets = np.full_like(inputs, PAD)
         for row, item in enumerate(self.lanes[micro]):
             rng = np.random.default_rng([self.source.seed, step, micro, item])
-            piece = self.source.piece(int(rng.integers(len(self.source))), int(rng.integers(2**62)))
+            piece = self.source.draw(rng)
             start = int(rng.integers(max(1, len(piece) - window)))
             crop = piece[start:start + window + 1]
             inputs[row, :len(crop) - 1], targets[row, :len(crop) - 1] = crop[:-1], crop[1:]

@@ -59,6 +59,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="perform score-like pieces at random (rubato, onset jitter, legato, pedal, dynamics)")
     parser.add_argument("--weights", metavar="JSON",
                         help="JSON file of draws per piece by collection (sub-folder), e.g. {\"bach\": 3, \"*\": 1}")
+    parser.add_argument("--starts", metavar="JSON",
+                        help="JSON file of extra draws per piece of a short passage read as a piece's beginning, by "
+                             "collection (what a new piece begins like), e.g. {\"chopin\": 20}; default none")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="held-out pieces (default 0.1)")
     parser.add_argument("--val-every", type=_positive(int), default=200, metavar="STEPS",
                         help="validate (and keep the best model) every this many steps (default 200)")
@@ -96,6 +99,7 @@ def config_from_args(args: argparse.Namespace, command: str):
         minutes=args.minutes, budget=args.budget, batch=args.batch, accum=args.accum, lr=args.lr,
         warmup=args.warmup, seed=args.seed, augment=args.augment, expressive=args.expressive,
         weights=None if args.weights is None else str(Path(args.weights).expanduser().resolve()),
+        starts=None if args.starts is None else str(Path(args.starts).expanduser().resolve()),
         val_fraction=args.val_fraction, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
         checkpoint_minutes=args.checkpoint_minutes, patience=args.patience,
         resume=args.resume, device=args.device, precision=args.precision, workers=args.workers, command=command)

@@ -58,6 +58,7 @@ class TrainConfig:
     stretch: float = 0.05  # tempo factor in [1 - stretch, 1 + stretch]
     expressive: bool = False  # perform score-like pieces at random: rubato, jitter, legato, pedal, dynamics
     weights: dict | str | None = None  # draws per piece by collection (sub-folder), or a JSON file (trainer.weights)
+    starts: dict | str | None = None  # extra draws of a piece's start (read from BOS), by collection, the same way
 
     val_fraction: float = 0.1  # held-out pieces
     val_max_pieces: int = 32  # cap on the held-out pieces scored at each validation
@@ -95,8 +96,10 @@ class TrainConfig:
             problems.append(f"minutes must be positive, got {self.minutes!r}")
         if self.checkpoint_minutes is not None and not self.checkpoint_minutes > 0:
             problems.append(f"checkpoint_minutes must be positive, got {self.checkpoint_minutes!r}")
-        if self.weights is not None and not isinstance(self.weights, dict | str):
-            problems.append(f"weights must be a mapping of collection to number or a JSON path, got {self.weights!r}")
+        for name in ("weights", "starts"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, dict | str):
+                problems.append(f"{name} must be a mapping of collection to number or a JSON path, got {value!r}")
         if self.lr is not None and not self.lr > 0:
             problems.append(f"lr must be positive, got {self.lr!r}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -6,13 +6,18 @@ depends only on where the run is, not on how many processes share it or whether 
 - `PieceSource`: the training pieces in a seeded order, one epoch after another, forming one endless sequence
   S = perm_0 ++ perm_1 ++ ...; item n is augmented by its own draw (expressive performance first, when on,
   then transposition and stretch), in the corpus's codec. With per-piece weights (trainer.weights), epoch e holds piece j
-  floor(w_j) times plus once more with probability frac(w_j), drawn from (seed, e), so its length varies.
+  floor(w_j) times plus once more with probability frac(w_j), drawn from (seed, e), so its length varies. With start
+  draws (trainer.weights.start_draws), epoch e also holds piece j's start s_j times (the same rounding): a passage
+  of `start_tokens` ids read from BOS with no EOS, from a random note onset of the piece (notes codec:
+  core.notecodec.restart; the event codec cannot cut a note's NoteOn from its NoteOff, so from the piece's own
+  beginning), so that what a new piece begins like follows the start weights, not the piece counts.
 - `LaneStream` (DSMR): global lane g of G reads S[g], S[g + G], S[g + 2G], ... back to back, from each piece's
   BOS to its EOS, `segment_len` tokens per batch. A piece that ends inside a segment is followed at once by the
   next one's BOS, which the model takes as a lane reset; the EOS of a piece has no target (PAD). A process
   holds only its own lanes; its position (item and offset per lane) is the resumable data position.
-- `CropBatches` (PerceiverS): crop i of step s picks a piece (in proportion to its length times its weight),
-  augments it, and cuts an effective-segmentation crop, all from the generator (seed, s, i).
+- `CropBatches` (PerceiverS): crop i of step s draws a piece (`PieceSource.draw`: in proportion to its length
+  times its weight, or a start in proportion to its length times its start draws), augments it, and cuts an
+  effective-segmentation crop, all from the generator (seed, s, i).
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ from functools import lru_cache
 
 import numpy as np
 
+from core import notecodec
 from core.models.perceivers.crops import collate, effective
 from core.tokenizer import PAD
 from trainer.augment import augment
 from trainer.corpus import Corpus
 from trainer.expressive import Expression, express_ids
 
-_ORDER, _AUGMENT, _CROP, _WEIGHT, _EXPRESS = 0, 1, 2, 3, 4  # what a generator is for (part of its seed)
+_ORDER, _AUGMENT, _CROP, _WEIGHT, _EXPRESS, _STARTS, _START_AT = range(7)  # what a generator is for (in its seed)
+START_TOKENS = 512  # ids of a start draw after its BOS: ~10 s of piano in the notes codec
 
 
 class PieceSource:
@@ -35,7 +42,8 @@ class PieceSource:
 
     def __init__(self, corpus: Corpus, indices: list[int], seed: int, augmenting: bool, semitones: int = 5,
                  max_stretch: float = 0.05, expression: Expression | None = None,
-                 weights: np.ndarray | None = None):
+                 weights: np.ndarray | None = None, starts: np.ndarray | None = None,
+                 start_tokens: int = START_TOKENS):
         if not indices:
             raise ValueError("no training pieces")
         self.corpus, self.indices, self.seed = corpus, list(indices), seed
@@ -45,6 +53,14 @@ class PieceSource:
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)  # (pieces,) or None
         if self.weights is not None and (self.weights.shape != self.lengths.shape or not (self.weights > 0).any()):
             raise ValueError("weights need one non-negative number per training piece, some positive")
+        self.starts = None if starts is None else np.asarray(starts, dtype=np.float64)  # (pieces,) or None
+        if self.starts is not None and (self.starts.shape != self.lengths.shape or (self.starts < 0).any()):
+            raise ValueError("starts need one non-negative number per training piece")
+        self.start_tokens = start_tokens
+        drawn = self.lengths * (1.0 if self.weights is None else self.weights)
+        if self.starts is not None:
+            drawn = np.concatenate([drawn, np.minimum(self.lengths, start_tokens) * self.starts])
+        self._draw_p = drawn / drawn.sum()  # `draw`: pieces, then starts, by the tokens each gives
         self._order = lru_cache(maxsize=4)(self._permutation)
         self._epoch_ends: list[int] = []  # weighted: where each epoch computed so far ends in the sequence
 
@@ -62,16 +78,18 @@ class PieceSource:
         return CropBatches(self, items, context, latents, sounding)
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        if self.weights is None:
+        """Epoch `epoch`'s draws in order: piece j as j, its start as j + pieces."""
+        if self.weights is None and self.starts is None:
             return np.random.default_rng([self.seed, _ORDER, epoch]).permutation(len(self.indices))
-        whole = np.floor(self.weights)
-        extra = np.random.default_rng([self.seed, _WEIGHT, epoch]).random(len(self.weights)) < self.weights - whole
-        draws = np.repeat(np.arange(len(self.indices)), (whole + extra).astype(np.int64))
+        pieces = np.arange(len(self.indices))
+        draws = pieces if self.weights is None else _repeat(pieces, self.weights, [self.seed, _WEIGHT, epoch])
+        if self.starts is not None:
+            draws = np.concatenate([draws, _repeat(pieces + len(pieces), self.starts, [self.seed, _STARTS, epoch])])
         return np.random.default_rng([self.seed, _ORDER, epoch]).permutation(draws)
 
     def _locate(self, n: int) -> tuple[int, int]:
         """(epoch, position in it) of item n of the endless sequence."""
-        if self.weights is None:
+        if self.weights is None and self.starts is None:
             return divmod(n, len(self.indices))
         while not self._epoch_ends or self._epoch_ends[-1] <= n:
             start = self._epoch_ends[-1] if self._epoch_ends else 0
@@ -80,9 +98,30 @@ class PieceSource:
         return epoch, n - (self._epoch_ends[epoch - 1] if epoch else 0)
 
     def item(self, n: int) -> np.ndarray:
-        """The n-th piece of the endless sequence, augmented (int64 ids, BOS ... EOS)."""
+        """The n-th draw of the endless sequence, augmented (int64 ids, BOS ... EOS, or a start: BOS ...)."""
         epoch, j = self._locate(n)
-        return self.piece(int(self._order(epoch)[j]), n)
+        drawn = int(self._order(epoch)[j])
+        return self.piece(drawn, n) if drawn < len(self.indices) else self.start(drawn - len(self.indices), n)
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """A piece or a start drawn at random in proportion to the tokens it gives (length times weight, or the
+        start's length times its start draws), augmented by a draw number from `rng` (a model that cuts its own
+        windows or crops)."""
+        drawn = int(rng.choice(len(self._draw_p), p=self._draw_p))
+        draw = int(rng.integers(2**62))
+        return self.piece(drawn, draw) if drawn < len(self.indices) else self.start(drawn - len(self.indices), draw)
+
+    def start(self, j: int, draw: int) -> np.ndarray:
+        """Piece j's start of draw number `draw`: BOS and its first `start_tokens` ids from a random note onset
+        (notes codec) or from its beginning, performed and augmented as the piece is, no EOS."""
+        ids = self.piece(j, draw)
+        if self.corpus.codec != notecodec.NAME:
+            return ids[:self.start_tokens + 1]
+        onsets = notecodec.onset_starts(ids)
+        if not len(onsets):
+            return ids[:self.start_tokens + 1]
+        at = int(onsets[np.random.default_rng([self.seed, _START_AT, draw]).integers(len(onsets))])
+        return notecodec.restart(ids, at, self.start_tokens)
 
     def piece(self, j: int, draw: int) -> np.ndarray:
         """Training piece j, performed and augmented by draw number `draw` (when those are on)."""
@@ -162,15 +201,18 @@ class CropBatches:
     def __init__(self, source: PieceSource, items: list[int], context: int, latents: int, sounding: bool = False):
         self.source, self.items, self.context, self.latents = source, list(items), context, latents
         self.sounding = sounding  # the crops carry the pitches sounding before them (a model with that input)
-        lengths = source.lengths if source.weights is None else source.lengths * source.weights
-        self.weights = lengths / lengths.sum()
 
     def batch(self, step: int, micro: int) -> tuple[np.ndarray, np.ndarray]:
         """inputs (b, N) and targets (b, M) int64."""
         crops = []
         for item in self.items:
             rng = np.random.default_rng([self.source.seed, _CROP, step, micro, item])
-            j = int(rng.choice(len(self.weights), p=self.weights))
-            piece = self.source.piece(j, int(rng.integers(2**62)))
-            crops.append(effective(piece, rng, self.context, self.latents, self.sounding))
+            crops.append(effective(self.source.draw(rng), rng, self.context, self.latents, self.sounding))
         return collate(crops)
+
+
+def _repeat(values: np.ndarray, times: np.ndarray, seed: list[int]) -> np.ndarray:
+    """Each value floor(t) times and once more with probability frac(t), the chance drawn from `seed`."""
+    whole = np.floor(times)
+    extra = np.random.default_rng(seed).random(len(times)) < times - whole
+    return np.repeat(values, (whole + extra).astype(np.int64))

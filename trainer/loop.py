@@ -42,7 +42,15 @@ from trainer.corpus import Corpus
 from trainer.data import PieceSource
 from trainer.distributed import World, join
 from trainer.expressive import Expression
-from trainer.weights import describe, length_shares, load_weights, piece_weights, token_shares
+from trainer.weights import (
+    describe,
+    length_shares,
+    load_weights,
+    piece_weights,
+    start_draws,
+    start_shares,
+    token_shares,
+)
 
 MIN_PIECES_TO_SPLIT = 4  # fewer pieces: train on all of them and report the training loss only
 
@@ -429,11 +437,13 @@ class _Run:
         model.to(device)
         self.budget = parse_budget(c.budget or model.config.default_budget)
         weights = None if c.weights is None else piece_weights(corpus, train, load_weights(c.weights))
-        if weights is not None:
-            self.emit(Progress("message", "prepare", message=describe(token_shares(corpus, train, weights),
-                                                                       length_shares(corpus, train, weights))))
+        starts = None if c.starts is None else start_draws(corpus, train, load_weights(c.starts))
+        if weights is not None or starts is not None:
+            self.emit(Progress("message", "prepare", message=describe(
+                token_shares(corpus, train, weights), length_shares(corpus, train, weights),
+                None if starts is None else start_shares(corpus, train, weights, starts))))
         source = PieceSource(corpus, train, c.seed, c.augmenting, c.transpose, c.stretch,
-                             Expression() if c.expressive else None, weights)
+                             Expression() if c.expressive else None, weights, starts)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},

@@ -8,6 +8,11 @@ collections not named (default 1). Pieces are still read whole, so a collection'
 is its multiplier times its tokens, over the same sum for every collection: `token_shares` says what it is.
 
 Weights come as a dict or as the path of a JSON file holding one (a TrainConfig field, `recital train --weights`).
+
+Starts (`TrainConfig.starts`, the same format, default 0) add draws of a short passage read from BOS (trainer.data):
+a model that writes a piece from nothing begins it as the pieces it saw begin, and whole-piece draws give every
+piece one beginning however long it is, so that without them a corpus of many short folk tunes and a few long
+piano works teaches folk-tune beginnings. `start_shares` says which collections the beginnings come from.
 """
 
 from __future__ import annotations
@@ -71,6 +76,24 @@ def piece_weights(corpus: Corpus, indices: list[int], weights: dict[str, float])
     return multipliers
 
 
+def start_draws(corpus: Corpus, indices: list[int], starts: dict[str, float]) -> np.ndarray:
+    """float64 (len(indices),): each piece's extra start draws per epoch (collections not named: "*", else 0)."""
+    default = starts.get(DEFAULT_KEY, 0.0)
+    return np.array([starts.get(name, default) for name in collections(corpus, indices)], dtype=np.float64)
+
+
+def start_shares(corpus: Corpus, indices: list[int], multipliers: np.ndarray | None,
+                 starts: np.ndarray | None) -> dict[str, float]:
+    """Per collection, its expected share of the draws read from BOS (whole pieces and starts), largest first."""
+    names = collections(corpus, indices)
+    begun = np.ones(len(indices)) if multipliers is None else np.asarray(multipliers, dtype=np.float64)
+    if starts is not None:
+        begun = begun + starts
+    total = float(begun.sum()) or 1.0
+    shares = {name: float(begun[[n == name for n in names]].sum() / total) for name in set(names)}
+    return dict(sorted(shares.items(), key=lambda item: -item[1]))
+
+
 def token_shares(corpus: Corpus, indices: list[int], multipliers: np.ndarray | None = None) -> dict[str, dict]:
     """Per collection: pieces, tokens, multiplier and the expected share of training tokens, largest share first."""
     names = collections(corpus, indices)
@@ -97,9 +120,14 @@ def length_shares(corpus: Corpus, indices: list[int], multipliers: np.ndarray | 
     return {label: float(drawn[bucket == b].sum() / total) for b, label in enumerate(labels)}
 
 
-def describe(shares: dict[str, dict], lengths: dict[str, float] | None = None) -> str:
-    """One line for the training log: 'bach 31.2% (x2), palestrina 20.1% (x1), ...; tokens by piece length ...'."""
+def describe(shares: dict[str, dict], lengths: dict[str, float] | None = None,
+             begun: dict[str, float] | None = None) -> str:
+    """One line for the training log: 'bach 31.2% (x2), palestrina 20.1% (x1), ...; tokens by piece length ...;
+    beginnings ...'."""
     text = ", ".join(f"{name or '(top)'} {row['share']:.1%} (x{row['weight']:g})" for name, row in shares.items())
     if lengths:
         text += "; by piece length: " + ", ".join(f"{label} tokens {share:.0%}" for label, share in lengths.items())
+    if begun:
+        text += "; beginnings read from BOS: " + ", ".join(f"{name or '(top)'} {share:.1%}"
+                                                          for name, share in begun.items() if share >= 0.001)
     return "token share by collection: " + text

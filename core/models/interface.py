@@ -197,9 +197,9 @@ class PieceData(Protocol):
         """Training pieces."""
         ...
 
-    def piece(self, j: int, draw: int) -> np.ndarray:
-        """Training piece j (int64 ids, BOS ... EOS), augmented as draw number `draw` says (a model that cuts its
-        own windows, like SMDIM)."""
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """A training piece (int64 ids, BOS ... EOS) or a piece's start (BOS ..., no EOS), drawn from `rng` in
+        proportion to the training tokens it gives and augmented (a model that cuts its own windows, like SMDIM)."""
         ...
 
 

@@ -101,7 +101,15 @@ def parse_overrides(items: list[str], model: dict | None = None) -> dict:
 
 def data_plan(corpus, recipe: Recipe) -> dict:
     """The run's split (as the training loop makes it), balanced weights and expected token shares."""
-    from trainer.weights import collections, length_shares, piece_weights, token_shares
+    from trainer.weights import (
+        collections,
+        length_shares,
+        load_weights,
+        piece_weights,
+        start_draws,
+        start_shares,
+        token_shares,
+    )
 
     train, val = corpus.split(recipe.train.get("val_fraction", 0.1), recipe.train.get("seed", 0))
     tokens: dict[str, int] = {}
@@ -110,7 +118,9 @@ def data_plan(corpus, recipe: Recipe) -> dict:
     weights = balance(recipe.weights, tokens, recipe.monophonic, recipe.min_polyphonic_share)
     multipliers = piece_weights(corpus, train, weights)
     shares = token_shares(corpus, train, multipliers)
-    return {"train": train, "val": val, "weights": weights, "shares": shares,
+    starts = recipe.train.get("starts")
+    begun = start_shares(corpus, train, multipliers, None if starts is None else start_draws(corpus, train, load_weights(starts)))
+    return {"train": train, "val": val, "weights": weights, "shares": shares, "begun": begun,
             "lengths": length_shares(corpus, train, multipliers),
             "polyphonic": sum(row["share"] for name, row in shares.items() if name not in recipe.monophonic)}
 
@@ -122,6 +132,8 @@ def show_plan(corpus, plan: dict, log) -> None:
     for name, row in plan["shares"].items():
         log(f"{name or '(top)':<22}{row['pieces']:>8,}{row['tokens']:>12,}{row['weight']:>8.3g}{row['share']:>8.1%}")
     log("by piece length: " + ", ".join(f"{label} tokens {share:.0%}" for label, share in plan["lengths"].items()))
+    log("beginnings read from BOS: " + ", ".join(f"{name or '(top)'} {share:.1%}" for name, share
+                                                 in plan["begun"].items() if share >= 0.001))
 
 
 def default_run_dir(name: str) -> Path:

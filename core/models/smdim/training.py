@@ -103,7 +103,7 @@ class SMDIMTraining:
         windows = np.full((len(self.lanes[micro]), window), PAD, dtype=np.int64)
         for row, item in enumerate(self.lanes[micro]):
             rng = np.random.default_rng([source.seed, _WINDOW, step, micro, item])
-            piece = source.piece(int(rng.integers(len(source))), int(rng.integers(2**62)))
+            piece = source.draw(rng)
             begin = int(rng.integers(max(1, len(piece) - window + 1)))
             crop = piece[begin:begin + window]
             windows[row, :len(crop)] = crop

@@ -13,8 +13,9 @@ depends only on where the run is, not on how many processes share it or whether 
   beginning), so that what a new piece begins like follows the start weights, not the piece counts.
 - `LaneStream` (DSMR): global lane g of G reads S[g], S[g + G], S[g + 2G], ... back to back, from each piece's
   BOS to its EOS, `segment_len` tokens per batch. A piece that ends inside a segment is followed at once by the
-  next one's BOS, which the model takes as a lane reset; the EOS of a piece has no target (PAD). A process
-  holds only its own lanes; its position (item and offset per lane) is the resumable data position.
+  next one's BOS, which the model takes as a lane reset; the EOS of a piece, and a start's last id, have no target
+  (PAD): the model never learns that a BOS follows them. A process holds only its own lanes; its position (item
+  and offset per lane) is the resumable data position.
 - `CropBatches` (PerceiverS): crop i of step s draws a piece (`PieceSource.draw`: in proportion to its length
   times its weight, or a start in proportion to its length times its start draws), augments it, and cuts an
   effective-segmentation crop, all from the generator (seed, s, i).

@@ -216,12 +216,14 @@ class TransportBar(QWidget):
                 self.position.emit(music)
             return
         elapsed = time.perf_counter() - self._started
-        if elapsed >= self._length + 0.05:
+        # The end is when the player has played out, not when this timer reckons it should have: its thread runs
+        # on its own clock, from when it got to run, and a stop() here while it is late would cut the last notes.
+        if elapsed >= self._length + 0.05 and self.player.wait(0):
             self.stop()
             if self.loop.isChecked():
                 self.start()
                 return
-            elapsed = self._length
+        elapsed = min(elapsed, self._length)
         self.show_time(self.start_at + elapsed)
         self.position.emit(self.start_at + elapsed)
 

@@ -70,6 +70,30 @@ def test_play_from_the_playhead_moves_it_and_stops(qtbot, window, sink, scale, t
     assert sink.silenced >= 100
 
 
+def test_a_late_player_is_never_cut_short(qtbot, window, sink, scale, monkeypatch):
+    """The player thread runs on its own clock, from whenever the OS lets it run: one held up past the piece's
+    end (a busy machine, a model loading beside it) still plays every note, the transport waits for it."""
+    import time
+
+    from studio.document import Piece
+
+    part = scale.slice_time(0, 0.5)
+    window.document.apply(Piece(part, scale.slice_time(0, 0)), "edit")
+    window.place_playhead(0.0)
+    note_on = sink.note_on
+    held_until = time.perf_counter() + part.duration + 0.3  # past the end, and past the timer's idea of it
+
+    def held_up(pitch, velocity):  # the first note's send is where the thread is held
+        while not sink.on and time.perf_counter() < held_until:
+            time.sleep(0.005)
+        note_on(pitch, velocity)
+
+    monkeypatch.setattr(sink, "note_on", held_up)
+    window.transport.toggle()
+    qtbot.waitUntil(lambda: not window.transport.playing, timeout=5000)
+    assert sink.on == part.pitch.tolist() and sorted(sink.off) == sorted(sink.on)
+
+
 def test_loop_starts_again(qtbot, window, sink, scale):
     from studio.document import Piece
 

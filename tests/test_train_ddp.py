@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.distributed import TCPStore
 
 from core.errors import RecitalError
 from core.modeldir import load_model
@@ -36,9 +36,14 @@ def _losses(config: TrainConfig) -> dict:
     return {"losses": losses, "perplexity": result.best_perplexity, "tokens": result.tokens}
 
 
-def _worker(rank: int, world: int, port: int, folder: str, out: str, arch: str, report: str) -> None:
+def _join_as_torchrun_would(rank: int, world: int, port: int) -> None:
+    """The variables torchrun gives a worker, the rendezvous on the store its agent (here the test) holds."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+                      WORLD_SIZE=str(world), TORCHELASTIC_USE_AGENT_STORE="True")
+
+
+def _worker(rank: int, world: int, port: int, folder: str, out: str, arch: str, report: str) -> None:
+    _join_as_torchrun_would(rank, world, port)
     torch.set_num_threads(1)
     outcome = _losses(_config(Path(folder), Path(out), arch))
     if rank == 0:
@@ -46,10 +51,11 @@ def _worker(rank: int, world: int, port: int, folder: str, out: str, arch: str, 
     leave(0)  # as `python -m trainer` ends each process of a torchrun run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _agent_store(world: int) -> TCPStore:
+    """The rendezvous store on a port the OS picks, held from its bind until the workers are done, as torchrun's
+    agent holds it: a port found free, closed and handed to the workers could be taken by another program before
+    rank 0 bound it again (the run then fails with "address already in use")."""
+    return TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)
 
 
 @pytest.mark.parametrize("arch", ["dsmr"])  # PerceiverS shares the loop; its crops' split is in test_train_data
@@ -65,7 +71,8 @@ def test_two_processes_match_one(tmp_path, monkeypatch, arch):
     finally:
         torch.set_num_threads(threads)
     report = tmp_path / "two.json"
-    mp.spawn(_worker, args=(2, _free_port(), str(folder), str(tmp_path / "two"), arch, str(report)), nprocs=2,
+    store = _agent_store(2)
+    mp.spawn(_worker, args=(2, store.port, str(folder), str(tmp_path / "two"), arch, str(report)), nprocs=2,
              join=True)
     double = json.loads(report.read_text())
     assert len(single["losses"]) == len(double["losses"]) == 4
@@ -94,8 +101,7 @@ def test_torchrun_runs_the_trainer_module(tmp_path):
 
 
 def _refused_worker(rank: int, world: int, port: int, folder: str, out: str, report: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+    _join_as_torchrun_would(rank, world, port)
     torch.set_num_threads(1)
     try:
         _losses(_config(Path(folder), Path(out), "dsmr"))
@@ -118,7 +124,8 @@ def test_every_process_stops_when_the_run_folder_is_taken(tmp_path, monkeypatch)
     held = RunLock(out)
     try:
         report = tmp_path / "outcome"
-        mp.spawn(_refused_worker, args=(2, _free_port(), str(folder), str(out), str(report)), nprocs=2, join=True)
+        store = _agent_store(2)
+        mp.spawn(_refused_worker, args=(2, store.port, str(folder), str(out), str(report)), nprocs=2, join=True)
     finally:
         held.release()
     refusal = f"another training is using {out} (pid {os.getpid()}): wait for it to end, or stop it"

@@ -152,4 +152,4 @@ def test_the_cli_takes_a_starts_file(folder, tmp_path, capsys):
     code = cli(["train", str(folder), "--base", "none", "--arch", "dsmr", "--size", "tiny", "--steps", "2",
                 "--batch", "2", "--out", str(tmp_path / "cli2"), "--workers", "1", "--starts",
                 str(tmp_path / "missing.json")])
-    assert code != 0 and "no such weights file" in capsys.readouterr().err
+    assert code != 0 and "no such starts file" in capsys.readouterr().err

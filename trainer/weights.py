@@ -30,21 +30,21 @@ DEFAULT_KEY = "*"
 LENGTH_BUCKETS = (512, 2048, 8192)  # token-count edges of the length classes `length_shares` reports
 
 
-def load_weights(spec: dict | str | Path) -> dict[str, float]:
-    """The weights of a dict or a JSON file, checked: names to non-negative finite numbers."""
+def load_weights(spec: dict | str | Path, what: str = "weights") -> dict[str, float]:
+    """The weights (or starts: `what`) of a dict or a JSON file, checked: names to non-negative finite numbers."""
     if isinstance(spec, str | Path):
         path = Path(spec).expanduser()
         try:
             spec = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ModelError(f"{path}: no such weights file") from None
+            raise ModelError(f"{path}: no such {what} file") from None
         except (OSError, UnicodeDecodeError, ValueError) as error:
-            raise ModelError(f"{path}: cannot read the weights ({error})") from None
+            raise ModelError(f"{path}: cannot read the {what} ({error})") from None
         where = str(path)
     else:
-        where = "weights"
+        where = what
     if not isinstance(spec, dict) or not spec:
-        raise ModelError(f"{where}: weights must be a non-empty mapping of collection name to number")
+        raise ModelError(f"{where}: {what} must be a non-empty mapping of collection name to number")
     weights = {}
     for name, value in spec.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:

@@ -119,7 +119,7 @@ def data_plan(corpus, recipe: Recipe) -> dict:
     multipliers = piece_weights(corpus, train, weights)
     shares = token_shares(corpus, train, multipliers)
     starts = recipe.train.get("starts")
-    begun = start_shares(corpus, train, multipliers, None if starts is None else start_draws(corpus, train, load_weights(starts)))
+    begun = start_shares(corpus, train, multipliers, None if starts is None else start_draws(corpus, train, load_weights(starts, "starts")))
     return {"train": train, "val": val, "weights": weights, "shares": shares, "begun": begun,
             "lengths": length_shares(corpus, train, multipliers),
             "polyphonic": sum(row["share"] for name, row in shares.items() if name not in recipe.monophonic)}

@@ -316,12 +316,12 @@ def onset_starts(ids) -> np.ndarray:
 
 def restart(ids, start: int, length: int) -> np.ndarray:
     """int64 BOS and up to `length` ids of `ids` from position `start` (an onset start), the velocity in force
-    there stated first: the passage as a piece that begins with it (no EOS)."""
+    there (where a reader of the ids before it stands) stated first: the passage as a piece that begins with it
+    (no EOS)."""
     ids = np.asarray(ids).ravel().astype(np.int64)
     head = [BOS]
     if not VELOCITY <= ids[start] < VOCAB_SIZE:
-        stated = np.flatnonzero((ids[:start] >= VELOCITY) & (ids[:start] < VOCAB_SIZE))
-        head.append(int(ids[stated[-1]]) if len(stated) else VELOCITY + DEFAULT_VELOCITY_BIN)
+        head.append(VELOCITY + _read_all(ids[:start])[1].velocity_bin)
     body = ids[start:start + length]
     return np.concatenate([head, body[body != EOS]]).astype(np.int64)
 

@@ -437,7 +437,7 @@ class _Run:
         model.to(device)
         self.budget = parse_budget(c.budget or model.config.default_budget)
         weights = None if c.weights is None else piece_weights(corpus, train, load_weights(c.weights))
-        starts = None if c.starts is None else start_draws(corpus, train, load_weights(c.starts, "starts"))
+        starts = start_draws(corpus, train, c.starts)
         if weights is not None or starts is not None:
             self.emit(Progress("message", "prepare", message=describe(
                 token_shares(corpus, train, weights), length_shares(corpus, train, weights),

@@ -76,8 +76,12 @@ def piece_weights(corpus: Corpus, indices: list[int], weights: dict[str, float])
     return multipliers
 
 
-def start_draws(corpus: Corpus, indices: list[int], starts: dict[str, float]) -> np.ndarray:
-    """float64 (len(indices),): each piece's extra start draws per epoch (collections not named: "*", else 0)."""
+def start_draws(corpus: Corpus, indices: list[int], spec: dict | str | Path | None) -> np.ndarray | None:
+    """float64 (len(indices),): each piece's extra start draws per epoch (collections not named: "*", else 0), from
+    a dict or a JSON file as `load_weights` reads it; None for no starts."""
+    if spec is None:
+        return None
+    starts = load_weights(spec, "starts")
     default = starts.get(DEFAULT_KEY, 0.0)
     return np.array([starts.get(name, default) for name in collections(corpus, indices)], dtype=np.float64)
 

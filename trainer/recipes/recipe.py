@@ -104,7 +104,6 @@ def data_plan(corpus, recipe: Recipe) -> dict:
     from trainer.weights import (
         collections,
         length_shares,
-        load_weights,
         piece_weights,
         start_draws,
         start_shares,
@@ -118,8 +117,7 @@ def data_plan(corpus, recipe: Recipe) -> dict:
     weights = balance(recipe.weights, tokens, recipe.monophonic, recipe.min_polyphonic_share)
     multipliers = piece_weights(corpus, train, weights)
     shares = token_shares(corpus, train, multipliers)
-    starts = recipe.train.get("starts")
-    begun = start_shares(corpus, train, multipliers, None if starts is None else start_draws(corpus, train, load_weights(starts, "starts")))
+    begun = start_shares(corpus, train, multipliers, start_draws(corpus, train, recipe.train.get("starts")))
     return {"train": train, "val": val, "weights": weights, "shares": shares, "begun": begun,
             "lengths": length_shares(corpus, train, multipliers),
             "polyphonic": sum(row["share"] for name, row in shares.items() if name not in recipe.monophonic)}

@@ -3,12 +3,14 @@ there, beside two baselines in the same run.
 
     python -m bench.infill --model PATH                  # 10 MAESTRO pieces x 5 regions x 3 seeds
     python -m bench.infill --model PATH --pieces 3 --regions 2 --seeds 2 --json out.json
+    python -m bench.infill --model default-smdim,PATH --steps 64   # two denoisers side by side, 64 passes
 
 Regions: in each performance of ../shared/midi/maestro, five regions of 4, 5, 6, 7 and 8 s starting at 20, 40,
 60, 80 and 100 s (a piece too short for one is skipped there). The truth is the notes the pianist started inside
 the region, ended at its end at the latest. Three columns write it anew:
-- infill: `core.infill.infill` with the model given (a denoiser), its default 32 steps, top-p 0.95, one lane per
-  seed in one batch, with the int8 pass weights as `recital infill` (--exact: fp32) and --context seconds each side
+- infill: `core.infill.infill` with each model given (a denoiser; several, comma-separated, get a column each, in
+  one run on the same regions), its default 32 steps (--steps: another count), top-p 0.95, one lane per seed in
+  one batch, with the int8 pass weights as `recital infill` (--exact: fp32) and --context seconds each side
   (default: as much as the window holds);
 - continue: the shipped DSMR `default` continuing the notes before the region (a composer's file cut there) for the
   region's seconds, cut at its end (what a left-to-right model can do);
@@ -55,7 +57,8 @@ TOP_P = 0.95
 STATS = ("notes_per_second", "polyphony", "pitch_range", "pc_overlap", "held_long", "restrikes")
 LABELS = {"notes_per_second": "notes/s", "polyphony": "polyphony", "pitch_range": "pitch range (semitones)",
           "pc_overlap": "pitch-class overlap (1 - x)", "held_long": "notes held > 4 s", "restrikes": "re-strikes"}
-COLUMNS = ("infill", "continue", "random")
+BASELINES = ("continue", "random")
+COLUMNS = ("infill", *BASELINES)  # with one denoiser; with several, each is a column named by its model
 
 
 @dataclass(frozen=True)
@@ -123,11 +126,12 @@ def measure(region: Region, written: Performance) -> dict:
 
 # -- the three columns ------------------------------------------------------------------------------------------
 
-def by_infill(model, region: Region, seeds: int, context: float | None = None) -> list[Performance]:
+def by_infill(model, region: Region, seeds: int, context: float | None = None,
+              steps: int | None = None) -> list[Performance]:
     from core.generate import SamplingConfig
     from core.infill import infill
 
-    return infill(model, region.piece, region.start, region.end, variations=seeds, seed=0,
+    return infill(model, region.piece, region.start, region.end, variations=seeds, seed=0, steps=steps,
                   sampling=SamplingConfig(top_p=TOP_P), context=context)
 
 
@@ -173,23 +177,32 @@ def speed(model, piece: Performance, repeats: int = 3, context: float | None = N
 # -- the run ----------------------------------------------------------------------------------------------------
 
 def table(results: dict, columns: list[str]) -> str:
+    """The three tables; `columns` are the denoisers' columns, then the baselines (BASELINES), and each aim is
+    judged for every denoiser (named when there are several)."""
+    denoisers = [c for c in columns if c not in BASELINES]
+
     def mean(column: str, part: str, key: str) -> float:
         return float(np.mean([row[part][key] for row in results[column]]))
+
+    def verdict(met: dict[str, bool]) -> str:
+        if len(met) == 1:
+            return "yes" if next(iter(met.values())) else "no"
+        return ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in met.items())
 
     lines = ["| distance from the truth (mean per region and seed) | " + " | ".join(columns) + " | aim |",
              "|---|" + "---|" * (len(columns) + 1)]
     for key in STATS:
-        values = [mean(c, "truth", key) for c in columns]
-        met = all(values[0] < v for v in values[1:])
-        lines.append(f"| {LABELS[key]} | " + " | ".join(f"{v:.3f}" for v in values)
-                     + f" | infill closest: {'yes' if met else 'no'} |")
+        values = {c: mean(c, "truth", key) for c in columns}
+        met = {d: all(values[d] < values[b] for b in BASELINES if b in values) for d in denoisers}
+        lines.append(f"| {LABELS[key]} | " + " | ".join(f"{v:.3f}" for v in values.values())
+                     + f" | infill closest: {verdict(met)} |")
     lines += ["", "| edge gap (first/last 2 s inside vs 2 s outside) | " + " | ".join(
         f"{c} left | {c} right" for c in columns) + " | aim: infill right <= left |",
         "|---|" + "---|---|" * len(columns) + "---|"]
     for key in STATS:
         cells = [f"{mean(c, 'left', key):.3f} | {mean(c, 'right', key):.3f}" for c in columns]
-        ok = mean(columns[0], "right", key) <= mean(columns[0], "left", key) + 1e-9
-        lines.append(f"| {LABELS[key]} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |")
+        met = {d: mean(d, "right", key) <= mean(d, "left", key) + 1e-9 for d in denoisers}
+        lines.append(f"| {LABELS[key]} | " + " | ".join(cells) + f" | {verdict(met)} |")
     # which way each column misses: a distance alone does not say whether a fill is too dense or too sparse
     lines += ["", "| written minus truth (mean per region and seed) | " + " | ".join(columns) + " |",
               "|---|" + "---|" * len(columns)]
@@ -201,12 +214,14 @@ def table(results: dict, columns: list[str]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.infill", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="default-smdim", help="the denoiser that infills (name or directory)")
+    parser.add_argument("--model", default="default-smdim",
+                        help="the denoiser that infills (name or directory); several, comma-separated, side by side")
     parser.add_argument("--baseline", default="default", help="the left-to-right model that continues")
     parser.add_argument("--pieces", type=int, default=10)
     parser.add_argument("--regions", type=int, default=5, help="regions per piece (at most 5)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, metavar="N", help="unmasking passes per window (default: the model's)")
     parser.add_argument("--context", type=float, metavar="SECONDS",
                         help="music the infill reads each side of a region (default: as much as the window holds)")
     parser.add_argument("--exact", action="store_true", help="infill with fp32 pass weights (default: int8)")
@@ -225,18 +240,31 @@ def main(argv: list[str] | None = None) -> int:
     from core.models.smdim import SMDIM, SMDIMConfig
 
     args = parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        print(f"error: --steps must be at least 1, got {args.steps}", file=sys.stderr)
+        return 2
+    names = list(dict.fromkeys(name.strip() for name in args.model.split(",") if name.strip()))
+    if not names:
+        print(f"error: --model names no model: {args.model!r}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     chosen = regions(require_midi(MAESTRO), args.pieces, args.regions)
-    model = load_model(args.model).eval()
-    use_fast_step(model, exact=args.exact)
+    models = {name: load_model(name).eval() for name in names}
+    for model in models.values():
+        use_fast_step(model, exact=args.exact)
+    # one denoiser keeps the column name "infill"; several are named by their models
+    labels = {name: "infill" if len(names) == 1 else name for name in names}
     baseline = load_model(args.baseline)
     use_fast_step(baseline)
-    results: dict[str, list[dict]] = {c: [] for c in ("truth", *COLUMNS)}
-    spent = {c: 0.0 for c in COLUMNS}
+    columns = [*labels.values(), *BASELINES]
+    writers = {labels[name]: (lambda r, m=model: by_infill(m, r, args.seeds, args.context, args.steps))
+               for name, model in models.items()}
+    writers["continue"] = lambda r: by_continuing(baseline, r, args.seeds)
+    writers["random"] = lambda r: by_chance(r, args.seeds)
+    results: dict[str, list[dict]] = {c: [] for c in ("truth", *columns)}
+    spent = dict.fromkeys(columns, 0.0)
     for index, region in enumerate(chosen):
-        for column, write in (("infill", lambda r: by_infill(model, r, args.seeds, args.context)),
-                              ("continue", lambda r: by_continuing(baseline, r, args.seeds)),
-                              ("random", lambda r: by_chance(r, args.seeds))):
+        for column, write in writers.items():
             began = time.perf_counter()
             for written in write(region):
                 results[column].append(measure(region, written))
@@ -245,16 +273,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {index + 1}/{len(chosen)} {region.name} {region.start:g}-{region.end:g} s", file=sys.stderr,
               flush=True)
     piece = chosen[0].piece
-    fast = speed(model, piece, context=args.context)
-    codec = codec_of(model)
+    fast = {name: speed(model, piece, context=args.context) for name, model in models.items()}
+    codec = codec_of(models[names[0]])
     big = SMDIM(SMDIMConfig(codec=codec.NAME)).eval()  # the same codec as the model: its vocabulary, its layout
     use_fast_step(big, exact=args.exact)
     fast_big = speed(big, piece, repeats=1, context=args.context) if args.default_speed else float("nan")
-    print(f"{len(chosen)} regions of {args.pieces} MAESTRO pieces x {args.seeds} seeds; model {args.model} "
-          f"(codec {codec.NAME}), baseline {args.baseline} (codec {codec_of(baseline).NAME}); {args.threads} "
-          f"threads; {'fp32' if args.exact else 'int8'} pass weights; "
+    steps_said = "the model's default" if args.steps is None else str(args.steps)
+    described = ", ".join(f"{name} (codec {codec_of(model).NAME})" for name, model in models.items())
+    print(f"{len(chosen)} regions of {args.pieces} MAESTRO pieces x {args.seeds} seeds; "
+          f"model{'s' if len(names) > 1 else ''} {described}, baseline {args.baseline} (codec "
+          f"{codec_of(baseline).NAME}); {args.threads} threads; {'fp32' if args.exact else 'int8'} pass weights; "
+          f"unmasking steps: {steps_said}; "
           f"context {'the window' if args.context is None else f'{args.context:g} s'} each side")
-    print(table(results, list(COLUMNS)))
+    print(table(results, columns))
     print()
     print("| truth's own edges | left | right |\n|---|---|---|")
     for key in STATS:
@@ -263,15 +294,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {LABELS[key]} | {left:.3f} | {right:.3f} |")
     print()
     print(f"| speed: infill 8 s, 32 steps, 1 variation, {args.threads} threads | seconds | aim |\n|---|---|---|")
-    print(f"| {args.model} ({model.config.window}-token window) | {fast:.2f} | < 3 |")
+    for name, model in models.items():
+        print(f"| {name} ({model.config.window}-token window) | {fast[name]:.2f} | < 3 |")
     if args.default_speed:
         print(f"| untrained default-size SMDIM ({big.config.window}-token window, codec {codec.NAME}) | "
               f"{fast_big:.2f} | < 3 |")
-    print("wall time per column: " + ", ".join(f"{c} {spent[c]:.0f} s" for c in COLUMNS))
+    print("wall time per column: " + ", ".join(f"{c} {spent[c]:.0f} s" for c in columns))
     if args.json:
         with open(args.json, "w") as file:
-            json.dump({"results": results, "speed": {"model": fast, "default_size": fast_big},
-                       "codecs": {"model": codec.NAME, "baseline": codec_of(baseline).NAME}}, file)
+            json.dump({"results": results, "speed": {"models": fast, "default_size": fast_big},
+                       "steps": args.steps, "codecs": {"models": {n: codec_of(m).NAME for n, m in models.items()},
+                                                        "baseline": codec_of(baseline).NAME}}, file)
     return 0
 
 

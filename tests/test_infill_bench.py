@@ -58,3 +58,24 @@ def test_the_table_says_which_way_each_column_misses():
     assert "| notes/s | 2.000 | 2.000 | 0.000 | infill closest: no |" in text  # the same distance either way
     assert "| notes/s | +2.000 | -2.000 | +0.000 |" in text  # too dense, too sparse
     assert "pitch-class overlap (1 - x) | +" not in text  # an overlap has no direction
+
+
+def test_several_denoisers_each_get_a_column_and_their_own_verdict():
+    def row(rate: float, right_gap: float) -> dict:
+        real = dict.fromkeys(bench.STATS, 1.0) | {"notes_per_second": 3.0}
+        written = dict(real) | {"notes_per_second": rate}
+        left = dict.fromkeys(bench.STATS, 0.5)
+        return {"truth": bench.distance(written, real), "left": left,
+                "right": left | {"notes_per_second": right_gap}, "written": written, "real": real}
+
+    results = {"old": [row(6.0, 0.2)], "new": [row(3.5, 0.9)], "continue": [row(1.0, 0.0)],
+               "random": [row(4.0, 0.0)]}
+    text = bench.table(results, ["old", "new", *bench.BASELINES])
+    assert "| notes/s | 3.000 | 0.500 | 2.000 | 1.000 | infill closest: old no, new yes |" in text
+    assert "| notes/s | 0.500 | 0.200 | 0.500 | 0.900 | 0.500 | 0.000 | 0.500 | 0.000 | old yes, new no |" in text
+    assert "| notes/s | +3.000 | +0.500 | -2.000 | +1.000 |" in text
+
+
+def test_the_cli_refuses_a_model_list_that_names_nothing(capsys):
+    assert bench.main(["--model", " , "]) == 2
+    assert "names no model" in capsys.readouterr().err

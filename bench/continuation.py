@@ -5,6 +5,7 @@ beside the real music.
     python -m bench.continuation --quick              # 2 pieces, 1 seed, short windows
     python -m bench.continuation --pieces 4 --seeds 2 --models default --json out.json --render /tmp/continuation
     python -m bench.continuation --controls --pieces 4 --seeds 2   # only the controls table (issue #19)
+    python -m bench.continuation --new-only --variations 20        # only new pieces (issue #18's 20-piece MGEval)
 
 Continuations. Each performance of ../shared/midi/maestro (never trained on) is cut at the codec's 10 ms grid:
 the primer is every note that starts before 20 s, a note still sounding at 20 s ended there (a composer's file
@@ -637,6 +638,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                                  "and the controls table")
     parser.add_argument("--controls", action="store_true", help="only the controls table: continuations under a "
                                                                  "key, range, velocity, polyphony and density")
+    parser.add_argument("--new-only", action="store_true", help="only the new pieces' table: no continuations")
     parser.add_argument("--windows", type=float, nargs=3, metavar=("PRIMER", "TRUTH", "NEW"),
                         help="seconds of primer, truth and new pieces (default 20 30 60)")
     parser.add_argument("--variations", type=int, metavar="K", help="new pieces per model (default 8)")
@@ -648,6 +650,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.pieces, args.seeds = min(args.pieces, 2), 1
+    if args.new_only and args.controls:
+        parser.error("--new-only and --controls each ask for one table alone: give one")
     for name in ("pieces", "seeds", "threads", "variations"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -736,24 +740,27 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
     truth = measure_truth(excerpts, windows)
     continued, written = [], []
     rendered: list[Path] = []
-    for config in configurations(args.models, args.adapt):
+    # new pieces have no primer to adapt to: --new-only writes each model's once
+    for config in configurations(args.models, [False] if args.new_only else args.adapt):
         model = load_model(config.model)
         if config.adapt and denoises(model):  # `recital continue --adapt` refuses a denoiser: nothing to measure
             print(f"  {config.label}: a denoiser is never adapted to a primer; skipped", file=sys.stderr)
             continue
         use_fast_step(model)
-        continued.append(measure_continuations(model, config, excerpts, windows, args.seeds))
+        if not args.new_only:
+            continued.append(measure_continuations(model, config, excerpts, windows, args.seeds))
         if not config.adapt:  # a new piece has no primer to adapt to
             written.append(measure_new_pieces(model, config.label, reference, windows))
-        if args.render is not None:
+        if args.render is not None and not args.new_only:
             rendered += render(model, config, excerpts[0], windows, args.render)
     ceiling = measure_ceiling(performances, reference, windows)
 
     print()
-    print(f"continuations: {windows.truth:g} s after each {windows.primer:g} s primer, {len(excerpts)} pieces x "
-          f"{args.seeds} seed(s); truth: what the pianist played")
-    print(continuation_table(truth, continued, windows))
-    print()
+    if not args.new_only:
+        print(f"continuations: {windows.truth:g} s after each {windows.primer:g} s primer, {len(excerpts)} pieces "
+              f"x {args.seeds} seed(s); truth: what the pianist played")
+        print(continuation_table(truth, continued, windows))
+        print()
     print(f"new pieces: recital generate --seconds {windows.new:g} --variations {windows.variations}, against "
           f"the first {windows.new:g} s of the {len(excerpts)} pieces (the ceiling: their next {windows.new:g} s)")
     print(new_pieces_table(ceiling, written, windows))

@@ -64,6 +64,23 @@ def test_main_prints_every_row_on_a_tiny_model(tiny_model_dir, tmp_path, capsys,
     assert "tiny +adapt" not in result["new_pieces"]  # a new piece has no primer to adapt to
 
 
+def test_new_only_writes_the_new_pieces_table_alone(tiny_model_dir, tmp_path, capsys, one_thread):
+    pieces = two_piano_pieces(tmp_path)
+    out = tmp_path / "out.json"
+    code = continuation.main(["--new-only", "--midi", str(pieces), "--models", str(tiny_model_dir),
+                              "--windows", "4", "3", "5", "--variations", "3", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "MGEval mean overlap" in printed
+    assert "bits/s of the truth given the primer" not in printed  # no continuation was written
+    result = json.loads(out.read_text())
+    assert result["continuations"] == {}
+    assert len(result["new_pieces"]["tiny"]["stats"]) == 3
+    assert set(result["new_pieces"]) == {"tiny", "MAESTRO 5-10 s"}  # adaptation never applies to a new piece
+    with pytest.raises(SystemExit):
+        continuation.parse_args(["--new-only", "--controls"])
+
+
 def test_a_folder_without_midi_stops_with_one_line(tmp_path):
     with pytest.raises(SystemExit) as stop:
         continuation.main(["--midi", str(tmp_path)])

@@ -102,7 +102,11 @@ def test_a_stop_from_another_thread_ends_it_after_the_step_and_keeps_what_was_wr
     session = GenerationSession(model, seconds=60, seed=1)
     events = iter(session)
     next(events)
-    threading.Thread(target=session.stop).start()
+    # joined before the next step: left to race, the stop thread lost to the piece's own end (60 s of music take
+    # about 600 steps, a quarter of a second) whenever a busy machine scheduled it late
+    stopper = threading.Thread(target=session.stop)
+    stopper.start()
+    stopper.join()
     rest = list(events)
     assert rest[-1].reason == "stopped" and session.stopping
     assert session.steps < 60 * 150 and len(session.lanes[0]) >= 1

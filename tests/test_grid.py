@@ -289,7 +289,8 @@ def test_a_new_piece_has_120_bpm_4_4_and_the_playhead_and_selections_snap_to_bea
     assert roll.playhead == pytest.approx(9.9, abs=0.05)
 
 
-def test_drag_out_files_carry_the_tempo_map_and_time_signatures(studio_piece, tmp_path):
+def test_drag_out_files_carry_the_tempo_map_and_time_signatures(studio_piece, tmp_path, monkeypatch):
+    import tempfile
     from dataclasses import replace
 
     from studio.document import Piece
@@ -297,6 +298,8 @@ def test_drag_out_files_carry_the_tempo_map_and_time_signatures(studio_piece, tm
 
     new = Performance.from_notes([15.0, 15.5], [15.4, 16.0], [60, 64], [80, 80])
     piece = Piece(studio_piece.primer, replace(new, grid=studio_piece.primer.grid))
+    # the drag folder lies in the temp folder, shared by every process of the machine: this test's own
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     whole = drag_file(piece.whole, "grid-whole")
     part = drag_file(piece.generated, "grid-new")
     for path in (whole, part):

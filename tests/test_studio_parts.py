@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -138,8 +139,11 @@ def test_settings_survive_a_damaged_file(tmp_path):
     assert Settings.load(path) == Settings()
 
 
-def test_drag_file_writes_the_part(scale):
+def test_drag_file_writes_the_part(scale, tmp_path, monkeypatch):
+    # the drag folder lies in the temp folder, shared by every process of the machine: this test's own
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     path = drag_file(scale, "my piece")
+    assert path.parent == tmp_path / "recital-drag"
     assert path.name == "my piece.mid" and len(read_performance(path)) == len(scale)
     assert mime_for(path).urls()[0].toLocalFile() == str(path)
     with pytest.raises(MidiError, match="nothing to drag"):

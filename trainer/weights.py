@@ -94,7 +94,7 @@ def start_shares(corpus: Corpus, indices: list[int], multipliers: np.ndarray | N
     if starts is not None:
         begun = begun + starts
     total = float(begun.sum()) or 1.0
-    shares = {name: float(begun[[n == name for n in names]].sum() / total) for name in set(names)}
+    shares = {name: float(begun[[n == name for n in names]].sum() / total) for name in sorted(set(names))}
     return dict(sorted(shares.items(), key=lambda item: -item[1]))
 
 

@@ -374,7 +374,7 @@ class GeneratePanel(QWidget):
             self.card.setText(NO_MODEL_SUMMARY)
             return
         folder = Path(path)
-        stamp = tuple(_mtime(folder / name) for name in ("config.json", CARD, "model.safetensors"))
+        stamp = tuple(_stamp(folder / name) for name in ("config.json", CARD, "model.safetensors"))
         key = (path, stamp)  # a model rewritten in place (a resumed fine-tune) is summarized again
         if key not in self._summaries:
             self._summaries[key] = summary_text(folder)
@@ -629,8 +629,11 @@ class LimitsBox(QGroupBox):
         self._sync()
 
 
-def _mtime(path: Path) -> int:
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What tells a rewritten file from the one summarized: its modification time alone can repeat within the
+    file system's clock tick; a model's files are replaced whole (a new inode), and usually change size."""
     try:
-        return path.stat().st_mtime_ns
+        stat = path.stat()
     except OSError:
-        return 0
+        return (0, 0, 0)
+    return (stat.st_mtime_ns, stat.st_ino, stat.st_size)

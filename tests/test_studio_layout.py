@@ -114,6 +114,26 @@ def test_the_panel_shows_a_summary_without_machine_paths_and_the_full_card_on_a_
     assert not panel.card_button.isEnabled() and panel.show_full_card() is None
 
 
+def test_a_card_replaced_within_one_clock_tick_is_summarized_again(qtbot, tiny_model_dir, tmp_path):
+    """A resumed fine-tune replaces a model's files whole; a file system's modification time can repeat within its
+    clock tick, so the summary cache also tells files apart by inode and size."""
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "mine")
+    card = folder / "card.md"
+    card.write_text(MACHINE_CARD, encoding="utf-8")
+    panel = GeneratePanel()
+    qtbot.addWidget(panel)
+    models = [ModelInfo("mine", folder, "user", "dsmr", 1, "")]
+    panel.set_models(models)
+    assert "38 pieces" in panel.card.text()
+    before = card.stat()
+    replacement = folder / "card.md.new"
+    replacement.write_text(MACHINE_CARD.replace("38 pieces", "41 pieces"), encoding="utf-8")
+    os.replace(replacement, card)  # as the trainer writes a card: whole, by rename
+    os.utime(card, ns=(before.st_atime_ns, before.st_mtime_ns))  # the same tick as before
+    panel.set_models(models)
+    assert "41 pieces" in panel.card.text()
+
+
 def test_the_full_card_shows_headings_smaller_and_code_as_written():
     card = "# mine: dsmr\n\n## Data\n\n```toml\n# a comment in the settings\n```\n## Scores\n"
     assert smaller_headings(card) == ("### mine: dsmr\n\n#### Data\n\n```toml\n# a comment in the settings\n```\n"

@@ -275,19 +275,28 @@ def test_a_stopped_generation_keeps_what_it_wrote(tiny_model_dir, tmp_path, sig,
     """SIGTERM (a service manager, `kill`) stops like Ctrl-C: the file is written, then exit 143 (Ctrl-C: 130)."""
     out = tmp_path / "long.mid"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "core", "generate", "--model", str(tiny_model_dir), "--seconds", "3600", "--out",
-         str(out), "--seed", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background shell ignores SIGINT
+    # A background shell starts us with SIGINT ignored, which a child inherits; a handler is reset to the default
+    # at exec, so the child gets Python's Ctrl-C handler (no preexec_fn: it is unsafe with threads in the parent).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    errors = tmp_path / "stderr.txt"  # a file, not a pipe nobody reads while we wait on stdout
     try:
-        for line in child.stdout:  # bounded by the communicate() timeout below if it never comes
+        with errors.open("w") as err_file:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "core", "generate", "--model", str(tiny_model_dir), "--seconds", "3600",
+                 "--out", str(out), "--seed", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err_file,
+                text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        for line in child.stdout:  # ends at EOF if the child dies before it starts generating
             if line.startswith("generating"):
                 break
         time.sleep(1.0)  # let it write some notes (the test holds with none too)
         child.send_signal(sig)
-        rest, err = child.communicate(timeout=120)
+        rest, _ = child.communicate(timeout=120)
     finally:
         child.kill()
+    err = errors.read_text()
     assert child.returncode == code, err
     name = "SIGTERM" if sig == signal.SIGTERM else "Ctrl-C"
     assert f"wrote {out}" in rest and f"stopped by {name}: the files hold what was written" in rest

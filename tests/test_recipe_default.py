@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors import safe_open
 
 from core.cli import main as recital
@@ -196,6 +197,25 @@ def test_a_run_stops_resumes_and_exports_a_shippable_model_with_its_card(setup, 
     write_performance(random_performance(np.random.default_rng(9), 50), Path(setup["data"]) / "tunes" / "new.mid")
     assert main(args(setup, "--steps", "5", "--resume")) == 1  # another corpus than the run started on
     assert "started on other data" in capsys.readouterr().err
+
+
+def test_pick_last_exports_the_last_steps_weights_and_the_card_says_so(setup, capsys):
+    def same_weights(model, file) -> bool:  # a shipped model (fp16) and a run's weights file (fp32)
+        state = model.state_dict()
+        with safe_open(str(file), "pt") as weights:  # tied weights are stored once
+            return all(torch.equal(state[k], weights.get_tensor(k).half().float()) for k in weights.keys())
+
+    assert main(args(setup, "--steps", "3", "--resume")) == 0
+    assert same_weights(load_model(setup["dest"]), setup["run"] / "train" / "model.safetensors")  # the best
+    assert "best held-out model at step" in (setup["dest"] / "card.md").read_text()
+    # the run has ended: resuming it only exports again, now the last checkpoint's weights
+    assert main(args(setup, "--steps", "3", "--resume", "--pick", "last")) == 0
+    assert "exporting the last step's model (step 3)" in capsys.readouterr().err
+    checkpoint = next((setup["run"] / "train" / "checkpoints").glob("step-*"))
+    assert checkpoint.name == "step-00000003"
+    assert same_weights(load_model(setup["dest"]), checkpoint / "model.safetensors")
+    card = (setup["dest"] / "card.md").read_text()
+    assert "shipped: the last step's model (step 3; the best on the held-out pieces was at step" in card
 
 
 def test_init_starts_a_new_run_from_a_model_and_the_card_tells_both_trainings(setup, capsys):

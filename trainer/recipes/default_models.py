@@ -338,8 +338,10 @@ def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, s
     lines += ["", "Share of training tokens by piece length: "
               + ", ".join(f"{label} tokens {share:.0%}" for label, share in lengths.items()), "",
               "## Training", ""]
-    this_run = [f"- {run['steps']:,} steps ({run['tokens']:,} training tokens), best held-out model at step "
-                f"{run['best_step']:,}; ended: {run['stopped']}",
+    picked = (f"shipped: the last step's model (step {run['last_step']:,}; the best on the held-out pieces was at "
+              f"step {run['best_step']:,})" if run.get("picked") == "last"
+              else f"best held-out model at step {run['best_step']:,}")
+    this_run = [f"- {run['steps']:,} steps ({run['tokens']:,} training tokens), {picked}; ended: {run['stopped']}",
                 f"- wall time: {_duration(run['wall_seconds'])} on {run['device']}"]
     if init:
         at = f" at revision {init['revision']}" if init.get("revision") else ""
@@ -389,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=CONFIG_FILE, help="recipe file (default: %(default)s)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--workers", type=int, help="processes that scan the MIDI folder")
+    parser.add_argument("--pick", choices=("best", "last"), default="best",
+                        help="the model exported at the end: the best on the held-out corpus pieces (default) or "
+                             "the last step's (when the held-out pieces are not the music the run is moving to)")
     args = parser.parse_args(argv)
     command = "python -m trainer.recipes.default_models " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
@@ -494,14 +499,22 @@ def run(args: argparse.Namespace, command: str) -> int:
         log(f"training ended ({result.stopped}) at step {result.steps}; scoring and exporting the best model")
         checkpoint_state = json.loads((ckpt.latest_checkpoint(train_dir) / ckpt.STATE).read_text(encoding="utf-8"))
         device = args.device or ("cuda" if _cuda() else "cpu")
-        model = load_model(train_dir, device).half().float()  # scored as shipped: fp16 weights, fp32 arithmetic
+        model = load_model(train_dir, device)  # the best on the held-out pieces
+        if args.pick == "last":  # the same model at the last checkpoint's weights
+            from safetensors.torch import load_model as load_weights
+
+            load_weights(model, str(ckpt.latest_checkpoint(train_dir) / WEIGHTS), strict=True, device=device)
+            log(f"exporting the last step's model (step {checkpoint_state['step']:,}), not the best on the held-out "
+                f"pieces (step {checkpoint_state.get('best_step') or 0:,})")
+        model = model.half().float()  # scored as shipped: fp16 weights, fp32 arithmetic
         scores = evaluate(model, corpus, plan["val"], recipe, log)
         totals = {"folder": str(data), "files": corpus.summary.files, "pieces": len(corpus),
                   "train_pieces": len(plan["train"]), "val_pieces": len(plan["val"]), "tokens": corpus.total_tokens,
                   "hours": corpus.hours, "skipped": len(corpus.summary.skipped),
                   "duplicates": len(corpus.summary.duplicates), "polyphonic_share": plan["polyphonic"]}
         run_info = {"steps": result.steps, "tokens": result.tokens, "wall_seconds": result.wall_seconds,
-                    "stopped": result.stopped, "best_step": checkpoint_state.get("best_step") or 0, "device": device}
+                    "stopped": result.stopped, "best_step": checkpoint_state.get("best_step") or 0, "device": device,
+                    "picked": args.pick, "last_step": checkpoint_state.get("step")}
         parameters = sum(p.numel() for p in model.parameters())
         commands = first_command if first_command == command else f"{first_command}`, then `{command}"
         text = card_text(recipe=recipe, command=commands, config_text=args.config.read_text(encoding="utf-8"),

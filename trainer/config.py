@@ -13,6 +13,7 @@ from core.models import registry
 
 SIZES = ("tiny", "small", "default")
 PRECISIONS = ("auto", "fp32", "bf16")
+VAL_DRAWS = ("weighted", "pieces")  # how the held-out pieces scored at each validation are chosen
 CHECKPOINT_EVERY = 100  # steps between resumable checkpoints, unless a run says otherwise
 # ... and minutes: the first 100 steps of a default-size model can take minutes on a CPU, and a run killed before
 # its first checkpoint starts again from nothing.
@@ -62,6 +63,10 @@ class TrainConfig:
 
     val_fraction: float = 0.1  # held-out pieces
     val_max_pieces: int = 32  # cap on the held-out pieces scored at each validation
+    # How those are chosen from the held-out split: "weighted" by the chance the training draws give a piece's
+    # tokens (its collection's weight x its tokens; as "pieces" without weights), so the held-out number is of
+    # the music the run learns; "pieces": uniformly by piece (a run saved before this setting resumes with it).
+    val_draw: str = "weighted"
     val_every: int = 200  # steps between validations (and best-model saves)
     # Resumable checkpoints every this many steps, and whenever this many minutes passed since the last (None:
     # CHECKPOINT_EVERY, CHECKPOINT_MINUTES; on a resume, the run's own). Given on a resume, they apply from then on.
@@ -92,6 +97,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 problems.append(f"{name} must be a positive whole number, got {value!r}")
+        if self.val_draw not in VAL_DRAWS:
+            problems.append(f"val_draw must be one of {', '.join(VAL_DRAWS)}, got {self.val_draw!r}")
         if self.minutes is not None and not self.minutes > 0:
             problems.append(f"minutes must be positive, got {self.minutes!r}")
         if self.checkpoint_minutes is not None and not self.checkpoint_minutes > 0:

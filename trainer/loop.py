@@ -110,6 +110,31 @@ def fine_tune(config: TrainConfig, on_progress: ProgressCallback | None = None,
 ADDABLE_INPUTS = ("sounding_input",)
 
 
+def held_out_draw(corpus: Corpus, val: list[int], c: TrainConfig) -> list[int]:
+    """The held-out pieces scored at each validation, at most `val_max_pieces` of the held-out split, seeded.
+
+    "weighted" draws them without replacement with the chance the training draws give each piece's tokens (its
+    collection's weight x its tokens), so the number that picks the best model is of the music the run learns: a
+    uniform draw of music21's corpus holds 90% folk-tune tokens and no keyboard piece. Without weights, and with
+    "pieces", a uniform draw by piece."""
+    rng = np.random.default_rng([c.seed, 7])
+    if c.val_draw == "weighted" and c.weights is not None and len(val) > c.val_max_pieces:
+        try:
+            chance = piece_weights(corpus, val, load_weights(c.weights))
+        except ModelError:  # the held-out split has no piece the training draws: score it as it is
+            chance = np.ones(len(val))
+        chance *= np.array([corpus.index[i].tokens for i in val], dtype=np.float64)
+        count = min(c.val_max_pieces, int((chance > 0).sum()))
+        picked = rng.choice(len(val), size=count, replace=False, p=chance / chance.sum())
+        return sorted(int(val[i]) for i in picked)
+    return sorted(rng.permutation(val)[:c.val_max_pieces].tolist())
+
+
+def held_out_by(c: TrainConfig) -> str:
+    """How the held-out pieces were drawn, for the log."""
+    return "held out by the training weights" if c.val_draw == "weighted" and c.weights else "held out by piece"
+
+
 def with_added_inputs(model: torch.nn.Module, added: dict) -> torch.nn.Module:
     """The base `model` with the inputs `added` ({field: True}) turned on: its weights kept, the new ones as the
     model initialises them (zero). ModelError when the base has weights the new model would not keep."""
@@ -275,6 +300,8 @@ class _Run:
         note = None
         if resuming:
             saved = TrainConfig.from_dict(self.saved["config"])
+            if "val_draw" not in self.saved["config"]:  # a run from before the setting: its held-out pieces stay
+                saved.val_draw = "pieces"
             for name in ("steps", "minutes", "device", "precision", "workers", "log_every"):
                 setattr(saved, name, getattr(c, name))
             changed = []
@@ -321,8 +348,7 @@ class _Run:
                     "reporting the training loss only")))
         else:
             train, val = corpus.split(c.val_fraction, c.seed)
-            rng = np.random.default_rng([c.seed, 7])
-            val = sorted(rng.permutation(val)[:c.val_max_pieces].tolist())
+            val = held_out_draw(corpus, val, c)
         if all(corpus.index[i].tokens < shortest for i in train):
             longest = max(corpus.index[i].tokens for i in train)
             raise MidiError(corpus.folder, f"every training piece is shorter than one segment ({shortest} "
@@ -428,7 +454,8 @@ class _Run:
                      "hours": corpus.hours, "codec": corpus.codec}
         self.emit(Progress("phase", "prepare", message=(
             f"{model.arch}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {len(train)} "
-            f"training and {len(self.val)} held-out pieces, {corpus.total_tokens:,} tokens, {corpus.hours:.2f} h")))
+            f"training and {len(self.val)} held-out pieces ({held_out_by(c)}), {corpus.total_tokens:,} tokens, "
+            f"{corpus.hours:.2f} h")))
 
         if c.batch % world.size:
             raise ModelError(f"batch {c.batch} does not split evenly over {world.size} processes")

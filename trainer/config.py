@@ -123,6 +123,11 @@ class TrainConfig:
         return self.base is not None
 
     @property
+    def val_by_weights(self) -> bool:
+        """Whether the held-out pieces are drawn by the training weights (`val_draw`; there are weights to draw by)."""
+        return self.val_draw == "weighted" and bool(self.weights)
+
+    @property
     def augmenting(self) -> bool:
         return self.fine_tuning if self.augment is None else self.augment
 

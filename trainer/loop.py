@@ -118,7 +118,7 @@ def held_out_draw(corpus: Corpus, val: list[int], c: TrainConfig) -> list[int]:
     uniform draw of music21's corpus holds 90% folk-tune tokens and no keyboard piece. Without weights, and with
     "pieces", a uniform draw by piece."""
     rng = np.random.default_rng([c.seed, 7])
-    if c.val_draw == "weighted" and c.weights and len(val) > c.val_max_pieces:
+    if c.val_by_weights and len(val) > c.val_max_pieces:
         try:
             chance = piece_weights(corpus, val, load_weights(c.weights))
         except ModelError:  # the held-out split has no piece the training draws: score it as it is
@@ -132,7 +132,7 @@ def held_out_draw(corpus: Corpus, val: list[int], c: TrainConfig) -> list[int]:
 
 def held_out_by(c: TrainConfig) -> str:
     """How the held-out pieces were drawn, for the log."""
-    return "held out by the training weights" if c.val_draw == "weighted" and c.weights else "held out by piece"
+    return "held out by the training weights" if c.val_by_weights else "held out by piece"
 
 
 def with_added_inputs(model: torch.nn.Module, added: dict) -> torch.nn.Module:

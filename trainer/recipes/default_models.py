@@ -496,14 +496,15 @@ def run(args: argparse.Namespace, command: str) -> int:
             log(f"stopped at step {result.steps}: continue with the same command and --resume")
             return 130
 
-        log(f"training ended ({result.stopped}) at step {result.steps}; scoring and exporting the best model")
-        checkpoint_state = json.loads((ckpt.latest_checkpoint(train_dir) / ckpt.STATE).read_text(encoding="utf-8"))
+        log(f"training ended ({result.stopped}) at step {result.steps}; scoring and exporting the {args.pick} model")
+        latest = ckpt.latest_checkpoint(train_dir)
+        checkpoint_state = json.loads((latest / ckpt.STATE).read_text(encoding="utf-8"))
         device = args.device or ("cuda" if _cuda() else "cpu")
         model = load_model(train_dir, device)  # the best on the held-out pieces
         if args.pick == "last":  # the same model at the last checkpoint's weights
             from safetensors.torch import load_model as load_weights
 
-            load_weights(model, str(ckpt.latest_checkpoint(train_dir) / WEIGHTS), strict=True, device=device)
+            load_weights(model, str(latest / WEIGHTS), strict=True, device=device)
             log(f"exporting the last step's model (step {checkpoint_state['step']:,}), not the best on the held-out "
                 f"pieces (step {checkpoint_state.get('best_step') or 0:,})")
         model = model.half().float()  # scored as shipped: fp16 weights, fp32 arithmetic

@@ -3,10 +3,15 @@
 A left-to-right model writes one id after another (core/generate.py); a denoiser fills a masked region of a
 window at once. To continue a primer it fills, window after window, a masked region after what is known: the
 primer's (and then its own) last ids up to half the window as context, the rest masked. A new piece is the same
-from BOS alone. How many ids to mask comes from the seconds asked and the tokens per second of the music the model
-was trained on (with a margin, since a region's density is the model's choice); what is written is then cut at
-the seconds asked, counted in the codec's TimeShifts like `generate` does, so every front end sees the same
-stream: one array (B,) of ids per step, PAD for a lane that has finished.
+from BOS alone. Every front end sees the same stream: one array (B,) of ids per step, PAD for a lane that has
+finished (or, between timed windows, has nothing more in this one).
+
+With the note-level codec the region is real time (`timed_stream`): infill's layout of an empty region after the
+music, as many masks as the primer's ids per second fill in it, whose TimeShifts may add up to its length and no
+more (core/infill.py's time rule). With the event codec, or when the model may end the piece, the region is ids:
+how many to mask comes from the seconds asked and the tokens per second of the music the model was trained on
+(with a margin, since an open region's density is the model's choice), and what is written is cut at the seconds
+asked, counted in the codec's TimeShifts like `generate` does.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ from core.codecs import codec_of
 from core.constraints import Constraints
 from core.errors import ModelError
 from core.generate import HeldNotes, LaneLimits, SamplingConfig, seeded_generator
-from core.tokenizer import EOS, TICK_SECONDS
+from core.midi import Performance
+from core.tokenizer import EOS, PAD, TICK_SECONDS
 
 MARGIN = 1.25  # ids masked per id the training music's density predicts: most windows reach the seconds asked
 EXTRA_IDS = 8  # and a few more: a short request still gets a phrase
+RATE_SECONDS = 20.0  # the primer's last seconds whose ids per second set a timed window's masks
+RATE_NOTES = 8  # fewer notes than this in them (a new piece): the model's training music's rate
+MIN_SLOTS = 8  # a short window still gets a figure
 
 
 def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
@@ -43,6 +52,10 @@ def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig 
     if max_tokens is None and max_seconds is None:
         raise ModelError(f"a {model.arch} model writes a region of a chosen length: give seconds or max tokens")
     codec = codec_of(model)
+    if codec.NAME == notecodec.NAME and max_seconds is not None and not stop_at_eos:
+        yield from timed_stream(model, primer, state, sampling, max_tokens=max_tokens, max_seconds=max_seconds,
+                                seed=seed, max_note_seconds=max_note_seconds, steps=steps, constraints=constraints)
+        return
     limits = LaneLimits(state.batch, max_tokens, max_seconds, stop_at_eos, codec)
     batch, window = state.batch, state.window
     model.eval()
@@ -80,6 +93,90 @@ def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig 
                 return
         history = torch.cat([history, torch.from_numpy(written).to(device)], dim=1)
         history = history[:, -window:]  # no window reads further back
+
+
+def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
+                 max_tokens: int | None = None, max_seconds: float, seed: int | None = None,
+                 max_note_seconds: float | None = None, steps: int | None = None,
+                 constraints: Constraints | None = None) -> Iterator[np.ndarray]:
+    """`denoise_stream` for the note-level codec, by its time rule (core/infill.py): each window is an empty
+    region of real time after what is known, as many masks as the primer's ids per second fill in that time
+    (`ids_rate`), whose TimeShifts may add up to the region's time and no more. Left to choose its own time in an
+    open window, the notes SMDIM wrote 1.77 notes/s after the ten MAESTRO primers where the pianists played 9.46,
+    over a range of 37 semitones (54 played); told the time, 8.04 notes/s over 46 semitones, though in chords held
+    too long (polyphony 6.7, played 3.8; bench/continuation.py). The new notes are those infill reads from the masks (a note may
+    ring past its window; none strikes a key the music holds or repeats one faster than the primer does), encoded
+    again with the window's closing silence, so each lane's ids span exactly the seconds written. Lanes are filled
+    one after another (each its own piece so far); a lane with fewer ids in a window yields PAD while the others
+    finish theirs, and LaneLimits ends it at `max_seconds`."""
+    from core.infill import fill, lay_out, new_notes, restrike_guard, token_constrain
+
+    limits = LaneLimits(state.batch, max_tokens, max_seconds, False, notecodec)
+    device = next(model.parameters()).device
+    generator = seeded_generator(device, seed)
+    model.eval()
+    allowed = constraints or Constraints()
+    constrain = token_constrain(allowed, model.config.vocab_size, notecodec)
+    if max_note_seconds is not None:
+        longest = duration_limit(model.config.vocab_size, max_note_seconds).to(device)
+        constrain = _then(constrain, longest)
+    pitches = allowed.pitches()
+    primer_ids = primer.numpy()
+    pieces = [notecodec.decode(primer_ids)] * state.batch  # each lane's music so far
+    now = int(notecodec.shift_ticks(primer_ids).sum())  # ticks: where the next window begins, every lane alike
+    rate = ids_rate(primer_ids, model.config.tokens_per_second)
+    lane = model.new_state(model.plan(state.nbytes, 1), 1)  # one lane at a time: within the lanes' budget
+    per_window = (lane.window // 2) / rate  # seconds whose masks fill half a window (the rest: the music before)
+    while limits.more() and not limits.over():
+        left = max_seconds - float(limits.seconds[~limits.done].min())
+        ticks = max(1, min(_tick(left), _tick(per_window)))
+        start, end = now * TICK_SECONDS, (now + ticks) * TICK_SECONDS
+        slots = max(MIN_SLOTS, math.ceil(rate * ticks * TICK_SECONDS))
+        written = []
+        for index, piece in enumerate(pieces):
+            layout = lay_out(piece, start, end, slots, model.mask_id, notecodec)
+            ids = fill(model, layout, lane, steps, sampling, generator, constrain, (0, len(layout.ids) - 1),
+                       order=model.config.order)[0]  # the piece's EOS stays unread: the music goes on
+            new = new_notes(ids, layout, piece, start, end, pitches, None, restrike_guard(piece, start, end),
+                            until=math.inf)
+            pieces[index] = Performance.concat(piece, new)
+            written.append(_window_ids(new, now, ticks))
+        now += ticks
+        for column in range(max(len(ids) for ids in written)):
+            tokens = np.array([ids[column] if column < len(ids) else PAD for ids in written], dtype=np.int64)
+            yield limits.close(tokens)
+            if limits.over():
+                return
+
+
+def ids_rate(primer_ids: np.ndarray, fallback: float) -> float:
+    """Ids per second of the primer's last RATE_SECONDS (the density a timed window is given), or `fallback` (the
+    model's training music's) when they hold fewer than RATE_NOTES notes."""
+    end = notecodec.ids_seconds(primer_ids)
+    recent = notecodec.decode(primer_ids).slice_time(max(end - RATE_SECONDS, 0.0), end + TICK_SECONDS)
+    if len(recent) < RATE_NOTES:
+        return fallback
+    span = max(end - float(recent.onset.min()), 1.0)
+    return len(notecodec.encode(recent.shifted(-float(recent.onset.min())), bos=False, eos=False)) / span
+
+
+def _window_ids(new: Performance, start_tick: int, ticks: int) -> np.ndarray:
+    """The note-level codec's ids of a window's new notes, from its start, closed by the silence up to its end:
+    they span exactly `ticks`."""
+    ids = notecodec.encode(new.shifted(-start_tick * TICK_SECONDS), bos=False, eos=False).astype(np.int64)
+    rest = ticks - int(notecodec.shift_ticks(ids).sum())
+    return np.concatenate([ids, notecodec.silence_ids(rest * TICK_SECONDS).astype(np.int64)])
+
+
+def _tick(seconds: float) -> int:
+    return int(math.floor(seconds / TICK_SECONDS + 0.5))
+
+
+def _then(constrain, limit: torch.Tensor):
+    """`constrain`, then the additive mask `limit` (V,)."""
+    def both(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return constrain(logits, ids) + limit
+    return both
 
 
 def duration_limit(vocab_size: int, longest_seconds: float) -> torch.Tensor:

@@ -395,9 +395,10 @@ def windows(layout: Layout, window: int, bounds: tuple[int, int] | None = None) 
 
 
 def fill(model, layout: Layout, state, steps: int | None, sampling: SamplingConfig | None,
-         generator: torch.Generator, constrain: Constrain, bounds: tuple[int, int] | None = None) -> np.ndarray:
-    """The layout's masks filled in every lane of `state`, window by window, reading only ids[bounds] -> ids
-    (B, L)."""
+         generator: torch.Generator, constrain: Constrain, bounds: tuple[int, int] | None = None,
+         order: str = ORDER) -> np.ndarray:
+    """The layout's masks filled in every lane of `state`, window by window, reading only ids[bounds], unmasked
+    in `order` (sampling.ORDERS) -> ids (B, L)."""
     device = next(model.parameters()).device
     batch = state.batch
     ids = torch.from_numpy(layout.ids)[None].repeat(batch, 1).to(device)
@@ -407,7 +408,7 @@ def fill(model, layout: Layout, state, steps: int | None, sampling: SamplingConf
         keep = (view != model.mask_id)
         rule = constrain if layout.gap is None else time_rule(constrain, layout, ids, lo, hi)
         with torch.no_grad():
-            out = model.denoise(view, keep, state, steps, sampling, generator, rule, order=ORDER)
+            out = model.denoise(view, keep, state, steps, sampling, generator, rule, order=order)
         commit = torch.zeros(hi - lo, dtype=torch.bool, device=device)
         commit[begin - lo:stop - lo] = True
         commit &= masked[lo:hi]
@@ -468,8 +469,9 @@ def restrike_guard(kept: Performance, start: float, end: float) -> float:
 
 
 def new_notes(ids: np.ndarray, layout: Layout, kept: Performance, start: float, end: float,
-              pitches: np.ndarray, cap: int | None, min_repeat: float = 0.0) -> Performance:
-    """The notes one lane's fill starts in the region, on the real clock, clipped so every rule holds."""
+              pitches: np.ndarray, cap: int | None, min_repeat: float = 0.0, until: float | None = None) -> Performance:
+    """The notes one lane's fill starts in the region, on the real clock, clipped so every rule holds (ending by
+    `until`, the region's end by default)."""
     played = layout.codec.last_velocity(ids[:layout.first])
     velocity = bin_velocity(DEFAULT_VELOCITY_BIN) if played is None else played
     if layout.codec is notecodec:
@@ -480,7 +482,7 @@ def new_notes(ids: np.ndarray, layout: Layout, kept: Performance, start: float, 
         return Performance.empty()
     onset, offset, pitch, vel = (np.array(column) for column in zip(*notes, strict=True))
     return clip_new(onset * TICK_SECONDS, offset * TICK_SECONDS, pitch, vel, kept, start, end, pitches, cap,
-                    min_repeat)
+                    min_repeat, until)
 
 
 def _events_written(ids: np.ndarray, layout: Layout, velocity: int) -> list[tuple[float, float, int, int]]:
@@ -560,12 +562,14 @@ def _spread(found: list[tuple[int, int, int, int, int]], gap: np.ndarray, total:
 
 
 def clip_new(onset: np.ndarray, offset: np.ndarray, pitch: np.ndarray, velocity: np.ndarray, kept: Performance,
-             start: float, end: float, pitches: np.ndarray, cap: int | None, min_repeat: float = 0.0) -> Performance:
-    """New notes inside [start, end), ending by `end` and before the next kept strike of their pitch, never on a
-    key a kept note holds, never within `min_repeat` seconds of another strike of their key (kept or new, the
-    earlier new one wins), only `pitches`, at most `cap` of them (thinned evenly)."""
+             start: float, end: float, pitches: np.ndarray, cap: int | None, min_repeat: float = 0.0,
+             until: float | None = None) -> Performance:
+    """New notes inside [start, end), ending by `until` (default `end`: a region's notes never sound past it; an
+    open region after the music lets them ring) and before the next kept strike of their pitch, never on a key a
+    kept note holds, never within `min_repeat` seconds of another strike of their key (kept or new, the earlier
+    new one wins), only `pitches`, at most `cap` of them (thinned evenly)."""
     onset = np.clip(onset, start, None)
-    offset = np.minimum(np.maximum(offset, onset + TICK_SECONDS), end)
+    offset = np.minimum(np.maximum(offset, onset + TICK_SECONDS), end if until is None else until)
     good = (onset < end) & pitches[pitch]
     struck: dict[int, float] = {}  # each key's latest new strike
     for index in np.flatnonzero(good)[np.argsort(onset[good], kind="stable")].tolist():

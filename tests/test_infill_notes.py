@@ -253,3 +253,53 @@ def test_the_trainer_trains_a_notes_smdim_from_scratch_on_notes_windows_and_it_i
     start, end = 3.0, 6.0
     for result in infill(model, piece, start, end, variations=2, seed=3):
         assert notes(result, ~region(result, start, end)) == notes(piece, ~region(piece, start, end))
+
+
+# ---- open-ended writing: continuing and new pieces by the time rule ----------------------------------------------
+
+def test_a_continuation_is_filled_window_by_window_in_real_time_after_the_primer(trained, piece):
+    from core.denoising import ids_rate
+    from core.session import GenerationSession
+
+    model, _ = trained
+    primer = notecodec.encode(piece.slice_time(0.0, 6.0), eos=False).astype(np.int64)
+    begin = notecodec.ids_seconds(primer)
+    session = GenerationSession(model, primer, seconds=3.0, variations=3, seed=5)
+    finished = session.run()
+    assert finished.reason == "done"
+    rate = ids_rate(primer, model.config.tokens_per_second)
+    assert model.plan(session.plan.nbytes, 1).window // 2 / rate < 3.0  # more than one window was written
+    held = piece.slice_time(0.0, 6.0)
+    for lane, new in zip(session.lanes, session.new_parts(), strict=True):
+        lane = np.asarray(lane, dtype=np.int64)
+        assert notecodec.PAD not in lane and notecodec.EOS not in lane
+        assert notecodec.ids_seconds(lane) == pytest.approx(3.0, abs=TICK_SECONDS)  # exactly the time asked
+        assert len(new) and (new.onset >= begin - 1e-9).all() and (new.onset < begin + 3.0).all()
+        for onset, key in zip(new.onset, new.pitch, strict=True):  # never on a key the primer still holds
+            assert not ((held.pitch == key) & (held.onset <= onset) & (held.offset > onset + 1e-9)).any()
+    again = GenerationSession(model, primer, seconds=3.0, variations=3, seed=5)
+    again.run()
+    assert again.lanes == session.lanes  # a seed makes it reproducible
+
+
+def test_the_masks_of_a_window_follow_the_primers_ids_per_second():
+    from core.denoising import RATE_NOTES, ids_rate
+
+    onset = np.arange(40) * 0.25  # a note every 250 ms for 10 s: velocity once, then TimeShift, Pitch, Duration
+    dense = Performance.from_notes(onset, onset + 0.2, np.full(40, 60) + np.arange(40) % 12, np.full(40, 80))
+    ids = notecodec.encode(dense, eos=False).astype(np.int64)
+    assert ids_rate(ids, 99.0) == pytest.approx((len(ids) - 1) / notecodec.ids_seconds(ids))
+    sparse = notecodec.encode(dense.slice_time(0.0, (RATE_NOTES - 1) * 0.25), eos=False).astype(np.int64)
+    assert ids_rate(sparse, 99.0) == 99.0  # too few notes to tell: the model's own rate
+    assert ids_rate(np.array([notecodec.BOS]), 40.0) == 40.0  # a new piece
+
+
+def test_a_new_piece_fills_the_seconds_asked_in_every_lane(trained):
+    from core.session import GenerationSession
+
+    model, _ = trained
+    session = GenerationSession(model, None, seconds=2.0, variations=2, seed=1)
+    session.run()
+    for lane, notes_written in zip(session.lanes, session.pieces(), strict=True):
+        assert notecodec.ids_seconds(np.asarray(lane)) == pytest.approx(2.0, abs=TICK_SECONDS)
+        assert len(notes_written) and notes_written.onset.max() < 2.0

@@ -47,12 +47,12 @@ def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig 
     `max_note_seconds`: with the event codec a note held that long is released (its NoteOff replaces the id, and
     later windows read it so); with the notes codec no longer Duration is ever drawn (and the unmasking follows
     the codec's order: core/models/smdim/sampling.py). `constraints`: their position-independent part (scale,
-    range, velocity: `Constraints.token_mask`) limits every id drawn; density and polyphony follow the music id by
-    id and are for left-to-right models."""
+    range, velocity: `Constraints.token_mask`) limits every id drawn; in timed windows a density sets how many
+    notes each holds; polyphony follows the music id by id and is for left-to-right models."""
     if max_tokens is None and max_seconds is None:
         raise ModelError(f"a {model.arch} model writes a region of a chosen length: give seconds or max tokens")
     codec = codec_of(model)
-    if codec.NAME == notecodec.NAME and max_seconds is not None and not stop_at_eos:
+    if writes_timed(model, max_seconds, stop_at_eos):
         yield from timed_stream(model, primer, state, sampling, max_tokens=max_tokens, max_seconds=max_seconds,
                                 seed=seed, max_note_seconds=max_note_seconds, steps=steps, constraints=constraints)
         return
@@ -95,6 +95,12 @@ def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig 
         history = history[:, -window:]  # no window reads further back
 
 
+def writes_timed(model, max_seconds: float | None, stop_at_eos: bool) -> bool:
+    """Whether `denoise_stream` writes in timed windows (`timed_stream`): a note-level codec's model asked for a
+    length of music it may not end early."""
+    return codec_of(model).NAME == notecodec.NAME and max_seconds is not None and not stop_at_eos
+
+
 def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
                  max_tokens: int | None = None, max_seconds: float, seed: int | None = None,
                  max_note_seconds: float | None = None, steps: int | None = None,
@@ -108,8 +114,9 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
     ring past its window; none strikes a key the music holds or repeats one faster than the primer does), encoded
     again with the window's closing silence, so each lane's ids span exactly the seconds written. Lanes are filled
     one after another (each its own piece so far); a lane with fewer ids in a window yields PAD while the others
-    finish theirs, and LaneLimits ends it at `max_seconds`."""
-    from core.infill import fill, lay_out, new_notes, restrike_guard, token_constrain
+    finish theirs, and LaneLimits ends it at `max_seconds`. A density in `constraints` (notes per second) sets the
+    masks instead of the primer (TOKENS_PER_NOTE ids a note) and caps the notes of each window, as infill's does."""
+    from core.infill import TOKENS_PER_NOTE, fill, lay_out, new_notes, restrike_guard, token_constrain
 
     limits = LaneLimits(state.batch, max_tokens, max_seconds, False, notecodec)
     device = next(model.parameters()).device
@@ -124,7 +131,9 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
     primer_ids = primer.numpy()
     pieces = [notecodec.decode(primer_ids)] * state.batch  # each lane's music so far
     now = int(notecodec.shift_ticks(primer_ids).sum())  # ticks: where the next window begins, every lane alike
-    rate = ids_rate(primer_ids, model.config.tokens_per_second)
+    density = allowed.density
+    rate = (density * TOKENS_PER_NOTE[notecodec.NAME] if density is not None
+            else ids_rate(primer_ids, model.config.tokens_per_second))
     lane = model.new_state(model.plan(state.nbytes, 1), 1)  # one lane at a time: within the lanes' budget
     per_window = (lane.window // 2) / rate  # seconds whose masks fill half a window (the rest: the music before)
     while limits.more() and not limits.over():
@@ -137,7 +146,8 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
             layout = lay_out(piece, start, end, slots, model.mask_id, notecodec)
             ids = fill(model, layout, lane, steps, sampling, generator, constrain, (0, len(layout.ids) - 1),
                        order=model.config.order)[0]  # the piece's EOS stays unread: the music goes on
-            new = new_notes(ids, layout, piece, start, end, pitches, None, restrike_guard(piece, start, end),
+            cap = None if density is None else max(1, math.ceil(density * (end - start)))
+            new = new_notes(ids, layout, piece, start, end, pitches, cap, restrike_guard(piece, start, end),
                             until=math.inf)
             pieces[index] = Performance.concat(piece, new)
             written.append(_window_ids(new, now, ticks))

@@ -29,7 +29,7 @@ from core.adapt import AdaptSettings, adapt
 from core.budget import check_state_fits, resolve_budget
 from core.codecs import Codec, codec_of
 from core.constraints import Constraints
-from core.denoising import denoise_stream
+from core.denoising import denoise_stream, writes_timed
 from core.errors import ModelError
 from core.generate import MAX_NOTE_SECONDS, SamplingConfig, generate, prepare_primer
 from core.grid import Grid
@@ -154,10 +154,6 @@ class GenerationSession:
         if variations < 1:
             raise ModelError(f"variations must be at least 1, got {variations}")
         self.denoises = getattr(model, "family", LEFT_TO_RIGHT) == DENOISE  # it fills windows (core/denoising.py)
-        if self.denoises and constraints is not None and (constraints.density, constraints.max_polyphony) != (
-                None, None):  # those follow the music id by id
-            raise ModelError(f"a {model.arch} model takes the scale, range and velocity limits, not density or "
-                             "polyphony")
         if self.denoises and adapt is not None:  # asked for, never silently skipped
             raise ModelError(f"adapting to the primer is for left-to-right models; a {model.arch} model fills "
                              "whole windows by unmasking and is never adapted: continue without it")
@@ -189,6 +185,14 @@ class GenerationSession:
             self.primer = _held(np.concatenate([self.primer, silence]))
             self.start_time = _seconds(self.primer, self.codec)  # on the grid, as the ids count it
         self.seconds = seconds if bars is None else self.grid.bars_seconds(self.start_time, bars)
+        if self.denoises and constraints is not None:
+            timed = writes_timed(model, self.seconds, allow_end)
+            if timed and constraints.max_polyphony is not None:  # polyphony follows the music id by id
+                raise ModelError(f"a {model.arch} model takes the scale, range, velocity and density limits, not "
+                                 "polyphony")
+            if not timed and (constraints.density, constraints.max_polyphony) != (None, None):
+                raise ModelError(f"a {model.arch} model takes the scale, range and velocity limits, not density or "
+                                 "polyphony")
         self.max_tokens = max_tokens if max_tokens is not None else (
             None if self.seconds is None else int(self.seconds * TOKENS_PER_SECOND_LIMIT) + 64)
         if constraints is not None and constraints.from_primer:

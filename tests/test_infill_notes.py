@@ -303,3 +303,25 @@ def test_a_new_piece_fills_the_seconds_asked_in_every_lane(trained):
     for lane, notes_written in zip(session.lanes, session.pieces(), strict=True):
         assert notecodec.ids_seconds(np.asarray(lane)) == pytest.approx(2.0, abs=TICK_SECONDS)
         assert len(notes_written) and notes_written.onset.max() < 2.0
+
+
+def test_a_density_sets_a_timed_windows_notes_and_polyphony_is_refused(trained, piece):
+    from core.constraints import Constraints
+    from core.errors import ModelError
+    from core.session import GenerationSession
+
+    model, _ = trained
+    primer = notecodec.encode(piece.slice_time(0.0, 6.0), eos=False).astype(np.int64)
+    written = {}
+    for density in (1.0, 6.0):
+        session = GenerationSession(model, primer, seconds=3.0, variations=2, seed=2,
+                                    constraints=Constraints.parse(density=density))
+        session.run()
+        written[density] = [len(part) for part in session.new_parts()]
+        windows = math.ceil(3.0 / (model.plan(session.plan.nbytes, 1).window // 2 / (density * 4)))
+        assert all(0 < count <= math.ceil(density * 3.0) + windows for count in written[density])
+    assert sum(written[1.0]) < sum(written[6.0])
+    with pytest.raises(ModelError, match="density limits, not polyphony"):
+        GenerationSession(model, primer, seconds=3.0, constraints=Constraints.parse(max_polyphony=3))
+    with pytest.raises(ModelError, match="not density or polyphony"):  # may end early: its length is its own
+        GenerationSession(model, primer, seconds=3.0, allow_end=True, constraints=Constraints.parse(density=2.0))

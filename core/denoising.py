@@ -110,12 +110,14 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
     (`ids_rate`), whose TimeShifts may add up to the region's time and no more. Left to choose its own time in an
     open window, the notes SMDIM wrote 1.77 notes/s after the ten MAESTRO primers where the pianists played 9.46,
     over a range of 37 semitones (54 played); told the time, 8.04 notes/s over 46 semitones, though in chords held
-    too long (polyphony 6.7, played 3.8; bench/continuation.py). The new notes are those infill reads from the masks (a note may
-    ring past its window; none strikes a key the music holds or repeats one faster than the primer does), encoded
-    again with the window's closing silence, so each lane's ids span exactly the seconds written. Lanes are filled
-    one after another (each its own piece so far); a lane with fewer ids in a window yields PAD while the others
-    finish theirs, and LaneLimits ends it at `max_seconds`. A density in `constraints` (notes per second) sets the
-    masks instead of the primer (TOKENS_PER_NOTE ids a note) and caps the notes of each window, as infill's does."""
+    too long (polyphony 6.7, played 3.8; bench/continuation.py).
+
+    The new notes are those infill reads from the masks (a note may ring past its window; none strikes a key the
+    music holds or repeats one faster than the primer does), encoded again with the window's closing silence, so
+    each lane's ids span exactly the seconds written. Lanes are filled one after another (each its own piece so
+    far); a lane with fewer ids in a window yields PAD while the others finish theirs, and LaneLimits ends it at
+    `max_seconds`. A density in `constraints` (notes per second) sets the masks instead of the primer
+    (TOKENS_PER_NOTE ids a note) and caps the notes of each window, as infill's does."""
     from core.infill import TOKENS_PER_NOTE, fill, lay_out, new_notes, restrike_guard, token_constrain
 
     limits = LaneLimits(state.batch, max_tokens, max_seconds, False, notecodec)
@@ -134,26 +136,26 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
     density = allowed.density
     rate = (density * TOKENS_PER_NOTE[notecodec.NAME] if density is not None
             else ids_rate(primer_ids, model.config.tokens_per_second))
-    lane = model.new_state(model.plan(state.nbytes, 1), 1)  # one lane at a time: within the lanes' budget
-    per_window = (lane.window // 2) / rate  # seconds whose masks fill half a window (the rest: the music before)
+    one_lane = model.new_state(model.plan(state.nbytes, 1), 1)  # a lane at a time, within the lanes' budget
+    per_window = (one_lane.window // 2) / rate  # seconds whose masks fill half a window (the rest: the music before)
     while limits.more() and not limits.over():
         left = max_seconds - float(limits.seconds[~limits.done].min())
         ticks = max(1, min(_tick(left), _tick(per_window)))
         start, end = now * TICK_SECONDS, (now + ticks) * TICK_SECONDS
         slots = max(MIN_SLOTS, math.ceil(rate * ticks * TICK_SECONDS))
-        written = []
+        cap = None if density is None else max(1, math.ceil(density * (end - start)))
+        written = []  # each lane's ids of this window
         for index, piece in enumerate(pieces):
             layout = lay_out(piece, start, end, slots, model.mask_id, notecodec)
-            ids = fill(model, layout, lane, steps, sampling, generator, constrain, (0, len(layout.ids) - 1),
-                       order=model.config.order)[0]  # the piece's EOS stays unread: the music goes on
-            cap = None if density is None else max(1, math.ceil(density * (end - start)))
-            new = new_notes(ids, layout, piece, start, end, pitches, cap, restrike_guard(piece, start, end),
+            filled = fill(model, layout, one_lane, steps, sampling, generator, constrain, (0, len(layout.ids) - 1),
+                          order=model.config.order)[0]  # the piece's EOS stays unread: the music goes on
+            new = new_notes(filled, layout, piece, start, end, pitches, cap, restrike_guard(piece, start, end),
                             until=math.inf)
             pieces[index] = Performance.concat(piece, new)
             written.append(_window_ids(new, now, ticks))
         now += ticks
-        for column in range(max(len(ids) for ids in written)):
-            tokens = np.array([ids[column] if column < len(ids) else PAD for ids in written], dtype=np.int64)
+        for column in range(max(len(lane) for lane in written)):
+            tokens = np.array([lane[column] if column < len(lane) else PAD for lane in written], dtype=np.int64)
             yield limits.close(tokens)
             if limits.over():
                 return

@@ -35,6 +35,8 @@ EXTRA_IDS = 8  # and a few more: a short request still gets a phrase
 RATE_SECONDS = 20.0  # the primer's last seconds whose ids per second set a timed window's masks
 RATE_NOTES = 8  # fewer notes than this in them (a new piece): the model's training music's rate
 MIN_SLOTS = 8  # a short window still gets a figure
+LONGEST_QUANTILE = 0.98  # a timed window's notes last no longer than this share of the primer's recent notes do
+LONGEST_FLOOR = 0.25  # and may always last this long (seconds)
 
 
 def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
@@ -109,14 +111,15 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
     region of real time after what is known, as many masks as the primer's ids per second fill in that time
     (`ids_rate`), whose TimeShifts may add up to the region's time and no more. Left to choose its own time in an
     open window, the notes SMDIM wrote 1.77 notes/s after the ten MAESTRO primers where the pianists played 9.46,
-    over a range of 37 semitones (54 played); told the time, 8.04 notes/s over 46 semitones, though in chords held
-    too long (polyphony 6.7, played 3.8; bench/continuation.py).
+    over a range of 37 semitones (54 played); told the time (and its notes' lengths, `primer_longest`), 8.29
+    notes/s over 46 semitones, polyphony 4.1 (played 3.8; bench/continuation.py).
 
     The new notes are those infill reads from the masks (a note may ring past its window; none strikes a key the
     music holds or repeats one faster than the primer does), encoded again with the window's closing silence, so
     each lane's ids span exactly the seconds written. Lanes are filled one after another (each its own piece so
     far); a lane with fewer ids in a window yields PAD while the others finish theirs, and LaneLimits ends it at
-    `max_seconds`. A density in `constraints` (notes per second) sets the masks instead of the primer
+    `max_seconds`. No new note lasts longer than the primer's recent notes do (`primer_longest`), nor than
+    `max_note_seconds`. A density in `constraints` (notes per second) sets the masks instead of the primer
     (TOKENS_PER_NOTE ids a note) and caps the notes of each window, as infill's does."""
     from core.infill import TOKENS_PER_NOTE, fill, lay_out, new_notes, restrike_guard, token_constrain
 
@@ -126,11 +129,14 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
     model.eval()
     allowed = constraints or Constraints()
     constrain = token_constrain(allowed, model.config.vocab_size, notecodec)
+    primer_ids = primer.numpy()
+    longest = primer_longest(primer_ids)
+    if longest is not None:
+        max_note_seconds = longest if max_note_seconds is None else min(max_note_seconds, longest)
     if max_note_seconds is not None:
         longest = duration_limit(model.config.vocab_size, max_note_seconds).to(device)
         constrain = _then(constrain, longest)
     pitches = allowed.pitches()
-    primer_ids = primer.numpy()
     pieces = [notecodec.decode(primer_ids)] * state.batch  # each lane's music so far
     now = int(notecodec.shift_ticks(primer_ids).sum())  # ticks: where the next window begins, every lane alike
     density = allowed.density
@@ -161,15 +167,35 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
                 return
 
 
-def ids_rate(primer_ids: np.ndarray, fallback: float) -> float:
-    """Ids per second of the primer's last RATE_SECONDS (the density a timed window is given), or `fallback` (the
-    model's training music's) when they hold fewer than RATE_NOTES notes."""
+def recent_notes(primer_ids: np.ndarray) -> tuple[Performance, float] | None:
+    """The notes of the primer's last RATE_SECONDS and where the primer ends (seconds), or None when they are
+    fewer than RATE_NOTES (a new piece, a primer of a few notes): too few to tell how the music goes."""
     end = notecodec.ids_seconds(primer_ids)
     recent = notecodec.decode(primer_ids).slice_time(max(end - RATE_SECONDS, 0.0), end + TICK_SECONDS)
-    if len(recent) < RATE_NOTES:
+    return (recent, end) if len(recent) >= RATE_NOTES else None
+
+
+def ids_rate(primer_ids: np.ndarray, fallback: float) -> float:
+    """Ids per second of the primer's last RATE_SECONDS (the density a timed window is given), or `fallback` (the
+    model's training music's) when they hold too few notes."""
+    found = recent_notes(primer_ids)
+    if found is None:
         return fallback
+    recent, end = found
     span = max(end - float(recent.onset.min()), 1.0)
     return len(notecodec.encode(recent.shifted(-float(recent.onset.min())), bos=False, eos=False)) / span
+
+
+def primer_longest(primer_ids: np.ndarray) -> float | None:
+    """Seconds a timed window's new note may last at most: the LONGEST_QUANTILE of the primer's recent note
+    lengths (at least LONGEST_FLOOR), None when the primer holds too few notes. The notes SMDIM writes chords held
+    a second or more after a pianist's quick figures (polyphony 6.67 after the ten MAESTRO primers where the
+    pianists had 3.76); capped by the primer's own lengths, 4.12, notes/s and range as before."""
+    found = recent_notes(primer_ids)
+    if found is None:
+        return None
+    recent = found[0]
+    return max(LONGEST_FLOOR, float(np.quantile(recent.offset - recent.onset, LONGEST_QUANTILE)))
 
 
 def _window_ids(new: Performance, start_tick: int, ticks: int) -> np.ndarray:

@@ -258,12 +258,13 @@ def test_the_trainer_trains_a_notes_smdim_from_scratch_on_notes_windows_and_it_i
 # ---- open-ended writing: continuing and new pieces by the time rule ----------------------------------------------
 
 def test_a_continuation_is_filled_window_by_window_in_real_time_after_the_primer(trained, piece):
-    from core.denoising import ids_rate
+    from core.denoising import ids_rate, primer_longest
     from core.session import GenerationSession
 
     model, _ = trained
     primer = notecodec.encode(piece.slice_time(0.0, 6.0), eos=False).astype(np.int64)
     begin = notecodec.ids_seconds(primer)
+    longest = primer_longest(primer)
     session = GenerationSession(model, primer, seconds=3.0, variations=3, seed=5)
     finished = session.run()
     assert finished.reason == "done"
@@ -277,6 +278,8 @@ def test_a_continuation_is_filled_window_by_window_in_real_time_after_the_primer
         assert len(new) and (new.onset >= begin - 1e-9).all() and (new.onset < begin + 3.0).all()
         for onset, key in zip(new.onset, new.pitch, strict=True):  # never on a key the primer still holds
             assert not ((held.pitch == key) & (held.onset <= onset) & (held.offset > onset + 1e-9)).any()
+        shortest = notecodec.BIN_TICKS[0] * TICK_SECONDS
+        assert (new.offset - new.onset).max() <= max(longest, shortest) + 1e-6  # no longer than the primer's
     again = GenerationSession(model, primer, seconds=3.0, variations=3, seed=5)
     again.run()
     assert again.lanes == session.lanes  # a seed makes it reproducible
@@ -292,6 +295,20 @@ def test_the_masks_of_a_window_follow_the_primers_ids_per_second():
     sparse = notecodec.encode(dense.slice_time(0.0, (RATE_NOTES - 1) * 0.25), eos=False).astype(np.int64)
     assert ids_rate(sparse, 99.0) == 99.0  # too few notes to tell: the model's own rate
     assert ids_rate(np.array([notecodec.BOS]), 40.0) == 40.0  # a new piece
+
+
+def test_a_timed_windows_notes_last_no_longer_than_the_primers_recent_notes():
+    from core.denoising import LONGEST_FLOOR, primer_longest
+
+    onset = np.arange(40) * 0.5
+    lengths = np.where(np.arange(40) % 10 == 0, 3.0, 0.4)  # a long note in ten, the rest 0.4 s
+    piece = Performance.from_notes(onset, onset + lengths, np.full(40, 60) + np.arange(40) % 12, np.full(40, 80))
+    ids = notecodec.encode(piece, eos=False).astype(np.int64)
+    recent = lengths[onset >= onset[-1] - 20.0]
+    assert primer_longest(ids) == pytest.approx(float(np.quantile(recent, 0.98)), abs=0.02)
+    staccato = Performance.from_notes(onset, onset + 0.05, piece.pitch, piece.velocity)
+    assert primer_longest(notecodec.encode(staccato, eos=False).astype(np.int64)) == LONGEST_FLOOR
+    assert primer_longest(np.array([notecodec.BOS])) is None  # a new piece: the model's own lengths
 
 
 def test_a_new_piece_fills_the_seconds_asked_in_every_lane(trained):

@@ -35,8 +35,6 @@ EXTRA_IDS = 8  # and a few more: a short request still gets a phrase
 RATE_SECONDS = 20.0  # the primer's last seconds whose ids per second set a timed window's masks
 RATE_NOTES = 8  # fewer notes than this in them (a new piece): the model's training music's rate
 MIN_SLOTS = 8  # a short window still gets a figure
-LONGEST_QUANTILE = 0.98  # a timed window's notes last no longer than this share of the primer's recent notes do
-LONGEST_FLOOR = 0.25  # and may always last this long (seconds)
 
 
 def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
@@ -121,26 +119,25 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
     `max_seconds`. No new note lasts longer than the primer's recent notes do (`primer_longest`), nor than
     `max_note_seconds`. A density in `constraints` (notes per second) sets the masks instead of the primer
     (TOKENS_PER_NOTE ids a note) and caps the notes of each window, as infill's does."""
-    from core.infill import TOKENS_PER_NOTE, fill, lay_out, new_notes, restrike_guard, token_constrain
+    from core import infill
 
     limits = LaneLimits(state.batch, max_tokens, max_seconds, False, notecodec)
     device = next(model.parameters()).device
     generator = seeded_generator(device, seed)
     model.eval()
     allowed = constraints or Constraints()
-    constrain = token_constrain(allowed, model.config.vocab_size, notecodec)
+    constrain = infill.token_constrain(allowed, model.config.vocab_size, notecodec)
     primer_ids = primer.numpy()
     longest = primer_longest(primer_ids)
     if longest is not None:
         max_note_seconds = longest if max_note_seconds is None else min(max_note_seconds, longest)
     if max_note_seconds is not None:
-        longest = duration_limit(model.config.vocab_size, max_note_seconds).to(device)
-        constrain = _then(constrain, longest)
+        constrain = infill.with_mask(constrain, duration_limit(model.config.vocab_size, max_note_seconds))
     pitches = allowed.pitches()
     pieces = [notecodec.decode(primer_ids)] * state.batch  # each lane's music so far
     now = int(notecodec.shift_ticks(primer_ids).sum())  # ticks: where the next window begins, every lane alike
     density = allowed.density
-    rate = (density * TOKENS_PER_NOTE[notecodec.NAME] if density is not None
+    rate = (density * infill.TOKENS_PER_NOTE[notecodec.NAME] if density is not None
             else ids_rate(primer_ids, model.config.tokens_per_second))
     one_lane = model.new_state(model.plan(state.nbytes, 1), 1)  # a lane at a time, within the lanes' budget
     per_window = (one_lane.window // 2) / rate  # seconds whose masks fill half a window (the rest: the music before)
@@ -152,11 +149,12 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
         cap = None if density is None else max(1, math.ceil(density * (end - start)))
         written = []  # each lane's ids of this window
         for index, piece in enumerate(pieces):
-            layout = lay_out(piece, start, end, slots, model.mask_id, notecodec)
-            filled = fill(model, layout, one_lane, steps, sampling, generator, constrain, (0, len(layout.ids) - 1),
-                          order=model.config.order)[0]  # the piece's EOS stays unread: the music goes on
-            new = new_notes(filled, layout, piece, start, end, pitches, cap, restrike_guard(piece, start, end),
-                            until=math.inf)
+            layout = infill.lay_out(piece, start, end, slots, model.mask_id, notecodec)
+            bounds = (0, len(layout.ids) - 1)  # the piece's EOS stays unread: the music goes on
+            filled = infill.fill(model, layout, one_lane, steps, sampling, generator, constrain, bounds,
+                                 order=model.config.order)[0]
+            guard = infill.restrike_guard(piece, start, end)
+            new = infill.new_notes(filled, layout, piece, start, end, pitches, cap, guard, until=math.inf)
             pieces[index] = Performance.concat(piece, new)
             written.append(_window_ids(new, now, ticks))
         now += ticks
@@ -187,15 +185,12 @@ def ids_rate(primer_ids: np.ndarray, fallback: float) -> float:
 
 
 def primer_longest(primer_ids: np.ndarray) -> float | None:
-    """Seconds a timed window's new note may last at most: the LONGEST_QUANTILE of the primer's recent note
-    lengths (at least LONGEST_FLOOR), None when the primer holds too few notes. The notes SMDIM writes chords held
-    a second or more after a pianist's quick figures (polyphony 6.67 after the ten MAESTRO primers where the
-    pianists had 3.76); capped by the primer's own lengths, 4.12, notes/s and range as before."""
+    """Seconds a timed window's new note may last at most: infill's `length_guard` of the primer's recent notes
+    (None when it holds too few)."""
+    from core.infill import length_guard
+
     found = recent_notes(primer_ids)
-    if found is None:
-        return None
-    recent = found[0]
-    return max(LONGEST_FLOOR, float(np.quantile(recent.offset - recent.onset, LONGEST_QUANTILE)))
+    return None if found is None else length_guard(found[0])
 
 
 def _window_ids(new: Performance, start_tick: int, ticks: int) -> np.ndarray:
@@ -208,13 +203,6 @@ def _window_ids(new: Performance, start_tick: int, ticks: int) -> np.ndarray:
 
 def _tick(seconds: float) -> int:
     return int(math.floor(seconds / TICK_SECONDS + 0.5))
-
-
-def _then(constrain, limit: torch.Tensor):
-    """`constrain`, then the additive mask `limit` (V,)."""
-    def both(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return constrain(logits, ids) + limit
-    return both
 
 
 def duration_limit(vocab_size: int, longest_seconds: float) -> torch.Tensor:

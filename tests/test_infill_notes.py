@@ -15,7 +15,7 @@ import torch
 
 from core import notecodec, tokenizer
 from core.cli import main
-from core.infill import GROUP_UNIT, _select, infill, lay_out, new_notes, time_rule
+from core.infill import GROUP_UNIT, _select, infill, lay_out, length_guard, new_notes, time_rule
 from core.midi import Performance, read_performance, write_performance
 from core.modeldir import load_model, save_model
 from core.models.smdim import SMDIM, SMDIMConfig
@@ -192,12 +192,13 @@ def test_a_trained_notes_smdim_infills_keeping_everything_outside_bit_for_bit(tr
     model, _ = trained
     results = infill(model, piece, start, end, keep_above=keep_above, variations=3, seed=7)
     kept = ~region(piece, start, end) | (piece.pitch >= (keep_above if keep_above is not None else 128))
+    longest = max(length_guard(_select(piece, kept)), notecodec.BIN_TICKS[0] * TICK_SECONDS)
     for result in results:
         assert notes(piece, kept) <= notes(result)
         new = notes(result) - notes(piece, kept)
         assert len(new) == len(result) - int(kept.sum())
         for onset, offset, pitch, _ in new:
-            assert start <= onset < end and onset < offset <= end
+            assert start <= onset < end and onset < offset <= end and offset - onset <= longest + 1e-6
             assert keep_above is None or pitch < keep_above
             held = [(a, b) for a, b, p, _ in notes(piece, kept) if p == pitch]
             assert not any(a <= onset + 1e-9 < b for a, b in held)  # never on a key a kept note holds
@@ -298,7 +299,8 @@ def test_the_masks_of_a_window_follow_the_primers_ids_per_second():
 
 
 def test_a_timed_windows_notes_last_no_longer_than_the_primers_recent_notes():
-    from core.denoising import LONGEST_FLOOR, primer_longest
+    from core.denoising import primer_longest
+    from core.infill import LONGEST_FLOOR
 
     onset = np.arange(40) * 0.5
     lengths = np.where(np.arange(40) % 10 == 0, 3.0, 0.4)  # a long note in ten, the rest 0.4 s

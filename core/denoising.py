@@ -35,6 +35,7 @@ EXTRA_IDS = 8  # and a few more: a short request still gets a phrase
 RATE_SECONDS = 20.0  # the primer's last seconds whose ids per second set a timed window's masks
 RATE_NOTES = 8  # fewer notes than this in them (a new piece): the model's training music's rate
 MIN_SLOTS = 8  # a short window still gets a figure
+MASKED_SHARE = 0.5  # of a timed window: its masks; the rest reads the music before them
 
 
 def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
@@ -140,7 +141,7 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
     rate = (density * infill.TOKENS_PER_NOTE[notecodec.NAME] if density is not None
             else ids_rate(primer_ids, model.config.tokens_per_second))
     one_lane = model.new_state(model.plan(state.nbytes, 1), 1)  # a lane at a time, within the lanes' budget
-    per_window = (one_lane.window // 2) / rate  # seconds whose masks fill half a window (the rest: the music before)
+    per_window = one_lane.window * MASKED_SHARE / rate  # seconds whose masks fill that share of a window
     while limits.more() and not limits.over():
         left = max_seconds - float(limits.seconds[~limits.done].min())
         ticks = max(1, min(_tick(left), _tick(per_window)))

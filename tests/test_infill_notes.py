@@ -259,7 +259,7 @@ def test_the_trainer_trains_a_notes_smdim_from_scratch_on_notes_windows_and_it_i
 # ---- open-ended writing: continuing and new pieces by the time rule ----------------------------------------------
 
 def test_a_continuation_is_filled_window_by_window_in_real_time_after_the_primer(trained, piece):
-    from core.denoising import ids_rate, primer_longest
+    from core.denoising import MASKED_SHARE, ids_rate, primer_longest
     from core.session import GenerationSession
 
     model, _ = trained
@@ -270,7 +270,7 @@ def test_a_continuation_is_filled_window_by_window_in_real_time_after_the_primer
     finished = session.run()
     assert finished.reason == "done"
     rate = ids_rate(primer, model.config.tokens_per_second)
-    assert model.plan(session.plan.nbytes, 1).window // 2 / rate < 3.0  # more than one window was written
+    assert model.plan(session.plan.nbytes, 1).window * MASKED_SHARE / rate < 3.0  # more than one window was written
     held = piece.slice_time(0.0, 6.0)
     for lane, new in zip(session.lanes, session.new_parts(), strict=True):
         lane = np.asarray(lane, dtype=np.int64)
@@ -326,6 +326,7 @@ def test_a_new_piece_fills_the_seconds_asked_in_every_lane(trained):
 
 def test_a_density_sets_a_timed_windows_notes_and_polyphony_is_refused(trained, piece):
     from core.constraints import Constraints
+    from core.denoising import MASKED_SHARE
     from core.errors import ModelError
     from core.session import GenerationSession
 
@@ -337,7 +338,7 @@ def test_a_density_sets_a_timed_windows_notes_and_polyphony_is_refused(trained, 
                                     constraints=Constraints.parse(density=density))
         session.run()
         written[density] = [len(part) for part in session.new_parts()]
-        windows = math.ceil(3.0 / (model.plan(session.plan.nbytes, 1).window // 2 / (density * 4)))
+        windows = math.ceil(3.0 / (model.plan(session.plan.nbytes, 1).window * MASKED_SHARE / (density * 4)))
         assert all(0 < count <= math.ceil(density * 3.0) + windows for count in written[density])
     assert sum(written[1.0]) < sum(written[6.0])
     with pytest.raises(ModelError, match="density limits, not polyphony"):

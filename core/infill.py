@@ -31,7 +31,8 @@ into staccato clusters.) Its slots are counted with the time: the region's own i
 The result is assembled at the note level so the rules hold exactly: every kept note is the input's own values;
 a new note starts inside the region, ends by the region's end and before the next kept strike of its pitch, never
 strikes a key a kept note holds, never strikes a key again faster than the music around the region does
-(`restrike_guard`, the continuation's default guard), and lies in the pitch range left to it. When context + region exceed the plan's
+(`restrike_guard`, the continuation's default guard), with the note-level codec lasts no longer than the music
+around the region does (`length_guard`), and lies in the pitch range left to it. When context + region exceed the plan's
 window, the masks are filled window by window: each window sees a quarter of a window of what comes before (the
 previous windows' fill included) and commits its masks up to a quarter of a window before its end, so the next
 window overlaps it; the last one sees the right context itself. `context` (seconds) bounds the music read each side

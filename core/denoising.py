@@ -110,14 +110,14 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
     region of real time after what is known, as many masks as the primer's ids per second fill in that time
     (`ids_rate`), whose TimeShifts may add up to the region's time and no more. Left to choose its own time in an
     open window, the notes SMDIM wrote 1.77 notes/s after the ten MAESTRO primers where the pianists played 9.46,
-    over a range of 37 semitones (54 played); told the time (and its notes' lengths, `primer_longest`), 8.29
+    over a range of 37 semitones (54 played); told the time (and its notes' lengths), 8.29
     notes/s over 46 semitones, polyphony 4.1 (played 3.8; bench/continuation.py).
 
     The new notes are those infill reads from the masks (a note may ring past its window; none strikes a key the
     music holds or repeats one faster than the primer does), encoded again with the window's closing silence, so
     each lane's ids span exactly the seconds written. Lanes are filled one after another (each its own piece so
     far); a lane with fewer ids in a window yields PAD while the others finish theirs, and LaneLimits ends it at
-    `max_seconds`. No new note lasts longer than the primer's recent notes do (`primer_longest`), nor than
+    `max_seconds`. No new note lasts longer than the primer's recent notes do (infill's `length_guard`), nor than
     `max_note_seconds`. A density in `constraints` (notes per second) sets the masks instead of the primer
     (TOKENS_PER_NOTE ids a note) and caps the notes of each window, as infill's does."""
     from core import infill
@@ -129,22 +129,24 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
     allowed = constraints or Constraints()
     constrain = infill.token_constrain(allowed, model.config.vocab_size, notecodec)
     primer_ids = primer.numpy()
-    longest = primer_longest(primer_ids)
+    whole = notecodec.decode(primer_ids)  # read once: each lane's music so far begins as it
+    now = int(notecodec.shift_ticks(primer_ids).sum())  # ticks: where the next window begins, every lane alike
+    recent = recent_notes(whole, now * TICK_SECONDS)
+    longest = None if recent is None else infill.length_guard(recent)  # no new note outlasts the primer's
     if longest is not None:
         max_note_seconds = longest if max_note_seconds is None else min(max_note_seconds, longest)
     if max_note_seconds is not None:
         constrain = infill.with_mask(constrain, duration_limit(model.config.vocab_size, max_note_seconds))
     pitches = allowed.pitches()
-    pieces = [notecodec.decode(primer_ids)] * state.batch  # each lane's music so far
-    now = int(notecodec.shift_ticks(primer_ids).sum())  # ticks: where the next window begins, every lane alike
+    pieces = [whole] * state.batch  # each lane's music so far
     density = allowed.density
     rate = (density * infill.TOKENS_PER_NOTE[notecodec.NAME] if density is not None
-            else ids_rate(primer_ids, model.config.tokens_per_second))
+            else ids_rate(recent, now * TICK_SECONDS, model.config.tokens_per_second))
     one_lane = model.new_state(model.plan(state.nbytes, 1), 1)  # a lane at a time, within the lanes' budget
     per_window = one_lane.window * MASKED_SHARE / rate  # seconds whose masks fill that share of a window
     while limits.more() and not limits.over():
         left = max_seconds - float(limits.seconds[~limits.done].min())
-        ticks = max(1, min(_tick(left), _tick(per_window)))
+        ticks = max(1, min(infill.to_tick(left), infill.to_tick(per_window)))
         start, end = now * TICK_SECONDS, (now + ticks) * TICK_SECONDS
         slots = max(MIN_SLOTS, math.ceil(rate * ticks * TICK_SECONDS))
         cap = None if density is None else max(1, math.ceil(density * (end - start)))
@@ -166,32 +168,20 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
                 return
 
 
-def recent_notes(primer_ids: np.ndarray) -> tuple[Performance, float] | None:
-    """The notes of the primer's last RATE_SECONDS and where the primer ends (seconds), or None when they are
-    fewer than RATE_NOTES (a new piece, a primer of a few notes): too few to tell how the music goes."""
-    end = notecodec.ids_seconds(primer_ids)
-    recent = notecodec.decode(primer_ids).slice_time(max(end - RATE_SECONDS, 0.0), end + TICK_SECONDS)
-    return (recent, end) if len(recent) >= RATE_NOTES else None
+def recent_notes(piece: Performance, end: float) -> Performance | None:
+    """The notes of a primer's last RATE_SECONDS (`piece`, ending at `end` seconds), or None when they are fewer
+    than RATE_NOTES (a new piece, a primer of a few notes): too few to tell how the music goes."""
+    recent = piece.slice_time(max(end - RATE_SECONDS, 0.0), end + TICK_SECONDS)
+    return recent if len(recent) >= RATE_NOTES else None
 
 
-def ids_rate(primer_ids: np.ndarray, fallback: float) -> float:
-    """Ids per second of the primer's last RATE_SECONDS (the density a timed window is given), or `fallback` (the
-    model's training music's) when they hold too few notes."""
-    found = recent_notes(primer_ids)
-    if found is None:
+def ids_rate(recent: Performance | None, end: float, fallback: float) -> float:
+    """Ids per second of a primer's `recent_notes` (the density a timed window is given), up to its `end`, or
+    `fallback` (the model's training music's) when there are too few."""
+    if recent is None:
         return fallback
-    recent, end = found
-    span = max(end - float(recent.onset.min()), 1.0)
-    return len(notecodec.encode(recent.shifted(-float(recent.onset.min())), bos=False, eos=False)) / span
-
-
-def primer_longest(primer_ids: np.ndarray) -> float | None:
-    """Seconds a timed window's new note may last at most: infill's `length_guard` of the primer's recent notes
-    (None when it holds too few)."""
-    from core.infill import length_guard
-
-    found = recent_notes(primer_ids)
-    return None if found is None else length_guard(found[0])
+    first = float(recent.onset.min())
+    return len(notecodec.encode(recent.shifted(-first), bos=False, eos=False)) / max(end - first, 1.0)
 
 
 def _window_ids(new: Performance, start_tick: int, ticks: int) -> np.ndarray:
@@ -200,10 +190,6 @@ def _window_ids(new: Performance, start_tick: int, ticks: int) -> np.ndarray:
     ids = notecodec.encode(new.shifted(-start_tick * TICK_SECONDS), bos=False, eos=False).astype(np.int64)
     rest = ticks - int(notecodec.shift_ticks(ids).sum())
     return np.concatenate([ids, notecodec.silence_ids(rest * TICK_SECONDS).astype(np.int64)])
-
-
-def _tick(seconds: float) -> int:
-    return int(math.floor(seconds / TICK_SECONDS + 0.5))
 
 
 def duration_limit(vocab_size: int, longest_seconds: float) -> torch.Tensor:

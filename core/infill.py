@@ -158,12 +158,13 @@ def infill(model, piece: Performance, start: float, end: float, *, keep_above: i
         generator.seed()
     model.eval()
     constrain = token_constrain(allowed, model.config.vocab_size, codec)
-    longest = length_guard(kept.slice_time(max(start - GUARD_CONTEXT, 0.0), end + GUARD_CONTEXT))
-    if codec is notecodec and longest is not None:  # the event codec's notes end by NoteOffs, not a length
+    around = music_around(kept, start, end)
+    longest = length_guard(around) if codec is notecodec else None  # the event codec's notes end by NoteOffs
+    if longest is not None:
         constrain = with_mask(constrain, duration_limit(model.config.vocab_size, longest))
     filled = fill(model, layout, state, steps, sampling, generator, constrain, reach(layout, context))
     cap = None if density is None else max(1, math.ceil(density * seconds))
-    min_repeat = restrike_guard(kept, start, end)
+    min_repeat = repeat_guard_of(around)
     pieces = []
     for lane in range(variations):
         new = new_notes(filled[lane], layout, kept, start, end, allowed.pitches(), cap, min_repeat)
@@ -185,7 +186,7 @@ def check_region(piece: Performance, start: float, end: float) -> None:
     duration = piece.duration
     if start < 0 or start >= duration or end > duration + TICK_SECONDS:
         raise InfillError(f"the region {start:g}-{end:g} s lies outside the piece, which spans 0-{duration:.2f} s")
-    if _tick(end) <= _tick(start):
+    if to_tick(end) <= to_tick(start):
         raise InfillError(f"the region {start:g}-{end:g} s is shorter than the codec's {TICK_SECONDS * 1000:g} ms")
 
 
@@ -245,7 +246,7 @@ def lay_out(kept: Performance, start: float, end: float, slots: int, mask_id: in
     """The kept notes' ids in `codec` with `slots` MASKs in the region (see the module): between the event
     codec's skeleton TimeShifts, or between the note-level codec's kept notes with the time left to the masks."""
     ids = codec.encode(kept).astype(np.int64)
-    start_tick, end_tick = _tick(start), _tick(end)
+    start_tick, end_tick = to_tick(start), to_tick(end)
     ids, first = _cut(ids, start_tick, codec)
     ids, after = _cut(ids, end_tick, codec)
     if codec is notecodec:
@@ -315,7 +316,8 @@ def _group_sizes(slots: int, ticks: list[int], unit: int) -> list[int]:
     return np.diff(bounds, prepend=0).tolist()
 
 
-def _tick(seconds: float) -> int:
+def to_tick(seconds: float) -> int:
+    """Seconds on the codecs' grid of ticks (nearest)."""
     return int(math.floor(seconds / TICK_SECONDS + 0.5))
 
 
@@ -378,7 +380,7 @@ def reach(layout: Layout, context: float | None) -> tuple[int, int]:
     if context is None:
         return 0, len(layout.ids)
     before = layout.clock  # the real clock before each id, non-decreasing
-    ticks = min(_tick(context), int(before[-1]))  # beyond the whole piece is the whole piece
+    ticks = min(to_tick(context), int(before[-1]))  # beyond the whole piece is the whole piece
     lo = int(np.searchsorted(before, layout.start_tick - ticks, side="left"))
     hi = int(np.searchsorted(before, layout.end_tick + ticks, side="right"))
     return min(lo, layout.first), max(hi, layout.after)
@@ -475,12 +477,21 @@ def _group_ticks(ids: torch.Tensor, group: np.ndarray, count: int) -> torch.Tens
 
 # -- back to notes ----------------------------------------------------------------------------------------------
 
+def music_around(kept: Performance, start: float, end: float) -> Performance:
+    """The kept notes starting within GUARD_CONTEXT seconds of the region [start, end): what its guards read."""
+    return kept.slice_time(max(start - GUARD_CONTEXT, 0.0), end + GUARD_CONTEXT)
+
+
 def restrike_guard(kept: Performance, start: float, end: float) -> float:
     """Seconds within which a new note may not strike its key again: the continuation's default guard
     (notecodec.FROM_PRIMER), read from the kept music within GUARD_CONTEXT seconds of the region, so a region
     repeats a key no faster than the piece around it does (SMDIM's fills re-struck keys 3-5 times per region
     where MAESTRO's pianists did about once)."""
-    around = kept.slice_time(max(start - GUARD_CONTEXT, 0.0), end + GUARD_CONTEXT)
+    return repeat_guard_of(music_around(kept, start, end))
+
+
+def repeat_guard_of(around: Performance) -> float:
+    """`restrike_guard` of the music around a region, already cut (`music_around`)."""
     return notecodec.primer_min_repeat(notecodec.encode(around, bos=False, eos=False))
 
 

@@ -259,17 +259,18 @@ def test_the_trainer_trains_a_notes_smdim_from_scratch_on_notes_windows_and_it_i
 # ---- open-ended writing: continuing and new pieces by the time rule ----------------------------------------------
 
 def test_a_continuation_is_filled_window_by_window_in_real_time_after_the_primer(trained, piece):
-    from core.denoising import MASKED_SHARE, ids_rate, primer_longest
+    from core.denoising import MASKED_SHARE, ids_rate, recent_notes
     from core.session import GenerationSession
 
     model, _ = trained
     primer = notecodec.encode(piece.slice_time(0.0, 6.0), eos=False).astype(np.int64)
     begin = notecodec.ids_seconds(primer)
-    longest = primer_longest(primer)
+    recent = recent_notes(notecodec.decode(primer), begin)
+    longest = length_guard(recent)
     session = GenerationSession(model, primer, seconds=3.0, variations=3, seed=5)
     finished = session.run()
     assert finished.reason == "done"
-    rate = ids_rate(primer, model.config.tokens_per_second)
+    rate = ids_rate(recent, begin, model.config.tokens_per_second)
     assert model.plan(session.plan.nbytes, 1).window * MASKED_SHARE / rate < 3.0  # more than one window was written
     held = piece.slice_time(0.0, 6.0)
     for lane, new in zip(session.lanes, session.new_parts(), strict=True):
@@ -286,21 +287,32 @@ def test_a_continuation_is_filled_window_by_window_in_real_time_after_the_primer
     assert again.lanes == session.lanes  # a seed makes it reproducible
 
 
+def primer_recent(ids: np.ndarray):
+    """(the primer's recent notes or None, where it ends): what a timed window reads of a primer's ids."""
+    from core.denoising import recent_notes
+
+    end = notecodec.ids_seconds(ids)
+    return recent_notes(notecodec.decode(ids), end), end
+
+
 def test_the_masks_of_a_window_follow_the_primers_ids_per_second():
     from core.denoising import RATE_NOTES, ids_rate
 
     onset = np.arange(40) * 0.25  # a note every 250 ms for 10 s: velocity once, then TimeShift, Pitch, Duration
     dense = Performance.from_notes(onset, onset + 0.2, np.full(40, 60) + np.arange(40) % 12, np.full(40, 80))
     ids = notecodec.encode(dense, eos=False).astype(np.int64)
-    assert ids_rate(ids, 99.0) == pytest.approx((len(ids) - 1) / notecodec.ids_seconds(ids))
+    assert ids_rate(*primer_recent(ids), 99.0) == pytest.approx((len(ids) - 1) / notecodec.ids_seconds(ids))
     sparse = notecodec.encode(dense.slice_time(0.0, (RATE_NOTES - 1) * 0.25), eos=False).astype(np.int64)
-    assert ids_rate(sparse, 99.0) == 99.0  # too few notes to tell: the model's own rate
-    assert ids_rate(np.array([notecodec.BOS]), 40.0) == 40.0  # a new piece
+    assert ids_rate(*primer_recent(sparse), 99.0) == 99.0  # too few notes to tell: the model's own rate
+    assert ids_rate(*primer_recent(np.array([notecodec.BOS])), 40.0) == 40.0  # a new piece
 
 
 def test_a_timed_windows_notes_last_no_longer_than_the_primers_recent_notes():
-    from core.denoising import primer_longest
     from core.infill import LONGEST_FLOOR
+
+    def primer_longest(ids: np.ndarray) -> float | None:  # what a timed window reads: the recent notes' guard
+        recent, _ = primer_recent(ids)
+        return None if recent is None else length_guard(recent)
 
     onset = np.arange(40) * 0.5
     lengths = np.where(np.arange(40) % 10 == 0, 3.0, 0.4)  # a long note in ten, the rest 0.4 s

@@ -154,9 +154,9 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
         for index, piece in enumerate(pieces):
             layout = infill.lay_out(piece, start, end, slots, model.mask_id, notecodec)
             bounds = (0, len(layout.ids) - 1)  # the piece's EOS stays unread: the music goes on
-            filled = infill.fill(model, layout, one_lane, steps, sampling, generator, constrain, bounds,
-                                 order=model.config.order)[0]
             guard = infill.restrike_guard(piece, start, end)
+            filled = infill.fill(model, layout, one_lane, steps, sampling, generator, constrain, bounds,
+                                 order=model.config.order, min_repeat=guard)[0]
             new = infill.new_notes(filled, layout, piece, start, end, pitches, cap, guard, until=math.inf)
             pieces[index] = Performance.concat(piece, new)
             written.append(_window_ids(new, now, ticks))

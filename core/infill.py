@@ -162,9 +162,10 @@ def infill(model, piece: Performance, start: float, end: float, *, keep_above: i
     longest = length_guard(around) if codec is notecodec else None  # the event codec's notes end by NoteOffs
     if longest is not None:
         constrain = with_mask(constrain, duration_limit(model.config.vocab_size, longest))
-    filled = fill(model, layout, state, steps, sampling, generator, constrain, reach(layout, context))
-    cap = None if density is None else max(1, math.ceil(density * seconds))
     min_repeat = repeat_guard_of(around)
+    filled = fill(model, layout, state, steps, sampling, generator, constrain, reach(layout, context),
+                  min_repeat=min_repeat)
+    cap = None if density is None else max(1, math.ceil(density * seconds))
     pieces = []
     for lane in range(variations):
         new = new_notes(filled[lane], layout, kept, start, end, allowed.pitches(), cap, min_repeat)
@@ -414,9 +415,9 @@ def windows(layout: Layout, window: int, bounds: tuple[int, int] | None = None) 
 
 def fill(model, layout: Layout, state, steps: int | None, sampling: SamplingConfig | None,
          generator: torch.Generator, constrain: Constrain, bounds: tuple[int, int] | None = None,
-         order: str = ORDER) -> np.ndarray:
+         order: str = ORDER, min_repeat: float = 0.0) -> np.ndarray:
     """The layout's masks filled in every lane of `state`, window by window, reading only ids[bounds], unmasked
-    in `order` (sampling.ORDERS) -> ids (B, L)."""
+    in `order` (sampling.ORDERS), no key struck again within `min_repeat` seconds -> ids (B, L)."""
     device = next(model.parameters()).device
     batch = state.batch
     ids = torch.from_numpy(layout.ids)[None].repeat(batch, 1).to(device)
@@ -426,7 +427,8 @@ def fill(model, layout: Layout, state, steps: int | None, sampling: SamplingConf
         keep = (view != model.mask_id)
         rule = constrain if layout.gap is None else time_rule(constrain, layout, ids, lo, hi)
         with torch.no_grad():
-            out = model.denoise(view, keep, state, steps, sampling, generator, rule, order=order)
+            out = model.denoise(view, keep, state, steps, sampling, generator, rule, order=order,
+                                min_repeat=min_repeat)
         commit = torch.zeros(hi - lo, dtype=torch.bool, device=device)
         commit[begin - lo:stop - lo] = True
         commit &= masked[lo:hi]

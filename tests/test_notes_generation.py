@@ -25,7 +25,7 @@ from core.midi import Performance, read_performance  # noqa: E402
 from core.modeldir import load_model, save_model  # noqa: E402
 from core.models.dsmr import DSMR, DSMRConfig  # noqa: E402
 from core.models.smdim import SMDIM, SMDIMConfig  # noqa: E402
-from core.models.smdim.sampling import note_order, pair_notes, unmask  # noqa: E402
+from core.models.smdim.sampling import doubled_keys, note_order, pair_notes, undouble, unmask  # noqa: E402
 from core.player import LivePlayer, Schedule, performance_events, play_along  # noqa: E402
 from core.session import GenerationSession  # noqa: E402
 from tests.conftest import PIANO_PIECE  # noqa: E402
@@ -351,6 +351,78 @@ def test_a_pitch_committed_in_a_pass_takes_its_duration_in_that_pass():
                                  nc.TIME_SHIFT]
     assert committed[0].tolist() == [False, True, True, True, True, True, False]
     assert_paired(fixed[0, 1:6].numpy())
+
+
+def test_a_slot_may_not_strike_a_key_already_struck_near_its_onset():
+    """Between the nearest known TimeShifts a Pitch sounds at the slot's onset: its key is forbidden there; across
+    a TimeShift it is forbidden only within `within` ticks of known time (a MASK moves no clock)."""
+    mask_id = nc.VOCAB_SIZE
+    p, d, ts = nc.PITCH + 60, nc.DURATION + 3, nc.TIME_SHIFT  # ts + k - 1: a shift of k ticks
+    x = torch.tensor([[nc.BOS, p, d, mask_id, p + 4, d, ts + 4, mask_id, mask_id, ts + 9, mask_id]])
+
+    def forbidden_keys(within: int, position: int) -> set[int]:
+        row = doubled_keys(x, mask_id, nc.VOCAB_SIZE, within)[0, position]
+        assert not row[:nc.PITCH].any() and not row[nc.DURATION:].any()  # only Pitches are ever forbidden
+        return set((np.flatnonzero(row.numpy()) - nc.PITCH).tolist())
+
+    assert forbidden_keys(1, 3) == {60, 64}  # at their onset, either side of the slot
+    assert forbidden_keys(1, 7) == set() and forbidden_keys(5, 7) == set()  # 5 ticks later: not "within" 5
+    assert forbidden_keys(6, 7) == {60, 64} and forbidden_keys(6, 8) == {60, 64}
+    assert forbidden_keys(6, 10) == set() and forbidden_keys(16, 10) == {60, 64}  # 5 + 10 ticks after them
+    assert not doubled_keys(x, mask_id, nc.VOCAB_SIZE, 100)[0, [1, 2, 4]].any()  # known ids are never drawn
+
+
+def test_a_key_drawn_twice_at_one_onset_in_one_pass_is_drawn_again():
+    """The earlier strike keeps its key (known before the pass, or committed now further left); a later one in
+    the pass at the same onset is drawn again among the other keys; one a TimeShift away is left alone."""
+    mask_id = nc.VOCAB_SIZE
+    p, d, ts = nc.PITCH + 60, nc.DURATION + 3, nc.TIME_SHIFT + 9
+    x = torch.tensor([[nc.BOS, p, d, p, d, p + 2, d, p + 2, d, ts, p, d]])
+    chosen = torch.tensor([[False, False, False, True, True, True, True, True, True, False, True, True]])
+    logits = torch.zeros(1, x.shape[1], nc.VOCAB_SIZE)
+    logits[0, :, p] = 60.0  # the model's favourite key everywhere, then 64, then 62
+    logits[0, :, nc.PITCH + 64] = 50.0
+    logits[0, :, p + 2] = 40.0
+    fixed = undouble(x, chosen, logits, SamplingConfig(temperature=0), None)[0].tolist()
+    assert fixed[3] == nc.PITCH + 64  # 60 was struck there before the pass
+    assert fixed[5] == p + 2 and fixed[7] not in (p, p + 2, nc.PITCH + 64)  # 62 first now; 60, 62, 64 taken
+    assert fixed[10] == p  # after a 100 ms TimeShift: not within one tick
+    assert undouble(x, chosen, logits, SamplingConfig(temperature=0), None, within=11)[0, 10] != p
+
+
+class OneKey(torch.nn.Module):
+    """A notes denoiser that likes key 60 best everywhere, then 62 and 64, then a one-tick TimeShift: left to
+    itself it strikes 60 at every slot a Pitch may take."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=nc.VOCAB_SIZE, codec="notes")
+        self.mask_id = nc.VOCAB_SIZE
+        self.logits = torch.full((nc.VOCAB_SIZE,), -100.0)
+        self.logits[[nc.PITCH + 60, nc.PITCH + 62, nc.PITCH + 64, nc.DURATION + 3, nc.TIME_SHIFT]] = torch.tensor(
+            [10.0, 9.0, 8.0, 7.0, 5.0])
+
+    def score(self, x):
+        return self.logits.expand(*x.shape, -1).clone()
+
+
+@pytest.mark.parametrize("min_repeat", [0.0, 0.1])
+def test_a_denoiser_never_strikes_a_key_twice_within_min_repeat(min_repeat):
+    """A model that would strike one key at every slot fills a window with no key struck twice within
+    `min_repeat` (0: never twice at one onset), in one pass or several."""
+    model = OneKey()
+    within = max(1, round(min_repeat / nc.TICK_SECONDS))
+    ids = torch.full((2, 48), model.mask_id)
+    ids[:, 0] = nc.BOS
+    keep = ids != model.mask_id
+    for steps in (1, 4, 12):
+        out = unmask(model, ids, keep, steps, SamplingConfig(temperature=0), None, min_repeat=min_repeat).numpy()
+        for lane in out:
+            clock = np.cumsum(np.where((lane >= nc.TIME_SHIFT) & (lane < nc.VELOCITY), lane - nc.TIME_SHIFT + 1, 0))
+            strikes = [(int(clock[i]), int(lane[i])) for i in np.flatnonzero(is_pitch(lane))]
+            assert len(strikes) >= 3
+            for index, (tick, key) in enumerate(strikes):
+                assert all(abs(tick - t) >= within for t, k in strikes[:index] if k == key), (steps, lane)
 
 
 def test_a_notes_denoiser_writes_whole_notes_within_max_note():

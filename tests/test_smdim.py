@@ -250,7 +250,7 @@ def unmask_orders(monkeypatch) -> list[str]:
     unmask = sampling.unmask
 
     def spy(*args):
-        orders.append(args[-1])
+        orders.append(args[7])  # model, ids, keep, steps, sampling, generator, constrain, order, min_repeat
         return unmask(*args)
 
     monkeypatch.setattr(sampling, "unmask", spy)

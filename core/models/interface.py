@@ -151,11 +151,12 @@ class Denoiser(Model, Protocol):
 
     def denoise(self, ids: torch.Tensor, keep: torch.Tensor, state: State, steps: int | None = None,
                 sampling=None, generator: torch.Generator | None = None, constrain=None,
-                order: str | None = None) -> torch.Tensor:
+                order: str | None = None, min_repeat: float = 0.0) -> torch.Tensor:
         """ids (B, T) with every position where `keep` (B, T) is False filled in `steps` unmasking passes (the
         model's default if None) -> ids (B, T) with no mask_id left and the kept ids unchanged. `sampling`: a
         core.generate.SamplingConfig; `constrain(logits (B, T, V), ids (B, T)) -> logits` runs before each draw;
-        order: "confidence" (surest first), "random", or None (the model's default)."""
+        order: "confidence" (surest first), "random", or None (the model's default); min_repeat: seconds within
+        which a new note does not strike a key again (a codec with note onsets; 0: only never twice at once)."""
         ...
 
 

@@ -375,9 +375,10 @@ class SMDIM(PackedWeights, nn.Module):
     @torch.no_grad()
     def denoise(self, ids: torch.Tensor, keep: torch.Tensor, state: SMDIMState, steps: int | None = None,
                 sampling=None, generator: torch.Generator | None = None, constrain: Constrain | None = None,
-                order: str | None = None) -> torch.Tensor:
+                order: str | None = None, min_repeat: float = 0.0) -> torch.Tensor:
         """Fill every position where `keep` (B, T) is False, in `steps` passes in `order` (the config's by
-        default) -> ids (B, T) with no MASK left; kept positions are returned unchanged. See sampling.unmask."""
+        default), no key struck again within `min_repeat` seconds -> ids (B, T) with no MASK left; kept positions
+        are returned unchanged. See sampling.unmask."""
         from core.models.smdim.sampling import unmask
 
         self._check(ids, state)
@@ -387,7 +388,8 @@ class SMDIM(PackedWeights, nn.Module):
         if bool((ids[keep] == self.mask_id).any()):
             raise ModelError("a kept position holds MASK: keep only known ids")
         return unmask(self, ids.to(self.embed.weight.device), keep.to(self.embed.weight.device),
-                      steps or self.config.steps, sampling, generator, constrain, order or self.config.order)
+                      steps or self.config.steps, sampling, generator, constrain, order or self.config.order,
+                      min_repeat)
 
     def _check(self, ids: torch.Tensor, state: SMDIMState) -> None:
         check_ids(ids, 2, state.batch, self.config.vocab_size + 1, "denoise")

@@ -375,7 +375,6 @@ def test_a_slot_may_not_strike_a_key_already_struck_near_its_onset():
 def test_a_key_drawn_twice_at_one_onset_in_one_pass_is_drawn_again():
     """The earlier strike keeps its key (known before the pass, or committed now further left); a later one in
     the pass at the same onset is drawn again among the other keys; one a TimeShift away is left alone."""
-    mask_id = nc.VOCAB_SIZE
     p, d, ts = nc.PITCH + 60, nc.DURATION + 3, nc.TIME_SHIFT + 9
     x = torch.tensor([[nc.BOS, p, d, p, d, p + 2, d, p + 2, d, ts, p, d]])
     chosen = torch.tensor([[False, False, False, True, True, True, True, True, True, False, True, True]])

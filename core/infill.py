@@ -63,7 +63,10 @@ from core.midi import Performance, canonical
 from core.models.interface import DENOISE
 from core.tokenizer import DEFAULT_VELOCITY_BIN, EOS, NOTE_OFF, NOTE_ON, TICK_SECONDS, bin_velocity
 
-MARGIN = 1.25  # slots per token of the region's own music: room for a little more than was there
+# Slots per token of the region's own music: room for a little more than was there. On bench/infill.py's 50
+# regions (one seed) the notes default wrote, minus the pianists' notes/s: -0.98 at 1.0, +0.25 at 1.12, +1.31 at
+# 1.25 (chosen while 30% of the notes it drew doubled or re-struck a key and were dropped: smdim/sampling.py).
+MARGIN = 1.12
 MIN_SLOTS = 8  # a short region still gets a figure
 MAX_SLOTS_PER_SECOND = 120  # the most slots a second of region gets (MAESTRO's dense passages use ~60 ids/s)
 # Ids a note takes, by codec: the event codec's NoteOn and NoteOff and about one TimeShift or Velocity; the

@@ -27,6 +27,7 @@ from core.codecs import codec_of
 from core.constraints import Constraints
 from core.errors import ModelError
 from core.generate import HeldNotes, LaneLimits, SamplingConfig, seeded_generator
+from core.harmony import HARMONY_WEIGHT, music_near, with_harmony
 from core.midi import Performance
 from core.tokenizer import EOS, PAD, TICK_SECONDS
 
@@ -105,7 +106,7 @@ def writes_timed(model, max_seconds: float | None, stop_at_eos: bool) -> bool:
 def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
                  max_tokens: int | None = None, max_seconds: float, seed: int | None = None,
                  max_note_seconds: float | None = None, steps: int | None = None,
-                 constraints: Constraints | None = None) -> Iterator[np.ndarray]:
+                 constraints: Constraints | None = None, harmony: float = HARMONY_WEIGHT) -> Iterator[np.ndarray]:
     """`denoise_stream` for the note-level codec, by its time rule (core/infill.py): each window is an empty
     region of real time after what is known, as many masks as the primer's ids per second fill in that time
     (`ids_rate`), whose TimeShifts may add up to the region's time and no more. Left to choose its own time in an
@@ -119,7 +120,8 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
     far); a lane with fewer ids in a window yields PAD while the others finish theirs, and LaneLimits ends it at
     `max_seconds`. No new note lasts longer than the primer's recent notes do (infill's `length_guard`), nor than
     `max_note_seconds`. A density in `constraints` (notes per second) sets the masks instead of the primer
-    (TOKENS_PER_NOTE ids a note) and caps the notes of each window, as infill's does."""
+    (TOKENS_PER_NOTE ids a note) and caps the notes of each window, as infill's does. Each window's keys are
+    pulled towards the pitch classes of its lane's last HARMONY_SECONDS (core/harmony.py; `harmony` 0: not at all)."""
     from core import infill
 
     limits = LaneLimits(state.batch, max_tokens, max_seconds, False, notecodec)
@@ -153,9 +155,10 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
         written = []  # each lane's ids of this window
         for index, piece in enumerate(pieces):
             layout = infill.lay_out(piece, start, end, slots, model.mask_id, notecodec)
+            rule = with_harmony(constrain, music_near(piece, start, start), notecodec, harmony)
             bounds = (0, len(layout.ids) - 1)  # the piece's EOS stays unread: the music goes on
             guard = infill.restrike_guard(piece, start, end)
-            filled = infill.fill(model, layout, one_lane, steps, sampling, generator, constrain, bounds,
+            filled = infill.fill(model, layout, one_lane, steps, sampling, generator, rule, bounds,
                                  order=model.config.order, min_repeat=guard)[0]
             new = infill.new_notes(filled, layout, piece, start, end, pitches, cap, guard, until=math.inf)
             pieces[index] = Performance.concat(piece, new)

@@ -32,8 +32,9 @@ The result is assembled at the note level so the rules hold exactly: every kept 
 a new note starts inside the region, ends by the region's end and before the next kept strike of its pitch, never
 strikes a key a kept note holds, never strikes a key again faster than the music around the region does
 (`restrike_guard`, the continuation's default guard), with the note-level codec lasts no longer than the music
-around the region does (`length_guard`), and lies in the pitch range left to it. When context + region exceed the plan's
-window, the masks are filled window by window: each window sees a quarter of a window of what comes before (the
+around the region does (`length_guard`), and lies in the pitch range left to it. The keys the model draws are
+pulled towards the pitch classes sounding within two bars or so of the region (core/harmony.py; `harmony=0`: not at
+all). When context + region exceed the plan's window, the masks are filled window by window: each window sees a quarter of a window of what comes before (the
 previous windows' fill included) and commits its masks up to a quarter of a window before its end, so the next
 window overlaps it; the last one sees the right context itself. `context` (seconds) bounds the music read each side
 of the region: the model reads only the ids within it, fewer than a window when the region and both sides fit (a
@@ -59,6 +60,7 @@ from core.constraints import DENSITY_RANGE, Constraints, note_name
 from core.denoising import duration_limit
 from core.errors import RecitalError
 from core.generate import SamplingConfig
+from core.harmony import HARMONY_WEIGHT, check_weight, music_near, with_harmony
 from core.midi import Performance, canonical
 from core.models.interface import DENOISE
 from core.tokenizer import DEFAULT_VELOCITY_BIN, EOS, NOTE_OFF, NOTE_ON, TICK_SECONDS, bin_velocity
@@ -116,7 +118,7 @@ def infill(model, piece: Performance, start: float, end: float, *, keep_above: i
            keep_below: int | None = None, variations: int = 1, steps: int | None = None,
            density: float | None = None, seed: int | None = None, sampling: SamplingConfig | None = None,
            constraints: Constraints | None = None, budget: int | str | None = None,
-           context: float | None = None) -> list[Performance]:
+           context: float | None = None, harmony: float = HARMONY_WEIGHT) -> list[Performance]:
     """`variations` versions of `piece` with the notes that start in [start, end) written anew by `model` (a
     denoiser), each a whole piece on the input's grid.
 
@@ -126,7 +128,8 @@ def infill(model, piece: Performance, start: float, end: float, *, keep_above: i
     steps: unmasking passes per window (the model's default if None). constraints: limits on the new notes
     (core/constraints.py; their token mask is applied to every slot). budget: bytes for all variations together
     (None: the model's default for each); it buys the window. context: seconds of music each side of the region
-    the model reads at most (None: as much as the window holds around it).
+    the model reads at most (None: as much as the window holds around it). harmony: how hard the pitch classes
+    sounding within HARMONY_SECONDS of the region pull the new notes' keys (core/harmony.py; 0: not at all).
     """
     check_region(piece, start, end)
     if getattr(model, "family", None) != DENOISE:
@@ -138,6 +141,7 @@ def infill(model, piece: Performance, start: float, end: float, *, keep_above: i
         raise InfillError(f"steps must be at least 1, got {steps}")
     if context is not None and not (math.isfinite(context) and context >= 0):
         raise InfillError(f"context must be a number of seconds >= 0 each side of the region, got {context}")
+    check_weight(harmony)
     replaced, kept_voice = region_notes(piece, start, end, keep_above, keep_below)
     allowed = new_note_constraints(piece, replaced, constraints, keep_above, keep_below)
     density = density if density is not None else allowed.density
@@ -165,6 +169,7 @@ def infill(model, piece: Performance, start: float, end: float, *, keep_above: i
     longest = length_guard(around) if codec is notecodec else None  # the event codec's notes end by NoteOffs
     if longest is not None:
         constrain = with_mask(constrain, duration_limit(model.config.vocab_size, longest))
+    constrain = with_harmony(constrain, music_near(kept, start, end), codec, harmony)
     min_repeat = repeat_guard_of(around)
     filled = fill(model, layout, state, steps, sampling, generator, constrain, reach(layout, context),
                   min_repeat=min_repeat)

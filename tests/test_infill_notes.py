@@ -351,7 +351,7 @@ def test_a_density_sets_a_timed_windows_notes_and_polyphony_is_refused(trained, 
         session.run()
         written[density] = [len(part) for part in session.new_parts()]
         windows = math.ceil(3.0 / (model.plan(session.plan.nbytes, 1).window * MASKED_SHARE / (density * 4)))
-        assert all(0 < count <= math.ceil(density * 3.0) + windows for count in written[density])
+        assert all(0 < count <= math.ceil(density * 3.0) + windows for count in written[density]), (written, windows)
     assert sum(written[1.0]) < sum(written[6.0])
     with pytest.raises(ModelError, match="density limits, not polyphony"):
         GenerationSession(model, primer, seconds=3.0, constraints=Constraints.parse(max_polyphony=3))

@@ -28,6 +28,7 @@ DEFAULT_MODEL = "default-smdim"
 
 
 seconds = bounded(_number, lambda value: value >= 0, "must be >= 0 seconds", "seconds")
+harmony_weight = bounded(_number, lambda value: value >= 0, "must be >= 0 (0: off)", "a weight")
 
 
 def bar_range(text: str) -> tuple[int, int]:
@@ -82,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=seconds, metavar="SECONDS",
                         help="read at most SECONDS of music each side of the region (default: as much as the "
                              "model's window holds); less reads fewer ids, so each pass costs less")
+    parser.add_argument("--harmony", type=harmony_weight, default=None, metavar="W",
+                        help="how hard the pitch classes sounding within about two bars of the region pull the new "
+                             "notes' keys (0: not at all; default 1)")
     parser.add_argument("--exact", action="store_true",
                         help="generate with the model's exact fp32 weights (default: int8 where the model "
                              "offers it, about 1.5x faster)")
@@ -143,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     pieces = infill(model, piece, start, end, keep_above=args.keep_above, keep_below=args.keep_below,
                     variations=args.variations, steps=args.steps, density=args.density, seed=args.seed,
                     sampling=SamplingConfig(args.temperature, 0, args.top_p), budget=args.budget,
-                    context=args.context)
+                    context=args.context, **({} if args.harmony is None else {"harmony": args.harmony}))
     took = time.perf_counter() - began
     for line in planned.create_folders():
         print(f"note: {line}")

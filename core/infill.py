@@ -34,11 +34,12 @@ strikes a key a kept note holds, never strikes a key again faster than the music
 (`restrike_guard`, the continuation's default guard), with the note-level codec lasts no longer than the music
 around the region does (`length_guard`), and lies in the pitch range left to it. The keys the model draws are
 pulled towards the pitch classes sounding within two bars or so of the region (core/harmony.py; `harmony=0`: not at
-all). When context + region exceed the plan's window, the masks are filled window by window: each window sees a quarter of a window of what comes before (the
-previous windows' fill included) and commits its masks up to a quarter of a window before its end, so the next
-window overlaps it; the last one sees the right context itself. `context` (seconds) bounds the music read each side
-of the region: the model reads only the ids within it, fewer than a window when the region and both sides fit (a
-pass costs about its length); None reads as much as the window holds.
+all). When context + region exceed the plan's window, the masks are filled window by window: each window sees a
+quarter of a window of what comes before (the previous windows' fill included) and commits its masks up to a
+quarter of a window before its end, so the next window overlaps it; the last one sees the right context itself.
+`context` (seconds) bounds the music read each side of the region: the model reads only the ids within it, fewer
+than a window when the region and both sides fit (a pass costs about its length); None reads as much as the window
+holds.
 
 Left-to-right models (DSMR, PerceiverS) cannot see what follows a region: infill refuses them in one line that
 names a denoiser (the benchmark's "continue and cut" baseline is theirs, bench/infill.py).

@@ -5,11 +5,12 @@ the piece's own statistics do (bench/infill.py: pitch-class overlap with the pia
 and 0.425 for the DSMR default continuing from the left): what it writes drifts out of the harmony around it. So
 the pitch classes that sound within HARMONY_SECONDS of the passage, weighted by how long they sound, become a prior
 multiplied into the model's distribution over keys (a product of experts: `weight` x log share added to each
-key's logit, then renormalised so a note is as likely as before: only which key changes). Smoothed, so a class the music around never played stays possible,
-only less likely: a chromatic passing note is still there to draw. On the same 50 regions, weight 1: pitch-class
-overlap 0.514 -> 0.388 (now closer than the DSMR continuing) and pitch range 13.0 -> 11.5 semitones from the truth;
-SMDIM continuing the ten MAESTRO primers (each timed window pulled by its lane's last HARMONY_SECONDS) kept the
-primer's key or a close one in 8 of 10 continuations, 3 without (README, "Infilling").
+key's logit, then renormalised so a note is as likely as before: only which key changes). Smoothed, so a class the
+music around never played stays possible, only less likely: a chromatic passing note is still there to draw. On
+the same 50 regions, weight 1: pitch-class overlap 0.514 -> 0.388 (now closer than the DSMR continuing) and pitch
+range 13.0 -> 11.5 semitones from the truth; SMDIM continuing the ten MAESTRO primers (each timed window pulled
+by its lane's last HARMONY_SECONDS) kept the primer's key or a close one in 8 of 10 continuations, 3 without
+(README, "Infilling").
 """
 
 from __future__ import annotations

@@ -132,18 +132,17 @@ def note_order(x: torch.Tensor, mask_id: int, vocab_size: int) -> torch.Tensor:
             | (after_velocity & ~before_other & ~is_pitch) | (known_after & ~before_pitch & is_velocity))
 
 
-def _known_clock(x: torch.Tensor) -> torch.Tensor:
+def _known_clock(x: torch.Tensor) -> np.ndarray:
     """(B, T) ticks of the known TimeShifts up to and including each position (a MASK moves no clock): a Pitch
     there sounds at that time, or later if a MASK before it becomes a TimeShift."""
-    is_shift = (x >= TIME_SHIFT) & (x < VELOCITY)
-    return torch.where(is_shift, x - TIME_SHIFT + 1, 0).cumsum(1)
+    return np.cumsum(notecodec.shift_ticks(x.cpu().numpy()), axis=1)
 
 
 def doubled_keys(x: torch.Tensor, mask_id: int, vocab_size: int, within: int = 1) -> torch.Tensor:
     """(B, T, V) bool, True at the Pitches a masked slot may not draw: the keys struck less than `within` ticks of
     known time from it on either side (`_known_clock`; 1: at its own onset)."""
     batch, length = x.shape
-    clock = _known_clock(x).float()
+    clock = torch.from_numpy(_known_clock(x)).to(x.device, torch.float32)
     is_pitch = (x >= PITCH) & (x < DURATION)
     key = torch.nn.functional.one_hot((x - PITCH).clamp(0, 127), 128).bool() & is_pitch[..., None]  # (B, T, 128)
     struck = torch.where(key, clock[..., None], float("-inf"))
@@ -164,7 +163,7 @@ def undouble(x: torch.Tensor, chosen_now: torch.Tensor, logits: torch.Tensor, sa
     is_pitch = (ids >= PITCH) & (ids < DURATION)
     if not (is_pitch & now).any():
         return x
-    clock = _known_clock(x).cpu().numpy()
+    clock = _known_clock(x)
     x = x.clone()
     for row in np.flatnonzero((is_pitch & now).any(1)).tolist():
         positions = np.flatnonzero(is_pitch[row])

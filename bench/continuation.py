@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import struct
@@ -85,14 +86,17 @@ QUICK = Windows(primer=10.0, truth=10.0, new=20.0, variations=2)
 
 @dataclass(frozen=True)
 class Configuration:
-    """One column: a model and whether it adapts to the primer first."""
+    """One column: a model, whether it adapts to the primer first, and how hard its keys are pulled towards the
+    harmony of the music behind them (core/harmony.py; 0: not at all)."""
 
     model: str
     adapt: bool = False
+    harmony: float = 0.0
 
     @property
     def label(self) -> str:
-        return Path(self.model).name + (" +adapt" if self.adapt else "")
+        return (Path(self.model).name + (" +adapt" if self.adapt else "")
+                + (f" +harmony {self.harmony:g}" if self.harmony else ""))
 
 
 @dataclass
@@ -182,10 +186,11 @@ def read_excerpts(folder: Path, count: int, windows: Windows) -> tuple[list[Exce
 
 # --- the model side -------------------------------------------------------------------------------------------
 
-def write_lanes(model, primer_ids: np.ndarray | None, seconds: float, lanes: int, seed: int) -> list[np.ndarray]:
+def write_lanes(model, primer_ids: np.ndarray | None, seconds: float, lanes: int, seed: int,
+                harmony: float = 0.0) -> list[np.ndarray]:
     """`lanes` variations of `seconds` after the primer (None: from nothing), one batch, as `recital generate`
-    writes them: its sampling, token cap, --max-note, --min-repeat, and the model's own budget for each lane. The
-    one place this file generates (core/session.py will take it over)."""
+    writes them: its sampling, token cap, --max-note, --min-repeat, --harmony, and the model's own budget for each
+    lane. The one place this file generates (core/session.py will take it over)."""
     from core.budget import default_budget
     from core.codecs import codec_of
     from core.generate import SamplingConfig, generate, prepare_primer
@@ -196,7 +201,7 @@ def write_lanes(model, primer_ids: np.ndarray | None, seconds: float, lanes: int
         from core.session import GenerationSession
 
         session = GenerationSession(model, primer_ids, sampling=SamplingConfig(top_p=TOP_P), seconds=seconds,
-                                    variations=lanes, seed=seed, max_note=MAX_NOTE)
+                                    variations=lanes, seed=seed, max_note=MAX_NOTE, harmony=harmony)
         session.run()
         return [np.asarray(ids, dtype=np.int64) for ids in session.lanes]
     state = model.new_state(model.plan(default_budget(model, lanes), lanes), lanes)
@@ -205,7 +210,8 @@ def write_lanes(model, primer_ids: np.ndarray | None, seconds: float, lanes: int
     for step in generate(model, primer, state, SamplingConfig(top_p=TOP_P), seed=seed, stop_at_eos=False,
                          max_tokens=int(seconds * TOKENS_PER_SECOND_LIMIT) + 64, max_seconds=seconds,
                          max_note_seconds=MAX_NOTE,
-                         min_repeat_seconds=repeat_guard(FROM_PRIMER, codec_of(model), primer_ids)):
+                         min_repeat_seconds=repeat_guard(FROM_PRIMER, codec_of(model), primer_ids),
+                         harmony=harmony):
         for lane, token in enumerate(np.atleast_1d(step).tolist()):
             if token:  # PAD: the lane has finished
                 written[lane].append(token)
@@ -310,7 +316,7 @@ def measure_continuations(model, config: Configuration, excerpts: list[Excerpt],
         period, key = primer_context(excerpt, windows)
         excerpt = excerpt.coded(codec)
         used = adapted(model, config, excerpt, column)
-        lanes = write_lanes(used, excerpt.primer_ids, windows.truth, seeds, seed=index)
+        lanes = write_lanes(used, excerpt.primer_ids, windows.truth, seeds, seed=index, harmony=config.harmony)
         for notes in new_notes(excerpt.primer_ids, lanes, excerpt.start, codec):
             column.continuations.append(continuation_stats(notes, excerpt.start, windows.truth, period, key))
         if not denoises(used):  # a denoiser's bound (its ELBO) is in its card, not comparable id by id
@@ -337,7 +343,8 @@ def adapted(model, config: Configuration, excerpt: Excerpt, column: Column | Non
     return done.model
 
 
-def measure_new_pieces(model, label: str, reference: list[Performance], windows: Windows) -> Column:
+def measure_new_pieces(model, label: str, reference: list[Performance], windows: Windows,
+                       harmony: float = 0.0) -> Column:
     from core.codecs import codec_of
     from core.metrics import compare_sets
     from core.tokenizer import BOS
@@ -345,7 +352,7 @@ def measure_new_pieces(model, label: str, reference: list[Performance], windows:
     codec = codec_of(model)
     column = Column(label, codec.NAME)
     started = time.perf_counter()
-    lanes = write_lanes(model, None, windows.new, windows.variations, seed=0)
+    lanes = write_lanes(model, None, windows.new, windows.variations, seed=0, harmony=harmony)
     pieces = new_notes(np.array([BOS]), lanes, 0.0, codec)
     column.pieces = [piece_stats(piece, windows.new) for piece in pieces]
     column.mgeval = compare_sets(pieces, reference).mean_oa
@@ -610,7 +617,8 @@ def render(model, config: Configuration, excerpt: Excerpt, windows: Windows, out
 
     codec = codec_of(model)
     excerpt = excerpt.coded(codec)
-    lanes = write_lanes(adapted(model, config, excerpt), excerpt.primer_ids, windows.truth, 1, seed=0)
+    lanes = write_lanes(adapted(model, config, excerpt), excerpt.primer_ids, windows.truth, 1, seed=0,
+                        harmony=config.harmony)
     continuation = new_notes(excerpt.primer_ids, lanes, excerpt.start, codec)[0]
     stem = f"{excerpt.name}-{config.label}"
     wav = render_wav(Performance.concat(excerpt.primer, continuation), out / f"{stem}.wav",
@@ -623,8 +631,8 @@ def render(model, config: Configuration, excerpt: Excerpt, windows: Windows, out
 
 # --- main -----------------------------------------------------------------------------------------------------
 
-def configurations(models: list[str], adapt: list[bool]) -> list[Configuration]:
-    return [Configuration(model, flag) for model in models for flag in adapt]
+def configurations(models: list[str], adapt: list[bool], harmony: list[float]) -> list[Configuration]:
+    return [Configuration(model, flag, weight) for model in models for flag in adapt for weight in harmony]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -634,6 +642,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3, metavar="K", help="continuations per primer (default 3)")
     parser.add_argument("--models", default=",".join(SHIPPED), help="model names or folders, comma-separated")
     parser.add_argument("--adapt", default="off,on", help="off, on or off,on: with and without primer adaptation")
+    parser.add_argument("--harmony", default="0", metavar="W[,W...]",
+                        help="weights of the harmony pull on the keys (core/harmony.py), comma-separated: a column "
+                             "each (default 0: none)")
     parser.add_argument("--quick", action="store_true", help="2 pieces, 1 seed, 10 s windows, 2 new pieces of 20 s, "
                                                                  "and the controls table")
     parser.add_argument("--controls", action="store_true", help="only the controls table: continuations under a "
@@ -661,6 +672,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not adapt or any(part not in flags for part in adapt):
         parser.error(f"--adapt takes off, on or off,on; got {args.adapt!r}")
     args.adapt = [flags[part] for part in adapt]
+    try:
+        weights = [float(part) for part in args.harmony.split(",") if part.strip()]
+    except ValueError:
+        weights = []
+    if not weights or any(not (weight >= 0 and math.isfinite(weight)) for weight in weights):
+        parser.error(f"--harmony takes weights >= 0, comma-separated; got {args.harmony!r}")
+    args.harmony = weights
     args.models = [part.strip() for part in args.models.split(",") if part.strip()]
     if not args.models:
         parser.error("--models names no model")
@@ -741,7 +759,7 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
     continued, written = [], []
     rendered: list[Path] = []
     # new pieces have no primer to adapt to: --new-only writes each model's once
-    for config in configurations(args.models, [False] if args.new_only else args.adapt):
+    for config in configurations(args.models, [False] if args.new_only else args.adapt, args.harmony):
         model = load_model(config.model)
         if config.adapt and denoises(model):  # `recital continue --adapt` refuses a denoiser: nothing to measure
             print(f"  {config.label}: a denoiser is never adapted to a primer; skipped", file=sys.stderr)
@@ -750,7 +768,7 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
         if not args.new_only:
             continued.append(measure_continuations(model, config, excerpts, windows, args.seeds))
         if not config.adapt:  # a new piece has no primer to adapt to
-            written.append(measure_new_pieces(model, config.label, reference, windows))
+            written.append(measure_new_pieces(model, config.label, reference, windows, config.harmony))
         if args.render is not None and not args.new_only:
             rendered += render(model, config, excerpts[0], windows, args.render)
     ceiling = measure_ceiling(performances, reference, windows)

@@ -42,7 +42,8 @@ MASKED_SHARE = 0.5  # of a timed window: its masks; the rest reads the music bef
 def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
                    max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = False,
                    seed: int | None = None, max_note_seconds: float | None = None, steps: int | None = None,
-                   constraints: Constraints | None = None) -> Iterator[np.ndarray]:
+                   constraints: Constraints | None = None, harmony: float = HARMONY_WEIGHT
+                   ) -> Iterator[np.ndarray]:
     """Yield the ids (B,) that continue `primer` (prepared: BOS first, no EOS), one per step, one per lane of
     `state`, written a window at a time by `model.denoise`, until max_tokens or max_seconds (one is needed: a
     denoiser writes a region of a chosen length), both counted in the model's codec. Notes never sound longer than
@@ -50,13 +51,15 @@ def denoise_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig 
     later windows read it so); with the notes codec no longer Duration is ever drawn (and the unmasking follows
     the codec's order: core/models/smdim/sampling.py). `constraints`: their position-independent part (scale,
     range, velocity: `Constraints.token_mask`) limits every id drawn; in timed windows a density sets how many
-    notes each holds; polyphony follows the music id by id and is for left-to-right models."""
+    notes each holds; polyphony follows the music id by id and is for left-to-right models. `harmony`: the pull of
+    a timed window's keys towards its lane's last HARMONY_SECONDS (core/harmony.py); windows of ids have none."""
     if max_tokens is None and max_seconds is None:
         raise ModelError(f"a {model.arch} model writes a region of a chosen length: give seconds or max tokens")
     codec = codec_of(model)
     if writes_timed(model, max_seconds, stop_at_eos):
         yield from timed_stream(model, primer, state, sampling, max_tokens=max_tokens, max_seconds=max_seconds,
-                                seed=seed, max_note_seconds=max_note_seconds, steps=steps, constraints=constraints)
+                                seed=seed, max_note_seconds=max_note_seconds, steps=steps, constraints=constraints,
+                                harmony=harmony)
         return
     limits = LaneLimits(state.batch, max_tokens, max_seconds, stop_at_eos, codec)
     batch, window = state.batch, state.window

@@ -21,6 +21,7 @@ from core import notecodec, tokenizer
 from core.codecs import Codec, codec_of
 from core.constraints import Constraints
 from core.errors import ModelError
+from core.harmony import LaneHarmony, check_weight
 from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, PAD, TICK_SECONDS, TIME_SHIFT, shift_ticks
 
 # -- sampling filters: logits (B, V) in, logits out; filtered-out entries become -inf -------------------------
@@ -270,7 +271,7 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
              max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = True,
              seed: int | None = None, max_note_seconds: float | None = MAX_NOTE_SECONDS,
              min_repeat_seconds: float | None = notecodec.MIN_REPEAT_SECONDS,
-             constraints: Constraints | None = None) -> Iterator[np.ndarray]:
+             constraints: Constraints | None = None, harmony: float = 0.0) -> Iterator[np.ndarray]:
     """The engine of a generation session (core/session.py): yield the ids that continue `primer`, one array (B,)
     of int64 per step, one id per lane of `state`, until a limit is reached.
 
@@ -292,7 +293,9 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     mode.
 
     `constraints` (core/constraints.py, resolved against the primer) add their mask to the logits before
-    temperature and the filters, per lane; they read the primer but never change it.
+    temperature and the filters, per lane; they read the primer but never change it. `harmony` > 0 pulls each
+    lane's keys towards the pitch classes of its last HARMONY_SECONDS, that weight hard (core/harmony.py
+    `LaneHarmony`: which key, never whether a note comes; 0: not at all).
     """
     codec = codec_of(model)
     limits = LaneLimits(state.batch, max_tokens, max_seconds, stop_at_eos, codec)
@@ -311,6 +314,8 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     forbidden[never] = float("-inf")  # (V,)
     tracker = (constraints.tracker(batch, primer.numpy(), logits.shape[-1], codec=codec)
                if constraints is not None else None)
+    check_weight(harmony)
+    keys = LaneHarmony(codec, batch, primer.numpy(), harmony) if harmony else None
     del primer  # read: the steps never look back at it, and a long primer's ids are freed before they run
     while limits.more():
         allowed = logits + forbidden
@@ -322,12 +327,16 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
             if rule is not None:  # the grammar first: a lane the constraints would leave no id keeps its rule's
                 constrained = torch.where(torch.isinf(constrained).all(-1, keepdim=True), allowed, constrained)
             allowed = constrained
+        if keys is not None:
+            allowed = keys.pull(allowed)
         ids = sample(allowed, sampling, generator)  # (B,)
         tokens = ids.cpu().numpy()
         if notes.follow(tokens):  # some lanes end a note instead
             ids = torch.from_numpy(tokens).to(ids.device)
         if tracker is not None:
             tracker.read(tokens)
+        if keys is not None:
+            keys.read(tokens)
         yield limits.close(tokens)  # PAD where a lane has finished
         if limits.over():
             return

@@ -33,6 +33,7 @@ from core.denoising import denoise_stream, writes_timed
 from core.errors import ModelError
 from core.generate import MAX_NOTE_SECONDS, SamplingConfig, generate, prepare_primer
 from core.grid import Grid
+from core.harmony import check_weight, default_weight
 from core.midi import MERGE_SECONDS, MIN_RESTRIKE_SECONDS, Performance, canonical
 from core.models.interface import DENOISE, LEFT_TO_RIGHT
 from core.tokenizer import TICK_SECONDS, NoteEvent
@@ -140,7 +141,9 @@ class GenerationSession:
     the piece before `seconds`. constraints: limits on what is written (core/constraints.py); a key 'from the
     primer' is read from the primer here. adapt: adapt a copy of the model to a primer of at least
     `adapt.min_seconds` first (core/adapt.py; None: never; a denoiser refuses it), in `adapt_to_primer()` or
-    on the first step, which sets `adapt_seconds`. Every setting is checked here, and the state allocated (after
+    on the first step, which sets `adapt_seconds`. harmony: how hard each lane's keys are pulled towards the
+    pitch classes of its last HARMONY_SECONDS (core/harmony.py; 0: not at all; None: the model's default,
+    `default_weight`). Every setting is checked here, and the state allocated (after
     the memory check), before the first step; reading the primer happens on the first step.
     """
 
@@ -150,7 +153,8 @@ class GenerationSession:
                  min_repeat: float | str | None = notecodec.FROM_PRIMER, allow_end: bool = False,
                  start: float | None = None, plan=None,
                  grid: Grid | None = None, bars: int | None = None,
-                 constraints: Constraints | None = None, adapt: AdaptSettings | None = None):
+                 constraints: Constraints | None = None, adapt: AdaptSettings | None = None,
+                 harmony: float | None = None):
         if variations < 1:
             raise ModelError(f"variations must be at least 1, got {variations}")
         self.denoises = getattr(model, "family", LEFT_TO_RIGHT) == DENOISE  # it fills windows (core/denoising.py)
@@ -170,6 +174,8 @@ class GenerationSession:
             raise ModelError(f"the shortest re-strike of a pitch must be 0 to 1 second (0: any) or "
                              f"'{notecodec.FROM_PRIMER}', got {min_repeat!r}")
         self.allow_end = allow_end
+        self.harmony = default_weight(model) if harmony is None else harmony
+        check_weight(self.harmony)
         if isinstance(primer, str | Path):
             from core.midi import read_performance
 
@@ -266,12 +272,12 @@ class GenerationSession:
             stream = denoise_stream(counted, primer, self.state, self.sampling,
                                     max_tokens=self.max_tokens, max_seconds=self.seconds,
                                     stop_at_eos=self.allow_end, seed=self.seed, max_note_seconds=self.max_note,
-                                    constraints=self.constraints)
+                                    constraints=self.constraints, harmony=self.harmony)
         else:
             stream = generate(self._writer, primer, self.state, self.sampling,
                               max_tokens=self.max_tokens, max_seconds=self.seconds, stop_at_eos=self.allow_end,
                               seed=self.seed, max_note_seconds=self.max_note, min_repeat_seconds=self.min_repeat,
-                              constraints=self.constraints)
+                              constraints=self.constraints, harmony=self.harmony)
         del primer
         began = time.perf_counter()
         first = None

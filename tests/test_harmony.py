@@ -1,5 +1,6 @@
 """The harmony pull (core/harmony.py): the pitch classes sounding around a passage as a prior on a denoiser's keys;
-infill applies it (`harmony`, `recital infill --harmony`), 0 turns it off, a bad weight is one clear error."""
+infill applies it (`harmony`, `recital infill --harmony`), 0 turns it off, a bad weight is one clear error. A
+left-to-right model's lanes get it from their own last HARMONY_SECONDS, followed id by id (`LaneHarmony`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from core.harmony import (
     HARMONY_SECONDS,
     SMOOTHING,
     HarmonyError,
+    LaneHarmony,
     key_pull,
     music_near,
     pitch_class_shares,
@@ -120,3 +122,101 @@ def test_recital_infill_takes_a_harmony_weight_and_refuses_a_negative_one(tmp_pa
     assert main(["infill", str(source), "--start", "3", "--end", "6", "--model", str(model), "--harmony", "0",
                  "--seed", "1", "--out", str(out)]) == 0
     assert out.exists()
+
+
+def tiny_dsmr(codec: str):
+    from core.models.dsmr import DSMR, DSMRConfig
+
+    torch.manual_seed(0)
+    return DSMR(DSMRConfig(d_model=32, n_layers=2, n_heads=4, segment_len=8, max_horizon=32, n_long=1,
+                           codec=codec)).eval()
+
+
+def lane_pull(harmony: LaneHarmony, lane: int) -> np.ndarray:
+    return harmony.shift[lane].numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("codec", [notecodec, tokenizer])
+def test_a_lane_is_pulled_by_its_own_last_harmony_seconds(codec):
+    """The primer's last HARMONY_SECONDS set every lane's pull; then each lane's own notes join it as they are
+    written and the primer's leave it HARMONY_SECONDS after they end."""
+    primer = chords([48, 60, 64, 67], 0.0, 12.0)  # C major, up to 12 s
+    ids = codec.encode(primer, eos=False)
+    harmony = LaneHarmony(codec, 2, ids, weight=1.0)
+    expected = key_pull(music_near(primer, primer.duration, primer.duration))
+    for lane in (0, 1):
+        assert np.allclose(lane_pull(harmony, lane), expected, atol=1e-5)
+    # lane 0 plays an F# of 2 s, then waits until the primer's last chord has been over for 8.5 s; lane 1 only waits
+    f_sharp = codec.encode(Performance.from_notes([0.0], [2.0], [66], [70]), bos=False, eos=False)
+    after_f_sharp = codec.ids_seconds(ids) + codec.ids_seconds(f_sharp)
+    wait = primer.duration + HARMONY_SECONDS + 0.5 - after_f_sharp
+    rows = [np.concatenate([f_sharp, codec.silence_ids(wait)]),
+            codec.silence_ids(wait + codec.ids_seconds(f_sharp))]
+    for column in range(max(map(len, rows))):
+        harmony.read(np.array([row[column] if column < len(row) else tokenizer.PAD for row in rows], np.int64))
+    assert lane_pull(harmony, 0).argmax() % 12 == 6 and lane_pull(harmony, 0)[66] == 0  # only F# is left
+    assert np.allclose(lane_pull(harmony, 0)[[60, 64, 67]], np.log(SMOOTHING / 12 / (1 - SMOOTHING + SMOOTHING / 12)))
+    assert np.all(lane_pull(harmony, 1) == 0)  # lane 1's window is empty: no pull at all
+
+
+def test_the_pull_of_a_note_still_sounding_grows_as_it_sounds():
+    """The event codec ends a note with its NoteOff: until then a sounding note counts for the time it has sounded."""
+    primer = tokenizer.encode(chords([60], 0.0, 2.0, step=1.0), eos=False)  # C, struck twice, 1.8 s of sound
+    harmony = LaneHarmony(tokenizer, 1, primer, weight=1.0)
+    harmony.read(np.array([tokenizer.NOTE_ON + 61]))  # C# goes down and stays
+    at_once = lane_pull(harmony, 0)[61]
+    for _ in range(3):
+        harmony.read(np.array([tokenizer.TIME_SHIFT + 49]))  # 0.5 s each
+    assert lane_pull(harmony, 0)[61] > at_once
+    harmony.read(np.array([tokenizer.NOTE_OFF + 61]))
+    c, c_sharp = (1 - SMOOTHING) * np.array([1.8, 1.5]) / 3.3 + SMOOTHING / 12  # 1.8 s of C, 1.5 s of C#
+    assert lane_pull(harmony, 0)[61] == pytest.approx(np.log(c_sharp / c), abs=1e-5)
+
+
+@pytest.mark.parametrize("codec", ["notes", "performance"])
+def test_a_strong_pull_keeps_a_left_to_right_continuation_in_the_primers_classes(codec):
+    """An untrained model writes all sorts of keys after a C major primer; pulled hard, only the primer's classes;
+    a bad weight is refused before anything is written."""
+    from core.codecs import codec_named
+    from core.generate import generate, prepare_primer
+
+    model = tiny_dsmr(codec)
+    module = codec_named(codec)
+    primer = prepare_primer(module.encode(chords([48, 55, 60, 64, 67], 0.0, 4.0), eos=False), module.VOCAB_SIZE)
+
+    def classes(harmony: float) -> set[int]:
+        state = model.new_state(model.plan(1 << 20, 3), 3)
+        lanes = np.stack(list(generate(model, primer, state, seed=3, max_tokens=300, max_seconds=4.0,
+                                       stop_at_eos=False, harmony=harmony)), axis=1)  # the primer stays near
+        notes = module.decode_continuations(primer.numpy(), list(lanes), with_primer=False)
+        return set().union(*((notes.pitch % 12).tolist() for notes in notes))
+
+    free = classes(0.0)
+    assert free - {0, 4, 7}  # the model left alone strays outside C major's triad
+    pulled = classes(50.0)
+    assert pulled and pulled <= {0, 4, 7}
+    with pytest.raises(HarmonyError, match="harmony weight must be a number >= 0"):
+        next(generate(model, primer, model.new_state(model.plan(1 << 20, 1), 1), max_tokens=5, harmony=-1.0))
+
+
+def test_recital_continue_takes_a_harmony_weight_off_by_default_for_a_left_to_right_model(
+        tiny_model_dir, tmp_path, capsys, isolated_dirs):
+    primer = tmp_path / "primer.mid"
+    write_performance(chords([48, 60, 64, 67], 0.0, 4.0), primer)
+
+    def continued(*flags: str) -> Performance:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}.mid"
+        assert main(["continue", str(primer), "--model", str(tiny_model_dir), "--seconds", "3", "--seed", "4",
+                     "--no-adapt", "--out", str(out), *flags]) == 0
+        return read_performance(out)
+
+    def notes(piece: Performance) -> list[tuple]:
+        return list(zip(piece.onset.tolist(), piece.pitch.tolist(), strict=True))
+
+    plain = notes(continued())
+    assert plain == notes(continued("--harmony", "0"))  # a DSMR model is not pulled unless asked
+    assert plain != notes(continued("--harmony", "50"))
+    with pytest.raises(SystemExit) as stop:
+        main(["continue", str(primer), "--model", str(tiny_model_dir), "--harmony", "-1", "--out",
+              str(tmp_path / "x.mid")])
+    assert stop.value.code != 0 and "--harmony: must be >= 0 (0: off), got -1" in capsys.readouterr().err

@@ -57,6 +57,7 @@ seconds_of_music = bounded(positive_float, lambda value: value <= MAX_SECONDS,
 temperature = bounded(_number, lambda value: value == 0 or 0.01 <= value <= 100,
                       "must be 0 (greedy) or between 0.01 and 100", "temperature")
 note_seconds = bounded(_number, lambda value: value >= 0, "must be >= 0 (0: no limit)", "note_seconds")
+harmony_weight = bounded(_number, lambda value: value >= 0, "must be >= 0 (0: off)", "a weight")
 _repeat_number = bounded(_number, lambda value: 0 <= value <= 1, f"must be '{FROM_PRIMER}' or between 0 (off) and 1",
                          "repeat_seconds")
 
@@ -233,6 +234,10 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                              f"'{FROM_PRIMER}': as fast as the primer repeats its keys, {MIN_REPEAT_SECONDS:g} to "
                              f"{MAX_PRIMER_REPEAT_SECONDS:g} s, {MIN_REPEAT_SECONDS:g} without one; a performance model or a "
                              f"denoiser such as SMDIM is not affected)")
+    parser.add_argument("--harmony", type=harmony_weight, default=None, metavar="W",
+                        help="pull the keys each variation draws towards the pitch classes of its last 8 s of "
+                             "music, the primer's included, W hard (0: not at all; default: the model's, 1 for a "
+                             "denoiser such as SMDIM, 0 for the others)")
     parser.add_argument("--allow-end", action="store_true",
                         help="let the model end the piece before --seconds (default: it plays all of them)")
     parser.add_argument("--budget", type=budget, metavar="SIZE",
@@ -408,7 +413,7 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
         seconds=None if args.bars else args.seconds, bars=args.bars, grid=new_piece_grid(args), variations=batch,
         seed=args.seed, max_tokens=args.max_tokens,
         max_note=args.max_note, min_repeat=args.min_repeat, allow_end=args.allow_end, constraints=constraints,
-        adapt=adapt_settings(args, model))
+        adapt=adapt_settings(args, model), harmony=args.harmony)
     print(f"model {args.model} ({model.arch}); {session.plan.describe()}")
     if session.seconds is not None and session.seconds > MAX_SECONDS:
         from core.grid import GridError

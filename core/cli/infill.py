@@ -16,6 +16,7 @@ from core.cli.generate import (
     bounded,
     budget,
     density,
+    harmony_weight,
     output_paths,
     positive_int,
     seed,
@@ -28,7 +29,6 @@ DEFAULT_MODEL = "default-smdim"
 
 
 seconds = bounded(_number, lambda value: value >= 0, "must be >= 0 seconds", "seconds")
-harmony_weight = bounded(_number, lambda value: value >= 0, "must be >= 0 (0: off)", "a weight")
 
 
 def bar_range(text: str) -> tuple[int, int]:

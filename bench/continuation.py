@@ -87,16 +87,17 @@ QUICK = Windows(primer=10.0, truth=10.0, new=20.0, variations=2)
 @dataclass(frozen=True)
 class Configuration:
     """One column: a model, whether it adapts to the primer first, and how hard its keys are pulled towards the
-    harmony of the music behind them (core/harmony.py; 0: not at all)."""
+    harmony of the music behind them (core/harmony.py; 0: not at all; None: the model's default, as `recital
+    continue` has it)."""
 
     model: str
     adapt: bool = False
-    harmony: float = 0.0
+    harmony: float | None = None
 
     @property
     def label(self) -> str:
         return (Path(self.model).name + (" +adapt" if self.adapt else "")
-                + (f" +harmony {self.harmony:g}" if self.harmony else ""))
+                + (f" +harmony {self.harmony:g}" if self.harmony is not None else ""))
 
 
 @dataclass
@@ -187,15 +188,18 @@ def read_excerpts(folder: Path, count: int, windows: Windows) -> tuple[list[Exce
 # --- the model side -------------------------------------------------------------------------------------------
 
 def write_lanes(model, primer_ids: np.ndarray | None, seconds: float, lanes: int, seed: int,
-                harmony: float = 0.0) -> list[np.ndarray]:
+                harmony: float | None = None) -> list[np.ndarray]:
     """`lanes` variations of `seconds` after the primer (None: from nothing), one batch, as `recital generate`
     writes them: its sampling, token cap, --max-note, --min-repeat, --harmony, and the model's own budget for each
     lane. The one place this file generates (core/session.py will take it over)."""
     from core.budget import default_budget
     from core.codecs import codec_of
     from core.generate import SamplingConfig, generate, prepare_primer
+    from core.harmony import default_weight
     from core.notecodec import FROM_PRIMER
     from core.session import repeat_guard
+
+    harmony = default_weight(model) if harmony is None else harmony
 
     if denoises(model):  # it fills windows after the primer (core/denoising.py), as `recital continue` does
         from core.session import GenerationSession
@@ -344,7 +348,7 @@ def adapted(model, config: Configuration, excerpt: Excerpt, column: Column | Non
 
 
 def measure_new_pieces(model, label: str, reference: list[Performance], windows: Windows,
-                       harmony: float = 0.0) -> Column:
+                       harmony: float | None = None) -> Column:
     from core.codecs import codec_of
     from core.metrics import compare_sets
     from core.tokenizer import BOS
@@ -631,7 +635,7 @@ def render(model, config: Configuration, excerpt: Excerpt, windows: Windows, out
 
 # --- main -----------------------------------------------------------------------------------------------------
 
-def configurations(models: list[str], adapt: list[bool], harmony: list[float]) -> list[Configuration]:
+def configurations(models: list[str], adapt: list[bool], harmony: list[float | None]) -> list[Configuration]:
     return [Configuration(model, flag, weight) for model in models for flag in adapt for weight in harmony]
 
 
@@ -642,9 +646,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3, metavar="K", help="continuations per primer (default 3)")
     parser.add_argument("--models", default=",".join(SHIPPED), help="model names or folders, comma-separated")
     parser.add_argument("--adapt", default="off,on", help="off, on or off,on: with and without primer adaptation")
-    parser.add_argument("--harmony", default="0", metavar="W[,W...]",
-                        help="weights of the harmony pull on the keys (core/harmony.py), comma-separated: a column "
-                             "each (default 0: none)")
+    parser.add_argument("--harmony", default="default", metavar="W[,W...]",
+                        help="weights of the harmony pull on the keys (core/harmony.py), comma-separated, 'default' "
+                             "for the model's own (1 for a denoiser, 0 for the others): a column "
+                             "each (default: default)")
     parser.add_argument("--quick", action="store_true", help="2 pieces, 1 seed, 10 s windows, 2 new pieces of 20 s, "
                                                                  "and the controls table")
     parser.add_argument("--controls", action="store_true", help="only the controls table: continuations under a "
@@ -673,11 +678,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--adapt takes off, on or off,on; got {args.adapt!r}")
     args.adapt = [flags[part] for part in adapt]
     try:
-        weights = [float(part) for part in args.harmony.split(",") if part.strip()]
+        weights = [None if part.strip() == "default" else float(part) for part in args.harmony.split(",")
+                   if part.strip()]
     except ValueError:
         weights = []
-    if not weights or any(not (weight >= 0 and math.isfinite(weight)) for weight in weights):
-        parser.error(f"--harmony takes weights >= 0, comma-separated; got {args.harmony!r}")
+    if not weights or any(not (weight is None or weight >= 0 and math.isfinite(weight)) for weight in weights):
+        parser.error(f"--harmony takes weights >= 0 or 'default', comma-separated; got {args.harmony!r}")
     args.harmony = weights
     args.models = [part.strip() for part in args.models.split(",") if part.strip()]
     if not args.models:

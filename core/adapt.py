@@ -60,12 +60,12 @@ class AdaptSettings:
 def adapts_by_default(model) -> bool:
     """Whether `recital continue` and the studio adapt to the primer unless told not to: for left-to-right models
     of the note-level codec, where it measured better. bench/continuation.py, ten MAESTRO primers x 3 seeds, the
-    notes DSMR default: with adaptation the continuations came closer to what the pianist played on 7 of 8
-    statistics (held notes > 4 s 0.83 -> 1.83 per 30 s, the truth 1.50; re-strikes 0 -> 0.70 of 2.70; pitch range
-    40.6 -> 45.8 of 54.2; onset regularity -0.01 -> 0.13 of 0.24; key 19 -> 20 of 30; polyphony 3.91 -> 3.89 of
-    3.76; bits/s of the truth 155.9 -> 147.7) and further on notes/s (11.2 -> 12.4 of 9.5), for 1.2 s before the
-    first note. On an event-codec DSMR it measured worse: more held notes (12.5 -> 21.2 per 30 s) piled up higher
-    (polyphony 6.8 -> 9.1, the truth 3.8)."""
+    notes DSMR default: adapting, the continuations came closer to what the pianist played in held notes > 4 s
+    (0.20 -> 1.67 per 30 s, the truth 1.50), re-strikes (0 -> 2.33 of 2.70), pitch range (41.1 -> 48.4 of 54.2) and
+    bits/s of the truth (155.9 -> 147.7), polyphony alike (3.83 -> 3.85 of 3.76), further in notes/s (12.6 -> 13.6
+    of 9.5); key and onset regularity moved within run-to-run noise (26 -> 19 of 30 and 0.17 -> 0.13 in that run,
+    37 -> 37 of 60 and 0.10 -> 0.10 in one of 6 seeds), for 1.5 s before the first note. On an event-codec DSMR it
+    measured worse: more held notes (12.5 -> 21.2 per 30 s) piled up higher (polyphony 6.8 -> 9.1, the truth 3.8)."""
     from core import notecodec
     from core.codecs import codec_of
 

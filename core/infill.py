@@ -23,10 +23,13 @@ is a masked Pitch followed at once by a Duration (a Pitch without one is dropped
 unmasking follows the codec's order, core.models.smdim.sampling). There the masks write the time themselves: the
 region holds only the kept voice's notes, with a group of masks before each of its onsets and one after the last
 (whole notes at a time, GROUP_UNIT slots), and each group's TimeShifts may add up to its gap, the real time to the
-next kept onset or the region's end, and no more (`time_rule`). So a new note starts at its group's start plus the
-time its group wrote before it, its onsets spread over the gap as the model spaced them (`_spread`). (Measured on MAESTRO regions with a skeleton of 250 ms slices,
-the notes SMDIM wrote TimeShifts into the masks as well, 2-15x the region's time, and the warp squeezed its notes
-into staccato clusters.) Its slots are counted with the time: the region's own ids, TimeShifts included.
+next kept onset or the region's end, and no more (`time_rule`). A gap longer than PACE_TICKS is cut into equal parts
+of at most that, a group each (`_paced`): one group over a whole region got most of its notes beside the known music
+on either side and few between. So a new note starts at its group's start plus the time its group wrote before it,
+its onsets spread over the gap as the model spaced them (`_spread`). (Measured on MAESTRO regions with a skeleton
+of 250 ms slices, the notes SMDIM wrote TimeShifts into the masks as well, 2-15x the region's time, and the warp
+squeezed its notes into staccato clusters.) Its slots are counted with the time: the region's own ids, TimeShifts
+included.
 
 The result is assembled at the note level so the rules hold exactly: every kept note is the input's own values;
 a new note starts inside the region, ends by the region's end and before the next kept strike of its pitch, never
@@ -69,7 +72,8 @@ from core.tokenizer import DEFAULT_VELOCITY_BIN, EOS, NOTE_OFF, NOTE_ON, TICK_SE
 # Slots per token of the region's own music: room for a little more than was there. On bench/infill.py's 50
 # regions (one seed) the notes default wrote, minus the pianists' notes/s: -0.98 at 1.0, +0.25 at 1.12, +1.31 at
 # 1.25 (chosen while 30% of the notes it drew doubled or re-struck a key and were dropped: smdim/sampling.py).
-MARGIN = 1.12
+# Paced in groups of a second (PACE_TICKS), whose ends leave some slots unused: -0.82 at 1.12, +0.14 at 1.22.
+MARGIN = 1.22
 MIN_SLOTS = 8  # a short region still gets a figure
 MAX_SLOTS_PER_SECOND = 120  # the most slots a second of region gets (MAESTRO's dense passages use ~60 ids/s)
 # Ids a note takes, by codec: the event codec's NoteOn and NoteOff and about one TimeShift or Velocity; the
@@ -94,6 +98,12 @@ SLICE_TICKS = 25  # the region's time is cut into TimeShifts of at most 250 ms, 
 # not hold (every slot would be a lone Pitch or a Velocity). The event codec's NoteOn and NoteOff are one
 # id each: any group size writes something.
 GROUP_UNIT = {tokenizer.NAME: 1, notecodec.NAME: 3}
+# The note-level codec's masks come in groups of at most this much time (1 s; None: one group per gap). As one
+# group a region's fill crowded beside the music on either side (20 MAESTRO regions: 1.55x and 1.81x the mean
+# density in the first and last eighth, 0.53x in the second); paced, 0.91-1.17x (the pianists: 0.94-1.15x). On
+# bench/infill.py's 50 regions the gap between the fill's first / last 2 s and the 2 s beside them went, in notes/s,
+# 4.85 / 6.17 -> 3.17 / 3.41 (the music's own edges: 2.92 / 2.63) and in polyphony 2.05 / 1.84 -> 1.34 / 1.51.
+PACE_TICKS: int | None = 100
 
 
 class InfillError(RecitalError):
@@ -301,6 +311,7 @@ def _lay_out_notes(ids: np.ndarray, first: int, after: int, start_tick: int, end
         gaps[-1] += tick
         if not tick:
             onsets[-1].append(token)
+    gaps, onsets = _paced(gaps, onsets)
     sizes = _group_sizes(slots, gaps, GROUP_UNIT[notecodec.NAME])
     body, clock, group = [], [], []
     now = start_tick
@@ -317,6 +328,20 @@ def _lay_out_notes(ids: np.ndarray, first: int, after: int, start_tick: int, end
     group = np.concatenate([np.full(len(left), -1), np.array(group, dtype=np.int64), np.full(len(right), -1)])
     return Layout(out, out == mask_id, first, first + len(body), start_tick, end_tick, notecodec, clock,
                   group, np.array(gaps, dtype=np.int64))
+
+
+def _paced(gaps: list[int], onsets: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """Each gap longer than PACE_TICKS cut into equal parts of at most that, a group of masks each (the kept ids
+    stay after the last part): a group's notes are spread over its own part of the time."""
+    if PACE_TICKS is None:
+        return gaps, onsets
+    paced_gaps, paced_onsets = [], []
+    for gap, kept in zip(gaps, onsets, strict=True):
+        parts = max(1, math.ceil(gap / PACE_TICKS))
+        bounds = [round(gap * k / parts) for k in range(parts + 1)]
+        paced_gaps += [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        paced_onsets += [[]] * (parts - 1) + [kept]
+    return paced_gaps, paced_onsets
 
 
 def _group_sizes(slots: int, ticks: list[int], unit: int) -> list[int]:

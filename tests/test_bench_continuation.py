@@ -44,15 +44,16 @@ def test_bad_options_are_refused_in_one_line(capsys):
     for bad in ("-1", "0,x", ",", "nan"):
         with pytest.raises(SystemExit):
             continuation.parse_args(["--harmony", bad])
-        assert f"--harmony takes weights >= 0, comma-separated; got '{bad}'" in capsys.readouterr().err
-    assert continuation.parse_args(["--harmony", "0, 1.5"]).harmony == [0.0, 1.5]
+        assert f"--harmony takes weights >= 0 or 'default', comma-separated; got '{bad}'" in capsys.readouterr().err
+    assert continuation.parse_args(["--harmony", "0, 1.5,default"]).harmony == [0.0, 1.5, None]
+    assert continuation.parse_args([]).harmony == [None]  # each model as `recital continue` pulls it
 
 
 def test_a_harmony_weight_is_a_column_of_its_own(tiny_model_dir, tmp_path, capsys, one_thread):
     pieces = two_piano_pieces(tmp_path)
     out = tmp_path / "out.json"
     assert continuation.main(["--midi", str(pieces), "--models", str(tiny_model_dir), "--seeds", "1", "--adapt",
-                              "off", "--harmony", "0,50", "--windows", "4", "3", "5", "--variations", "1",
+                              "off", "--harmony", "default,50", "--windows", "4", "3", "5", "--variations", "1",
                               "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["continuations"]) == set(result["new_pieces"]) - {"MAESTRO 5-10 s"} == {"tiny",

@@ -15,7 +15,7 @@ import torch
 
 from core import notecodec, tokenizer
 from core.cli import main
-from core.infill import GROUP_UNIT, _select, infill, lay_out, length_guard, new_notes, time_rule
+from core.infill import GROUP_UNIT, PACE_TICKS, _select, infill, lay_out, length_guard, new_notes, time_rule
 from core.midi import Performance, read_performance, write_performance
 from core.modeldir import load_model, save_model
 from core.models.smdim import SMDIM, SMDIMConfig
@@ -61,8 +61,10 @@ def test_the_context_is_every_kept_note_whole_at_its_onset_and_the_masks_come_in
     assert sorted(body[pitch] - notecodec.PITCH) == sorted(piece.pitch[voice].tolist())
     for onset, key in zip(piece.onset[voice], piece.pitch[voice], strict=True):  # each at its real tick
         assert round(onset / TICK_SECONDS) in clock[pitch & (body == notecodec.PITCH + key)]
-    # a group of masks before each kept onset and one after the last; its gap is the time up to that onset
-    assert len(layout.gap) == len(np.unique(np.round(piece.onset[voice] / TICK_SECONDS))) + 1
+    # a group of masks before each kept onset and one after the last, those longer than PACE_TICKS cut in equal
+    # parts; its gap is the time up to that onset
+    assert len(layout.gap) >= len(np.unique(np.round(piece.onset[voice] / TICK_SECONDS))) + 1
+    assert layout.gap.max() <= PACE_TICKS
     assert layout.gap.sum() == layout.end_tick - layout.start_tick == round((end - start) / TICK_SECONDS)
     group = layout.group[layout.first:layout.after]
     assert ((group >= 0) == is_mask).all() and (layout.group[:layout.first] == -1).all()
@@ -73,6 +75,26 @@ def test_the_context_is_every_kept_note_whole_at_its_onset_and_the_masks_come_in
     # the clock runs on through the right context from the region's end
     shift = notecodec.shift_ticks(ids[layout.after:])
     assert (layout.clock[layout.after:] == layout.end_tick + np.cumsum(shift) - shift).all()
+
+
+def test_a_long_gap_is_paced_in_groups_of_a_second_at_most_each_with_its_share_of_the_masks():
+    """Left to unmask 3.5 s as one group, SMDIM wrote most of its notes beside the music on either side (20
+    MAESTRO regions: 1.55x and 1.81x the mean density in the first and last eighth, 0.53x in the second); a group
+    per second at most spreads them as the pianists do (0.91-1.17x)."""
+    onset = np.array([0.0, 2.5, 5.0])
+    kept = Performance.from_notes(onset, onset + 0.4, np.array([60, 62, 64]), np.array([80, 80, 80]))
+    layout = lay_out(kept, 0.5, 4.0, 60, MASK, notecodec)  # 2 s to the kept onset at 2.5 s, then 1.5 s
+    assert PACE_TICKS == 100 and layout.gap.tolist() == [100, 100, 75, 75]
+    body = layout.ids[layout.first:layout.after]
+    group = layout.group[layout.first:layout.after]
+    sizes = np.bincount(group[group >= 0]).tolist()
+    assert sum(sizes) == 60 and all(size % GROUP_UNIT["notes"] == 0 for size in sizes)
+    shares = 60 * layout.gap / layout.gap.sum()
+    assert np.all(np.abs(np.array(sizes) - shares) <= GROUP_UNIT["notes"])  # in proportion to the time, whole notes
+    kept_at = np.flatnonzero(body == notecodec.PITCH + 62)[0]  # the kept note comes after the second part's masks
+    assert (group[:kept_at][group[:kept_at] >= 0] <= 1).all() and (group[kept_at:][group[kept_at:] >= 0] >= 2).all()
+    starts = layout.clock[layout.first:layout.after][group >= 0]
+    assert sorted(set(starts.tolist())) == [50, 150, 250, 325]  # each group's clock is its own part's start
 
 
 def one_group(slots: int) -> tuple[Performance, float, float, object]:

@@ -60,12 +60,12 @@ class AdaptSettings:
 def adapts_by_default(model) -> bool:
     """Whether `recital continue` and the studio adapt to the primer unless told not to: for left-to-right models
     of the note-level codec, where it measured better. bench/continuation.py, ten MAESTRO primers x 3 seeds, the
-    notes DSMR default: adapting, the continuations came closer to what the pianist played in held notes > 4 s
-    (0.20 -> 1.67 per 30 s, the truth 1.50), re-strikes (0 -> 2.33 of 2.70), pitch range (41.1 -> 48.4 of 54.2) and
-    bits/s of the truth (155.9 -> 147.7), polyphony alike (3.83 -> 3.85 of 3.76), further in notes/s (12.6 -> 13.6
-    of 9.5); key and onset regularity moved within run-to-run noise (26 -> 19 of 30 and 0.17 -> 0.13 in that run,
-    37 -> 37 of 60 and 0.10 -> 0.10 in one of 6 seeds), for 1.5 s before the first note. On an event-codec DSMR it
-    measured worse: more held notes (12.5 -> 21.2 per 30 s) piled up higher (polyphony 6.8 -> 9.1, the truth 3.8)."""
+    notes DSMR default: adapting, the continuations came closer to what the pianist played in polyphony (4.26 ->
+    3.93, the truth 3.76), pitch range (40.9 -> 46.5 of 54.2), onset regularity (0.05 -> 0.16 of 0.24) and bits/s
+    of the truth (152.8 -> 144.0), kept the key as often (19 of 30), and went further in notes/s (11.3 -> 13.0 of
+    9.5) and a little in held notes > 4 s (0.70 -> 0.47 per 30 s of 1.50) and re-strikes (0.97 -> 0.63 of 2.70),
+    for 1.6 s before the first note. On an event-codec DSMR it measured worse: more held notes (12.5 -> 21.2 per
+    30 s) piled up higher (polyphony 6.8 -> 9.1, the truth 3.8)."""
     from core import notecodec
     from core.codecs import codec_of
 

@@ -115,10 +115,10 @@ def timed_stream(model, primer: torch.Tensor, state, sampling: SamplingConfig | 
                  constraints: Constraints | None = None, harmony: float = HARMONY_WEIGHT) -> Iterator[np.ndarray]:
     """`denoise_stream` for the note-level codec, by its time rule (core/infill.py): each window is an empty
     region of real time after what is known, as many masks as the primer's ids per second fill in that time
-    (`ids_rate`, x TIMED_MARGIN), whose TimeShifts may add up to the region's time and no more. Left to choose its own time in an
-    open window, the notes SMDIM wrote 1.77 notes/s after the ten MAESTRO primers where the pianists played 9.46,
-    over a range of 37 semitones (54 played); told the time (and its notes' lengths), 8.29
-    notes/s over 46 semitones, polyphony 4.1 (played 3.8; bench/continuation.py).
+    (`ids_rate`, x TIMED_MARGIN), whose TimeShifts may add up to the region's time and no more. Left to choose its
+    own time in an open window, the notes SMDIM wrote 1.77 notes/s after the ten MAESTRO primers where the pianists
+    played 9.46, over a range of 37 semitones (54 played); told the time (and its notes' lengths), 8.29 notes/s over
+    46 semitones, polyphony 4.1 (played 3.8; bench/continuation.py).
 
     The new notes are those infill reads from the masks (a note may ring past its window; none strikes a key the
     music holds or repeats one faster than the primer does), encoded again with the window's closing silence, so

@@ -21,7 +21,7 @@ from core import notecodec, tokenizer
 from core.codecs import Codec, codec_of
 from core.constraints import Constraints
 from core.errors import ModelError
-from core.harmony import LaneHarmony, check_weight
+from core.harmony import LaneHarmony
 from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, PAD, TICK_SECONDS, TIME_SHIFT, shift_ticks
 
 # -- sampling filters: logits (B, V) in, logits out; filtered-out entries become -inf -------------------------
@@ -314,8 +314,7 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     forbidden[never] = float("-inf")  # (V,)
     tracker = (constraints.tracker(batch, primer.numpy(), logits.shape[-1], codec=codec)
                if constraints is not None else None)
-    check_weight(harmony)
-    keys = LaneHarmony(codec, batch, primer.numpy(), harmony) if harmony else None
+    keys = LaneHarmony(codec, batch, primer.numpy(), harmony) if harmony else None  # it checks the weight
     del primer  # read: the steps never look back at it, and a long primer's ids are freed before they run
     while limits.more():
         allowed = logits + forbidden

@@ -42,12 +42,12 @@ def default_weight(model) -> float:
     """The pull a generation gets unless told otherwise: HARMONY_WEIGHT for a denoiser (SMDIM continuing ten
     MAESTRO primers kept the primer's key or a close one in 25 of 30 continuations with it, 8 without), none for
     a left-to-right model, which reads the music behind it id by id. bench/continuation.py --harmony 0,1, the
-    notes DSMR default of 2026-12-02, two runs (3 and 6 seeds a primer): key kept 26/30 -> 23/30 and 37/60 -> 47/60, pitch range
-    41 -> 46 and 42 -> 51 semitones (the pianists 54), but notes/s 12.6 -> 14.3 and 13.6 -> 14.3 (9.5) and
-    polyphony 3.8 -> 4.3 and 4.0 -> 4.4 (3.8) further from the truth; adapted to the primer, re-strikes 0.25 ->
-    6.2 per 30 s; and new pieces, pulled towards their own last bars, went round in circles (repeated pitch
-    8-grams 17 -> 114 a minute, MGEval 0.60 -> 0.43). A composer asks for it (`--harmony 1`) where the key
-    matters more than the density."""
+    notes DSMR default of 2026-12-02, two runs (3 and 6 seeds a primer): key kept 26/30 -> 23/30 and 37/60 ->
+    47/60, pitch range 41 -> 46 and 42 -> 51 semitones (the pianists 54), but notes/s 12.6 -> 14.3 and 13.6 ->
+    14.3 (9.5) and polyphony 3.8 -> 4.3 and 4.0 -> 4.4 (3.8) further from the truth; adapted to the primer,
+    re-strikes 0.25 -> 6.2 per 30 s; and new pieces, pulled towards their own last bars, went round in circles
+    (repeated pitch 8-grams 17 -> 114 a minute, MGEval 0.60 -> 0.43). A composer asks for it (`--harmony 1`)
+    where the key matters more than the density."""
     return HARMONY_WEIGHT if getattr(model, "family", None) == DENOISE else 0.0
 
 

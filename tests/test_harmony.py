@@ -25,6 +25,7 @@ from core.midi import Performance, read_performance, write_performance
 from core.modeldir import save_model
 from tests.conftest import PIANO_PIECE
 from tests.test_infill import tiny
+from tests.test_metrics import tiny_dsmr_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -124,14 +125,6 @@ def test_recital_infill_takes_a_harmony_weight_and_refuses_a_negative_one(tmp_pa
     assert out.exists()
 
 
-def tiny_dsmr(codec: str):
-    from core.models.dsmr import DSMR, DSMRConfig
-
-    torch.manual_seed(0)
-    return DSMR(DSMRConfig(d_model=32, n_layers=2, n_heads=4, segment_len=8, max_horizon=32, n_long=1,
-                           codec=codec)).eval()
-
-
 def lane_pull(harmony: LaneHarmony, lane: int) -> np.ndarray:
     return harmony.shift[lane].numpy().astype(np.float64)
 
@@ -180,7 +173,7 @@ def test_a_strong_pull_keeps_a_left_to_right_continuation_in_the_primers_classes
     from core.codecs import codec_named
     from core.generate import generate, prepare_primer
 
-    model = tiny_dsmr(codec)
+    model = tiny_dsmr_of(codec)
     module = codec_named(codec)
     primer = prepare_primer(module.encode(chords([48, 55, 60, 64, 67], 0.0, 4.0), eos=False), module.VOCAB_SIZE)
 

@@ -59,6 +59,7 @@ from bench.data import SHARED_MIDI, require_midi
 from core import musicstats as ms
 from core.errors import RecitalError
 from core.midi import Performance
+from core.notecodec import FROM_PRIMER
 
 MAESTRO = SHARED_MIDI / "maestro"
 SHIPPED = ("default", "default-perceivers")
@@ -86,18 +87,21 @@ QUICK = Windows(primer=10.0, truth=10.0, new=20.0, variations=2)
 
 @dataclass(frozen=True)
 class Configuration:
-    """One column: a model, whether it adapts to the primer first, and how hard its keys are pulled towards the
+    """One column: a model, whether it adapts to the primer first, how hard its keys are pulled towards the
     harmony of the music behind them (core/harmony.py; 0: not at all; None: the model's default, as `recital
-    continue` has it)."""
+    continue` has it), and the density ceiling a lane that runs away is steered under (core/session.py
+    `density_ceiling`; FROM_PRIMER, the default: 3x the primer's notes/s; 0: none)."""
 
     model: str
     adapt: bool = False
     harmony: float | None = None
+    max_density: float | str = FROM_PRIMER
 
     @property
     def label(self) -> str:
         return (Path(self.model).name + (" +adapt" if self.adapt else "")
-                + (f" +harmony {self.harmony:g}" if self.harmony is not None else ""))
+                + (f" +harmony {self.harmony:g}" if self.harmony is not None else "")
+                + (f" max-density {self.max_density:g}" if self.max_density != FROM_PRIMER else ""))
 
 
 @dataclass
@@ -188,38 +192,19 @@ def read_excerpts(folder: Path, count: int, windows: Windows) -> tuple[list[Exce
 # --- the model side -------------------------------------------------------------------------------------------
 
 def write_lanes(model, primer_ids: np.ndarray | None, seconds: float, lanes: int, seed: int,
-                harmony: float | None = None) -> list[np.ndarray]:
-    """`lanes` variations of `seconds` after the primer (None: from nothing), one batch, as `recital generate`
-    writes them: its sampling, token cap, --max-note, --min-repeat, --harmony, and the model's own budget for each
-    lane. The one place this file generates (core/session.py will take it over)."""
-    from core.budget import default_budget
-    from core.codecs import codec_of
-    from core.generate import SamplingConfig, generate, prepare_primer
-    from core.harmony import default_weight
-    from core.notecodec import FROM_PRIMER
-    from core.session import repeat_guard
+                harmony: float | None = None, max_density: float | str | None = FROM_PRIMER) -> list[np.ndarray]:
+    """`lanes` variations of `seconds` after the primer (None: from nothing), one batch, as `recital continue` and
+    `recital generate` write them (core/session.py): their sampling, token cap, --max-note, --min-repeat,
+    --harmony, --max-density and the model's own budget for each lane; a denoiser fills windows after the primer
+    (core/denoising.py)."""
+    from core.generate import SamplingConfig
+    from core.session import GenerationSession
 
-    harmony = default_weight(model) if harmony is None else harmony
-
-    if denoises(model):  # it fills windows after the primer (core/denoising.py), as `recital continue` does
-        from core.session import GenerationSession
-
-        session = GenerationSession(model, primer_ids, sampling=SamplingConfig(top_p=TOP_P), seconds=seconds,
-                                    variations=lanes, seed=seed, max_note=MAX_NOTE, harmony=harmony)
-        session.run()
-        return [np.asarray(ids, dtype=np.int64) for ids in session.lanes]
-    state = model.new_state(model.plan(default_budget(model, lanes), lanes), lanes)
-    primer = prepare_primer(primer_ids, model.config.vocab_size)
-    written: list[list[int]] = [[] for _ in range(lanes)]
-    for step in generate(model, primer, state, SamplingConfig(top_p=TOP_P), seed=seed, stop_at_eos=False,
-                         max_tokens=int(seconds * TOKENS_PER_SECOND_LIMIT) + 64, max_seconds=seconds,
-                         max_note_seconds=MAX_NOTE,
-                         min_repeat_seconds=repeat_guard(FROM_PRIMER, codec_of(model), primer_ids),
-                         harmony=harmony):
-        for lane, token in enumerate(np.atleast_1d(step).tolist()):
-            if token:  # PAD: the lane has finished
-                written[lane].append(token)
-    return [np.asarray(ids, dtype=np.int64) for ids in written]
+    session = GenerationSession(model, primer_ids, sampling=SamplingConfig(top_p=TOP_P), seconds=seconds,
+                                variations=lanes, seed=seed, max_note=MAX_NOTE, harmony=harmony,
+                                max_density=max_density)
+    session.run()
+    return [np.asarray(ids, dtype=np.int64) for ids in session.lanes]
 
 
 def denoises(model) -> bool:
@@ -320,7 +305,8 @@ def measure_continuations(model, config: Configuration, excerpts: list[Excerpt],
         period, key = primer_context(excerpt, windows)
         excerpt = excerpt.coded(codec)
         used = adapted(model, config, excerpt, column)
-        lanes = write_lanes(used, excerpt.primer_ids, windows.truth, seeds, seed=index, harmony=config.harmony)
+        lanes = write_lanes(used, excerpt.primer_ids, windows.truth, seeds, seed=index, harmony=config.harmony,
+                            max_density=config.max_density)
         for notes in new_notes(excerpt.primer_ids, lanes, excerpt.start, codec):
             column.continuations.append(continuation_stats(notes, excerpt.start, windows.truth, period, key))
         if not denoises(used):  # a denoiser's bound (its ELBO) is in its card, not comparable id by id
@@ -622,7 +608,7 @@ def render(model, config: Configuration, excerpt: Excerpt, windows: Windows, out
     codec = codec_of(model)
     excerpt = excerpt.coded(codec)
     lanes = write_lanes(adapted(model, config, excerpt), excerpt.primer_ids, windows.truth, 1, seed=0,
-                        harmony=config.harmony)
+                        harmony=config.harmony, max_density=config.max_density)
     continuation = new_notes(excerpt.primer_ids, lanes, excerpt.start, codec)[0]
     stem = f"{excerpt.name}-{config.label}"
     wav = render_wav(Performance.concat(excerpt.primer, continuation), out / f"{stem}.wav",
@@ -635,8 +621,10 @@ def render(model, config: Configuration, excerpt: Excerpt, windows: Windows, out
 
 # --- main -----------------------------------------------------------------------------------------------------
 
-def configurations(models: list[str], adapt: list[bool], harmony: list[float | None]) -> list[Configuration]:
-    return [Configuration(model, flag, weight) for model in models for flag in adapt for weight in harmony]
+def configurations(models: list[str], adapt: list[bool], harmony: list[float | None],
+                   ceilings: list[float | str] = (FROM_PRIMER,)) -> list[Configuration]:
+    return [Configuration(model, flag, weight, ceiling) for model in models for flag in adapt for weight in harmony
+            for ceiling in ceilings]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -650,6 +638,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="weights of the harmony pull on the keys (core/harmony.py), comma-separated, 'default' "
                              "for the model's own (1 for a denoiser, 0 for the others): a column "
                              "each (default: default)")
+    parser.add_argument("--max-density", default=FROM_PRIMER, metavar="N[,N...]",
+                        help="density ceilings a runaway lane is steered under (core/session.py), comma-separated: "
+                             f"'{FROM_PRIMER}' (3x the primer's notes/s, `recital continue`'s default), 0 (none) or "
+                             "notes/s: a column each (default: primer)")
     parser.add_argument("--quick", action="store_true", help="2 pieces, 1 seed, 10 s windows, 2 new pieces of 20 s, "
                                                                  "and the controls table")
     parser.add_argument("--controls", action="store_true", help="only the controls table: continuations under a "
@@ -685,6 +677,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not weights or any(not (weight is None or weight >= 0 and math.isfinite(weight)) for weight in weights):
         parser.error(f"--harmony takes weights >= 0 or 'default', comma-separated; got {args.harmony!r}")
     args.harmony = weights
+    try:
+        ceilings = [FROM_PRIMER if part.strip() == FROM_PRIMER else float(part)
+                    for part in args.max_density.split(",") if part.strip()]
+    except ValueError:
+        ceilings = []
+    if not ceilings or any(c != FROM_PRIMER and not (c == 0 or 0.25 <= c <= 40) for c in ceilings):
+        parser.error(f"--max-density takes '{FROM_PRIMER}', 0 or notes/s from 0.25 to 40, comma-separated; got "
+                     f"{args.max_density!r}")
+    args.max_density = ceilings
     args.models = [part.strip() for part in args.models.split(",") if part.strip()]
     if not args.models:
         parser.error("--models names no model")
@@ -765,7 +766,8 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
     continued, written = [], []
     rendered: list[Path] = []
     # new pieces have no primer to adapt to: --new-only writes each model's once
-    for config in configurations(args.models, [False] if args.new_only else args.adapt, args.harmony):
+    for config in configurations(args.models, [False] if args.new_only else args.adapt, args.harmony,
+                                 args.max_density[:1] if args.new_only else args.max_density):
         model = load_model(config.model)
         if config.adapt and denoises(model):  # `recital continue --adapt` refuses a denoiser: nothing to measure
             print(f"  {config.label}: a denoiser is never adapted to a primer; skipped", file=sys.stderr)
@@ -773,7 +775,8 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
         use_fast_step(model)
         if not args.new_only:
             continued.append(measure_continuations(model, config, excerpts, windows, args.seeds))
-        if not config.adapt:  # a new piece has no primer to adapt to
+        if not config.adapt and config.max_density == args.max_density[0]:  # no primer: nothing to adapt to,
+            # no ceiling from it
             written.append(measure_new_pieces(model, config.label, reference, windows, config.harmony))
         if args.render is not None and not args.new_only:
             rendered += render(model, config, excerpts[0], windows, args.render)

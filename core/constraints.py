@@ -10,7 +10,8 @@ the logits before temperature and top-p:
 - `tracker(batch, primer)`: follows each lane's ids (the primer's, then the new ones) and gives the mask for the
   next id (B, V): the static mask, plus the onset ids -inf while a lane sounds `max_polyphony` notes, a Velocity
   id forced before the first note when the lane's velocity is outside the range, and a soft bias between the onset
-  ids and TimeShift that steers the recent notes/s toward `density` (steered, not forced).
+  ids and TimeShift that steers the recent notes/s toward `density` (steered, not forced), or only ever down, under
+  `max_density` (a ceiling: a lane below it is left as the model writes it).
 
 The event codec's tracker (`ConstraintTracker`) knows the sounding notes from NoteOn and NoteOff; NoteOffs are
 never masked (a held note can always end, except that a forced Velocity id comes first, and then the NoteOffs of
@@ -173,6 +174,7 @@ class Constraints:
     velocity_low: int = 1
     velocity_high: int = 127
     density: float | None = None  # notes per second steered toward
+    max_density: float | None = None  # notes per second a lane is steered back under, never up (without density)
     max_polyphony: int | None = None  # notes sounding at once at most
 
     def __post_init__(self):
@@ -191,9 +193,10 @@ class Constraints:
             written = ", ".join(str(bin_velocity(b)) for b in range(4)) + f", ... {bin_velocity(VELOCITY_BINS - 1)}"
             raise ConstraintError(f"velocity {self.velocity_low}-{self.velocity_high} holds none of the velocities "
                                   f"a model writes ({written}): widen it to at least 4")
-        if self.density is not None and not DENSITY_RANGE[0] <= self.density <= DENSITY_RANGE[1]:
-            raise ConstraintError(f"density must be {DENSITY_RANGE[0]:g} to {DENSITY_RANGE[1]:g} notes per "
-                                  f"second, got {self.density:g}")
+        for name, value in (("density", self.density), ("max density", self.max_density)):
+            if value is not None and not DENSITY_RANGE[0] <= value <= DENSITY_RANGE[1]:
+                raise ConstraintError(f"{name} must be {DENSITY_RANGE[0]:g} to {DENSITY_RANGE[1]:g} notes per "
+                                      f"second, got {value:g}")
         if self.max_polyphony is not None and self.max_polyphony < 1:
             raise ConstraintError(f"max polyphony must be at least 1, got {self.max_polyphony}")
         if not self.from_primer and not self.pitches().any():
@@ -246,6 +249,8 @@ class Constraints:
             parts.append(f"velocity {self.velocity_low}-{self.velocity_high}")
         if self.density is not None:
             parts.append(f"density {self.density:g} notes/s (steered)")
+        elif self.max_density is not None:
+            parts.append(f"at most {self.max_density:.3g} notes/s (steered down)")
         if self.max_polyphony is not None:
             parts.append(f"at most {self.max_polyphony} notes at once")
         return ", ".join(parts) or "none"
@@ -313,7 +318,9 @@ PRIMER_CHUNK = 1 << 16  # primer ids read at once
 
 class _Steering:
     """The density controller both trackers share: each lane's recent notes/s (an exponential window over the
-    music's seconds) and the integral term, turned into a logit bias between notes and time."""
+    music's seconds) and the integral term, turned into a logit bias between notes and time. Toward `density`
+    both ways; under `max_density` only down: the bias and the integral never go above 0, so a lane below the
+    ceiling gets no bias at all (its draws are the model's own) and one that ran above it is steered back."""
 
     constraints: Constraints
     recent: np.ndarray  # (B,) notes, each decayed by exp(-age / window)
@@ -323,21 +330,34 @@ class _Steering:
         """(B,) recent notes per second."""
         return self.recent / DENSITY_WINDOW
 
+    def steers(self) -> bool:
+        """Whether there is a density or a ceiling to steer by."""
+        return steered_rate(self.constraints) is not None
+
+    def _ceiling(self) -> float:
+        """The highest bias (and integral): 0 under a ceiling, else DENSITY_MAX_BIAS."""
+        return DENSITY_MAX_BIAS if self.constraints.density is not None else 0.0
+
     def _error(self) -> np.ndarray:
-        return np.log((self.constraints.density + DENSITY_FLOOR) / (self.rate() + DENSITY_FLOOR))
+        return np.log((steered_rate(self.constraints) + DENSITY_FLOOR) / (self.rate() + DENSITY_FLOOR))
 
     def density_bias(self) -> np.ndarray:
-        """(B,) logit bias toward a note (> 0) or TimeShift (< 0); zeros without a density."""
-        if self.constraints.density is None:
+        """(B,) logit bias toward a note (> 0) or TimeShift (< 0); zeros without a density or a ceiling."""
+        if not self.steers():
             return np.zeros(len(self.recent))
-        return np.clip(DENSITY_GAIN * self._error() + self.integral, -DENSITY_MAX_BIAS, DENSITY_MAX_BIAS)
+        return np.clip(DENSITY_GAIN * self._error() + self.integral, -DENSITY_MAX_BIAS, self._ceiling())
 
     def _advance(self, seconds: np.ndarray) -> None:
         """The clock of each lane moved by `seconds` (B,): gather the integral, decay the recent notes."""
-        if self.constraints.density is not None:
+        if self.steers():
             self.integral = np.clip(self.integral + DENSITY_INTEGRAL * self._error() * seconds,
-                                    -DENSITY_MAX_BIAS, DENSITY_MAX_BIAS)
+                                    -DENSITY_MAX_BIAS, self._ceiling())
         self.recent *= np.exp(-seconds / DENSITY_WINDOW)
+
+
+def steered_rate(constraints: Constraints) -> float | None:
+    """The notes/s a tracker steers by: the density asked, else the ceiling, else None."""
+    return constraints.density if constraints.density is not None else constraints.max_density
 
 
 def _velocity_first(mask: torch.Tensor, unvoiced: np.ndarray, static: torch.Tensor, velocities: slice
@@ -355,7 +375,7 @@ def _velocity_first(mask: torch.Tensor, unvoiced: np.ndarray, static: torch.Tens
 
 def _neutral_start(constraints: Constraints, recent: float, seconds: float) -> float:
     """The recent notes after a primer of `seconds`, as if the music before it had been at the asked rate."""
-    target = constraints.density or 0.0
+    target = steered_rate(constraints) or 0.0
     return recent + target * DENSITY_WINDOW * math.exp(-seconds / DENSITY_WINDOW)
 
 
@@ -390,7 +410,7 @@ class ConstraintTracker(_Steering):
         """(B, V) additive mask for the next id of each lane."""
         batch = len(self.velocity)
         mask = self.static.expand(batch, -1).clone()
-        if self.constraints.density is not None:
+        if self.steers():
             bias = torch.from_numpy(self.density_bias()).to(mask.dtype)[:, None] / 2
             mask[:, NOTE_ON:NOTE_OFF] += bias
             mask[:, TIME_SHIFT:VELOCITY] -= bias
@@ -494,7 +514,7 @@ class NoteTracker(_Steering):
         pitch, time, velocity = _PITCHES, _TIME_SHIFTS, _VELOCITIES
         batch = len(self.velocity)
         mask = self.static.expand(batch, -1).clone()
-        if self.constraints.density is not None:
+        if self.steers():
             bias = torch.from_numpy(self.density_bias()).to(mask.dtype)[:, None] / 2
             mask[:, pitch] += bias
             mask[:, time] -= bias

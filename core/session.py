@@ -28,8 +28,8 @@ from core import notecodec, tokenizer
 from core.adapt import AdaptSettings, adapt
 from core.budget import check_state_fits, resolve_budget
 from core.codecs import Codec, codec_of
-from core.constraints import Constraints
-from core.denoising import denoise_stream, writes_timed
+from core.constraints import DENSITY_RANGE, Constraints
+from core.denoising import denoise_stream, recent_notes, writes_timed
 from core.errors import ModelError
 from core.generate import MAX_NOTE_SECONDS, SamplingConfig, generate, prepare_primer
 from core.grid import Grid
@@ -115,6 +115,32 @@ def _seconds(ids: np.ndarray, codec: Codec = tokenizer) -> float:
     return float(ticks) * TICK_SECONDS
 
 
+# A left-to-right model now and then runs away into a cloud of short notes that feeds on itself: on MAESTRO primers
+# (bench/continuation.py, 30 lanes, adapting) 4 lanes of the DSMR default wrote 19-46 notes/s after primers of
+# 5-7 (their pianists: 6-10), one over the whole keyboard. Steered back under this many times the primer's own
+# notes/s (a ceiling, `Constraints.max_density`), they wrote 12-16 and the lanes below it were untouched; at 2x
+# the ceiling also thinned regular dense figures (onset regularity 0.157 -> 0.118 over the 30), and a target at the
+# primer's rate (steered up as well as down) piled up long notes in a third of the lanes.
+RUNAWAY_FACTOR = 3.0
+
+
+def density_ceiling(max_density: float | str | None, model, primer: Performance | None,
+                    end: float) -> float | None:
+    """The notes/s a lane is steered back under (None: no ceiling) that `max_density` asks for (see
+    GenerationSession) after `primer` ending at `end` seconds: FROM_PRIMER is RUNAWAY_FACTOR x the notes/s of the
+    primer's last seconds (`core.denoising.recent_notes`), none for a new piece or a primer of a few notes, and
+    none for a denoiser, whose windows are given the primer's density already."""
+    if max_density != notecodec.FROM_PRIMER:
+        return max_density or None
+    if getattr(model, "family", LEFT_TO_RIGHT) == DENOISE or primer is None:
+        return None
+    recent = recent_notes(primer, end)
+    if recent is None:
+        return None
+    rate = len(recent) / max(end - float(recent.onset.min()), 1.0)
+    return float(np.clip(RUNAWAY_FACTOR * rate, *DENSITY_RANGE))
+
+
 def repeat_guard(min_repeat: float | str | None, codec, primer_ids) -> float | None:
     """The re-strike guard in seconds (None: off) that `min_repeat` asks for (see GenerationSession) after
     `primer_ids` (None: a new piece) of `codec`: FROM_PRIMER reads a notes primer's repeats."""
@@ -143,8 +169,10 @@ class GenerationSession:
     `adapt.min_seconds` first (core/adapt.py; None: never; a denoiser refuses it), in `adapt_to_primer()` or
     on the first step, which sets `adapt_seconds`. harmony: how hard each lane's keys are pulled towards the
     pitch classes of its last HARMONY_SECONDS (core/harmony.py; 0: not at all; None: the model's default,
-    `default_weight`). Every setting is checked here, and the state allocated (after
-    the memory check), before the first step; reading the primer happens on the first step.
+    `default_weight`). max_density: notes/s a lane of a left-to-right model is steered back under when it runs
+    away (`Constraints.max_density`; None or 0: never), or `notecodec.FROM_PRIMER`: RUNAWAY_FACTOR x the primer's
+    (`density_ceiling`); a density in `constraints` steers instead. Every setting is checked here, and the state
+    allocated (after the memory check), before the first step; reading the primer happens on the first step.
     """
 
     def __init__(self, model, primer: Primer = None, *, budget: int | str | None = None,
@@ -154,7 +182,7 @@ class GenerationSession:
                  start: float | None = None, plan=None,
                  grid: Grid | None = None, bars: int | None = None,
                  constraints: Constraints | None = None, adapt: AdaptSettings | None = None,
-                 harmony: float | None = None):
+                 harmony: float | None = None, max_density: float | str | None = notecodec.FROM_PRIMER):
         if variations < 1:
             raise ModelError(f"variations must be at least 1, got {variations}")
         self.denoises = getattr(model, "family", LEFT_TO_RIGHT) == DENOISE  # it fills windows (core/denoising.py)
@@ -186,6 +214,7 @@ class GenerationSession:
         # for every lane: uint16, 2 bytes an id (a 1.5M-id primer is 3 MB, not 12); int64 only while generating
         self.start_time = _seconds(self.primer, self.codec)  # where new music begins
         self.min_repeat = repeat_guard(min_repeat, self.codec, self.primer)  # seconds, resolved
+        constraints = self._with_ceiling(constraints, max_density)
         if start is not None and start > self.start_time:
             silence = self.codec.silence_ids(start - self.start_time)
             self.primer = _held(np.concatenate([self.primer, silence]))
@@ -221,6 +250,23 @@ class GenerationSession:
         self._decoders = [self._decoder() for _ in range(variations)]
         self._stop = threading.Event()
         self._pieces: list[Performance] | None = None
+
+    def _with_ceiling(self, constraints: Constraints | None, max_density: float | str | None) -> Constraints | None:
+        """`constraints` with the density ceiling `max_density` asks for (none where they hold a density)."""
+        if max_density not in (None, 0, notecodec.FROM_PRIMER):
+            if not isinstance(max_density, int | float) or not DENSITY_RANGE[0] <= max_density <= DENSITY_RANGE[1]:
+                raise ModelError(f"the most notes per second must be {DENSITY_RANGE[0]:g} to {DENSITY_RANGE[1]:g} "
+                                 f"(0: no ceiling) or '{notecodec.FROM_PRIMER}', got {max_density!r}")
+            if self.denoises:
+                raise ModelError(f"a {self.model.arch} model is given its density by the primer or --density, not "
+                                 "a ceiling: leave --max-density out")
+        if constraints is not None and constraints.density is not None:
+            return constraints
+        primer = None
+        if max_density == notecodec.FROM_PRIMER and not self.denoises and len(self.primer) > 1:
+            primer = self.codec.decode_continuations(self.primer, [[]])[0]
+        ceiling = density_ceiling(max_density, self.model, primer, self.start_time)
+        return constraints if ceiling is None else replace(constraints or Constraints(), max_density=ceiling)
 
     def _decoder(self) -> tokenizer.Decoder | notecodec.Decoder:
         """A decoder of one lane's new ids (the codec's), starting where the primer ends, at the primer's last

@@ -13,7 +13,7 @@ from pathlib import Path
 from core.cli.play import add_output_arguments, check_clock_arguments, open_chosen_sink, open_live_player
 from core.generate import MAX_NOTE_SECONDS
 from core.notecodec import FROM_PRIMER, MAX_PRIMER_REPEAT_SECONDS, MIN_REPEAT_SECONDS
-from core.session import TOKENS_PER_SECOND_LIMIT
+from core.session import RUNAWAY_FACTOR, TOKENS_PER_SECOND_LIMIT
 
 HELP = "write a new piece with a model"
 MAX_SECONDS = 24 * 3600.0  # a day of music: the longest piece worth asking for in one command
@@ -113,6 +113,13 @@ def density(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be {DENSITY_RANGE[0]:g} to {DENSITY_RANGE[1]:g} notes per second, "
                                          f"got {text}")
     return value
+
+
+def max_density(text: str) -> float | str:
+    """--max-density: 'primer' (3x the primer's notes/s), 0 (off) or a ceiling in notes per second."""
+    if text.strip().lower() == FROM_PRIMER:
+        return FROM_PRIMER
+    return 0.0 if _number(text) == 0 else density(text)
 
 
 def add_constraint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -234,6 +241,11 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                              f"'{FROM_PRIMER}': as fast as the primer repeats its keys, {MIN_REPEAT_SECONDS:g} to "
                              f"{MAX_PRIMER_REPEAT_SECONDS:g} s, {MIN_REPEAT_SECONDS:g} without one; a performance model or a "
                              f"denoiser such as SMDIM is not affected)")
+    parser.add_argument("--max-density", type=max_density, default=FROM_PRIMER, metavar="N",
+                        help=f"a variation that runs away into more than N notes per second is steered back under "
+                             f"(0: never; default '{FROM_PRIMER}': {RUNAWAY_FACTOR:g}x the notes/s of the primer's "
+                             f"last 20 s, none for a new piece; --density steers instead; a denoiser such as SMDIM "
+                             f"takes its density from the primer already)")
     parser.add_argument("--harmony", type=harmony_weight, default=None, metavar="W",
                         help="pull the keys each variation draws towards the pitch classes of its last 8 s of "
                              "music, the primer's included, W hard (0: not at all; default: the model's, 1 for a "
@@ -413,7 +425,8 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
         seconds=None if args.bars else args.seconds, bars=args.bars, grid=new_piece_grid(args), variations=batch,
         seed=args.seed, max_tokens=args.max_tokens,
         max_note=args.max_note, min_repeat=args.min_repeat, allow_end=args.allow_end, constraints=constraints,
-        adapt=adapt_settings(args, model), harmony=args.harmony)
+        adapt=adapt_settings(args, model), harmony=args.harmony,
+        max_density=args.max_density)
     print(f"model {args.model} ({model.arch}); {session.plan.describe()}")
     if session.seconds is not None and session.seconds > MAX_SECONDS:
         from core.grid import GridError

@@ -6,14 +6,16 @@ beside the real music.
     python -m bench.continuation --pieces 4 --seeds 2 --models default --json out.json --render /tmp/continuation
     python -m bench.continuation --controls --pieces 4 --seeds 2   # only the controls table (issue #19)
     python -m bench.continuation --new-only --variations 20        # only new pieces (issue #18's 20-piece MGEval)
+    python -m bench.continuation --models default --adapt on --max-density primer,0   # the ceiling vs none
 
 Continuations. Each performance of ../shared/midi/maestro (never trained on) is cut at the codec's 10 ms grid:
 the primer is every note that starts before 20 s, a note still sounding at 20 s ended there (a composer's file
 cut at 20 s holds ended notes, and `recital continue` reads such a file); the truth is every note that starts
 in [20 s, 50 s), ended at 50 s at the latest. The model reads the primer and writes 30 s, 3 seeds as 3 lanes of one
 batch, with `recital generate`'s defaults (top-p 0.95, --max-note 8 s, int8 step weights, the model's budget per
-lane). Bits per second: the model reads primer + truth in one pass and the truth's ids are scored,
--sum log2 p / 30 s (the primer's ids are context only; bits per second compare two codecs, perplexity cannot).
+lane, the density ceiling from the primer: `--max-density primer,0` sets it beside none). Bits per second: the
+model reads primer + truth in one pass and the truth's ids are scored, -sum log2 p / 30 s (the primer's ids are
+context only; bits per second compare two codecs, perplexity cannot).
 
 Each model reads and writes its own codec (core/codecs.py): its primer and truth are encoded with it, and its
 continuations decoded with it, so `--models default,PATH_TO_A_NOTES_MODEL` sets a "performance" model beside a

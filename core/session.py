@@ -118,9 +118,10 @@ def _seconds(ids: np.ndarray, codec: Codec = tokenizer) -> float:
 # A left-to-right model now and then runs away into a cloud of short notes that feeds on itself: on MAESTRO primers
 # (bench/continuation.py, 30 lanes, adapting) 4 lanes of the DSMR default wrote 19-46 notes/s after primers of
 # 5-7 (their pianists: 6-10), one over the whole keyboard. Steered back under this many times the primer's own
-# notes/s (a ceiling, `Constraints.max_density`), they wrote 12-16 and the lanes below it were untouched; at 2x
-# the ceiling also thinned regular dense figures (onset regularity 0.157 -> 0.118 over the 30), and a target at the
-# primer's rate (steered up as well as down) piled up long notes in a third of the lanes.
+# notes/s (a ceiling, `Constraints.max_density`), 10 lanes were touched (46 -> 9, 39 -> 22, 30 -> 22, 19 -> 13)
+# and the rest are the model's own: notes/s 13.0 -> 10.4 (the pianists 9.5). At 2x the ceiling also thinned regular
+# dense figures (onset regularity 0.157 -> 0.118 over the 30); a target at the primer's rate (steered up as well as
+# down) piled up long notes in a third of the lanes.
 RUNAWAY_FACTOR = 3.0
 
 

@@ -61,6 +61,27 @@ def test_a_harmony_weight_is_a_column_of_its_own(tiny_model_dir, tmp_path, capsy
     assert result["continuations"]["tiny"]["stats"] != result["continuations"]["tiny +harmony 50"]["stats"]
 
 
+def test_a_density_ceiling_is_a_column_of_its_own_and_new_pieces_are_written_once(tiny_model_dir, tmp_path,
+                                                                                   capsys, one_thread):
+    for bad in ("fast", "100", "-1", ","):
+        with pytest.raises(SystemExit):
+            continuation.parse_args(["--max-density", bad])
+        assert f"--max-density takes 'primer', 0 or notes/s from 0.25 to 40, comma-separated; got '{bad}'" in (
+            capsys.readouterr().err)
+    assert continuation.parse_args([]).max_density == ["primer"]  # as `recital continue` steers
+    pieces = two_piano_pieces(tmp_path)
+    out = tmp_path / "out.json"
+    assert continuation.main(["--midi", str(pieces), "--models", str(tiny_model_dir), "--seeds", "2", "--adapt",
+                              "off", "--max-density", "primer,0,0.25", "--windows", "4", "3", "5", "--variations",
+                              "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["continuations"]) == {"tiny", "tiny max-density 0", "tiny max-density 0.25"}
+    assert set(result["new_pieces"]) - {"MAESTRO 5-10 s"} == {"tiny"}  # no primer, no ceiling: written once
+    lowest = result["continuations"]["tiny max-density 0.25"]["stats"]
+    free = result["continuations"]["tiny max-density 0"]["stats"]
+    assert sum(row["notes_per_second"] for row in lowest) < sum(row["notes_per_second"] for row in free)
+
+
 def test_main_prints_every_row_on_a_tiny_model(tiny_model_dir, tmp_path, capsys, one_thread):
     pieces = two_piano_pieces(tmp_path)
     out = tmp_path / "out.json"

@@ -562,7 +562,9 @@ class LimitsBox(QGroupBox):
         self.density = QSlider(Qt.Horizontal)
         self.density.setRange(0, 16)
         self.density.setToolTip("Steer toward this many notes per second (a pull, not a rule; Regenerate "
-                                "selection, and SMDIM anywhere, writes at most this many); left: off")
+                                "selection, and SMDIM anywhere, writes at most this many); left: off, and a "
+                                "DSMR or PerceiverS take that runs away past 3x the piece's own notes/s is "
+                                "steered back under")
         self.density_label = QLabel()
         self.density_label.setMinimumWidth(64)
         self.soft, self.loud = QSpinBox(), QSpinBox()

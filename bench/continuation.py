@@ -630,6 +630,9 @@ def configurations(models: list[str], adapt: list[bool], harmony: list[float | N
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from core.cli.generate import max_density
+    from core.constraints import DENSITY_RANGE
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--midi", type=Path, default=MAESTRO, help="folder of performances (default: MAESTRO's)")
     parser.add_argument("--pieces", type=int, default=10, metavar="N", help="first N pieces (default 10)")
@@ -679,14 +682,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not weights or any(not (weight is None or weight >= 0 and math.isfinite(weight)) for weight in weights):
         parser.error(f"--harmony takes weights >= 0 or 'default', comma-separated; got {args.harmony!r}")
     args.harmony = weights
-    try:
-        ceilings = [FROM_PRIMER if part.strip() == FROM_PRIMER else float(part)
-                    for part in args.max_density.split(",") if part.strip()]
-    except ValueError:
+    try:  # each as `recital continue --max-density` reads it
+        ceilings = [max_density(part) for part in args.max_density.split(",") if part.strip()]
+    except argparse.ArgumentTypeError:
         ceilings = []
-    if not ceilings or any(c != FROM_PRIMER and not (c == 0 or 0.25 <= c <= 40) for c in ceilings):
-        parser.error(f"--max-density takes '{FROM_PRIMER}', 0 or notes/s from 0.25 to 40, comma-separated; got "
-                     f"{args.max_density!r}")
+    if not ceilings:
+        parser.error(f"--max-density takes '{FROM_PRIMER}', 0 or notes/s from {DENSITY_RANGE[0]:g} to "
+                     f"{DENSITY_RANGE[1]:g}, comma-separated; got {args.max_density!r}")
     args.max_density = ceilings
     args.models = [part.strip() for part in args.models.split(",") if part.strip()]
     if not args.models:

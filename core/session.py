@@ -214,6 +214,7 @@ class GenerationSession:
         self.primer = _held(prepare_primer(read_primer(primer, self.codec), model.config.vocab_size).numpy())  # once,
         # for every lane: uint16, 2 bytes an id (a 1.5M-id primer is 3 MB, not 12); int64 only while generating
         self.start_time = _seconds(self.primer, self.codec)  # where new music begins
+        self._primer_read: Performance | None = None  # the primer's notes, once something here reads them
         self.min_repeat = repeat_guard(min_repeat, self.codec, self.primer)  # seconds, resolved
         constraints = self._with_ceiling(constraints, max_density)
         if start is not None and start > self.start_time:
@@ -232,7 +233,7 @@ class GenerationSession:
         self.max_tokens = max_tokens if max_tokens is not None else (
             None if self.seconds is None else int(self.seconds * TOKENS_PER_SECOND_LIMIT) + 64)
         if constraints is not None and constraints.from_primer:
-            constraints = constraints.resolve(self.codec.decode_continuations(self.primer, [[]])[0])
+            constraints = constraints.resolve(self._primer_read_notes())
         self.constraints = constraints if constraints is not None and constraints.active else None
         self.budget = resolve_budget(model, budget, variations)
         self.plan = plan if plan is not None else model.plan(self.budget, variations)
@@ -265,9 +266,16 @@ class GenerationSession:
             return constraints
         primer = None
         if max_density == notecodec.FROM_PRIMER and not self.denoises and len(self.primer) > 1:
-            primer = self.codec.decode_continuations(self.primer, [[]])[0]
+            primer = self._primer_read_notes()
         ceiling = density_ceiling(max_density, self.model, primer, self.start_time)
         return constraints if ceiling is None else replace(constraints or Constraints(), max_density=ceiling)
+
+    def _primer_read_notes(self) -> Performance:
+        """The primer's notes, decoded once for the settings that read them (the ceiling, a key from the primer);
+        the silence a later `start` appends adds none."""
+        if self._primer_read is None:
+            self._primer_read = self.codec.decode_continuations(self.primer, [[]])[0]
+        return self._primer_read
 
     def _decoder(self) -> tokenizer.Decoder | notecodec.Decoder:
         """A decoder of one lane's new ids (the codec's), starting where the primer ends, at the primer's last

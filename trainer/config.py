@@ -58,6 +58,7 @@ class TrainConfig:
     transpose: int = 5  # semitones either way
     stretch: float = 0.05  # tempo factor in [1 - stretch, 1 + stretch]
     expressive: bool = False  # perform score-like pieces at random: rubato, jitter, legato, pedal, dynamics
+    figuration: float = 0.0  # share of draws whose held chords are played as keyboard figures (trainer/figuration.py)
     weights: dict | str | None = None  # draws per piece by collection (sub-folder), or a JSON file (trainer.weights)
     starts: dict | str | None = None  # extra draws of a piece's start (read from BOS), by collection, the same way
 
@@ -113,6 +114,8 @@ class TrainConfig:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if not 0 <= self.transpose <= 24 or not 0.0 <= self.stretch < 0.5:
             problems.append("augmentation needs 0 <= transpose <= 24 and 0 <= stretch < 0.5")
+        if not (isinstance(self.figuration, int | float) and 0.0 <= self.figuration <= 1.0):
+            problems.append(f"figuration is a share of draws in [0, 1], got {self.figuration!r}")
         if self.patience < 0 or (self.warmup is not None and self.warmup < 0) or self.clip < 0:
             problems.append("patience, warmup and clip cannot be negative")
         if problems:

@@ -42,6 +42,7 @@ from trainer.corpus import Corpus
 from trainer.data import PieceSource
 from trainer.distributed import World, join
 from trainer.expressive import Expression
+from trainer.figuration import Figuration
 from trainer.weights import (
     describe,
     length_shares,
@@ -470,7 +471,8 @@ class _Run:
                 token_shares(corpus, train, weights), length_shares(corpus, train, weights),
                 None if starts is None else start_shares(corpus, train, weights, starts))))
         source = PieceSource(corpus, train, c.seed, c.augmenting, c.transpose, c.stretch,
-                             Expression() if c.expressive else None, weights, starts)
+                             Expression() if c.expressive else None, weights, starts,
+                             figuration=Figuration(probability=c.figuration) if c.figuration else None)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},

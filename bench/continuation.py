@@ -60,6 +60,7 @@ import numpy as np
 from bench.data import SHARED_MIDI, require_midi
 from core import musicstats as ms
 from core.errors import RecitalError
+from core.harmony import HARMONY_WEIGHT, LEFT_TO_RIGHT_WEIGHT
 from core.midi import Performance
 from core.notecodec import FROM_PRIMER
 
@@ -90,7 +91,7 @@ QUICK = Windows(primer=10.0, truth=10.0, new=20.0, variations=2)
 @dataclass(frozen=True)
 class Configuration:
     """One column: a model, whether it adapts to the primer first, how hard its keys are pulled towards the
-    harmony of the music behind them (core/harmony.py; 0: not at all; None: the model's default, as `recital
+    harmony (core/harmony.py: the primer's, or a denoiser's music behind each window; 0: not at all; None: the model's default, as `recital
     continue` has it), and the density ceiling a lane that runs away is steered under (core/session.py
     `density_ceiling`; FROM_PRIMER, the default: 3x the primer's notes/s; 0: none)."""
 
@@ -641,8 +642,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adapt", default="off,on", help="off, on or off,on: with and without primer adaptation")
     parser.add_argument("--harmony", default="default", metavar="W[,W...]",
                         help="weights of the harmony pull on the keys (core/harmony.py), comma-separated, 'default' "
-                             "for the model's own (1 for a denoiser, 0 for the others): a column "
-                             "each (default: default)")
+                             f"for the model's own ({HARMONY_WEIGHT:g} for a denoiser, {LEFT_TO_RIGHT_WEIGHT:g} "
+                             "towards the primer's key for the others): a column each (default: default)")
     parser.add_argument("--max-density", default=FROM_PRIMER, metavar="N[,N...]",
                         help="density ceilings a runaway lane is steered under (core/session.py), comma-separated: "
                              f"'{FROM_PRIMER}' (3x the primer's notes/s, `recital continue`'s default), 0 (none) or "

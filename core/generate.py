@@ -21,7 +21,7 @@ from core import notecodec, tokenizer
 from core.codecs import Codec, codec_of
 from core.constraints import Constraints
 from core.errors import ModelError
-from core.harmony import LaneHarmony
+from core.harmony import PrimerHarmony
 from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, PAD, TICK_SECONDS, TIME_SHIFT, shift_ticks
 
 # -- sampling filters: logits (B, V) in, logits out; filtered-out entries become -inf -------------------------
@@ -293,9 +293,9 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     mode.
 
     `constraints` (core/constraints.py, resolved against the primer) add their mask to the logits before
-    temperature and the filters, per lane; they read the primer but never change it. `harmony` > 0 pulls each
-    lane's keys towards the pitch classes of its last HARMONY_SECONDS, that weight hard (core/harmony.py
-    `LaneHarmony`: which key, never whether a note comes; 0: not at all).
+    temperature and the filters, per lane; they read the primer but never change it. `harmony` > 0 pulls every
+    lane's keys towards the pitch classes of the primer's last KEY_SECONDS, that weight hard (core/harmony.py
+    `PrimerHarmony`: which key, never whether a note comes; 0, or no primer: not at all).
     """
     codec = codec_of(model)
     limits = LaneLimits(state.batch, max_tokens, max_seconds, stop_at_eos, codec)
@@ -314,7 +314,7 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     forbidden[never] = float("-inf")  # (V,)
     tracker = (constraints.tracker(batch, primer.numpy(), logits.shape[-1], codec=codec)
                if constraints is not None else None)
-    keys = LaneHarmony(codec, batch, primer.numpy(), harmony) if harmony else None  # it checks the weight
+    keys = PrimerHarmony(codec, primer.numpy(), harmony) if harmony else None  # it checks the weight
     del primer  # read: the steps never look back at it, and a long primer's ids are freed before they run
     while limits.more():
         allowed = logits + forbidden
@@ -334,8 +334,6 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
             ids = torch.from_numpy(tokens).to(ids.device)
         if tracker is not None:
             tracker.read(tokens)
-        if keys is not None:
-            keys.read(tokens)
         yield limits.close(tokens)  # PAD where a lane has finished
         if limits.over():
             return

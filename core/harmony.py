@@ -1,4 +1,4 @@
-"""The harmony of the music around a passage, as a soft pull on the keys a denoiser draws for it.
+"""The harmony of the music around a passage, as a soft pull on the keys a model draws for it.
 
 A small denoiser reads both sides of a region and still picks its pitch classes worse than random notes drawn from
 the piece's own statistics do (bench/infill.py: pitch-class overlap with the pianist's notes 0.514 vs 0.477 random
@@ -10,7 +10,8 @@ music around never played stays possible, only less likely: a chromatic passing 
 the same 50 regions, weight 1: pitch-class overlap 0.514 -> 0.388 (now closer than the DSMR continuing) and pitch
 range 13.0 -> 11.5 semitones from the truth; SMDIM continuing the ten MAESTRO primers (each timed window pulled
 by its lane's last HARMONY_SECONDS) kept the primer's key or a close one in 8 of 10 continuations, 3 without
-(README, "Infilling").
+(README, "Infilling"). A left-to-right continuation drifts out of its primer's key the same way (the DSMR default
+kept it in 18 of 30): its keys are pulled towards the primer's own pitch classes (`PrimerHarmony`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from core.midi import Performance
 from core.models.interface import DENOISE
 
 HARMONY_SECONDS = 8.0  # the music this far either side of a passage sets its harmony: about two bars
-HARMONY_WEIGHT = 1.0  # how hard the pull is (0: none)
+HARMONY_WEIGHT = 1.0  # how hard the pull is on a denoiser (0: none)
+LEFT_TO_RIGHT_WEIGHT = 0.5  # and on a left-to-right model continuing a primer (`default_weight`)
+KEY_SECONDS = 20.0  # a left-to-right continuation is pulled towards the primer's pitch classes of this long
 LONGEST_COUNTED = 2.0  # a note counts for at most this many seconds: a held bass does not outweigh the figures
 SMOOTHING = 0.05  # this share of the weight spread over all twelve classes: none is ever ruled out
 FIRST_KEY = {notecodec.NAME: notecodec.PITCH, tokenizer.NAME: tokenizer.NOTE_ON}  # the id of key 0, by codec
@@ -40,15 +43,19 @@ class HarmonyError(RecitalError):
 
 def default_weight(model) -> float:
     """The pull a generation gets unless told otherwise: HARMONY_WEIGHT for a denoiser (SMDIM continuing ten
-    MAESTRO primers kept the primer's key or a close one in 25 of 30 continuations with it, 8 without), none for
-    a left-to-right model, which reads the music behind it id by id. bench/continuation.py --harmony 0,1, the
-    notes DSMR default of 2026-12-02, two runs (3 and 6 seeds a primer): key kept 26/30 -> 23/30 and 37/60 ->
-    47/60, pitch range 41 -> 46 and 42 -> 51 semitones (the pianists 54), but notes/s 12.6 -> 14.3 and 13.6 ->
-    14.3 (9.5) and polyphony 3.8 -> 4.3 and 4.0 -> 4.4 (3.8) further from the truth; adapted to the primer,
-    re-strikes 0.25 -> 6.2 per 30 s; and new pieces, pulled towards their own last bars, went round in circles
-    (repeated pitch 8-grams 17 -> 114 a minute, MGEval 0.60 -> 0.43). A composer asks for it (`--harmony 1`)
-    where the key matters more than the density."""
-    return HARMONY_WEIGHT if getattr(model, "family", None) == DENOISE else 0.0
+    MAESTRO primers kept the primer's key or a close one in 25 of 30 continuations with it, 8 without),
+    LEFT_TO_RIGHT_WEIGHT towards the primer's key for a left-to-right model (`PrimerHarmony`).
+
+    bench/continuation.py, the notes DSMR default adapting to the ten MAESTRO primers with the density ceiling, 3
+    seeds, weight 0 / 0.5 / 0.75 / 1 (0.75 in a second run): key kept 18 / 29 / 30 / 30 of 30, pitch range 43.4 /
+    49.4 / 47.7 / 48.1 semitones (the pianists 54.2), onset regularity 0.139 / 0.146 / 0.171 / 0.192 (0.235), but
+    re-strikes within 120 ms 0.27 / 0.80 / 1.47 / 1.00 per 30 s (aim < 1) and notes/s 10.40 / 10.57 / 11.80 /
+    11.91 (9.46): 0.5 keeps the key without the stutter. Without adapting, 0 -> 0.75: key 19 -> 29 of 30,
+    regularity 0.066 -> 0.153, range 40.7 -> 42.9. Pulled instead towards each lane's own last HARMONY_SECONDS (the
+    weights of 2026-12-02, before the ceiling): key 26 -> 23 and 37/60 -> 47/60 in two runs, notes/s 12.6 -> 14.3,
+    re-strikes adapted 0.25 -> 6.2; new pieces pulled towards their own last bars went round in circles (repeated
+    pitch 8-grams 17 -> 114 a minute, MGEval 0.60 -> 0.43): a new piece has no primer, so no pull."""
+    return HARMONY_WEIGHT if getattr(model, "family", None) == DENOISE else LEFT_TO_RIGHT_WEIGHT
 
 
 def check_weight(weight: float) -> None:
@@ -130,79 +137,21 @@ def music_near(piece: Performance, start: float, end: float) -> Performance:
     return Performance(piece.onset[near], piece.offset[near], piece.pitch[near], piece.velocity[near])
 
 
-class LaneHarmony:
-    """Each lane's pitch classes of its last HARMONY_SECONDS, as a pull on the key of its next id: `with_harmony`
-    for a left-to-right model, which writes one id per lane per step with only the music behind it to go by.
+class PrimerHarmony:
+    """The pitch classes of the primer's last KEY_SECONDS as one fixed pull on the key of every lane's next id:
+    `with_harmony` for a left-to-right model, which writes one id per lane per step with only the music behind
+    it to go by. Fixed, not following each lane's own last bars as a denoiser's windows do: a lane that strayed
+    pulled itself further (bench/continuation.py, `default_weight`). No primer, or none sounding in its last
+    KEY_SECONDS: no pull (a new piece has no key to keep)."""
 
-    It follows the ids as they are written (`read`): TimeShifts move a lane's clock, a note counts from its
-    onset for its length (the notes codec's Duration, which follows its Pitch at once; the event codec's NoteOff,
-    a note still sounding counts up to now), each at most LONGEST_COUNTED seconds, and leaves the window
-    HARMONY_SECONDS after it ends. The primer is every lane's beginning, read once."""
-
-    def __init__(self, codec: Codec, batch: int, primer_ids: np.ndarray, weight: float = HARMONY_WEIGHT):
+    def __init__(self, codec: Codec, primer_ids: np.ndarray, weight: float = LEFT_TO_RIGHT_WEIGHT):
         check_weight(weight)
-        self.codec, self.weight, self.keys = codec, weight, key_ids(codec)
-        self.notes_codec = codec.NAME == notecodec.NAME
         primer = codec.decode(primer_ids)
-        clock = codec.ids_seconds(primer_ids)
-        recent = primer.offset > clock - HARMONY_SECONDS
-        self.clock = np.full(batch, clock)
-        self.onset = [list(primer.onset[recent]) for _ in range(batch)]  # each lane's notes in its window
-        self.offset = [list(primer.offset[recent]) for _ in range(batch)]
-        self.pitch = [list(primer.pitch[recent].astype(np.int64)) for _ in range(batch)]
-        self.waiting: list[int | None] = [None] * batch  # notes codec: a Pitch whose Duration comes next
-        self.open: list[dict[int, float]] = [{} for _ in range(batch)]  # event codec: sounding pitch -> onset
-        self.shift = torch.zeros(batch, 128)
-        for lane in range(batch):
-            self._update(lane)
-
-    def read(self, tokens: np.ndarray) -> None:
-        """Follow one id per lane (B,)."""
-        codec = self.codec
-        for lane, token in enumerate(tokens.tolist()):
-            if codec.TIME_SHIFT <= token < codec.TIME_SHIFT + codec.MAX_SHIFT_TICKS:
-                self.clock[lane] += (token - codec.TIME_SHIFT + 1) * tokenizer.TICK_SECONDS
-            elif self.notes_codec and notecodec.PITCH <= token < notecodec.DURATION:
-                self.waiting[lane] = token - notecodec.PITCH
-                continue
-            elif self.notes_codec and notecodec.DURATION <= token < notecodec.TIME_SHIFT:
-                if self.waiting[lane] is None:
-                    continue
-                ticks = int(notecodec.BIN_TICKS[token - notecodec.DURATION])
-                self._add(lane, self.clock[lane], self.clock[lane] + ticks * tokenizer.TICK_SECONDS,
-                          self.waiting[lane])
-            elif not self.notes_codec and tokenizer.NOTE_ON <= token < tokenizer.NOTE_OFF:
-                self.open[lane][token - tokenizer.NOTE_ON] = self.clock[lane]
-                continue
-            elif not self.notes_codec and tokenizer.NOTE_OFF <= token < tokenizer.TIME_SHIFT:
-                onset = self.open[lane].pop(token - tokenizer.NOTE_OFF, None)
-                if onset is None:
-                    continue
-                self._add(lane, onset, self.clock[lane], token - tokenizer.NOTE_OFF)
-            else:
-                continue
-            self.waiting[lane] = None
-            self._update(lane)
+        recent = primer.offset > codec.ids_seconds(primer_ids) - KEY_SECONDS
+        pull = _pull(_shares(primer.offset[recent] - primer.onset[recent], primer.pitch[recent]), weight)
+        self.shift = None if pull is None else torch.from_numpy(pull).float()  # (128,) or None
+        self.keys = key_ids(codec)
 
     def pull(self, logits: torch.Tensor) -> torch.Tensor:
         """`logits` (B, V) of the lanes' next ids, their keys pulled (`pulled`: which key, never whether one)."""
-        return pulled(logits, self.shift, self.keys)
-
-    def _add(self, lane: int, onset: float, offset: float, pitch: int) -> None:
-        self.onset[lane].append(onset)
-        self.offset[lane].append(offset)
-        self.pitch[lane].append(pitch)
-
-    def _update(self, lane: int) -> None:
-        """Drop the notes that left the lane's window; its pull from those left and the notes still sounding."""
-        clock, onset, offset, pitch = self.clock[lane], self.onset[lane], self.offset[lane], self.pitch[lane]
-        keep = [i for i, end in enumerate(offset) if end > clock - HARMONY_SECONDS]
-        if len(keep) < len(offset):
-            self.onset[lane], self.offset[lane], self.pitch[lane] = ([row[i] for i in keep]
-                                                                     for row in (onset, offset, pitch))
-        sounding = self.open[lane]
-        seconds = np.array([b - a for a, b in zip(self.onset[lane], self.offset[lane], strict=True)]
-                           + [clock - start for start in sounding.values()])
-        pitches = np.array(self.pitch[lane] + list(sounding), dtype=np.int64)
-        pull = _pull(_shares(seconds, pitches), self.weight)
-        self.shift[lane] = 0.0 if pull is None else torch.from_numpy(pull).float()
+        return logits if self.shift is None else pulled(logits, self.shift, self.keys)

@@ -107,8 +107,10 @@ def test_under_the_ceiling_no_bias_over_it_toward_time_and_back_to_none_after(co
 @pytest.mark.parametrize("codec", ["performance", "notes"])
 def test_lanes_under_the_ceiling_are_the_models_own_and_a_low_one_thins_them(models, codec):
     model = models[codec]
-    free_session, free = lanes(model, steady(), max_density=0)
-    ceiling_session, under = lanes(model, steady())  # the primer's ceiling, above what these lanes write
+    # a primer of 6 notes/s: its ceiling (18) is above what these lanes write in any stretch (after one of 2 notes/s,
+    # the ceiling 6 was above a lane's mean but not its busiest seconds, and steering it moved its ids)
+    free_session, free = lanes(model, steady(60, 1 / 6), max_density=0)
+    ceiling_session, under = lanes(model, steady(60, 1 / 6))  # the primer's ceiling, above what these lanes write
     assert ceiling_session.constraints.max_density > max(len(part) for part in free_session.new_parts()) / 10
     assert under == free
     low_session, low = lanes(model, steady(), max_density=1.0)

@@ -1,6 +1,6 @@
 """The harmony pull (core/harmony.py): the pitch classes sounding around a passage as a prior on a denoiser's keys;
 infill applies it (`harmony`, `recital infill --harmony`), 0 turns it off, a bad weight is one clear error. A
-left-to-right model's lanes get it from their own last HARMONY_SECONDS, followed id by id (`LaneHarmony`)."""
+left-to-right model's lanes are pulled towards the primer's last KEY_SECONDS, by default (`PrimerHarmony`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,14 @@ from core import notecodec, tokenizer
 from core.cli import main
 from core.harmony import (
     HARMONY_SECONDS,
+    HARMONY_WEIGHT,
+    KEY_SECONDS,
+    LEFT_TO_RIGHT_WEIGHT,
     SMOOTHING,
     HarmonyError,
-    LaneHarmony,
+    PrimerHarmony,
+    default_weight,
+    key_ids,
     key_pull,
     music_near,
     pitch_class_shares,
@@ -125,45 +130,33 @@ def test_recital_infill_takes_a_harmony_weight_and_refuses_a_negative_one(tmp_pa
     assert out.exists()
 
 
-def lane_pull(harmony: LaneHarmony, lane: int) -> np.ndarray:
-    return harmony.shift[lane].numpy().astype(np.float64)
-
-
 @pytest.mark.parametrize("codec", [notecodec, tokenizer])
-def test_a_lane_is_pulled_by_its_own_last_harmony_seconds(codec):
-    """The primer's last HARMONY_SECONDS set every lane's pull; then each lane's own notes join it as they are
-    written and the primer's leave it HARMONY_SECONDS after they end."""
-    primer = chords([48, 60, 64, 67], 0.0, 12.0)  # C major, up to 12 s
-    ids = codec.encode(primer, eos=False)
-    harmony = LaneHarmony(codec, 2, ids, weight=1.0)
-    expected = key_pull(music_near(primer, primer.duration, primer.duration))
-    for lane in (0, 1):
-        assert np.allclose(lane_pull(harmony, lane), expected, atol=1e-5)
-    # lane 0 plays an F# of 2 s, then waits until the primer's last chord has been over for 8.5 s; lane 1 only waits
-    f_sharp = codec.encode(Performance.from_notes([0.0], [2.0], [66], [70]), bos=False, eos=False)
-    after_f_sharp = codec.ids_seconds(ids) + codec.ids_seconds(f_sharp)
-    wait = primer.duration + HARMONY_SECONDS + 0.5 - after_f_sharp
-    rows = [np.concatenate([f_sharp, codec.silence_ids(wait)]),
-            codec.silence_ids(wait + codec.ids_seconds(f_sharp))]
-    for column in range(max(map(len, rows))):
-        harmony.read(np.array([row[column] if column < len(row) else tokenizer.PAD for row in rows], np.int64))
-    assert lane_pull(harmony, 0).argmax() % 12 == 6 and lane_pull(harmony, 0)[66] == 0  # only F# is left
-    assert np.allclose(lane_pull(harmony, 0)[[60, 64, 67]], np.log(SMOOTHING / 12 / (1 - SMOOTHING + SMOOTHING / 12)))
-    assert np.all(lane_pull(harmony, 1) == 0)  # lane 1's window is empty: no pull at all
+def test_a_left_to_right_continuation_is_pulled_by_the_primers_last_key_seconds(codec):
+    """Every lane gets one fixed pull: the pitch classes of the primer's last KEY_SECONDS; an F# that ended
+    before them counts for nothing."""
+    c_major = chords([48, 60, 64, 67], 2.0, 2.0 + KEY_SECONDS + 2.0)
+    primer = Performance.from_notes(np.r_[0.0, c_major.onset], np.r_[1.0, c_major.offset], np.r_[66, c_major.pitch],
+                                    np.r_[70, c_major.velocity])
+    harmony = PrimerHarmony(codec, codec.encode(primer, eos=False), weight=1.0)
+    assert np.allclose(harmony.shift.numpy(), key_pull(c_major), atol=1e-5)
+    assert harmony.shift[66] < harmony.shift[67] < harmony.shift[60] == 0  # C sounds twice in each chord
+    logits = torch.zeros(3, codec.VOCAB_SIZE)
+    pulled = harmony.pull(logits)
+    keys = key_ids(codec)
+    assert torch.equal(pulled[0], pulled[2]) and set(pulled[:, keys].argmax(-1).remainder(12).tolist()) <= {0, 4, 7}
+    assert torch.allclose(torch.logsumexp(pulled[:, keys], -1), torch.logsumexp(logits[:, keys], -1))
 
 
-def test_the_pull_of_a_note_still_sounding_grows_as_it_sounds():
-    """The event codec ends a note with its NoteOff: until then a sounding note counts for the time it has sounded."""
-    primer = tokenizer.encode(chords([60], 0.0, 2.0, step=1.0), eos=False)  # C, struck twice, 1.8 s of sound
-    harmony = LaneHarmony(tokenizer, 1, primer, weight=1.0)
-    harmony.read(np.array([tokenizer.NOTE_ON + 61]))  # C# goes down and stays
-    at_once = lane_pull(harmony, 0)[61]
-    for _ in range(3):
-        harmony.read(np.array([tokenizer.TIME_SHIFT + 49]))  # 0.5 s each
-    assert lane_pull(harmony, 0)[61] > at_once
-    harmony.read(np.array([tokenizer.NOTE_OFF + 61]))
-    c, c_sharp = (1 - SMOOTHING) * np.array([1.8, 1.5]) / 3.3 + SMOOTHING / 12  # 1.8 s of C, 1.5 s of C#
-    assert lane_pull(harmony, 0)[61] == pytest.approx(np.log(c_sharp / c), abs=1e-5)
+def test_a_new_piece_has_no_key_to_keep():
+    for codec in (notecodec, tokenizer):
+        harmony = PrimerHarmony(codec, np.array([codec.BOS]), weight=1.0)
+        logits = torch.randn(2, codec.VOCAB_SIZE)
+        assert harmony.shift is None and harmony.pull(logits) is logits
+
+
+def test_each_family_has_its_own_default_pull():
+    assert default_weight(tiny_dsmr_of("notes")) == LEFT_TO_RIGHT_WEIGHT > 0
+    assert default_weight(tiny(codec="notes")) == HARMONY_WEIGHT
 
 
 @pytest.mark.parametrize("codec", ["notes", "performance"])
@@ -192,7 +185,7 @@ def test_a_strong_pull_keeps_a_left_to_right_continuation_in_the_primers_classes
         next(generate(model, primer, model.new_state(model.plan(1 << 20, 1), 1), max_tokens=5, harmony=-1.0))
 
 
-def test_recital_continue_takes_a_harmony_weight_off_by_default_for_a_left_to_right_model(
+def test_recital_continue_pulls_a_left_to_right_model_towards_the_primers_key_by_default(
         tiny_model_dir, tmp_path, capsys, isolated_dirs):
     primer = tmp_path / "primer.mid"
     write_performance(chords([48, 60, 64, 67], 0.0, 4.0), primer)
@@ -207,8 +200,8 @@ def test_recital_continue_takes_a_harmony_weight_off_by_default_for_a_left_to_ri
         return list(zip(piece.onset.tolist(), piece.pitch.tolist(), strict=True))
 
     plain = notes(continued())
-    assert plain == notes(continued("--harmony", "0"))  # a DSMR model is not pulled unless asked
-    assert plain != notes(continued("--harmony", "50"))
+    assert plain == notes(continued("--harmony", f"{LEFT_TO_RIGHT_WEIGHT}"))  # pulled towards the primer's key
+    assert notes(continued("--harmony", "0")) != notes(continued("--harmony", "50"))
     with pytest.raises(SystemExit) as stop:
         main(["continue", str(primer), "--model", str(tiny_model_dir), "--harmony", "-1", "--out",
               str(tmp_path / "x.mid")])

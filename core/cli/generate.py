@@ -12,6 +12,7 @@ from pathlib import Path
 
 from core.cli.play import add_output_arguments, check_clock_arguments, open_chosen_sink, open_live_player
 from core.generate import MAX_NOTE_SECONDS
+from core.harmony import HARMONY_SECONDS, HARMONY_WEIGHT, KEY_SECONDS, LEFT_TO_RIGHT_WEIGHT
 from core.notecodec import FROM_PRIMER, MAX_PRIMER_REPEAT_SECONDS, MIN_REPEAT_SECONDS
 from core.session import RUNAWAY_FACTOR, TOKENS_PER_SECOND_LIMIT
 
@@ -247,9 +248,11 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                              f"last 20 s, none for a new piece; --density steers instead; a denoiser such as SMDIM "
                              f"takes its density from the primer already)")
     parser.add_argument("--harmony", type=harmony_weight, default=None, metavar="W",
-                        help="pull the keys each variation draws towards the pitch classes of its last 8 s of "
-                             "music, the primer's included, W hard (0: not at all; default: the model's, 1 for a "
-                             "denoiser such as SMDIM, 0 for the others)")
+                        help=f"pull the keys each variation draws towards the harmony, W hard: a left-to-right "
+                             f"model's towards the pitch classes of the primer's last {KEY_SECONDS:g} s (none for a "
+                             f"new piece), a denoiser's such as SMDIM towards each variation's last "
+                             f"{HARMONY_SECONDS:g} s (0: not at all; default: {LEFT_TO_RIGHT_WEIGHT:g} and "
+                             f"{HARMONY_WEIGHT:g})")
     parser.add_argument("--allow-end", action="store_true",
                         help="let the model end the piece before --seconds (default: it plays all of them)")
     parser.add_argument("--budget", type=budget, metavar="SIZE",

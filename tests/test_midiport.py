@@ -168,6 +168,8 @@ def test_existing_port_by_name_and_a_missing_one(jack):
         with pytest.raises(DeviceError, match="no MIDI output port named 'Nowhere'.*DAW:piano in"):
             MidiOutput("Nowhere")
     finally:
+        sink.cancel_callback()  # before the client goes: the JACK thread may be running the callback (jack.py)
+        sink.close_port()
         sink.delete()
 
 

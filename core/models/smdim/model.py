@@ -46,7 +46,7 @@ from core.models.config import (
 from core.models.interface import DENOISE, check_ids
 from core.models.layers import MLP, RMSNorm, apply_rotary, rotary
 from core.models.packed import Int8, PackedWeights
-from core.models.smdim.scan import KERNELS, scan_together, selective_scan
+from core.models.smdim.scan import KERNELS, selective_scan
 from core.models.smdim.state import SMDIMPlan, SMDIMState, dt_rank, plan_window
 from core.state import TOKENS_PER_SECOND
 from core.tokenizer import PAD
@@ -141,10 +141,6 @@ class ScanDirection(nn.Module):
         """u (B, L, E) in this direction's order -> y (B, E, L). Everything stays position-major (B, L, .), the
         layout the projections write and the stepwise scan reads, so nothing is transposed in memory; kernel
         "loop" runs the previous path (the convolution on (B, E, L)) for comparison."""
-        return selective_scan(*self.scan_inputs(u, kernel), kernel)
-
-    def scan_inputs(self, u: torch.Tensor, kernel: str) -> tuple[torch.Tensor, ...]:
-        """What the scan of u (B, L, E) reads: (u, delta (B, E, L), A (E, N), B, C (B, N, L), D (E,))."""
         if kernel == "loop":
             u = u.transpose(1, 2)
             u = F.silu(self.conv(u)[..., :u.shape[-1]]).transpose(1, 2)
@@ -152,8 +148,8 @@ class ScanDirection(nn.Module):
             u = F.silu(self.causal_conv(u))
         dt, b, c = self.x_proj(u).split([self.rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt))  # (B, L, E)
-        return (u.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.float()).to(u.dtype),
-                b.transpose(1, 2), c.transpose(1, 2), self.D.to(u.dtype))
+        return selective_scan(u.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.float()).to(u.dtype),
+                              b.transpose(1, 2), c.transpose(1, 2), self.D.to(u.dtype), kernel)
 
     def causal_conv(self, u: torch.Tensor) -> torch.Tensor:
         """`conv` (depthwise, causal) on u (B, L, E) as d_conv shifted multiply-adds: ~3x faster on a CPU than
@@ -181,14 +177,8 @@ class BiMamba(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E)
-        if self.kernel in ("auto", "torch") and not u.is_cuda and not torch.is_grad_enabled():
-            # a denoising pass on a CPU: both directions stepped as one scan (`scan_together`: half the steps)
-            ahead, back = scan_together([self.forwards.scan_inputs(u, self.kernel),
-                                         self.backwards.scan_inputs(u.flip(1), self.kernel)])
-            ahead, back = ahead.transpose(1, 2), back.transpose(1, 2).flip(1)
-        else:
-            ahead = self.forwards(u, self.kernel).transpose(1, 2)  # (B, L, E): a view where the scan was stepwise
-            back = self.backwards(u.flip(1), self.kernel).transpose(1, 2).flip(1)
+        ahead = self.forwards(u, self.kernel).transpose(1, 2)  # (B, L, E): a view where the scan was stepwise
+        back = self.backwards(u.flip(1), self.kernel).transpose(1, 2).flip(1)
         return self.out_proj((ahead + back) * F.silu(z))
 
 

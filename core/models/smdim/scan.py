@@ -176,15 +176,14 @@ def _step(decay: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor
 
 def _stepwise(u, delta, A, B, C, D, chunk: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """y (B, E, L) and the state at the start of every chunk: each chunk prepared at once into two buffers that
-    every chunk reuses, then stepped position by position in place. A (E, N) and D (E,) are every row's, or
-    (B, 1, E, N) and (B, 1, E) each row's own (`scan_together`)."""
+    every chunk reuses, then stepped position by position in place."""
     batch, channels, length = u.shape
     u, d, du, b, c = _position_major(u, delta, B, C)
     size = min(chunk, length)
-    decay = u.new_empty(batch, size, channels, A.shape[-1])
+    decay = u.new_empty(batch, size, channels, A.shape[1])
     states = torch.empty_like(decay)
     y = torch.empty_like(u)  # (B, L, E)
-    h = u.new_zeros(batch, channels, A.shape[-1])
+    h = u.new_zeros(batch, channels, A.shape[1])
     starts = []
     A2 = A * LOG2_E
     for begin in range(0, length, chunk):
@@ -194,18 +193,6 @@ def _stepwise(u, delta, A, B, C, D, chunk: int) -> tuple[torch.Tensor, list[torc
         h = _step(decay[:, :k], states[:, :k], h).clone()
         y[:, part] = torch.einsum("bken,bkn->bke", states[:, :k], c[:, part])  # C_t . h_t
     return y.addcmul_(u, D).transpose(1, 2), starts
-
-
-def scan_together(scans: list[tuple[torch.Tensor, ...]], chunk: int = DEFAULT_CHUNK) -> list[torch.Tensor]:
-    """y (B, E, L) of each of several independent scans of one shape ((u, delta, A, B, C, D) each), stepped as
-    one, without gradients: their rows side by side in one batch, each scan with its own A and D. On a CPU a
-    denoising pass costs the per-position step many times over (a few microseconds each, mostly dispatch), not its
-    arithmetic: a bidirectional layer's two directions stepped together take about the time of one."""
-    batch = scans[0][0].shape[0]
-    u, delta, B, C = (torch.cat([scan[i] for scan in scans]) for i in (0, 1, 3, 4))
-    A = torch.stack([scan[2] for scan in scans]).repeat_interleave(batch, 0)[:, None]  # (count x B, 1, E, N)
-    D = torch.stack([scan[5] for scan in scans]).repeat_interleave(batch, 0)[:, None]  # (count x B, 1, E)
-    return list(_stepwise(u, delta, A, B, C, D, chunk)[0].split(batch))
 
 
 class _StepwiseScan(torch.autograd.Function):

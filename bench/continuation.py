@@ -91,9 +91,9 @@ QUICK = Windows(primer=10.0, truth=10.0, new=20.0, variations=2)
 @dataclass(frozen=True)
 class Configuration:
     """One column: a model, whether it adapts to the primer first, how hard its keys are pulled towards the
-    harmony (core/harmony.py: the primer's, or a denoiser's music behind each window; 0: not at all; None: the model's default, as `recital
-    continue` has it), and the density ceiling a lane that runs away is steered under (core/session.py
-    `density_ceiling`; FROM_PRIMER, the default: 3x the primer's notes/s; 0: none)."""
+    harmony (core/harmony.py: the primer's, or a denoiser's music behind each window; 0: not at all; None: the
+    model's default, as `recital continue` has it), and the density ceiling a lane that runs away is steered
+    under (core/session.py `density_ceiling`; FROM_PRIMER, the default: 3x the primer's notes/s; 0: none)."""
 
     model: str
     adapt: bool = False

@@ -170,8 +170,9 @@ class GenerationSession:
     `adapt.min_seconds` first (core/adapt.py; None: never; a denoiser refuses it), in `adapt_to_primer()` or
     on the first step, which sets `adapt_seconds`. harmony: how hard each lane's keys are pulled towards the
     harmony (core/harmony.py: a left-to-right model's towards the primer's last KEY_SECONDS, a denoiser's window
-    towards its lane's last HARMONY_SECONDS; 0: not at all; None: the model's default, `default_weight`). max_density: notes/s a lane of a left-to-right model is steered back under when it runs
-    away (`Constraints.max_density`; None or 0: never), or `notecodec.FROM_PRIMER`: RUNAWAY_FACTOR x the primer's
+    towards its lane's last HARMONY_SECONDS; 0: not at all; None: the model's default, `default_weight`).
+    max_density: notes/s a lane of a left-to-right model is steered back under when it runs away
+    (`Constraints.max_density`; None or 0: never), or `notecodec.FROM_PRIMER`: RUNAWAY_FACTOR x the primer's
     (`density_ceiling`); a density in `constraints` steers instead. Every setting is checked here, and the state
     allocated (after the memory check), before the first step; reading the primer happens on the first step.
     """

@@ -4,13 +4,14 @@ Everything random is drawn from generators seeded by (seed, what, index), never 
 depends only on where the run is, not on how many processes share it or whether it was resumed:
 
 - `PieceSource`: the training pieces in a seeded order, one epoch after another, forming one endless sequence
-  S = perm_0 ++ perm_1 ++ ...; item n is augmented by its own draw (keyboard figuration and expressive performance first, when
-  on, then transposition and stretch), in the corpus's codec. With per-piece weights (trainer.weights), epoch e holds piece j
-  floor(w_j) times plus once more with probability frac(w_j), drawn from (seed, e), so its length varies. With start
-  draws (trainer.weights.start_draws), epoch e also holds piece j's start s_j times (the same rounding): a passage
-  of `start_tokens` ids read from BOS with no EOS, from a random note onset of the piece (notes codec:
-  core.notecodec.restart; the event codec cannot cut a note's NoteOn from its NoteOff, so from the piece's own
-  beginning), so that what a new piece begins like follows the start weights, not the piece counts.
+  S = perm_0 ++ perm_1 ++ ...; item n is augmented by its own draw (keyboard figuration and expressive
+  performance first, when on, then transposition and stretch), in the corpus's codec. With per-piece weights
+  (trainer.weights), epoch e holds piece j floor(w_j) times plus once more with probability frac(w_j), drawn
+  from (seed, e), so its length varies. With start draws (trainer.weights.start_draws), epoch e also holds piece
+  j's start s_j times (the same rounding): a passage of `start_tokens` ids read from BOS with no EOS, from a
+  random note onset of the piece (notes codec: core.notecodec.restart; the event codec cannot cut a note's NoteOn
+  from its NoteOff, so from the piece's own beginning), so that what a new piece begins like follows the start
+  weights, not the piece counts.
 - `LaneStream` (DSMR): global lane g of G reads S[g], S[g + G], S[g + 2G], ... back to back, from each piece's
   BOS to its EOS, `segment_len` tokens per batch. A piece that ends inside a segment is followed at once by the
   next one's BOS, which the model takes as a lane reset; the EOS of a piece, and a start's last id, have no target
@@ -35,7 +36,8 @@ from trainer.corpus import Corpus
 from trainer.expressive import Expression, express_ids
 from trainer.figuration import Figuration, figure_ids
 
-_ORDER, _AUGMENT, _CROP, _WEIGHT, _EXPRESS, _STARTS, _START_AT, _FIGURE = range(8)  # what a generator is for (in its seed)
+# what a generator is for (in its seed)
+_ORDER, _AUGMENT, _CROP, _WEIGHT, _EXPRESS, _STARTS, _START_AT, _FIGURE = range(8)
 START_TOKENS = 512  # ids of a start draw after its BOS: ~10 s of piano in the notes codec
 
 

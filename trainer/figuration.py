@@ -79,7 +79,7 @@ def figure(perf: Performance, rng: np.random.Generator, figuration: Figuration =
     pitch, velocity = perf.pitch.astype(np.int64), perf.velocity.astype(np.int64)
     keep = np.ones(len(perf), dtype=bool)
     new: list[tuple[float, float, int, int]] = []  # (onset, offset, pitch, velocity) of the figures' notes
-    starts, first, count = np.unique(onset, return_index=True, return_counts=True)  # sorted by onset
+    _, first, count = np.unique(onset, return_index=True, return_counts=True)  # each onset's first note, sorted
     for begin, size in zip(first[count >= 3].tolist(), count[count >= 3].tolist(), strict=True):
         chord = np.arange(begin, begin + size)
         chord = chord[np.argsort(pitch[chord], kind="stable")]

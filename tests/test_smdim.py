@@ -164,13 +164,15 @@ def test_reduced_pass_weights_stay_close_follow_training_and_never_touch_forward
 
 # ---- the layers --------------------------------------------------------------------------------------------------
 
-def test_windowed_attention_is_banded_attention_and_never_reads_padding():
+@pytest.mark.parametrize("grad", [True, False], ids=["fused (training)", "written out (a CPU's denoising pass)"])
+def test_windowed_attention_is_banded_attention_and_never_reads_padding(grad):
     torch.manual_seed(1)
     attention = LocalAttention(16, 2, 3, 10000.0)
     x = torch.randn(2, 11, 16)
     valid = torch.ones(2, 11, dtype=torch.bool)
     valid[1, 8:] = False
-    windowed = attention(x, valid)
+    with torch.set_grad_enabled(grad):
+        windowed = attention(x, valid)
     attention.window = 0  # every position, then the band as an explicit mask
     q, k, v = attention.qkv(x).view(2, 11, 3, 2, 8).permute(2, 0, 3, 1, 4)
     from core.models.layers import apply_rotary, rotary
@@ -185,7 +187,8 @@ def test_windowed_attention_is_banded_attention_and_never_reads_padding():
     x2 = x.clone()
     x2[1, 9:] = 100.0  # padded positions change: the real ones' outputs do not
     attention.window = 3
-    assert torch.allclose(attention(x2, valid)[1, :8], windowed[1, :8], atol=1e-5)
+    with torch.set_grad_enabled(grad):
+        assert torch.allclose(attention(x2, valid)[1, :8], windowed[1, :8], atol=1e-5)
 
 
 def test_the_backward_scan_carries_a_later_id_beyond_the_attention_window():

@@ -11,7 +11,7 @@ the region, ended at its end at the latest. Three columns write it anew:
 - infill: `core.infill.infill` with each model given (a denoiser; several, comma-separated, get a column each, in
   one run on the same regions), its default 32 steps (--steps: another count), top-p 0.95, one lane per seed in
   one batch, with the int8 pass weights as `recital infill` (--exact: fp32) and --context seconds each side
-  (default: as much as the window holds);
+  (default: the core's CONTEXT_SECONDS, 6; "window": as much as the window holds);
 - continue: the shipped DSMR `default` continuing the notes before the region (a composer's file cut there) for the
   region's seconds, cut at its end (what a left-to-right model can do);
 - random: notes drawn from the piece's own statistics outside the region (its notes per second; its pitches,
@@ -47,6 +47,8 @@ import numpy as np
 
 from bench.data import SHARED_MIDI, require_midi
 from core import musicstats as ms
+from core.cli.infill import WHOLE_WINDOW, context
+from core.infill import CONTEXT_SECONDS
 from core.midi import Performance
 
 MAESTRO = SHARED_MIDI / "maestro"
@@ -126,7 +128,7 @@ def measure(region: Region, written: Performance) -> dict:
 
 # -- the three columns ------------------------------------------------------------------------------------------
 
-def by_infill(model, region: Region, seeds: int, context: float | None = None,
+def by_infill(model, region: Region, seeds: int, context: float | None = CONTEXT_SECONDS,
               steps: int | None = None) -> list[Performance]:
     from core.generate import SamplingConfig
     from core.infill import infill
@@ -162,7 +164,7 @@ def by_chance(region: Region, seeds: int) -> list[Performance]:
     return out
 
 
-def speed(model, piece: Performance, repeats: int = 3, context: float | None = None) -> float:
+def speed(model, piece: Performance, repeats: int = 3, context: float | None = CONTEXT_SECONDS) -> float:
     """Median seconds to infill 8 s (32 steps, one variation)."""
     from core.infill import infill
 
@@ -222,13 +224,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, metavar="N", help="unmasking passes per window (default: the model's)")
-    parser.add_argument("--context", type=float, metavar="SECONDS",
-                        help="music the infill reads each side of a region (default: as much as the window holds)")
+    parser.add_argument("--context", type=context, default=CONTEXT_SECONDS, metavar="SECONDS",
+                        help=f"music the infill reads each side of a region (default: {CONTEXT_SECONDS:g}; "
+                             f"'{WHOLE_WINDOW}': as much as the window holds)")
     parser.add_argument("--exact", action="store_true", help="infill with fp32 pass weights (default: int8)")
     parser.add_argument("--json", help="write every measurement here")
     parser.add_argument("--no-default-speed", dest="default_speed", action="store_false",
                         help="skip timing the untrained default-size SMDIM")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.context = None if args.context == WHOLE_WINDOW else args.context
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

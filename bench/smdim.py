@@ -23,8 +23,9 @@ batch --train-batch of full windows) of the default and "small" presets, loop ag
 change speed, so untrained models stand in for trained ones.
 
 --context measures the same infill (8 s region, 32 steps, 2 threads by --speed-threads' first, default size) by how
-much music the model reads each side of the region (core.infill's `context`: the full window, 8 s, 4 s), with the
-int8 and the fp32 pass weights taking turns, and the ids each pass reads: a pass costs about its length.
+much music the model reads each side of the region (core.infill's `context`: the full window, 8 s, 6 s (the
+default), 4 s), with the int8 and the fp32 pass weights taking turns, and the ids each pass reads: a pass costs
+about its length.
 
 --codec names the codec of every model built (core/codecs.py; default "performance", what the timings in the README
 were taken with): its vocabulary sizes the embedding and the head, random ids are drawn from its ids, and the
@@ -44,6 +45,7 @@ import torch
 from torch import nn
 
 from core.codecs import CODECS, DEFAULT, codec_of
+from core.infill import CONTEXT_SECONDS
 from core.models.layers import Block, rotary
 from core.models.smdim import SMDIM, SMDIMConfig
 
@@ -158,7 +160,7 @@ def context_speed(args: argparse.Namespace) -> None:
     model = SMDIM(SMDIMConfig(codec=args.codec)).eval()
     threads = args.speed_threads[0]
     torch.set_num_threads(threads)
-    contexts = {"full window": None, "8 s": 8.0, "4 s": 4.0}
+    contexts = {"full window": None, "8 s": 8.0, f"{CONTEXT_SECONDS:g} s (default)": CONTEXT_SECONDS, "4 s": 4.0}
     lengths: dict[str, set[int]] = {name: set() for name in contexts}
     denoise = model.denoise
     reading = [""]

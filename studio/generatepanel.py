@@ -44,6 +44,7 @@ from PySide6.QtWidgets import (
 from core.adapt import adapts_by_default
 from core.constraints import FROM_PRIMER, KEY_NAMES, ConstraintError, note_name, parse_note
 from core.errors import RecitalError
+from core.infill import CONTEXT_SECONDS
 from core.modelcard import scrub_paths, summarize
 from core.modeldir import CARD, ModelInfo, read_card
 from core.models.interface import DENOISE
@@ -57,14 +58,14 @@ NO_MODEL_HINT = "No model yet: fine-tune one or pass a model folder"
 NO_MODEL_SUMMARY = "Fine-tune one on your MIDI folder (Model ▸ Fine-tune…), or choose a model folder."
 MAX_SEED = 2**31 - 1
 DEFAULT_MODEL = "default"  # the shipped model picked when the composer has chosen none
-# Regenerate selection: seconds of music read each side of the region (None: as much as the window holds).
-# Less is faster: README's bench (a region of a MAESTRO piece, CPU) takes 5.94 s with the whole window,
-# 3.58 s at 8 s, 2.37 s at 4 s.
-CONTEXTS: tuple[float | None, ...] = (None, 16.0, 8.0, 4.0)
+# Regenerate selection: seconds of music read each side of the region (None: as much as the window holds), the
+# core's CONTEXT_SECONDS (6 s) first chosen: on MAESTRO regions it fits the new notes to their surroundings as well
+# as the whole window does, in ~60% of the time (core/infill.py). Less is faster.
+CONTEXTS: tuple[float | None, ...] = (None, 16.0, 8.0, 6.0, 4.0)
 MAX_STEPS = 4096  # the most unmasking passes a model's config may name (core/models/smdim/model.py)
 CONTEXT_TIP = ("How much of the music on each side of the selection the model listens to while it writes. "
-               "The whole window fits the new notes best to what surrounds them; less is faster (8 s takes "
-               "about 60% of the time, 4 s about 40%) and follows the surroundings less closely.")
+               "6 s fits the new notes to what surrounds them as well as the whole window does, in about 60% "
+               "of the time; less is faster still and follows the surroundings less closely.")
 STEPS_TIP = ("How many passes the model makes over the selection, settling more of its notes each time. "
              "More passes: more careful and slower (the time grows with them); fewer: quicker sketches. The "
              "model's own number is a good start.")
@@ -257,6 +258,7 @@ class GeneratePanel(QWidget):
         self.context = QComboBox()
         for seconds in CONTEXTS:
             self.context.addItem("Whole window" if seconds is None else f"{seconds:g} s")
+        self.set_context(CONTEXT_SECONDS)
         self.steps = QSpinBox()
         self.steps.setRange(0, MAX_STEPS)  # 0: the model's own, shown by name
         self.steps.setSpecialValueText("model's")
@@ -499,9 +501,9 @@ class GeneratePanel(QWidget):
         return CONTEXTS[self.context.currentIndex()]
 
     def set_context(self, seconds: float | None) -> None:
-        """Pick `seconds` (one of CONTEXTS); anything else (a stale settings file's) picks the whole
-        window."""
-        self.context.setCurrentIndex(CONTEXTS.index(seconds) if seconds in CONTEXTS else 0)
+        """Pick `seconds` (one of CONTEXTS); anything else (a stale settings file's) picks the core's
+        default."""
+        self.context.setCurrentIndex(CONTEXTS.index(seconds if seconds in CONTEXTS else CONTEXT_SECONDS))
 
     def infill_request(self, piece: Piece, region: Region) -> InfillRequest:
         """Regenerate selection's settings as one request: the Write box's sampling, seed and takes, the

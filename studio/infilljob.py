@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.generate import SamplingConfig
+from core.infill import CONTEXT_SECONDS
 from core.midi import Performance
 from core.models.interface import DENOISE
 from core.threads import use_threads
@@ -65,7 +66,7 @@ class InfillRequest:
     variations: int = 1
     controls: WriteControls = WriteControls()  # key, range, density, dynamics (core/constraints.py)
     budget: int | None = None  # bytes for all takes together (it buys the window); None: the model's default
-    context: float | None = None  # seconds of music read each side of the region; None: all the window holds
+    context: float | None = CONTEXT_SECONDS  # seconds of music read each side of the region; None: the window
     steps: int | None = None  # unmasking passes per window; None: the model's own (its config's `steps`)
 
     @property

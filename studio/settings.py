@@ -34,7 +34,7 @@ class Settings:
     adapt: bool = False  # the Write panel's "Adapt to the primer", when the composer set it (adapt_chosen)
     adapt_chosen: bool = False  # else each model's own default (core.adapt.adapts_by_default)
     variations: int = 1
-    infill_context: float = 0.0  # Regenerate selection's seconds read each side; 0: the whole window
+    infill_context: float = 6.0  # Regenerate selection's seconds each side (core.infill.CONTEXT_SECONDS); 0: window
     infill_steps: int = 0  # Regenerate selection's unmasking passes; 0: the model's own
     output: str = "synth"  # "synth", "virtual", or "port:<name>"
     midi_input: str = ""  # "" = the virtual "Recital In" port

@@ -6,6 +6,8 @@ region is filled window by window, `context` bounds what the model reads each si
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,18 @@ from core.cli import main
 from core.codecs import CODECS, codec_of
 from core.constraints import Constraints
 from core.generate import SamplingConfig
-from core.infill import ORDER, InfillError, _select, clip_new, infill, lay_out, reach, restrike_guard, windows
+from core.infill import (
+    CONTEXT_SECONDS,
+    ORDER,
+    InfillError,
+    _select,
+    clip_new,
+    infill,
+    lay_out,
+    reach,
+    restrike_guard,
+    windows,
+)
 from core.midi import Performance, read_performance, write_performance
 from core.modeldir import save_model
 from core.models.smdim import SMDIM, SMDIMConfig
@@ -167,17 +180,31 @@ def test_context_bounds_the_music_the_model_reads_each_side(piece, codec, monkey
         assert int((view == model.mask_id).sum()) > 0  # the region's masks are all in the window
         written = float(codec_of(model).shift_ticks(view).sum()) * TICK_SECONDS
         spans[context] = (len(view), written + (end - start if codec == "notes" else 0.0))  # (notes: masks' time)
-    assert spans[None][1] >= piece.duration - 1.0  # today's default: as much as the window holds
+    assert spans[None][1] >= piece.duration - 1.0  # None: as much as the window holds
     for context in (2.0, 0.5, 0.0):
         length, seconds = spans[context]
         assert seconds <= end - start + 2 * context + 1.0  # (a last TimeShift may reach on, at most a second)
     assert spans[None][0] > spans[2.0][0] > spans[0.5][0] >= spans[0.0][0]
 
 
-def test_a_context_past_the_piece_writes_what_the_default_writes(model, piece):
-    default = infill(model, piece, 3.0, 6.0, variations=2, seed=9)
+def test_a_context_past_the_piece_writes_what_the_whole_window_writes(model, piece):
+    window = infill(model, piece, 3.0, 6.0, variations=2, seed=9, context=None)
     whole = infill(model, piece, 3.0, 6.0, variations=2, seed=9, context=1e300)
-    assert [notes(r) for r in default] == [notes(r) for r in whole]
+    assert [notes(r) for r in window] == [notes(r) for r in whole]
+
+
+def test_the_default_context_is_context_seconds_each_side(piece, monkeypatch):
+    model = tiny(window=2048)  # room for the whole 25 s piece
+    seen: list[int] = []
+    denoise = model.denoise
+    monkeypatch.setattr(model, "denoise", lambda ids, *a, **k: seen.append(ids.shape[1]) or denoise(ids, *a, **k))
+    longer = Performance.concat(piece, piece.shifted(piece.duration + 1.0))  # more than CONTEXT_SECONDS each side
+    start = piece.duration - 1.0
+    default = infill(model, longer, start, start + 2.0, seed=5, budget="64MB")  # a budget that buys 2048 ids
+    chosen = infill(model, longer, start, start + 2.0, seed=5, budget="64MB", context=CONTEXT_SECONDS)
+    infill(model, longer, start, start + 2.0, seed=5, budget="64MB", context=None)
+    assert notes(default[0]) == notes(chosen[0])
+    assert seen[0] == seen[1] < seen[2]  # the window reads more than the default's seconds each side
 
 
 def test_a_long_region_with_context_is_filled_window_by_window_inside_the_bounds(piece, codec):
@@ -378,7 +405,27 @@ def test_recital_infill_refuses_a_negative_context(smdim_dir, tmp_path, capsys):
               "--out", str(tmp_path / "x.mid")])
     assert stop.value.code != 0
     err = capsys.readouterr().err
-    assert "--context: must be >= 0 seconds, got -1" in err and not (tmp_path / "x.mid").exists()
+    assert "--context: must be >= 0 seconds, got -1 (or 'window')" in err and not (tmp_path / "x.mid").exists()
+
+
+@pytest.mark.usefixtures("isolated_dirs")
+@pytest.mark.parametrize(("given", "read"), [([], CONTEXT_SECONDS), (["--context", "window"], None),
+                                             (["--context", "Window"], None), (["--context", "3"], 3.0)])
+def test_recital_infill_reads_the_default_context_or_the_whole_window(smdim_dir, tmp_path, capsys, monkeypatch,
+                                                                       given, read):
+    calls = []
+    monkeypatch.setattr("core.infill.infill", lambda *a, **k: calls.append(k) or infill(*a, **k))
+    source = tmp_path / "piece.mid"
+    write_performance(read_performance(PIANO_PIECE).slice_time(0.0, 12.0), source)
+    assert main(["infill", str(source), "--start", "3", "--end", "6", "--model", str(smdim_dir), "--steps", "1",
+                 "--out", str(tmp_path / "x.mid"), *given]) == 0, capsys.readouterr().err
+    assert calls[0].get("context", CONTEXT_SECONDS) == read
+
+
+def test_recital_infill_help_says_the_cores_default_context(capsys):
+    with pytest.raises(SystemExit):
+        main(["infill", "--help"])
+    assert re.search(rf"--context SECONDS\s.*?\(default:\s+{CONTEXT_SECONDS:g};", capsys.readouterr().out, re.S)
 
 
 def test_a_new_note_never_strikes_a_key_again_faster_than_the_guard():

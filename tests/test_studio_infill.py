@@ -428,6 +428,7 @@ def test_an_smdim_is_never_asked_to_adapt_and_the_core_would_refuse_it(qtbot, wi
 def test_the_infill_request_from_the_panel_carries_each_setting(window, tmp_path):
     """Context, steps, sampling, takes, the Limits' density (core infill reads its `density` from the
     constraints, so the panel has no second density control) and a chosen budget all reach the request."""
+    from core.infill import CONTEXT_SECONDS
     from studio.generatepanel import CONTEXTS, MAX_STEPS
 
     w = window
@@ -435,12 +436,12 @@ def test_the_infill_request_from_the_panel_carries_each_setting(window, tmp_path
     piece = open_piece(w, tmp_path, chords())
     region = Region(2.0, 4.0)
     default = panel.infill_request(piece, region)
-    assert (default.context, default.steps, default.budget) == (None, None, None)  # the core's defaults
+    assert (default.context, default.steps, default.budget) == (CONTEXT_SECONDS, None, None)  # the core's defaults
     assert default.base is piece and default.region == region
-    assert panel.context.currentText() == "Whole window" and panel.steps.text() == "model's (4)"  # SMDIM_TINY
+    assert panel.context.currentText() == "6 s" and panel.steps.text() == "model's (4)"  # SMDIM_TINY
 
     assert [panel.context.itemText(i) for i in range(panel.context.count())] == ["Whole window", "16 s", "8 s",
-                                                                                 "4 s"]
+                                                                                 "6 s", "4 s"]
     for index, seconds in enumerate(CONTEXTS):
         panel.context.setCurrentIndex(index)
         assert panel.infill_request(piece, region).context == seconds
@@ -460,6 +461,8 @@ def test_the_infill_request_from_the_panel_carries_each_setting(window, tmp_path
 
 
 def test_the_job_calls_core_infill_with_context_steps_and_density(qtbot, window, tmp_path, monkeypatch):
+    from studio.generatepanel import CONTEXTS
+
     w = window
     fake = FakeInfill()
     monkeypatch.setattr("studio.infilljob.core_infill", fake)
@@ -467,8 +470,8 @@ def test_the_job_calls_core_infill_with_context_steps_and_density(qtbot, window,
     w.roll.set_region(2.0, 4.0)
     w.regenerate()
     wait_done(qtbot, w)
-    assert (fake.calls[0]["context"], fake.calls[0]["steps"], fake.calls[0]["constraints"]) == (None, None, None)
-    w.panel.context.setCurrentIndex(3)  # 4 s
+    assert (fake.calls[0]["context"], fake.calls[0]["steps"], fake.calls[0]["constraints"]) == (6.0, None, None)
+    w.panel.context.setCurrentIndex(CONTEXTS.index(4.0))
     w.panel.steps.setValue(3)
     w.panel.limits.density.setValue(5)
     w.regenerate()
@@ -503,6 +506,7 @@ def test_the_settings_are_only_on_for_a_model_that_fills_gaps_and_while_nothing_
 def test_bad_values_cannot_be_entered_and_a_bad_settings_file_gives_usable_ones(qtbot, smdim_dir, dialogs):
     """The steps box stays in 0 (the model's) .. MAX_STEPS whatever is typed; the context box offers only its
     choices; a settings file with values the panel does not offer falls back to the defaults or the bounds."""
+    from core.infill import CONTEXT_SECONDS
     from studio.generatepanel import MAX_STEPS
 
     w = MainWindow(Settings(model=str(smdim_dir), infill_context=3.3, infill_steps=-5), extra_models=[smdim_dir],
@@ -510,7 +514,7 @@ def test_bad_values_cannot_be_entered_and_a_bad_settings_file_gives_usable_ones(
     qtbot.addWidget(w)
     try:
         panel = w.panel
-        assert panel.context_seconds is None and panel.steps.value() == 0  # whole window, the model's steps
+        assert panel.context_seconds == CONTEXT_SECONDS and panel.steps.value() == 0  # the defaults
         assert not panel.context.isEditable()
         panel.steps.lineEdit().selectAll()
         QTest.keyClicks(panel.steps, "-3")
@@ -532,17 +536,22 @@ def test_bad_values_cannot_be_entered_and_a_bad_settings_file_gives_usable_ones(
         big.jobs.shutdown()
 
 
-def test_context_and_steps_are_remembered_on_close(qtbot, window, dialogs):
+@pytest.mark.parametrize(("index", "stored", "seconds"), [(2, 8.0, 8.0), (0, 0.0, None)],
+                         ids=["8 s", "whole window"])
+def test_context_and_steps_are_remembered_on_close(qtbot, window, dialogs, index, stored, seconds):
+    from core.infill import CONTEXT_SECONDS
+
+    assert Settings().infill_context == CONTEXT_SECONDS  # a first start: the core's default
     w = window
-    w.panel.context.setCurrentIndex(2)  # 8 s
+    w.panel.context.setCurrentIndex(index)
     w.panel.steps.setValue(6)
     w.close()
     settings = Settings.load()
-    assert (settings.infill_context, settings.infill_steps) == (8.0, 6)
+    assert (settings.infill_context, settings.infill_steps) == (stored, 6)
     again = MainWindow(settings, list_ports=False)
     qtbot.addWidget(again)
     try:
-        assert again.panel.context_seconds == 8.0 and again.panel.steps.value() == 6
+        assert again.panel.context_seconds == seconds and again.panel.steps.value() == 6
     finally:
         again.jobs.shutdown()
 
@@ -551,6 +560,7 @@ def test_the_real_infill_reads_the_context_asked_in_the_steps_asked(qtbot, windo
     """The tiny SMDIM really runs with 4 s each side and 2 passes: the calls reach core infill and the model's
     denoise, and the region is the only thing rewritten."""
     from core.infill import infill
+    from studio.generatepanel import CONTEXTS
 
     w = window
     seen, passes = [], []
@@ -562,7 +572,7 @@ def test_the_real_infill_reads_the_context_asked_in_the_steps_asked(qtbot, windo
                         or denoise(self, ids, keep, state, steps, *rest, **named))
     original = open_piece(w, tmp_path, chords(16))
     w.roll.set_region(8.0, 10.0)
-    w.panel.context.setCurrentIndex(3)
+    w.panel.context.setCurrentIndex(CONTEXTS.index(4.0))
     w.panel.steps.setValue(2)
     w.regenerate()
     wait_done(qtbot, w)

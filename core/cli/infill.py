@@ -29,6 +29,17 @@ DEFAULT_MODEL = "default-smdim"
 
 
 seconds = bounded(_number, lambda value: value >= 0, "must be >= 0 seconds", "seconds")
+WHOLE_WINDOW = "window"  # --context: as much music as the model's window holds
+
+
+def context(text: str) -> float | str:
+    """--context: seconds each side (>= 0), or "window"."""
+    if text.strip().lower() == WHOLE_WINDOW:
+        return WHOLE_WINDOW
+    try:
+        return seconds(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error} (or '{WHOLE_WINDOW}')") from None
 
 
 def bar_range(text: str) -> tuple[int, int]:
@@ -80,9 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=budget, metavar="SIZE",
                         help="working memory for all variations, e.g. 64MB (default: the model's for each); it "
                              "buys the window the model reads at once")
-    parser.add_argument("--context", type=seconds, metavar="SECONDS",
-                        help="read at most SECONDS of music each side of the region (default: as much as the "
-                             "model's window holds); less reads fewer ids, so each pass costs less")
+    parser.add_argument("--context", type=context, metavar="SECONDS",
+                        help="read at most SECONDS of music each side of the region (default: 6; 'window': as "
+                             "much as the model's window holds); less reads fewer ids, so each pass costs less")
     parser.add_argument("--harmony", type=harmony_weight, default=None, metavar="W",
                         help="how hard the pitch classes sounding within about two bars of the region pull the new "
                              "notes' keys (0: not at all; default 1)")
@@ -147,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
     pieces = infill(model, piece, start, end, keep_above=args.keep_above, keep_below=args.keep_below,
                     variations=args.variations, steps=args.steps, density=args.density, seed=args.seed,
                     sampling=SamplingConfig(args.temperature, 0, args.top_p), budget=args.budget,
-                    context=args.context, **({} if args.harmony is None else {"harmony": args.harmony}))
+                    **({} if args.context is None else {"context": None if args.context == WHOLE_WINDOW
+                                                        else args.context}),
+                    **({} if args.harmony is None else {"harmony": args.harmony}))
     took = time.perf_counter() - began
     for line in planned.create_folders():
         print(f"note: {line}")

@@ -149,8 +149,9 @@ def infill(model, piece: Performance, start: float, end: float, *, keep_above: i
     steps: unmasking passes per window (the model's default if None). constraints: limits on the new notes
     (core/constraints.py; their token mask is applied to every slot). budget: bytes for all variations together
     (None: the model's default for each); it buys the window. context: seconds of music each side of the region
-    the model reads at most (CONTEXT_SECONDS; None: as much as the window holds around it). harmony: how hard the pitch classes
-    sounding within HARMONY_SECONDS of the region pull the new notes' keys (core/harmony.py; 0: not at all).
+    the model reads at most (CONTEXT_SECONDS; None: as much as the window holds around it). harmony: how hard the
+    pitch classes sounding within HARMONY_SECONDS of the region pull the new notes' keys (core/harmony.py; 0: not
+    at all).
     """
     check_region(piece, start, end)
     if getattr(model, "family", None) != DENOISE:

@@ -61,7 +61,7 @@ DEFAULT_MODEL = "default"  # the shipped model picked when the composer has chos
 # Regenerate selection: seconds of music read each side of the region (None: as much as the window holds), the
 # core's CONTEXT_SECONDS (6 s) first chosen: on MAESTRO regions it fits the new notes to their surroundings as well
 # as the whole window does, in ~60% of the time (core/infill.py). Less is faster.
-CONTEXTS: tuple[float | None, ...] = (None, 16.0, 8.0, 6.0, 4.0)
+CONTEXTS: tuple[float | None, ...] = (None, 16.0, 8.0, CONTEXT_SECONDS, 4.0)
 MAX_STEPS = 4096  # the most unmasking passes a model's config may name (core/models/smdim/model.py)
 CONTEXT_TIP = ("How much of the music on each side of the selection the model listens to while it writes. "
                "6 s fits the new notes to what surrounds them as well as the whole window does, in about 60% "

@@ -47,7 +47,7 @@ import numpy as np
 
 from bench.data import SHARED_MIDI, require_midi
 from core import musicstats as ms
-from core.cli.infill import WHOLE_WINDOW, context
+from core.cli.infill import WHOLE_WINDOW, context, context_seconds
 from core.infill import CONTEXT_SECONDS
 from core.midi import Performance
 
@@ -232,7 +232,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-default-speed", dest="default_speed", action="store_false",
                         help="skip timing the untrained default-size SMDIM")
     args = parser.parse_args(argv)
-    args.context = None if args.context == WHOLE_WINDOW else args.context
+    args.context = context_seconds(args.context)
     return args
 
 

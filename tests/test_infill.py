@@ -409,7 +409,7 @@ def test_recital_infill_refuses_a_negative_context(smdim_dir, tmp_path, capsys):
 
 
 @pytest.mark.usefixtures("isolated_dirs")
-@pytest.mark.parametrize(("given", "read"), [([], CONTEXT_SECONDS), (["--context", "window"], None),
+@pytest.mark.parametrize(("given", "read"), [([], "the core's default"), (["--context", "window"], None),
                                              (["--context", "Window"], None), (["--context", "3"], 3.0)])
 def test_recital_infill_reads_the_default_context_or_the_whole_window(smdim_dir, tmp_path, capsys, monkeypatch,
                                                                        given, read):
@@ -419,7 +419,7 @@ def test_recital_infill_reads_the_default_context_or_the_whole_window(smdim_dir,
     write_performance(read_performance(PIANO_PIECE).slice_time(0.0, 12.0), source)
     assert main(["infill", str(source), "--start", "3", "--end", "6", "--model", str(smdim_dir), "--steps", "1",
                  "--out", str(tmp_path / "x.mid"), *given]) == 0, capsys.readouterr().err
-    assert calls[0].get("context", CONTEXT_SECONDS) == read
+    assert calls[0].get("context", "the core's default") == read  # not given: infill's CONTEXT_SECONDS
 
 
 def test_recital_infill_help_says_the_cores_default_context(capsys):

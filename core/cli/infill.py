@@ -42,6 +42,11 @@ def context(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"{error} (or '{WHOLE_WINDOW}')") from None
 
 
+def context_seconds(value: float | str) -> float | None:
+    """A parsed --context as infill's `context`: None (as much as the window holds) for "window"."""
+    return None if value == WHOLE_WINDOW else value
+
+
 def bar_range(text: str) -> tuple[int, int]:
     """'9-12' -> (9, 12): bars counted from 1, both included."""
     match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
@@ -158,8 +163,7 @@ def run(args: argparse.Namespace) -> int:
     pieces = infill(model, piece, start, end, keep_above=args.keep_above, keep_below=args.keep_below,
                     variations=args.variations, steps=args.steps, density=args.density, seed=args.seed,
                     sampling=SamplingConfig(args.temperature, 0, args.top_p), budget=args.budget,
-                    **({} if args.context is None else {"context": None if args.context == WHOLE_WINDOW
-                                                        else args.context}),
+                    **({} if args.context is None else {"context": context_seconds(args.context)}),
                     **({} if args.harmony is None else {"harmony": args.harmony}))
     took = time.perf_counter() - began
     for line in planned.create_folders():

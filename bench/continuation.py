@@ -61,6 +61,7 @@ from bench.data import SHARED_MIDI, require_midi
 from core import musicstats as ms
 from core.errors import RecitalError
 from core.harmony import HARMONY_WEIGHT, LEFT_TO_RIGHT_WEIGHT
+from core.pulse import LEFT_TO_RIGHT_WEIGHT as PULSE_WEIGHT
 from core.midi import Performance
 from core.notecodec import FROM_PRIMER
 
@@ -92,19 +93,22 @@ QUICK = Windows(primer=10.0, truth=10.0, new=20.0, variations=2)
 class Configuration:
     """One column: a model, whether it adapts to the primer first, how hard its keys are pulled towards the
     harmony (core/harmony.py: the primer's, or a denoiser's music behind each window; 0: not at all; None: the
-    model's default, as `recital continue` has it), and the density ceiling a lane that runs away is steered
-    under (core/session.py `density_ceiling`; FROM_PRIMER, the default: 3x the primer's notes/s; 0: none)."""
+    model's default, as `recital continue` has it), the density ceiling a lane that runs away is steered
+    under (core/session.py `density_ceiling`; FROM_PRIMER, the default: 3x the primer's notes/s; 0: none), and how
+    hard its time steps are pulled towards the primer's beat (core/pulse.py; None: the model's default)."""
 
     model: str
     adapt: bool = False
     harmony: float | None = None
     max_density: float | str = FROM_PRIMER
+    pulse: float | None = None
 
     @property
     def label(self) -> str:
         return (Path(self.model).name + (" +adapt" if self.adapt else "")
                 + (f" +harmony {self.harmony:g}" if self.harmony is not None else "")
-                + (f" max-density {self.max_density:g}" if self.max_density != FROM_PRIMER else ""))
+                + (f" max-density {self.max_density:g}" if self.max_density != FROM_PRIMER else "")
+                + (f" +pulse {self.pulse:g}" if self.pulse is not None else ""))
 
 
 @dataclass
@@ -195,17 +199,18 @@ def read_excerpts(folder: Path, count: int, windows: Windows) -> tuple[list[Exce
 # --- the model side -------------------------------------------------------------------------------------------
 
 def write_lanes(model, primer_ids: np.ndarray | None, seconds: float, lanes: int, seed: int,
-                harmony: float | None = None, max_density: float | str | None = FROM_PRIMER) -> list[np.ndarray]:
+                harmony: float | None = None, max_density: float | str | None = FROM_PRIMER,
+                pulse: float | None = None) -> list[np.ndarray]:
     """`lanes` variations of `seconds` after the primer (None: from nothing), one batch, as `recital continue` and
     `recital generate` write them (core/session.py): their sampling, token cap, --max-note, --min-repeat,
-    --harmony, --max-density and the model's own budget for each lane; a denoiser fills windows after the primer
+    --harmony, --max-density, --pulse and the model's own budget for each lane; a denoiser fills windows after the primer
     (core/denoising.py)."""
     from core.generate import SamplingConfig
     from core.session import GenerationSession
 
     session = GenerationSession(model, primer_ids, sampling=SamplingConfig(top_p=TOP_P), seconds=seconds,
                                 variations=lanes, seed=seed, max_note=MAX_NOTE, harmony=harmony,
-                                max_density=max_density)
+                                max_density=max_density, pulse=pulse)
     session.run()
     return [np.asarray(ids, dtype=np.int64) for ids in session.lanes]
 
@@ -309,7 +314,7 @@ def measure_continuations(model, config: Configuration, excerpts: list[Excerpt],
         excerpt = excerpt.coded(codec)
         used = adapted(model, config, excerpt, column)
         lanes = write_lanes(used, excerpt.primer_ids, windows.truth, seeds, seed=index, harmony=config.harmony,
-                            max_density=config.max_density)
+                            max_density=config.max_density, pulse=config.pulse)
         for notes in new_notes(excerpt.primer_ids, lanes, excerpt.start, codec):
             column.continuations.append(continuation_stats(notes, excerpt.start, windows.truth, period, key))
         if not denoises(used):  # a denoiser's bound (its ELBO) is in its card, not comparable id by id
@@ -611,7 +616,7 @@ def render(model, config: Configuration, excerpt: Excerpt, windows: Windows, out
     codec = codec_of(model)
     excerpt = excerpt.coded(codec)
     lanes = write_lanes(adapted(model, config, excerpt), excerpt.primer_ids, windows.truth, 1, seed=0,
-                        harmony=config.harmony, max_density=config.max_density)
+                        harmony=config.harmony, max_density=config.max_density, pulse=config.pulse)
     continuation = new_notes(excerpt.primer_ids, lanes, excerpt.start, codec)[0]
     stem = f"{excerpt.name}-{config.label}"
     wav = render_wav(Performance.concat(excerpt.primer, continuation), out / f"{stem}.wav",
@@ -625,9 +630,10 @@ def render(model, config: Configuration, excerpt: Excerpt, windows: Windows, out
 # --- main -----------------------------------------------------------------------------------------------------
 
 def configurations(models: list[str], adapt: list[bool], harmony: list[float | None],
-                   ceilings: list[float | str] = (FROM_PRIMER,)) -> list[Configuration]:
-    return [Configuration(model, flag, weight, ceiling) for model in models for flag in adapt for weight in harmony
-            for ceiling in ceilings]
+                   ceilings: list[float | str] = (FROM_PRIMER,), pulses: list[float | None] = (None,)
+                   ) -> list[Configuration]:
+    return [Configuration(model, flag, weight, ceiling, pulse) for model in models for flag in adapt
+            for weight in harmony for ceiling in ceilings for pulse in pulses]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -644,6 +650,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="weights of the harmony pull on the keys (core/harmony.py), comma-separated, 'default' "
                              f"for the model's own ({HARMONY_WEIGHT:g} for a denoiser, {LEFT_TO_RIGHT_WEIGHT:g} "
                              "towards the primer's key for the others): a column each (default: default)")
+    parser.add_argument("--pulse", default="default", metavar="W[,W...]",
+                        help="weights of the pull of the time steps towards the primer's beat (core/pulse.py), "
+                             f"comma-separated, 'default' for the model's own ({PULSE_WEIGHT:g} for a left-to-right "
+                             "model, none for a denoiser): a column each (default: default)")
     parser.add_argument("--max-density", default=FROM_PRIMER, metavar="N[,N...]",
                         help="density ceilings a runaway lane is steered under (core/session.py), comma-separated: "
                              f"'{FROM_PRIMER}' (3x the primer's notes/s, `recital continue`'s default), 0 (none) or "
@@ -675,14 +685,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not adapt or any(part not in flags for part in adapt):
         parser.error(f"--adapt takes off, on or off,on; got {args.adapt!r}")
     args.adapt = [flags[part] for part in adapt]
-    try:
-        weights = [None if part.strip() == "default" else float(part) for part in args.harmony.split(",")
-                   if part.strip()]
-    except ValueError:
-        weights = []
-    if not weights or any(not (weight is None or weight >= 0 and math.isfinite(weight)) for weight in weights):
-        parser.error(f"--harmony takes weights >= 0 or 'default', comma-separated; got {args.harmony!r}")
-    args.harmony = weights
+    for name in ("harmony", "pulse"):
+        text = getattr(args, name)
+        try:
+            weights = [None if part.strip() == "default" else float(part) for part in text.split(",")
+                       if part.strip()]
+        except ValueError:
+            weights = []
+        if not weights or any(not (weight is None or weight >= 0 and math.isfinite(weight)) for weight in weights):
+            parser.error(f"--{name} takes weights >= 0 or 'default', comma-separated; got {text!r}")
+        setattr(args, name, weights)
     try:  # each as `recital continue --max-density` reads it
         ceilings = [max_density(part) for part in args.max_density.split(",") if part.strip()]
     except argparse.ArgumentTypeError:
@@ -772,7 +784,8 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
     rendered: list[Path] = []
     # new pieces have no primer to adapt to: --new-only writes each model's once
     for config in configurations(args.models, [False] if args.new_only else args.adapt, args.harmony,
-                                 args.max_density[:1] if args.new_only else args.max_density):
+                                 args.max_density[:1] if args.new_only else args.max_density,
+                                 args.pulse[:1] if args.new_only else args.pulse):
         model = load_model(config.model)
         if config.adapt and denoises(model):  # `recital continue --adapt` refuses a denoiser: nothing to measure
             print(f"  {config.label}: a denoiser is never adapted to a primer; skipped", file=sys.stderr)
@@ -780,7 +793,7 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
         use_fast_step(model)
         if not args.new_only:
             continued.append(measure_continuations(model, config, excerpts, windows, args.seeds))
-        if not config.adapt and config.max_density == args.max_density[0]:  # no primer: nothing to adapt to,
+        if not config.adapt and config.max_density == args.max_density[0] and config.pulse == args.pulse[0]:  # no primer: nothing to adapt to,
             # no ceiling from it
             written.append(measure_new_pieces(model, config.label, reference, windows, config.harmony))
         if args.render is not None and not args.new_only:

@@ -22,6 +22,7 @@ from core.codecs import Codec, codec_of
 from core.constraints import Constraints
 from core.errors import ModelError
 from core.harmony import PrimerHarmony
+from core.pulse import PrimerPulse
 from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, PAD, TICK_SECONDS, TIME_SHIFT, shift_ticks
 
 # -- sampling filters: logits (B, V) in, logits out; filtered-out entries become -inf -------------------------
@@ -271,7 +272,8 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
              max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = True,
              seed: int | None = None, max_note_seconds: float | None = MAX_NOTE_SECONDS,
              min_repeat_seconds: float | None = notecodec.MIN_REPEAT_SECONDS,
-             constraints: Constraints | None = None, harmony: float = 0.0) -> Iterator[np.ndarray]:
+             constraints: Constraints | None = None, harmony: float = 0.0, pulse: float = 0.0
+             ) -> Iterator[np.ndarray]:
     """The engine of a generation session (core/session.py): yield the ids that continue `primer`, one array (B,)
     of int64 per step, one id per lane of `state`, until a limit is reached.
 
@@ -295,7 +297,9 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     `constraints` (core/constraints.py, resolved against the primer) add their mask to the logits before
     temperature and the filters, per lane; they read the primer but never change it. `harmony` > 0 pulls every
     lane's keys towards the pitch classes of the primer's last KEY_SECONDS, that weight hard (core/harmony.py
-    `PrimerHarmony`: which key, never whether a note comes; 0, or no primer: not at all).
+    `PrimerHarmony`: which key, never whether a note comes; 0, or no primer: not at all). `pulse` > 0 pulls every
+    lane's TimeShifts towards the beat of the primer's last PULSE_SECONDS and where its onsets fall in it
+    (core/pulse.py `PrimerPulse`: when the next note comes, never whether time moves on; 0, or no beat: not at all).
     """
     codec = codec_of(model)
     limits = LaneLimits(state.batch, max_tokens, max_seconds, stop_at_eos, codec)
@@ -315,6 +319,8 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     tracker = (constraints.tracker(batch, primer.numpy(), logits.shape[-1], codec=codec)
                if constraints is not None else None)
     keys = PrimerHarmony(codec, primer.numpy(), harmony) if harmony else None  # it checks the weight
+    beat = PrimerPulse(codec, primer.numpy(), batch, pulse)  # it checks the weight; inactive at 0 or without a beat
+    beat = beat if beat.active else None
     del primer  # read: the steps never look back at it, and a long primer's ids are freed before they run
     while limits.more():
         allowed = logits + forbidden
@@ -328,10 +334,14 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
             allowed = constrained
         if keys is not None:
             allowed = keys.pull(allowed)
+        if beat is not None:
+            allowed = beat.pull(allowed)
         ids = sample(allowed, sampling, generator)  # (B,)
         tokens = ids.cpu().numpy()
         if notes.follow(tokens):  # some lanes end a note instead
             ids = torch.from_numpy(tokens).to(ids.device)
+        if beat is not None:
+            beat.read(tokens)
         if tracker is not None:
             tracker.read(tokens)
         yield limits.close(tokens)  # PAD where a lane has finished

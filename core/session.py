@@ -34,6 +34,8 @@ from core.errors import ModelError
 from core.generate import MAX_NOTE_SECONDS, SamplingConfig, generate, prepare_primer
 from core.grid import Grid
 from core.harmony import check_weight, default_weight
+from core.pulse import check_weight as check_pulse
+from core.pulse import default_weight as pulse_weight
 from core.midi import MERGE_SECONDS, MIN_RESTRIKE_SECONDS, Performance, canonical
 from core.models.interface import DENOISE, LEFT_TO_RIGHT
 from core.tokenizer import TICK_SECONDS, NoteEvent
@@ -171,6 +173,8 @@ class GenerationSession:
     on the first step, which sets `adapt_seconds`. harmony: how hard each lane's keys are pulled towards the
     harmony (core/harmony.py: a left-to-right model's towards the primer's last KEY_SECONDS, a denoiser's window
     towards its lane's last HARMONY_SECONDS; 0: not at all; None: the model's default, `default_weight`).
+    pulse: how hard a left-to-right model's time steps are pulled towards the primer's beat (core/pulse.py; 0: not
+    at all; None: the model's default, `pulse.default_weight`).
     max_density: notes/s a lane of a left-to-right model is steered back under when it runs away
     (`Constraints.max_density`; None or 0: never), or `notecodec.FROM_PRIMER`: RUNAWAY_FACTOR x the primer's
     (`density_ceiling`); a density in `constraints` steers instead. Every setting is checked here, and the state
@@ -184,7 +188,8 @@ class GenerationSession:
                  start: float | None = None, plan=None,
                  grid: Grid | None = None, bars: int | None = None,
                  constraints: Constraints | None = None, adapt: AdaptSettings | None = None,
-                 harmony: float | None = None, max_density: float | str | None = notecodec.FROM_PRIMER):
+                 harmony: float | None = None, max_density: float | str | None = notecodec.FROM_PRIMER,
+                 pulse: float | None = None):
         if variations < 1:
             raise ModelError(f"variations must be at least 1, got {variations}")
         self.denoises = getattr(model, "family", LEFT_TO_RIGHT) == DENOISE  # it fills windows (core/denoising.py)
@@ -206,6 +211,8 @@ class GenerationSession:
         self.allow_end = allow_end
         self.harmony = default_weight(model) if harmony is None else harmony
         check_weight(self.harmony)
+        self.pulse = pulse_weight(model) if pulse is None else pulse
+        check_pulse(self.pulse)
         if isinstance(primer, str | Path):
             from core.midi import read_performance
 
@@ -333,7 +340,7 @@ class GenerationSession:
             stream = generate(self._writer, primer, self.state, self.sampling,
                               max_tokens=self.max_tokens, max_seconds=self.seconds, stop_at_eos=self.allow_end,
                               seed=self.seed, max_note_seconds=self.max_note, min_repeat_seconds=self.min_repeat,
-                              constraints=self.constraints, harmony=self.harmony)
+                              constraints=self.constraints, harmony=self.harmony, pulse=self.pulse)
         del primer
         began = time.perf_counter()
         first = None

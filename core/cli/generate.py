@@ -13,6 +13,8 @@ from pathlib import Path
 from core.cli.play import add_output_arguments, check_clock_arguments, open_chosen_sink, open_live_player
 from core.generate import MAX_NOTE_SECONDS
 from core.harmony import HARMONY_SECONDS, HARMONY_WEIGHT, KEY_SECONDS, LEFT_TO_RIGHT_WEIGHT
+from core.pulse import LEFT_TO_RIGHT_WEIGHT as PULSE_WEIGHT
+from core.pulse import PULSE_SECONDS
 from core.notecodec import FROM_PRIMER, MAX_PRIMER_REPEAT_SECONDS, MIN_REPEAT_SECONDS
 from core.session import RUNAWAY_FACTOR, TOKENS_PER_SECOND_LIMIT
 
@@ -253,6 +255,11 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                              f"new piece), a denoiser's such as SMDIM towards each variation's last "
                              f"{HARMONY_SECONDS:g} s (0: not at all; default: {LEFT_TO_RIGHT_WEIGHT:g} and "
                              f"{HARMONY_WEIGHT:g})")
+    parser.add_argument("--pulse", type=harmony_weight, default=None, metavar="W",
+                        help=f"pull when each variation's notes come towards the beat of the primer's last "
+                             f"{PULSE_SECONDS:g} s and where its onsets fall in it, W hard: a left-to-right model "
+                             f"keeps the primer's pulse (0: not at all; none for a new piece, a primer without a beat "
+                             f"or a denoiser such as SMDIM; default: {PULSE_WEIGHT:g})")
     parser.add_argument("--allow-end", action="store_true",
                         help="let the model end the piece before --seconds (default: it plays all of them)")
     parser.add_argument("--budget", type=budget, metavar="SIZE",
@@ -429,7 +436,7 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
         seed=args.seed, max_tokens=args.max_tokens,
         max_note=args.max_note, min_repeat=args.min_repeat, allow_end=args.allow_end, constraints=constraints,
         adapt=adapt_settings(args, model), harmony=args.harmony,
-        max_density=args.max_density)
+        max_density=args.max_density, pulse=args.pulse)
     print(f"model {args.model} ({model.arch}); {session.plan.describe()}")
     if session.seconds is not None and session.seconds > MAX_SECONDS:
         from core.grid import GridError

@@ -87,6 +87,9 @@ class PrimerPulse:
         shares = phase_shares(ticks, 0.5 ** (ages / HALF_LIFE), self.period)
         if shares is not None:
             self.by_phase = torch.from_numpy(weight * np.log(shares / shares.max())).float()
+            # (period, shifts): the pull on each TimeShift from each phase a lane may stand on, made once
+            landing = (np.arange(self.period)[:, None] + np.arange(1, codec.MAX_SHIFT_TICKS + 1)) % self.period
+            self.from_phase = self.by_phase[torch.from_numpy(landing)]
 
     @property
     def active(self) -> bool:
@@ -97,9 +100,7 @@ class PrimerPulse:
         when the next note comes, never whether time moves on)."""
         if self.by_phase is None:
             return logits
-        landing = torch.from_numpy((self.tick[:, None] + np.arange(1, self.codec.MAX_SHIFT_TICKS + 1))
-                                   % self.period)  # (B, shifts): the phase each TimeShift lands on
-        return pulled(logits, self.by_phase[landing], self.shifts)
+        return pulled(logits, self.from_phase[torch.from_numpy(self.tick % self.period)], self.shifts)
 
     def read(self, tokens: np.ndarray) -> None:
         """Follow one id per lane (B,)."""

@@ -15,6 +15,7 @@ from core.adapt import AdaptSettings, adapt, adapts_by_default
 from core.errors import ModelError
 from core.generate import SamplingConfig, generate, prepare_primer
 from core.harmony import default_weight
+from core.pulse import default_weight as pulse_weight
 from core.midi import Performance, read_performance, write_performance
 from core.modeldir import load_model
 from core.models import registry
@@ -132,7 +133,7 @@ def sampled(model, primer: np.ndarray, seed: int) -> list[int]:
     ids = [step.tolist() for step in generate(model, prepare_primer(primer, model.config.vocab_size), state,
                                               SamplingConfig(top_p=0.95), max_tokens=40, seed=seed,
                                               stop_at_eos=False, max_note_seconds=None,
-                                              harmony=default_weight(model))]
+                                              harmony=default_weight(model), pulse=pulse_weight(model))]
     return [token for step in ids for token in step]
 
 

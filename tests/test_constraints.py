@@ -255,7 +255,8 @@ def test_generate_and_continue_take_the_constraint_flags(tiny_model_dir, tmp_pat
 
     write_performance(primer(), tmp_path / "primer.mid")
     cont = tmp_path / "cont.mid"
-    assert main(["continue", str(tmp_path / "primer.mid"), "--model", str(tiny_model_dir), "--seconds", "3",
+    # 8 s: the untrained model writes 0-3 notes in 3 s (too few to tell a key by), 3-11 in 8
+    assert main(["continue", str(tmp_path / "primer.mid"), "--model", str(tiny_model_dir), "--seconds", "8",
                  "--out", str(cont), "--seed", "1", "--key", "primer", "--range", "C2-C7"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("constraints: "))
     key = line.removeprefix("constraints: key ").split(" (from the primer)")[0]

@@ -61,9 +61,9 @@ from bench.data import SHARED_MIDI, require_midi
 from core import musicstats as ms
 from core.errors import RecitalError
 from core.harmony import HARMONY_WEIGHT, LEFT_TO_RIGHT_WEIGHT
-from core.pulse import LEFT_TO_RIGHT_WEIGHT as PULSE_WEIGHT
 from core.midi import Performance
 from core.notecodec import FROM_PRIMER
+from core.pulse import LEFT_TO_RIGHT_WEIGHT as PULSE_WEIGHT
 
 MAESTRO = SHARED_MIDI / "maestro"
 SHIPPED = ("default", "default-perceivers")

@@ -34,10 +34,10 @@ from core.errors import ModelError
 from core.generate import MAX_NOTE_SECONDS, SamplingConfig, generate, prepare_primer
 from core.grid import Grid
 from core.harmony import check_weight, default_weight
-from core.pulse import check_weight as check_pulse
-from core.pulse import default_weight as pulse_weight
 from core.midi import MERGE_SECONDS, MIN_RESTRIKE_SECONDS, Performance, canonical
 from core.models.interface import DENOISE, LEFT_TO_RIGHT
+from core.pulse import check_weight as check_pulse
+from core.pulse import default_weight as pulse_weight
 from core.tokenizer import TICK_SECONDS, NoteEvent
 
 TOKENS_PER_SECOND_LIMIT = 150  # token cap per second of music asked (dense piano is ~40): a runaway stops
@@ -213,6 +213,9 @@ class GenerationSession:
         check_weight(self.harmony)
         self.pulse = pulse_weight(model) if pulse is None else pulse
         check_pulse(self.pulse)
+        if self.denoises and self.pulse:  # asked for, never silently skipped
+            raise ModelError(f"the pull towards the primer's beat is for left-to-right models; a {model.arch} model "
+                             "unmasks its time steps in any order: continue without --pulse (or with 0)")
         if isinstance(primer, str | Path):
             from core.midi import read_performance
 

@@ -15,11 +15,11 @@ from core.adapt import AdaptSettings, adapt, adapts_by_default
 from core.errors import ModelError
 from core.generate import SamplingConfig, generate, prepare_primer
 from core.harmony import default_weight
-from core.pulse import default_weight as pulse_weight
 from core.midi import Performance, read_performance, write_performance
 from core.modeldir import load_model
 from core.models import registry
 from core.models.perceivers import PerceiverS, PerceiverSConfig
+from core.pulse import default_weight as pulse_weight
 from core.session import GenerationSession
 from core.tokenizer import encode
 from tests.conftest import PIANO_PIECE

@@ -106,8 +106,18 @@ def test_a_bad_weight_is_one_clear_error(weight):
 
 
 def test_each_family_has_its_own_default_pull():
+    """A left-to-right model gets the pull by default; a denoiser none, and asking for it is one clear error."""
+    from core.errors import ModelError
+    from core.session import GenerationSession
+
     assert default_weight(tiny_dsmr_of("notes")) == LEFT_TO_RIGHT_WEIGHT > 0
-    assert default_weight(tiny(codec="notes")) == 0.0  # a denoiser reads the music on both sides
+    denoiser = tiny(codec="notes")
+    assert default_weight(denoiser) == 0.0  # its time steps are unmasked in any order
+    primer = beats(0.0, 6.0)
+    assert GenerationSession(denoiser, primer, seconds=2.0).pulse == 0.0
+    assert GenerationSession(denoiser, primer, seconds=2.0, pulse=0.0).pulse == 0.0
+    with pytest.raises(ModelError, match="pull towards the primer's beat is for left-to-right models"):
+        GenerationSession(denoiser, primer, seconds=2.0, pulse=2.0)
 
 
 @pytest.mark.parametrize("codec", ["notes", "performance"])

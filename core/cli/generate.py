@@ -13,9 +13,9 @@ from pathlib import Path
 from core.cli.play import add_output_arguments, check_clock_arguments, open_chosen_sink, open_live_player
 from core.generate import MAX_NOTE_SECONDS
 from core.harmony import HARMONY_SECONDS, HARMONY_WEIGHT, KEY_SECONDS, LEFT_TO_RIGHT_WEIGHT
+from core.notecodec import FROM_PRIMER, MAX_PRIMER_REPEAT_SECONDS, MIN_REPEAT_SECONDS
 from core.pulse import LEFT_TO_RIGHT_WEIGHT as PULSE_WEIGHT
 from core.pulse import PULSE_SECONDS
-from core.notecodec import FROM_PRIMER, MAX_PRIMER_REPEAT_SECONDS, MIN_REPEAT_SECONDS
 from core.session import RUNAWAY_FACTOR, TOKENS_PER_SECOND_LIMIT
 
 HELP = "write a new piece with a model"

@@ -74,6 +74,10 @@ ADAPT_TIP = ("Before continuing, tune a copy of the model to your piece for a se
              "piece's texture more closely. Never saved; the model stays as it is. On by default for the "
              "models where it measured better (the shipped default among them).")
 
+BEAT_TIP = ("Let the new notes fall where the piece's notes fall in its beat (its last 20 s): the continuation "
+            "keeps the primer's pulse instead of drifting off it. Loosely: a rubato or an off-beat note can "
+            "still come. Has no effect on a new piece.")
+
 
 def summary_text(path: Path) -> str:
     """The composer-facing lines about the model at `path` (or what is wrong with it), with no machine path."""
@@ -234,6 +238,10 @@ class GeneratePanel(QWidget):
         self.adapt_chosen = False  # the composer ticked or unticked it: kept for every model from then on
         self.adapt.clicked.connect(self._adapt_chosen)
         grid.addWidget(self.adapt, 6, 0, 1, 4)
+        self.keep_beat = QCheckBox("Keep the primer's beat")
+        self.keep_beat.setChecked(True)  # the left-to-right models' default (core.pulse.default_weight)
+        self.keep_beat.setToolTip(BEAT_TIP)
+        grid.addWidget(self.keep_beat, 7, 0, 1, 4)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
         layout.addWidget(write_box)
@@ -407,6 +415,10 @@ class GeneratePanel(QWidget):
         self.adapt.setToolTip(ADAPT_TIP if self.adapt_ok else
                               f"Adapting to the primer is for left-to-right models; {model.arch} fills whole "
                               "windows and is never adapted.")
+        self.keep_beat.setEnabled(self.adapt_ok)  # the box keeps its tick for the next model
+        self.keep_beat.setToolTip(BEAT_TIP if self.adapt_ok else
+                                  f"Keeping the primer's beat is for left-to-right models; {model.arch} writes "
+                                  "its time steps in any order.")
         self.infill_model = can_infill(model)
         own = getattr(getattr(model, "config", None), "steps", None) if self.infill_model else None
         self.steps.setSpecialValueText(f"model's ({own})" if own else "model's")
@@ -491,6 +503,7 @@ class GeneratePanel(QWidget):
                                top_p=self.top_p.value(), seed=None if self.seed.value() < 0 else self.seed.value(),
                                variations=self.variations.value(), budget=self.budget.budget,
                                plan=self.budget.plan, adapt=self.adapt.isChecked() and self.adapt_ok,
+                               keep_beat=self.keep_beat.isChecked() and self.adapt_ok,
                                controls=self.limits.controls())
 
     # -- regenerate selection --------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class GenerateRequest:
     plan: object | None = None  # the slider's plan for this budget and batch (not made again), if any
     controls: WriteControls = WriteControls()  # key, range, density, dynamics (core/constraints.py)
     adapt: bool = False  # adapt a copy of the model to the piece first (core/adapt.py; a primer of a few seconds)
+    keep_beat: bool = True  # pull when notes come towards the piece's beat (core/pulse.py; left-to-right models)
 
 
 def session_for(request: GenerateRequest, model) -> GenerationSession:
@@ -46,7 +47,7 @@ def session_for(request: GenerateRequest, model) -> GenerationSession:
         sampling=SamplingConfig(temperature=request.temperature, top_p=request.top_p), seconds=request.seconds,
         variations=request.variations, seed=request.seed, start=None if request.new_piece else request.start,
         adapt=AdaptSettings() if request.adapt and not from_nothing else None,
-        constraints=request.controls.constraints())
+        pulse=None if request.keep_beat else 0.0, constraints=request.controls.constraints())
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ class Settings:
     top_p: float = 0.95
     adapt: bool = False  # the Write panel's "Adapt to the primer", when the composer set it (adapt_chosen)
     adapt_chosen: bool = False  # else each model's own default (core.adapt.adapts_by_default)
+    keep_beat: bool = True  # the Write panel's "Keep the primer's beat" (core/pulse.py)
     variations: int = 1
     infill_context: float = 6.0  # Regenerate selection's seconds each side (core.infill.CONTEXT_SECONDS); 0: window
     infill_steps: int = 0  # Regenerate selection's unmasking passes; 0: the model's own

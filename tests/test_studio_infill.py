@@ -407,9 +407,11 @@ def test_an_smdim_is_never_asked_to_adapt_and_the_core_would_refuse_it(qtbot, wi
     w = window
     w.panel.adapt.setChecked(True)
     assert not w.panel.adapt.isEnabled() and "left-to-right models; smdim" in w.panel.adapt.toolTip()
+    assert w.panel.keep_beat.isChecked() and not w.panel.keep_beat.isEnabled()  # nor keeps the primer's beat
+    assert "left-to-right models; smdim" in w.panel.keep_beat.toolTip()
     original = open_piece(w, tmp_path, chords())
     request = w.panel.request(w.document.piece, 0.0)
-    assert request.adapt is False and not request.new_piece
+    assert request.adapt is False and request.keep_beat is False and not request.new_piece
     with pytest.raises(ModelError, match="adapting to the primer is for left-to-right models; a smdim model"):
         session_for(replace(request, adapt=True), w.model)
     w.generate()
@@ -418,6 +420,7 @@ def test_an_smdim_is_never_asked_to_adapt_and_the_core_would_refuse_it(qtbot, wi
     other = open_window(qtbot, tiny_model_dir)  # a left-to-right model: the box is on again
     try:
         assert other.panel.adapt.isEnabled() and not other.panel.adapt.toolTip().startswith("Adapting")
+        assert other.panel.keep_beat.isEnabled() and other.panel.keep_beat.isChecked()
     finally:
         other.jobs.shutdown()
 

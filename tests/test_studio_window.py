@@ -21,6 +21,7 @@ from PySide6.QtGui import QDropEvent  # noqa: E402
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
 from core.midi import read_performance, write_performance  # noqa: E402
+from core.pulse import LEFT_TO_RIGHT_WEIGHT as PULSE_WEIGHT  # noqa: E402
 from studio.budget import slider_to_bytes  # noqa: E402
 from studio.generatepanel import NO_MODEL_HINT  # noqa: E402
 from studio.settings import Settings  # noqa: E402
@@ -336,6 +337,28 @@ def test_settings_remembered_on_close(qtbot, window, tmp_path):
     assert settings.budget_mb * 1024 * 1024 == pytest.approx(budget)
     assert Path(settings.model) == Path(w.panel.model_path)
     assert not settings.adapt_chosen  # never touched: each model's own default next time
+
+
+def test_the_keep_beat_box_reaches_the_session_and_is_remembered(qtbot, window, tiny_model_dir):
+    """On by default: the session gets the model's own pull towards the primer's beat (core/pulse.py); unticked,
+    none; the choice is remembered."""
+    from studio.generation import session_for
+
+    w = window
+    assert w.panel.keep_beat.isChecked() and w.panel.keep_beat.isEnabled()
+    piece = w.document.piece
+    on = w.panel.request(piece, 0.0)
+    assert on.keep_beat and session_for(on, w.model).pulse == PULSE_WEIGHT
+    w.panel.keep_beat.click()
+    off = w.panel.request(piece, 0.0)
+    assert not off.keep_beat and session_for(off, w.model).pulse == 0.0
+    assert w.close()
+    assert Settings.load().keep_beat is False
+    again = MainWindow(Settings.load(), extra_models=[tiny_model_dir], list_ports=False)
+    qtbot.addWidget(again)
+    qtbot.waitUntil(lambda: again.model is not None, timeout=20000)
+    assert not again.panel.keep_beat.isChecked()
+    again.jobs.shutdown()
 
 
 def test_a_chosen_adapt_box_is_remembered_and_restored(qtbot, window, tiny_model_dir):

@@ -123,8 +123,11 @@ def _seconds(ids: np.ndarray, codec: Codec = tokenizer) -> float:
 # notes/s (a ceiling, `Constraints.max_density`), 10 lanes were touched (46 -> 9, 39 -> 22, 30 -> 22, 19 -> 13)
 # and the rest are the model's own: notes/s 13.0 -> 10.4 (the pianists 9.5). At 2x the ceiling also thinned regular
 # dense figures (onset regularity 0.157 -> 0.118 over the 30); a target at the primer's rate (steered up as well as
-# down) piled up long notes in a third of the lanes.
-RUNAWAY_FACTOR = 3.0
+# down) piled up long notes in a third of the lanes. 2x since the default drawn more often from keyboard works'
+# beginnings and pulled towards the primer's beat (core/pulse.py), which keeps the figures regular: adapting, 3x /
+# 2x, notes/s 12.18 / 10.73 (the pianists 9.46; the aim, within 25%: 11.82), polyphony 4.13 / 3.85 (3.76), range
+# 50.8 / 49.0 (54.2), onset regularity 0.320 / 0.273 (0.235), key 29 / 28 of 30, re-strikes 0.23 / 0.10.
+RUNAWAY_FACTOR = 2.0
 
 
 def density_ceiling(max_density: float | str | None, model, primer: Performance | None,

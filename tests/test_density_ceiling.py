@@ -14,7 +14,7 @@ from core.cli import main
 from core.codecs import ONSET
 from core.constraints import ConstraintError, Constraints
 from core.errors import ModelError
-from core.midi import Performance, write_performance
+from core.midi import Performance, read_performance, write_performance
 from core.models.interface import DENOISE, LEFT_TO_RIGHT
 from core.notecodec import FROM_PRIMER
 from core.session import RUNAWAY_FACTOR, GenerationSession, density_ceiling
@@ -58,7 +58,7 @@ def test_a_session_puts_the_ceiling_in_its_constraints_unless_a_density_is_asked
     session = GenerationSession(model, steady(), seconds=5)
     assert session.constraints.max_density == pytest.approx(RUNAWAY_FACTOR * 20 / 9.9)  # over the primer's end
     assert session.constraints == Constraints(max_density=session.constraints.max_density)  # and nothing else
-    assert session.constraints.describe().startswith("at most 6.06 notes/s (steered down)")
+    assert session.constraints.describe().startswith(f"at most {RUNAWAY_FACTOR * 20 / 9.9:.2f} notes/s (steered down)")
     assert GenerationSession(model, steady(), seconds=5, max_density=0).constraints is None
     assert GenerationSession(model, None, seconds=5).constraints is None  # a new piece: nothing to be a multiple of
     asked = GenerationSession(model, steady(), seconds=5, constraints=Constraints(density=3.0))
@@ -127,7 +127,10 @@ def test_continue_takes_max_density_and_says_the_ceiling(tmp_path, capsys, model
     arguments = ["continue", str(tmp_path / "primer.mid"), "--model", str(model_dir), "--seconds", "2", "--seed",
                  "1", "--no-adapt"]
     assert main([*arguments, "--out", str(out)]) == 0
-    assert "constraints: at most 6.32 notes/s (steered down)" in capsys.readouterr().out
+    read_back = GenerationSession(models["notes"], read_performance(tmp_path / "primer.mid"), seconds=2)
+    ceiling = read_back.constraints.max_density  # the primer as the command reads it: 20 notes over ~9.5 s
+    assert ceiling == pytest.approx(RUNAWAY_FACTOR * 20 / 9.49, rel=0.01)
+    assert f"constraints: at most {ceiling:.2f} notes/s (steered down)" in capsys.readouterr().out
     assert main([*arguments, "--out", str(tmp_path / "free.mid"), "--max-density", "0"]) == 0
     assert "constraints:" not in capsys.readouterr().out
     assert main([*arguments, "--out", str(tmp_path / "two.mid"), "--max-density", "2"]) == 0

@@ -70,7 +70,8 @@ class PrimerPulse:
         check_weight(weight)
         self.codec = codec
         self.shifts = slice(codec.TIME_SHIFT, codec.TIME_SHIFT + codec.MAX_SHIFT_TICKS)
-        self.by_phase: torch.Tensor | None = None  # (period,) weight x log(share / largest share)
+        # (period, shifts): the pull on each TimeShift from each phase a lane may stand on; None: no pull
+        self.from_phase: torch.Tensor | None = None
         end = codec.ids_seconds(primer_ids)
         self.tick = np.full(batch, int(round(end / TICK_SECONDS)), dtype=np.int64)  # (B,) each lane's clock
         if weight == 0 or end <= 0:
@@ -86,19 +87,18 @@ class PrimerPulse:
         ages = (self.tick[0] - ticks) * TICK_SECONDS
         shares = phase_shares(ticks, 0.5 ** (ages / HALF_LIFE), self.period)
         if shares is not None:
-            self.by_phase = torch.from_numpy(weight * np.log(shares / shares.max())).float()
-            # (period, shifts): the pull on each TimeShift from each phase a lane may stand on, made once
+            by_phase = weight * np.log(shares / shares.max())  # (period,)
             landing = (np.arange(self.period)[:, None] + np.arange(1, codec.MAX_SHIFT_TICKS + 1)) % self.period
-            self.from_phase = self.by_phase[torch.from_numpy(landing)]
+            self.from_phase = torch.from_numpy(by_phase[landing]).float()  # made once, indexed at every step
 
     @property
     def active(self) -> bool:
-        return self.by_phase is not None
+        return self.from_phase is not None
 
     def pull(self, logits: torch.Tensor) -> torch.Tensor:
         """`logits` (B, V) of the lanes' next ids, their TimeShifts pulled towards the primer's phases (`pulled`:
         when the next note comes, never whether time moves on)."""
-        if self.by_phase is None:
+        if self.from_phase is None:
             return logits
         return pulled(logits, self.from_phase[torch.from_numpy(self.tick % self.period)], self.shifts)
 

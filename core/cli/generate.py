@@ -60,7 +60,7 @@ seconds_of_music = bounded(positive_float, lambda value: value <= MAX_SECONDS,
 temperature = bounded(_number, lambda value: value == 0 or 0.01 <= value <= 100,
                       "must be 0 (greedy) or between 0.01 and 100", "temperature")
 note_seconds = bounded(_number, lambda value: value >= 0, "must be >= 0 (0: no limit)", "note_seconds")
-harmony_weight = bounded(_number, lambda value: value >= 0, "must be >= 0 (0: off)", "a weight")
+pull_weight = bounded(_number, lambda value: value >= 0, "must be >= 0 (0: off)", "a weight")
 _repeat_number = bounded(_number, lambda value: 0 <= value <= 1, f"must be '{FROM_PRIMER}' or between 0 (off) and 1",
                          "repeat_seconds")
 
@@ -249,13 +249,13 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(0: never; default '{FROM_PRIMER}': {RUNAWAY_FACTOR:g}x the notes/s of the primer's "
                              f"last 20 s, none for a new piece; --density steers instead; a denoiser such as SMDIM "
                              f"takes its density from the primer already)")
-    parser.add_argument("--harmony", type=harmony_weight, default=None, metavar="W",
+    parser.add_argument("--harmony", type=pull_weight, default=None, metavar="W",
                         help=f"pull the keys each variation draws towards the harmony, W hard: a left-to-right "
                              f"model's towards the pitch classes of the primer's last {KEY_SECONDS:g} s (none for a "
                              f"new piece), a denoiser's such as SMDIM towards each variation's last "
                              f"{HARMONY_SECONDS:g} s (0: not at all; default: {LEFT_TO_RIGHT_WEIGHT:g} and "
                              f"{HARMONY_WEIGHT:g})")
-    parser.add_argument("--pulse", type=harmony_weight, default=None, metavar="W",
+    parser.add_argument("--pulse", type=pull_weight, default=None, metavar="W",
                         help=f"pull when each variation's notes come towards the beat of the primer's last "
                              f"{PULSE_SECONDS:g} s and where its onsets fall in it, W hard: a left-to-right model "
                              f"keeps the primer's pulse (0: not at all; none for a new piece, a primer without a beat "

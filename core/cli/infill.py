@@ -16,9 +16,9 @@ from core.cli.generate import (
     bounded,
     budget,
     density,
-    harmony_weight,
     output_paths,
     positive_int,
+    pull_weight,
     seed,
     temperature,
     top_p,
@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=context, metavar="SECONDS",
                         help="read at most SECONDS of music each side of the region (default: 6; 'window': as "
                              "much as the model's window holds); less reads fewer ids, so each pass costs less")
-    parser.add_argument("--harmony", type=harmony_weight, default=None, metavar="W",
+    parser.add_argument("--harmony", type=pull_weight, default=None, metavar="W",
                         help="how hard the pitch classes sounding within about two bars of the region pull the new "
                              "notes' keys (0: not at all; default 1)")
     parser.add_argument("--exact", action="store_true",

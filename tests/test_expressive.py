@@ -132,6 +132,18 @@ def test_pedal_and_legato_lengthen_notes_but_never_over_the_next_strike():
         assert np.all(played.offset[mine][:-1] <= played.onset[mine][1:] + 1e-9)
 
 
+def test_touch_holds_each_key_for_a_share_of_its_written_length():
+    perf = chorale()  # every note written 0.6 s long
+    plain = dict(probability=1.0, rubato=(0.0, 0.0), jitter=(0.0, 0.0), legato=(0.0, 0.0), pedal=0.0)
+    half = perform(perf, np.random.default_rng(0), Expression(touch=(0.5, 0.5), touch_spread=(0.0, 0.0), **plain))
+    assert np.allclose(half.offset - half.onset, 0.3, atol=TICK_SECONDS)
+    assert np.allclose(np.sort(half.onset), np.sort(perf.onset))
+    spread = perform(perf, np.random.default_rng(0), Expression(touch=(0.5, 0.5), touch_spread=(0.4, 0.4), **plain))
+    lengths = spread.offset - spread.onset
+    assert 0.25 < np.median(lengths) < 0.35 and np.std(np.log(lengths)) > 0.3  # about half, note by note apart
+    assert lengths.min() >= TICK_SECONDS - 1e-9
+
+
 def test_performances_are_seeded():
     ids = encode(chorale(bars=4))
     first = express_ids(ids, np.random.default_rng(5), ALWAYS)

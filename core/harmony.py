@@ -58,9 +58,14 @@ def default_weight(model) -> float:
     return HARMONY_WEIGHT if getattr(model, "family", None) == DENOISE else LEFT_TO_RIGHT_WEIGHT
 
 
-def check_weight(weight: float) -> None:
+def check_pull_weight(weight: float, pull: str, error: type[RecitalError]) -> None:
+    """One rule for the weight of every pull (the key's here, the beat's in core/pulse.py): a number >= 0."""
     if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
-        raise HarmonyError(f"the harmony weight must be a number >= 0 (0: off), got {weight!r}")
+        raise error(f"the {pull} weight must be a number >= 0 (0: off), got {weight!r}")
+
+
+def check_weight(weight: float) -> None:
+    check_pull_weight(weight, "harmony", HarmonyError)
 
 
 def pitch_class_shares(notes: Performance) -> np.ndarray | None:

@@ -15,15 +15,13 @@ likely: a rubato, a syncopation, a grace note are still there to draw.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from core import musicstats
 from core.codecs import Codec
 from core.errors import RecitalError
-from core.harmony import pulled
+from core.harmony import check_pull_weight, pulled
 from core.models.interface import DENOISE
 from core.tokenizer import TICK_SECONDS
 
@@ -39,8 +37,7 @@ class PulseError(RecitalError):
 
 
 def check_weight(weight: float) -> None:
-    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
-        raise PulseError(f"the pulse weight must be a number >= 0 (0: off), got {weight!r}")
+    check_pull_weight(weight, "pulse", PulseError)
 
 
 def phase_shares(onset_ticks: np.ndarray, weights: np.ndarray, period_ticks: int) -> np.ndarray | None:

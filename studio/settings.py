@@ -13,6 +13,7 @@ from pathlib import Path
 
 import platformdirs
 
+from core.infill import CONTEXT_SECONDS
 from core.midi import atomic_write_bytes
 
 CONFIG_ENV = "RECITAL_CONFIG_DIR"
@@ -35,7 +36,7 @@ class Settings:
     adapt_chosen: bool = False  # else each model's own default (core.adapt.adapts_by_default)
     keep_beat: bool = True  # the Write panel's "Keep the primer's beat" (core/pulse.py)
     variations: int = 1
-    infill_context: float = 6.0  # Regenerate selection's seconds each side (core.infill.CONTEXT_SECONDS); 0: window
+    infill_context: float = CONTEXT_SECONDS or 0.0  # Regenerate selection's seconds each side; 0: as the window holds
     infill_steps: int = 0  # Regenerate selection's unmasking passes; 0: the model's own
     output: str = "synth"  # "synth", "virtual", or "port:<name>"
     midi_input: str = ""  # "" = the virtual "Recital In" port

@@ -23,6 +23,7 @@ from core.cli.generate import (
     temperature,
     top_p,
 )
+from core.infill import CONTEXT_SECONDS
 
 HELP = "write one region of a MIDI file anew (bars 9-12, or an accompaniment under its melody), keep the rest"
 DEFAULT_MODEL = "default-smdim"
@@ -97,8 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="working memory for all variations, e.g. 64MB (default: the model's for each); it "
                              "buys the window the model reads at once")
     parser.add_argument("--context", type=context, metavar="SECONDS",
-                        help="read at most SECONDS of music each side of the region (default: 6; 'window': as "
-                             "much as the model's window holds); less reads fewer ids, so each pass costs less")
+                        help=f"read at most SECONDS of music each side of the region (default: {CONTEXT_SECONDS:g}; "
+                             "'window': as much as the model's window holds); less reads fewer ids, so each pass "
+                             "costs less")
     parser.add_argument("--harmony", type=pull_weight, default=None, metavar="W",
                         help="how hard the pitch classes sounding within about two bars of the region pull the new "
                              "notes' keys (0: not at all; default 1)")

@@ -15,7 +15,18 @@ import torch
 
 from core import notecodec, tokenizer
 from core.cli import main
-from core.infill import GROUP_UNIT, PACE_TICKS, _select, infill, lay_out, length_guard, new_notes, time_rule
+from core.infill import (
+    EDGE_FLOOR,
+    GROUP_UNIT,
+    PACE_TICKS,
+    _select,
+    edge_densities,
+    infill,
+    lay_out,
+    length_guard,
+    new_notes,
+    time_rule,
+)
 from core.midi import Performance, read_performance, write_performance
 from core.modeldir import load_model, save_model
 from core.models.smdim import SMDIM, SMDIMConfig
@@ -95,6 +106,25 @@ def test_a_long_gap_is_paced_in_groups_of_a_second_at_most_each_with_its_share_o
     assert (group[:kept_at][group[:kept_at] >= 0] <= 1).all() and (group[kept_at:][group[kept_at:] >= 0] >= 2).all()
     starts = layout.clock[layout.first:layout.after][group >= 0]
     assert sorted(set(starts.tolist())) == [50, 150, 250, 325]  # each group's clock is its own part's start
+
+
+def test_the_masks_lean_toward_the_busier_side_of_the_region_and_spread_by_time_where_one_side_is_empty():
+    """A region between a busy bar (8 onsets a second) and a quiet one (1 a second): its first second gets more of
+    the masks than its last (bench/infill.py: the fill began too busy and ended too quiet beside such music)."""
+    busy = np.arange(0.0, 2.0, 0.125)  # 16 onsets in the 2 s before the region
+    quiet = np.array([6.0, 7.0])  # 2 in the 2 s after it
+    onset = np.concatenate([busy, quiet])
+    kept = Performance.from_notes(onset, onset + 0.1, np.full(len(onset), 60), np.full(len(onset), 80))
+    assert edge_densities(kept, 2.0, 6.0) == pytest.approx((8 / 4.5, EDGE_FLOOR))  # 1 / 4.5: under the floor
+    layout = lay_out(kept, 2.0, 6.0, 120, MASK, notecodec)
+    group = layout.group[layout.first:layout.after]
+    sizes = np.bincount(group[group >= 0])
+    assert layout.gap.tolist() == [100] * 4 and sizes.sum() == 120
+    assert sizes[0] > 2 * sizes[-1] and np.all(np.diff(sizes) <= GROUP_UNIT["notes"])  # busy to quiet, in steps
+    alone = _select(kept, kept.onset < 2.0)  # nothing after the region (a continuation's window): by time alone
+    assert edge_densities(alone, 2.0, 6.0) is None
+    sizes = np.bincount(lay_out(alone, 2.0, 6.0, 120, MASK, notecodec).group[layout.first:][:120])
+    assert np.all(np.abs(sizes - 30) <= GROUP_UNIT["notes"])
 
 
 def one_group(slots: int) -> tuple[Performance, float, float, object]:

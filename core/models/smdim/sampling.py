@@ -5,7 +5,7 @@ temperature, top-k, top-p, min-p), and commits some of them; the rest stay maske
 the committed ones. How many stay masked after pass s of S follows a cosine schedule, n cos(pi/2 s/S), so the
 first passes commit few ids (the ones the model is surest of) and the last commit many. Which ones are committed:
 - "confidence": the most probable draws, with Gumbel noise that shrinks over the passes (MaskGIT's
-  randomisation; none at temperature 0), so the order is learned, not fixed;
+  randomisation, CHOICE_NOISE; none at temperature 0), so the order is learned, not fixed;
 - "random": a random order (the schedule of absorbing diffusion's reverse process).
 Kept positions are never drawn and never change. PAD and BOS are never drawn: a filled position is music.
 `constrain(logits (B, T, V), ids (B, T)) -> logits` runs before each draw (composer constraints plug in there).
@@ -44,6 +44,12 @@ from core.notecodec import DURATION, PITCH, TIME_SHIFT, VELOCITY
 from core.tokenizer import BOS, PAD
 
 ORDERS = ("confidence", "random")
+# "confidence": the scale of the Gumbel noise on the draws' log-probabilities at the first pass (x the sampling
+# temperature; it shrinks to none by the last). At 1 the surest ids, which are the commonest keys, stood first and
+# the rest followed them: bench/infill.py's 50 regions (3 seeds, one lane each) wrote 5 semitones narrower than the
+# pianists. At 2, distance from the truth: notes/s 0.98 -> 0.87, polyphony 1.35 -> 1.21, pitch range 10.97 -> 10.19,
+# pitch classes 0.401 -> 0.397, re-strikes 0.97 -> 0.94; at 4 (one seed) the range went 11.5: toward "random".
+CHOICE_NOISE = 2.0
 
 
 def still_masked(total: torch.Tensor, step: int, steps: int) -> torch.Tensor:
@@ -88,7 +94,7 @@ def unmask(model, ids: torch.Tensor, keep: torch.Tensor, steps: int, sampling: S
         score = torch.full(masked.shape, float("-inf"), device=x.device)
         if order == "confidence":
             confidence = torch.log_softmax(chosen, -1).gather(1, drawn[:, None])[:, 0]
-            noise = sampling.temperature * (1 - step / steps)
+            noise = CHOICE_NOISE * sampling.temperature * (1 - step / steps)
             if noise > 0:
                 uniform = torch.rand(confidence.shape, generator=generator, device=x.device).clamp(1e-10, 1 - 1e-10)
                 confidence = confidence + noise * -torch.log(-torch.log(uniform))

@@ -22,8 +22,9 @@ With the note-level codec ("notes") a kept note is whole at its onset (Velocity,
 is a masked Pitch followed at once by a Duration (a Pitch without one is dropped, as notecodec.decode does; the
 unmasking follows the codec's order, core.models.smdim.sampling). There the masks write the time themselves: the
 region holds only the kept voice's notes, with a group of masks before each of its onsets and one after the last
-(whole notes at a time, GROUP_UNIT slots), and each group's TimeShifts may add up to its gap, the real time to the
-next kept onset or the region's end, and no more (`time_rule`). A gap longer than PACE_TICKS is cut into equal parts
+(whole notes at a time, GROUP_UNIT slots; by time, leaning toward the busier side, EDGE_SECONDS), and each
+group's TimeShifts may add up to its gap, the real time to the next kept onset or the region's end, and no more
+(`time_rule`). A gap longer than PACE_TICKS is cut into equal parts
 of at most that, a group each (`_paced`): one group over a whole region got most of its notes beside the known music
 on either side and few between. So a new note starts at its group's start plus the time its group wrote before it,
 its onsets spread over the gap as the model spaced them (`_spread`). (Measured on MAESTRO regions with a skeleton
@@ -116,7 +117,8 @@ CONTEXT_SECONDS: float | None = 6.0
 # it, at its end, linearly (`edge_densities`; none lower than EDGE_FLOOR x their mean; None: by time alone). Shared
 # by time alone, a region between a quiet bar and a busy one began too busy and ended too quiet: bench/infill.py's
 # 50 regions (seed 0), the fill's first and last 2 s against the 2 s beside them, notes/s 3.45 / 3.46 -> 2.66 / 2.50
-# (the music's own edges: 2.92 / 2.63), polyphony 1.33 / 1.38 -> 1.21 / 1.31; the region as a whole alike.
+# (the music's own edges: 2.92 / 2.63), polyphony 1.33 / 1.38 -> 1.21 / 1.31; the region as a whole alike. With
+# CHOICE_NOISE 2 as well, 3 seeds: left / right notes/s 2.70 / 2.63, polyphony 1.45 / 1.33 (the README's table).
 EDGE_SECONDS: float | None = 2.0
 EDGE_FLOOR = 0.25
 
@@ -379,10 +381,10 @@ def _paced(gaps: list[int], onsets: list[list[int]]) -> tuple[list[int], list[li
     return paced_gaps, paced_onsets
 
 
-def _group_sizes(slots: int, ticks: list[int], unit: int) -> list[int]:
-    """`slots` shared among groups in proportion to their `ticks`, in whole multiples of `unit` (the last group
-    takes the rest)."""
-    bounds = unit * np.floor(slots / unit * np.cumsum(ticks) / max(sum(ticks), 1) + 0.5)
+def _group_sizes(slots: int, shares: list[float], unit: int) -> list[int]:
+    """`slots` shared among groups in proportion to their `shares` (their ticks, or ticks x busyness), in whole
+    multiples of `unit` (the last group takes the rest)."""
+    bounds = unit * np.floor(slots / unit * np.cumsum(shares) / max(sum(shares), 1) + 0.5)
     bounds = np.minimum(bounds.astype(np.int64), slots)
     if len(bounds):
         bounds[-1] = slots

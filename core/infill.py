@@ -347,7 +347,7 @@ def _lay_out_notes(ids: np.ndarray, first: int, after: int, start_tick: int, end
     gaps, onsets = _paced(gaps, onsets)
     weights = np.array(gaps, dtype=np.float64)
     if edges is not None and len(gaps):
-        middle = (np.cumsum(gaps) - np.array(gaps) / 2) / max(end_tick - start_tick, 1)  # (G,) 0..1 in the region
+        middle = (np.cumsum(weights) - weights / 2) / max(end_tick - start_tick, 1)  # (G,) 0..1 in the region
         weights = weights * ((1 - middle) * edges[0] + middle * edges[1])
     sizes = _group_sizes(slots, weights.tolist(), GROUP_UNIT[notecodec.NAME])
     body, clock, group = [], [], []

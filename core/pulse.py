@@ -112,10 +112,10 @@ def default_weight(model) -> float:
     bench/continuation.py, the notes DSMR default (the weights shipped before 2026-12-03's evening) adapting to the
     ten MAESTRO primers (3 seeds, with the key pull and the density ceiling at 3x), weight 0 / 1 / 2 / 3: onset
     regularity 0.102 / 0.129 / 0.252 / 0.264 (the pianists 0.235, the aim 0.15), notes/s 10.59 / 10.80 / 10.49 /
-    12.01 (9.46; 3 leaves the 25% band), polyphony 3.77 / 3.64 / 3.85 / 4.17 (3.76), pitch range 51.5 / 49.4 /
-    52.9 / 53.6 (54.2), key 29 / 29 / 29 / 30 of 30, re-strikes 0.17 / 0.23 / 0.23 / 0.07 per 30 s, held > 4 s 0.30 / 0.13 / 0.50 / 0.63. Without adapting, 0 -> 2:
-    regularity 0.067 -> 0.160, notes/s 9.50 -> 10.44, polyphony 3.78 -> 4.20, range 44.2 -> 47.6, key 27 -> 28.
-    The PerceiverS default adapting, 0 -> 2: regularity 0.139 -> 0.283, re-strikes 5.27 -> 0.33 (all of them in
-    one primer's lanes, whose repeated notes it kept re-striking), polyphony 3.00 -> 3.65, notes/s 10.67 -> 11.22,
-    range 53.1 -> 54.3, key 26 -> 29 of 30."""
+    12.01 (9.46; 3 leaves the 25% band), polyphony 3.77 / 3.64 / 3.85 / 4.17 (3.76), pitch range 51.5 / 49.4 / 52.9
+    / 53.6 (54.2), key 29 / 29 / 29 / 30 of 30, re-strikes 0.17 / 0.23 / 0.23 / 0.07 per 30 s, held > 4 s 0.30 /
+    0.13 / 0.50 / 0.63. Without adapting, 0 -> 2: regularity 0.067 -> 0.160, notes/s 9.50 -> 10.44, polyphony 3.78
+    -> 4.20, range 44.2 -> 47.6, key 27 -> 28. The PerceiverS default adapting, 0 -> 2: regularity 0.139 -> 0.283,
+    re-strikes 5.27 -> 0.33 (all of them in one primer's lanes, whose repeated notes it kept re-striking), polyphony
+    3.00 -> 3.65, notes/s 10.67 -> 11.22, range 53.1 -> 54.3, key 26 -> 29 of 30."""
     return 0.0 if getattr(model, "family", None) == DENOISE else LEFT_TO_RIGHT_WEIGHT

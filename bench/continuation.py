@@ -94,9 +94,9 @@ class Configuration:
     """One column: a model, whether it adapts to the primer first, how hard its keys are pulled towards the
     harmony (core/harmony.py: the primer's, or a denoiser's music behind each window; 0: not at all; None: the
     model's default, as `recital continue` has it), the density ceiling a lane that runs away is steered
-    under (core/session.py `density_ceiling`; FROM_PRIMER, the default: RUNAWAY_FACTOR x the primer's notes/s; 0:
-    none), and how hard its time steps are pulled towards the primer's beat (core/pulse.py; None: the model's
-    default)."""
+    under (core/session.py `density_ceiling`; FROM_PRIMER, the default: `runaway_ceiling` of the primer's
+    notes/s; 0: none), and how hard its time steps are pulled towards the primer's beat (core/pulse.py; None: the
+    model's default)."""
 
     model: str
     adapt: bool = False
@@ -640,7 +640,7 @@ def configurations(models: list[str], adapt: list[bool], harmony: list[float | N
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from core.cli.generate import max_density
     from core.constraints import DENSITY_RANGE
-    from core.session import RUNAWAY_FACTOR
+    from core.session import RUNAWAY_FACTOR, RUNAWAY_HEADROOM
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--midi", type=Path, default=MAESTRO, help="folder of performances (default: MAESTRO's)")
@@ -658,8 +658,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "model, none for a denoiser): a column each (default: default)")
     parser.add_argument("--max-density", default=FROM_PRIMER, metavar="N[,N...]",
                         help="density ceilings a runaway lane is steered under (core/session.py), comma-separated: "
-                             f"'{FROM_PRIMER}' ({RUNAWAY_FACTOR:g}x the primer's notes/s, `recital continue`'s "
-                             "default), 0 (none) or notes/s: a column each (default: primer)")
+                             f"'{FROM_PRIMER}' ({RUNAWAY_FACTOR:g}x the primer's notes/s, at most "
+                             f"{RUNAWAY_HEADROOM:g} above them, `recital continue`'s default), 0 (none) or notes/s: "
+                             "a column each (default: primer)")
     parser.add_argument("--quick", action="store_true", help="2 pieces, 1 seed, 10 s windows, 2 new pieces of 20 s, "
                                                                  "and the controls table")
     parser.add_argument("--controls", action="store_true", help="only the controls table: continuations under a "

@@ -127,15 +127,24 @@ def _seconds(ids: np.ndarray, codec: Codec = tokenizer) -> float:
 # beginnings and pulled towards the primer's beat (core/pulse.py), which keeps the figures regular: adapting, 3x /
 # 2x, notes/s 12.18 / 10.73 (the pianists 9.46; the aim, within 25%: 11.82), polyphony 4.13 / 3.85 (3.76), range
 # 50.8 / 49.0 (54.2), onset regularity 0.320 / 0.273 (0.235), key 29 / 28 of 30, re-strikes 0.23 / 0.10.
+# A multiple alone let fast primers run away (weights of 2026-12-04, adapting: after maestro_03's 19.4 notes/s the
+# lanes wrote 26-31 for 30 s, its pianist 13.1; notes/s over the 30 lanes 12.33, the aim 11.82) and is tight after
+# slow ones. MAESTRO's pianists, over the same 2 s window the steering measures (95th percentile over each truth),
+# go 3-8 notes/s above their primer's recent rate whatever its tempo (ratios 0.9-2.1: the faster the primer, the
+# smaller); so the ceiling is the smaller of the multiple and the rate plus RUNAWAY_HEADROOM: adapting, notes/s
+# 12.33 -> 11.43, maestro_03's lanes 23-24, every other continuation aim kept (PerceiverS: 10.05 -> 9.52). The rate
+# plus 5 alone: 11.58, but a slow primer's lanes got denser (maestro_02: 5.4 -> 7.5, its pianist 3.0); plus 6: 11.98;
+# 1.5x alone: 11.47, which also holds a slow primer's flourishes to half again its rate.
 RUNAWAY_FACTOR = 2.0
+RUNAWAY_HEADROOM = 5.0  # notes/s above the primer's
 
 
 def density_ceiling(max_density: float | str | None, model, primer: Performance | None,
                     end: float) -> float | None:
     """The notes/s a lane is steered back under (None: no ceiling) that `max_density` asks for (see
-    GenerationSession) after `primer` ending at `end` seconds: FROM_PRIMER is RUNAWAY_FACTOR x the notes/s of the
-    primer's last seconds (`core.denoising.recent_notes`), none for a new piece or a primer of a few notes, and
-    none for a denoiser, whose windows are given the primer's density already."""
+    GenerationSession) after `primer` ending at `end` seconds: FROM_PRIMER is `runaway_ceiling` of the notes/s of
+    the primer's last seconds (`core.denoising.recent_notes`), none for a new piece or a primer of a few notes,
+    and none for a denoiser, whose windows are given the primer's density already."""
     if max_density != notecodec.FROM_PRIMER:
         return max_density or None
     if getattr(model, "family", LEFT_TO_RIGHT) == DENOISE or primer is None:
@@ -144,7 +153,13 @@ def density_ceiling(max_density: float | str | None, model, primer: Performance 
     if recent is None:
         return None
     rate = len(recent) / max(end - float(recent.onset.min()), 1.0)
-    return float(np.clip(RUNAWAY_FACTOR * rate, *DENSITY_RANGE))
+    return float(np.clip(runaway_ceiling(rate), *DENSITY_RANGE))
+
+
+def runaway_ceiling(rate: float) -> float:
+    """The notes/s a lane is steered back under after a primer of `rate` notes/s: RUNAWAY_FACTOR x it, or
+    RUNAWAY_HEADROOM above it where that is lower (a primer faster than RUNAWAY_HEADROOM / (RUNAWAY_FACTOR - 1))."""
+    return min(RUNAWAY_FACTOR * rate, rate + RUNAWAY_HEADROOM)
 
 
 def repeat_guard(min_repeat: float | str | None, codec, primer_ids) -> float | None:
@@ -179,7 +194,7 @@ class GenerationSession:
     pulse: how hard a left-to-right model's time steps are pulled towards the primer's beat (core/pulse.py; 0: not
     at all; None: the model's default, `pulse.default_weight`).
     max_density: notes/s a lane of a left-to-right model is steered back under when it runs away
-    (`Constraints.max_density`; None or 0: never), or `notecodec.FROM_PRIMER`: RUNAWAY_FACTOR x the primer's
+    (`Constraints.max_density`; None or 0: never), or `notecodec.FROM_PRIMER`: from the primer's notes/s
     (`density_ceiling`); a density in `constraints` steers instead. Every setting is checked here, and the state
     allocated (after the memory check), before the first step; reading the primer happens on the first step.
     """

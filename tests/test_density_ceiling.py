@@ -1,6 +1,6 @@
 """The density ceiling (core/session.py `density_ceiling`, `Constraints.max_density`): a lane that runs away into
-more notes than RUNAWAY_FACTOR x its primer's notes/s is steered back under, and a lane below it is the model's
-own, id for id."""
+more notes than `runaway_ceiling` of its primer's notes/s is steered back under, and a lane below it is the
+model's own, id for id."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from core.errors import ModelError
 from core.midi import Performance, read_performance, write_performance
 from core.models.interface import DENOISE, LEFT_TO_RIGHT
 from core.notecodec import FROM_PRIMER
-from core.session import RUNAWAY_FACTOR, GenerationSession, density_ceiling
+from core.session import RUNAWAY_FACTOR, RUNAWAY_HEADROOM, GenerationSession, density_ceiling, runaway_ceiling
 from tests.test_cli_generate import rejected
 from tests.test_metrics import tiny_dsmr_of
 
@@ -41,10 +41,20 @@ def lanes(model, primer, **settings) -> tuple[GenerationSession, list[list[int]]
 
 # -- the ceiling a primer sets ------------------------------------------------------------------------------------
 
-def test_the_ceiling_is_a_multiple_of_the_primers_recent_notes_per_second():
+def test_the_ceiling_is_a_multiple_of_a_slow_primers_rate_and_a_headroom_over_a_fast_ones():
+    knee = RUNAWAY_HEADROOM / (RUNAWAY_FACTOR - 1)  # where the two meet
+    assert runaway_ceiling(knee) == pytest.approx(RUNAWAY_FACTOR * knee) == pytest.approx(knee + RUNAWAY_HEADROOM)
+    assert runaway_ceiling(knee / 2) == pytest.approx(RUNAWAY_FACTOR * knee / 2)  # slow: the multiple is lower
+    assert runaway_ceiling(knee * 3) == pytest.approx(knee * 3 + RUNAWAY_HEADROOM)  # fast: the headroom is
+    assert runaway_ceiling(knee * 3) < RUNAWAY_FACTOR * knee * 3
+
+
+def test_the_ceiling_follows_the_primers_recent_notes_per_second():
     left_to_right = SimpleNamespace(family=LEFT_TO_RIGHT)
     primer = steady(40, 0.25)  # 4 notes/s over its 10 s
-    assert density_ceiling(FROM_PRIMER, left_to_right, primer, 10.0) == pytest.approx(RUNAWAY_FACTOR * 4.0)
+    assert density_ceiling(FROM_PRIMER, left_to_right, primer, 10.0) == pytest.approx(runaway_ceiling(4.0))
+    fast = steady(200, 0.05)  # 20 notes/s: the headroom, not the multiple
+    assert density_ceiling(FROM_PRIMER, left_to_right, fast, 10.0) == pytest.approx(20.0 + RUNAWAY_HEADROOM)
     assert density_ceiling(FROM_PRIMER, left_to_right, None, 0.0) is None  # a new piece
     assert density_ceiling(FROM_PRIMER, left_to_right, steady(5), 2.5) is None  # too few notes to tell
     assert density_ceiling(FROM_PRIMER, SimpleNamespace(family=DENOISE), primer, 10.0) is None  # paced already
@@ -56,9 +66,9 @@ def test_the_ceiling_is_a_multiple_of_the_primers_recent_notes_per_second():
 def test_a_session_puts_the_ceiling_in_its_constraints_unless_a_density_is_asked(models):
     model = models["performance"]
     session = GenerationSession(model, steady(), seconds=5)
-    assert session.constraints.max_density == pytest.approx(RUNAWAY_FACTOR * 20 / 9.9)  # over the primer's end
+    assert session.constraints.max_density == pytest.approx(runaway_ceiling(20 / 9.9))  # over the primer's end
     assert session.constraints == Constraints(max_density=session.constraints.max_density)  # and nothing else
-    assert session.constraints.describe().startswith(f"at most {RUNAWAY_FACTOR * 20 / 9.9:.2f} notes/s (steered down)")
+    assert session.constraints.describe().startswith(f"at most {runaway_ceiling(20 / 9.9):.2f} notes/s (steered down)")
     assert GenerationSession(model, steady(), seconds=5, max_density=0).constraints is None
     assert GenerationSession(model, None, seconds=5).constraints is None  # a new piece: nothing to be a multiple of
     asked = GenerationSession(model, steady(), seconds=5, constraints=Constraints(density=3.0))
@@ -107,8 +117,8 @@ def test_under_the_ceiling_no_bias_over_it_toward_time_and_back_to_none_after(co
 @pytest.mark.parametrize("codec", ["performance", "notes"])
 def test_lanes_under_the_ceiling_are_the_models_own_and_a_low_one_thins_them(models, codec):
     model = models[codec]
-    # a primer of 6 notes/s: its ceiling (18) is above what these lanes write in any stretch (after one of 2 notes/s,
-    # the ceiling 6 was above a lane's mean but not its busiest seconds, and steering it moved its ids)
+    # a primer of 6 notes/s: its ceiling (11) is above what these lanes write in any stretch (after one of 2 notes/s,
+    # a ceiling of 6 was above a lane's mean but not its busiest seconds, and steering it moved its ids)
     free_session, free = lanes(model, steady(60, 1 / 6), max_density=0)
     ceiling_session, under = lanes(model, steady(60, 1 / 6))  # the primer's ceiling, above what these lanes write
     assert ceiling_session.constraints.max_density > max(len(part) for part in free_session.new_parts()) / 10
@@ -129,7 +139,7 @@ def test_continue_takes_max_density_and_says_the_ceiling(tmp_path, capsys, model
     assert main([*arguments, "--out", str(out)]) == 0
     read_back = GenerationSession(models["notes"], read_performance(tmp_path / "primer.mid"), seconds=2)
     ceiling = read_back.constraints.max_density  # the primer as the command reads it: 20 notes over ~9.5 s
-    assert ceiling == pytest.approx(RUNAWAY_FACTOR * 20 / 9.49, rel=0.01)
+    assert ceiling == pytest.approx(runaway_ceiling(20 / 9.49), rel=0.01)
     assert f"constraints: at most {ceiling:.2f} notes/s (steered down)" in capsys.readouterr().out
     assert main([*arguments, "--out", str(tmp_path / "free.mid"), "--max-density", "0"]) == 0
     assert "constraints:" not in capsys.readouterr().out

@@ -16,7 +16,7 @@ from core.harmony import HARMONY_SECONDS, HARMONY_WEIGHT, KEY_SECONDS, LEFT_TO_R
 from core.notecodec import FROM_PRIMER, MAX_PRIMER_REPEAT_SECONDS, MIN_REPEAT_SECONDS
 from core.pulse import LEFT_TO_RIGHT_WEIGHT as PULSE_WEIGHT
 from core.pulse import PULSE_SECONDS
-from core.session import RUNAWAY_FACTOR, TOKENS_PER_SECOND_LIMIT
+from core.session import RUNAWAY_FACTOR, RUNAWAY_HEADROOM, TOKENS_PER_SECOND_LIMIT
 
 HELP = "write a new piece with a model"
 MAX_SECONDS = 24 * 3600.0  # a day of music: the longest piece worth asking for in one command
@@ -119,7 +119,7 @@ def density(text: str) -> float:
 
 
 def max_density(text: str) -> float | str:
-    """--max-density: 'primer' (3x the primer's notes/s), 0 (off) or a ceiling in notes per second."""
+    """--max-density: 'primer' (core.session.runaway_ceiling of its notes/s), 0 (off) or notes per second."""
     if text.strip().lower() == FROM_PRIMER:
         return FROM_PRIMER
     return 0.0 if _number(text) == 0 else density(text)
@@ -247,8 +247,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-density", type=max_density, default=FROM_PRIMER, metavar="N",
                         help=f"a variation that runs away into more than N notes per second is steered back under "
                              f"(0: never; default '{FROM_PRIMER}': {RUNAWAY_FACTOR:g}x the notes/s of the primer's "
-                             f"last 20 s, none for a new piece; --density steers instead; a denoiser such as SMDIM "
-                             f"takes its density from the primer already)")
+                             f"last 20 s, at most {RUNAWAY_HEADROOM:g} above them, none for a new piece; --density "
+                             f"steers instead; a denoiser such as SMDIM takes its density from the primer already)")
     parser.add_argument("--harmony", type=pull_weight, default=None, metavar="W",
                         help=f"pull the keys each variation draws towards the harmony, W hard: a left-to-right "
                              f"model's towards the pitch classes of the primer's last {KEY_SECONDS:g} s (none for a "

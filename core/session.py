@@ -130,8 +130,8 @@ def _seconds(ids: np.ndarray, codec: Codec = tokenizer) -> float:
 # A multiple alone let fast primers run away (weights of 2026-12-04, adapting: after maestro_03's 19.4 notes/s the
 # lanes wrote 26-31 for 30 s, its pianist 13.1; notes/s over the 30 lanes 12.33, the aim 11.82) and is tight after
 # slow ones. MAESTRO's pianists, over the same 2 s window the steering measures (95th percentile over each truth),
-# go 3-8 notes/s above their primer's recent rate whatever its tempo (ratios 0.9-2.1: the faster the primer, the
-# smaller); so the ceiling is the smaller of the multiple and the rate plus RUNAWAY_HEADROOM: adapting, notes/s
+# go 2-8 notes/s above their primer's recent rate whatever its tempo (ratios 0.9-2.1: the faster the primer, the
+# smaller; one pianist slows down, one doubles); so the ceiling is the smaller of the multiple and the rate plus RUNAWAY_HEADROOM: adapting, notes/s
 # 12.33 -> 11.43, maestro_03's lanes 23-24, every other continuation aim kept (PerceiverS: 10.05 -> 9.52). The rate
 # plus 5 alone: 11.58, but a slow primer's lanes got denser (maestro_02: 5.4 -> 7.5, its pianist 3.0); plus 6: 11.98;
 # 1.5x alone: 11.47, which also holds a slow primer's flourishes to half again its rate.

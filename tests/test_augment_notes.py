@@ -104,16 +104,18 @@ def test_notes_augmentation_of_ids_without_bos_or_eos():
 
 # ---- the expressive performance on the note codec: the statistics test_expressive checks on the event codec ----
 
-def test_a_flat_chorale_in_the_note_codec_gets_velocities_across_the_range():
+def test_a_flat_chorale_in_the_note_codec_gets_a_pianists_dynamics():
     ids = notecodec.encode(chorale())
-    spans, seen = [], set()
+    spans, seen, velocities = [], set(), []
     for seed in range(20):
         velocity = notecodec.decode(express_ids(ids, np.random.default_rng(seed), ALWAYS, "notes")).velocity
         spans.append(np.percentile(velocity, 95) - np.percentile(velocity, 5))
         seen.update((velocity // 4).tolist())
+        velocities.append(velocity)
     assert min(spans) >= 15
-    assert np.median(spans) >= 30
-    assert len(seen) >= 28
+    assert np.median(spans) >= 25
+    assert len(seen) >= 24
+    assert np.mean(np.concatenate(velocities) >= 112) < 0.01
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -125,7 +127,8 @@ def test_a_note_codec_performance_keeps_every_note_and_is_a_valid_encoding(seed)
     assert len(after) == len(before)
     assert np.array_equal(np.sort(after.pitch), np.sort(before.pitch))
     assert np.array_equal(notecodec.encode(after), out)
-    assert abs(after.duration - before.duration) < 0.15 * before.duration
+    slowest, fastest = ALWAYS.tempo  # the piece's tempo, then rubato that keeps its length (+- the last offset)
+    assert slowest * 0.85 * before.duration < after.duration < fastest * 1.15 * before.duration
     onsets = np.unique(after.onset)
     assert len(onsets) > 1.5 * len(np.unique(before.onset))  # the chords' notes no longer all strike together
 

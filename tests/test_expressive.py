@@ -157,11 +157,27 @@ def test_the_tempo_plays_the_whole_piece_faster_by_one_factor():
     half = perform(perf, np.random.default_rng(0), Expression(tempo=(0.5, 0.5), **plain))
     assert np.allclose(np.sort(half.onset), np.sort(perf.onset) * 0.5, atol=1e-9)
     assert np.allclose(half.offset - half.onset, 0.3, atol=TICK_SECONDS)
-    paces = [np.median(np.diff(np.unique(perform(perf, np.random.default_rng(seed), Expression(**plain)).onset)))
-             / 0.6 for seed in range(40)]
-    low, high = Expression().tempo
-    assert low - 1e-9 <= min(paces) and max(paces) <= high + 1e-9
-    assert min(paces) < low + 0.1 and max(paces) > high - 0.1  # the whole range is used
+    written = perform(perf, np.random.default_rng(0), Expression(**plain))  # the default keeps the written tempo
+    assert np.allclose(np.sort(written.onset), np.sort(perf.onset), atol=1e-9)
+    paces = [np.median(np.diff(np.unique(perform(perf, np.random.default_rng(seed),
+                                                 Expression(tempo=(0.5, 1.0), **plain)).onset))) / 0.6
+             for seed in range(40)]
+    assert 0.5 - 1e-9 <= min(paces) < 0.6 and 0.9 < max(paces) <= 1.0 + 1e-9  # the whole range is used
+
+
+def test_a_run_performs_its_draws_at_the_tempo_it_asks_for():
+    from trainer.config import TrainConfig
+    from trainer.loop import expression
+
+    def config(**settings) -> TrainConfig:
+        return TrainConfig(folder="f", steps=1, **settings)
+
+    assert expression(config()) is None
+    assert expression(config(expressive=True)) == Expression()
+    assert expression(config(expressive=True, expressive_tempo=[0.5, 1.0])).tempo == (0.5, 1.0)
+    for bad in ([0.0, 1.0], [1.0, 0.5], [0.5], "fast", [True, 1.0]):
+        with pytest.raises(ModelError, match="expressive_tempo"):
+            config(expressive=True, expressive_tempo=bad)
 
 
 def test_performances_are_seeded():

@@ -58,6 +58,9 @@ class TrainConfig:
     transpose: int = 5  # semitones either way
     stretch: float = 0.05  # tempo factor in [1 - stretch, 1 + stretch]
     expressive: bool = False  # perform score-like pieces at random: rubato, jitter, legato, pedal, dynamics
+    # With `expressive`: (low, high) share of its written length a performed piece takes, drawn per piece (None:
+    # the written tempo, trainer.expressive's default; the default models' recipe plays scores faster).
+    expressive_tempo: list[float] | tuple[float, float] | None = None
     figuration: float = 0.0  # share of draws whose held chords are played as keyboard figures (trainer/figuration.py)
     weights: dict | str | None = None  # draws per piece by collection (sub-folder), or a JSON file (trainer.weights)
     starts: dict | str | None = None  # extra draws of a piece's start (read from BOS), by collection, the same way
@@ -104,6 +107,12 @@ class TrainConfig:
             problems.append(f"minutes must be positive, got {self.minutes!r}")
         if self.checkpoint_minutes is not None and not self.checkpoint_minutes > 0:
             problems.append(f"checkpoint_minutes must be positive, got {self.checkpoint_minutes!r}")
+        tempo = self.expressive_tempo
+        if tempo is not None and not (isinstance(tempo, list | tuple) and len(tempo) == 2
+                                      and all(isinstance(x, int | float) and not isinstance(x, bool) for x in tempo)
+                                      and 0 < tempo[0] <= tempo[1]):
+            problems.append(f"expressive_tempo must be a (low, high) pair of shares with 0 < low <= high, "
+                            f"got {tempo!r}")
         for name in ("weights", "starts"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, dict | str):

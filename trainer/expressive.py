@@ -3,7 +3,7 @@
 Score data (music21's corpus) has quantised timing, a handful of velocities and no pedal; a composer's primer
 played on a keyboard has all three. Each training draw of a score piece can be "performed" at random:
 
-- tempo: the whole piece played faster than its score's marked tempo, by a factor drawn per piece;
+- tempo: the whole piece played faster than written, by a factor drawn per piece (when asked);
 - rubato: a smooth random time warp (log-tempo control points every few seconds, cosine-interpolated), which
   is monotonic by construction (its rate is an exponential) and keeps the piece's length on average;
 - onset jitter: a few milliseconds per note (a note never moves closer than one 10 ms tick to the previous
@@ -51,13 +51,9 @@ class Expression:
     """How a piece is performed; (low, high) pairs are drawn uniformly per piece (the tempo log-uniformly)."""
 
     probability: float = 0.8  # of draws that are performed (the rest stay as scored)
-    # tempo
-    # The corpus's scores keep their notation's tempo (often the MIDI default); pianists play faster: MAESTRO's
-    # TimeShifts (from 60 s into each piece on, outside bench.continuation's windows) are mostly 10-140 ms, the
-    # performed draws' had a second peak at 150-280 ms, and they cost 4.93 bits a TimeShift under the draws'
-    # frequencies against 4.64-4.71 under MAESTRO's own (half its files against the other half); with each piece
-    # played at 0.5-1.0 of its written length, 4.75, and its durations 5.63 bits a note instead of 5.75 (5.59).
-    tempo: tuple[float, float] = (0.5, 1.0)  # share of its written length a piece takes (log-uniform per piece)
+    # tempo: 1 keeps the written tempo (a composer's own pieces); the default models' recipe plays the corpus's
+    # scores faster, as pianists play (trainer/recipes/default_models.toml, `expressive_tempo`)
+    tempo: tuple[float, float] = (1.0, 1.0)  # share of its written length a piece takes (log-uniform per piece)
     # rubato
     rubato: tuple[float, float] = (0.03, 0.15)  # sd of the log-tempo control points
     rubato_seconds: tuple[float, float] = (1.5, 6.0)  # spacing of those control points

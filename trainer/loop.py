@@ -136,6 +136,13 @@ def held_out_by(c: TrainConfig) -> str:
     return "held out by the training weights" if c.val_by_weights else "held out by piece"
 
 
+def expression(c: TrainConfig) -> Expression | None:
+    """How the run performs its draws (None: as scored)."""
+    if not c.expressive:
+        return None
+    return Expression() if c.expressive_tempo is None else Expression(tempo=tuple(map(float, c.expressive_tempo)))
+
+
 def with_added_inputs(model: torch.nn.Module, added: dict) -> torch.nn.Module:
     """The base `model` with the inputs `added` ({field: True}) turned on: its weights kept, the new ones as the
     model initialises them (zero). ModelError when the base has weights the new model would not keep."""
@@ -471,7 +478,7 @@ class _Run:
                 token_shares(corpus, train, weights), length_shares(corpus, train, weights),
                 None if starts is None else start_shares(corpus, train, weights, starts))))
         source = PieceSource(corpus, train, c.seed, c.augmenting, c.transpose, c.stretch,
-                             Expression() if c.expressive else None, weights, starts,
+                             expression(c), weights, starts,
                              figuration=Figuration(probability=c.figuration) if c.figuration else None)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]

@@ -333,7 +333,10 @@ def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, s
                           "held chords as Alberti basses, arpeggios, bass then chord)"
                           if recipe.train.get("figuration") else ""),
                  expressive="; expressive performance (trainer.expressive defaults: rubato, onset jitter, legato, "
-                            "pedal, phrase dynamics)" if recipe.train.get("expressive") else ""),
+                            "pedal, phrase dynamics{})".format(
+                                ", each piece at {}-{} of its written length".format(*recipe.train["expressive_tempo"])
+                                if recipe.train.get("expressive_tempo") else "") if recipe.train.get("expressive")
+                 else ""),
              "", "| collection | pieces | tokens | weight | share of training tokens |",
              "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {name or '(top)'} | {row['pieces']:,} | {row['tokens']:,} | {row['weight']:.3g} | "

@@ -80,13 +80,16 @@ class Expression:
     # performances average 55-70 (MAESTRO's pieces): at (30, 85) performed draws average 66.9.
     # At (30, 85) with swings of 8-40 a performed draw's velocities spread over every bin (a tenth at 100 and over),
     # MAESTRO's over a narrower band (none over 111): its velocity ids cost 4.46 bits under the draws' frequencies
-    # against 4.29-4.38 under its own; at (40, 80) with swings of 5-25, 4.38.
-    level: tuple[float, float] = (40.0, 80.0)
-    swing: tuple[float, float] = (5.0, 25.0)  # how far the phrase curve moves from that level
+    # against 4.29-4.38 under its own; at (40, 80) with swings of 5-25, 4.38, but a piece's velocities then spread
+    # less than a pianist's (sd 10.4 within a draw's first 60 s, MAESTRO's 15.1) and the model's new pieces came out
+    # flat (sd 10.9). Drawing a piece's level from a narrower band and moving more within it matches both: at
+    # (40, 70), swings of 15-35 and per-note spread 6-14, sd 15.1, mean 62.6 (MAESTRO 62.3), 4.37 bits.
+    level: tuple[float, float] = (40.0, 70.0)
+    swing: tuple[float, float] = (15.0, 35.0)  # how far the phrase curve moves from that level
     phrase_seconds: tuple[float, float] = (2.0, 8.0)  # spacing of the dynamic curve's control points
     accents: tuple[float, float] = (0.0, 1.0)  # share of the score's own velocity deviations kept
     melody: tuple[float, float] = (0.0, 12.0)  # extra velocity of the top note of each chord
-    spread: tuple[float, float] = (3.0, 10.0)  # sd of per-note velocity noise
+    spread: tuple[float, float] = (6.0, 14.0)  # sd of per-note velocity noise
 
     def __post_init__(self) -> None:
         from core.errors import ModelError

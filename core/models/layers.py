@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, TIME_SHIFT
 
@@ -46,6 +47,22 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+def math_kernel_only(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether attention on this device and dtype must avoid the fused kernels: fp32 on CUDA, where the
+    memory-efficient kernel read a misaligned address (torch 2.11 on an H200, a DSMR default's held-out scoring:
+    memory and key lengths are not multiples of 8). Under bf16 autocast, as training runs, the fused ones worked."""
+    return device_type == "cuda" and dtype == torch.float32
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` (mask: bool, True = may attend), through the math kernel where
+    `math_kernel_only` says so. Every model's attention goes through here."""
+    if math_kernel_only(q.device.type, q.dtype):
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 class Attention(nn.Module):
     """Multi-head attention whose keys/values may come from another sequence (cross-attention) or a cache."""
 
@@ -73,7 +90,7 @@ class Attention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                mask: torch.Tensor | None) -> torch.Tensor:
         """q (B, nh, Tq, hs), k/v (B, nh, Tk, hs), mask bool (Tq, Tk) or (B, 1, Tq, Tk), True = may attend."""
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attention(q, k, v, mask)
         batch, _, length, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.models.dsmr.state import RecurrentState
-from core.models.layers import RMSNorm, rotary_frequencies, sounding_step
+from core.models.layers import RMSNorm, attention, rotary_frequencies, sounding_step
 from core.models.packed import Dense, Matrix, folded, inv_rms, matrix_kind, rms_eps
 from core.tokenizer import BOS
 
@@ -103,9 +103,8 @@ def lean_step(packed: Packed, ids: torch.Tensor, state: RecurrentState) -> torch
         end = m + fill + 1
         keys.select(2, end - 1).copy_(qk.narrow(1, heads, heads))  # this token's key and value
         values.select(2, end - 1).copy_(qkv.narrow(1, 2 * heads, heads))
-        out = F.scaled_dot_product_attention(qk.narrow(1, 0, heads).unsqueeze(2), keys.narrow(2, 0, end),
-                                             values.narrow(2, 0, end),
-                                             attn_mask=bias.narrow(3, top - m, end))  # (B, nh, 1, hs)
+        out = attention(qk.narrow(1, 0, heads).unsqueeze(2), keys.narrow(2, 0, end), values.narrow(2, 0, end),
+                        bias.narrow(3, top - m, end))  # (B, nh, 1, hs)
         x = layer.out.add_to(x, out.view(batch, width))
         hidden = F.gelu(layer.up(x) * inv_rms(x, norm_eps), approximate="tanh")
         x = layer.down.add_to(x, hidden)

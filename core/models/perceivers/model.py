@@ -49,6 +49,7 @@ from core.models.layers import (
     Block,
     CrossAttentionBlock,
     RMSNorm,
+    attention,
     rotary,
     sounding_after,
     sounding_notes,
@@ -444,8 +445,8 @@ class PerceiverS(PackedWeights, nn.Module):
             keys, values = state.latent_keys[layer], state.latent_values[layer]
             _put(keys, rows, positions, qk[:, :, 1], first_position)
             _put(values, rows, positions, qkv[:, 2 * heads:].view(batch, count, heads, head_dim), first_position)
-            out = F.scaled_dot_product_attention(qk[:, :, 0].transpose(1, 2), _rows(keys, lanes),
-                                                 _rows(values, lanes), attn_mask=mask)  # (b, nh, n, hs)
+            out = attention(qk[:, :, 0].transpose(1, 2), _rows(keys, lanes), _rows(values, lanes),
+                            mask)  # (b, nh, n, hs)
             h = weights.out.add_to(h, out.transpose(1, 2).reshape(batch * count, c.d_model))
             h = _mlp(weights, h, packed.eps)
         last = h.view(batch, count, c.d_model)[:, -outputs:]  # (b, outputs, C)

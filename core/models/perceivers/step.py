@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from core.models.layers import RMSNorm, rotary, rotary_frequencies, sounding_step
+from core.models.layers import RMSNorm, attention, rotary, rotary_frequencies, sounding_step
 from core.models.packed import Dense, Matrix, folded, inv_rms, matrix_kind, rms_eps
 from core.models.perceivers.state import PerceiverSState, window_stride
 
@@ -119,7 +119,7 @@ def _cross_block(weights: PackedBlock, h: torch.Tensor, k: torch.Tensor, v: torc
     count = h.shape[0] // batch
     q = _rotate((weights.qkv(h) * inv_rms(h, eps)).view(batch * count, heads, head_dim), rotations)
     q = q.view(batch, count, heads, head_dim).transpose(1, 2)  # (b, nh, n, hs)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = attention(q, k, v, mask)
     h = weights.out.add_to(h, out.transpose(1, 2).reshape(h.shape))
     return _mlp(weights, h, eps)
 

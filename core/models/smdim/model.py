@@ -44,7 +44,7 @@ from core.models.config import (
     range_problems,
 )
 from core.models.interface import DENOISE, check_ids
-from core.models.layers import MLP, RMSNorm, apply_rotary, rotary
+from core.models.layers import MLP, RMSNorm, apply_rotary, attention, rotary
 from core.models.packed import Int8, PackedWeights
 from core.models.smdim.scan import KERNELS, selective_scan
 from core.models.smdim.state import SMDIMPlan, SMDIMState, dt_rank, plan_window
@@ -204,7 +204,7 @@ class LocalAttention(nn.Module):
         w = self.window
         if not w or length <= w:
             mask = valid[:, None, None, :] | torch.eye(length, dtype=torch.bool, device=x.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = attention(q, k, v, mask)
         else:
             out = self._blocked(q, k, v, valid, w)[:, :, :length]
         return self.out(out.transpose(1, 2).reshape(batch, length, channels))
@@ -227,7 +227,7 @@ class LocalAttention(nn.Module):
         mask = (distance.abs() <= w)[None, None] & keys_valid[:, :, None, :]  # (B, blocks, w, 3w)
         mask = (mask | (distance == 0)[None, None])[:, None]  # a query always sees itself: no empty row
         if q.is_cuda or torch.is_grad_enabled():
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, blocks, w, hs)
+            out = attention(q, k, v, mask)  # (B, nh, blocks, w, hs)
         else:
             out = _attend(q, k, v, mask)
         return out.flatten(2, 3)

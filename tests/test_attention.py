@@ -4,6 +4,7 @@ CUDA takes (the memory-efficient kernel read a misaligned address there), run he
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,15 +28,15 @@ def inputs():
 
 
 def test_fp32_on_cuda_alone_avoids_the_fused_kernels():
-    assert math_kernel_only("cuda", torch.float32)
-    assert not math_kernel_only("cpu", torch.float32)
-    assert not math_kernel_only("cuda", torch.bfloat16)
-    assert not math_kernel_only("cuda", torch.float16)
+    assert math_kernel_only(SimpleNamespace(is_cuda=True, dtype=torch.float32))
+    assert not math_kernel_only(torch.zeros(1))  # the CPU
+    assert not math_kernel_only(SimpleNamespace(is_cuda=True, dtype=torch.bfloat16))
+    assert not math_kernel_only(SimpleNamespace(is_cuda=True, dtype=torch.float16))
 
 
 @pytest.mark.parametrize("math_only", [False, True])
 def test_attention_attends_where_the_mask_allows(inputs, monkeypatch, math_only):
-    monkeypatch.setattr(layers, "math_kernel_only", lambda device_type, dtype: math_only)
+    monkeypatch.setattr(layers, "math_kernel_only", lambda q: math_only)
     q, k, v, mask = inputs
     torch.testing.assert_close(attention(q, k, v, mask), reference(q, k, v, mask), rtol=1e-5, atol=1e-5)
 

@@ -47,17 +47,17 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-def math_kernel_only(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether attention on this device and dtype must avoid the fused kernels: fp32 on CUDA, where the
+def math_kernel_only(q: torch.Tensor) -> bool:
+    """Whether attention on these queries' device and dtype must avoid the fused kernels: fp32 on CUDA, where the
     memory-efficient kernel read a misaligned address (torch 2.11 on an H200, a DSMR default's held-out scoring:
     memory and key lengths are not multiples of 8). Under bf16 autocast, as training runs, the fused ones worked."""
-    return device_type == "cuda" and dtype == torch.float32
+    return q.is_cuda and q.dtype == torch.float32  # is_cuda: a cheap check on every generated token
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """`F.scaled_dot_product_attention` (mask: bool, True = may attend), through the math kernel where
     `math_kernel_only` says so. Every model's attention goes through here."""
-    if math_kernel_only(q.device.type, q.dtype):
+    if math_kernel_only(q):
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -55,8 +55,8 @@ def math_kernel_only(q: torch.Tensor) -> bool:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.scaled_dot_product_attention` (mask: bool, True = may attend), through the math kernel where
-    `math_kernel_only` says so. Every model's attention goes through here."""
+    """`F.scaled_dot_product_attention` (mask: bool, True = may attend, or an additive float bias), through the math
+    kernel where `math_kernel_only` says so. Every model's attention goes through here."""
     if math_kernel_only(q):
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -5,8 +5,10 @@
 
 Training reads a few thousand tokens per second on this CPU; the augmentation of one piece draw must cost a
 small part of that. Rows: the token-level transposition + stretch (trainer.augment), the vectorised decode alone
-(trainer.expressive.notes_from_ids) beside core.tokenizer.decode (its reference, a Python loop), and the whole
-expressive performance (decode, rubato, jitter, legato, pedal, dynamics, encode). No asserts: a shared machine.
+(trainer.expressive.notes_from_ids) beside core.tokenizer.decode (its reference, a Python loop), the whole
+expressive performance (decode, rubato, jitter, legato, pedal, dynamics, encode), and the keyboard figuration
+(trainer.figuration) and the bass line an octave down (trainer.register), each on every draw. No asserts: a
+shared machine.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from core.midi import Performance, read_performance
 from core.tokenizer import decode, encode
 from trainer.augment import augment
 from trainer.expressive import Expression, express_ids, notes_from_ids
+from trainer.figuration import Figuration, figure_ids
+from trainer.register import Register, lower_bass_ids
 
 MAESTRO = SHARED_MIDI / "maestro"
 
@@ -56,6 +60,8 @@ def main() -> None:
         ("core.tokenizer.decode", lambda ids, rng: decode(ids), 1),
         ("notes_from_ids", lambda ids, rng: notes_from_ids(ids), args.repeat),
         ("expressive performance", lambda ids, rng: express_ids(ids, rng, always), args.repeat),
+        ("keyboard figuration", lambda ids, rng: figure_ids(ids, rng, Figuration(probability=1.0)), args.repeat),
+        ("bass an octave down", lambda ids, rng: lower_bass_ids(ids, rng, Register(probability=1.0)), args.repeat),
     ]
     print(f"{'tokens/s':<26}" + "".join(f"{name:>30}" for name in sets))
     for label, function, repeat in rows:

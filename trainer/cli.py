@@ -60,6 +60,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figuration", type=float, default=0.0, metavar="P",
                         help="play the held chords of this share of draws as keyboard figures (Alberti bass, "
                              "arpeggio, bass then chord; the top note kept): 0 to 1, default 0")
+    parser.add_argument("--register", type=float, default=0.0, metavar="P",
+                        help="play the bass line of this share of draws an octave lower, as a pianist spreads a "
+                             "choral or string score over the keyboard: 0 to 1, default 0")
     parser.add_argument("--weights", metavar="JSON",
                         help="JSON file of draws per piece by collection (sub-folder), e.g. {\"bach\": 3, \"*\": 1}")
     parser.add_argument("--starts", metavar="JSON",
@@ -101,7 +104,7 @@ def config_from_args(args: argparse.Namespace, command: str):
         model={"codec": codec} if codec else {}, steps=args.steps,
         minutes=args.minutes, budget=args.budget, batch=args.batch, accum=args.accum, lr=args.lr,
         warmup=args.warmup, seed=args.seed, augment=args.augment, expressive=args.expressive,
-        figuration=args.figuration,
+        figuration=args.figuration, register=args.register,
         weights=None if args.weights is None else str(Path(args.weights).expanduser().resolve()),
         starts=None if args.starts is None else str(Path(args.starts).expanduser().resolve()),
         val_fraction=args.val_fraction, val_every=args.val_every, checkpoint_every=args.checkpoint_every,

@@ -62,6 +62,7 @@ class TrainConfig:
     # the written tempo, trainer.expressive's default; the default models' recipe plays scores faster).
     expressive_tempo: list[float] | tuple[float, float] | None = None
     figuration: float = 0.0  # share of draws whose held chords are played as keyboard figures (trainer/figuration.py)
+    register: float = 0.0  # share of draws whose bass line moves an octave down (trainer/register.py)
     weights: dict | str | None = None  # draws per piece by collection (sub-folder), or a JSON file (trainer.weights)
     starts: dict | str | None = None  # extra draws of a piece's start (read from BOS), by collection, the same way
 
@@ -125,6 +126,8 @@ class TrainConfig:
             problems.append("augmentation needs 0 <= transpose <= 24 and 0 <= stretch < 0.5")
         if not (isinstance(self.figuration, int | float) and 0.0 <= self.figuration <= 1.0):
             problems.append(f"figuration is a share of draws in [0, 1], got {self.figuration!r}")
+        if not (isinstance(self.register, int | float) and 0.0 <= self.register <= 1.0):
+            problems.append(f"register is a share of draws in [0, 1], got {self.register!r}")
         if self.patience < 0 or (self.warmup is not None and self.warmup < 0) or self.clip < 0:
             problems.append("patience, warmup and clip cannot be negative")
         if problems:

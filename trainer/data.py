@@ -3,15 +3,15 @@
 Everything random is drawn from generators seeded by (seed, what, index), never from a shared stream, so a batch
 depends only on where the run is, not on how many processes share it or whether it was resumed:
 
-- `PieceSource`: the training pieces in a seeded order, one epoch after another, forming one endless sequence
-  S = perm_0 ++ perm_1 ++ ...; item n is augmented by its own draw (keyboard figuration and expressive
-  performance first, when on, then transposition and stretch), in the corpus's codec. With per-piece weights
-  (trainer.weights), epoch e holds piece j floor(w_j) times plus once more with probability frac(w_j), drawn
-  from (seed, e), so its length varies. With start draws (trainer.weights.start_draws), epoch e also holds piece
-  j's start s_j times (the same rounding): a passage of `start_tokens` ids read from BOS with no EOS, from a
-  random note onset of the piece (notes codec: core.notecodec.restart; the event codec cannot cut a note's NoteOn
-  from its NoteOff, so from the piece's own beginning), so that what a new piece begins like follows the start
-  weights, not the piece counts.
+- `PieceSource`: the training pieces in a seeded order, one epoch after another, forming one endless sequence S =
+  perm_0 ++ perm_1 ++ ...; item n is augmented by its own draw (keyboard figuration, the bass an octave down and
+  expressive performance first, when on, then transposition and stretch), in the corpus's codec. With per-piece
+  weights (trainer.weights), epoch e holds piece j floor(w_j) times plus once more with probability frac(w_j), drawn
+  from (seed, e), so its length varies. With start draws (trainer.weights.start_draws), epoch e also holds piece j's
+  start s_j times (the same rounding): a passage of `start_tokens` ids read from BOS with no EOS, from a random note
+  onset of the piece (notes codec: core.notecodec.restart; the event codec cannot cut a note's NoteOn from its
+  NoteOff, so from the piece's own beginning), so that what a new piece begins like follows the start weights, not
+  the piece counts.
 - `LaneStream` (DSMR): global lane g of G reads S[g], S[g + G], S[g + 2G], ... back to back, from each piece's
   BOS to its EOS, `segment_len` tokens per batch. A piece that ends inside a segment is followed at once by the
   next one's BOS, which the model takes as a lane reset; the EOS of a piece, and a start's last id, have no target
@@ -35,9 +35,10 @@ from trainer.augment import augment
 from trainer.corpus import Corpus
 from trainer.expressive import Expression, express_ids
 from trainer.figuration import Figuration, figure_ids
+from trainer.register import Register, lower_bass_ids
 
 # what a generator is for (in its seed)
-_ORDER, _AUGMENT, _CROP, _WEIGHT, _EXPRESS, _STARTS, _START_AT, _FIGURE = range(8)
+_ORDER, _AUGMENT, _CROP, _WEIGHT, _EXPRESS, _STARTS, _START_AT, _FIGURE, _REGISTER = range(9)
 START_TOKENS = 512  # ids of a start draw after its BOS: ~10 s of piano in the notes codec
 
 
@@ -47,13 +48,15 @@ class PieceSource:
     def __init__(self, corpus: Corpus, indices: list[int], seed: int, augmenting: bool, semitones: int = 5,
                  max_stretch: float = 0.05, expression: Expression | None = None,
                  weights: np.ndarray | None = None, starts: np.ndarray | None = None,
-                 start_tokens: int = START_TOKENS, figuration: Figuration | None = None):
+                 start_tokens: int = START_TOKENS, figuration: Figuration | None = None,
+                 register: Register | None = None):
         if not indices:
             raise ValueError("no training pieces")
         self.corpus, self.indices, self.seed = corpus, list(indices), seed
         self.augmenting, self.semitones, self.max_stretch = augmenting, semitones, max_stretch
         self.expression = expression  # None: pieces as scored
         self.figuration = figuration  # None: chords as scored (trainer/figuration.py)
+        self.register = register  # None: voices where scored (trainer/register.py)
         self.lengths = np.array([corpus.index[i].tokens for i in self.indices], dtype=np.int64)
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)  # (pieces,) or None
         if self.weights is not None and (self.weights.shape != self.lengths.shape or not (self.weights > 0).any()):
@@ -134,6 +137,9 @@ class PieceSource:
         if self.figuration is not None:
             ids = figure_ids(ids, np.random.default_rng([self.seed, _FIGURE, draw]), self.figuration,
                              self.corpus.codec)
+        if self.register is not None:
+            ids = lower_bass_ids(ids, np.random.default_rng([self.seed, _REGISTER, draw]), self.register,
+                                 self.corpus.codec)
         if self.expression is not None:
             ids = express_ids(ids, np.random.default_rng([self.seed, _EXPRESS, draw]), self.expression,
                               self.corpus.codec)

@@ -43,6 +43,7 @@ from trainer.data import PieceSource
 from trainer.distributed import World, join
 from trainer.expressive import Expression
 from trainer.figuration import Figuration
+from trainer.register import Register
 from trainer.weights import (
     describe,
     length_shares,
@@ -479,7 +480,8 @@ class _Run:
                 None if starts is None else start_shares(corpus, train, weights, starts))))
         source = PieceSource(corpus, train, c.seed, c.augmenting, c.transpose, c.stretch,
                              expression(c), weights, starts,
-                             figuration=Figuration(probability=c.figuration) if c.figuration else None)
+                             figuration=Figuration(probability=c.figuration) if c.figuration else None,
+                             register=Register(probability=c.register) if c.register else None)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},

@@ -327,11 +327,14 @@ def card_text(*, recipe: Recipe, command: str, config_text: str, totals: dict, s
              f"{totals['hours']:.1f} hours; {totals['skipped']} files unreadable, {totals['duplicates']} duplicates",
              f"- polyphonic share of training tokens: {totals['polyphonic_share']:.1%} "
              f"(at least {recipe.min_polyphonic_share:.0%} asked)",
-             "- augmentation: transposition +-{transpose} semitones, tempo x(1 +- {stretch}){figured}{expressive}".format(
+             "- augmentation: transposition +-{transpose} semitones, tempo x(1 +- {stretch}){figured}{register}"
+             "{expressive}".format(
                  transpose=recipe.train.get("transpose", 5), stretch=recipe.train.get("stretch", 0.05),
                  figured=(f"; keyboard figuration of {recipe.train['figuration']:.0%} of draws (trainer.figuration: "
                           "held chords as Alberti basses, arpeggios, bass then chord)"
                           if recipe.train.get("figuration") else ""),
+                 register=(f"; the bass line an octave down in {recipe.train['register']:.0%} of draws "
+                           "(trainer.register)" if recipe.train.get("register") else ""),
                  expressive="; expressive performance (trainer.expressive defaults: rubato, onset jitter, legato, "
                             "pedal, phrase dynamics{})".format(
                                 ", each piece at {}-{} of its written length".format(*recipe.train["expressive_tempo"])

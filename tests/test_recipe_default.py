@@ -205,7 +205,8 @@ def test_pick_last_exports_the_last_steps_weights_and_the_card_says_so(setup, ca
         with safe_open(str(file), "pt") as weights:  # tied weights are stored once
             return all(torch.equal(state[k], weights.get_tensor(k).half().float()) for k in weights.keys())
 
-    assert main(args(setup, "--steps", "3", "--resume")) == 0
+    keyboard = ("--set", "figuration=0.5", "--set", "register=0.5")  # the card names the keyboard augmentations
+    assert main(args(setup, "--steps", "3", "--resume", *keyboard)) == 0
     assert same_weights(load_model(setup["dest"]), setup["run"] / "train" / "model.safetensors")  # the best
     assert "best held-out model at step" in (setup["dest"] / "card.md").read_text()
     # the run has ended: resuming it only exports again, now the last checkpoint's weights
@@ -216,6 +217,8 @@ def test_pick_last_exports_the_last_steps_weights_and_the_card_says_so(setup, ca
     assert same_weights(load_model(setup["dest"]), checkpoint / "model.safetensors")
     card = (setup["dest"] / "card.md").read_text()
     assert "shipped: the last step's model (step 3; the best on the held-out pieces was at step" in card
+    assert "keyboard figuration of 50% of draws" in card  # the run's own settings, kept when resumed
+    assert "the bass line an octave down in 50% of draws (trainer.register)" in card
 
 
 def test_init_starts_a_new_run_from_a_model_and_the_card_tells_both_trainings(setup, capsys):

@@ -23,6 +23,7 @@ comes from the generator passed in, so a draw is reproducible from its seed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -141,6 +142,18 @@ def notes_from_ids(ids: np.ndarray) -> Performance:
     off_tick = np.maximum(next_tick[on], on_tick + 1)
     return Performance.from_notes(0.0 + on_tick * TICK_SECONDS, 0.0 + off_tick * TICK_SECONDS, pitch[on],
                                   vbin[events[on]] * 4 + 2)
+
+
+def change_notes(ids: np.ndarray, codec: str, change: Callable[[Performance], Performance]) -> np.ndarray:
+    """`ids` (BOS ... EOS, either codec, named by `codec`) read as notes, changed by `change`, and encoded again in
+    the same codec and dtype; the ids as they are when `change` returns the very notes it was given. The one way
+    the note-level augmentations (performance, keyboard figuration, register) touch a piece."""
+    notes = codec == notecodec.NAME
+    perf = notecodec.decode(ids) if notes else notes_from_ids(ids)
+    changed = change(perf)
+    if changed is perf:
+        return ids
+    return (notecodec.encode if notes else encode)(changed).astype(ids.dtype)
 
 
 # ---- smooth random curves ------------------------------------------------------------------------------------
@@ -276,8 +289,4 @@ def express_ids(ids: np.ndarray, rng: np.random.Generator, expression: Expressio
     ids = np.asarray(ids)
     if rng.random() >= expression.probability:
         return ids
-    notes = codec == notecodec.NAME
-    perf = notecodec.decode(ids) if notes else notes_from_ids(ids)
-    if len(perf) == 0:
-        return ids
-    return (notecodec.encode if notes else encode)(perform(perf, rng, expression)).astype(ids.dtype)
+    return change_notes(ids, codec, lambda perf: perform(perf, rng, expression) if len(perf) else perf)

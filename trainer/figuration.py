@@ -16,13 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core import notecodec
 from core.codecs import DEFAULT
 from core.midi import Performance, canonical
-from core.tokenizer import encode
-from trainer.expressive import notes_from_ids
+from trainer.expressive import change_notes
 
-LOWEST_KEY = 21  # A0: a doubled bass never goes below the piano
+LOWEST_KEY = 21  # A0: a bass doubled or moved an octave down never goes below the piano (also trainer.register)
 # Which of a chord's lower notes (0: the bass, ..., top: the highest of them) sound at each step of a figure.
 PATTERNS = ("alberti", "arpeggio", "bass-chord")
 
@@ -117,9 +115,4 @@ def figure_ids(ids: np.ndarray, rng: np.random.Generator, figuration: Figuration
     ids = np.asarray(ids)
     if rng.random() >= figuration.probability:
         return ids
-    notes = codec == notecodec.NAME
-    perf = notecodec.decode(ids) if notes else notes_from_ids(ids)
-    figured = figure(perf, rng, figuration)
-    if figured is perf:
-        return ids
-    return (notecodec.encode if notes else encode)(figured).astype(ids.dtype)
+    return change_notes(ids, codec, lambda perf: figure(perf, rng, figuration))

@@ -17,13 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core import notecodec
 from core.codecs import DEFAULT
 from core.midi import Performance, canonical
-from core.tokenizer import encode
-from trainer.expressive import notes_from_ids
-
-LOWEST_KEY = 21  # A0: a bass moved lower than the piano stays where it was
+from trainer.expressive import change_notes
+from trainer.figuration import LOWEST_KEY
 
 
 @dataclass(frozen=True)
@@ -65,7 +62,7 @@ def bass_notes(perf: Performance) -> np.ndarray:
 def lower_bass(perf: Performance) -> Performance:
     """The piece with its bass line an octave down (a bass note the piano has no key for stays); itself when it has
     no bass line."""
-    bass = bass_notes(perf) & (perf.pitch.astype(np.int64) - 12 >= LOWEST_KEY)
+    bass = bass_notes(perf) & (perf.pitch.astype(np.int64) - 12 >= LOWEST_KEY)  # a bass below A0 stays
     if not bass.any():
         return perf
     return canonical(perf.onset, perf.offset, perf.pitch.astype(np.int64) - 12 * bass, perf.velocity)
@@ -78,9 +75,4 @@ def lower_bass_ids(ids: np.ndarray, rng: np.random.Generator, register: Register
     ids = np.asarray(ids)
     if rng.random() >= register.probability:
         return ids
-    notes = codec == notecodec.NAME
-    perf = notecodec.decode(ids) if notes else notes_from_ids(ids)
-    voiced = lower_bass(perf)
-    if voiced is perf:
-        return ids
-    return (notecodec.encode if notes else encode)(voiced).astype(ids.dtype)
+    return change_notes(ids, codec, lower_bass)

@@ -90,32 +90,23 @@ def draw_windows(source, count: int, seconds: float, seed: int) -> list[Performa
 
 
 def recipe_source(register: float | None):
-    """The default DSMR recipe's training source over the whole corpus, its bass lowered on `register` of the
-    draws (None: as the recipe says)."""
+    """The default DSMR recipe's training source (as its run reads it: trainer.loop.training_source) over its
+    training split, its bass lowered on `register` of the draws (None: as the recipe says)."""
     from trainer.config import TrainConfig
     from trainer.corpus import Corpus
-    from trainer.data import PieceSource
-    from trainer.figuration import Figuration
-    from trainer.loop import expression
+    from trainer.loop import training_source
     from trainer.recipes.default_models import check_data
     from trainer.recipes.music21_corpus import default_out_dir
     from trainer.recipes.recipe import CONFIG_FILE, data_plan, load_recipe
-    from trainer.register import Register
-    from trainer.weights import load_weights, piece_weights, start_draws
 
     folder = default_out_dir()
     check_data(folder, True)
     recipe = load_recipe(CONFIG_FILE, "dsmr")
     corpus = Corpus.open(folder, recipe.model.get("codec", notecodec.NAME))
     plan = data_plan(corpus, recipe)
-    train = plan["train"]
-    settings = TrainConfig(folder=str(folder), arch="dsmr", **recipe.train)
-    share = settings.register if register is None else register
-    return PieceSource(corpus, train, settings.seed, True, settings.transpose, settings.stretch,
-                       expression(settings), piece_weights(corpus, train, load_weights(plan["weights"])),
-                       start_draws(corpus, train, settings.starts),
-                       figuration=Figuration(probability=settings.figuration) if settings.figuration else None,
-                       register=Register(probability=share) if share else None)
+    settings = {**recipe.train, **({} if register is None else {"register": register})}
+    config = TrainConfig(folder=str(folder), arch="dsmr", weights=plan["weights"], **settings)
+    return training_source(config, corpus, plan["train"])
 
 
 def main() -> None:

@@ -144,6 +144,17 @@ def expression(c: TrainConfig) -> Expression | None:
     return Expression() if c.expressive_tempo is None else Expression(tempo=tuple(map(float, c.expressive_tempo)))
 
 
+def training_source(c: TrainConfig, corpus: Corpus, train: list[int]) -> PieceSource:
+    """The endless, augmented sequence of training draws a run with settings `c` reads from `train` (corpus
+    indices): its collection weights and beginnings, figuration, register, performance, transposition and stretch.
+    bench.texture reads the default recipe's draws through here too."""
+    weights = None if c.weights is None else piece_weights(corpus, train, load_weights(c.weights))
+    return PieceSource(corpus, train, c.seed, c.augmenting, c.transpose, c.stretch, expression(c), weights,
+                       start_draws(corpus, train, c.starts),
+                       figuration=Figuration(probability=c.figuration) if c.figuration else None,
+                       register=Register(probability=c.register) if c.register else None)
+
+
 def with_added_inputs(model: torch.nn.Module, added: dict) -> torch.nn.Module:
     """The base `model` with the inputs `added` ({field: True}) turned on: its weights kept, the new ones as the
     model initialises them (zero). ModelError when the base has weights the new model would not keep."""
@@ -472,16 +483,12 @@ class _Run:
         self.device = device = world.device
         model.to(device)
         self.budget = parse_budget(c.budget or model.config.default_budget)
-        weights = None if c.weights is None else piece_weights(corpus, train, load_weights(c.weights))
-        starts = start_draws(corpus, train, c.starts)
+        source = training_source(c, corpus, train)
+        weights, starts = source.weights, source.starts
         if weights is not None or starts is not None:
             self.emit(Progress("message", "prepare", message=describe(
                 token_shares(corpus, train, weights), length_shares(corpus, train, weights),
                 None if starts is None else start_shares(corpus, train, weights, starts))))
-        source = PieceSource(corpus, train, c.seed, c.augmenting, c.transpose, c.stretch,
-                             expression(c), weights, starts,
-                             figuration=Figuration(probability=c.figuration) if c.figuration else None,
-                             register=Register(probability=c.register) if c.register else None)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},

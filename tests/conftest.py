@@ -59,6 +59,21 @@ def isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("RECITAL_DATA_DIR", str(tmp_path / "data"))
 
 
+@pytest.fixture
+def corpus_of(tmp_path, isolated_dirs):
+    """corpus_of(piece): a corpus of that one Performance, written as a MIDI file and scanned (this test's cache)."""
+    from core.midi import write_performance
+    from trainer.corpus import Corpus
+
+    def build(piece: Performance):
+        folder = tmp_path / "midi"
+        folder.mkdir()
+        write_performance(piece, folder / "piece.mid")
+        return Corpus.build(folder, workers=1)
+
+    return build
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models on one thread: on a shared CPU a second thread only adds waiting (each op up to ~100x slower)."""

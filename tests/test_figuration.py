@@ -7,10 +7,9 @@ import pytest
 
 from core import notecodec
 from core.errors import ModelError
-from core.midi import Performance, write_performance
+from core.midi import Performance
 from core.tokenizer import decode, encode
 from trainer.config import TrainConfig
-from trainer.corpus import Corpus
 from trainer.data import PieceSource
 from trainer.figuration import PATTERNS, Figuration, figure, figure_ids, figure_voices
 
@@ -112,12 +111,8 @@ def test_the_trainer_refuses_a_share_outside_zero_to_one():
         TrainConfig(folder="x", arch="dsmr", steps=1, figuration=2)
 
 
-def test_a_training_source_figures_its_draws_reproducibly(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECITAL_CACHE_DIR", str(tmp_path / "cache"))
-    folder = tmp_path / "midi"
-    folder.mkdir()
-    write_performance(held_chords(count=8), folder / "chorale.mid")
-    corpus = Corpus.build(folder, workers=1)
+def test_a_training_source_figures_its_draws_reproducibly(corpus_of):
+    corpus = corpus_of(held_chords(count=8))
     plain = PieceSource(corpus, [0], seed=0, augmenting=False)
     figured = PieceSource(corpus, [0], seed=0, augmenting=False, figuration=ALWAYS)
     again = PieceSource(corpus, [0], seed=0, augmenting=False, figuration=ALWAYS)

@@ -9,11 +9,10 @@ import pytest
 
 from core import notecodec
 from core.errors import ModelError
-from core.midi import Performance, write_performance
+from core.midi import Performance
 from core.tokenizer import decode, encode
 from trainer.cli import add_train_arguments, config_from_args
 from trainer.config import TrainConfig
-from trainer.corpus import Corpus
 from trainer.data import PieceSource
 from trainer.register import Register, bass_notes, lower_bass, lower_bass_ids
 
@@ -90,12 +89,8 @@ def test_the_command_line_passes_the_share_to_the_run(tmp_path):
     assert config_from_args(args, "recital train").register == 0.25
 
 
-def test_a_training_source_re_voices_its_draws_reproducibly(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECITAL_CACHE_DIR", str(tmp_path / "cache"))
-    folder = tmp_path / "midi"
-    folder.mkdir()
-    write_performance(chorale(count=8), folder / "chorale.mid")
-    corpus = Corpus.build(folder, workers=1)
+def test_a_training_source_re_voices_its_draws_reproducibly(corpus_of):
+    corpus = corpus_of(chorale(count=8))
     plain = PieceSource(corpus, [0], seed=0, augmenting=False)
     voiced = PieceSource(corpus, [0], seed=0, augmenting=False, register=ALWAYS)
     again = PieceSource(corpus, [0], seed=0, augmenting=False, register=ALWAYS)

@@ -15,7 +15,9 @@ in [20 s, 50 s), ended at 50 s at the latest. The model reads the primer and wri
 batch, with `recital generate`'s defaults (top-p 0.95, --max-note 8 s, int8 step weights, the model's budget per
 lane, the density ceiling from the primer: `--max-density primer,0` sets it beside none). Bits per second: the
 model reads primer + truth in one pass and the truth's ids are scored, -sum log2 p / 30 s (the primer's ids are
-context only; bits per second compare two codecs, perplexity cannot).
+context only; bits per second compare two codecs, perplexity cannot). The row under it scores the same logits
+with the column's soft pulls (the key and beat pulls `recital continue` draws with): what the pulls cost or give the
+pianist's notes.
 
 Each model reads and writes its own codec (core/codecs.py): its primer and truth are encoded with it, and its
 continuations decoded with it, so `--models default,PATH_TO_A_NOTES_MODEL` sets a "performance" model beside a
@@ -139,6 +141,7 @@ class Column:
     codec: str | None = None  # the model's codec (None: the truth or the ceiling)
     continuations: list[dict] = field(default_factory=list)
     bits_per_second: list[float] = field(default_factory=list)
+    pulled_bits_per_second: list[float] = field(default_factory=list)  # under the continuation's soft pulls
     pieces: list[dict] = field(default_factory=list)
     mgeval: float | None = None
     seconds: float = 0.0  # wall time spent
@@ -237,24 +240,53 @@ def new_notes(primer_ids: np.ndarray, lanes: list[np.ndarray], start: float, cod
 
 
 def truth_bits_per_second(model, excerpt: Excerpt, seconds: float) -> float:
-    """-sum log2 p(truth id | primer and the truth before it) / seconds: the model reads primer + truth in one
-    pass (core.metrics' chunked scoring, under the model's own budget), in its own codec's ids; the primer's
-    ids are context only."""
+    """Bits per second of the truth given the primer as the model predicts it (`truth_bits`, no pulls)."""
+    return truth_bits(model, excerpt, seconds)[0]
+
+
+def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pulse: float = 0.0
+               ) -> tuple[float, float]:
+    """-sum log2 p(truth id | primer and the truth before it) / seconds, as the model predicts and as `recital
+    continue` draws from it: the same logits with the soft pulls of a continuation, its keys towards the primer's
+    pitch classes (`harmony`, core/harmony.py `PrimerHarmony`) and its time steps towards the primer's beat
+    (`pulse`, core/pulse.py `PrimerPulse`, the clock followed through the truth's ids); 0: no pull, the two equal.
+    The generator's hard rules (grammar, --max-note, the density ceiling) are left out: they may rule out what the
+    pianist played. The model reads primer + truth in chunks (core.metrics' SCORE_CHUNK, under the model's own
+    budget), in its own codec's ids; the primer's ids are context only."""
     import torch
 
     from core.budget import default_budget
     from core.codecs import codec_of
-    from core.metrics import chunk_log_probs
+    from core.harmony import PrimerHarmony, pulled
+    from core.metrics import SCORE_CHUNK
+    from core.pulse import PrimerPulse
 
-    excerpt = excerpt.coded(codec_of(model))
+    codec = codec_of(model)
+    excerpt = excerpt.coded(codec)
     ids = np.concatenate([excerpt.primer_ids, excerpt.truth_ids])
-    first = len(excerpt.primer_ids) - 1  # chunk position t predicts id t + 1: the truth's first id at t = first
+    first = len(excerpt.primer_ids) - 1  # position t predicts id t + 1: the truth's first id at t = first
+    tokens = torch.as_tensor(ids)
     state = model.new_state(model.plan(default_budget(model, 1), 1), 1)
-    nats = 0.0
+    keys = PrimerHarmony(codec, excerpt.primer_ids, harmony) if harmony else None
+    beat = PrimerPulse(codec, excerpt.primer_ids, 1, pulse)
+    clock = np.cumsum(codec.shift_ticks(ids))  # ticks after each id: the beat's clock where it predicts the next
+    nats = np.zeros(2)
     with torch.inference_mode():
-        for start, log_probs in chunk_log_probs(model, ids, state, torch.device("cpu")):
-            nats -= float(log_probs[max(first - start, 0):].sum())
-    return nats / np.log(2) / seconds
+        for start in range(0, len(ids) - 1, SCORE_CHUNK):
+            end = min(start + SCORE_CHUNK, len(ids) - 1)
+            logits = model.read(tokens[None, start:end], state)[0].float()[max(first - start, 0):]
+            if not len(logits):
+                continue
+            targets = tokens[max(first, start) + 1:end + 1, None]
+            nats[0] -= float(torch.log_softmax(logits, -1).gather(1, targets).sum())
+            if keys is not None:
+                logits = keys.pull(logits)
+            if beat.active:
+                phases = torch.from_numpy(clock[max(first, start):end] % beat.period)
+                logits = pulled(logits, beat.from_phase[phases], beat.shifts)
+            nats[1] -= float(torch.log_softmax(logits, -1).gather(1, targets).sum())
+    model_bits, pulled_bits = nats / np.log(2) / seconds
+    return float(model_bits), float(pulled_bits)
 
 
 # --- statistics -----------------------------------------------------------------------------------------------
@@ -302,6 +334,15 @@ def measure_truth(excerpts: list[Excerpt], windows: Windows) -> Column:
     return column
 
 
+def pull_weights(model, config: Configuration) -> tuple[float, float]:
+    """The key and beat pulls a configuration continues with (None: the model's own, as `recital continue`)."""
+    from core.harmony import default_weight as key_weight
+    from core.pulse import default_weight as beat_weight
+
+    return (key_weight(model) if config.harmony is None else config.harmony,
+            beat_weight(model) if config.pulse is None else config.pulse)
+
+
 def measure_continuations(model, config: Configuration, excerpts: list[Excerpt], windows: Windows,
                           seeds: int) -> Column:
     """Each primer continued `seeds` times and the truth scored, in the model's own codec."""
@@ -319,7 +360,9 @@ def measure_continuations(model, config: Configuration, excerpts: list[Excerpt],
         for notes in new_notes(excerpt.primer_ids, lanes, excerpt.start, codec):
             column.continuations.append(continuation_stats(notes, excerpt.start, windows.truth, period, key))
         if not denoises(used):  # a denoiser's bound (its ELBO) is in its card, not comparable id by id
-            column.bits_per_second.append(truth_bits_per_second(used, excerpt, windows.truth))
+            bits, pulled_bits = truth_bits(used, excerpt, windows.truth, *pull_weights(used, config))
+            column.bits_per_second.append(bits)
+            column.pulled_bits_per_second.append(pulled_bits)
         print(f"  {config.label}: {excerpt.name} continued ({seeds} lanes) and scored, "
               f"{time.perf_counter() - started:.0f} s so far", file=sys.stderr, flush=True)
     column.seconds = time.perf_counter() - started
@@ -541,6 +584,9 @@ def continuation_table(truth: Column, columns: list[Column], windows: Windows) -
     rows.append(("bits/s of the truth given the primer",
                  ["-"] + [fmt(float(np.mean(c.bits_per_second))) if c.bits_per_second else "-" for c in columns],
                  "-" if baseline is None else f"<= {0.7 * baseline:.2f}"))
+    rows.append(("the same under the column's key and beat pulls",
+                 ["-"] + [fmt(float(np.mean(c.pulled_bits_per_second))) if c.pulled_bits_per_second else "-"
+                          for c in columns], "-"))
     return _table(["", "truth", *(c.label for c in columns), "aim"], rows)
 
 
@@ -819,7 +865,9 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
         print(f"wrote {path}")
     return {"truth": truth.continuations,
             "continuations": {c.label: {"codec": c.codec, "stats": c.continuations,
-                                        "bits_per_second": c.bits_per_second, "adapt_seconds": c.adapt_seconds}
+                                        "bits_per_second": c.bits_per_second,
+                                        "pulled_bits_per_second": c.pulled_bits_per_second,
+                                        "adapt_seconds": c.adapt_seconds}
                               for c in continued},
             "new_pieces": {c.label: {"stats": c.pieces, "mgeval_mean_oa": c.mgeval} for c in [ceiling, *written]}}
 

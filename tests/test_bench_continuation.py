@@ -264,3 +264,42 @@ def test_the_truth_is_scored_in_the_models_codec():
     truth_nats = -log_probs[len(notes.primer_ids) - 1:].sum()
     assert continuation.truth_bits_per_second(model, excerpt, 2.0) == pytest.approx(
         truth_nats / np.log(2) / 2.0, rel=1e-5)
+
+
+def test_the_truth_under_the_pulls_is_scored_as_the_generator_draws_it_id_by_id():
+    """`truth_bits` pulls the same logits as `core.generate` does: the keys towards the primer's pitch classes, the
+    time steps towards its beat, the beat's clock read id by id as the generator reads what it drew."""
+    import torch
+
+    from core import notecodec
+    from core.budget import default_budget
+    from core.harmony import PrimerHarmony
+    from core.models.dsmr import DSMR, DSMRConfig
+    from core.pulse import PrimerPulse
+
+    torch.manual_seed(0)
+    model = DSMR(DSMRConfig(d_model=32, n_layers=2, n_heads=2, segment_len=16, max_horizon=256, n_long=1,
+                            codec="notes")).eval()
+    onsets = np.concatenate([np.arange(0.0, 8.0, 0.5), [8.25, 8.5, 9.0, 9.75, 10.0, 11.0]])  # a beat, then off it
+    scale = np.array([60, 62, 64, 65, 67, 69, 71, 72])
+    perf = Performance.from_notes(onsets, onsets + 0.3, scale[np.arange(len(onsets)) % 8], np.full(len(onsets), 80))
+    excerpt = continuation.cut("piece", perf, continuation.Windows(primer=8.0, truth=4.0)).coded(notecodec)
+    ids = np.concatenate([excerpt.primer_ids, excerpt.truth_ids])
+    first = len(excerpt.primer_ids) - 1
+    with torch.inference_mode():
+        logits = model.read(torch.as_tensor(ids[None, :-1]), model.new_state(model.plan(default_budget(model, 1), 1),
+                                                                            1))[0].float()
+    keys = PrimerHarmony(notecodec, excerpt.primer_ids, 0.5)
+    beat = PrimerPulse(notecodec, excerpt.primer_ids, 1, 2.0)
+    assert keys.shift is not None and beat.active  # both pulls act on this primer
+    plain = pulled = 0.0
+    for t in range(first, len(ids) - 1):
+        row = logits[t:t + 1]
+        plain -= float(torch.log_softmax(row, -1)[0, ids[t + 1]])
+        pulled -= float(torch.log_softmax(beat.pull(keys.pull(row)), -1)[0, ids[t + 1]])
+        beat.read(ids[t + 1:t + 2])  # the generator follows each lane's clock through the id it drew
+    bits, pulled_bits = continuation.truth_bits(model, excerpt, 4.0, harmony=0.5, pulse=2.0)
+    assert bits == pytest.approx(plain / np.log(2) / 4.0, rel=1e-5)
+    assert pulled_bits == pytest.approx(pulled / np.log(2) / 4.0, rel=1e-5)
+    assert pulled_bits != pytest.approx(bits, rel=1e-3)  # the pulls moved the truth's likelihood
+    assert continuation.truth_bits(model, excerpt, 4.0) == pytest.approx((bits, bits), rel=1e-6)  # no pulls

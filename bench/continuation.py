@@ -142,6 +142,7 @@ class Column:
     continuations: list[dict] = field(default_factory=list)
     bits_per_second: list[float] = field(default_factory=list)
     pulled_bits_per_second: list[float] = field(default_factory=list)  # under the continuation's soft pulls
+    kind_bits: list[dict[str, float]] = field(default_factory=list)  # bits_per_second by the kind of id predicted
     pieces: list[dict] = field(default_factory=list)
     mgeval: float | None = None
     seconds: float = 0.0  # wall time spent
@@ -239,13 +240,22 @@ def new_notes(primer_ids: np.ndarray, lanes: list[np.ndarray], start: float, cod
     return [piece.slice_time(start, np.inf) for piece in pieces]
 
 
+@dataclass(frozen=True)
+class TruthBits:
+    """Bits per second of the truth given the primer: as the model predicts it, split by the kind of id predicted
+    (bench.finetune's KINDS of its codec; the kinds sum to `model`), and under the continuation's soft pulls."""
+
+    model: float
+    pulled: float
+    by_kind: dict[str, float]
+
+
 def truth_bits_per_second(model, excerpt: Excerpt, seconds: float) -> float:
     """Bits per second of the truth given the primer as the model predicts it (`truth_bits`, no pulls)."""
-    return truth_bits(model, excerpt, seconds)[0]
+    return truth_bits(model, excerpt, seconds).model
 
 
-def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pulse: float = 0.0
-               ) -> tuple[float, float]:
+def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pulse: float = 0.0) -> TruthBits:
     """-sum log2 p(truth id | primer and the truth before it) / seconds, as the model predicts and as `recital
     continue` draws from it: the same logits with the soft pulls of a continuation, its keys towards the primer's
     pitch classes (`harmony`, core/harmony.py `PrimerHarmony`) and its time steps towards the primer's beat
@@ -255,6 +265,7 @@ def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pu
     budget), in its own codec's ids; the primer's ids are context only."""
     import torch
 
+    from bench.finetune import KINDS
     from core.budget import default_budget
     from core.codecs import codec_of
     from core.harmony import PrimerHarmony, pulled
@@ -270,7 +281,8 @@ def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pu
     keys = PrimerHarmony(codec, excerpt.primer_ids, harmony) if harmony else None
     beat = PrimerPulse(codec, excerpt.primer_ids, 1, pulse)
     clock = np.cumsum(codec.shift_ticks(ids))  # ticks after each id: the beat's clock where it predicts the next
-    nats = np.zeros(2)
+    nats: list[np.ndarray] = []  # (truth ids,) each id's nats, as the model predicts it
+    pulled_nats = 0.0
     with torch.inference_mode():
         for start in range(0, len(ids) - 1, SCORE_CHUNK):
             end = min(start + SCORE_CHUNK, len(ids) - 1)
@@ -278,15 +290,18 @@ def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pu
             if not len(logits):
                 continue
             targets = tokens[max(first, start) + 1:end + 1, None]
-            nats[0] -= float(torch.log_softmax(logits, -1).gather(1, targets).sum())
+            nats.append(-torch.log_softmax(logits, -1).gather(1, targets)[:, 0].double().numpy())
             if keys is not None:
                 logits = keys.pull(logits)
             if beat.active:
                 phases = torch.from_numpy(clock[max(first, start):end] % beat.period)
                 logits = pulled(logits, beat.from_phase[phases], beat.shifts)
-            nats[1] -= float(torch.log_softmax(logits, -1).gather(1, targets).sum())
-    model_bits, pulled_bits = nats / np.log(2) / seconds
-    return float(model_bits), float(pulled_bits)
+            pulled_nats -= float(torch.log_softmax(logits, -1).gather(1, targets).sum())
+    each = np.concatenate(nats) / np.log(2) / seconds if nats else np.zeros(0)
+    truth = ids[first + 1:]
+    by_kind = {kind: float(each[(truth >= low) & (truth < high)].sum()) for kind, low, high in KINDS[codec.NAME]
+               if ((truth >= low) & (truth < high)).any()}
+    return TruthBits(float(each.sum()), pulled_nats / np.log(2) / seconds, by_kind)
 
 
 # --- statistics -----------------------------------------------------------------------------------------------
@@ -360,9 +375,10 @@ def measure_continuations(model, config: Configuration, excerpts: list[Excerpt],
         for notes in new_notes(excerpt.primer_ids, lanes, excerpt.start, codec):
             column.continuations.append(continuation_stats(notes, excerpt.start, windows.truth, period, key))
         if not denoises(used):  # a denoiser's bound (its ELBO) is in its card, not comparable id by id
-            bits, pulled_bits = truth_bits(used, excerpt, windows.truth, *pull_weights(used, config))
-            column.bits_per_second.append(bits)
-            column.pulled_bits_per_second.append(pulled_bits)
+            bits = truth_bits(used, excerpt, windows.truth, *pull_weights(used, config))
+            column.bits_per_second.append(bits.model)
+            column.pulled_bits_per_second.append(bits.pulled)
+            column.kind_bits.append(bits.by_kind)
         print(f"  {config.label}: {excerpt.name} continued ({seeds} lanes) and scored, "
               f"{time.perf_counter() - started:.0f} s so far", file=sys.stderr, flush=True)
     column.seconds = time.perf_counter() - started
@@ -584,6 +600,11 @@ def continuation_table(truth: Column, columns: list[Column], windows: Windows) -
     rows.append(("bits/s of the truth given the primer",
                  ["-"] + [fmt(float(np.mean(c.bits_per_second))) if c.bits_per_second else "-" for c in columns],
                  "-" if baseline is None else f"<= {0.7 * baseline:.2f}"))
+    kinds = list(dict.fromkeys(kind for c in columns for piece in c.kind_bits for kind in piece))
+    for kind in kinds:  # a piece whose truth has no id of a kind spent no bits on it
+        rows.append((f"  of which {kind} ids",
+                     ["-"] + [fmt(float(np.mean([piece.get(kind, 0.0) for piece in c.kind_bits])))
+                              if any(kind in piece for piece in c.kind_bits) else "-" for c in columns], "-"))
     rows.append(("the same under the column's key and beat pulls",
                  ["-"] + [fmt(float(np.mean(c.pulled_bits_per_second))) if c.pulled_bits_per_second else "-"
                           for c in columns], "-"))
@@ -867,6 +888,7 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
             "continuations": {c.label: {"codec": c.codec, "stats": c.continuations,
                                         "bits_per_second": c.bits_per_second,
                                         "pulled_bits_per_second": c.pulled_bits_per_second,
+                                        "bits_per_second_by_kind": c.kind_bits,
                                         "adapt_seconds": c.adapt_seconds}
                               for c in continued},
             "new_pieces": {c.label: {"stats": c.pieces, "mgeval_mean_oa": c.mgeval} for c in [ceiling, *written]}}

@@ -96,6 +96,11 @@ def test_main_prints_every_row_on_a_tiny_model(tiny_model_dir, tmp_path, capsys,
     assert len(result["continuations"]["tiny"]["stats"]) == 2 * 2  # pieces x seeds
     assert len(result["continuations"]["tiny"]["bits_per_second"]) == 2
     assert all(b > 0 for b in result["continuations"]["tiny"]["bits_per_second"])
+    tiny = result["continuations"]["tiny"]
+    assert [sum(kinds.values()) for kinds in tiny["bits_per_second_by_kind"]] == pytest.approx(
+        tiny["bits_per_second"], rel=1e-9)  # the kinds split each piece's bits
+    assert len(tiny["pulled_bits_per_second"]) == 2  # under its default key and beat pulls
+    assert "  of which NoteOn ids" in printed and "the same under the column's key and beat pulls" in printed
     assert len(result["new_pieces"]["tiny"]["stats"]) == 2
     adapted = result["continuations"]["tiny +adapt"]
     assert len(adapted["bits_per_second"]) == len(adapted["adapt_seconds"]) == 2
@@ -282,7 +287,8 @@ def test_the_truth_under_the_pulls_is_scored_as_the_generator_draws_it_id_by_id(
                             codec="notes")).eval()
     onsets = np.concatenate([np.arange(0.0, 8.0, 0.5), [8.25, 8.5, 9.0, 9.75, 10.0, 11.0]])  # a beat, then off it
     scale = np.array([60, 62, 64, 65, 67, 69, 71, 72])
-    perf = Performance.from_notes(onsets, onsets + 0.3, scale[np.arange(len(onsets)) % 8], np.full(len(onsets), 80))
+    perf = Performance.from_notes(onsets, onsets + 0.3, scale[np.arange(len(onsets)) % 8],
+                                  np.where(np.arange(len(onsets)) % 2, 60, 90))
     excerpt = continuation.cut("piece", perf, continuation.Windows(primer=8.0, truth=4.0)).coded(notecodec)
     ids = np.concatenate([excerpt.primer_ids, excerpt.truth_ids])
     first = len(excerpt.primer_ids) - 1
@@ -292,14 +298,21 @@ def test_the_truth_under_the_pulls_is_scored_as_the_generator_draws_it_id_by_id(
     keys = PrimerHarmony(notecodec, excerpt.primer_ids, 0.5)
     beat = PrimerPulse(notecodec, excerpt.primer_ids, 1, 2.0)
     assert keys.shift is not None and beat.active  # both pulls act on this primer
-    plain = pulled = 0.0
+    plain, pulled, durations = 0.0, 0.0, 0.0
     for t in range(first, len(ids) - 1):
         row = logits[t:t + 1]
-        plain -= float(torch.log_softmax(row, -1)[0, ids[t + 1]])
+        nats = -float(torch.log_softmax(row, -1)[0, ids[t + 1]])
+        plain += nats
+        durations += nats if notecodec.DURATION <= ids[t + 1] < notecodec.TIME_SHIFT else 0.0
         pulled -= float(torch.log_softmax(beat.pull(keys.pull(row)), -1)[0, ids[t + 1]])
         beat.read(ids[t + 1:t + 2])  # the generator follows each lane's clock through the id it drew
-    bits, pulled_bits = continuation.truth_bits(model, excerpt, 4.0, harmony=0.5, pulse=2.0)
-    assert bits == pytest.approx(plain / np.log(2) / 4.0, rel=1e-5)
-    assert pulled_bits == pytest.approx(pulled / np.log(2) / 4.0, rel=1e-5)
-    assert pulled_bits != pytest.approx(bits, rel=1e-3)  # the pulls moved the truth's likelihood
-    assert continuation.truth_bits(model, excerpt, 4.0) == pytest.approx((bits, bits), rel=1e-6)  # no pulls
+    bits = continuation.truth_bits(model, excerpt, 4.0, harmony=0.5, pulse=2.0)
+    assert bits.model == pytest.approx(plain / np.log(2) / 4.0, rel=1e-5)
+    assert bits.pulled == pytest.approx(pulled / np.log(2) / 4.0, rel=1e-5)
+    assert bits.pulled != pytest.approx(bits.model, rel=1e-3)  # the pulls moved the truth's likelihood
+    # by kind: every note of the truth has its Pitch and Duration, a Velocity (60 and 90 by turns), TimeShifts
+    assert set(bits.by_kind) == {"Pitch", "Duration", "TimeShift", "Velocity"}
+    assert sum(bits.by_kind.values()) == pytest.approx(bits.model, rel=1e-9)
+    assert bits.by_kind["Duration"] == pytest.approx(durations / np.log(2) / 4.0, rel=1e-5)
+    unpulled = continuation.truth_bits(model, excerpt, 4.0)
+    assert unpulled.pulled == pytest.approx(unpulled.model, rel=1e-6) == bits.model  # no pulls: the model's own

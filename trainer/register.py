@@ -4,11 +4,11 @@ Choral, string and folk scores sit in the middle of the keyboard, their voices c
 far apart. Over 10 s windows (`python -m bench.texture`) MAESTRO's pitches span 39.8 semitones (3rd to 97th
 percentile) and 38% of its notes lie below C4; the default recipe's draws, performed and figured, 26.1 and 31%; with
 half of them re-voiced, 31.7 and 34%. Trained so for 85 minutes beside a control, the default DSMR's bits/s of
-MAESTRO's continuations moved by 0.2 (issue #17, README): a real difference, not one those bits turn on. Each draw
-of a piece can be re-voiced at random: the notes that are the lowest sounding at their onset while another note
-sounds (the bass line under the harmony) move an octave down where the piano has the key. A tune alone is never
-touched, so a folk melody keeps its register. It works on the scored notes, after the keyboard figuration
-(trainer/figuration.py) and before the expressive performance (trainer/expressive.py).
+MAESTRO's continuations moved by 0.2 (issue #17, docs/piano-quality.md): a real difference, not one those bits
+turn on. Each draw of a piece can be re-voiced at random: the notes that are the lowest sounding at their onset
+while another note sounds (the bass line under the harmony) move an octave down where the piano has the key. A
+tune alone is never touched, so a folk melody keeps its register. It works on the scored notes, after the keyboard
+figuration (trainer/figuration.py) and before the expressive performance (trainer/expressive.py).
 """
 
 from __future__ import annotations

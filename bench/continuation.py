@@ -265,11 +265,11 @@ def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pu
     budget), in its own codec's ids; the primer's ids are context only."""
     import torch
 
-    from bench.finetune import KINDS
+    from bench.finetune import by_kind
     from core.budget import default_budget
     from core.codecs import codec_of
     from core.harmony import PrimerHarmony, pulled
-    from core.metrics import SCORE_CHUNK
+    from core.metrics import chunk_logits
     from core.pulse import PrimerPulse
 
     codec = codec_of(model)
@@ -284,9 +284,9 @@ def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pu
     nats: list[np.ndarray] = []  # (truth ids,) each id's nats, as the model predicts it
     pulled_nats = 0.0
     with torch.inference_mode():
-        for start in range(0, len(ids) - 1, SCORE_CHUNK):
-            end = min(start + SCORE_CHUNK, len(ids) - 1)
-            logits = model.read(tokens[None, start:end], state)[0].float()[max(first - start, 0):]
+        for start, logits in chunk_logits(model, ids, state, torch.device("cpu")):
+            end = start + len(logits)
+            logits = logits[max(first - start, 0):]
             if not len(logits):
                 continue
             targets = tokens[max(first, start) + 1:end + 1, None]
@@ -297,11 +297,12 @@ def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pu
                 phases = torch.from_numpy(clock[max(first, start):end] % beat.period)
                 logits = pulled(logits, beat.from_phase[phases], beat.shifts)
             pulled_nats -= float(torch.log_softmax(logits, -1).gather(1, targets).sum())
-    each = np.concatenate(nats) / np.log(2) / seconds if nats else np.zeros(0)
     truth = ids[first + 1:]
-    by_kind = {kind: float(each[(truth >= low) & (truth < high)].sum()) for kind, low, high in KINDS[codec.NAME]
-               if ((truth >= low) & (truth < high)).any()}
-    return TruthBits(float(each.sum()), pulled_nats / np.log(2) / seconds, by_kind)
+    each = np.concatenate(nats) if nats else np.zeros(0)
+    per_second = 1 / np.log(2) / seconds
+    kinds = {kind: float(share * mean * len(truth) * per_second)
+             for kind, (share, mean) in by_kind(truth, each, codec.NAME).items()}
+    return TruthBits(float(each.sum() * per_second), float(pulled_nats * per_second), kinds)
 
 
 # --- statistics -----------------------------------------------------------------------------------------------

@@ -468,22 +468,31 @@ def position_edges(longest: int, first: int = 256) -> tuple[int, ...]:
 SCORE_CHUNK = 2048  # tokens per call on that path (bounds the activations and the logits held)
 
 
-def chunk_log_probs(model, ids: np.ndarray, state, device, stepwise: bool = False
-                    ) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, log p(ids[t + 1] | ids[:t + 1]) for t = start .. start + n - 1 as float64 (n,)), a chunk of at most
-    SCORE_CHUNK ids at a time, reading through `state`: scoring a piece of any length holds one chunk's logits."""
+def chunk_logits(model, ids: np.ndarray, state, device, stepwise: bool = False) -> Iterator[tuple[int, object]]:
+    """(start, the logits (n, V) as float32 of positions t = start .. start + n - 1, each predicting ids[t + 1]), a
+    chunk of at most SCORE_CHUNK ids at a time, reading through `state` (`stepwise`: one `step` an id instead of
+    `read`): a piece of any length holds one chunk's logits."""
     import torch
 
     tokens = torch.as_tensor(ids, device=device)  # (T,)
     for start in range(0, len(ids) - 1, SCORE_CHUNK):
         end = min(start + SCORE_CHUNK, len(ids) - 1)
-        targets = tokens[start + 1:end + 1, None]  # (t, 1)
         if not stepwise:
-            logits = model.read(tokens[None, start:end], state)[0].float()  # (t, V)
-            log_probs = torch.log_softmax(logits, dim=-1).gather(1, targets)[:, 0]
+            yield start, model.read(tokens[None, start:end], state)[0].float()  # (t, V)
         else:
-            log_probs = torch.stack([torch.log_softmax(model.step(tokens[t:t + 1], state)[0].float(), dim=-1)[
-                tokens[t + 1]] for t in range(start, end)])
+            yield start, torch.stack([model.step(tokens[t:t + 1], state)[0].float() for t in range(start, end)])
+
+
+def chunk_log_probs(model, ids: np.ndarray, state, device, stepwise: bool = False
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, log p(ids[t + 1] | ids[:t + 1]) for t = start .. start + n - 1 as float64 (n,)), chunk by chunk as
+    `chunk_logits` reads them."""
+    import torch
+
+    tokens = torch.as_tensor(ids, device=device)  # (T,)
+    for start, logits in chunk_logits(model, ids, state, device, stepwise):
+        targets = tokens[start + 1:start + 1 + len(logits), None]  # (t, 1)
+        log_probs = torch.log_softmax(logits, dim=-1).gather(1, targets)[:, 0]
         yield start, log_probs.cpu().double().numpy()
 
 

@@ -97,21 +97,24 @@ class Configuration:
     harmony (core/harmony.py: the primer's, or a denoiser's music behind each window; 0: not at all; None: the
     model's default, as `recital continue` has it), the density ceiling a lane that runs away is steered
     under (core/session.py `density_ceiling`; FROM_PRIMER, the default: `runaway_ceiling` of the primer's
-    notes/s; 0: none), and how hard its time steps are pulled towards the primer's beat (core/pulse.py; None: the
-    model's default)."""
+    notes/s; 0: none), how hard its time steps are pulled towards the primer's beat (core/pulse.py; None: the
+    model's default), and the share of the motif memory in its predictions (core/motif.py; None: the model's
+    default)."""
 
     model: str
     adapt: bool = False
     harmony: float | None = None
     max_density: float | str = FROM_PRIMER
     pulse: float | None = None
+    motifs: float | None = None
 
     @property
     def label(self) -> str:
         return (Path(self.model).name + (" +adapt" if self.adapt else "")
                 + (f" +harmony {self.harmony:g}" if self.harmony is not None else "")
                 + (f" max-density {self.max_density:g}" if self.max_density != FROM_PRIMER else "")
-                + (f" +pulse {self.pulse:g}" if self.pulse is not None else ""))
+                + (f" +pulse {self.pulse:g}" if self.pulse is not None else "")
+                + (f" +motifs {self.motifs:g}" if self.motifs is not None else ""))
 
 
 @dataclass
@@ -141,7 +144,8 @@ class Column:
     codec: str | None = None  # the model's codec (None: the truth or the ceiling)
     continuations: list[dict] = field(default_factory=list)
     bits_per_second: list[float] = field(default_factory=list)
-    pulled_bits_per_second: list[float] = field(default_factory=list)  # under the continuation's soft pulls
+    remembered_bits_per_second: list[float] = field(default_factory=list)  # with the motif memory mixed in
+    pulled_bits_per_second: list[float] = field(default_factory=list)  # and under the continuation's soft pulls
     kind_bits: list[dict[str, float]] = field(default_factory=list)  # bits_per_second by the kind of id predicted
     pieces: list[dict] = field(default_factory=list)
     mgeval: float | None = None
@@ -205,17 +209,17 @@ def read_excerpts(folder: Path, count: int, windows: Windows) -> tuple[list[Exce
 
 def write_lanes(model, primer_ids: np.ndarray | None, seconds: float, lanes: int, seed: int,
                 harmony: float | None = None, max_density: float | str | None = FROM_PRIMER,
-                pulse: float | None = None) -> list[np.ndarray]:
+                pulse: float | None = None, motifs: float | None = None) -> list[np.ndarray]:
     """`lanes` variations of `seconds` after the primer (None: from nothing), one batch, as `recital continue` and
     `recital generate` write them (core/session.py): their sampling, token cap, --max-note, --min-repeat,
-    --harmony, --max-density, --pulse and the model's own budget for each lane; a denoiser fills windows after the primer
+    --harmony, --max-density, --pulse, --motifs and the model's own budget for each lane; a denoiser fills windows after the primer
     (core/denoising.py)."""
     from core.generate import SamplingConfig
     from core.session import GenerationSession
 
     session = GenerationSession(model, primer_ids, sampling=SamplingConfig(top_p=TOP_P), seconds=seconds,
                                 variations=lanes, seed=seed, max_note=MAX_NOTE, harmony=harmony,
-                                max_density=max_density, pulse=pulse)
+                                max_density=max_density, pulse=pulse, motifs=motifs)
     session.run()
     return [np.asarray(ids, dtype=np.int64) for ids in session.lanes]
 
@@ -243,9 +247,11 @@ def new_notes(primer_ids: np.ndarray, lanes: list[np.ndarray], start: float, cod
 @dataclass(frozen=True)
 class TruthBits:
     """Bits per second of the truth given the primer: as the model predicts it, split by the kind of id predicted
-    (bench.finetune's KINDS of its codec; the kinds sum to `model`), and under the continuation's soft pulls."""
+    (bench.finetune's KINDS of its codec; the kinds sum to `model`), with the motif memory mixed in, and under the
+    continuation's soft pulls as well."""
 
     model: float
+    remembered: float
     pulled: float
     by_kind: dict[str, float]
 
@@ -255,10 +261,12 @@ def truth_bits_per_second(model, excerpt: Excerpt, seconds: float) -> float:
     return truth_bits(model, excerpt, seconds).model
 
 
-def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pulse: float = 0.0) -> TruthBits:
-    """-sum log2 p(truth id | primer and the truth before it) / seconds, as the model predicts and as `recital
-    continue` draws from it: the same logits with the soft pulls of a continuation, its keys towards the primer's
-    pitch classes (`harmony`, core/harmony.py `PrimerHarmony`) and its time steps towards the primer's beat
+def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pulse: float = 0.0,
+               motifs: float = 0.0) -> TruthBits:
+    """-sum log2 p(truth id | primer and the truth before it) / seconds, as the model predicts, with its memory of
+    the piece's motifs (`motifs`, core/motif.py `MotifMemory`, reading primer and truth so far; 0: none), and as
+    `recital continue` draws from it: those logits with the soft pulls of a continuation, its keys towards the
+    primer's pitch classes (`harmony`, core/harmony.py `PrimerHarmony`) and its time steps towards the primer's beat
     (`pulse`, core/pulse.py `PrimerPulse`, the clock followed through the truth's ids); 0: no pull, the two equal.
     The generator's hard rules (grammar, --max-note, the density ceiling) are left out: they may rule out what the
     pianist played. The model reads primer + truth in chunks (core.metrics' SCORE_CHUNK, under the model's own
@@ -270,6 +278,7 @@ def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pu
     from core.codecs import codec_of
     from core.harmony import PrimerHarmony, pulled
     from core.metrics import chunk_logits
+    from core.motif import MotifMemory
     from core.pulse import PrimerPulse
 
     codec = codec_of(model)
@@ -281,8 +290,9 @@ def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pu
     keys = PrimerHarmony(codec, excerpt.primer_ids, harmony) if harmony else None
     beat = PrimerPulse(codec, excerpt.primer_ids, 1, pulse)
     clock = np.cumsum(codec.shift_ticks(ids))  # ticks after each id: the beat's clock where it predicts the next
+    memory = MotifMemory(codec, ids[:first + 1], 1, motifs)
     nats: list[np.ndarray] = []  # (truth ids,) each id's nats, as the model predicts it
-    pulled_nats = 0.0
+    remembered_nats = pulled_nats = 0.0
     with torch.inference_mode():
         for start, logits in chunk_logits(model, ids, state, torch.device("cpu")):
             end = start + len(logits)
@@ -291,6 +301,13 @@ def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pu
                 continue
             targets = tokens[max(first, start) + 1:end + 1, None]
             nats.append(-torch.log_softmax(logits, -1).gather(1, targets)[:, 0].double().numpy())
+            if memory.active:  # each position mixed with what the memory holds there, then the id read into it
+                rows = []
+                for row, target in zip(logits, targets[:, 0].numpy(), strict=True):
+                    rows.append(memory.mix(row[None])[0])
+                    memory.read(np.array([target]))
+                logits = torch.stack(rows)
+            remembered_nats -= float(torch.log_softmax(logits, -1).gather(1, targets).sum())
             if keys is not None:
                 logits = keys.pull(logits)
             if beat.active:
@@ -302,7 +319,8 @@ def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pu
     per_second = 1 / np.log(2) / seconds
     kinds = {kind: float(share * mean * len(truth) * per_second)
              for kind, (share, mean) in by_kind(truth, each, codec.NAME).items()}
-    return TruthBits(float(each.sum() * per_second), float(pulled_nats * per_second), kinds)
+    return TruthBits(float(each.sum() * per_second), float(remembered_nats * per_second),
+                     float(pulled_nats * per_second), kinds)
 
 
 # --- statistics -----------------------------------------------------------------------------------------------
@@ -318,13 +336,16 @@ def longest_bin_seconds(limit: float = MAX_NOTE) -> float:
 def continuation_stats(notes: Performance, start: float, seconds: float, period: float | None,
                        key: ms.Key | None) -> dict:
     """The continuation table's statistics of one stretch [start, start + seconds)."""
+    from core.metrics import repeated_ngrams_per_minute
+
     found = ms.estimate_key(notes)
     return {"held_long": ms.held_long(notes), "cut_at_limit": ms.cut_at_limit(notes, MAX_NOTE),
             "at_longest_bin": ms.lasting_at_least(notes, longest_bin_seconds()),
             "restrikes": ms.restrikes(notes), "polyphony": ms.polyphony(notes, start, start + seconds),
             "notes_per_second": ms.notes_per_second(notes, seconds), "pitch_range": ms.pitch_range(notes),
             "regularity": ms.onset_regularity(notes, period, start, start + seconds),
-            "key": None if found is None else str(found), "key_related": ms.closely_related(key, found)}
+            "key": None if found is None else str(found), "key_related": ms.closely_related(key, found),
+            "ngrams_per_minute": repeated_ngrams_per_minute(notes)}
 
 
 def piece_stats(notes: Performance, seconds: float) -> dict:
@@ -350,13 +371,16 @@ def measure_truth(excerpts: list[Excerpt], windows: Windows) -> Column:
     return column
 
 
-def pull_weights(model, config: Configuration) -> tuple[float, float]:
-    """The key and beat pulls a configuration continues with (None: the model's own, as `recital continue`)."""
+def pull_weights(model, config: Configuration, primer_ids: np.ndarray) -> tuple[float, float, float]:
+    """The key and beat pulls and the motif memory's share a configuration continues `primer_ids` with (None: the
+    model's own, as `recital continue`)."""
     from core.harmony import default_weight as key_weight
+    from core.motif import default_weight as motif_weight
     from core.pulse import default_weight as beat_weight
 
     return (key_weight(model) if config.harmony is None else config.harmony,
-            beat_weight(model) if config.pulse is None else config.pulse)
+            beat_weight(model) if config.pulse is None else config.pulse,
+            motif_weight(model, primer_ids) if config.motifs is None else config.motifs)
 
 
 def measure_continuations(model, config: Configuration, excerpts: list[Excerpt], windows: Windows,
@@ -372,12 +396,13 @@ def measure_continuations(model, config: Configuration, excerpts: list[Excerpt],
         excerpt = excerpt.coded(codec)
         used = adapted(model, config, excerpt, column)
         lanes = write_lanes(used, excerpt.primer_ids, windows.truth, seeds, seed=index, harmony=config.harmony,
-                            max_density=config.max_density, pulse=config.pulse)
+                            max_density=config.max_density, pulse=config.pulse, motifs=config.motifs)
         for notes in new_notes(excerpt.primer_ids, lanes, excerpt.start, codec):
             column.continuations.append(continuation_stats(notes, excerpt.start, windows.truth, period, key))
         if not denoises(used):  # a denoiser's bound (its ELBO) is in its card, not comparable id by id
-            bits = truth_bits(used, excerpt, windows.truth, *pull_weights(used, config))
+            bits = truth_bits(used, excerpt, windows.truth, *pull_weights(used, config, excerpt.primer_ids))
             column.bits_per_second.append(bits.model)
+            column.remembered_bits_per_second.append(bits.remembered)
             column.pulled_bits_per_second.append(bits.pulled)
             column.kind_bits.append(bits.by_kind)
         print(f"  {config.label}: {excerpt.name} continued ({seeds} lanes) and scored, "
@@ -403,7 +428,7 @@ def adapted(model, config: Configuration, excerpt: Excerpt, column: Column | Non
 
 
 def measure_new_pieces(model, label: str, reference: list[Performance], windows: Windows,
-                       harmony: float | None = None) -> Column:
+                       harmony: float | None = None, motifs: float | None = None) -> Column:
     from core.codecs import codec_of
     from core.metrics import compare_sets
     from core.tokenizer import BOS
@@ -411,7 +436,7 @@ def measure_new_pieces(model, label: str, reference: list[Performance], windows:
     codec = codec_of(model)
     column = Column(label, codec.NAME)
     started = time.perf_counter()
-    lanes = write_lanes(model, None, windows.new, windows.variations, seed=0, harmony=harmony)
+    lanes = write_lanes(model, None, windows.new, windows.variations, seed=0, harmony=harmony, motifs=motifs)
     pieces = new_notes(np.array([BOS]), lanes, 0.0, codec)
     column.pieces = [piece_stats(piece, windows.new) for piece in pieces]
     column.mgeval = compare_sets(pieces, reference).mean_oa
@@ -593,6 +618,7 @@ def continuation_table(truth: Column, columns: list[Column], windows: Windows) -
     rows.append(("key = primer's or closely related",
                  [f"{sum(r['key_related'] for r in c.continuations)}/{len(c.continuations)}"
                   for c in [truth, *columns]], ">= 90%"))
+    rows.append(("repeated pitch 8-grams per minute (loops)", cells("ngrams_per_minute", 1), "-"))
     default = next((c for c in columns if c.label == "default"), None)
     baseline = BASELINE_DEFAULT_BITS if BASELINE_DEFAULT_BITS is not None else (
         float(np.mean(default.bits_per_second)) if default is not None else None)
@@ -606,7 +632,10 @@ def continuation_table(truth: Column, columns: list[Column], windows: Windows) -
         rows.append((f"  of which {kind} ids",
                      ["-"] + [fmt(float(np.mean([piece.get(kind, 0.0) for piece in c.kind_bits])))
                               if any(kind in piece for piece in c.kind_bits) else "-" for c in columns], "-"))
-    rows.append(("the same under the column's key and beat pulls",
+    rows.append(("the same with the column's motif memory",
+                 ["-"] + [fmt(float(np.mean(c.remembered_bits_per_second))) if c.remembered_bits_per_second else "-"
+                          for c in columns], "-" if baseline is None else f"<= {0.7 * baseline:.2f}"))
+    rows.append(("and under the column's key and beat pulls",
                  ["-"] + [fmt(float(np.mean(c.pulled_bits_per_second))) if c.pulled_bits_per_second else "-"
                           for c in columns], "-"))
     return _table(["", "truth", *(c.label for c in columns), "aim"], rows)
@@ -685,7 +714,8 @@ def render(model, config: Configuration, excerpt: Excerpt, windows: Windows, out
     codec = codec_of(model)
     excerpt = excerpt.coded(codec)
     lanes = write_lanes(adapted(model, config, excerpt), excerpt.primer_ids, windows.truth, 1, seed=0,
-                        harmony=config.harmony, max_density=config.max_density, pulse=config.pulse)
+                        harmony=config.harmony, max_density=config.max_density, pulse=config.pulse,
+                        motifs=config.motifs)
     continuation = new_notes(excerpt.primer_ids, lanes, excerpt.start, codec)[0]
     stem = f"{excerpt.name}-{config.label}"
     wav = render_wav(Performance.concat(excerpt.primer, continuation), out / f"{stem}.wav",
@@ -699,10 +729,10 @@ def render(model, config: Configuration, excerpt: Excerpt, windows: Windows, out
 # --- main -----------------------------------------------------------------------------------------------------
 
 def configurations(models: list[str], adapt: list[bool], harmony: list[float | None],
-                   ceilings: list[float | str] = (FROM_PRIMER,), pulses: list[float | None] = (None,)
-                   ) -> list[Configuration]:
-    return [Configuration(model, flag, weight, ceiling, pulse) for model in models for flag in adapt
-            for weight in harmony for ceiling in ceilings for pulse in pulses]
+                   ceilings: list[float | str] = (FROM_PRIMER,), pulses: list[float | None] = (None,),
+                   motifs: list[float | None] = (None,)) -> list[Configuration]:
+    return [Configuration(model, flag, weight, ceiling, pulse, share) for model in models for flag in adapt
+            for weight in harmony for ceiling in ceilings for pulse in pulses for share in motifs]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -724,6 +754,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="weights of the pull of the time steps towards the primer's beat (core/pulse.py), "
                              f"comma-separated, 'default' for the model's own ({PULSE_WEIGHT:g} for a left-to-right "
                              "model, none for a denoiser): a column each (default: default)")
+    parser.add_argument("--motifs", default="default", metavar="W[,W...]",
+                        help="shares of the motif memory in the model's predictions (core/motif.py), 0 to 1, "
+                             "comma-separated, 'default' for the model's own: a column each (default: default)")
     parser.add_argument("--max-density", default=FROM_PRIMER, metavar="N[,N...]",
                         help="density ceilings a runaway lane is steered under (core/session.py), comma-separated: "
                              f"'{FROM_PRIMER}' ({RUNAWAY_FACTOR:g}x the primer's notes/s, at most "
@@ -756,7 +789,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not adapt or any(part not in flags for part in adapt):
         parser.error(f"--adapt takes off, on or off,on; got {args.adapt!r}")
     args.adapt = [flags[part] for part in adapt]
-    for name in ("harmony", "pulse"):
+    for name in ("harmony", "pulse", "motifs"):
         text = getattr(args, name)
         try:
             weights = [None if part.strip() == "default" else float(part) for part in text.split(",")
@@ -765,6 +798,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             weights = []
         if not weights or any(not (weight is None or weight >= 0 and math.isfinite(weight)) for weight in weights):
             parser.error(f"--{name} takes weights >= 0 or 'default', comma-separated; got {text!r}")
+        if name == "motifs" and any(weight is not None and weight > 1 for weight in weights):
+            parser.error(f"--motifs takes shares from 0 to 1 or 'default', comma-separated; got {text!r}")
         setattr(args, name, weights)
     try:  # each as `recital continue --max-density` reads it
         ceilings = [max_density(part) for part in args.max_density.split(",") if part.strip()]
@@ -856,7 +891,7 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
     # new pieces have no primer to adapt to: --new-only writes each model's once
     for config in configurations(args.models, [False] if args.new_only else args.adapt, args.harmony,
                                  args.max_density[:1] if args.new_only else args.max_density,
-                                 args.pulse[:1] if args.new_only else args.pulse):
+                                 args.pulse[:1] if args.new_only else args.pulse, args.motifs):
         model = load_model(config.model)
         if config.adapt and denoises(model):  # `recital continue --adapt` refuses a denoiser: nothing to measure
             print(f"  {config.label}: a denoiser is never adapted to a primer; skipped", file=sys.stderr)
@@ -866,7 +901,8 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
             continued.append(measure_continuations(model, config, excerpts, windows, args.seeds))
         if not config.adapt and config.max_density == args.max_density[0] and config.pulse == args.pulse[0]:  # no primer: nothing to adapt to,
             # no ceiling from it
-            written.append(measure_new_pieces(model, config.label, reference, windows, config.harmony))
+            written.append(measure_new_pieces(model, config.label, reference, windows, config.harmony,
+                                              config.motifs))
         if args.render is not None and not args.new_only:
             rendered += render(model, config, excerpts[0], windows, args.render)
     ceiling = measure_ceiling(performances, reference, windows)
@@ -888,6 +924,7 @@ def measure_all(args: argparse.Namespace, excerpts: list[Excerpt], performances:
     return {"truth": truth.continuations,
             "continuations": {c.label: {"codec": c.codec, "stats": c.continuations,
                                         "bits_per_second": c.bits_per_second,
+                                        "remembered_bits_per_second": c.remembered_bits_per_second,
                                         "pulled_bits_per_second": c.pulled_bits_per_second,
                                         "bits_per_second_by_kind": c.kind_bits,
                                         "adapt_seconds": c.adapt_seconds}

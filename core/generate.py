@@ -22,6 +22,7 @@ from core.codecs import Codec, codec_of
 from core.constraints import Constraints
 from core.errors import ModelError
 from core.harmony import PrimerHarmony
+from core.motif import MotifMemory
 from core.pulse import PrimerPulse
 from core.tokenizer import BOS, EOS, NOTE_OFF, NOTE_ON, PAD, TICK_SECONDS, TIME_SHIFT, shift_ticks
 
@@ -272,8 +273,8 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
              max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = True,
              seed: int | None = None, max_note_seconds: float | None = MAX_NOTE_SECONDS,
              min_repeat_seconds: float | None = notecodec.MIN_REPEAT_SECONDS,
-             constraints: Constraints | None = None, harmony: float = 0.0, pulse: float = 0.0
-             ) -> Iterator[np.ndarray]:
+             constraints: Constraints | None = None, harmony: float = 0.0, pulse: float = 0.0,
+             motifs: float = 0.0) -> Iterator[np.ndarray]:
     """The engine of a generation session (core/session.py): yield the ids that continue `primer`, one array (B,)
     of int64 per step, one id per lane of `state`, until a limit is reached.
 
@@ -300,6 +301,9 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     `PrimerHarmony`: which key, never whether a note comes; 0, or no primer: not at all). `pulse` > 0 pulls every
     lane's TimeShifts towards the beat of the primer's last PULSE_SECONDS and where its onsets fall in it
     (core/pulse.py `PrimerPulse`: when the next note comes, never whether time moves on; 0, or no beat: not at all).
+    `motifs` > 0 mixes each lane's memory of its own notes, primer and all, into the model's next pitch and time
+    step, that share of the fitted mixture (core/motif.py `MotifMemory`: what followed the same run of intervals
+    before; 0: none), before every mask and pull: it is part of what the model predicts.
     """
     codec = codec_of(model)
     limits = LaneLimits(state.batch, max_tokens, max_seconds, stop_at_eos, codec)
@@ -321,8 +325,12 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     keys = PrimerHarmony(codec, primer.numpy(), harmony) if harmony else None  # it checks the weight
     beat = PrimerPulse(codec, primer.numpy(), batch, pulse)  # it checks the weight; inactive at 0 or without a beat
     beat = beat if beat.active else None
+    memory = MotifMemory(codec, primer.numpy(), batch, motifs)  # it checks the weight; inactive at 0
+    memory = memory if memory.active else None
     del primer  # read: the steps never look back at it, and a long primer's ids are freed before they run
     while limits.more():
+        if memory is not None:
+            logits = memory.mix(logits)
         allowed = logits + forbidden
         rule = notes.mask(device, allowed.dtype)
         if rule is not None:
@@ -342,6 +350,8 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
             ids = torch.from_numpy(tokens).to(ids.device)
         if beat is not None:
             beat.read(tokens)
+        if memory is not None:
+            memory.read(tokens)
         if tracker is not None:
             tracker.read(tokens)
         yield limits.close(tokens)  # PAD where a lane has finished

@@ -36,6 +36,8 @@ from core.grid import Grid
 from core.harmony import check_weight, default_weight
 from core.midi import MERGE_SECONDS, MIN_RESTRIKE_SECONDS, Performance, canonical
 from core.models.interface import DENOISE, LEFT_TO_RIGHT
+from core.motif import check_weight as check_motifs
+from core.motif import default_weight as motif_weight
 from core.pulse import check_weight as check_pulse
 from core.pulse import default_weight as pulse_weight
 from core.tokenizer import TICK_SECONDS, NoteEvent
@@ -192,7 +194,9 @@ class GenerationSession:
     harmony (core/harmony.py: a left-to-right model's towards the primer's last KEY_SECONDS, a denoiser's window
     towards its lane's last HARMONY_SECONDS; 0: not at all; None: the model's default, `default_weight`).
     pulse: how hard a left-to-right model's time steps are pulled towards the primer's beat (core/pulse.py; 0: not
-    at all; None: the model's default, `pulse.default_weight`).
+    at all; None: the model's default, `pulse.default_weight`). motifs: the share of the fitted mixture with which
+    each lane's memory of its own notes, primer and all, joins a left-to-right model's predictions (core/motif.py;
+    0: none; None: the model's default for this primer, `motif.default_weight`: none for a new piece).
     max_density: notes/s a lane of a left-to-right model is steered back under when it runs away
     (`Constraints.max_density`; None or 0: never), or `notecodec.FROM_PRIMER`: from the primer's notes/s
     (`density_ceiling`); a density in `constraints` steers instead. Every setting is checked here, and the state
@@ -207,7 +211,7 @@ class GenerationSession:
                  grid: Grid | None = None, bars: int | None = None,
                  constraints: Constraints | None = None, adapt: AdaptSettings | None = None,
                  harmony: float | None = None, max_density: float | str | None = notecodec.FROM_PRIMER,
-                 pulse: float | None = None):
+                 pulse: float | None = None, motifs: float | None = None):
         if variations < 1:
             raise ModelError(f"variations must be at least 1, got {variations}")
         self.denoises = getattr(model, "family", LEFT_TO_RIGHT) == DENOISE  # it fills windows (core/denoising.py)
@@ -234,6 +238,11 @@ class GenerationSession:
         if self.denoises and self.pulse:  # asked for, never silently skipped
             raise ModelError(f"the pull towards the primer's beat is for left-to-right models; a {model.arch} model "
                              "unmasks its time steps in any order: continue without --pulse (or with 0)")
+        if motifs is not None:
+            check_motifs(motifs)
+        if self.denoises and motifs:  # asked for, never silently skipped
+            raise ModelError(f"the motif memory is for left-to-right models; a {model.arch} model fills whole "
+                             "windows in any order: continue without --motifs (or with 0)")
         if isinstance(primer, str | Path):
             from core.midi import read_performance
 
@@ -243,6 +252,7 @@ class GenerationSession:
         self.primer = _held(prepare_primer(read_primer(primer, self.codec), model.config.vocab_size).numpy())  # once,
         # for every lane: uint16, 2 bytes an id (a 1.5M-id primer is 3 MB, not 12); int64 only while generating
         self.start_time = _seconds(self.primer, self.codec)  # where new music begins
+        self.motifs = motif_weight(model, self.primer) if motifs is None else motifs
         self._primer_read: Performance | None = None  # the primer's notes, once something here reads them
         self.min_repeat = repeat_guard(min_repeat, self.codec, self.primer)  # seconds, resolved
         constraints = self._with_ceiling(constraints, max_density)
@@ -361,7 +371,8 @@ class GenerationSession:
             stream = generate(self._writer, primer, self.state, self.sampling,
                               max_tokens=self.max_tokens, max_seconds=self.seconds, stop_at_eos=self.allow_end,
                               seed=self.seed, max_note_seconds=self.max_note, min_repeat_seconds=self.min_repeat,
-                              constraints=self.constraints, harmony=self.harmony, pulse=self.pulse)
+                              constraints=self.constraints, harmony=self.harmony, pulse=self.pulse,
+                              motifs=self.motifs)
         del primer
         began = time.perf_counter()
         first = None

@@ -37,6 +37,7 @@ class GenerateRequest:
     controls: WriteControls = WriteControls()  # key, range, density, dynamics (core/constraints.py)
     adapt: bool = False  # adapt a copy of the model to the piece first (core/adapt.py; a primer of a few seconds)
     keep_beat: bool = True  # pull when notes come towards the piece's beat (core/pulse.py; left-to-right models)
+    recall_motifs: bool = True  # mix each take's memory of the piece's motifs in (core/motif.py; left-to-right)
 
 
 def session_for(request: GenerateRequest, model) -> GenerationSession:
@@ -47,7 +48,8 @@ def session_for(request: GenerateRequest, model) -> GenerationSession:
         sampling=SamplingConfig(temperature=request.temperature, top_p=request.top_p), seconds=request.seconds,
         variations=request.variations, seed=request.seed, start=None if request.new_piece else request.start,
         adapt=AdaptSettings() if request.adapt and not from_nothing else None,
-        pulse=None if request.keep_beat else 0.0, constraints=request.controls.constraints())
+        pulse=None if request.keep_beat else 0.0, motifs=None if request.recall_motifs else 0.0,
+        constraints=request.controls.constraints())
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,7 @@ class MainWindow(QMainWindow):
             self.panel.adapt.setChecked(self.settings.adapt)
             self.panel.adapt_chosen = True
         self.panel.keep_beat.setChecked(self.settings.keep_beat)
+        self.panel.recall_motifs.setChecked(self.settings.recall_motifs)
         self.panel.variations.setValue(self.settings.variations)
         self.panel.set_context(self.settings.infill_context or None)
         self.panel.steps.setValue(self.settings.infill_steps)  # out of range: clamped to it
@@ -569,7 +570,7 @@ class MainWindow(QMainWindow):
         s.seconds, s.temperature = self.panel.seconds.value(), self.panel.temperature.value()
         s.top_p, s.variations = self.panel.top_p.value(), self.panel.variations.value()
         s.adapt, s.adapt_chosen = self.panel.adapt.isChecked(), self.panel.adapt_chosen
-        s.keep_beat = self.panel.keep_beat.isChecked()
+        s.keep_beat, s.recall_motifs = self.panel.keep_beat.isChecked(), self.panel.recall_motifs.isChecked()
         s.infill_context, s.infill_steps = self.panel.context_seconds or 0.0, self.panel.steps.value()
         s.budget_mb = self.panel.budget.budget / MB if self.panel.budget.chosen else 0.0
         s.output = self.transport.output.currentData() or "synth"

@@ -409,9 +409,12 @@ def test_an_smdim_is_never_asked_to_adapt_and_the_core_would_refuse_it(qtbot, wi
     assert not w.panel.adapt.isEnabled() and "left-to-right models; smdim" in w.panel.adapt.toolTip()
     assert w.panel.keep_beat.isChecked() and not w.panel.keep_beat.isEnabled()  # nor keeps the primer's beat
     assert "left-to-right models; smdim" in w.panel.keep_beat.toolTip()
+    assert w.panel.recall_motifs.isChecked() and not w.panel.recall_motifs.isEnabled()  # nor recalls motifs
+    assert "left-to-right models; smdim" in w.panel.recall_motifs.toolTip()
     original = open_piece(w, tmp_path, chords())
     request = w.panel.request(w.document.piece, 0.0)
-    assert request.adapt is False and request.keep_beat is False and not request.new_piece
+    assert request.adapt is False and request.keep_beat is False and request.recall_motifs is False
+    assert not request.new_piece
     with pytest.raises(ModelError, match="adapting to the primer is for left-to-right models; a smdim model"):
         session_for(replace(request, adapt=True), w.model)
     w.generate()
@@ -421,6 +424,7 @@ def test_an_smdim_is_never_asked_to_adapt_and_the_core_would_refuse_it(qtbot, wi
     try:
         assert other.panel.adapt.isEnabled() and not other.panel.adapt.toolTip().startswith("Adapting")
         assert other.panel.keep_beat.isEnabled() and other.panel.keep_beat.isChecked()
+        assert other.panel.recall_motifs.isEnabled() and other.panel.recall_motifs.isChecked()
     finally:
         other.jobs.shutdown()
 

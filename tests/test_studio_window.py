@@ -339,6 +339,39 @@ def test_settings_remembered_on_close(qtbot, window, tmp_path):
     assert not settings.adapt_chosen  # never touched: each model's own default next time
 
 
+def test_the_recall_motifs_box_reaches_the_session_and_is_remembered(qtbot, window, tiny_model_dir):
+    """On by default: the session gets the model's own motif memory (core/motif.py); unticked, none; the choice is
+    remembered."""
+    from dataclasses import replace
+
+    from core.midi import Performance
+    from core.motif import WEIGHT, default_weight
+    from studio.document import Piece
+    from studio.generation import session_for
+    from tests.test_metrics import tiny_dsmr_of
+
+    w = window
+    assert w.panel.recall_motifs.isChecked() and w.panel.recall_motifs.isEnabled()
+    piece = w.document.piece
+    on = w.panel.request(piece, 0.0)
+    assert on.recall_motifs and session_for(on, w.model).motifs == default_weight(w.model)
+    w.panel.recall_motifs.click()
+    off = w.panel.request(piece, 0.0)
+    assert not off.recall_motifs and session_for(off, w.model).motifs == 0.0
+    notes_model = tiny_dsmr_of("notes")  # this window's tiny model reads the event codec: no memory of its own
+    piece = Piece(read_performance(PIANO_PIECE), Performance.empty())  # something to recall
+    on, off = replace(on, base=piece), replace(off, base=piece)
+    assert session_for(on, notes_model).motifs == WEIGHT > 0 and session_for(off, notes_model).motifs == 0.0
+    assert session_for(replace(on, new_piece=True), notes_model).motifs == 0.0  # a new piece recalls nothing
+    assert w.close()
+    assert Settings.load().recall_motifs is False
+    again = MainWindow(Settings.load(), extra_models=[tiny_model_dir], list_ports=False)
+    qtbot.addWidget(again)
+    qtbot.waitUntil(lambda: again.model is not None, timeout=20000)
+    assert not again.panel.recall_motifs.isChecked()
+    again.jobs.shutdown()
+
+
 def test_the_keep_beat_box_reaches_the_session_and_is_remembered(qtbot, window, tiny_model_dir):
     """On by default: the session gets the model's own pull towards the primer's beat (core/pulse.py); unticked,
     none; the choice is remembered."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from core.cli.play import add_output_arguments, check_clock_arguments, open_chosen_sink, open_live_player
 from core.generate import MAX_NOTE_SECONDS
 from core.harmony import HARMONY_SECONDS, HARMONY_WEIGHT, KEY_SECONDS, LEFT_TO_RIGHT_WEIGHT
+from core.motif import WEIGHT as MOTIF_WEIGHT
 from core.notecodec import FROM_PRIMER, MAX_PRIMER_REPEAT_SECONDS, MIN_REPEAT_SECONDS
 from core.pulse import LEFT_TO_RIGHT_WEIGHT as PULSE_WEIGHT
 from core.pulse import PULSE_SECONDS
@@ -61,6 +62,7 @@ temperature = bounded(_number, lambda value: value == 0 or 0.01 <= value <= 100,
                       "must be 0 (greedy) or between 0.01 and 100", "temperature")
 note_seconds = bounded(_number, lambda value: value >= 0, "must be >= 0 (0: no limit)", "note_seconds")
 pull_weight = bounded(_number, lambda value: value >= 0, "must be >= 0 (0: off)", "a weight")
+motif_share = bounded(_number, lambda value: 0 <= value <= 1, "must be from 0 to 1 (0: off)", "a share")
 _repeat_number = bounded(_number, lambda value: 0 <= value <= 1, f"must be '{FROM_PRIMER}' or between 0 (off) and 1",
                          "repeat_seconds")
 
@@ -260,6 +262,11 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{PULSE_SECONDS:g} s and where its onsets fall in it, W hard: a left-to-right model "
                              f"keeps the primer's pulse (0: not at all; none for a new piece, a primer without a beat "
                              f"or a denoiser such as SMDIM; default: {PULSE_WEIGHT:g})")
+    parser.add_argument("--motifs", type=motif_share, default=None, metavar="W",
+                        help=f"mix each variation's memory of its own notes, the primer's included, into the "
+                             f"model's next pitch and time step, W of the fitted share: what followed the same run "
+                             f"of intervals before (a figure played again, a phrase a step higher) comes back more "
+                             f"often (0: off; none for a denoiser such as SMDIM; default: {MOTIF_WEIGHT:g})")
     parser.add_argument("--allow-end", action="store_true",
                         help="let the model end the piece before --seconds (default: it plays all of them)")
     parser.add_argument("--budget", type=budget, metavar="SIZE",
@@ -436,7 +443,7 @@ def _write_continuation(args: argparse.Namespace, primer, sink, planned) -> int:
         seed=args.seed, max_tokens=args.max_tokens,
         max_note=args.max_note, min_repeat=args.min_repeat, allow_end=args.allow_end, constraints=constraints,
         adapt=adapt_settings(args, model), harmony=args.harmony,
-        max_density=args.max_density, pulse=args.pulse)
+        max_density=args.max_density, pulse=args.pulse, motifs=args.motifs)
     print(f"model {args.model} ({model.arch}); {session.plan.describe()}")
     if session.seconds is not None and session.seconds > MAX_SECONDS:
         from core.grid import GridError

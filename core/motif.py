@@ -42,6 +42,8 @@ PITCH_SHARES = np.array([0.10, 0.35, 0.55, 0.70, 0.75])
 SHIFT_SHARES = np.array([0.10, 0.30, 0.50, 0.50, 0.55])
 SHIFT_SPREAD = 2.0  # ticks: each remembered gap a two-sided exponential this wide over the TimeShift ids
 WEIGHT = 1.0  # the share's scale a continuation gets unless told otherwise (0: no memory)
+PITCH_IDS = slice(notecodec.PITCH, notecodec.PITCH + 128)
+SHIFT_IDS = slice(notecodec.TIME_SHIFT, notecodec.TIME_SHIFT + notecodec.MAX_SHIFT_TICKS)
 
 
 class MotifError(RecitalError):
@@ -87,6 +89,7 @@ class LaneMotifs:
         self.next_gap = np.zeros(0, dtype=np.int64)  # ticks from note j's onset to the next later onset (0: not yet)
         self.tick = 0
         self.after_shift = False  # the last id moved the clock: the next TimeShift continues a gap already begun
+        self._logs: tuple[int, np.ndarray | None, np.ndarray | None] | None = None  # `logs()` until the next change
 
     def copy(self) -> LaneMotifs:
         other = LaneMotifs()
@@ -97,11 +100,14 @@ class LaneMotifs:
         """Follow one id of the notes codec."""
         if notecodec.TIME_SHIFT <= token < notecodec.VELOCITY:
             self.tick += token - notecodec.TIME_SHIFT + 1
+            self._logs = None if not self.after_shift else self._logs
             self.after_shift = True
             return
-        self.after_shift = False
+        if self.after_shift:
+            self.after_shift, self._logs = False, None
         if notecodec.PITCH <= token < notecodec.DURATION:
             self._note(token - notecodec.PITCH)
+            self._logs = None
 
     def _note(self, pitch: int) -> None:
         unresolved = (self.next_gap == 0) & (self.onset < self.tick)  # the onset before this one's notes
@@ -150,6 +156,16 @@ class LaneMotifs:
             gap = bumps / bumps.sum()
         return Remembered(best, pitch, gap)
 
+    def logs(self) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+        """`predict()` as (match, log of the pitch distribution, log of the gap's), kept until the lane changes
+        (a Duration or a Velocity id changes nothing remembered: most steps reuse it)."""
+        if self._logs is None:
+            remembered = self.predict()
+            with np.errstate(divide="ignore"):
+                self._logs = (remembered.match, None if remembered.pitch is None else np.log(remembered.pitch),
+                              None if remembered.gap is None else np.log(remembered.gap))
+        return self._logs
+
 
 @dataclass(frozen=True)
 class Remembered:
@@ -162,16 +178,13 @@ class Remembered:
     gap: np.ndarray | None
 
 
-def mixed(log_probs: torch.Tensor, memory: torch.Tensor, share: torch.Tensor, ids: slice) -> torch.Tensor:
-    """`log_probs` (B, V) with `memory` (B, n), a distribution over the ids `ids`, mixed in at `share` (B,) of the
-    mass the model gives those ids together; every other id as it was. In logs, so that no id the model made
-    merely unlikely becomes impossible."""
-    kind = log_probs[:, ids]
-    mass = torch.logsumexp(kind, -1, keepdim=True)
-    share = share[:, None]
-    out = log_probs.clone()
-    out[:, ids] = torch.logaddexp(torch.log1p(-share) + kind, torch.log(share) + mass + torch.log(memory))
-    return out
+def mixed(log_probs: np.ndarray, log_memory: np.ndarray, share: float) -> np.ndarray:
+    """One kind's log probabilities (n,) with a distribution over the same ids (its logs) mixed in at `share` of
+    the mass the model gives them together: log((1 - share) p + share * mass * memory). In logs, so that no id the
+    model made merely unlikely becomes impossible."""
+    top = log_probs.max()
+    mass = top + np.log(np.exp(log_probs - top).sum())
+    return np.logaddexp(np.log1p(-share) + log_probs, np.log(share) + mass + log_memory)
 
 
 class MotifMemory:
@@ -195,26 +208,16 @@ class MotifMemory:
         remembered)."""
         if not self.active:
             return logits
-        rows = [lane.predict() for lane in self.lanes]
-        if not any(row.pitch is not None or row.gap is not None for row in rows):
+        rows = [lane.logs() for lane in self.lanes]
+        if all(pitch is None and gap is None for _, pitch, gap in rows):
             return logits
-        log_probs = torch.log_softmax(logits.float(), -1)
-        pitch_memory = torch.ones(len(rows), 128) / 128  # any distribution: a share of 0 leaves the ids as they are
-        shift_memory = torch.ones(len(rows), notecodec.MAX_SHIFT_TICKS) / notecodec.MAX_SHIFT_TICKS
-        pitch_share = torch.zeros(len(rows))
-        shift_share = torch.zeros(len(rows))
-        for b, row in enumerate(rows):
-            if row.pitch is not None:
-                pitch_memory[b], pitch_share[b] = torch.from_numpy(row.pitch), share_of(row.match, PITCH_SHARES)
-            if row.gap is not None:
-                shift_memory[b], shift_share[b] = torch.from_numpy(row.gap), share_of(row.match, SHIFT_SHARES)
-        pitch_share, shift_share = pitch_share * self.weight, shift_share * self.weight
-        device = log_probs.device
-        pitches = slice(notecodec.PITCH, notecodec.PITCH + 128)
-        shifts = slice(notecodec.TIME_SHIFT, notecodec.TIME_SHIFT + notecodec.MAX_SHIFT_TICKS)
-        log_probs = mixed(log_probs, pitch_memory.to(device), pitch_share.to(device), pitches)
-        log_probs = mixed(log_probs, shift_memory.to(device), shift_share.to(device), shifts)
-        return log_probs.to(logits.dtype)
+        log_probs = torch.log_softmax(logits.float(), -1).cpu().numpy()  # (B, V), a copy of its own
+        for b, (match, log_pitch, log_gap) in enumerate(rows):
+            for log_memory, ids, shares in ((log_pitch, PITCH_IDS, PITCH_SHARES), (log_gap, SHIFT_IDS, SHIFT_SHARES)):
+                share = share_of(match, shares) * self.weight
+                if log_memory is not None and share > 0:
+                    log_probs[b, ids] = mixed(log_probs[b, ids], log_memory, share)
+        return torch.from_numpy(log_probs).to(logits.device, logits.dtype)
 
     def read(self, tokens: np.ndarray) -> None:
         """Follow one id per lane (B,)."""

@@ -328,12 +328,12 @@ def test_a_session_holds_the_primer_as_uint16_and_writes_what_resolving_everythi
 
     codec = codec_of(any_model)
     primer = read_performance(PIANO_PIECE)
-    whole = GenerationSession(any_model, primer, seconds=3, variations=2, seed=4)
+    whole = GenerationSession(any_model, primer, seconds=5, variations=2, seed=4)
     whole.run()
     if chunk is not None:
         monkeypatch.setattr(sessions, "CHUNK", chunk)
         monkeypatch.setattr(notecodec, "_CHUNK", chunk)
-    session = GenerationSession(any_model, primer, seconds=3, variations=2, seed=4)
+    session = GenerationSession(any_model, primer, seconds=5, variations=2, seed=4)
     assert session.primer.dtype == np.uint16 and session.primer[0] == BOS
     assert np.array_equal(session.primer[1:], codec.encode(primer, eos=False)[1:])
     assert session.start_time == codec.ids_seconds(session.primer.astype(np.int64))

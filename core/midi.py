@@ -301,10 +301,17 @@ def _varlen(value: int) -> bytes:
     return bytes(reversed(out))
 
 
+VARLEN_BYTES = 4  # the most bytes a variable-length number has (the standard's; its largest value is 0x0FFFFFFF)
+
+
 def _read_varlen(data: bytes, i: int, stop: int) -> tuple[int, int]:
-    """(value, position after it) of the variable-length number at `i`."""
+    """(value, position after it) of the variable-length number at `i`: at most VARLEN_BYTES bytes are read, so a
+    damaged file's run of continuation bytes is never one huge number (ticks summed from such numbers overflowed
+    int64: a file the fuzzer made, read in `_unended_notes`)."""
     value = 0
-    while i < stop:
+    for _ in range(VARLEN_BYTES):
+        if i >= stop:
+            break
         byte = data[i]
         i += 1
         value = (value << 7) | (byte & 0x7F)

@@ -309,6 +309,20 @@ def test_a_track_without_end_of_track_ends_its_notes_at_its_last_event(tmp_path)
     assert perf.unended == 1 and perf.offset.tolist() == [1.0, 0.5]
 
 
+def test_a_damaged_delta_time_of_many_continuation_bytes_is_read_as_at_most_four():
+    """A run of 0x80+ bytes where a delta time stands is never one huge number: summed into ticks it overflowed
+    int64 in the scan for unended notes (a file the fuzzer made: OverflowError instead of a reading or a MidiError)."""
+    from core.midi import VARLEN_BYTES, _read_varlen, _unended_notes
+
+    assert _read_varlen(b"\x81\x80\x80\x00", 0, 4) == (0x200000, 4)  # the standard's four bytes
+    assert _read_varlen(b"\xff" * 12 + b"\x00", 0, 13) == (0x0FFFFFFF, VARLEN_BYTES)
+    damaged = b"\xff" * 12 + b"\x00\x90\x3c\x40\x00\x90\x40\x40\x00\xff\x2f\x00"  # a delta of 13 bytes, notes
+    data = (b"MThd" + (6).to_bytes(4, "big") + b"\x00\x00\x00\x01\x01\xe0"
+            + b"MTrk" + len(damaged).to_bytes(4, "big") + damaged)
+    rows = _unended_notes(data)  # read as 13 bytes it was 2^84 ticks: OverflowError
+    assert rows.dtype == np.int64 and rows.shape[1] == 4
+
+
 def test_the_probe_and_the_exact_scan_agree(tmp_path):
     from core.midi import _may_have_unended, _parse_score, _unended_notes
 

@@ -339,6 +339,15 @@ def test_settings_remembered_on_close(qtbot, window, tmp_path):
     assert not settings.adapt_chosen  # never touched: each model's own default next time
 
 
+def reopened_panel(qtbot, tiny_model_dir):
+    """The Write panel of a window opened again on the saved settings, once its model has loaded."""
+    again = MainWindow(Settings.load(), extra_models=[tiny_model_dir], list_ports=False)
+    qtbot.addWidget(again)
+    qtbot.waitUntil(lambda: again.model is not None, timeout=20000)
+    again.jobs.shutdown()
+    return again.panel
+
+
 def test_the_recall_motifs_box_reaches_the_session_and_is_remembered(qtbot, window, tiny_model_dir):
     """On by default: the session gets the model's own motif memory (core/motif.py); unticked, none; the choice is
     remembered."""
@@ -365,11 +374,7 @@ def test_the_recall_motifs_box_reaches_the_session_and_is_remembered(qtbot, wind
     assert session_for(replace(on, new_piece=True), notes_model).motifs == 0.0  # a new piece recalls nothing
     assert w.close()
     assert Settings.load().recall_motifs is False
-    again = MainWindow(Settings.load(), extra_models=[tiny_model_dir], list_ports=False)
-    qtbot.addWidget(again)
-    qtbot.waitUntil(lambda: again.model is not None, timeout=20000)
-    assert not again.panel.recall_motifs.isChecked()
-    again.jobs.shutdown()
+    assert not reopened_panel(qtbot, tiny_model_dir).recall_motifs.isChecked()
 
 
 def test_the_keep_beat_box_reaches_the_session_and_is_remembered(qtbot, window, tiny_model_dir):
@@ -387,11 +392,7 @@ def test_the_keep_beat_box_reaches_the_session_and_is_remembered(qtbot, window, 
     assert not off.keep_beat and session_for(off, w.model).pulse == 0.0
     assert w.close()
     assert Settings.load().keep_beat is False
-    again = MainWindow(Settings.load(), extra_models=[tiny_model_dir], list_ports=False)
-    qtbot.addWidget(again)
-    qtbot.waitUntil(lambda: again.model is not None, timeout=20000)
-    assert not again.panel.keep_beat.isChecked()
-    again.jobs.shutdown()
+    assert not reopened_panel(qtbot, tiny_model_dir).keep_beat.isChecked()
 
 
 def test_a_chosen_adapt_box_is_remembered_and_restored(qtbot, window, tiny_model_dir):

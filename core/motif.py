@@ -35,6 +35,9 @@ from core.codecs import Codec
 from core.errors import RecitalError
 
 MAX_MATCH = 32  # intervals of context matched at most: longer runs count as this long
+# Notes a lane remembers (minutes of music): each note costs one pass over them, and a primer of hours is read in
+# seconds; the oldest quarter is forgotten at once when a lane holds a quarter more.
+MEMORY_NOTES = 4096
 NO_STEP = 1_000  # the "interval" into a piece's first note: it matches no other
 # The share of the mixture by the length of the longest match (intervals): up to 2, 3-4, 5-7, 8-12, 13 or more.
 MATCH_BUCKETS = np.array([2, 4, 7, 12])  # a match of length m falls in bucket searchsorted(MATCH_BUCKETS, m)
@@ -122,6 +125,9 @@ class LaneMotifs:
         self.step = np.append(self.step, step)
         self.next_gap = np.append(self.next_gap, 0)
         self.match = match
+        if len(self.pitch) > MEMORY_NOTES + MEMORY_NOTES // 4:  # forget the oldest: the runs into the rest stay
+            for name in ("pitch", "onset", "step", "match", "next_gap"):
+                setattr(self, name, getattr(self, name)[-MEMORY_NOTES:].copy())
 
     def followers(self) -> tuple[int, np.ndarray]:
         """(the longest match's length, the earlier notes j whose run matches that long): the notes j + 1 followed
@@ -199,7 +205,11 @@ class MotifMemory:
         if not self.active:
             return
         primer = LaneMotifs()
-        for token in np.asarray(primer_ids if primer_ids is not None else [], dtype=np.int64).ravel():
+        ids = np.asarray(primer_ids if primer_ids is not None else [], dtype=np.int64).ravel()
+        notes = np.flatnonzero((ids >= notecodec.PITCH) & (ids < notecodec.DURATION))
+        if len(notes) > MEMORY_NOTES:  # only the notes it would remember are read (onsets count from there)
+            ids = ids[notes[-MEMORY_NOTES]:]
+        for token in ids:
             primer.read(int(token))
         self.lanes = [primer] + [primer.copy() for _ in range(batch - 1)]
 

@@ -211,3 +211,21 @@ def test_recital_continue_remembers_the_primers_motifs_by_default(tmp_path, caps
     with pytest.raises(SystemExit) as stop:
         main(["continue", str(primer), "--model", str(model_dir), "--motifs", "2", "--out", str(tmp_path / "x.mid")])
     assert stop.value.code != 0 and "--motifs: must be from 0 to 1 (0: off), got 2" in capsys.readouterr().err
+
+
+def test_a_lane_remembers_its_last_notes_only_and_a_long_primer_is_read_from_its_tail(monkeypatch):
+    """The memory is bounded (each note costs a pass over it): a lane keeps its last MEMORY_NOTES notes and still
+    recalls the figure they repeat; a primer of more notes is read from where its last MEMORY_NOTES begin."""
+    from core import motif
+
+    monkeypatch.setattr(motif, "MEMORY_NOTES", 64)
+    figure = [60, 64, 67, 72, 67, 64]
+    lane = lane_of(melody([48, 50, 53] * 10 + figure * 40 + figure[:3]))
+    assert 64 <= len(lane.pitch) <= 80 and len(lane.match) == len(lane.step) == len(lane.next_gap) == len(lane.pitch)
+    remembered = lane.predict()
+    assert remembered.match == motif.MAX_MATCH and remembered.pitch[72] == 1.0
+    assert remembered.gap is not None and int(np.argmax(remembered.gap)) + 1 == 25  # every 0.25 s
+    ids = notecodec.encode(melody([48, 50, 53] * 10 + figure * 40 + figure[:3]), eos=False)
+    memory = MotifMemory(notecodec, ids, 2)
+    assert all(len(lane.pitch) == 64 for lane in memory.lanes)  # exactly the last 64 of 273 notes read
+    assert memory.lanes[0].predict().pitch[72] == 1.0

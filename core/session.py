@@ -243,6 +243,9 @@ class GenerationSession:
         if self.denoises and motifs:  # asked for, never silently skipped
             raise ModelError(f"the motif memory is for left-to-right models; a {model.arch} model fills whole "
                              "windows in any order: continue without --motifs (or with 0)")
+        if motifs and codec_of(model).NAME != notecodec.NAME:
+            raise ModelError(f"the motif memory reads the notes codec's ids; this model's codec is "
+                             f"{codec_of(model).NAME!r}: continue without --motifs (or with 0)")
         if isinstance(primer, str | Path):
             from core.midi import read_performance
 

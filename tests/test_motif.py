@@ -139,6 +139,8 @@ def test_each_model_has_its_own_default_and_a_denoiser_refuses_the_memory():
     assert GenerationSession(model, None, seconds=2.0).motifs == 0.0
     assert GenerationSession(model, None, seconds=2.0, motifs=0.5).motifs == 0.5  # asked for: given
     assert default_weight(tiny_dsmr_of("performance"), ids) == 0.0  # it reads the notes codec's ids only
+    with pytest.raises(ModelError, match="motif memory reads the notes codec's ids; this model's codec is 'perf"):
+        GenerationSession(tiny_dsmr_of("performance"), primer, seconds=2.0, motifs=1.0)  # asked for: never skipped
     denoiser = tiny(codec="notes")
     assert default_weight(denoiser, ids) == 0.0
     assert GenerationSession(denoiser, primer, seconds=2.0).motifs == 0.0

@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data import SHARED_MIDI, require_midi
+from bench.data import SHARED_MIDI, report_errors, require_midi
 from core import musicstats as ms
 from core.errors import RecitalError
 from core.harmony import HARMONY_WEIGHT, LEFT_TO_RIGHT_WEIGHT
@@ -212,8 +212,8 @@ def write_lanes(model, primer_ids: np.ndarray | None, seconds: float, lanes: int
                 pulse: float | None = None, motifs: float | None = None) -> list[np.ndarray]:
     """`lanes` variations of `seconds` after the primer (None: from nothing), one batch, as `recital continue` and
     `recital generate` write them (core/session.py): their sampling, token cap, --max-note, --min-repeat,
-    --harmony, --max-density, --pulse, --motifs and the model's own budget for each lane; a denoiser fills windows after the primer
-    (core/denoising.py)."""
+    --harmony, --max-density, --pulse, --motifs and the model's own budget for each lane; a denoiser fills windows
+    after the primer (core/denoising.py)."""
     from core.generate import SamplingConfig
     from core.session import GenerationSession
 
@@ -824,12 +824,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except RecitalError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return report_errors(run, parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,8 +7,10 @@ without them stops at once with one line saying where it looked, instead of meas
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 SHARED_MIDI = Path(os.environ.get("RECITAL_SHARED_MIDI", Path(__file__).resolve().parents[2] / "shared" / "midi"))
@@ -22,3 +24,14 @@ def require_midi(path: str | Path) -> Path:
         sys.exit(f"error: no MIDI data at {path}: the benchmarks read real MIDI from ../shared/midi beside the "
                  "clone (or from RECITAL_SHARED_MIDI), which this machine does not have")
     return path
+
+
+def report_errors(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """`run(args)`'s exit status; a RecitalError (bad input, missing data) printed as one line, exit 1."""
+    from core.errors import RecitalError
+
+    try:
+        return run(args)
+    except RecitalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.continuation import MAESTRO, SHIPPED, Excerpt, Windows, cut
-from bench.data import require_midi
-from core.errors import RecitalError
+from bench.continuation import MAESTRO, SHIPPED, Configuration, Excerpt, Windows, adapted, cut
+from bench.data import report_errors, require_midi
+from core.codecs import codec_of
 from core.midi import Performance
 
 SHARES = np.round(np.arange(0.0, 0.96, 0.05), 2)  # the grid each bucket's share is fitted on
@@ -73,54 +73,41 @@ def windows_from(perf: Performance, name: str, windows: Windows, count: int, cod
     return excerpts
 
 
-def score(model, excerpts: list[Excerpt], adapt: bool, seconds: float) -> Scored:
-    """Each excerpt's truth read by the model (adapted to its primer first when `adapt`, as `recital continue`
-    does), with what a motif memory of primer and truth so far says of each id."""
+def score(model, config: Configuration, excerpts: list[Excerpt], seconds: float) -> Scored:
+    """Each excerpt's truth read by the model (adapted to its primer first when `config.adapt`, as `recital
+    continue` does), with what a motif memory of primer and truth so far says of each id."""
     import torch
 
-    from core import notecodec
-    from core.adapt import AdaptSettings
-    from core.adapt import adapt as adapt_to
     from core.budget import default_budget
     from core.metrics import chunk_logits
-    from core.motif import MATCH_BUCKETS, LaneMotifs
+    from core.motif import MATCH_BUCKETS, PITCH_IDS, SHIFT_IDS, MotifMemory
 
     kinds, buckets, model_lp, memory_lp = [], [], [], []
-    settings = AdaptSettings()
-    pitches = slice(notecodec.PITCH, notecodec.PITCH + 128)
-    shifts = slice(notecodec.TIME_SHIFT, notecodec.TIME_SHIFT + notecodec.MAX_SHIFT_TICKS)
     for excerpt in excerpts:
-        reader = model
-        if adapt:
-            reader = adapt_to(model, excerpt.primer_ids, steps=settings.steps, lr=settings.lr,
-                              parameters=settings.parameters, held_out=settings.held_out).model
+        reader = adapted(model, config, excerpt)
         ids = np.concatenate([excerpt.primer_ids, excerpt.truth_ids])
         first = len(excerpt.primer_ids) - 1
         state = reader.new_state(reader.plan(default_budget(reader, 1), 1), 1)
-        lane = LaneMotifs()
-        for token in ids[:first + 1]:
-            lane.read(int(token))
+        lane = MotifMemory(codec_of(reader), ids[:first + 1], 1).lanes[0]  # the primer read as `recital continue` does
         with torch.inference_mode():
             for start, logits in chunk_logits(reader, ids, state, torch.device("cpu")):
                 log_probs = torch.log_softmax(logits, -1).double().numpy()
                 for t in range(max(first, start), start + len(logits)):
                     row, target = log_probs[t - start], int(ids[t + 1])
-                    remembered = lane.predict()
-                    kind, dist, ids_of = -1, None, None
-                    if pitches.start <= target < pitches.stop:
-                        kind, dist, ids_of = 0, remembered.pitch, pitches
-                    elif shifts.start <= target < shifts.stop:
-                        kind, dist, ids_of = 1, remembered.gap, shifts
+                    match, log_pitch, log_gap = lane.logs()
+                    kind, log_memory, ids_of = -1, None, None
+                    if PITCH_IDS.start <= target < PITCH_IDS.stop:
+                        kind, log_memory, ids_of = 0, log_pitch, PITCH_IDS
+                    elif SHIFT_IDS.start <= target < SHIFT_IDS.stop:
+                        kind, log_memory, ids_of = 1, log_gap, SHIFT_IDS
                     kinds.append(kind)
                     model_lp.append(row[target])
-                    if dist is None:
+                    if log_memory is None:
                         buckets.append(-1)
                         memory_lp.append(-np.inf)
                     else:
-                        buckets.append(int(np.searchsorted(MATCH_BUCKETS, remembered.match)))
-                        mass = np.logaddexp.reduce(row[ids_of])
-                        with np.errstate(divide="ignore"):
-                            memory_lp.append(mass + np.log(dist[target - ids_of.start]))
+                        buckets.append(int(np.searchsorted(MATCH_BUCKETS, match)))
+                        memory_lp.append(np.logaddexp.reduce(row[ids_of]) + log_memory[target - ids_of.start])
                     lane.read(target)
     return Scored(np.array(kinds), np.array(buckets), np.array(model_lp), np.array(memory_lp),
                   seconds * len(excerpts))
@@ -168,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.windows[:2]) <= 0 or args.windows[2] < sum(args.windows[:2]):
         parser.error(f"--windows: primer and truth above 0, the fit from their end on; got {args.windows}")
-    try:
-        return run(args)
-    except RecitalError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return report_errors(run, args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,7 +163,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from core import motif
-    from core.codecs import codec_of
     from core.midi import read_performance
     from core.modeldir import load_model
 
@@ -206,9 +188,10 @@ def run(args: argparse.Namespace) -> int:
         if not fitting:
             print(f"{args.midi}: no piece lasts {fit_from + primer + truth:g} s: nothing to fit on", file=sys.stderr)
             return 2
-        fit_scored = score(model, fitting, not args.no_adapt, windows.truth)
+        config = Configuration(name, adapt=not args.no_adapt)
+        fit_scored = score(model, config, fitting, windows.truth)
         pitch_fit, shift_fit = fit(fit_scored, buckets)
-        test_scored = score(model, test, not args.no_adapt, windows.truth)
+        test_scored = score(model, config, test, windows.truth)
         none = np.zeros(buckets)
         rows = {"the model alone": bits_row(test_scored, none, none),
                 "with core/motif.py's shares": bits_row(test_scored, motif.PITCH_SHARES, motif.SHIFT_SHARES),

@@ -264,7 +264,8 @@ def truth_bits_per_second(model, excerpt: Excerpt, seconds: float) -> float:
 def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pulse: float = 0.0,
                motifs: float = 0.0) -> TruthBits:
     """-sum log2 p(truth id | primer and the truth before it) / seconds, as the model predicts, with its memory of
-    the piece's motifs (`motifs`, core/motif.py `MotifMemory`, reading primer and truth so far; 0: none), and as
+    the piece (`motifs`: core/contextcache.py `ContextCache`, then core/motif.py `MotifMemory`, each holding primer
+    and truth so far; 0: none), and as
     `recital continue` draws from it: those logits with the soft pulls of a continuation, its keys towards the
     primer's pitch classes (`harmony`, core/harmony.py `PrimerHarmony`) and its time steps towards the primer's beat
     (`pulse`, core/pulse.py `PrimerPulse`, the clock followed through the truth's ids); 0: no pull, the two equal.
@@ -276,6 +277,7 @@ def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pu
     from bench.finetune import by_kind
     from core.budget import default_budget
     from core.codecs import codec_of
+    from core.contextcache import ContextCache
     from core.harmony import PrimerHarmony, pulled
     from core.metrics import chunk_logits
     from core.motif import MotifMemory
@@ -291,21 +293,25 @@ def truth_bits(model, excerpt: Excerpt, seconds: float, harmony: float = 0.0, pu
     beat = PrimerPulse(codec, excerpt.primer_ids, 1, pulse)
     clock = np.cumsum(codec.shift_ticks(ids))  # ticks after each id: the beat's clock where it predicts the next
     memory = MotifMemory(codec, ids[:first + 1], 1, motifs)
+    cache = ContextCache(model, codec, 1, motifs)
     nats: list[np.ndarray] = []  # (truth ids,) each id's nats, as the model predicts it
     remembered_nats = pulled_nats = 0.0
     with torch.inference_mode():
         for start, logits in chunk_logits(model, ids, state, torch.device("cpu")):
             end = start + len(logits)
+            primer_rows = logits[:max(first - start, 0)]  # the primer's, remembered as `recital continue` does
+            cache.remember(primer_rows.numpy(), ids[start + 1:start + 1 + len(primer_rows)])
             logits = logits[max(first - start, 0):]
             if not len(logits):
                 continue
             targets = tokens[max(first, start) + 1:end + 1, None]
             nats.append(-torch.log_softmax(logits, -1).gather(1, targets)[:, 0].double().numpy())
-            if memory.active:  # each position mixed with what the memory holds there, then the id read into it
-                rows = []
+            if memory.active or cache.active:  # each position mixed with what the memories hold there, then
+                rows = []                        # the id read into them
                 for row, target in zip(logits, targets[:, 0].numpy(), strict=True):
-                    rows.append(memory.mix(row[None])[0])
+                    rows.append(memory.mix(cache.mix(row[None]))[0])
                     memory.read(np.array([target]))
+                    cache.read(np.array([target]))
                 logits = torch.stack(rows)
             remembered_nats -= float(torch.log_softmax(logits, -1).gather(1, targets).sum())
             if keys is not None:

@@ -20,6 +20,7 @@ import torch
 from core import notecodec, tokenizer
 from core.codecs import Codec, codec_of
 from core.constraints import Constraints
+from core.contextcache import CAPACITY, ContextCache
 from core.errors import ModelError
 from core.harmony import PrimerHarmony
 from core.motif import MotifMemory
@@ -269,6 +270,28 @@ class LaneLimits:
         return bool(self.done.all()) or self.produced == self.max_tokens
 
 
+READ_CHUNK = 512  # primer ids read at once when the context cache keeps each one's logits
+
+
+def read_primer(model, primer: torch.Tensor, state, batch: int, cache: ContextCache | None) -> torch.Tensor:
+    """Read `primer` (T,) into every lane of `state` -> the logits (B, V) after its last id. With a cache, the
+    ids it remembers (the last CAPACITY + 1) are `read` a chunk at a time, their logits (every lane's are the
+    same) remembered with the ids that followed them; the rest is `prefill`ed as without one."""
+    lanes = primer[None].expand(batch, -1)  # every lane, not copied
+    if cache is None:
+        return model.prefill(lanes, state)
+    start = max(len(primer) - CAPACITY - 1, 0)
+    if start:
+        model.prefill(lanes[:, :start], state)
+    logits = None
+    for at in range(start, len(primer), READ_CHUNK):
+        chunk = model.read(lanes[:, at:at + READ_CHUNK], state)  # (B, n, V)
+        after = primer[at + 1:at + 1 + chunk.shape[1]].cpu().numpy()  # the ids that followed, none after the last
+        cache.remember(chunk[0, :len(after)].float().cpu().numpy(), after)
+        logits = chunk[:, -1]
+    return logits
+
+
 def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None = None, *,
              max_tokens: int | None = None, max_seconds: float | None = None, stop_at_eos: bool = True,
              seed: int | None = None, max_note_seconds: float | None = MAX_NOTE_SECONDS,
@@ -301,9 +324,11 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     `PrimerHarmony`: which key, never whether a note comes; 0, or no primer: not at all). `pulse` > 0 pulls every
     lane's TimeShifts towards the beat of the primer's last PULSE_SECONDS and where its onsets fall in it
     (core/pulse.py `PrimerPulse`: when the next note comes, never whether time moves on; 0, or no beat: not at all).
-    `motifs` > 0 mixes each lane's memory of its own notes, primer and all, into the model's next pitch and time
-    step, that share of the fitted mixture (core/motif.py `MotifMemory`: what followed the same run of intervals
-    before; 0: none), before every mask and pull: it is part of what the model predicts.
+    `motifs` > 0 mixes each lane's memory of the piece, primer and all, into what the model predicts, that share of
+    the fitted mixtures (0: none), before every mask and pull: the ids that followed the moments the model saw most
+    alike (core/contextcache.py `ContextCache`, keyed by the model's own logits), then the next pitch and time step
+    after the same run of intervals before and the length of a note that ends with one sounding (core/motif.py
+    `MotifMemory`).
     """
     codec = codec_of(model)
     limits = LaneLimits(state.batch, max_tokens, max_seconds, stop_at_eos, codec)
@@ -313,9 +338,10 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     device = next(model.parameters()).device
     generator = seeded_generator(device, seed)
 
+    cache = ContextCache(model, codec, batch, motifs)  # it checks the weight; inactive at 0
     # Grad mode is thread-local: set it around each call, never across a yield.
     with torch.no_grad():
-        logits = model.prefill(primer.to(device)[None].expand(batch, -1), state)  # every lane, not copied
+        logits = read_primer(model, primer.to(device), state, batch, cache if cache.active else None)
     notes = note_rule(codec, batch, max_note_seconds, primer.numpy(), stop_at_eos, min_repeat_seconds)
     never = [PAD, BOS] + ([] if stop_at_eos else [EOS])
     forbidden = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=device)
@@ -329,6 +355,8 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
     memory = memory if memory.active else None
     del primer  # read: the steps never look back at it, and a long primer's ids are freed before they run
     while limits.more():
+        if cache.active:
+            logits = cache.mix(logits)  # from the model's own logits: they are its keys
         if memory is not None:
             logits = memory.mix(logits)
         allowed = logits + forbidden
@@ -352,6 +380,7 @@ def generate(model, primer: torch.Tensor, state, sampling: SamplingConfig | None
             beat.read(tokens)
         if memory is not None:
             memory.read(tokens)
+        cache.read(tokens)
         if tracker is not None:
             tracker.read(tokens)
         yield limits.close(tokens)  # PAD where a lane has finished

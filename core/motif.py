@@ -14,12 +14,16 @@ that kind of id, the share growing with the length of the match (`PITCH_SHARES`,
 `weight`: p = (1 - share) p_model + share * p_model(kind) * p_memory. Only which pitch and when change, never whether
 a note comes: the mixture keeps each kind's mass where the model put it.
 
+A note's length is remembered otherwise: durations after the same matches gave about 0.1 bits/s, but a note just
+struck often ends with a note already sounding (a chord let go at once, the pedal lifted: a performance's lengths
+are pedal-folded), so each sounding note's end, as a length from now, is mixed into the Duration ids (`END_SHARE`).
+
 The shares are fitted by bench/motif.py on 29 windows of the ten MAESTRO performances from 60 s on, outside
-bench/continuation.py's; on its windows the truth given the primer costs the DSMR default, adapting, 134.8 -> 130.6
-bits/s (pitches 36.2 -> 32.8, time steps 31.7 -> 30.9), the PerceiverS default 144.1 -> 138.2. Durations and
-velocities remembered the same way gave about 0.1 bits/s each: left to the model. The repeats inside the truth
-give it all: a memory of the primer alone gave 0.5. Only the notes codec's models; for another the memory is
-inactive.
+bench/continuation.py's, together with the context cache's (core/contextcache.py, mixed in before this memory); on
+its windows the truth given the primer costs the DSMR default, adapting, 134.8 -> 129.7 bits/s with this memory
+(pitches 36.2 -> 32.8, durations 36.1 -> 35.3, time steps 31.7 -> 30.9), 127.6 with the cache too. Velocities
+remembered the same way gave about 0.1: left to the model (and the cache). The repeats inside the truth give most of
+it: a memory of the primer alone gave 0.5. Only the notes codec's models; for another the memory is inactive.
 """
 
 from __future__ import annotations
@@ -41,12 +45,19 @@ MEMORY_NOTES = 4096
 NO_STEP = 1_000  # the "interval" into a piece's first note: it matches no other
 # The share of the mixture by the length of the longest match (intervals): up to 2, 3-4, 5-7, 8-12, 13 or more.
 MATCH_BUCKETS = np.array([2, 4, 7, 12])  # a match of length m falls in bucket searchsorted(MATCH_BUCKETS, m)
-PITCH_SHARES = np.array([0.10, 0.35, 0.55, 0.70, 0.75])
-SHIFT_SHARES = np.array([0.10, 0.30, 0.50, 0.50, 0.55])
+PITCH_SHARES = np.array([0.05, 0.35, 0.50, 0.70, 0.75])
+SHIFT_SHARES = np.array([0.10, 0.25, 0.45, 0.40, 0.55])
 SHIFT_SPREAD = 2.0  # ticks: each remembered gap a two-sided exponential this wide over the TimeShift ids
+# A note often ends with notes already sounding (a chord let go at once, the pedal lifted: MAESTRO's lengths are
+# pedal-folded): each sounding note's end, as a duration from now, a two-sided exponential this many bins wide over
+# the Duration ids, mixed in at END_SHARE whether a run matched or not: half what bench/motif.py fits (0.25), as the
+# context cache's durations (core/contextcache.py SHARES): at the fit a continuation's notes grew short.
+END_SPREAD = 0.5
+END_SHARE = 0.125
 WEIGHT = 1.0  # the share's scale a continuation gets unless told otherwise (0: no memory)
 PITCH_IDS = slice(notecodec.PITCH, notecodec.PITCH + 128)
 SHIFT_IDS = slice(notecodec.TIME_SHIFT, notecodec.TIME_SHIFT + notecodec.MAX_SHIFT_TICKS)
+DURATION_IDS = slice(notecodec.DURATION, notecodec.DURATION + notecodec.DURATION_BINS)
 
 
 class MotifError(RecitalError):
@@ -90,9 +101,11 @@ class LaneMotifs:
         self.step = np.zeros(0, dtype=np.int64)  # interval into each note (NO_STEP into the first)
         self.match = np.zeros(0, dtype=np.int64)  # intervals the run into note j shares with the run into the last
         self.next_gap = np.zeros(0, dtype=np.int64)  # ticks from note j's onset to the next later onset (0: not yet)
+        self.end = np.zeros(0, dtype=np.int64)  # the tick each note ends at (0: its Duration not read yet)
         self.tick = 0
         self.after_shift = False  # the last id moved the clock: the next TimeShift continues a gap already begun
-        self._logs: tuple[int, np.ndarray | None, np.ndarray | None] | None = None  # `logs()` until the next change
+        self.after_pitch = False  # the last id was a Pitch: its Duration comes next
+        self._logs: Logs | None = None  # `logs()` until the next change
 
     def copy(self) -> LaneMotifs:
         other = LaneMotifs()
@@ -101,6 +114,11 @@ class LaneMotifs:
 
     def read(self, token: int) -> None:
         """Follow one id of the notes codec."""
+        if self.after_pitch:
+            self.after_pitch, self._logs = False, None
+            if DURATION_IDS.start <= token < DURATION_IDS.stop:
+                self.end[-1] = self.onset[-1] + notecodec.BIN_TICKS[token - DURATION_IDS.start]
+                return
         if notecodec.TIME_SHIFT <= token < notecodec.VELOCITY:
             self.tick += token - notecodec.TIME_SHIFT + 1
             self._logs = None if not self.after_shift else self._logs
@@ -110,7 +128,7 @@ class LaneMotifs:
             self.after_shift, self._logs = False, None
         if notecodec.PITCH <= token < notecodec.DURATION:
             self._note(token - notecodec.PITCH)
-            self._logs = None
+            self.after_pitch, self._logs = True, None
 
     def _note(self, pitch: int) -> None:
         unresolved = (self.next_gap == 0) & (self.onset < self.tick)  # the onset before this one's notes
@@ -124,9 +142,10 @@ class LaneMotifs:
         self.onset = np.append(self.onset, self.tick)
         self.step = np.append(self.step, step)
         self.next_gap = np.append(self.next_gap, 0)
+        self.end = np.append(self.end, 0)
         self.match = match
         if len(self.pitch) > MEMORY_NOTES + MEMORY_NOTES // 4:  # forget the oldest: the runs into the rest stay
-            for name in ("pitch", "onset", "step", "match", "next_gap"):
+            for name in ("pitch", "onset", "step", "match", "next_gap", "end"):
                 setattr(self, name, getattr(self, name)[-MEMORY_NOTES:].copy())
 
     def followers(self) -> tuple[int, np.ndarray]:
@@ -145,10 +164,12 @@ class LaneMotifs:
         return best, same if len(same) else js
 
     def predict(self) -> Remembered:
-        """What the notes that followed the longest matches say of the next pitch and the next gap."""
+        """What the notes that followed the longest matches say of the next pitch and the next gap, and the notes
+        still sounding of the length of a note just struck."""
+        duration = self.ends() if self.after_pitch else None
         best, js = self.followers()
         if not best:
-            return Remembered(0, None, None)
+            return Remembered(0, None, None, duration)
         pitches = self.pitch[-1] + self.step[js + 1]
         # within the register the piece has played: a figure that rises as it repeats would climb on
         pitches = pitches[(pitches >= self.pitch.min()) & (pitches <= self.pitch.max())]
@@ -160,16 +181,26 @@ class LaneMotifs:
             ticks = np.arange(1, notecodec.MAX_SHIFT_TICKS + 1)
             bumps = np.exp(-np.abs(ticks[:, None] - gaps[None, :]) / SHIFT_SPREAD).sum(1)
             gap = bumps / bumps.sum()
-        return Remembered(best, pitch, gap)
+        return Remembered(best, pitch, gap, duration)
 
-    def logs(self) -> tuple[int, np.ndarray | None, np.ndarray | None]:
-        """`predict()` as (match, log of the pitch distribution, log of the gap's), kept until the lane changes
-        (a Duration or a Velocity id changes nothing remembered: most steps reuse it)."""
+    def ends(self) -> np.ndarray | None:
+        """The distribution of a new note's Duration bin if it ends with a note already sounding (None: none
+        sounds)."""
+        sounding = self.end > self.tick
+        if not sounding.any():
+            return None
+        bins = notecodec.duration_bin(self.end[sounding] - self.tick)
+        bumps = np.exp(-np.abs(np.arange(notecodec.DURATION_BINS)[:, None] - bins[None, :]) / END_SPREAD).sum(1)
+        return bumps / bumps.sum()
+
+    def logs(self) -> Logs:
+        """`predict()` as (match, the logs of the pitch, gap and duration distributions), kept until the lane
+        changes (a Velocity id changes nothing remembered, nor a TimeShift after one: most steps reuse it)."""
         if self._logs is None:
             remembered = self.predict()
             with np.errstate(divide="ignore"):
-                self._logs = (remembered.match, None if remembered.pitch is None else np.log(remembered.pitch),
-                              None if remembered.gap is None else np.log(remembered.gap))
+                self._logs = (remembered.match,) + tuple(
+                    None if p is None else np.log(p) for p in (remembered.pitch, remembered.gap, remembered.duration))
         return self._logs
 
 
@@ -177,11 +208,16 @@ class LaneMotifs:
 class Remembered:
     """A lane's memory of what comes next: the longest match (intervals; 0: none), the distribution of the next
     pitch over the 128 keys and of the next gap over the TimeShift ids (1..MAX_SHIFT_TICKS ticks; None: nothing
-    remembered: no match, or the last id already began a gap)."""
+    remembered: no match, or the last id already began a gap), and of the Duration bin of a note just struck
+    (None: not just after a Pitch, or no note sounds)."""
 
     match: int
     pitch: np.ndarray | None
     gap: np.ndarray | None
+    duration: np.ndarray | None = None
+
+
+Logs = tuple[int, np.ndarray | None, np.ndarray | None, np.ndarray | None]  # match, log pitch, log gap, log duration
 
 
 def mixed(log_probs: np.ndarray, log_memory: np.ndarray, share: float) -> np.ndarray:
@@ -219,12 +255,14 @@ class MotifMemory:
         if not self.active:
             return logits
         rows = [lane.logs() for lane in self.lanes]
-        if all(pitch is None and gap is None for _, pitch, gap in rows):
+        if all(pitch is None and gap is None and duration is None for _, pitch, gap, duration in rows):
             return logits
         log_probs = torch.log_softmax(logits.float(), -1).cpu().numpy()  # (B, V), a copy of its own
-        for b, (match, log_pitch, log_gap) in enumerate(rows):
-            for log_memory, ids, shares in ((log_pitch, PITCH_IDS, PITCH_SHARES), (log_gap, SHIFT_IDS, SHIFT_SHARES)):
-                share = share_of(match, shares) * self.weight
+        for b, (match, log_pitch, log_gap, log_duration) in enumerate(rows):
+            for log_memory, ids, share in ((log_pitch, PITCH_IDS, share_of(match, PITCH_SHARES)),
+                                           (log_gap, SHIFT_IDS, share_of(match, SHIFT_SHARES)),
+                                           (log_duration, DURATION_IDS, END_SHARE)):
+                share = share * self.weight
                 if log_memory is not None and share > 0:
                     log_probs[b, ids] = mixed(log_probs[b, ids], log_memory, share)
         return torch.from_numpy(log_probs).to(logits.device, logits.dtype)

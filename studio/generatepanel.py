@@ -78,9 +78,10 @@ BEAT_TIP = ("Let the new notes fall where the piece's notes fall in its beat (it
             "keeps the primer's pulse instead of drifting off it. Loosely: a rubato or an off-beat note can "
             "still come. Has no effect on a new piece.")
 
-MOTIFS_TIP = ("Let the model remember the piece's own figures: when the music comes back to a run of notes it "
-              "played before, what followed it then becomes likelier now (a left-hand pattern goes on, a phrase "
-              "returns, also a step higher), within the range the piece has used. The model still chooses.")
+MOTIFS_TIP = ("Let the model remember the piece: when the music comes back to a run of notes it played before, "
+              "or to a moment the model hears as alike, what followed then becomes likelier now (a left-hand "
+              "pattern goes on, a phrase returns, also a step higher), within the range the piece has used; a new "
+              "note often ends with the notes still sounding, as under the pedal. The model still chooses.")
 
 
 def summary_text(path: Path) -> str:
@@ -246,7 +247,7 @@ class GeneratePanel(QWidget):
         self.keep_beat.setChecked(True)  # the left-to-right models' default (core.pulse.default_weight)
         self.keep_beat.setToolTip(BEAT_TIP)
         grid.addWidget(self.keep_beat, 7, 0, 1, 4)
-        self.recall_motifs = QCheckBox("Recall the piece's motifs")
+        self.recall_motifs = QCheckBox("Recall the piece")
         self.recall_motifs.setChecked(True)  # the left-to-right models' default (core.motif.default_weight)
         self.recall_motifs.setToolTip(MOTIFS_TIP)
         grid.addWidget(self.recall_motifs, 8, 0, 1, 4)
@@ -429,7 +430,7 @@ class GeneratePanel(QWidget):
                                   "its time steps in any order.")
         self.recall_motifs.setEnabled(self.adapt_ok)  # the box keeps its tick for the next model
         self.recall_motifs.setToolTip(MOTIFS_TIP if self.adapt_ok else
-                                      f"Recalling the piece's motifs is for left-to-right models; {model.arch} "
+                                      f"Recalling the piece is for left-to-right models; {model.arch} "
                                       "writes its notes in any order.")
         self.infill_model = can_infill(model)
         own = getattr(getattr(model, "config", None), "steps", None) if self.infill_model else None

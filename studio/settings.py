@@ -35,7 +35,7 @@ class Settings:
     adapt: bool = False  # the Write panel's "Adapt to the primer", when the composer set it (adapt_chosen)
     adapt_chosen: bool = False  # else each model's own default (core.adapt.adapts_by_default)
     keep_beat: bool = True  # the Write panel's "Keep the primer's beat" (core/pulse.py)
-    recall_motifs: bool = True  # the Write panel's "Recall the piece's motifs" (core/motif.py)
+    recall_motifs: bool = True  # the Write panel's "Recall the piece" (core/contextcache.py, core/motif.py)
     variations: int = 1
     infill_context: float = CONTEXT_SECONDS or 0.0  # Regenerate selection's seconds each side; 0: as the window holds
     infill_steps: int = 0  # Regenerate selection's unmasking passes; 0: the model's own

@@ -30,20 +30,34 @@ def test_the_fit_windows_start_after_the_benchmarks_and_lie_whole_in_the_piece()
     assert bench_motif.windows_from(figure_piece(15.0), "short", windows, 10, notecodec, first=10.0) == []
 
 
-def test_each_bucket_gets_the_share_that_makes_its_ids_likeliest():
-    """Ids the memory predicts well (bucket 1) take a large share, ids it predicts badly (bucket 0) none."""
-    count = 200
-    kind = np.zeros(2 * count, dtype=np.int64)
-    bucket = np.repeat([0, 1], count)
-    model = np.full(2 * count, np.log(0.1))
-    memory = np.where(bucket == 1, np.log(0.9), np.log(1e-4))
-    scored = bench_motif.Scored(kind, bucket, model, memory, 1.0)
-    pitch_shares, shift_shares = bench_motif.fit(scored, 2)
-    assert pitch_shares[0] == 0.0 and pitch_shares[1] == bench_motif.SHARES.max()  # 0.95: the grid's top
-    assert (shift_shares == 0).all()  # no time step in the data: nothing mixed
-    none = np.zeros(2)
-    assert scored.nats(none, none) == pytest.approx(-model)  # no share: the model's own
-    assert bench_motif.bits_row(scored, pitch_shares, shift_shares)[0] < bench_motif.bits_row(scored, none, none)[0]
+def synthetic(count: int = 200) -> bench_motif.Scored:
+    """Pitches the context cache predicts well in likeness bucket 1 and badly in bucket 0 (at every sharpness),
+    durations the ends predict well, time steps nothing predicts."""
+    kind = np.repeat([0, 0, 1, 2], count)
+    likeness = np.repeat([0, 1, -1, -1], count)
+    model = np.full(4 * count, np.log(0.1))
+    cache = np.where(likeness == 1, np.log(0.9), np.where(likeness == 0, np.log(1e-4), np.nan))
+    grid = len(bench_motif.SHARPNESS_GRID)
+    ends = np.where(kind == 1, np.log(0.8), np.nan)
+    return bench_motif.Scored(kind, model, np.zeros(4 * count), likeness, np.repeat(cache[:, None], grid, 1),
+                              np.full(4 * count, -1), np.full(4 * count, np.nan), ends, 1.0)
+
+
+def test_each_share_is_the_one_that_makes_its_ids_likeliest():
+    scored = synthetic()
+    fitted = bench_motif.fit(scored)
+    assert fitted.cache[0, 0] == 0.0 and fitted.cache[0, 1] == bench_motif.SHARES.max()  # 0.95: the grid's top
+    assert fitted.end == bench_motif.SHARES.max() and (fitted.motif == 0).all()  # no match anywhere: no share
+    assert (fitted.cache[1:] == 0).all()  # nothing held for the other kinds: nothing mixed
+    none = fitted.only()
+    assert scored.nats(none) == pytest.approx(-scored.model)  # no share: the model's own
+    assert bench_motif.bits_row(scored, fitted)[0] < bench_motif.bits_row(scored, none)[0]
+    shipped = bench_motif.Memories.shipped()
+    assert bench_motif.bits_row(scored, shipped)[0] < bench_motif.bits_row(scored, none)[0]
+    silent = bench_motif.Scored(*(getattr(scored, name) for name in ("kind", "model", "mass", "likeness")),
+                                np.full_like(scored.cache, np.nan), scored.match, scored.motif,
+                                np.full_like(scored.ends, np.nan), 1.0)
+    assert silent.nats(shipped) == pytest.approx(-scored.model)  # a memory holding nothing is not mixed in
 
 
 def test_main_fits_on_later_windows_and_prints_both_tables(tmp_path, capsys, one_thread):
@@ -57,13 +71,14 @@ def test_main_fits_on_later_windows_and_prints_both_tables(tmp_path, capsys, one
                              "10", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "fitted on 2 windows from 10 s on, measured on the 2 excerpts" in printed
-    for row in ("pitch shares (fitted)", "time-step shares (core/motif.py)", "the model alone",
-                "with core/motif.py's shares", "with the shares fitted here"):
+    for row in ("pitches (fitted)", "time steps (shipped)", "the model alone", "the context cache (as shipped)",
+                "the motifs and the ends (as shipped)", "all three, as shipped", "all three, as fitted here",
+                "the ends of the notes sounding"):
         assert row in printed
     result = json.loads(out.read_text())[str(model)]
     alone, shipped, fitted = (result["bits_per_second"][row][0] for row in
-                              ("the model alone", "with core/motif.py's shares", "with the shares fitted here"))
+                              ("the model alone", "all three, as shipped", "all three, as fitted here"))
     assert fitted < alone and shipped < alone  # a figure played over and over: remembered, it costs less
-    assert max(result["pitch_shares_fitted"]) > 0.5
+    assert max(max(result["fitted"]["motif_shares"][0]), max(result["fitted"]["cache_shares"][0])) > 0.5
     assert bench_motif.main(["--midi", str(pieces), "--models", str(model), "--windows", "4", "3", "40"]) == 2
     assert "nothing to fit on" in capsys.readouterr().err

@@ -170,10 +170,12 @@ def test_with_the_memory_a_continuation_goes_on_with_the_figure_the_primer_repea
 
 
 def test_the_truth_with_the_memory_is_scored_as_the_generator_reads_it_id_by_id():
-    """`truth_bits` mixes each position with what the memory holds there and only then reads the id: scored with
-    the memory one id ahead (the truth's own next note remembered), the bits would fall far lower."""
+    """`truth_bits` mixes each position with what the memories hold there (the context cache, then the motifs) and
+    only then reads the id: scored with them one id ahead (the truth's own next note remembered), the bits would
+    fall far lower."""
     from bench import continuation
     from core.budget import default_budget
+    from core.contextcache import ContextCache
 
     model = tiny_dsmr_of("notes")
     piece = melody([60, 64, 67, 64] * 12, gap=0.25)
@@ -184,10 +186,13 @@ def test_the_truth_with_the_memory_is_scored_as_the_generator_reads_it_id_by_id(
         logits = model.read(torch.as_tensor(ids[None, :-1]),
                             model.new_state(model.plan(default_budget(model, 1), 1), 1))[0].float()
     memory = MotifMemory(notecodec, ids[:first + 1], 1, 1.0)
+    cache = ContextCache(model, notecodec, 1, 1.0)
+    cache.remember(logits[:first].numpy(), ids[1:first + 1])
     nats = 0.0
     for t in range(first, len(ids) - 1):
-        nats -= float(torch.log_softmax(memory.mix(logits[t:t + 1]), -1)[0, ids[t + 1]])
+        nats -= float(torch.log_softmax(memory.mix(cache.mix(logits[t:t + 1])), -1)[0, ids[t + 1]])
         memory.read(ids[t + 1:t + 2])
+        cache.read(ids[t + 1:t + 2])
     bits = continuation.truth_bits(model, excerpt, 6.0, motifs=1.0)
     assert bits.remembered == pytest.approx(nats / np.log(2) / 6.0, rel=1e-5)
     assert bits.remembered < 0.6 * bits.model  # the figure repeats: remembered, it costs far less
@@ -231,3 +236,29 @@ def test_a_lane_remembers_its_last_notes_only_and_a_long_primer_is_read_from_its
     memory = MotifMemory(notecodec, ids, 2)
     assert all(len(lane.pitch) == 64 for lane in memory.lanes)  # exactly the last 64 of 273 notes read
     assert memory.lanes[0].predict().pitch[72] == 1.0
+
+
+def test_a_note_just_struck_is_remembered_to_end_with_the_notes_still_sounding():
+    """A chord held 2 s (the pedal down), a note struck 0.5 s in: its length is likeliest the chord's 1.5 s left,
+    mixed into the Duration ids at END_SHARE (their mass the model's); once its Duration is read, nothing."""
+    from core.motif import DURATION_IDS, END_SHARE
+
+    chord = Performance.from_notes(np.array([0.0, 0.0, 0.0, 0.5]), np.array([2.0, 2.0, 2.0, 0.7]),
+                                   np.array([48, 55, 64, 67]), np.full(4, 70))
+    ids = notecodec.encode(chord, eos=False)
+    struck = int(np.flatnonzero(ids == notecodec.PITCH + 67)[0])
+    lane = LaneMotifs()
+    for token in ids[:struck + 1]:
+        lane.read(int(token))
+    remembered = lane.predict().duration
+    left = int(notecodec.duration_bin(np.array([150]))[0])  # 1.5 s in ticks
+    assert remembered is not None and int(np.argmax(remembered)) == left and remembered[left] > 0.6
+    memory = MotifMemory(notecodec, ids[:struck + 1], batch=1)
+    logits = torch.randn(1, notecodec.VOCAB_SIZE)
+    before, after = torch.log_softmax(logits, -1), torch.log_softmax(memory.mix(logits), -1)
+    mass = before[0, DURATION_IDS].exp().sum()
+    assert torch.allclose(after[0, DURATION_IDS].exp().sum(), mass, atol=1e-5)
+    expected = (1 - END_SHARE) * before[0, DURATION_IDS.start + left].exp() + END_SHARE * mass * remembered[left]
+    assert torch.allclose(after[0, DURATION_IDS.start + left].exp(), expected, atol=1e-6)
+    lane.read(int(ids[struck + 1]))  # its Duration
+    assert lane.predict().duration is None

@@ -160,7 +160,9 @@ def test_a_notes_session_follows_the_grammar_its_constraints_and_max_note():
 
 class Restriker(torch.nn.Module):
     """A notes model in the stutter's mode: after a TimeShift it wants the pitch it struck last (else Pitch 60)
-    again above all, then a 10 ms TimeShift; after a Duration the 10 ms TimeShift; any other pitch is possible."""
+    again above all, then a 10 ms TimeShift; after a Duration the 10 ms TimeShift; any other pitch is possible.
+    Hand-made logits with no hidden state: its sessions run without the piece's memory (`motifs=0`), which reads
+    a model's hidden states (core/contextcache.py); the guard is applied after it either way."""
 
     arch = "restriker"
 
@@ -217,21 +219,21 @@ def test_no_pitch_is_struck_again_within_40_ms_and_0_lets_the_stutter_back():
                                     np.full(2, 80))
     assert nc.MIN_REPEAT_SECONDS == 0.04
     for seed in range(3):
-        guarded = GenerationSession(Restriker(), primer, seconds=3, variations=3, seed=seed, max_tokens=5000)
+        guarded = GenerationSession(Restriker(), primer, motifs=0.0, seconds=3, variations=3, seed=seed, max_tokens=5000)
         guarded.run()
         for lane in guarded.lanes:
             assert_paired(lane)
             assert is_pitch(lane).sum() >= 10  # it keeps striking, never closer than 4 ticks
             assert closest_restrike(np.concatenate([guarded.primer, lane])) >= 4
-        free = GenerationSession(Restriker(), primer, seconds=3, variations=3, seed=seed, min_repeat=0)
+        free = GenerationSession(Restriker(), primer, motifs=0.0, seconds=3, variations=3, seed=seed, min_repeat=0)
         free.run()
         assert all(closest_restrike(lane) <= 1 for lane in free.lanes)  # 10 ms apart (or one tick: 0)
-    wider = GenerationSession(Restriker(), primer, seconds=3, seed=0, min_repeat=0.1)
+    wider = GenerationSession(Restriker(), primer, motifs=0.0, seconds=3, seed=0, min_repeat=0.1)
     wider.run()
     assert closest_restrike(np.concatenate([wider.primer, wider.lanes[0]])) >= 10
     for wrong in (-0.01, 1.5, float("nan"), "often"):
         with pytest.raises(ModelError, match="^the shortest re-strike of a pitch must be 0 to 1 second"):
-            GenerationSession(Restriker(), primer, seconds=1, min_repeat=wrong)
+            GenerationSession(Restriker(), primer, motifs=0.0, seconds=1, min_repeat=wrong)
 
 
 def test_by_default_the_guard_keeps_the_primers_repeat_speed():
@@ -239,12 +241,12 @@ def test_by_default_the_guard_keeps_the_primers_repeat_speed():
     closer than 8 ticks), not 10 ms; a number given is used as it is."""
     onset = np.arange(40) * 0.1
     primer = Performance.from_notes(onset, onset + 0.05, np.full(40, 60), np.full(40, 80))
-    session = GenerationSession(Restriker(), primer, seconds=3, variations=2, seed=0, max_tokens=5000)
+    session = GenerationSession(Restriker(), primer, motifs=0.0, seconds=3, variations=2, seed=0, max_tokens=5000)
     assert session.min_repeat == pytest.approx(0.075)
     session.run()
     for lane in session.lanes:
         assert is_pitch(lane).sum() >= 10 and closest_restrike(np.concatenate([session.primer, lane])) == 8
-    assert GenerationSession(Restriker(), primer, seconds=1, min_repeat=0.05).min_repeat == 0.05
+    assert GenerationSession(Restriker(), primer, motifs=0.0, seconds=1, min_repeat=0.05).min_repeat == 0.05
 
 
 def test_the_primers_last_strikes_count():

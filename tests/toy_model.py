@@ -122,6 +122,9 @@ class Toy(nn.Module):
     def prefill(self, ids: torch.Tensor, state: ToyState) -> torch.Tensor:
         return self.read(ids, state)[:, -1]
 
+    def output_weight(self) -> torch.Tensor:
+        return self.head.weight
+
     def step(self, ids: torch.Tensor, state: ToyState) -> torch.Tensor:
         check_ids(ids, 1, state.batch, self.config.vocab_size, "step")
         state.last.copy_(ids)

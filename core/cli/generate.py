@@ -263,10 +263,12 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                              f"keeps the primer's pulse (0: not at all; none for a new piece, a primer without a beat "
                              f"or a denoiser such as SMDIM; default: {PULSE_WEIGHT:g})")
     parser.add_argument("--motifs", type=motif_share, default=None, metavar="W",
-                        help=f"mix each variation's memory of its own notes, the primer's included, into the "
-                             f"model's next pitch and time step, W of the fitted share: what followed the same run "
-                             f"of intervals before (a figure played again, a phrase a step higher) comes back more "
-                             f"often (0: off; none for a denoiser such as SMDIM; default: {MOTIF_WEIGHT:g})")
+                        help=f"mix each variation's memory of the piece, the primer's included, into what the "
+                             f"model predicts, W of the fitted shares: what followed the same run of intervals before "
+                             f"(a figure played again, a phrase a step higher) and what followed the moments the "
+                             f"model heard most like this one come back more often, and a new note often ends with "
+                             f"the notes still sounding (0: off; default: {MOTIF_WEIGHT:g} when continuing, none for "
+                             f"a new piece or a denoiser such as SMDIM)")
     parser.add_argument("--allow-end", action="store_true",
                         help="let the model end the piece before --seconds (default: it plays all of them)")
     parser.add_argument("--budget", type=budget, metavar="SIZE",

@@ -133,6 +133,11 @@ class LeftToRight(Model, Protocol):
         """Read ids (B, T) -> logits (B, T, V) after every id, each what its `step` would give (scoring)."""
         ...
 
+    def output_weight(self) -> torch.Tensor:
+        """(V, d): the output layer, logits = output_weight @ (the last hidden state, normed): linear, no bias, so
+        the logits say which hidden state gave them (core/contextcache.py reads it back)."""
+        ...
+
 
 @runtime_checkable
 class Denoiser(Model, Protocol):

@@ -227,6 +227,10 @@ class DSMR(PackedWeights, nn.Module):
         """Logits (B, T, V) after every id of `ids` (B, T): `forward`, each equal to what its `step` would give."""
         return self(ids, state)
 
+    def output_weight(self) -> torch.Tensor:
+        """(V, d): logits = this @ the normed last hidden state (the interface's `output_weight`)."""
+        return self.head.weight
+
     @torch.no_grad()
     def step(self, ids: torch.Tensor, state: RecurrentState) -> torch.Tensor:
         """Logits (B, V) for the next token after one id (B,) per lane (the lean path below; same numbers)."""

@@ -252,6 +252,10 @@ class PerceiverS(PackedWeights, nn.Module):
         return PerceiverSState(plan, batch, self.embed.weight.device)
 
     @torch.no_grad()
+    def output_weight(self) -> torch.Tensor:
+        """(V, d): logits = this @ the normed last hidden state (the interface's `output_weight`)."""
+        return self.head.weight
+
     def step(self, ids: torch.Tensor, state: PerceiverSState) -> torch.Tensor:
         """One new id per lane (B,) -> next-token logits (B, V): the one-token path when the lanes are in step
         with room in their window, else the general path (a re-encode, or lanes at different positions)."""

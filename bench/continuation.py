@@ -98,8 +98,8 @@ class Configuration:
     model's default, as `recital continue` has it), the density ceiling a lane that runs away is steered
     under (core/session.py `density_ceiling`; FROM_PRIMER, the default: `runaway_ceiling` of the primer's
     notes/s; 0: none), how hard its time steps are pulled towards the primer's beat (core/pulse.py; None: the
-    model's default), and the share of the motif memory in its predictions (core/motif.py; None: the model's
-    default)."""
+    model's default), and the share of the piece's memory in its predictions (core/contextcache.py, core/motif.py;
+    None: the model's default)."""
 
     model: str
     adapt: bool = False
@@ -144,7 +144,7 @@ class Column:
     codec: str | None = None  # the model's codec (None: the truth or the ceiling)
     continuations: list[dict] = field(default_factory=list)
     bits_per_second: list[float] = field(default_factory=list)
-    remembered_bits_per_second: list[float] = field(default_factory=list)  # with the motif memory mixed in
+    remembered_bits_per_second: list[float] = field(default_factory=list)  # with the memory of the piece mixed in
     pulled_bits_per_second: list[float] = field(default_factory=list)  # and under the continuation's soft pulls
     kind_bits: list[dict[str, float]] = field(default_factory=list)  # bits_per_second by the kind of id predicted
     pieces: list[dict] = field(default_factory=list)
@@ -247,7 +247,7 @@ def new_notes(primer_ids: np.ndarray, lanes: list[np.ndarray], start: float, cod
 @dataclass(frozen=True)
 class TruthBits:
     """Bits per second of the truth given the primer: as the model predicts it, split by the kind of id predicted
-    (bench.finetune's KINDS of its codec; the kinds sum to `model`), with the motif memory mixed in, and under the
+    (bench.finetune's KINDS of its codec; the kinds sum to `model`), with the piece's memory mixed in, and under the
     continuation's soft pulls as well."""
 
     model: float
@@ -638,7 +638,7 @@ def continuation_table(truth: Column, columns: list[Column], windows: Windows) -
         rows.append((f"  of which {kind} ids",
                      ["-"] + [fmt(float(np.mean([piece.get(kind, 0.0) for piece in c.kind_bits])))
                               if any(kind in piece for piece in c.kind_bits) else "-" for c in columns], "-"))
-    rows.append(("the same with the column's motif memory",
+    rows.append(("the same with the column's memory of the piece",
                  ["-"] + [fmt(float(np.mean(c.remembered_bits_per_second))) if c.remembered_bits_per_second else "-"
                           for c in columns], "-" if baseline is None else f"<= {0.7 * baseline:.2f}"))
     rows.append(("and under the column's key and beat pulls",
@@ -761,7 +761,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"comma-separated, 'default' for the model's own ({PULSE_WEIGHT:g} for a left-to-right "
                              "model, none for a denoiser): a column each (default: default)")
     parser.add_argument("--motifs", default="default", metavar="W[,W...]",
-                        help="shares of the motif memory in the model's predictions (core/motif.py), 0 to 1, "
+                        help="shares of the piece's memory in the model's predictions (core/contextcache.py, "
+                             "core/motif.py), 0 to 1, "
                              "comma-separated, 'default' for the model's own: a column each (default: default)")
     parser.add_argument("--max-density", default=FROM_PRIMER, metavar="N[,N...]",
                         help="density ceilings a runaway lane is steered under (core/session.py), comma-separated: "

@@ -101,7 +101,7 @@ def test_main_prints_every_row_on_a_tiny_model(tiny_model_dir, tmp_path, capsys,
         tiny["bits_per_second"], rel=1e-9)  # the kinds split each piece's bits
     assert len(tiny["pulled_bits_per_second"]) == 2  # under its default key and beat pulls
     assert "  of which NoteOn ids" in printed and "and under the column's key and beat pulls" in printed
-    assert "the same with the column's motif memory" in printed and "repeated pitch 8-grams per minute (loops)" in printed
+    assert "the same with the column's memory of the piece" in printed and "repeated pitch 8-grams per minute (loops)" in printed
     assert tiny["remembered_bits_per_second"] == pytest.approx(tiny["bits_per_second"], rel=1e-6)  # events: no memory
     assert len(result["new_pieces"]["tiny"]["stats"]) == 2
     adapted = result["continuations"]["tiny +adapt"]

@@ -37,9 +37,10 @@ KINDS = (slice(notecodec.PITCH, notecodec.DURATION), slice(notecodec.DURATION, n
          slice(notecodec.TIME_SHIFT, notecodec.VELOCITY), slice(notecodec.VELOCITY, notecodec.VOCAB_SIZE))
 SHARPNESS = np.array([30.0, 30.0, 30.0, 15.0])
 # The share of the mixture by kind (rows, KINDS' order) and by the best cosine: below 0.8, 0.8-0.85, ..., 0.98 on.
-# As bench/motif.py fits them (2026-12-05, the DSMR default adapting), but the durations' at half the fit: at the
-# fit, with the ends (core/motif.py END_SHARE) also at theirs, continuations' notes grew short (polyphony 2.79
-# against the pianists' 3.76, the aim 2.82 at least); at half, 3.26, for 0.4 bits/s.
+# As bench/motif.py fits them (2026-12-05, the DSMR default adapting), but the durations' at half the fit: at a
+# first fit, with the ends (core/motif.py END_SHARE) also at theirs, continuations' notes grew short (polyphony 2.79
+# against the pianists' 3.76, the aim 2.82 at least); at half, 3.04 (3.44 over 6 seeds), for 0.2 bits/s (127.6
+# against the fit's 127.4).
 SIMILARITY_BUCKETS = np.array([0.80, 0.85, 0.90, 0.93, 0.96, 0.98])
 SHARES = np.array([[0.05, 0.05, 0.15, 0.25, 0.40, 0.70, 0.70],
                    [0.075, 0.15, 0.15, 0.175, 0.20, 0.25, 0.35],
@@ -63,7 +64,7 @@ def recalled(cosine: np.ndarray, after: np.ndarray, sharpness: np.ndarray) -> li
     kind = KIND_OF_ID[after]
     held = kind >= 0
     weights = np.zeros(len(after))
-    # float64: at most exp(-2 x 60) from the best, never 0, whichever kind holds the best
+    # float64: a weight is at least exp(-2 sharpness) (cosines differ by 2 at most), never 0 for any kind
     weights[held] = np.exp(sharpness[kind[held]] * (cosine[held].astype(np.float64) - cosine.max()))
     total = np.bincount(after, weights, minlength=notecodec.VOCAB_SIZE)
     present = np.bincount(kind[held], minlength=len(KINDS)) > 0

@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -46,26 +46,27 @@ ROUNDS = 3  # of coordinate descent
 @dataclass
 class Memories:
     """Every memory's parameters: the context cache's shares (kinds x likeness buckets) and sharpness (kinds),
-    the motif memory's shares (pitches and time steps x match buckets), the ends' share."""
+    the motif memory's shares (pitches and time steps x match buckets), the ends' share (one, as an array: every
+    share is fitted in place the same way)."""
 
     cache: np.ndarray
     sharpness: np.ndarray
     motif: np.ndarray
-    end: float
+    end: np.ndarray  # (1,)
 
     @classmethod
     def shipped(cls) -> Memories:
         from core import contextcache, motif
 
         return cls(contextcache.SHARES.copy(), contextcache.SHARPNESS.copy(),
-                   np.stack([motif.PITCH_SHARES, motif.SHIFT_SHARES]), motif.END_SHARE)
+                   np.stack([motif.PITCH_SHARES, motif.SHIFT_SHARES]), np.array([motif.END_SHARE]))
 
     def only(self, cache: bool = False, motifs: bool = False, ends: bool = False) -> Memories:
         return Memories(self.cache * cache, self.sharpness, self.motif * motifs, self.end * ends)
 
     def to_dict(self) -> dict:
         return {"cache_shares": self.cache.tolist(), "sharpness": self.sharpness.tolist(),
-                "motif_shares": self.motif.tolist(), "end_share": self.end}
+                "motif_shares": self.motif.tolist(), "end_share": float(self.end[0])}
 
 
 @dataclass
@@ -87,8 +88,7 @@ class Scored:
     seconds: float  # of truth, all excerpts together
 
     def select(self, chosen: np.ndarray) -> Scored:
-        return Scored(*(getattr(self, name)[chosen] for name in ("kind", "model", "mass", "likeness", "cache",
-                                                                 "match", "motif", "ends")), self.seconds)
+        return Scored(**{name: getattr(self, name)[chosen] for name in PER_ID}, seconds=self.seconds)
 
     def nats(self, memories: Memories) -> np.ndarray:
         """(ids,) each id's nats under the mixtures (the cache first, then the motifs or the ends)."""
@@ -107,6 +107,9 @@ class Scored:
             share = np.where(np.isnan(remembered), 0.0, np.where(self.kind == 1, memories.end, motif))
             return -np.logaddexp(np.log1p(-share) + log_p, np.log(share) + self.mass + np.nan_to_num(
                 remembered, nan=-np.inf))
+
+
+PER_ID = [f.name for f in fields(Scored) if f.name != "seconds"]  # the columns with a value for each id
 
 
 def windows_from(perf: Performance, name: str, windows: Windows, count: int, codec,
@@ -133,13 +136,12 @@ def score(model, config: Configuration, excerpts: list[Excerpt], seconds: float)
     import torch
 
     from core.budget import default_budget
+    from core.contextcache import KIND_OF_ID, ContextCache, likeness_bucket, recalled
     from core.contextcache import KINDS as CACHE_KINDS
-    from core.contextcache import ContextCache, likeness_bucket, recalled
     from core.metrics import chunk_logits
     from core.motif import MATCH_BUCKETS, MotifMemory
 
-    columns: dict[str, list] = {name: [] for name in ("kind", "model", "mass", "likeness", "cache", "match", "motif",
-                                                      "ends")}
+    columns: dict[str, list] = {name: [] for name in PER_ID}
     for excerpt in excerpts:
         reader = adapted(model, config, excerpt)
         ids = np.concatenate([excerpt.primer_ids, excerpt.truth_ids])
@@ -154,7 +156,7 @@ def score(model, config: Configuration, excerpts: list[Excerpt], seconds: float)
                 cache.remember(primer_rows, ids[start + 1:start + 1 + len(primer_rows)])
                 for t in range(max(first, start), start + len(logits)):
                     row, target = log_probs[t - start], int(ids[t + 1])
-                    kind = next((k for k, of in enumerate(CACHE_KINDS) if of.start <= target < of.stop), -1)
+                    kind = int(KIND_OF_ID[target])
                     ids_of = CACHE_KINDS[max(kind, 0)]
                     cosine, after = cache.moments(row[None])[0]
                     cached = [np.nan] * len(SHARPNESS_GRID)
@@ -191,27 +193,20 @@ def fit(scored: Scored) -> Memories:
         sub = scored.select(scored.kind == kind)
         best = None
         for sharpness in SHARPNESS_GRID:
-            trial = Memories(fitted.cache.copy(), fitted.sharpness.copy(), fitted.motif.copy(), fitted.end)
+            trial = Memories(fitted.cache.copy(), fitted.sharpness.copy(), fitted.motif.copy(), fitted.end.copy())
             trial.sharpness[kind] = sharpness
-            slots = [("cache", (kind, bucket)) for bucket in range(trial.cache.shape[1])]
+            slots = [(trial.cache, (kind, bucket)) for bucket in range(trial.cache.shape[1])]  # (array, index)
             if kind in MOTIF_KINDS:
-                slots += [("motif", (MOTIF_KINDS[kind], bucket)) for bucket in range(trial.motif.shape[1])]
+                slots += [(trial.motif, (MOTIF_KINDS[kind], bucket)) for bucket in range(trial.motif.shape[1])]
             if kind == 1:
-                slots.append(("end", None))
+                slots.append((trial.end, 0))
             for _ in range(ROUNDS):
-                for name, at in slots:
+                for shares, at in slots:
                     costs = []
                     for share in SHARES:
-                        if at is None:
-                            trial.end = float(share)
-                        else:
-                            getattr(trial, name)[at] = share
+                        shares[at] = share
                         costs.append(sub.nats(trial).sum())
-                    chosen = float(SHARES[int(np.argmin(costs))])
-                    if at is None:
-                        trial.end = chosen
-                    else:
-                        getattr(trial, name)[at] = chosen
+                    shares[at] = SHARES[int(np.argmin(costs))]
             cost = sub.nats(trial).sum()
             if best is None or cost < best[0]:
                 best = (cost, trial)
@@ -304,8 +299,8 @@ def run(args: argparse.Namespace) -> int:
         table("motif memory: share by the longest match (intervals)", matches,
               [(f"{kind} ({source})", list(memories.motif[row])) for kind, row in (("pitches", 0), ("time steps", 1))
                for source, memories in (("fitted", fitted), ("shipped", shipped))])
-        print(f"\nthe ends of the notes sounding, share in the durations: {fitted.end:.2f} fitted, "
-              f"{shipped.end:.2f} shipped\n")
+        print(f"\nthe ends of the notes sounding, share in the durations: {fitted.end[0]:.2f} fitted, "
+              f"{shipped.end[0]:.2f} shipped\n")
         table("bits/s of the truth given the primer", ["all"] + list(KINDS) + ["the rest"], list(rows.items()), 1)
         results[name] = {"fitted": fitted.to_dict(), "shipped": shipped.to_dict(), "bits_per_second": rows,
                          "fit_windows": len(fitting)}
